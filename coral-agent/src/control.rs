@@ -1,0 +1,65 @@
+//! The agent's local control service (CLI → agent over the Unix socket).
+
+use crate::Shared;
+use coral_proto::rpc::AgentControl;
+use coral_proto::{AgentStatus, ControlError, ServiceSpec};
+use std::sync::Arc;
+use tarpc::context::Context;
+use tokio::net::UnixListener;
+
+#[derive(Clone)]
+struct Control {
+    shared: Arc<Shared>,
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+    coral_proto::local::serve_local(listener, |stream| {
+        let control = Control {
+            shared: shared.clone(),
+        };
+        coral_proto::spawn_channel!(coral_proto::local::framed(stream), control.serve());
+    })
+    .await;
+}
+
+impl AgentControl for Control {
+    async fn status(self, _: Context) -> AgentStatus {
+        let s = &self.shared;
+        let (pending, dropped) = s.pending_counts();
+        let stored = match s.telemetry.sample_count().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count stored samples");
+                0
+            }
+        };
+        AgentStatus {
+            agent_id: s.agent_id.clone(),
+            name: s.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at_ms: s.started_at_ms,
+            now_ms: coral_proto::now_ms(),
+            state_dir: s.state_dir.display().to_string(),
+            colony: s.link.lock().expect("link lock").clone(),
+            pending_samples: pending,
+            dropped_samples: dropped,
+            stored_samples: stored,
+            services: s.services_snapshot(),
+        }
+    }
+
+    async fn connect(self, _: Context, specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, ControlError> {
+        self.shared.connect(specs)
+    }
+
+    async fn disconnect(self, _: Context, name: String) -> Result<ServiceSpec, ControlError> {
+        self.shared.disconnect(&name)
+    }
+
+    async fn stop(self, _: Context) -> u32 {
+        tracing::info!("stop requested over the local socket");
+        self.shared.shutdown.cancel();
+        std::process::id()
+    }
+}

@@ -1,0 +1,349 @@
+//! The Coral agent: one per host. It watches the services connected to it
+//! (health probes), keeps recent telemetry in its own DuckDB, and reports to
+//! its colony over tarpc, re-registering after any reconnect without losing
+//! a sample.
+//!
+//! Start it with [`Agent::open`] then [`Agent::run`] (or [`run`]), giving it
+//! the Unix listener for its local control socket and a shutdown future.
+
+pub mod config;
+mod control;
+mod link;
+pub mod probe;
+pub mod sqlite;
+mod state;
+pub mod telemetry;
+
+pub use config::AgentConfig;
+
+use coral_proto::{Health, HealthSample, ServiceHealth, ServiceSpec};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use telemetry::{SampleRow, Telemetry, TelemetryGuard};
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid agent config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    State(#[from] sqlite::StoreError),
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
+    #[error("cannot create state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Samples waiting for the colony's acknowledgement.
+#[derive(Default)]
+struct Pending {
+    samples: VecDeque<HealthSample>,
+    dropped: u64,
+}
+
+struct Watched {
+    health: ServiceHealth,
+    cancel: CancellationToken,
+}
+
+/// State shared by the agent's tasks.
+pub(crate) struct Shared {
+    pub(crate) config: AgentConfig,
+    pub(crate) agent_id: String,
+    pub(crate) name: String,
+    pub(crate) hostname: String,
+    pub(crate) started_at_ms: i64,
+    pub(crate) state_dir: PathBuf,
+    state: Mutex<state::AgentState>,
+    services: Mutex<BTreeMap<String, Watched>>,
+    pending: Mutex<Pending>,
+    pub(crate) link: Mutex<coral_proto::ColonyLink>,
+    /// Next sample sequence number: the boot counter in the high 32 bits.
+    seq: AtomicU64,
+    pub(crate) telemetry: Telemetry,
+    prober: probe::Prober,
+    /// Wakes the link to send a heartbeat now (services changed).
+    pub(crate) changed: Notify,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// An opened agent, ready to run.
+pub struct Agent {
+    shared: Arc<Shared>,
+    _telemetry: TelemetryGuard,
+}
+
+impl Agent {
+    /// Validates the config and opens the agent's state and telemetry files.
+    pub fn open(config: AgentConfig) -> Result<Agent, AgentError> {
+        config.validate().map_err(AgentError::Config)?;
+        let state_dir = config.state_dir();
+        coral_proto::local::ensure_private_dir(&state_dir).map_err(|source| AgentError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+        let mut state = state::AgentState::open(&state_dir.join("agent.db"))?;
+        let agent_id = state.agent_id()?;
+        let boot = state.next_boot()?;
+        // Services from the config are added once; later edits go through
+        // `coral connect`/`coral disconnect`.
+        let known: Vec<String> = state.services()?.into_iter().map(|s| s.name).collect();
+        let from_config: Vec<ServiceSpec> = ServiceSpec::parse_all(&config.services)
+            .map_err(|e| AgentError::Config(e.to_string()))?
+            .into_iter()
+            .filter(|s| !known.contains(&s.name))
+            .collect();
+        state.add_services(&from_config)?;
+        let (telemetry, guard) = Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let name = config.name.clone().unwrap_or_else(|| hostname.clone());
+        let now = coral_proto::now_ms();
+        let shared = Arc::new(Shared {
+            prober: probe::Prober::new(config.probe_timeout),
+            agent_id,
+            name,
+            hostname,
+            started_at_ms: now,
+            state_dir,
+            state: Mutex::new(state),
+            services: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(Pending::default()),
+            link: Mutex::new(coral_proto::ColonyLink {
+                state: coral_proto::LinkState::Connecting,
+                addr: config.colony.clone().unwrap_or_default(),
+                colony_id: config.colony_id.clone(),
+                since_ms: now,
+                last_heartbeat_ms: None,
+                last_error: None,
+                attempts: 0,
+            }),
+            seq: AtomicU64::new(boot << 32),
+            telemetry,
+            changed: Notify::new(),
+            shutdown: CancellationToken::new(),
+            config,
+        });
+        Ok(Agent {
+            shared,
+            _telemetry: guard,
+        })
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.shared.agent_id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Runs until `shutdown` resolves or a client asks the agent to stop.
+    pub async fn run(self, control: UnixListener, shutdown: impl Future<Output = ()>) {
+        let shared = self.shared.clone();
+        let specs = match shared.state.lock().expect("state lock").services() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read services");
+                Vec::new()
+            }
+        };
+        for spec in specs {
+            shared.watch(spec);
+        }
+        let control_task = tokio::spawn(control::serve(shared.clone(), control));
+        let link_task = tokio::spawn(link::run(shared.clone()));
+        tracing::info!(agent_id = %shared.agent_id, name = %shared.name, "agent running");
+        tokio::select! {
+            _ = shutdown => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+        tracing::info!("agent stopping");
+        shared.shutdown.cancel();
+        control_task.abort();
+        for w in shared.services.lock().expect("services lock").values() {
+            w.cancel.cancel();
+        }
+        // The link says goodbye to the colony (bounded in time) and ends.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), link_task).await;
+        drop(shared);
+        // Dropping `self` commits outstanding telemetry and joins the writer.
+    }
+}
+
+/// Opens the agent and runs it (see [`Agent::open`] and [`Agent::run`]).
+pub async fn run(
+    config: AgentConfig,
+    control: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    Agent::open(config)?.run(control, shutdown).await;
+    Ok(())
+}
+
+impl Shared {
+    /// Starts probing a service.
+    fn watch(self: &Arc<Self>, spec: ServiceSpec) {
+        let cancel = self.shutdown.child_token();
+        let name = spec.name.clone();
+        self.services.lock().expect("services lock").insert(
+            name.clone(),
+            Watched {
+                health: ServiceHealth::new(spec.clone()),
+                cancel: cancel.clone(),
+            },
+        );
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let interval = shared.config.probe_interval;
+            loop {
+                let result = shared.prober.probe(&spec).await;
+                if cancel.is_cancelled() {
+                    break;
+                }
+                shared.record(&spec.name, result).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = cancel.cancelled() => break,
+                }
+            }
+        });
+        tracing::info!(service = %name, "watching service");
+    }
+
+    async fn record(&self, service: &str, r: probe::ProbeResult) {
+        let now = coral_proto::now_ms();
+        let sample = HealthSample {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            ts_ms: now,
+            service: service.to_string(),
+            up: r.up,
+            latency_us: r.latency.as_micros() as u64,
+            error: r.error.clone(),
+        };
+        let mut changed = false;
+        {
+            let mut services = self.services.lock().expect("services lock");
+            let Some(w) = services.get_mut(service) else {
+                return; // disconnected while probing
+            };
+            let h = &mut w.health;
+            let health = if r.up { Health::Up } else { Health::Down };
+            if h.health != health {
+                changed = true;
+                h.health = health;
+                h.since_ms = Some(now);
+                tracing::info!(service, health = health.as_str(), error = r.error.as_deref().unwrap_or(""), "service health changed");
+            }
+            h.last_checked_ms = Some(now);
+            h.latency_us = Some(sample.latency_us);
+            h.last_error = r.error;
+        }
+        {
+            let mut p = self.pending.lock().expect("pending lock");
+            if p.samples.len() >= self.config.max_pending_samples {
+                p.samples.pop_front();
+                p.dropped += 1;
+            }
+            p.samples.push_back(sample.clone());
+        }
+        let row = SampleRow {
+            agent_id: self.agent_id.clone(),
+            sample,
+        };
+        if let Err(e) = self.telemetry.insert(vec![row]).await {
+            tracing::warn!(error = %e, "cannot store health sample");
+        }
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    pub(crate) fn services_snapshot(&self) -> Vec<ServiceHealth> {
+        self.services
+            .lock()
+            .expect("services lock")
+            .values()
+            .map(|w| w.health.clone())
+            .collect()
+    }
+
+    /// Up to `max` samples not yet acknowledged, oldest first.
+    pub(crate) fn pending_batch(&self, max: usize) -> (Vec<HealthSample>, u64) {
+        let p = self.pending.lock().expect("pending lock");
+        (p.samples.iter().take(max).cloned().collect(), p.dropped)
+    }
+
+    /// Forgets samples the colony has stored.
+    pub(crate) fn acknowledge(&self, last_seq: u64) {
+        let mut p = self.pending.lock().expect("pending lock");
+        while p.samples.front().is_some_and(|s| s.seq <= last_seq) {
+            p.samples.pop_front();
+        }
+    }
+
+    pub(crate) fn pending_counts(&self) -> (u64, u64) {
+        let p = self.pending.lock().expect("pending lock");
+        (p.samples.len() as u64, p.dropped)
+    }
+
+    pub(crate) fn connect(self: &Arc<Self>, specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, coral_proto::ControlError> {
+        use coral_proto::{ControlError, SpecError};
+        let mut seen: Vec<&str> = Vec::new();
+        for s in &specs {
+            s.validate()?;
+            if seen.contains(&s.name.as_str()) {
+                return Err(SpecError::Duplicate(s.name.clone()).into());
+            }
+            seen.push(&s.name);
+        }
+        {
+            // Hold the services lock across the check and the insert so two
+            // clients cannot add the same name at once.
+            let services = self.services.lock().expect("services lock");
+            if let Some(s) = specs.iter().find(|s| services.contains_key(&s.name)) {
+                return Err(ControlError::AlreadyConnected(s.name.clone()));
+            }
+            self.state
+                .lock()
+                .expect("state lock")
+                .add_services(&specs)
+                .map_err(|e| ControlError::Storage(e.to_string()))?;
+        }
+        for s in &specs {
+            self.watch(s.clone());
+        }
+        self.changed.notify_one();
+        Ok(specs)
+    }
+
+    pub(crate) fn disconnect(&self, name: &str) -> Result<ServiceSpec, coral_proto::ControlError> {
+        use coral_proto::ControlError;
+        let mut services = self.services.lock().expect("services lock");
+        let Some(w) = services.get(name) else {
+            return Err(ControlError::UnknownService(name.to_string()));
+        };
+        self.state
+            .lock()
+            .expect("state lock")
+            .remove_service(name)
+            .map_err(|e| ControlError::Storage(e.to_string()))?;
+        w.cancel.cancel();
+        let spec = w.health.spec.clone();
+        services.remove(name);
+        drop(services);
+        tracing::info!(service = name, "service disconnected");
+        self.changed.notify_one();
+        Ok(spec)
+    }
+}

@@ -1,0 +1,187 @@
+//! The agent's link to its colony: find it, connect, register, heartbeat;
+//! on any failure, back off and start over. Registration always carries the
+//! full service set, so a colony that restarted (or lost the agent) is
+//! brought up to date by the next connection.
+
+use crate::Shared;
+use coral_proto::rpc::{ColonyClient, ColonyControlClient};
+use coral_proto::{ColonyError, Heartbeat, LinkState, Registration};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tarpc::context;
+
+/// Samples sent per heartbeat; the rest follow right after.
+const SAMPLES_PER_HEARTBEAT: usize = 5_000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Kept low so an agent is back within seconds of a colony restart.
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("{0}")]
+    Find(String),
+    #[error("cannot reach colony at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("colony at {addr} refused the agent: {source}")]
+    Refused { addr: String, source: ColonyError },
+    #[error("colony at {addr} stopped answering: {reason}")]
+    Rpc { addr: String, reason: String },
+}
+
+fn ctx() -> context::Context {
+    let mut c = context::current();
+    c.deadline = Instant::now() + RPC_TIMEOUT;
+    c
+}
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        // The session watches for shutdown itself, to flush and say goodbye.
+        match session(&shared).await {
+            Ok(()) => return,
+            Err(e) => {
+                let msg = e.to_string();
+                let attempts = {
+                    let mut link = shared.link.lock().expect("link lock");
+                    let was_connected = link.state == LinkState::Connected;
+                    if was_connected {
+                        link.state = LinkState::Connecting;
+                        link.since_ms = coral_proto::now_ms();
+                        link.attempts = 0;
+                        backoff = BACKOFF_MIN;
+                    }
+                    let repeated = link.last_error.as_deref() == Some(msg.as_str());
+                    link.attempts += 1;
+                    link.last_error = Some(msg.clone());
+                    (link.attempts, repeated, was_connected)
+                };
+                match attempts {
+                    (_, _, true) => tracing::warn!(error = %msg, "lost the colony link; reconnecting"),
+                    (n, false, _) => tracing::warn!(error = %msg, attempts = n, "colony not reachable; retrying"),
+                    (n, true, _) if n % 50 == 0 => {
+                        tracing::warn!(error = %msg, attempts = n, "colony still not reachable; retrying")
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Jitter so a fleet does not reconnect in lockstep after a restart.
+        let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Where the colony is: the configured address, or the local colony's.
+async fn find_colony(shared: &Shared) -> Result<String, LinkError> {
+    if let Some(addr) = &shared.config.colony {
+        return Ok(addr.clone());
+    }
+    let path = coral_proto::local::colony_socket().map_err(|e| LinkError::Find(e.to_string()))?;
+    let no_colony = |e: std::io::Error| {
+        LinkError::Find(format!(
+            "no colony configured and none running locally at {} ({e}); start one with 'coral colony start' or set agent.colony",
+            path.display()
+        ))
+    };
+    let stream = coral_proto::local::connect(&path).await.map_err(no_colony)?;
+    let client = ColonyControlClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
+    let ep = client
+        .endpoint(ctx())
+        .await
+        .map_err(|e| LinkError::Find(format!("local colony at {} did not answer: {e}", path.display())))?;
+    if let Some(want) = &shared.config.colony_id
+        && want != &ep.colony_id
+    {
+        return Err(LinkError::Find(format!(
+            "the local colony is '{}', not '{want}' (check --colony-id)",
+            ep.colony_id
+        )));
+    }
+    // A colony listening on all interfaces is reached on loopback.
+    Ok(ep.rpc_addr.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:"))
+}
+
+async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
+    let addr = find_colony(shared).await?;
+    shared.link.lock().expect("link lock").addr = addr.clone();
+    let conn_err = |reason: String| LinkError::Connect {
+        addr: addr.clone(),
+        reason,
+    };
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| conn_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| conn_err(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let client = ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
+    let rpc_err = |e: tarpc::client::RpcError| LinkError::Rpc {
+        addr: addr.clone(),
+        reason: e.to_string(),
+    };
+    let refused = |source: ColonyError| LinkError::Refused {
+        addr: addr.clone(),
+        source,
+    };
+
+    let reg = Registration {
+        agent_id: shared.agent_id.clone(),
+        name: shared.name.clone(),
+        hostname: shared.hostname.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        started_at_ms: shared.started_at_ms,
+        colony_id: shared.config.colony_id.clone(),
+        services: shared.services_snapshot(),
+    };
+    let registered = client.register(ctx(), reg).await.map_err(rpc_err)?.map_err(refused)?;
+    shared.acknowledge(registered.last_seq);
+    {
+        let mut link = shared.link.lock().expect("link lock");
+        link.state = LinkState::Connected;
+        link.colony_id = Some(registered.colony_id.clone());
+        link.since_ms = coral_proto::now_ms();
+        link.last_error = None;
+        link.attempts = 0;
+    }
+    tracing::info!(colony = %addr, colony_id = %registered.colony_id, "registered with colony");
+
+    // The colony sets the pace: it decides when a silent agent is offline.
+    let interval = Duration::from_millis(registered.heartbeat_interval_ms.clamp(100, 60_000));
+    loop {
+        let stopping = shared.shutdown.is_cancelled();
+        let (samples, dropped) = shared.pending_batch(SAMPLES_PER_HEARTBEAT);
+        let full = samples.len() == SAMPLES_PER_HEARTBEAT;
+        let hb = Heartbeat {
+            agent_id: shared.agent_id.clone(),
+            services: shared.services_snapshot(),
+            samples,
+            dropped_samples: dropped,
+        };
+        let ack = client.heartbeat(ctx(), hb).await.map_err(rpc_err)?.map_err(refused)?;
+        shared.acknowledge(ack.last_seq);
+        shared.link.lock().expect("link lock").last_heartbeat_ms = Some(coral_proto::now_ms());
+        if stopping {
+            let _ = client.leave(ctx(), shared.agent_id.clone()).await;
+            tracing::info!("said goodbye to the colony");
+            return Ok(());
+        }
+        if full {
+            continue; // more samples queued: send them now
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shared.changed.notified() => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+    }
+}

@@ -1,0 +1,633 @@
+//! The `coral` command line: argument parsing, dispatch, exit codes.
+//!
+//! Exit codes follow sysexits: 0 success, 1 failure, 64 usage or config
+//! error, 69 a daemon is not reachable. A closed stdout (`coral ... | head`)
+//! is not an error.
+
+mod daemon;
+mod render;
+
+use crate::colony::{Colony, ColonyConfig};
+use crate::config::CoralConfig;
+use anyhow::{Context as _, anyhow};
+use clap::{Args, Parser, Subcommand};
+use coral_agent::{Agent, AgentConfig};
+use coral_proto::rpc::{AgentControlClient, ColonyControlClient};
+use coral_proto::{LinkState, ServiceKind, ServiceSpec};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const EX_USAGE: i32 = 64;
+pub const EX_UNAVAILABLE: i32 = 69;
+
+/// A usage or config error: exit 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// A daemon that is not there: exit 69.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+const ABOUT: &str = "Coral: debug distributed apps. A colony coordinates one agent per host; \
+agents watch your services and report to the colony.";
+
+#[derive(Parser)]
+#[command(name = "coral", version, about = ABOUT, propagate_version = true, after_help = "\
+Quick start (one machine):
+  coral colony start --daemon
+  coral agent start --daemon
+  coral connect frontend:3000 api:8080:/health
+  coral colony status")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run and inspect the colony (the coordinator).
+    #[command(subcommand)]
+    Colony(ColonyCmd),
+    /// Run and inspect this host's agent.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Watch services on this host: the local agent probes and reports them.
+    #[command(after_help = "\
+Examples:
+  coral connect frontend:3000 api:8080:/health
+  coral connect db:5432:tcp rpc:9090:/healthz:grpc
+  coral connect api --port 8080 --health /health
+
+A spec is name:port[:health][:type]. With a health path (starting with /)
+the agent probes with HTTP GET and counts 2xx/3xx as up; without one it
+probes with a TCP connect. The type (http, grpc, tcp; default http) says
+what the service speaks.")]
+    Connect(ConnectArgs),
+    /// Stop watching a service.
+    #[command(after_help = "Example:\n  coral disconnect api")]
+    Disconnect {
+        /// Name of a connected service.
+        name: String,
+    },
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Show version, git commit, build date and features.
+    #[command(after_help = "Examples:\n  coral version\n  coral version --json")]
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ColonyCmd {
+    /// Start the colony (in the foreground unless --daemon).
+    #[command(after_help = "\
+Examples:
+  coral colony start
+  coral colony start --daemon --port 9100 --colony-id shop-prod
+
+State lives in $XDG_STATE_HOME/coral/colony, the control socket in
+$XDG_RUNTIME_DIR/coral. Settings come from $XDG_CONFIG_HOME/coral/config.toml
+([colony] table) or --config; flags override the file.")]
+    Start(ColonyStart),
+    /// Show the colony, its agents and their services.
+    #[command(after_help = "Examples:\n  coral colony status\n  coral colony status --json")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the colony.
+    #[command(after_help = "Example:\n  coral colony stop")]
+    Stop,
+}
+
+#[derive(Args)]
+struct ColonyStart {
+    /// Detach, write a pid file and a log file; return once the colony serves.
+    #[arg(short, long)]
+    daemon: bool,
+    /// Port agents connect to (default 9000; 0 picks a free one).
+    #[arg(long)]
+    port: Option<u16>,
+    /// The colony's id (fixed on first start; generated when omitted).
+    #[arg(long)]
+    colony_id: Option<String>,
+    /// Config file (default $XDG_CONFIG_HOME/coral/config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Start this host's agent (in the foreground unless --daemon).
+    #[command(after_help = "\
+Examples:
+  coral agent start                      # joins the colony running on this machine
+  coral agent start --daemon --colony 10.0.0.5:9000 --colony-id shop-prod
+
+Without --colony (or agent.colony in the config) the agent finds the colony
+that the same user runs on this machine. If the colony is not reachable the
+agent keeps retrying and says so in 'coral agent status'.")]
+    Start(AgentStart),
+    /// Show the agent, its services and its link to the colony.
+    #[command(after_help = "Examples:\n  coral agent status\n  coral agent status --json")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the agent.
+    #[command(after_help = "Example:\n  coral agent stop")]
+    Stop,
+}
+
+#[derive(Args)]
+struct AgentStart {
+    /// Config file (default $XDG_CONFIG_HOME/coral/config.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Join only the colony with this id.
+    #[arg(long)]
+    colony_id: Option<String>,
+    /// Colony address host:port (default: the colony on this machine).
+    #[arg(long)]
+    colony: Option<String>,
+    /// Detach, write a pid file and a log file; return once the agent serves.
+    #[arg(short, long)]
+    daemon: bool,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Services as name:port[:health][:type], or one NAME with --port.
+    #[arg(required = true, value_name = "SPEC")]
+    specs: Vec<String>,
+    /// Port of the single service NAME.
+    #[arg(long)]
+    port: Option<u32>,
+    /// Health path of the single service NAME (HTTP GET).
+    #[arg(long, requires = "port")]
+    health: Option<String>,
+    /// Type of the single service NAME: http, grpc or tcp.
+    #[arg(long = "type", requires = "port", value_parser = ["http", "grpc", "tcp"])]
+    kind: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Parse and check a config file; unknown keys are errors.
+    #[command(after_help = "Examples:\n  coral config validate\n  coral config validate /etc/coral/config.toml")]
+    Validate {
+        /// File to check (default $XDG_CONFIG_HOME/coral/config.toml).
+        file: Option<PathBuf>,
+    },
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match dispatch(cli) {
+        Ok(()) => 0,
+        Err(e) => exit_code(&e),
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    }) {
+        return 0;
+    }
+    eprintln!("error: {e:#}");
+    if e.downcast_ref::<Usage>().is_some() {
+        EX_USAGE
+    } else if e.downcast_ref::<Unavailable>().is_some() {
+        EX_UNAVAILABLE
+    } else {
+        1
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Colony(ColonyCmd::Start(args)) => colony_start(args),
+        Command::Colony(ColonyCmd::Status { json }) => client(async move {
+            let c = colony_client().await?;
+            let status = c.status(ctx()).await.map_err(|e| colony_gone(&e))?;
+            print_json_or(json, &status, render::colony_status)
+        }),
+        Command::Colony(ColonyCmd::Stop) => stop("colony"),
+        Command::Agent(AgentCmd::Start(args)) => agent_start(args),
+        Command::Agent(AgentCmd::Status { json }) => client(async move {
+            let c = agent_client().await?;
+            let status = c.status(ctx()).await.map_err(|e| agent_gone(&e))?;
+            print_json_or(json, &status, render::agent_status)
+        }),
+        Command::Agent(AgentCmd::Stop) => stop("agent"),
+        Command::Connect(args) => connect(args),
+        Command::Disconnect { name } => client(async move {
+            let c = agent_client().await?;
+            let spec = c
+                .disconnect(ctx(), name)
+                .await
+                .map_err(|e| agent_gone(&e))?
+                .map_err(|e| Usage(e.to_string()))?;
+            out(&format!("Disconnected {} (port {})\n", spec.name, spec.port))
+        }),
+        Command::Config(ConfigCmd::Validate { file }) => config_validate(file),
+        Command::Version { json } => version(json),
+    }
+}
+
+fn out(s: &str) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(s.as_bytes())?;
+    o.flush()?;
+    Ok(())
+}
+
+fn print_json_or<T: serde::Serialize>(json: bool, v: &T, human: impl Fn(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        out(&(serde_json::to_string_pretty(v)? + "\n"))
+    } else {
+        out(&human(v))
+    }
+}
+
+/// Runs a client command on a small runtime.
+fn client<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+fn ctx() -> tarpc::context::Context {
+    let mut c = tarpc::context::current();
+    c.deadline = Instant::now() + Duration::from_secs(10);
+    c
+}
+
+fn socket_path(role: &str) -> anyhow::Result<PathBuf> {
+    Ok(coral_proto::local::runtime_dir()?.join(format!("{role}.sock")))
+}
+
+async fn local_stream(role: &str) -> anyhow::Result<tokio::net::UnixStream> {
+    let path = socket_path(role)?;
+    coral_proto::local::connect(&path).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => "not running".to_string(),
+            _ => e.to_string(),
+        };
+        Unavailable(format!(
+            "cannot reach the {role} at {}: {why} (is 'coral {role} start' running?)",
+            path.display()
+        ))
+        .into()
+    })
+}
+
+async fn colony_client() -> anyhow::Result<ColonyControlClient> {
+    let s = local_stream("colony").await?;
+    Ok(ColonyControlClient::new(Default::default(), coral_proto::local::framed(s)).spawn())
+}
+
+async fn agent_client() -> anyhow::Result<AgentControlClient> {
+    let s = local_stream("agent").await?;
+    Ok(AgentControlClient::new(Default::default(), coral_proto::local::framed(s)).spawn())
+}
+
+fn colony_gone(e: &tarpc::client::RpcError) -> anyhow::Error {
+    Unavailable(format!("the colony did not answer: {e}")).into()
+}
+
+fn agent_gone(e: &tarpc::client::RpcError) -> anyhow::Error {
+    Unavailable(format!("the agent did not answer: {e}")).into()
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<CoralConfig> {
+    CoralConfig::load_or_default(path).map_err(|e| Usage(e.to_string()).into())
+}
+
+/// Logs to stderr (the log file when detached); `CORAL_LOG` sets the filter.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn daemon_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("coral-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+}
+
+/// Takes the pid file and the control socket of `role`, or explains who has them.
+fn claim(role: &str) -> anyhow::Result<(daemon::PidFile, PathBuf)> {
+    let dir = coral_proto::local::runtime_dir()?;
+    let pid_path = dir.join(format!("{role}.pid"));
+    let (pid, stale) = match daemon::PidFile::acquire(&pid_path) {
+        Ok(x) => x,
+        Err(daemon::PidError::Running(pid)) => {
+            return Err(anyhow!(
+                "the {role} is already running (pid {pid}); stop it with 'coral {role} stop'"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(old) = stale {
+        tracing::warn!(pid = old, file = %pid_path.display(), "removed a stale pid file (that process is gone)");
+    }
+    let sock = dir.join(format!("{role}.sock"));
+    // We hold the pid lock, so a socket file left here is stale.
+    match std::fs::remove_file(&sock) {
+        Ok(()) => tracing::warn!(socket = %sock.display(), "removed a stale control socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow!("cannot remove stale socket {}: {e}", sock.display())),
+    }
+    Ok((pid, sock))
+}
+
+fn bind_control(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
+    let file = load_config(args.config.as_deref())?;
+    let mut config = file.colony.unwrap_or_default();
+    if let Some(p) = args.port {
+        config.set_port(p);
+    }
+    if let Some(id) = args.colony_id {
+        config.colony_id = Some(id);
+    }
+    config.validate().map_err(Usage)?;
+    if args.daemon && !daemon::is_child() {
+        let state = config.state_dir();
+        coral_proto::local::ensure_private_dir(&state)?;
+        let log = state.join("colony.log");
+        let ready = daemon::spawn_detached(&log, Duration::from_secs(60)).context("the colony did not start")?;
+        return out(&format!(
+            "Colony {} started (pid {}), listening on {}\nLog: {}\n",
+            ready["colony_id"].as_str().unwrap_or("?"),
+            ready["pid"],
+            ready["rpc_addr"].as_str().unwrap_or("?"),
+            log.display()
+        ));
+    }
+    if daemon::is_child() {
+        daemon::detach_child();
+    }
+    init_logging();
+    serve_colony(config)
+}
+
+fn serve_colony(config: ColonyConfig) -> anyhow::Result<()> {
+    let (_pid, sock) = claim("colony")?;
+    let listen = config.listen.clone();
+    let colony = Colony::open(config)?;
+    let rt = daemon_runtime()?;
+    rt.block_on(async move {
+        let rpc = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another colony? pick another port with --port)"
+            } else {
+                ""
+            };
+            anyhow!("cannot listen on {listen}: {e}{hint}")
+        })?;
+        let control = bind_control(&sock)?;
+        let addr = rpc.local_addr()?.to_string();
+        tracing::info!(colony_id = colony.colony_id(), rpc = %addr, socket = %sock.display(), "colony listening");
+        daemon::report_ready(&serde_json::json!({
+            "colony_id": colony.colony_id(),
+            "pid": std::process::id(),
+            "rpc_addr": addr,
+        }));
+        colony.run(rpc, control, shutdown_signal()).await;
+        let _ = std::fs::remove_file(&sock);
+        anyhow::Ok(())
+    })
+}
+
+fn agent_start(args: AgentStart) -> anyhow::Result<()> {
+    let file = load_config(args.config.as_deref())?;
+    let mut config: AgentConfig = file.agent.unwrap_or_default();
+    if let Some(id) = args.colony_id {
+        config.colony_id = Some(id);
+    }
+    if let Some(c) = args.colony {
+        config.colony = Some(c);
+    }
+    config.validate().map_err(Usage)?;
+    if args.daemon && !daemon::is_child() {
+        let state = config.state_dir();
+        coral_proto::local::ensure_private_dir(&state)?;
+        let log = state.join("agent.log");
+        let ready = daemon::spawn_detached(&log, Duration::from_secs(60)).context("the agent did not start")?;
+        let mut msg = format!(
+            "Agent {} started (pid {})\nLog: {}\n",
+            ready["name"].as_str().unwrap_or("?"),
+            ready["pid"],
+            log.display()
+        );
+        msg.push_str(&client(async { Ok(wait_registered(Duration::from_secs(3)).await) })?);
+        return out(&msg);
+    }
+    if daemon::is_child() {
+        daemon::detach_child();
+    }
+    init_logging();
+    let (_pid, sock) = claim("agent")?;
+    let agent = Agent::open(config)?;
+    let rt = daemon_runtime()?;
+    rt.block_on(async move {
+        let control = bind_control(&sock)?;
+        tracing::info!(agent_id = agent.agent_id(), socket = %sock.display(), "agent listening");
+        daemon::report_ready(&serde_json::json!({
+            "agent_id": agent.agent_id(),
+            "name": agent.name(),
+            "pid": std::process::id(),
+        }));
+        agent.run(control, shutdown_signal()).await;
+        let _ = std::fs::remove_file(&sock);
+        anyhow::Ok(())
+    })
+}
+
+/// A line saying whether the fresh agent reached its colony.
+async fn wait_registered(timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(c) = agent_client().await
+            && let Ok(s) = c.status(ctx()).await
+        {
+            if s.colony.state == LinkState::Connected {
+                return format!(
+                    "Registered with colony {} at {}\n",
+                    s.colony.colony_id.as_deref().unwrap_or("?"),
+                    s.colony.addr
+                );
+            }
+            last = s.colony.last_error;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    format!(
+        "Not registered yet: {}. The agent keeps retrying; see 'coral agent status'.\n",
+        last.unwrap_or_else(|| "the colony has not answered".into())
+    )
+}
+
+fn stop(role: &str) -> anyhow::Result<()> {
+    let pid_path = coral_proto::local::runtime_dir()?.join(format!("{role}.pid"));
+    let asked = client(async {
+        let stream = match local_stream(role).await {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
+        };
+        use coral_proto::local::framed;
+        let pid = if role == "colony" {
+            ColonyControlClient::new(Default::default(), framed(stream)).spawn().stop(ctx()).await
+        } else {
+            AgentControlClient::new(Default::default(), framed(stream)).spawn().stop(ctx()).await
+        };
+        Ok(pid.ok())
+    })?;
+    let pid = match asked {
+        Some(pid) => pid as i32,
+        None => match daemon::PidFile::holder(&pid_path) {
+            // It holds its pid file but does not answer: signal it.
+            Some(pid) => {
+                daemon::terminate(pid)?;
+                pid
+            }
+            None => {
+                let _ = std::fs::remove_file(&pid_path);
+                return out(&format!("The {role} is not running\n"));
+            }
+        },
+    };
+    if daemon::wait_gone(pid, Duration::from_secs(15)) {
+        out(&format!("Stopped the {role} (pid {pid})\n"))
+    } else {
+        Err(anyhow!("the {role} (pid {pid}) is still running after 15s; 'kill {pid}' stops it"))
+    }
+}
+
+fn connect(args: ConnectArgs) -> anyhow::Result<()> {
+    let specs = if let Some(port) = args.port {
+        if args.specs.len() != 1 {
+            return Err(Usage("with --port, give exactly one service NAME".into()).into());
+        }
+        let kind = args.kind.as_deref().and_then(ServiceKind::parse);
+        ServiceSpec::new(&args.specs[0], port, args.health.as_deref(), kind).map(|s| vec![s])
+    } else {
+        ServiceSpec::parse_all(&args.specs)
+    }
+    .map_err(|e| Usage(e.to_string()))?;
+    client(async move {
+        let c = agent_client().await?;
+        let added = c
+            .connect(ctx(), specs)
+            .await
+            .map_err(|e| agent_gone(&e))?
+            .map_err(|e| match e {
+                coral_proto::ControlError::Storage(_) => anyhow!("{e}"),
+                _ => Usage(e.to_string()).into(),
+            })?;
+        let mut msg = String::new();
+        for s in added {
+            let probe = match &s.health_path {
+                Some(h) => format!("HTTP GET {h}"),
+                None => "TCP connect".into(),
+            };
+            msg.push_str(&format!("Connected {} on port {} ({}, probed by {probe})\n", s.name, s.port, s.kind));
+        }
+        out(&msg)
+    })
+}
+
+fn config_validate(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = match file.or_else(crate::config::default_path) {
+        Some(p) => p,
+        None => return Err(Usage("no config file given and no config directory known".into()).into()),
+    };
+    let cfg = CoralConfig::load(&path).map_err(|e| Usage(e.to_string()))?;
+    let mut parts = Vec::new();
+    if cfg.colony.is_some() {
+        parts.push("[colony]");
+    }
+    if cfg.agent.is_some() {
+        parts.push("[agent]");
+    }
+    let what = if parts.is_empty() { "no tables, all defaults".to_string() } else { parts.join(" and ") };
+    out(&format!("{}: ok ({what})\n", path.display()))
+}
+
+fn version(json: bool) -> anyhow::Result<()> {
+    let duckdb = duckdb::Connection::open_in_memory()
+        .and_then(|c| c.version())
+        .unwrap_or_else(|_| "unknown".into());
+    let features: Vec<&str> = Vec::new();
+    let v = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "git_commit": env!("CORAL_GIT_COMMIT"),
+        "build_date": env!("CORAL_BUILD_DATE"),
+        "features": features,
+        "sqlite": rusqlite::version(),
+        "duckdb": duckdb,
+    });
+    print_json_or(json, &v, |v| {
+        format!(
+            "coral {}\ncommit:   {}\nbuilt:    {}\nfeatures: {}\nstorage:  sqlite {}, duckdb {}\n",
+            v["version"].as_str().unwrap_or(""),
+            v["git_commit"].as_str().unwrap_or(""),
+            v["build_date"].as_str().unwrap_or(""),
+            if features.is_empty() { "none".to_string() } else { features.join(", ") },
+            v["sqlite"].as_str().unwrap_or(""),
+            v["duckdb"].as_str().unwrap_or(""),
+        )
+    })
+}

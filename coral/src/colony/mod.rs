@@ -1,0 +1,118 @@
+//! The colony: the coordinator every agent reports to. It keeps the
+//! registry in SQLite and the telemetry aggregate in DuckDB, serves agents
+//! over tarpc on TCP and the CLI over its local Unix socket.
+//!
+//! [`Colony::open`] validates the config and opens the stores (refusing
+//! damaged files); [`Colony::run`] serves until shutdown.
+
+pub mod config;
+pub mod registry;
+mod rpc;
+
+pub use config::ColonyConfig;
+
+use coral_agent::telemetry::{Telemetry, TelemetryGuard};
+use registry::Registry;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ColonyError {
+    #[error("invalid colony config: {0}")]
+    Config(String),
+    #[error("cannot create state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    Store(#[from] coral_agent::sqlite::StoreError),
+    #[error(transparent)]
+    Telemetry(#[from] coral_agent::telemetry::TelemetryError),
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: ColonyConfig,
+    pub(crate) colony_id: String,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) started_at_ms: i64,
+    pub(crate) registry: Mutex<Registry>,
+    pub(crate) telemetry: Telemetry,
+    /// Set once the RPC listener is bound.
+    pub(crate) rpc_addr: Mutex<String>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+pub struct Colony {
+    shared: Arc<Shared>,
+    _telemetry: TelemetryGuard,
+}
+
+impl Colony {
+    pub fn open(config: ColonyConfig) -> Result<Colony, ColonyError> {
+        config.validate().map_err(ColonyError::Config)?;
+        let state_dir = config.state_dir();
+        coral_proto::local::ensure_private_dir(&state_dir).map_err(|source| ColonyError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+        let registry = Registry::open(&state_dir.join("colony.db"))?;
+        let colony_id = registry.colony_id(config.colony_id.as_deref())?;
+        let (telemetry, guard) = Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
+        Ok(Colony {
+            shared: Arc::new(Shared {
+                colony_id,
+                state_dir,
+                started_at_ms: coral_proto::now_ms(),
+                registry: Mutex::new(registry),
+                telemetry,
+                rpc_addr: Mutex::new(config.listen.clone()),
+                shutdown: CancellationToken::new(),
+                config,
+            }),
+            _telemetry: guard,
+        })
+    }
+
+    pub fn colony_id(&self) -> &str {
+        &self.shared.colony_id
+    }
+
+    /// Serves agents on `rpc` and the CLI on `control` until `shutdown`
+    /// resolves or a client asks the colony to stop.
+    pub async fn run(self, rpc: TcpListener, control: UnixListener, shutdown: impl Future<Output = ()>) {
+        let shared = self.shared.clone();
+        if let Ok(addr) = rpc.local_addr() {
+            *shared.rpc_addr.lock().expect("rpc_addr lock") = addr.to_string();
+        }
+        let rpc_task = tokio::spawn(rpc::serve_agents(shared.clone(), rpc));
+        let control_task = tokio::spawn(rpc::serve_control(shared.clone(), control));
+        tracing::info!(colony_id = %shared.colony_id, rpc = %shared.rpc_addr.lock().expect("rpc_addr lock"), "colony running");
+        tokio::select! {
+            _ = shutdown => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+        tracing::info!("colony stopping");
+        rpc_task.abort();
+        control_task.abort();
+        let _ = rpc_task.await;
+        let _ = control_task.await;
+        // Dropping `self` commits outstanding telemetry and joins the writer.
+    }
+}
+
+/// Opens the colony and runs it (see [`Colony::open`] and [`Colony::run`]).
+pub async fn run(
+    config: ColonyConfig,
+    rpc: TcpListener,
+    control: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ColonyError> {
+    Colony::open(config)?.run(rpc, control, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! The colony's tarpc services: the agent-facing control plane (TCP) and the
+//! CLI-facing local control service (Unix socket).
+
+use super::Shared;
+use coral_agent::telemetry::SampleRow;
+use coral_proto::rpc::{Colony, ColonyControl};
+use coral_proto::{
+    ColonyEndpoint, ColonyError, ColonyStatus, Heartbeat, HeartbeatAck, Registered, Registration,
+    ServiceHealth,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tarpc::context::Context;
+use tokio::net::{TcpListener, UnixListener};
+
+/// Limits on what one agent may send in one call.
+const MAX_SERVICES: usize = 1_000;
+const MAX_SAMPLES: usize = 10_000;
+const MAX_ID: usize = 128;
+
+#[derive(Clone)]
+struct AgentFacing {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+}
+
+pub(crate) async fn serve_agents(shared: Arc<Shared>, listener: TcpListener) {
+    let accept_errors = coral_proto::local::RateLimited::new(Duration::from_secs(1));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(suppressed) = accept_errors.allow() {
+                    tracing::warn!(error = %e, suppressed, "agent accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let facing = AgentFacing {
+            shared: shared.clone(),
+            peer,
+        };
+        coral_proto::spawn_channel!(coral_proto::local::framed(stream), facing.serve());
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ColonyError {
+    ColonyError::Invalid(msg.into())
+}
+
+fn check_services(services: &[ServiceHealth]) -> Result<(), ColonyError> {
+    if services.len() > MAX_SERVICES {
+        return Err(invalid(format!("more than {MAX_SERVICES} services")));
+    }
+    for s in services {
+        s.spec.validate().map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<(), ColonyError> {
+    if id.is_empty() || id.len() > MAX_ID || id.chars().any(|c| c.is_control()) {
+        return Err(invalid("agent id must be 1-128 printable characters"));
+    }
+    Ok(())
+}
+
+fn storage(e: impl std::fmt::Display) -> ColonyError {
+    tracing::error!(error = %e, "colony storage failed");
+    ColonyError::Storage(e.to_string())
+}
+
+impl Colony for AgentFacing {
+    async fn register(self, _: Context, reg: Registration) -> Result<Registered, ColonyError> {
+        check_id(&reg.agent_id)?;
+        check_services(&reg.services)?;
+        let s = &self.shared;
+        if let Some(wanted) = &reg.colony_id
+            && wanted != &s.colony_id
+        {
+            return Err(ColonyError::WrongColony {
+                wanted: wanted.clone(),
+                actual: s.colony_id.clone(),
+            });
+        }
+        let now = coral_proto::now_ms();
+        let last_seq = s
+            .registry
+            .lock()
+            .expect("registry lock")
+            .register(&reg, &self.peer.to_string(), now)
+            .map_err(storage)?;
+        tracing::info!(agent = %reg.name, agent_id = %reg.agent_id, peer = %self.peer, services = reg.services.len(), "agent registered");
+        Ok(Registered {
+            colony_id: s.colony_id.clone(),
+            last_seq,
+            heartbeat_interval_ms: s.config.heartbeat_interval.as_millis() as u64,
+        })
+    }
+
+    async fn heartbeat(self, _: Context, hb: Heartbeat) -> Result<HeartbeatAck, ColonyError> {
+        check_id(&hb.agent_id)?;
+        check_services(&hb.services)?;
+        if hb.samples.len() > MAX_SAMPLES {
+            return Err(invalid(format!("more than {MAX_SAMPLES} samples in one heartbeat")));
+        }
+        let s = &self.shared;
+        let stored = s
+            .registry
+            .lock()
+            .expect("registry lock")
+            .last_seq(&hb.agent_id)
+            .map_err(storage)?
+            .ok_or_else(|| ColonyError::UnknownAgent(hb.agent_id.clone()))?;
+        // Store each sample once: anything at or below `stored` is a resend.
+        let new: Vec<SampleRow> = hb
+            .samples
+            .into_iter()
+            .filter(|x| x.seq > stored)
+            .map(|sample| SampleRow {
+                agent_id: hb.agent_id.clone(),
+                sample,
+            })
+            .collect();
+        let last_seq = new.iter().map(|r| r.sample.seq).max().unwrap_or(stored);
+        s.telemetry.insert(new).await.map_err(storage)?;
+        s.registry
+            .lock()
+            .expect("registry lock")
+            .heartbeat(&hb.agent_id, &hb.services, last_seq, coral_proto::now_ms())
+            .map_err(storage)?;
+        Ok(HeartbeatAck { last_seq })
+    }
+
+    async fn leave(self, _: Context, agent_id: String) -> Result<(), ColonyError> {
+        check_id(&agent_id)?;
+        let known = self
+            .shared
+            .registry
+            .lock()
+            .expect("registry lock")
+            .leave(&agent_id, coral_proto::now_ms())
+            .map_err(storage)?;
+        if !known {
+            return Err(ColonyError::UnknownAgent(agent_id));
+        }
+        tracing::info!(agent_id = %agent_id, "agent left");
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Control {
+    shared: Arc<Shared>,
+}
+
+pub(crate) async fn serve_control(shared: Arc<Shared>, listener: UnixListener) {
+    coral_proto::local::serve_local(listener, |stream| {
+        let control = Control {
+            shared: shared.clone(),
+        };
+        coral_proto::spawn_channel!(coral_proto::local::framed(stream), control.serve());
+    })
+    .await;
+}
+
+impl ColonyControl for Control {
+    async fn status(self, _: Context) -> ColonyStatus {
+        let s = &self.shared;
+        let now = coral_proto::now_ms();
+        let agents = s
+            .registry
+            .lock()
+            .expect("registry lock")
+            .agents(now, s.config.agent_timeout.as_millis() as i64)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read agents");
+                Vec::new()
+            });
+        let stored_samples = s.telemetry.sample_count().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot count stored samples");
+            0
+        });
+        ColonyStatus {
+            colony_id: s.colony_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at_ms: s.started_at_ms,
+            now_ms: now,
+            rpc_addr: s.rpc_addr.lock().expect("rpc_addr lock").clone(),
+            state_dir: s.state_dir.display().to_string(),
+            stored_samples,
+            agents,
+        }
+    }
+
+    async fn endpoint(self, _: Context) -> ColonyEndpoint {
+        ColonyEndpoint {
+            colony_id: self.shared.colony_id.clone(),
+            rpc_addr: self.shared.rpc_addr.lock().expect("rpc_addr lock").clone(),
+        }
+    }
+
+    async fn stop(self, _: Context) -> u32 {
+        tracing::info!("stop requested over the local socket");
+        self.shared.shutdown.cancel();
+        std::process::id()
+    }
+}

@@ -1,0 +1,126 @@
+//! The one config file, `config.toml`: an optional `[colony]` table and an
+//! optional `[agent]` table, each typed and strict (unknown keys are errors).
+//! Loaded here and nowhere else.
+
+use crate::colony::ColonyConfig;
+use coral_agent::AgentConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoralConfig {
+    pub colony: Option<ColonyConfig>,
+    pub agent: Option<AgentConfig>,
+}
+
+/// `$XDG_CONFIG_HOME/coral/config.toml` (or `~/.config/coral/config.toml`).
+pub fn default_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("coral").join("config.toml"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl CoralConfig {
+    /// Parses and validates a config file.
+    pub fn load(path: &Path) -> Result<CoralConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<CoralConfig, ConfigError> {
+        let cfg: CoralConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(c) = &cfg.colony {
+            c.validate().map_err(invalid)?;
+        }
+        if let Some(a) = &cfg.agent {
+            a.validate().map_err(invalid)?;
+        }
+        Ok(cfg)
+    }
+
+    /// The explicit file, else the default file if it exists, else defaults.
+    pub fn load_or_default(explicit: Option<&Path>) -> Result<CoralConfig, ConfigError> {
+        match explicit {
+            Some(p) => Self::load(p),
+            None => match default_path() {
+                Some(p) if p.exists() => Self::load(&p),
+                _ => Ok(CoralConfig::default()),
+            },
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_location() {
+        let err = CoralConfig::parse(Path::new("c.toml"), "[colony]\nlisten = \"127.0.0.1:9000\"\nlistn = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:3:1: unknown field `listn`"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn values_are_checked() {
+        let err = CoralConfig::parse(Path::new("c.toml"), "[agent]\nservices = [\"api:abc\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port 'abc' is not a number"), "{err}");
+        let err = CoralConfig::parse(Path::new("c.toml"), "[colony]\nheartbeat_interval = \"5 parsecs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:2:"), "{err}");
+        let ok = CoralConfig::parse(
+            Path::new("c.toml"),
+            "[colony]\nlisten = \"0.0.0.0:9100\"\nheartbeat_interval = \"1s\"\n[agent]\nname = \"web-1\"\nprobe_interval = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.colony.unwrap().listen, "0.0.0.0:9100");
+        assert_eq!(ok.agent.unwrap().name.as_deref(), Some("web-1"));
+    }
+}

@@ -1,0 +1,36 @@
+//! tarpc service traits. Each `#[tarpc::service]` generates a `...Client`
+//! and a `serve()` adapter.
+
+use crate::spec::ServiceSpec;
+use crate::types::*;
+
+/// The colony's control plane, called by agents.
+#[tarpc::service]
+pub trait Colony {
+    /// Joins (or rejoins after any reconnect) with the agent's full service set.
+    async fn register(reg: Registration) -> Result<Registered, ColonyError>;
+    /// Reports health and samples; idempotent, acknowledged by sequence number.
+    async fn heartbeat(hb: Heartbeat) -> Result<HeartbeatAck, ColonyError>;
+    /// The agent is stopping on purpose.
+    async fn leave(agent_id: String) -> Result<(), ColonyError>;
+}
+
+/// The colony's local control service, reached by the CLI over a Unix socket.
+#[tarpc::service]
+pub trait ColonyControl {
+    async fn status() -> ColonyStatus;
+    async fn endpoint() -> ColonyEndpoint;
+    /// Begins a graceful shutdown; returns the colony's pid.
+    async fn stop() -> u32;
+}
+
+/// The agent's local control service, reached by the CLI over a Unix socket.
+#[tarpc::service]
+pub trait AgentControl {
+    async fn status() -> AgentStatus;
+    /// Adds services atomically: all of them or none.
+    async fn connect(specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, ControlError>;
+    async fn disconnect(name: String) -> Result<ServiceSpec, ControlError>;
+    /// Begins a graceful shutdown; returns the agent's pid.
+    async fn stop() -> u32;
+}

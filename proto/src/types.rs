@@ -1,0 +1,234 @@
+//! Plain data carried by the RPCs. Timestamps are milliseconds since the Unix
+//! epoch (`*_ms`), durations are microseconds (`*_us`). These structs are also
+//! the stable `--json` schema of the status commands: add fields, never rename.
+
+use crate::spec::ServiceSpec;
+use serde::{Deserialize, Serialize};
+
+/// Health of one service as last probed by its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not probed yet.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+
+    pub fn parse(s: &str) -> Health {
+        match s {
+            "up" => Health::Up,
+            "down" => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+}
+
+/// A service with its current health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    #[serde(flatten)]
+    pub spec: ServiceSpec,
+    pub health: Health,
+    /// When the health last changed (start of the current up/down period).
+    pub since_ms: Option<i64>,
+    pub last_checked_ms: Option<i64>,
+    pub latency_us: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl ServiceHealth {
+    pub fn new(spec: ServiceSpec) -> Self {
+        ServiceHealth {
+            spec,
+            health: Health::Unknown,
+            since_ms: None,
+            last_checked_ms: None,
+            latency_us: None,
+            last_error: None,
+        }
+    }
+}
+
+/// One probe result. `seq` increases strictly per agent, across agent
+/// restarts, so the colony can store each sample exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSample {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub service: String,
+    pub up: bool,
+    pub latency_us: u64,
+    pub error: Option<String>,
+}
+
+/// Sent by an agent on every (re)connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registration {
+    pub agent_id: String,
+    pub name: String,
+    pub hostname: String,
+    pub version: String,
+    pub pid: u32,
+    pub started_at_ms: i64,
+    /// Only join a colony with this id, if set.
+    pub colony_id: Option<String>,
+    pub services: Vec<ServiceHealth>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    pub colony_id: String,
+    /// Highest sample sequence number the colony has stored for this agent.
+    pub last_seq: u64,
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Periodic agent → colony report: the full service set (so removals
+/// propagate) and the samples not yet acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent_id: String,
+    pub services: Vec<ServiceHealth>,
+    pub samples: Vec<HealthSample>,
+    /// Samples the agent had to drop because the colony was away too long.
+    pub dropped_samples: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Every sample with `seq <= last_seq` is stored.
+    pub last_seq: u64,
+}
+
+/// Errors the colony returns to agents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ColonyError {
+    #[error("agent {0} is not registered with this colony")]
+    UnknownAgent(String),
+    #[error("this colony is '{actual}', not '{wanted}'")]
+    WrongColony { wanted: String, actual: String },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("colony storage failed: {0}")]
+    Storage(String),
+}
+
+/// Where the local colony listens (answered over the local socket so that an
+/// agent on the same machine finds it without configuration).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColonyEndpoint {
+    pub colony_id: String,
+    pub rpc_addr: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    Online,
+    /// Heartbeats stopped arriving.
+    Offline,
+    /// The agent said goodbye.
+    Stopped,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Online => "online",
+            AgentState::Offline => "offline",
+            AgentState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSummary {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub version: String,
+    /// Address the agent connects from, as the colony sees it.
+    pub addr: String,
+    pub state: AgentState,
+    pub started_at_ms: i64,
+    pub registered_at_ms: i64,
+    pub last_seen_ms: i64,
+    pub last_seq: u64,
+    pub services: Vec<ServiceHealth>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColonyStatus {
+    pub colony_id: String,
+    pub version: String,
+    pub pid: u32,
+    pub started_at_ms: i64,
+    pub now_ms: i64,
+    pub rpc_addr: String,
+    pub state_dir: String,
+    /// Health samples held in the colony's telemetry store.
+    pub stored_samples: u64,
+    pub agents: Vec<AgentSummary>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// Looking for the colony or retrying after a failure.
+    Connecting,
+    Connected,
+}
+
+/// The agent's view of its link to the colony.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColonyLink {
+    pub state: LinkState,
+    /// Where the agent is trying to reach the colony (empty while unknown).
+    pub addr: String,
+    pub colony_id: Option<String>,
+    pub since_ms: i64,
+    pub last_heartbeat_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub attempts: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub agent_id: String,
+    pub name: String,
+    pub version: String,
+    pub pid: u32,
+    pub started_at_ms: i64,
+    pub now_ms: i64,
+    pub state_dir: String,
+    pub colony: ColonyLink,
+    /// Samples waiting to be acknowledged by the colony.
+    pub pending_samples: u64,
+    pub dropped_samples: u64,
+    /// Health samples held in the agent's telemetry store.
+    pub stored_samples: u64,
+    pub services: Vec<ServiceHealth>,
+}
+
+/// Errors the agent's local control service returns to the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ControlError {
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("service '{0}' is already connected (run 'coral disconnect {0}' first)")]
+    AlreadyConnected(String),
+    #[error("no service named '{0}' is connected (see 'coral agent status')")]
+    UnknownService(String),
+    #[error("agent storage failed: {0}")]
+    Storage(String),
+}
