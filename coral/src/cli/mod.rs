@@ -424,18 +424,21 @@ fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
 
 fn serve_colony(config: ColonyConfig) -> anyhow::Result<()> {
     let (_pid, sock) = claim("colony")?;
+    // Bind before touching state, so a busy port leaves nothing behind.
     let listen = config.listen.clone();
+    let rpc = std::net::TcpListener::bind(&listen).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (another colony? pick another port with --port)"
+        } else {
+            ""
+        };
+        anyhow!("cannot listen on {listen}: {e}{hint}")
+    })?;
+    rpc.set_nonblocking(true)?;
     let colony = Colony::open(config)?;
     let rt = daemon_runtime()?;
     rt.block_on(async move {
-        let rpc = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                " (another colony? pick another port with --port)"
-            } else {
-                ""
-            };
-            anyhow!("cannot listen on {listen}: {e}{hint}")
-        })?;
+        let rpc = tokio::net::TcpListener::from_std(rpc)?;
         let control = bind_control(&sock)?;
         let addr = rpc.local_addr()?.to_string();
         tracing::info!(colony_id = colony.colony_id(), rpc = %addr, socket = %sock.display(), "colony listening");

@@ -1,0 +1,42 @@
+# Coral's everyday commands. The cargo target directory lives outside the
+# clone so that rebuilding bundled DuckDB (about 25 minutes) happens once.
+export CARGO_TARGET_DIR ?= /var/cache/coral/target
+PREFIX ?= /usr/local
+CARGO ?= cargo
+
+.PHONY: all deps build test fmt lint install demo bench clean
+
+all: build
+
+## Install the Debian packages the build and tests need (uses sudo if not root).
+deps:
+	bash packaging/dev/deps.sh
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+## The whole test suite: unit tests and integration tests with real processes.
+test: deps
+	$(CARGO) test --workspace --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(CARGO_TARGET_DIR)/debug/coral $(DESTDIR)$(PREFIX)/bin/coral
+
+## Coral's main job end to end on one machine, then clean up.
+demo: build
+	bash packaging/dev/demo.sh
+
+## Control-plane figures, written to docs/benchmarks.md.
+bench: build
+	$(CARGO) bench -p coral --bench control_plane --profile dev
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,234 @@
+//! Test harness: each `Env` is a private set of XDG directories in which real
+//! `coral` processes run, so tests run in parallel without sharing sockets,
+//! pid files or state. Daemons an `Env` started are stopped when it drops,
+//! by the pids they wrote.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub const CORAL: &str = env!("CARGO_BIN_EXE_coral");
+
+/// Fast intervals so tests see changes within a second.
+pub const FAST_CONFIG: &str = r#"
+[colony]
+heartbeat_interval = "200ms"
+agent_timeout = "1s"
+
+[agent]
+name = "test-host"
+probe_interval = "200ms"
+probe_timeout = "150ms"
+"#;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new(config: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = Env { dir };
+        std::fs::create_dir_all(env.config_dir()).unwrap();
+        std::fs::write(env.config_dir().join("config.toml"), config).unwrap();
+        env
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn runtime(&self) -> PathBuf {
+        self.root().join("run")
+    }
+    pub fn runtime_coral(&self) -> PathBuf {
+        self.runtime().join("coral")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
+    pub fn colony_state(&self) -> PathBuf {
+        self.state().join("coral/colony")
+    }
+    pub fn agent_state(&self) -> PathBuf {
+        self.state().join("coral/agent")
+    }
+    pub fn config_dir(&self) -> PathBuf {
+        self.root().join("config/coral")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(CORAL);
+        c.args(args)
+            .env("XDG_RUNTIME_DIR", self.runtime())
+            .env("XDG_STATE_HOME", self.state())
+            .env("XDG_CONFIG_HOME", self.root().join("config"))
+            .env("CORAL_LOG", "info")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run coral")
+    }
+
+    /// Runs coral and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "coral {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("json output")
+    }
+
+    /// Polls `coral <args> --json` until `pred` holds.
+    pub fn wait_json(&self, args: &[&str], timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            let out = self.run(args);
+            if out.status.success() {
+                last = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                if pred(&last) {
+                    return last;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out after {timeout:?} waiting for {what}; last {args:?}: {last:#}");
+    }
+
+    pub fn start_colony(&self) -> Value {
+        self.ok(&["colony", "start", "--daemon", "--port", "0", "--colony-id", "test-colony"]);
+        self.json(&["colony", "status", "--json"])
+    }
+
+    pub fn start_agent(&self) -> String {
+        self.ok(&["agent", "start", "--daemon"])
+    }
+
+    pub fn pid_of(&self, role: &str) -> Option<i32> {
+        std::fs::read_to_string(self.runtime_coral().join(format!("{role}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn log(&self, role: &str) -> String {
+        let dir = if role == "colony" { self.colony_state() } else { self.agent_state() };
+        std::fs::read_to_string(dir.join(format!("{role}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for role in ["agent", "colony"] {
+            if let Some(pid) = self.pid_of(role) {
+                let _ = self.run(&[role, "stop"]);
+                if alive(pid) {
+                    kill(pid, 9);
+                }
+            }
+        }
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    Command::new("kill").args(["-0", &pid.to_string()]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    let _ = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status();
+}
+
+pub fn wait_dead(pid: i32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still alive after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A real HTTP service (hyper via axum) whose `/health` answers 200 or 503.
+pub struct HttpService {
+    pub port: u16,
+    healthy: Arc<AtomicBool>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl HttpService {
+    pub fn start() -> HttpService {
+        use axum::{Router, http::StatusCode, routing::get};
+        let healthy = Arc::new(AtomicBool::new(true));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let h = healthy.clone();
+        let app = Router::new().route(
+            "/health",
+            get(move || {
+                let h = h.clone();
+                async move {
+                    if h.load(Ordering::Relaxed) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "sick") }
+                }
+            }),
+        );
+        rt.spawn(async move { axum::serve(listener, app).await });
+        HttpService { port, healthy, _rt: rt }
+    }
+
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::Relaxed);
+    }
+}
+
+/// A real TCP service: a listening socket (the kernel completes connects).
+pub struct TcpService {
+    pub port: u16,
+    listener: Option<TcpListener>,
+}
+
+impl TcpService {
+    pub fn start() -> TcpService {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        TcpService { port: l.local_addr().unwrap().port(), listener: Some(l) }
+    }
+    pub fn stop(&mut self) {
+        self.listener = None;
+    }
+}
+
+/// Writes raw bytes to a stream and reads until EOF or timeout.
+pub fn poke(mut s: impl Read + Write, bytes: &[u8]) -> Vec<u8> {
+    let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf
+}
+
+pub fn services(agent: &Value) -> Vec<Value> {
+    agent["services"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn service<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list["services"].as_array()?.iter().find(|s| s["name"] == name)
+}
