@@ -12,20 +12,39 @@ fn one_line_usage_error(env: &Env, args: &[&str], want: &str) {
     let out = env.run(args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(64), "coral {args:?}: {err}");
-    assert!(err.contains(want), "coral {args:?}: want '{want}' in: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert!(
+        err.contains(want),
+        "coral {args:?}: want '{want}' in: {err}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
 }
 
 #[test]
 fn malformed_service_specs_are_usage_errors() {
     let env = Env::new(FAST_CONFIG);
     one_line_usage_error(&env, &["connect", "api:abc"], "port 'abc' is not a number");
-    one_line_usage_error(&env, &["connect", "api:70000"], "port 70000 is out of range 1-65535");
+    one_line_usage_error(
+        &env,
+        &["connect", "api:70000"],
+        "port 70000 is out of range 1-65535",
+    );
     one_line_usage_error(&env, &["connect", ":8080"], "service name is empty");
     one_line_usage_error(&env, &["connect", ""], "missing ':port'");
-    one_line_usage_error(&env, &["connect", "api:80", "web:81", "api:82"], "service 'api' is given more than once");
+    one_line_usage_error(
+        &env,
+        &["connect", "api:80", "web:81", "api:82"],
+        "service 'api' is given more than once",
+    );
     one_line_usage_error(&env, &["connect", "api", "--port", "70000"], "out of range");
-    one_line_usage_error(&env, &["connect", "api:80:nonsense"], "neither a health path");
+    one_line_usage_error(
+        &env,
+        &["connect", "api:80:nonsense"],
+        "neither a health path",
+    );
 }
 
 #[test]
@@ -33,10 +52,18 @@ fn connect_without_an_agent_says_what_to_run() {
     let env = Env::new(FAST_CONFIG);
     let out = env.run(&["connect", "api:8080"]);
     assert_eq!(out.status.code(), Some(69));
-    assert!(stderr(&out).contains("is 'coral agent start' running?"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is 'coral agent start' running?"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.run(&["colony", "status"]);
     assert_eq!(out.status.code(), Some(69));
-    assert!(stderr(&out).contains("is 'coral colony start' running?"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is 'coral colony start' running?"),
+        "{}",
+        stderr(&out)
+    );
     // Stopping what is not running is not an error.
     assert!(env.ok(&["colony", "stop"]).contains("not running"));
 }
@@ -48,21 +75,42 @@ fn colony_and_agent_end_to_end_with_restarts() {
     assert_eq!(colony["colony_id"], "test-colony");
     assert!(colony["agents"].as_array().unwrap().is_empty());
     let started = env.start_agent();
-    assert!(started.contains("Registered with colony test-colony"), "{started}");
+    assert!(
+        started.contains("Registered with colony test-colony"),
+        "{started}"
+    );
 
     let web = HttpService::start();
     let mut db = TcpService::start();
-    let out = env.ok(&["connect", &format!("web:{}:/health", web.port), &format!("db:{}:tcp", db.port)]);
-    assert!(out.contains("Connected web") && out.contains("Connected db"), "{out}");
+    let out = env.ok(&[
+        "connect",
+        &format!("web:{}:/health", web.port),
+        &format!("db:{}:tcp", db.port),
+    ]);
+    assert!(
+        out.contains("Connected web") && out.contains("Connected db"),
+        "{out}"
+    );
     // The same name again is refused, and nothing changes.
-    one_line_usage_error(&env, &["connect", &format!("web:{}", web.port)], "already connected");
+    one_line_usage_error(
+        &env,
+        &["connect", &format!("web:{}", web.port)],
+        "already connected",
+    );
 
     // The colony sees both services up, with probe latency.
-    let status = env.wait_json(&["colony", "status", "--json"], T, "both services up", |s| {
-        let a = &s["agents"][0];
-        a["state"] == "online"
-            && a["services"].as_array().is_some_and(|v| v.len() == 2 && v.iter().all(|x| x["health"] == "up"))
-    });
+    let status = env.wait_json(
+        &["colony", "status", "--json"],
+        T,
+        "both services up",
+        |s| {
+            let a = &s["agents"][0];
+            a["state"] == "online"
+                && a["services"]
+                    .as_array()
+                    .is_some_and(|v| v.len() == 2 && v.iter().all(|x| x["health"] == "up"))
+        },
+    );
     let agent = &status["agents"][0];
     assert_eq!(agent["name"], "test-host");
     assert_eq!(agent["version"], env!("CARGO_PKG_VERSION"));
@@ -75,7 +123,10 @@ fn colony_and_agent_end_to_end_with_restarts() {
     assert!(w["since_ms"].as_i64().unwrap() <= status["now_ms"].as_i64().unwrap());
     assert!(w["last_error"].is_null());
     let d = service(agent, "db").unwrap();
-    assert_eq!((d["kind"].as_str(), d["health_path"].is_null()), (Some("tcp"), true));
+    assert_eq!(
+        (d["kind"].as_str(), d["health_path"].is_null()),
+        (Some("tcp"), true)
+    );
 
     // The agent's own view matches.
     let a = env.json(&["agent", "status", "--json"]);
@@ -87,19 +138,35 @@ fn colony_and_agent_end_to_end_with_restarts() {
     // Health changes reach the colony: HTTP 503, then a closed TCP port.
     web.set_healthy(false);
     db.stop();
-    let status = env.wait_json(&["colony", "status", "--json"], T, "both services down", |s| {
-        let a = &s["agents"][0];
-        service(a, "web").is_some_and(|w| w["health"] == "down") && service(a, "db").is_some_and(|d| d["health"] == "down")
-    });
+    let status = env.wait_json(
+        &["colony", "status", "--json"],
+        T,
+        "both services down",
+        |s| {
+            let a = &s["agents"][0];
+            service(a, "web").is_some_and(|w| w["health"] == "down")
+                && service(a, "db").is_some_and(|d| d["health"] == "down")
+        },
+    );
     let a = &status["agents"][0];
-    assert_eq!(service(a, "web").unwrap()["last_error"], "GET /health: HTTP 503");
-    assert!(service(a, "db").unwrap()["last_error"].as_str().unwrap().contains("connection refused"));
+    assert_eq!(
+        service(a, "web").unwrap()["last_error"],
+        "GET /health: HTTP 503"
+    );
+    assert!(
+        service(a, "db").unwrap()["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
     web.set_healthy(true);
 
     // Disconnect propagates.
     assert!(env.ok(&["disconnect", "db"]).contains("Disconnected db"));
     env.wait_json(&["colony", "status", "--json"], T, "db removed", |s| {
-        s["agents"][0]["services"].as_array().is_some_and(|v| v.len() == 1)
+        s["agents"][0]["services"]
+            .as_array()
+            .is_some_and(|v| v.len() == 1)
     });
     one_line_usage_error(&env, &["disconnect", "db"], "no service named 'db'");
 
@@ -107,16 +174,29 @@ fn colony_and_agent_end_to_end_with_restarts() {
     let colony_pid = env.pid_of("colony").unwrap();
     kill(colony_pid, 9);
     wait_dead(colony_pid, T);
-    env.wait_json(&["agent", "status", "--json"], T, "agent reconnecting", |a| a["colony"]["state"] == "connecting");
+    env.wait_json(
+        &["agent", "status", "--json"],
+        T,
+        "agent reconnecting",
+        |a| a["colony"]["state"] == "connecting",
+    );
     std::thread::sleep(Duration::from_millis(600)); // samples pile up meanwhile
     let restarted_at = std::time::Instant::now();
     env.start_colony();
-    env.wait_json(&["colony", "status", "--json"], Duration::from_secs(5), "agent back within 5s", |s| {
-        s["agents"][0]["state"] == "online"
-            && service(&s["agents"][0], "web").is_some_and(|w| w["health"] == "up")
-    });
+    env.wait_json(
+        &["colony", "status", "--json"],
+        Duration::from_secs(5),
+        "agent back within 5s",
+        |s| {
+            s["agents"][0]["state"] == "online"
+                && service(&s["agents"][0], "web").is_some_and(|w| w["health"] == "up")
+        },
+    );
     let back = restarted_at.elapsed();
-    assert!(back < Duration::from_secs(5), "agent took {back:?} to come back");
+    assert!(
+        back < Duration::from_secs(5),
+        "agent took {back:?} to come back"
+    );
 
     // Services survive an agent restart too.
     env.ok(&["agent", "stop"]);
@@ -126,18 +206,32 @@ fn colony_and_agent_end_to_end_with_restarts() {
 
     // Nothing lost, nothing doubled: after a graceful agent stop (which flushes),
     // the colony holds exactly the samples the agent took.
-    env.wait_json(&["agent", "status", "--json"], T, "agent registered", |a| a["colony"]["state"] == "connected");
+    env.wait_json(&["agent", "status", "--json"], T, "agent registered", |a| {
+        a["colony"]["state"] == "connected"
+    });
     std::thread::sleep(Duration::from_millis(500));
     env.ok(&["agent", "stop"]);
-    let colony_samples = env.json(&["colony", "status", "--json"])["stored_samples"].as_u64().unwrap();
-    let agent_db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
-    let agent_samples: i64 = agent_db.query_row("SELECT count(*) FROM health_samples", [], |r| r.get(0)).unwrap();
-    let distinct: i64 = agent_db
-        .query_row("SELECT count(DISTINCT seq) FROM health_samples", [], |r| r.get(0))
+    let colony_samples = env.json(&["colony", "status", "--json"])["stored_samples"]
+        .as_u64()
         .unwrap();
-    assert_eq!(agent_samples, distinct, "sample seqs must be unique per agent");
+    let agent_db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
+    let agent_samples: i64 = agent_db
+        .query_row("SELECT count(*) FROM health_samples", [], |r| r.get(0))
+        .unwrap();
+    let distinct: i64 = agent_db
+        .query_row("SELECT count(DISTINCT seq) FROM health_samples", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        agent_samples, distinct,
+        "sample seqs must be unique per agent"
+    );
     assert!(agent_samples > 5, "too few samples: {agent_samples}");
-    assert_eq!(colony_samples, agent_samples as u64, "colony and agent sample counts differ");
+    assert_eq!(
+        colony_samples, agent_samples as u64,
+        "colony and agent sample counts differ"
+    );
     let s = env.json(&["colony", "status", "--json"]);
     assert_eq!(s["agents"][0]["state"], "stopped");
 }
@@ -146,15 +240,27 @@ fn colony_and_agent_end_to_end_with_restarts() {
 fn agent_without_a_colony_keeps_retrying_and_joins_later() {
     let env = Env::new(FAST_CONFIG);
     let out = env.start_agent();
-    assert!(out.contains("Not registered yet") && out.contains("keeps retrying"), "{out}");
+    assert!(
+        out.contains("Not registered yet") && out.contains("keeps retrying"),
+        "{out}"
+    );
     let a = env.json(&["agent", "status", "--json"]);
     assert_eq!(a["colony"]["state"], "connecting");
     assert!(a["colony"]["attempts"].as_u64().unwrap() >= 1);
-    assert!(a["colony"]["last_error"].as_str().unwrap().contains("coral colony start"), "{a}");
+    assert!(
+        a["colony"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("coral colony start"),
+        "{a}"
+    );
     env.start_colony();
-    env.wait_json(&["agent", "status", "--json"], Duration::from_secs(5), "agent joined", |a| {
-        a["colony"]["state"] == "connected"
-    });
+    env.wait_json(
+        &["agent", "status", "--json"],
+        Duration::from_secs(5),
+        "agent joined",
+        |a| a["colony"]["state"] == "connected",
+    );
 }
 
 #[test]
@@ -165,7 +271,10 @@ fn a_second_colony_on_a_busy_port_is_refused() {
     let out = env.run(&["colony", "start", "--daemon", "--port", &port]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("Address already in use") && err.contains("--port"), "{err}");
+    assert!(
+        err.contains("Address already in use") && err.contains("--port"),
+        "{err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     // And a second colony in the same place is refused by its pid file.
     env.start_colony();
@@ -180,12 +289,19 @@ fn a_stale_pid_file_is_taken_over() {
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = gone.id();
     gone.wait().unwrap();
-    std::fs::write(env.runtime_coral().join("colony.pid"), format!("{dead_pid}\n")).unwrap();
+    std::fs::write(
+        env.runtime_coral().join("colony.pid"),
+        format!("{dead_pid}\n"),
+    )
+    .unwrap();
     std::fs::write(env.runtime_coral().join("colony.sock"), "").unwrap();
     env.start_colony();
     let log = env.log("colony");
     assert!(log.contains("removed a stale pid file"), "{log}");
-    assert_eq!(env.pid_of("colony").map(|p| p as u32 != dead_pid), Some(true));
+    assert_eq!(
+        env.pid_of("colony").map(|p| p as u32 != dead_pid),
+        Some(true)
+    );
 }
 
 fn refuses_damaged(env: &Env, role: &str, file: &std::path::Path) {
@@ -195,8 +311,16 @@ fn refuses_damaged(env: &Env, role: &str, file: &std::path::Path) {
     let out = env.run(&[role, "start", "--daemon"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&file.display().to_string()) && err.contains("move it aside"), "{err}");
-    assert_eq!(std::fs::read(file).unwrap(), junk, "{} was modified", file.display());
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("move it aside"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        junk,
+        "{} was modified",
+        file.display()
+    );
     assert!(env.pid_of(role).is_none());
 }
 
@@ -229,20 +353,31 @@ fn daemons_survive_garbage_from_clients() {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         poke(s, g);
         for sock in ["colony.sock", "agent.sock"] {
-            let s = std::os::unix::net::UnixStream::connect(env.runtime_coral().join(sock)).unwrap();
+            let s =
+                std::os::unix::net::UnixStream::connect(env.runtime_coral().join(sock)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             poke(s, g);
         }
     }
     env.ok(&["colony", "status"]);
     env.ok(&["agent", "status"]);
-    env.wait_json(&["colony", "status", "--json"], T, "agent still online", |s| s["agents"][0]["state"] == "online");
+    env.wait_json(
+        &["colony", "status", "--json"],
+        T,
+        "agent still online",
+        |s| s["agents"][0]["state"] == "online",
+    );
 }
 
 #[test]
 fn other_users_are_refused_on_the_local_socket() {
-    if !nix_is_root() || which("setpriv").is_none() || !std::path::Path::new("/usr/bin/python3").exists() {
-        eprintln!("SKIP other_users_are_refused_on_the_local_socket: needs root, setpriv (util-linux) and /usr/bin/python3");
+    if !nix_is_root()
+        || which("setpriv").is_none()
+        || !std::path::Path::new("/usr/bin/python3").exists()
+    {
+        eprintln!(
+            "SKIP other_users_are_refused_on_the_local_socket: needs root, setpriv (util-linux) and /usr/bin/python3"
+        );
         return;
     }
     let env = Env::new(FAST_CONFIG);
@@ -269,14 +404,32 @@ fn other_users_are_refused_on_the_local_socket() {
         frame.display()
     );
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &script])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
         .output()
         .unwrap();
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(answer, "0", "another uid got an answer: {answer} {}", stderr(&out));
+    assert_eq!(
+        answer,
+        "0",
+        "another uid got an answer: {answer} {}",
+        stderr(&out)
+    );
     // The owner, framing the same way, is served.
-    let out = std::process::Command::new("/usr/bin/python3").args(["-c", &script]).output().unwrap();
-    let answer: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let answer: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     assert!(answer > 0, "the owner was not served: {}", stderr(&out));
     assert!(env.log("colony").contains("refused local connection"));
 }
@@ -286,8 +439,14 @@ fn capture_status_frame() -> Vec<u8> {
     use std::io::Read;
     let env = Env::new(FAST_CONFIG);
     std::fs::create_dir_all(env.runtime_coral()).unwrap();
-    let stub = std::os::unix::net::UnixListener::bind(env.runtime_coral().join("colony.sock")).unwrap();
-    let mut cli = env.command(&["colony", "status"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let stub =
+        std::os::unix::net::UnixListener::bind(env.runtime_coral().join("colony.sock")).unwrap();
+    let mut cli = env
+        .command(&["colony", "status"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let (mut conn, _) = stub.accept().unwrap();
     let mut len = [0u8; 4];
     conn.read_exact(&mut len).unwrap();
@@ -299,7 +458,10 @@ fn capture_status_frame() -> Vec<u8> {
 }
 
 fn nix_is_root() -> bool {
-    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 fn which(cmd: &str) -> Option<()> {
@@ -315,14 +477,29 @@ fn which(cmd: &str) -> Option<()> {
 fn config_validate_reports_file_line_and_column() {
     let env = Env::new(FAST_CONFIG);
     let good = env.config_dir().join("config.toml");
-    assert!(env.ok(&["config", "validate", good.to_str().unwrap()]).contains("ok ([colony] and [agent])"));
+    assert!(
+        env.ok(&["config", "validate", good.to_str().unwrap()])
+            .contains("ok ([colony] and [agent])")
+    );
     let bad = env.root().join("bad.toml");
     std::fs::write(&bad, "[agent]\nname = \"x\"\nprobe_intervall = \"1s\"\n").unwrap();
-    one_line_usage_error(&env, &["config", "validate", bad.to_str().unwrap()], ":3:1: unknown field `probe_intervall`");
+    one_line_usage_error(
+        &env,
+        &["config", "validate", bad.to_str().unwrap()],
+        ":3:1: unknown field `probe_intervall`",
+    );
     std::fs::write(&bad, "[colony]\nlisten = \"nowhere\"\n").unwrap();
-    one_line_usage_error(&env, &["config", "validate", bad.to_str().unwrap()], "must be ip:port");
+    one_line_usage_error(
+        &env,
+        &["config", "validate", bad.to_str().unwrap()],
+        "must be ip:port",
+    );
     // A daemon refuses to start on a bad config, with the same message.
-    one_line_usage_error(&env, &["colony", "start", "--config", bad.to_str().unwrap()], "must be ip:port");
+    one_line_usage_error(
+        &env,
+        &["colony", "start", "--config", bad.to_str().unwrap()],
+        "must be ip:port",
+    );
 }
 
 #[test]

@@ -68,15 +68,23 @@ impl AgentConfig {
         {
             return Err(format!("agent.colony '{c}' must be host:port"));
         }
+        if let Some(id) = &self.colony_id {
+            coral_proto::spec::validate_name(id).map_err(|e| {
+                format!(
+                    "agent.colony_id: {}",
+                    e.replace("service name", "colony id")
+                )
+            })?;
+        }
         coral_proto::ServiceSpec::parse_all(&self.services)
             .map_err(|e| format!("agent.services: {e}"))?;
         Ok(())
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| {
-            state_home().join("coral").join("agent")
-        })
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| state_home().join("coral").join("agent"))
     }
 }
 

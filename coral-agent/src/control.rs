@@ -49,7 +49,11 @@ impl AgentControl for Control {
         }
     }
 
-    async fn connect(self, _: Context, specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, ControlError> {
+    async fn connect(
+        self,
+        _: Context,
+        specs: Vec<ServiceSpec>,
+    ) -> Result<Vec<ServiceSpec>, ControlError> {
         self.shared.connect(specs)
     }
 

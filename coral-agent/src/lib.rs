@@ -20,7 +20,6 @@ use coral_proto::{Health, HealthSample, ServiceHealth, ServiceSpec};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use telemetry::{SampleRow, Telemetry, TelemetryGuard};
 use tokio::net::UnixListener;
@@ -43,8 +42,9 @@ pub enum AgentError {
 }
 
 /// Samples waiting for the colony's acknowledgement.
-#[derive(Default)]
 struct Pending {
+    /// Last sample sequence number used: the boot counter in the high 32 bits.
+    next_seq: u64,
     samples: VecDeque<HealthSample>,
     dropped: u64,
 }
@@ -66,8 +66,6 @@ pub(crate) struct Shared {
     services: Mutex<BTreeMap<String, Watched>>,
     pending: Mutex<Pending>,
     pub(crate) link: Mutex<coral_proto::ColonyLink>,
-    /// Next sample sequence number: the boot counter in the high 32 bits.
-    seq: AtomicU64,
     pub(crate) telemetry: Telemetry,
     prober: probe::Prober,
     /// Wakes the link to send a heartbeat now (services changed).
@@ -86,9 +84,11 @@ impl Agent {
     pub fn open(config: AgentConfig) -> Result<Agent, AgentError> {
         config.validate().map_err(AgentError::Config)?;
         let state_dir = config.state_dir();
-        coral_proto::local::ensure_private_dir(&state_dir).map_err(|source| AgentError::StateDir {
-            path: state_dir.clone(),
-            source,
+        coral_proto::local::ensure_private_dir(&state_dir).map_err(|source| {
+            AgentError::StateDir {
+                path: state_dir.clone(),
+                source,
+            }
         })?;
         let mut state = state::AgentState::open(&state_dir.join("agent.db"))?;
         let agent_id = state.agent_id()?;
@@ -102,7 +102,8 @@ impl Agent {
             .filter(|s| !known.contains(&s.name))
             .collect();
         state.add_services(&from_config)?;
-        let (telemetry, guard) = Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
+        let (telemetry, guard) =
+            Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
         let hostname = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -118,7 +119,11 @@ impl Agent {
             state_dir,
             state: Mutex::new(state),
             services: Mutex::new(BTreeMap::new()),
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Pending {
+                next_seq: boot << 32,
+                samples: VecDeque::new(),
+                dropped: 0,
+            }),
             link: Mutex::new(coral_proto::ColonyLink {
                 state: coral_proto::LinkState::Connecting,
                 addr: config.colony.clone().unwrap_or_default(),
@@ -128,7 +133,6 @@ impl Agent {
                 last_error: None,
                 attempts: 0,
             }),
-            seq: AtomicU64::new(boot << 32),
             telemetry,
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -223,14 +227,6 @@ impl Shared {
 
     async fn record(&self, service: &str, r: probe::ProbeResult) {
         let now = coral_proto::now_ms();
-        let sample = HealthSample {
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            ts_ms: now,
-            service: service.to_string(),
-            up: r.up,
-            latency_us: r.latency.as_micros() as u64,
-            error: r.error.clone(),
-        };
         let mut changed = false;
         {
             let mut services = self.services.lock().expect("services lock");
@@ -243,20 +239,38 @@ impl Shared {
                 changed = true;
                 h.health = health;
                 h.since_ms = Some(now);
-                tracing::info!(service, health = health.as_str(), error = r.error.as_deref().unwrap_or(""), "service health changed");
+                tracing::info!(
+                    service,
+                    health = health.as_str(),
+                    error = r.error.as_deref().unwrap_or(""),
+                    "service health changed"
+                );
             }
             h.last_checked_ms = Some(now);
-            h.latency_us = Some(sample.latency_us);
-            h.last_error = r.error;
+            h.latency_us = Some(r.latency.as_micros() as u64);
+            h.last_error = r.error.clone();
         }
-        {
+        let sample = {
+            // The seq is taken and the sample queued under one lock, so the
+            // queue is always in seq order: an acknowledgement up to N never
+            // skips a sample below N that is not queued yet.
             let mut p = self.pending.lock().expect("pending lock");
+            p.next_seq += 1;
+            let sample = HealthSample {
+                seq: p.next_seq,
+                ts_ms: now,
+                service: service.to_string(),
+                up: r.up,
+                latency_us: r.latency.as_micros() as u64,
+                error: r.error,
+            };
             if p.samples.len() >= self.config.max_pending_samples {
                 p.samples.pop_front();
                 p.dropped += 1;
             }
             p.samples.push_back(sample.clone());
-        }
+            sample
+        };
         let row = SampleRow {
             agent_id: self.agent_id.clone(),
             sample,
@@ -297,7 +311,10 @@ impl Shared {
         (p.samples.len() as u64, p.dropped)
     }
 
-    pub(crate) fn connect(self: &Arc<Self>, specs: Vec<ServiceSpec>) -> Result<Vec<ServiceSpec>, coral_proto::ControlError> {
+    pub(crate) fn connect(
+        self: &Arc<Self>,
+        specs: Vec<ServiceSpec>,
+    ) -> Result<Vec<ServiceSpec>, coral_proto::ControlError> {
         use coral_proto::{ControlError, SpecError};
         let mut seen: Vec<&str> = Vec::new();
         for s in &specs {

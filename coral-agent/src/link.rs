@@ -62,8 +62,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     (link.attempts, repeated, was_connected)
                 };
                 match attempts {
-                    (_, _, true) => tracing::warn!(error = %msg, "lost the colony link; reconnecting"),
-                    (n, false, _) => tracing::warn!(error = %msg, attempts = n, "colony not reachable; retrying"),
+                    (_, _, true) => {
+                        tracing::warn!(error = %msg, "lost the colony link; reconnecting")
+                    }
+                    (n, false, _) => {
+                        tracing::warn!(error = %msg, attempts = n, "colony not reachable; retrying")
+                    }
                     (n, true, _) if n % 50 == 0 => {
                         tracing::warn!(error = %msg, attempts = n, "colony still not reachable; retrying")
                     }
@@ -93,12 +97,17 @@ async fn find_colony(shared: &Shared) -> Result<String, LinkError> {
             path.display()
         ))
     };
-    let stream = coral_proto::local::connect(&path).await.map_err(no_colony)?;
-    let client = ColonyControlClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
-    let ep = client
-        .endpoint(ctx())
+    let stream = coral_proto::local::connect(&path)
         .await
-        .map_err(|e| LinkError::Find(format!("local colony at {} did not answer: {e}", path.display())))?;
+        .map_err(no_colony)?;
+    let client =
+        ColonyControlClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
+    let ep = client.endpoint(ctx()).await.map_err(|e| {
+        LinkError::Find(format!(
+            "local colony at {} did not answer: {e}",
+            path.display()
+        ))
+    })?;
     if let Some(want) = &shared.config.colony_id
         && want != &ep.colony_id
     {
@@ -108,7 +117,10 @@ async fn find_colony(shared: &Shared) -> Result<String, LinkError> {
         )));
     }
     // A colony listening on all interfaces is reached on loopback.
-    Ok(ep.rpc_addr.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:"))
+    Ok(ep
+        .rpc_addr
+        .replace("0.0.0.0:", "127.0.0.1:")
+        .replace("[::]:", "[::1]:"))
 }
 
 async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
@@ -143,7 +155,11 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         colony_id: shared.config.colony_id.clone(),
         services: shared.services_snapshot(),
     };
-    let registered = client.register(ctx(), reg).await.map_err(rpc_err)?.map_err(refused)?;
+    let registered = client
+        .register(ctx(), reg)
+        .await
+        .map_err(rpc_err)?
+        .map_err(refused)?;
     shared.acknowledge(registered.last_seq);
     {
         let mut link = shared.link.lock().expect("link lock");
@@ -167,7 +183,11 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
             samples,
             dropped_samples: dropped,
         };
-        let ack = client.heartbeat(ctx(), hb).await.map_err(rpc_err)?.map_err(refused)?;
+        let ack = client
+            .heartbeat(ctx(), hb)
+            .await
+            .map_err(rpc_err)?
+            .map_err(refused)?;
         shared.acknowledge(ack.last_seq);
         shared.link.lock().expect("link lock").last_heartbeat_ms = Some(coral_proto::now_ms());
         if stopping {

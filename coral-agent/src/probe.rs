@@ -51,7 +51,12 @@ impl Prober {
     }
 
     async fn tcp_connect(&self, port: u16) -> Result<(), String> {
-        match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
+        match tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("tcp connect: {}", io_reason(&e))),
             Err(_) => Err(format!("tcp connect: no answer within {:?}", self.timeout)),
@@ -63,7 +68,9 @@ impl Prober {
         match self.http.get(&url).send().await {
             Ok(resp) if resp.status().as_u16() < 400 => Ok(()),
             Ok(resp) => Err(format!("GET {path}: HTTP {}", resp.status().as_u16())),
-            Err(e) if e.is_timeout() => Err(format!("GET {path}: no answer within {:?}", self.timeout)),
+            Err(e) if e.is_timeout() => {
+                Err(format!("GET {path}: no answer within {:?}", self.timeout))
+            }
             Err(e) if e.is_connect() => Err(format!("GET {path}: connection refused")),
             Err(e) => Err(format!("GET {path}: {}", error_chain(&e))),
         }

@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state file {path} cannot be used: {reason} (if it is damaged, move it aside; Coral never overwrites it)")]
+    #[error(
+        "state file {path} cannot be used: {reason} (if it is damaged, move it aside; Coral never overwrites it)"
+    )]
     Open { path: PathBuf, reason: String },
-    #[error("state file {path} has schema version {found}, newer than this coral ({known}); upgrade coral")]
+    #[error(
+        "state file {path} has schema version {found}, newer than this coral ({known}); upgrade coral"
+    )]
     TooNew {
         path: PathBuf,
         found: i64,
@@ -46,9 +50,12 @@ pub fn open_migrated(path: &Path, migrations: &[&str]) -> Result<Connection, Sto
             known: migrations.len(),
         });
     }
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(bad)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(bad)?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(bad)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(bad)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(bad)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(bad)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction()?;
@@ -71,16 +78,24 @@ mod tests {
         let m = ["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (y INTEGER);"];
         open_migrated(&path, &m[..1]).unwrap();
         let c = open_migrated(&path, &m).unwrap();
-        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, 2);
         drop(c);
-        assert!(matches!(open_migrated(&path, &m[..1]), Err(StoreError::TooNew { found: 2, .. })));
+        assert!(matches!(
+            open_migrated(&path, &m[..1]),
+            Err(StoreError::TooNew { found: 2, .. })
+        ));
 
         let junk_path = dir.path().join("junk.db");
         let junk = b"this is not a database, it is a text file that is long enough".repeat(100);
         std::fs::write(&junk_path, &junk).unwrap();
         let err = open_migrated(&junk_path, &m).unwrap_err().to_string();
-        assert!(err.contains("junk.db") && err.contains("move it aside"), "{err}");
+        assert!(
+            err.contains("junk.db") && err.contains("move it aside"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&junk_path).unwrap(), junk);
     }
 }

@@ -96,6 +96,9 @@ impl AgentState {
     }
 
     pub fn remove_service(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.execute("DELETE FROM services WHERE name = ?1", [name])? > 0)
+        Ok(self
+            .conn
+            .execute("DELETE FROM services WHERE name = ?1", [name])?
+            > 0)
     }
 }

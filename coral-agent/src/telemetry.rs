@@ -42,7 +42,9 @@ pub enum TelemetryError {
         "telemetry store {path} cannot be opened: {reason} (if it is damaged, move it aside; Coral never overwrites it)"
     )]
     Open { path: PathBuf, reason: String },
-    #[error("telemetry store {path} has schema version {found}, newer than this coral ({known}); upgrade coral")]
+    #[error(
+        "telemetry store {path} has schema version {found}, newer than this coral ({known}); upgrade coral"
+    )]
     TooNew {
         path: PathBuf,
         found: i64,
@@ -65,6 +67,7 @@ enum Cmd {
     Insert(Vec<SampleRow>, oneshot::Sender<Result<(), String>>),
     Count(oneshot::Sender<Result<u64, String>>),
     Retain(oneshot::Sender<Result<u64, String>>),
+    MaxSeq(String, oneshot::Sender<Result<u64, String>>),
     /// Commit what is queued before this and stop.
     Shutdown,
 }
@@ -96,7 +99,10 @@ impl Telemetry {
     /// Opens (creating if missing) and migrates the store, then starts its
     /// writer thread. A file that is not a DuckDB database is refused, never
     /// rewritten.
-    pub fn open(path: &Path, retention: Duration) -> Result<(Telemetry, TelemetryGuard), TelemetryError> {
+    pub fn open(
+        path: &Path,
+        retention: Duration,
+    ) -> Result<(Telemetry, TelemetryGuard), TelemetryError> {
         let open_err = |e: duckdb::Error| TelemetryError::Open {
             path: path.to_path_buf(),
             reason: e.to_string().lines().next().unwrap_or("").to_string(),
@@ -136,28 +142,34 @@ impl Telemetry {
         if rows.is_empty() {
             return Ok(());
         }
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Cmd::Insert(rows, done))
-            .map_err(|_| TelemetryError::Closed)?;
-        wait.await
-            .map_err(|_| TelemetryError::Closed)?
-            .map_err(TelemetryError::Write)
+        self.ask(|done| Cmd::Insert(rows, done)).await
     }
 
     /// Number of health samples held.
     pub async fn sample_count(&self) -> Result<u64, TelemetryError> {
-        let (done, wait) = oneshot::channel();
-        self.tx.send(Cmd::Count(done)).map_err(|_| TelemetryError::Closed)?;
-        wait.await
-            .map_err(|_| TelemetryError::Closed)?
-            .map_err(TelemetryError::Write)
+        self.ask(Cmd::Count).await
+    }
+
+    /// The highest sample seq stored for `agent_id` (0 if none).
+    pub async fn max_seq(&self, agent_id: &str) -> Result<u64, TelemetryError> {
+        let agent = agent_id.to_string();
+        self.ask(|done| Cmd::MaxSeq(agent, done)).await
     }
 
     /// Deletes rows older than the retention window now; returns how many.
     pub async fn apply_retention(&self) -> Result<u64, TelemetryError> {
+        self.ask(Cmd::Retain).await
+    }
+
+    /// Sends a command to the writer thread and waits for its answer.
+    async fn ask<T>(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Cmd,
+    ) -> Result<T, TelemetryError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Cmd::Retain(done)).map_err(|_| TelemetryError::Closed)?;
+        self.tx
+            .send(cmd(done))
+            .map_err(|_| TelemetryError::Closed)?;
         wait.await
             .map_err(|_| TelemetryError::Closed)?
             .map_err(TelemetryError::Write)
@@ -242,8 +254,20 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
             match cmd {
                 Cmd::Count(done) => {
                     let n = conn
-                        .query_row("SELECT count(*) FROM health_samples", [], |r| r.get::<_, i64>(0))
+                        .query_row("SELECT count(*) FROM health_samples", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
                         .map(|n| n as u64)
+                        .map_err(|e| e.to_string());
+                    let _ = done.send(n);
+                }
+                Cmd::MaxSeq(agent, done) => {
+                    let n = conn
+                        .query_row(
+                            "SELECT coalesce(max(seq), 0) FROM health_samples WHERE agent_id = ?",
+                            duckdb::params![agent],
+                            |r| r.get::<_, u64>(0),
+                        )
                         .map_err(|e| e.to_string());
                     let _ = done.send(n);
                 }
@@ -304,7 +328,7 @@ mod tests {
                 seq,
                 ts_ms,
                 service: "api".into(),
-                up: seq % 2 == 0,
+                up: seq.is_multiple_of(2),
                 latency_us: 100 + seq,
                 error: None,
             },
@@ -320,8 +344,12 @@ mod tests {
             let (t, _guard) = Telemetry::open(&path, Duration::from_secs(3600)).unwrap();
             let rows: Vec<_> = (1..=1000).map(|i| sample(i, now - 10)).collect();
             t.insert(rows).await.unwrap();
-            t.insert(vec![sample(1001, now - 2 * 3600 * 1000)]).await.unwrap();
+            t.insert(vec![sample(1001, now - 2 * 3600 * 1000)])
+                .await
+                .unwrap();
             assert_eq!(t.sample_count().await.unwrap(), 1001);
+            assert_eq!(t.max_seq("a1").await.unwrap(), 1001);
+            assert_eq!(t.max_seq("nobody").await.unwrap(), 0);
             assert_eq!(t.apply_retention().await.unwrap(), 1);
             assert_eq!(t.sample_count().await.unwrap(), 1000);
         }
@@ -336,7 +364,10 @@ mod tests {
         let path = dir.path().join("t.duckdb");
         let junk = vec![0x5au8; 8192];
         std::fs::write(&path, &junk).unwrap();
-        let err = Telemetry::open(&path, Duration::from_secs(60)).err().unwrap().to_string();
+        let err = Telemetry::open(&path, Duration::from_secs(60))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(err.contains("move it aside"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), junk);

@@ -49,10 +49,7 @@ impl CoralConfig {
 
     pub fn parse(path: &Path, text: &str) -> Result<CoralConfig, ConfigError> {
         let cfg: CoralConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -88,7 +85,12 @@ impl CoralConfig {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -98,10 +100,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_with_a_location() {
-        let err = CoralConfig::parse(Path::new("c.toml"), "[colony]\nlisten = \"127.0.0.1:9000\"\nlistn = 1\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("c.toml:3:1: unknown field `listn`"), "{err}");
+        let err = CoralConfig::parse(
+            Path::new("c.toml"),
+            "[colony]\nlisten = \"127.0.0.1:9000\"\nlistn = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("c.toml:3:1: unknown field `listn`"),
+            "{err}"
+        );
         assert!(!err.contains('\n'));
     }
 
@@ -111,9 +119,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("port 'abc' is not a number"), "{err}");
-        let err = CoralConfig::parse(Path::new("c.toml"), "[colony]\nheartbeat_interval = \"5 parsecs\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = CoralConfig::parse(
+            Path::new("c.toml"),
+            "[colony]\nheartbeat_interval = \"5 parsecs\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("c.toml:2:"), "{err}");
         let ok = CoralConfig::parse(
             Path::new("c.toml"),

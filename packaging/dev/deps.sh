@@ -14,6 +14,11 @@ PACKAGES=(
   procps
 )
 
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install Rust (stable 1.95 or newer) with rustup, then re-run" >&2
+  exit 1
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,7 +31,3 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 echo "installing: ${missing[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-if ! command -v cargo >/dev/null; then
-  echo "cargo is missing: install Rust from https://rustup.rs (stable, 1.95 or newer)" >&2
-  exit 1
-fi

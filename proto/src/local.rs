@@ -10,13 +10,12 @@
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Json;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tokio::net::{UnixListener, UnixStream};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 
 /// Largest frame accepted on a local socket.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -40,7 +39,11 @@ pub fn runtime_dir() -> io::Result<PathBuf> {
 /// Creates `dir` (and parents) with mode 0700 if missing; refuses an existing
 /// directory owned by another user or writable by others.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) => {
             return Err(io::Error::new(

@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// What kind of traffic a service speaks. It decides nothing about probing
-/// (a health path means HTTP GET, none means TCP connect); later layers use it
-/// to decode the traffic they observe.
+/// What kind of traffic a service speaks; later layers use it to decode the
+/// traffic they observe. Probing: a health path means HTTP GET (http only),
+/// none means TCP connect. gRPC health is probed by TCP connect: an HTTP/1.1
+/// GET would not reach a gRPC server's health service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
@@ -54,7 +55,9 @@ pub struct ServiceSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum SpecError {
-    #[error("invalid service spec '{spec}': {reason} (expected name:port[:health][:type], e.g. api:8080:/health)")]
+    #[error(
+        "invalid service spec '{spec}': {reason} (expected name:port[:health][:type], e.g. api:8080:/health)"
+    )]
     Malformed { spec: String, reason: String },
     #[error("service '{0}' is given more than once")]
     Duplicate(String),
@@ -81,7 +84,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
     let first = name.as_bytes()[0];
     if !first.is_ascii_alphanumeric() {
-        return Err(format!("service name '{name}' must start with a letter or digit"));
+        return Err(format!(
+            "service name '{name}' must start with a letter or digit"
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -93,6 +98,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks a colony id: the same alphabet as service names.
+pub fn validate_colony_id(id: &str) -> Result<(), String> {
+    validate_name(id).map_err(|e| e.replace("service name", "colony id"))
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -113,7 +123,9 @@ fn validate_health(path: &str) -> Result<(), String> {
         return Err(format!("health path '{path}' must start with '/'"));
     }
     if path.len() > MAX_HEALTH {
-        return Err(format!("health path is longer than {MAX_HEALTH} characters"));
+        return Err(format!(
+            "health path is longer than {MAX_HEALTH} characters"
+        ));
     }
     if path.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("health path contains whitespace or control characters".into());
@@ -135,17 +147,20 @@ impl ServiceSpec {
         if let Some(h) = health {
             validate_health(h).map_err(|r| malformed(&shown, r))?;
         }
-        Ok(ServiceSpec {
+        let spec = ServiceSpec {
             name: name.to_string(),
             port,
             health_path: health.map(str::to_string),
             kind: kind.unwrap_or(ServiceKind::Http),
-        })
+        };
+        spec.check_probe().map_err(|r| malformed(&shown, r))?;
+        Ok(spec)
     }
 
     /// Parses `name:port[:health][:type]`. The third field is a health path if
     /// it starts with `/`, otherwise a type (`http`, `grpc`, `tcp`).
     pub fn parse(spec: &str) -> Result<Self, SpecError> {
+        let spec_text = spec;
         let parts: Vec<&str> = spec.split(':').collect();
         if parts.len() < 2 {
             return Err(malformed(spec, "missing ':port'"));
@@ -171,16 +186,31 @@ impl ServiceSpec {
             } else {
                 return Err(malformed(
                     spec,
-                    format!("'{field}' is neither a health path (/...) nor a type (http, grpc, tcp)"),
+                    format!(
+                        "'{field}' is neither a health path (/...) nor a type (http, grpc, tcp)"
+                    ),
                 ));
             }
         }
-        Ok(ServiceSpec {
+        let spec = ServiceSpec {
             name: parts[0].to_string(),
             port,
             health_path: health,
             kind: kind.unwrap_or(ServiceKind::Http),
-        })
+        };
+        spec.check_probe().map_err(|r| malformed(spec_text, r))?;
+        Ok(spec)
+    }
+
+    /// A health path is an HTTP GET, which only an http service answers.
+    fn check_probe(&self) -> Result<(), String> {
+        if self.health_path.is_some() && self.kind != ServiceKind::Http {
+            return Err(format!(
+                "a health path is probed with HTTP GET, which a {} service does not answer; drop the path to probe with a TCP connect",
+                self.kind
+            ));
+        }
+        Ok(())
     }
 
     /// Parses several specs and rejects duplicate names among them.
@@ -206,7 +236,7 @@ impl ServiceSpec {
         if let Some(h) = &self.health_path {
             validate_health(h).map_err(|r| malformed(&shown, r))?;
         }
-        Ok(())
+        self.check_probe().map_err(|r| malformed(&shown, r))
     }
 }
 
@@ -227,14 +257,22 @@ mod tests {
     #[test]
     fn parses_all_forms() {
         let s = ServiceSpec::parse("api:8080").unwrap();
-        assert_eq!((s.name.as_str(), s.port, s.health_path, s.kind), ("api", 8080, None, ServiceKind::Http));
+        assert_eq!(
+            (s.name.as_str(), s.port, s.health_path, s.kind),
+            ("api", 8080, None, ServiceKind::Http)
+        );
         let s = ServiceSpec::parse("api:8080:/health").unwrap();
         assert_eq!(s.health_path.as_deref(), Some("/health"));
         let s = ServiceSpec::parse("db:5432:tcp").unwrap();
         assert_eq!((s.health_path, s.kind), (None, ServiceKind::Tcp));
-        let s = ServiceSpec::parse("rpc:9090:/healthz:grpc").unwrap();
-        assert_eq!((s.health_path.as_deref(), s.kind), (Some("/healthz"), ServiceKind::Grpc));
-        assert_eq!(s.to_string(), "rpc:9090:/healthz:grpc");
+        let s = ServiceSpec::parse("rpc:9090:grpc").unwrap();
+        assert_eq!(
+            (s.health_path.as_deref(), s.kind),
+            (None, ServiceKind::Grpc)
+        );
+        assert_eq!(s.to_string(), "rpc:9090:grpc");
+        let s = ServiceSpec::parse("web:80:/healthz:http").unwrap();
+        assert_eq!(s.to_string(), "web:80:/healthz:http");
     }
 
     #[test]
@@ -252,6 +290,10 @@ mod tests {
             ("api:80:tcp:http", "type is given twice"),
             ("api:80:/h:tcp:x", "too many"),
             ("api:80:/h\tx", "whitespace"),
+            (
+                "rpc:9090:/healthz:grpc",
+                "drop the path to probe with a TCP connect",
+            ),
         ];
         for (spec, want) in cases {
             let err = ServiceSpec::parse(spec).unwrap_err().to_string();

@@ -12,7 +12,14 @@ fn heartbeat_round_trips_through_json() {
     let hb = Heartbeat {
         agent_id: "a".into(),
         services: vec![h],
-        samples: vec![HealthSample { seq: 4294967297, ts_ms: 5, service: "web".into(), up: false, latency_us: 3, error: Some("x".into()) }],
+        samples: vec![HealthSample {
+            seq: 4294967297,
+            ts_ms: 5,
+            service: "web".into(),
+            up: false,
+            latency_us: 3,
+            error: Some("x".into()),
+        }],
         dropped_samples: 0,
     };
     let s = serde_json::to_string(&hb).unwrap();

@@ -96,7 +96,13 @@ impl Env {
     }
 
     /// Polls `coral <args> --json` until `pred` holds.
-    pub fn wait_json(&self, args: &[&str], timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_json(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
         while Instant::now() < deadline {
@@ -113,7 +119,15 @@ impl Env {
     }
 
     pub fn start_colony(&self) -> Value {
-        self.ok(&["colony", "start", "--daemon", "--port", "0", "--colony-id", "test-colony"]);
+        self.ok(&[
+            "colony",
+            "start",
+            "--daemon",
+            "--port",
+            "0",
+            "--colony-id",
+            "test-colony",
+        ]);
         self.json(&["colony", "status", "--json"])
     }
 
@@ -130,7 +144,11 @@ impl Env {
     }
 
     pub fn log(&self, role: &str) -> String {
-        let dir = if role == "colony" { self.colony_state() } else { self.agent_state() };
+        let dir = if role == "colony" {
+            self.colony_state()
+        } else {
+            self.agent_state()
+        };
         std::fs::read_to_string(dir.join(format!("{role}.log"))).unwrap_or_default()
     }
 }
@@ -149,17 +167,26 @@ impl Drop for Env {
 }
 
 pub fn alive(pid: i32) -> bool {
-    Command::new("kill").args(["-0", &pid.to_string()]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub fn kill(pid: i32, sig: i32) {
-    let _ = Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
 }
 
 pub fn wait_dead(pid: i32, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while alive(pid) {
-        assert!(Instant::now() < deadline, "pid {pid} still alive after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still alive after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -179,8 +206,14 @@ impl HttpService {
     pub fn start() -> HttpService {
         use axum::{Router, http::StatusCode, routing::get};
         let healthy = Arc::new(AtomicBool::new(true));
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let port = listener.local_addr().unwrap().port();
         let h = healthy.clone();
         let app = Router::new().route(
@@ -188,12 +221,20 @@ impl HttpService {
             get(move || {
                 let h = h.clone();
                 async move {
-                    if h.load(Ordering::Relaxed) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "sick") }
+                    if h.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "sick")
+                    }
                 }
             }),
         );
         rt.spawn(async move { axum::serve(listener, app).await });
-        HttpService { port, healthy, _rt: rt }
+        HttpService {
+            port,
+            healthy,
+            _rt: rt,
+        }
     }
 
     pub fn set_healthy(&self, up: bool) {
@@ -210,7 +251,10 @@ pub struct TcpService {
 impl TcpService {
     pub fn start() -> TcpService {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        TcpService { port: l.local_addr().unwrap().port(), listener: Some(l) }
+        TcpService {
+            port: l.local_addr().unwrap().port(),
+            listener: Some(l),
+        }
     }
     pub fn stop(&mut self) {
         self.listener = None;
@@ -230,5 +274,8 @@ pub fn services(agent: &Value) -> Vec<Value> {
 }
 
 pub fn service<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
-    list["services"].as_array()?.iter().find(|s| s["name"] == name)
+    list["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
 }

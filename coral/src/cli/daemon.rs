@@ -226,7 +226,9 @@ mod tests {
         assert_eq!(stale, Some(999999));
         assert_eq!(PidFile::holder(&path), Some(std::process::id() as i32));
         // flock is per open file description: a second open is refused.
-        assert!(matches!(PidFile::acquire(&path), Err(PidError::Running(p)) if p == std::process::id() as i32));
+        assert!(
+            matches!(PidFile::acquire(&path), Err(PidError::Running(p)) if p == std::process::id() as i32)
+        );
         drop(held);
         assert!(!path.exists());
         assert_eq!(PidFile::holder(&path), None);

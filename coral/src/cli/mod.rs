@@ -58,13 +58,14 @@ enum Command {
     #[command(after_help = "\
 Examples:
   coral connect frontend:3000 api:8080:/health
-  coral connect db:5432:tcp rpc:9090:/healthz:grpc
+  coral connect db:5432:tcp rpc:9090:grpc
   coral connect api --port 8080 --health /health
 
 A spec is name:port[:health][:type]. With a health path (starting with /)
 the agent probes with HTTP GET and counts 2xx/3xx as up; without one it
-probes with a TCP connect. The type (http, grpc, tcp; default http) says
-what the service speaks.")]
+probes with a TCP connect, on 127.0.0.1 then ::1. The type (http, grpc,
+tcp; default http) says what the service speaks; only http services take a
+health path.")]
     Connect(ConnectArgs),
     /// Stop watching a service.
     #[command(after_help = "Example:\n  coral disconnect api")]
@@ -78,6 +79,7 @@ what the service speaks.")]
     /// Show version, git commit, build date and features.
     #[command(after_help = "Examples:\n  coral version\n  coral version --json")]
     Version {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -98,6 +100,7 @@ $XDG_RUNTIME_DIR/coral. Settings come from $XDG_CONFIG_HOME/coral/config.toml
     /// Show the colony, its agents and their services.
     #[command(after_help = "Examples:\n  coral colony status\n  coral colony status --json")]
     Status {
+        /// Print JSON (a stable schema) instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -137,6 +140,7 @@ agent keeps retrying and says so in 'coral agent status'.")]
     /// Show the agent, its services and its link to the colony.
     #[command(after_help = "Examples:\n  coral agent status\n  coral agent status --json")]
     Status {
+        /// Print JSON (a stable schema) instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -180,7 +184,9 @@ struct ConnectArgs {
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Parse and check a config file; unknown keys are errors.
-    #[command(after_help = "Examples:\n  coral config validate\n  coral config validate /etc/coral/config.toml")]
+    #[command(
+        after_help = "Examples:\n  coral config validate\n  coral config validate /etc/coral/config.toml"
+    )]
     Validate {
         /// File to check (default $XDG_CONFIG_HOME/coral/config.toml).
         file: Option<PathBuf>,
@@ -244,7 +250,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| agent_gone(&e))?
                 .map_err(|e| Usage(e.to_string()))?;
-            out(&format!("Disconnected {} (port {})\n", spec.name, spec.port))
+            out(&format!(
+                "Disconnected {} (port {})\n",
+                spec.name, spec.port
+            ))
         }),
         Command::Config(ConfigCmd::Validate { file }) => config_validate(file),
         Command::Version { json } => version(json),
@@ -258,7 +267,11 @@ fn out(s: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_json_or<T: serde::Serialize>(json: bool, v: &T, human: impl Fn(&T) -> String) -> anyhow::Result<()> {
+fn print_json_or<T: serde::Serialize>(
+    json: bool,
+    v: &T,
+    human: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
     if json {
         out(&(serde_json::to_string_pretty(v)? + "\n"))
     } else {
@@ -289,7 +302,9 @@ async fn local_stream(role: &str) -> anyhow::Result<tokio::net::UnixStream> {
     let path = socket_path(role)?;
     coral_proto::local::connect(&path).await.map_err(|e| {
         let why = match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => "not running".to_string(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                "not running".to_string()
+            }
             _ => e.to_string(),
         };
         Unavailable(format!(
@@ -322,8 +337,13 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<CoralConfig> {
     CoralConfig::load_or_default(path).map_err(|e| Usage(e.to_string()).into())
 }
 
-/// Logs to stderr (the log file when detached); `CORAL_LOG` sets the filter.
-fn init_logging() {
+/// Daemon start: files the daemon creates are private to its user, and
+/// logs go to stderr (the log file when detached); `CORAL_LOG` sets the filter.
+fn init_daemon() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if daemon::is_child() {
+        daemon::detach_child();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -331,6 +351,16 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Starts this command again as a detached `role` daemon logging to
+/// `<state_dir>/<role>.log`; returns what it reported once ready, and the log.
+fn detach(role: &str, state_dir: &Path) -> anyhow::Result<(serde_json::Value, PathBuf)> {
+    coral_proto::local::ensure_private_dir(state_dir)?;
+    let log = state_dir.join(format!("{role}.log"));
+    let ready = daemon::spawn_detached(&log, Duration::from_secs(60))
+        .with_context(|| format!("the {role} did not start"))?;
+    Ok((ready, log))
 }
 
 fn daemon_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -379,7 +409,12 @@ fn claim(role: &str) -> anyhow::Result<(daemon::PidFile, PathBuf)> {
     match std::fs::remove_file(&sock) {
         Ok(()) => tracing::warn!(socket = %sock.display(), "removed a stale control socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow!("cannot remove stale socket {}: {e}", sock.display())),
+        Err(e) => {
+            return Err(anyhow!(
+                "cannot remove stale socket {}: {e}",
+                sock.display()
+            ));
+        }
     }
     Ok((pid, sock))
 }
@@ -403,10 +438,7 @@ fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
     }
     config.validate().map_err(Usage)?;
     if args.daemon && !daemon::is_child() {
-        let state = config.state_dir();
-        coral_proto::local::ensure_private_dir(&state)?;
-        let log = state.join("colony.log");
-        let ready = daemon::spawn_detached(&log, Duration::from_secs(60)).context("the colony did not start")?;
+        let (ready, log) = detach("colony", &config.state_dir())?;
         return out(&format!(
             "Colony {} started (pid {}), listening on {}\nLog: {}\n",
             ready["colony_id"].as_str().unwrap_or("?"),
@@ -415,10 +447,7 @@ fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
             log.display()
         ));
     }
-    if daemon::is_child() {
-        daemon::detach_child();
-    }
-    init_logging();
+    init_daemon();
     serve_colony(config)
 }
 
@@ -464,23 +493,19 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
     }
     config.validate().map_err(Usage)?;
     if args.daemon && !daemon::is_child() {
-        let state = config.state_dir();
-        coral_proto::local::ensure_private_dir(&state)?;
-        let log = state.join("agent.log");
-        let ready = daemon::spawn_detached(&log, Duration::from_secs(60)).context("the agent did not start")?;
+        let (ready, log) = detach("agent", &config.state_dir())?;
         let mut msg = format!(
             "Agent {} started (pid {})\nLog: {}\n",
             ready["name"].as_str().unwrap_or("?"),
             ready["pid"],
             log.display()
         );
-        msg.push_str(&client(async { Ok(wait_registered(Duration::from_secs(3)).await) })?);
+        msg.push_str(&client(async {
+            Ok(wait_registered(Duration::from_secs(3)).await)
+        })?);
         return out(&msg);
     }
-    if daemon::is_child() {
-        daemon::detach_child();
-    }
-    init_logging();
+    init_daemon();
     let (_pid, sock) = claim("agent")?;
     let agent = Agent::open(config)?;
     let rt = daemon_runtime()?;
@@ -532,9 +557,15 @@ fn stop(role: &str) -> anyhow::Result<()> {
         };
         use coral_proto::local::framed;
         let pid = if role == "colony" {
-            ColonyControlClient::new(Default::default(), framed(stream)).spawn().stop(ctx()).await
+            ColonyControlClient::new(Default::default(), framed(stream))
+                .spawn()
+                .stop(ctx())
+                .await
         } else {
-            AgentControlClient::new(Default::default(), framed(stream)).spawn().stop(ctx()).await
+            AgentControlClient::new(Default::default(), framed(stream))
+                .spawn()
+                .stop(ctx())
+                .await
         };
         Ok(pid.ok())
     })?;
@@ -555,7 +586,9 @@ fn stop(role: &str) -> anyhow::Result<()> {
     if daemon::wait_gone(pid, Duration::from_secs(15)) {
         out(&format!("Stopped the {role} (pid {pid})\n"))
     } else {
-        Err(anyhow!("the {role} (pid {pid}) is still running after 15s; 'kill {pid}' stops it"))
+        Err(anyhow!(
+            "the {role} (pid {pid}) is still running after 15s; 'kill {pid}' stops it"
+        ))
     }
 }
 
@@ -586,7 +619,10 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
                 Some(h) => format!("HTTP GET {h}"),
                 None => "TCP connect".into(),
             };
-            msg.push_str(&format!("Connected {} on port {} ({}, probed by {probe})\n", s.name, s.port, s.kind));
+            msg.push_str(&format!(
+                "Connected {} on port {} ({}, probed by {probe})\n",
+                s.name, s.port, s.kind
+            ));
         }
         out(&msg)
     })
@@ -595,7 +631,9 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
 fn config_validate(file: Option<PathBuf>) -> anyhow::Result<()> {
     let path = match file.or_else(crate::config::default_path) {
         Some(p) => p,
-        None => return Err(Usage("no config file given and no config directory known".into()).into()),
+        None => {
+            return Err(Usage("no config file given and no config directory known".into()).into());
+        }
     };
     let cfg = CoralConfig::load(&path).map_err(|e| Usage(e.to_string()))?;
     let mut parts = Vec::new();
@@ -605,7 +643,11 @@ fn config_validate(file: Option<PathBuf>) -> anyhow::Result<()> {
     if cfg.agent.is_some() {
         parts.push("[agent]");
     }
-    let what = if parts.is_empty() { "no tables, all defaults".to_string() } else { parts.join(" and ") };
+    let what = if parts.is_empty() {
+        "no tables, all defaults".to_string()
+    } else {
+        parts.join(" and ")
+    };
     out(&format!("{}: ok ({what})\n", path.display()))
 }
 
@@ -628,7 +670,11 @@ fn version(json: bool) -> anyhow::Result<()> {
             v["version"].as_str().unwrap_or(""),
             v["git_commit"].as_str().unwrap_or(""),
             v["build_date"].as_str().unwrap_or(""),
-            if features.is_empty() { "none".to_string() } else { features.join(", ") },
+            if features.is_empty() {
+                "none".to_string()
+            } else {
+                features.join(", ")
+            },
             v["sqlite"].as_str().unwrap_or(""),
             v["duckdb"].as_str().unwrap_or(""),
         )

@@ -50,7 +50,10 @@ fn service_row(now: i64, s: &ServiceHealth) -> Vec<String> {
         s.spec.name.clone(),
         s.spec.port.to_string(),
         s.spec.kind.to_string(),
-        s.spec.health_path.clone().unwrap_or_else(|| "tcp connect".into()),
+        s.spec
+            .health_path
+            .clone()
+            .unwrap_or_else(|| "tcp connect".into()),
         s.health.as_str().to_string(),
         latency(s.latency_us),
         ago(now, s.last_checked_ms),
@@ -59,7 +62,9 @@ fn service_row(now: i64, s: &ServiceHealth) -> Vec<String> {
     ]
 }
 
-const SERVICE_HEADER: [&str; 9] = ["SERVICE", "PORT", "TYPE", "PROBE", "HEALTH", "LATENCY", "CHECKED", "UPTIME", "ERROR"];
+const SERVICE_HEADER: [&str; 9] = [
+    "SERVICE", "PORT", "TYPE", "PROBE", "HEALTH", "LATENCY", "CHECKED", "UPTIME", "ERROR",
+];
 
 pub fn colony_status(s: &ColonyStatus) -> String {
     let now = s.now_ms;
@@ -77,16 +82,32 @@ pub fn colony_status(s: &ColonyStatus) -> String {
         out.push_str("\nNo agents yet: run 'coral agent start' on a host.\n");
         return out;
     }
-    let mut agents = table(&["AGENT", "ID", "STATE", "ADDRESS", "LAST SEEN", "UPTIME", "SERVICES"]);
+    let mut agents = table(&[
+        "AGENT",
+        "ID",
+        "STATE",
+        "ADDRESS",
+        "LAST SEEN",
+        "UPTIME",
+        "SERVICES",
+    ]);
     for a in &s.agents {
-        let up = a.services.iter().filter(|x| x.health == coral_proto::Health::Up).count();
+        let up = a
+            .services
+            .iter()
+            .filter(|x| x.health == coral_proto::Health::Up)
+            .count();
         agents.add_row(vec![
             a.name.clone(),
             a.id.chars().take(8).collect(),
             a.state.as_str().to_string(),
             a.addr.clone(),
             ago(now, Some(a.last_seen_ms)),
-            if a.state == coral_proto::AgentState::Online { span(now - a.started_at_ms) } else { "-".into() },
+            if a.state == coral_proto::AgentState::Online {
+                span(now - a.started_at_ms)
+            } else {
+                "-".into()
+            },
             format!("{up}/{} up", a.services.len()),
         ]);
     }

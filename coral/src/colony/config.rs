@@ -44,16 +44,24 @@ impl Default for ColonyConfig {
 impl ColonyConfig {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(id) = &self.colony_id {
-            coral_proto::spec::validate_name(id).map_err(|e| format!("colony.colony_id: {}", e.replace("service name", "colony id")))?;
+            coral_proto::spec::validate_colony_id(id)
+                .map_err(|e| format!("colony.colony_id: {e}"))?;
         }
-        self.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| format!("colony.listen '{}' must be ip:port, e.g. 127.0.0.1:9000", self.listen))?;
-        if self.heartbeat_interval < Duration::from_millis(100) || self.heartbeat_interval > Duration::from_secs(60) {
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            format!(
+                "colony.listen '{}' must be ip:port, e.g. 127.0.0.1:9000",
+                self.listen
+            )
+        })?;
+        if self.heartbeat_interval < Duration::from_millis(100)
+            || self.heartbeat_interval > Duration::from_secs(60)
+        {
             return Err("colony.heartbeat_interval must be between 100ms and 60s".into());
         }
         if self.agent_timeout < self.heartbeat_interval * 2 {
-            return Err("colony.agent_timeout must be at least twice colony.heartbeat_interval".into());
+            return Err(
+                "colony.agent_timeout must be at least twice colony.heartbeat_interval".into(),
+            );
         }
         if self.retention < Duration::from_secs(60) {
             return Err("colony.retention must be at least 1m".into());
@@ -62,9 +70,11 @@ impl ColonyConfig {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir
-            .clone()
-            .unwrap_or_else(|| coral_agent::config::state_home().join("coral").join("colony"))
+        self.state_dir.clone().unwrap_or_else(|| {
+            coral_agent::config::state_home()
+                .join("coral")
+                .join("colony")
+        })
     }
 
     /// Replaces the port of `listen`.

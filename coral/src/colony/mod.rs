@@ -13,6 +13,7 @@ pub use config::ColonyConfig;
 
 use coral_agent::telemetry::{Telemetry, TelemetryGuard};
 use registry::Registry;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,21 @@ pub(crate) struct Shared {
     pub(crate) telemetry: Telemetry,
     /// Set once the RPC listener is bound.
     pub(crate) rpc_addr: Mutex<String>,
+    /// Per agent: a lock that serialises its registrations and heartbeats,
+    /// holding the highest sample seq stored (loaded on first use).
+    pub(crate) agent_seqs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<u64>>>>>,
     pub(crate) shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn agent_seq(&self, agent_id: &str) -> Arc<tokio::sync::Mutex<Option<u64>>> {
+        self.agent_seqs
+            .lock()
+            .expect("agent_seqs lock")
+            .entry(agent_id.to_string())
+            .or_default()
+            .clone()
+    }
 }
 
 pub struct Colony {
@@ -57,13 +72,16 @@ impl Colony {
     pub fn open(config: ColonyConfig) -> Result<Colony, ColonyError> {
         config.validate().map_err(ColonyError::Config)?;
         let state_dir = config.state_dir();
-        coral_proto::local::ensure_private_dir(&state_dir).map_err(|source| ColonyError::StateDir {
-            path: state_dir.clone(),
-            source,
+        coral_proto::local::ensure_private_dir(&state_dir).map_err(|source| {
+            ColonyError::StateDir {
+                path: state_dir.clone(),
+                source,
+            }
         })?;
         let registry = Registry::open(&state_dir.join("colony.db"))?;
         let colony_id = registry.colony_id(config.colony_id.as_deref())?;
-        let (telemetry, guard) = Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
+        let (telemetry, guard) =
+            Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
         Ok(Colony {
             shared: Arc::new(Shared {
                 colony_id,
@@ -72,6 +90,7 @@ impl Colony {
                 registry: Mutex::new(registry),
                 telemetry,
                 rpc_addr: Mutex::new(config.listen.clone()),
+                agent_seqs: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 config,
             }),
@@ -85,7 +104,12 @@ impl Colony {
 
     /// Serves agents on `rpc` and the CLI on `control` until `shutdown`
     /// resolves or a client asks the colony to stop.
-    pub async fn run(self, rpc: TcpListener, control: UnixListener, shutdown: impl Future<Output = ()>) {
+    pub async fn run(
+        self,
+        rpc: TcpListener,
+        control: UnixListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let shared = self.shared.clone();
         if let Ok(addr) = rpc.local_addr() {
             *shared.rpc_addr.lock().expect("rpc_addr lock") = addr.to_string();

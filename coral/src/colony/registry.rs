@@ -2,7 +2,9 @@
 //! the agents, their services with current health, and health transitions.
 
 use coral_agent::sqlite::{StoreError, open_migrated};
-use coral_proto::{AgentState, AgentSummary, Health, Registration, ServiceHealth, ServiceKind, ServiceSpec};
+use coral_proto::{
+    AgentState, AgentSummary, Health, Registration, ServiceHealth, ServiceKind, ServiceSpec,
+};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,7 +55,9 @@ const MIGRATIONS: &[&str] = &[
 pub enum RegistryError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{path} belongs to colony '{existing}', not '{requested}' (use another state_dir for another colony)")]
+    #[error(
+        "{path} belongs to colony '{existing}', not '{requested}' (use another state_dir for another colony)"
+    )]
     ColonyMismatch {
         path: String,
         existing: String,
@@ -83,7 +87,9 @@ impl Registry {
     pub fn colony_id(&self, requested: Option<&str>) -> Result<String, RegistryError> {
         let stored: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'colony_id'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'colony_id'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         match (stored, requested) {
             (Some(s), Some(r)) if s != r => Err(RegistryError::ColonyMismatch {
@@ -97,15 +103,22 @@ impl Registry {
                     Some(r) => r.to_string(),
                     None => format!("colony-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
                 };
-                self.conn
-                    .execute("INSERT INTO meta (key, value) VALUES ('colony_id', ?1)", [&id])?;
+                self.conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('colony_id', ?1)",
+                    [&id],
+                )?;
                 Ok(id)
             }
         }
     }
 
     /// Records a (re)registration; returns the highest sample seq stored.
-    pub fn register(&mut self, reg: &Registration, addr: &str, now: i64) -> Result<u64, StoreError> {
+    pub fn register(
+        &mut self,
+        reg: &Registration,
+        addr: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO agents (id, name, hostname, version, addr, pid, started_at, registered_at, first_seen, last_seen)
@@ -117,7 +130,11 @@ impl Registry {
             params![reg.agent_id, reg.name, reg.hostname, reg.version, addr, reg.pid, reg.started_at_ms, now],
         )?;
         sync_services(&tx, &reg.agent_id, &reg.services, now)?;
-        let last_seq: i64 = tx.query_row("SELECT last_seq FROM agents WHERE id = ?1", [&reg.agent_id], |r| r.get(0))?;
+        let last_seq: i64 = tx.query_row(
+            "SELECT last_seq FROM agents WHERE id = ?1",
+            [&reg.agent_id],
+            |r| r.get(0),
+        )?;
         tx.commit()?;
         Ok(last_seq as u64)
     }
@@ -126,13 +143,23 @@ impl Registry {
     pub fn last_seq(&self, agent_id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT last_seq FROM agents WHERE id = ?1", [agent_id], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT last_seq FROM agents WHERE id = ?1",
+                [agent_id],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()?
             .map(|v| v as u64))
     }
 
     /// Records a heartbeat whose samples up to `last_seq` are stored.
-    pub fn heartbeat(&mut self, agent_id: &str, services: &[ServiceHealth], last_seq: u64, now: i64) -> Result<(), StoreError> {
+    pub fn heartbeat(
+        &mut self,
+        agent_id: &str,
+        services: &[ServiceHealth],
+        last_seq: u64,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE agents SET last_seen = ?2, last_seq = max(last_seq, ?3) WHERE id = ?1",
@@ -144,10 +171,10 @@ impl Registry {
     }
 
     pub fn leave(&self, agent_id: &str, now: i64) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .execute("UPDATE agents SET left_at = ?2, last_seen = ?2 WHERE id = ?1", params![agent_id, now])?
-            > 0)
+        Ok(self.conn.execute(
+            "UPDATE agents SET left_at = ?2, last_seen = ?2 WHERE id = ?1",
+            params![agent_id, now],
+        )? > 0)
     }
 
     /// Every agent with its services; `timeout` decides who is offline.
@@ -165,7 +192,8 @@ impl Registry {
                         name: r.get(1)?,
                         port: r.get(2)?,
                         health_path: r.get(3)?,
-                        kind: ServiceKind::parse(&r.get::<_, String>(4)?).unwrap_or(ServiceKind::Tcp),
+                        kind: ServiceKind::parse(&r.get::<_, String>(4)?)
+                            .unwrap_or(ServiceKind::Tcp),
                     },
                     health: Health::parse(&r.get::<_, String>(5)?),
                     since_ms: r.get(6)?,
@@ -216,14 +244,21 @@ impl Registry {
         let mut stmt = self.conn.prepare(
             "SELECT ts, health FROM health_history WHERE agent_id = ?1 AND service = ?2 ORDER BY ts, id",
         )?;
-        let rows = stmt.query_map([agent_id, service], |r| Ok((r.get(0)?, Health::parse(&r.get::<_, String>(1)?))))?;
+        let rows = stmt.query_map([agent_id, service], |r| {
+            Ok((r.get(0)?, Health::parse(&r.get::<_, String>(1)?)))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
 /// Makes the stored services of `agent_id` equal to `services`, recording
 /// every health change in the history.
-fn sync_services(tx: &Transaction, agent_id: &str, services: &[ServiceHealth], now: i64) -> rusqlite::Result<()> {
+fn sync_services(
+    tx: &Transaction,
+    agent_id: &str,
+    services: &[ServiceHealth],
+    now: i64,
+) -> rusqlite::Result<()> {
     let mut previous: HashMap<String, String> = HashMap::new();
     {
         let mut stmt = tx.prepare("SELECT name, health FROM services WHERE agent_id = ?1")?;
@@ -264,7 +299,10 @@ fn sync_services(tx: &Transaction, agent_id: &str, services: &[ServiceHealth], n
         previous.remove(&s.spec.name);
     }
     for gone in previous.keys() {
-        tx.execute("DELETE FROM services WHERE agent_id = ?1 AND name = ?2", params![agent_id, gone])?;
+        tx.execute(
+            "DELETE FROM services WHERE agent_id = ?1 AND name = ?2",
+            params![agent_id, gone],
+        )?;
     }
     Ok(())
 }

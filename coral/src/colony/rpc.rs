@@ -87,12 +87,18 @@ impl Colony for AgentFacing {
             });
         }
         let now = coral_proto::now_ms();
-        let last_seq = s
+        let seq_lock = s.agent_seq(&reg.agent_id);
+        let mut seq = seq_lock.lock().await;
+        let recorded = s
             .registry
             .lock()
             .expect("registry lock")
             .register(&reg, &self.peer.to_string(), now)
             .map_err(storage)?;
+        // DuckDB is the truth for what is stored: the registry's seq may lag
+        // it if the colony died between the two commits.
+        let last_seq = recorded.max(s.telemetry.max_seq(&reg.agent_id).await.map_err(storage)?);
+        *seq = Some(last_seq);
         tracing::info!(agent = %reg.name, agent_id = %reg.agent_id, peer = %self.peer, services = reg.services.len(), "agent registered");
         Ok(Registered {
             colony_id: s.colony_id.clone(),
@@ -105,16 +111,27 @@ impl Colony for AgentFacing {
         check_id(&hb.agent_id)?;
         check_services(&hb.services)?;
         if hb.samples.len() > MAX_SAMPLES {
-            return Err(invalid(format!("more than {MAX_SAMPLES} samples in one heartbeat")));
+            return Err(invalid(format!(
+                "more than {MAX_SAMPLES} samples in one heartbeat"
+            )));
         }
         let s = &self.shared;
-        let stored = s
-            .registry
-            .lock()
-            .expect("registry lock")
-            .last_seq(&hb.agent_id)
-            .map_err(storage)?
-            .ok_or_else(|| ColonyError::UnknownAgent(hb.agent_id.clone()))?;
+        // One heartbeat per agent at a time, so no sample is stored twice.
+        let seq_lock = s.agent_seq(&hb.agent_id);
+        let mut seq = seq_lock.lock().await;
+        let stored = match *seq {
+            Some(v) => v,
+            None => {
+                let recorded = s
+                    .registry
+                    .lock()
+                    .expect("registry lock")
+                    .last_seq(&hb.agent_id)
+                    .map_err(storage)?
+                    .ok_or_else(|| ColonyError::UnknownAgent(hb.agent_id.clone()))?;
+                recorded.max(s.telemetry.max_seq(&hb.agent_id).await.map_err(storage)?)
+            }
+        };
         // Store each sample once: anything at or below `stored` is a resend.
         let new: Vec<SampleRow> = hb
             .samples
@@ -127,6 +144,7 @@ impl Colony for AgentFacing {
             .collect();
         let last_seq = new.iter().map(|r| r.sample.seq).max().unwrap_or(stored);
         s.telemetry.insert(new).await.map_err(storage)?;
+        *seq = Some(last_seq);
         s.registry
             .lock()
             .expect("registry lock")
