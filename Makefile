@@ -3,6 +3,9 @@
 # /var/cache/coral/target when writable (CI runs as root), else ~/.cache.
 CARGO_TARGET_DIR ?= $(shell mkdir -p /var/cache/coral/target 2>/dev/null && test -w /var/cache/coral/target && echo /var/cache/coral/target || echo $(HOME)/.cache/coral/target)
 export CARGO_TARGET_DIR
+# The venv deps.sh fills with the OpenTelemetry Python SDK (OTLP tests).
+export CORAL_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/coral/venv
+export CORAL_PYTHON ?= $(CORAL_VENV)/bin/python
 PREFIX ?= /usr/local
 CARGO ?= cargo
 

@@ -29,6 +29,8 @@ pub struct AgentConfig {
     pub max_pending_samples: usize,
     /// Services connected at start, as `name:port[:health][:type]`.
     pub services: Vec<String>,
+    /// The OTLP receiver.
+    pub otlp: crate::otlp::OtlpConfig,
 }
 
 impl Default for AgentConfig {
@@ -43,6 +45,7 @@ impl Default for AgentConfig {
             retention: Duration::from_secs(3600),
             max_pending_samples: 100_000,
             services: Vec::new(),
+            otlp: crate::otlp::OtlpConfig::default(),
         }
     }
 }
@@ -76,6 +79,7 @@ impl AgentConfig {
                 )
             })?;
         }
+        self.otlp.validate()?;
         coral_proto::ServiceSpec::parse_all(&self.services)
             .map_err(|e| format!("agent.services: {e}"))?;
         Ok(())

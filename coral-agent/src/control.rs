@@ -46,6 +46,8 @@ impl AgentControl for Control {
             dropped_samples: dropped,
             stored_samples: stored,
             services: s.services_snapshot(),
+            otlp_grpc: s.otlp_addrs.as_ref().map(|a| a.0.clone()),
+            otlp_http: s.otlp_addrs.as_ref().map(|a| a.1.clone()),
         }
     }
 

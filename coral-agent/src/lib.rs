@@ -9,6 +9,7 @@
 pub mod config;
 mod control;
 mod link;
+pub mod otlp;
 pub mod probe;
 pub mod sqlite;
 mod state;
@@ -34,6 +35,8 @@ pub enum AgentError {
     State(#[from] sqlite::StoreError),
     #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
+    #[error("{0}")]
+    Otlp(String),
     #[error("cannot create state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -67,6 +70,8 @@ pub(crate) struct Shared {
     pending: Mutex<Pending>,
     pub(crate) link: Mutex<coral_proto::ColonyLink>,
     pub(crate) telemetry: Telemetry,
+    /// OTLP/gRPC and OTLP/HTTP addresses, when the receiver runs.
+    pub(crate) otlp_addrs: Option<(String, String)>,
     prober: probe::Prober,
     /// Wakes the link to send a heartbeat now (services changed).
     pub(crate) changed: Notify,
@@ -76,6 +81,7 @@ pub(crate) struct Shared {
 /// An opened agent, ready to run.
 pub struct Agent {
     shared: Arc<Shared>,
+    otlp: Option<otlp::Listeners>,
     _telemetry: TelemetryGuard,
 }
 
@@ -102,6 +108,10 @@ impl Agent {
             .filter(|s| !known.contains(&s.name))
             .collect();
         state.add_services(&from_config)?;
+        let otlp_listeners = match config.otlp.enabled {
+            true => Some(otlp::Listeners::bind(&config.otlp).map_err(AgentError::Otlp)?),
+            false => None,
+        };
         let (telemetry, guard) =
             Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
         let hostname = nix::unistd::gethostname()
@@ -134,12 +144,14 @@ impl Agent {
                 attempts: 0,
             }),
             telemetry,
+            otlp_addrs: otlp_listeners.as_ref().map(otlp::Listeners::addrs),
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
             config,
         });
         Ok(Agent {
             shared,
+            otlp: otlp_listeners,
             _telemetry: guard,
         })
     }
@@ -153,8 +165,16 @@ impl Agent {
     }
 
     /// Runs until `shutdown` resolves or a client asks the agent to stop.
-    pub async fn run(self, control: UnixListener, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, control: UnixListener, shutdown: impl Future<Output = ()>) {
         let shared = self.shared.clone();
+        let otlp_task = self.otlp.take().map(|listeners| {
+            let receiver = otlp::Receiver::new(
+                &shared.agent_id,
+                shared.telemetry.clone(),
+                &shared.config.otlp,
+            );
+            tokio::spawn(otlp::serve(receiver, listeners, shared.shutdown.clone()))
+        });
         let specs = match shared.state.lock().expect("state lock").services() {
             Ok(s) => s,
             Err(e) => {
@@ -178,8 +198,12 @@ impl Agent {
         for w in shared.services.lock().expect("services lock").values() {
             w.cancel.cancel();
         }
-        // The link says goodbye to the colony (bounded in time) and ends.
+        // The link says goodbye to the colony (bounded in time) and ends;
+        // the OTLP servers finish the requests they hold.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), link_task).await;
+        if let Some(t) = otlp_task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
         drop(shared);
         // Dropping `self` commits outstanding telemetry and joins the writer.
     }

@@ -4,8 +4,8 @@
 //! resolves only once its rows are committed. A retention pass deletes rows
 //! older than the window.
 //!
-//! Health-probe samples are the first telemetry; later kinds get their own
-//! tables and migrations here.
+//! Tables: health-probe samples, and the OTLP signals (spans, metric points,
+//! log records). Each kind has its own row type and appender.
 
 use coral_proto::HealthSample;
 use duckdb::types::{TimeUnit, Value};
@@ -26,6 +26,48 @@ const MIGRATIONS: &[&str] = &[
         up         BOOLEAN NOT NULL,
         latency_us UBIGINT NOT NULL,
         error      VARCHAR
+    );",
+    // 2: OTLP spans, metric points and log records. Ids are lowercase hex;
+    // attributes, events and resources are JSON text.
+    "CREATE TABLE spans (
+        agent_id       VARCHAR NOT NULL,
+        trace_id       VARCHAR NOT NULL,
+        span_id        VARCHAR NOT NULL,
+        parent_span_id VARCHAR,
+        service        VARCHAR NOT NULL,
+        name           VARCHAR NOT NULL,
+        kind           VARCHAR NOT NULL,
+        start_ts       TIMESTAMP NOT NULL,
+        duration_us    BIGINT NOT NULL,
+        status_code    VARCHAR NOT NULL,
+        status_message VARCHAR NOT NULL,
+        attributes     VARCHAR NOT NULL,
+        events         VARCHAR NOT NULL,
+        resource       VARCHAR NOT NULL,
+        scope          VARCHAR NOT NULL
+    );
+    CREATE TABLE metric_points (
+        agent_id   VARCHAR NOT NULL,
+        service    VARCHAR NOT NULL,
+        name       VARCHAR NOT NULL,
+        unit       VARCHAR NOT NULL,
+        kind       VARCHAR NOT NULL,
+        ts         TIMESTAMP NOT NULL,
+        value      DOUBLE,
+        count      UBIGINT,
+        sum        DOUBLE,
+        attributes VARCHAR NOT NULL
+    );
+    CREATE TABLE log_records (
+        agent_id        VARCHAR NOT NULL,
+        service         VARCHAR NOT NULL,
+        ts              TIMESTAMP NOT NULL,
+        severity_number INTEGER NOT NULL,
+        severity_text   VARCHAR NOT NULL,
+        body            VARCHAR NOT NULL,
+        trace_id        VARCHAR,
+        span_id         VARCHAR,
+        attributes      VARCHAR NOT NULL
     );",
 ];
 
@@ -63,11 +105,86 @@ pub struct SampleRow {
     pub sample: HealthSample,
 }
 
+/// One OTLP span, flattened. Times are microseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRow {
+    pub agent_id: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub service: String,
+    pub name: String,
+    pub kind: &'static str,
+    pub start_us: i64,
+    pub duration_us: i64,
+    pub status_code: &'static str,
+    pub status_message: String,
+    pub attributes: String,
+    pub events: String,
+    pub resource: String,
+    pub scope: String,
+}
+
+/// One OTLP metric data point: `value` for gauges and sums, `count` and
+/// `sum` for histograms and summaries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    pub agent_id: String,
+    pub service: String,
+    pub name: String,
+    pub unit: String,
+    pub kind: &'static str,
+    pub ts_us: i64,
+    pub value: Option<f64>,
+    pub count: Option<u64>,
+    pub sum: Option<f64>,
+    pub attributes: String,
+}
+
+/// One OTLP log record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub agent_id: String,
+    pub service: String,
+    pub ts_us: i64,
+    pub severity_number: i32,
+    pub severity_text: String,
+    pub body: String,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub attributes: String,
+}
+
+/// Rows of one kind, appended together.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    Samples(Vec<SampleRow>),
+    Spans(Vec<SpanRow>),
+    Metrics(Vec<MetricRow>),
+    Logs(Vec<LogRow>),
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Samples(v) => v.len(),
+            Batch::Spans(v) => v.len(),
+            Batch::Metrics(v) => v.len(),
+            Batch::Logs(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+type Job = Box<dyn FnOnce(&duckdb::Connection) + Send>;
+
 enum Cmd {
-    Insert(Vec<SampleRow>, oneshot::Sender<Result<(), String>>),
-    Count(oneshot::Sender<Result<u64, String>>),
-    Retain(oneshot::Sender<Result<u64, String>>),
-    MaxSeq(String, oneshot::Sender<Result<u64, String>>),
+    Insert(Batch, oneshot::Sender<Result<(), String>>),
+    /// Runs on the writer thread, after the inserts queued before it.
+    Run(Job),
     /// Commit what is queued before this and stop.
     Shutdown,
 }
@@ -137,42 +254,64 @@ impl Telemetry {
         &self.path
     }
 
-    /// Appends rows; resolves once they are committed.
+    /// Appends health samples; resolves once they are committed.
     pub async fn insert(&self, rows: Vec<SampleRow>) -> Result<(), TelemetryError> {
-        if rows.is_empty() {
+        self.insert_batch(Batch::Samples(rows)).await
+    }
+
+    /// Appends rows of any kind; resolves once they are committed.
+    pub async fn insert_batch(&self, batch: Batch) -> Result<(), TelemetryError> {
+        if batch.is_empty() {
             return Ok(());
         }
-        self.ask(|done| Cmd::Insert(rows, done)).await
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Cmd::Insert(batch, done))
+            .map_err(|_| TelemetryError::Closed)?;
+        wait.await
+            .map_err(|_| TelemetryError::Closed)?
+            .map_err(TelemetryError::Write)
+    }
+
+    /// Runs `f` against the store on the writer thread and returns its answer.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&duckdb::Connection) -> duckdb::Result<T> + Send + 'static,
+    ) -> Result<T, TelemetryError> {
+        let (done, wait) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = done.send(f(conn).map_err(|e| e.to_string()));
+        });
+        self.tx
+            .send(Cmd::Run(job))
+            .map_err(|_| TelemetryError::Closed)?;
+        wait.await
+            .map_err(|_| TelemetryError::Closed)?
+            .map_err(TelemetryError::Write)
     }
 
     /// Number of health samples held.
     pub async fn sample_count(&self) -> Result<u64, TelemetryError> {
-        self.ask(Cmd::Count).await
+        self.query(|c| c.query_row("SELECT count(*) FROM health_samples", [], |r| r.get(0)))
+            .await
     }
 
     /// The highest sample seq stored for `agent_id` (0 if none).
     pub async fn max_seq(&self, agent_id: &str) -> Result<u64, TelemetryError> {
         let agent = agent_id.to_string();
-        self.ask(|done| Cmd::MaxSeq(agent, done)).await
+        self.query(move |c| {
+            c.query_row(
+                "SELECT coalesce(max(seq), 0) FROM health_samples WHERE agent_id = ?",
+                duckdb::params![agent],
+                |r| r.get(0),
+            )
+        })
+        .await
     }
 
     /// Deletes rows older than the retention window now; returns how many.
-    pub async fn apply_retention(&self) -> Result<u64, TelemetryError> {
-        self.ask(Cmd::Retain).await
-    }
-
-    /// Sends a command to the writer thread and waits for its answer.
-    async fn ask<T>(
-        &self,
-        cmd: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Cmd,
-    ) -> Result<T, TelemetryError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(cmd(done))
-            .map_err(|_| TelemetryError::Closed)?;
-        wait.await
-            .map_err(|_| TelemetryError::Closed)?
-            .map_err(TelemetryError::Write)
+    pub async fn apply_retention(&self, retention: Duration) -> Result<u64, TelemetryError> {
+        self.query(move |c| retain(c, retention)).await
     }
 }
 
@@ -209,6 +348,44 @@ fn migrate(conn: &duckdb::Connection, _path: &Path) -> Result<(), MigrateError> 
     Ok(())
 }
 
+/// Rows gathered for one commit.
+#[derive(Default)]
+struct Pending {
+    samples: Vec<SampleRow>,
+    spans: Vec<SpanRow>,
+    metrics: Vec<MetricRow>,
+    logs: Vec<LogRow>,
+    rows: usize,
+}
+
+impl Pending {
+    fn add(&mut self, batch: Batch) {
+        self.rows += batch.len();
+        match batch {
+            Batch::Samples(mut v) => self.samples.append(&mut v),
+            Batch::Spans(mut v) => self.spans.append(&mut v),
+            Batch::Metrics(mut v) => self.metrics.append(&mut v),
+            Batch::Logs(mut v) => self.logs.append(&mut v),
+        }
+    }
+
+    fn append(&self, conn: &duckdb::Connection) -> duckdb::Result<()> {
+        if !self.samples.is_empty() {
+            append_samples(conn, &self.samples)?;
+        }
+        if !self.spans.is_empty() {
+            append_spans(conn, &self.spans)?;
+        }
+        if !self.metrics.is_empty() {
+            append_metrics(conn, &self.metrics)?;
+        }
+        if !self.logs.is_empty() {
+            append_logs(conn, &self.logs)?;
+        }
+        Ok(())
+    }
+}
+
 fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration) {
     let mut last_retention = Instant::now();
     let mut stopping = false;
@@ -218,65 +395,40 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut rows: Vec<SampleRow> = Vec::new();
+        let mut pending = Pending::default();
         let mut waiters = Vec::new();
-        let mut others = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         let deadline = Instant::now() + BATCH_WINDOW;
         let mut next = first;
         while let Some(cmd) = next.take() {
             match cmd {
-                Cmd::Insert(mut r, done) => {
-                    rows.append(&mut r);
+                Cmd::Insert(batch, done) => {
+                    pending.add(batch);
                     waiters.push(done);
                 }
                 Cmd::Shutdown => {
                     stopping = true;
                     break;
                 }
-                other => others.push(other),
+                Cmd::Run(job) => jobs.push(job),
             }
-            if rows.len() >= MAX_BATCH_ROWS || rows.is_empty() {
+            if pending.rows >= MAX_BATCH_ROWS || pending.rows == 0 {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             next = rx.recv_timeout(left).ok();
         }
-        if !rows.is_empty() {
-            let result = append(&conn, &rows).map_err(|e| e.to_string());
+        if pending.rows > 0 {
+            let result = pending.append(&conn).map_err(|e| e.to_string());
             if let Err(e) = &result {
-                tracing::error!(error = %e, rows = rows.len(), "telemetry append failed");
+                tracing::error!(error = %e, rows = pending.rows, "telemetry append failed");
             }
             for w in waiters {
                 let _ = w.send(result.clone());
             }
         }
-        for cmd in others {
-            match cmd {
-                Cmd::Count(done) => {
-                    let n = conn
-                        .query_row("SELECT count(*) FROM health_samples", [], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                        .map(|n| n as u64)
-                        .map_err(|e| e.to_string());
-                    let _ = done.send(n);
-                }
-                Cmd::MaxSeq(agent, done) => {
-                    let n = conn
-                        .query_row(
-                            "SELECT coalesce(max(seq), 0) FROM health_samples WHERE agent_id = ?",
-                            duckdb::params![agent],
-                            |r| r.get::<_, u64>(0),
-                        )
-                        .map_err(|e| e.to_string());
-                    let _ = done.send(n);
-                }
-                Cmd::Retain(done) => {
-                    let _ = done.send(retain(&conn, retention));
-                    last_retention = Instant::now();
-                }
-                Cmd::Insert(..) | Cmd::Shutdown => unreachable!("handled while batching"),
-            }
+        for job in jobs {
+            job(&conn);
         }
         if last_retention.elapsed() >= RETENTION_EVERY {
             if let Err(e) = retain(&conn, retention) {
@@ -290,7 +442,11 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
     }
 }
 
-fn append(conn: &duckdb::Connection, rows: &[SampleRow]) -> duckdb::Result<()> {
+fn ts_us(us: i64) -> Value {
+    Value::Timestamp(TimeUnit::Microsecond, us)
+}
+
+fn append_samples(conn: &duckdb::Connection, rows: &[SampleRow]) -> duckdb::Result<()> {
     let mut app = conn.appender("health_samples")?;
     for row in rows {
         let s = &row.sample;
@@ -307,14 +463,83 @@ fn append(conn: &duckdb::Connection, rows: &[SampleRow]) -> duckdb::Result<()> {
     app.flush()
 }
 
-fn retain(conn: &duckdb::Connection, retention: Duration) -> Result<u64, String> {
-    let cutoff = coral_proto::now_ms() - retention.as_millis() as i64;
-    conn.execute(
-        "DELETE FROM health_samples WHERE ts < make_timestamp(?::BIGINT * 1000)",
-        duckdb::params![cutoff],
-    )
-    .map(|n| n as u64)
-    .map_err(|e| e.to_string())
+fn append_spans(conn: &duckdb::Connection, rows: &[SpanRow]) -> duckdb::Result<()> {
+    let mut app = conn.appender("spans")?;
+    for r in rows {
+        app.append_row(duckdb::params![
+            r.agent_id,
+            r.trace_id,
+            r.span_id,
+            r.parent_span_id,
+            r.service,
+            r.name,
+            r.kind,
+            ts_us(r.start_us),
+            r.duration_us,
+            r.status_code,
+            r.status_message,
+            r.attributes,
+            r.events,
+            r.resource,
+            r.scope,
+        ])?;
+    }
+    app.flush()
+}
+
+fn append_metrics(conn: &duckdb::Connection, rows: &[MetricRow]) -> duckdb::Result<()> {
+    let mut app = conn.appender("metric_points")?;
+    for r in rows {
+        app.append_row(duckdb::params![
+            r.agent_id,
+            r.service,
+            r.name,
+            r.unit,
+            r.kind,
+            ts_us(r.ts_us),
+            r.value,
+            r.count,
+            r.sum,
+            r.attributes,
+        ])?;
+    }
+    app.flush()
+}
+
+fn append_logs(conn: &duckdb::Connection, rows: &[LogRow]) -> duckdb::Result<()> {
+    let mut app = conn.appender("log_records")?;
+    for r in rows {
+        app.append_row(duckdb::params![
+            r.agent_id,
+            r.service,
+            ts_us(r.ts_us),
+            r.severity_number,
+            r.severity_text,
+            r.body,
+            r.trace_id,
+            r.span_id,
+            r.attributes,
+        ])?;
+    }
+    app.flush()
+}
+
+/// Deletes telemetry older than `retention` from every table.
+fn retain(conn: &duckdb::Connection, retention: Duration) -> duckdb::Result<u64> {
+    let cutoff_us = (coral_proto::now_ms() - retention.as_millis() as i64) * 1000;
+    let mut n = 0;
+    for (table, column) in [
+        ("health_samples", "ts"),
+        ("spans", "start_ts"),
+        ("metric_points", "ts"),
+        ("log_records", "ts"),
+    ] {
+        n += conn.execute(
+            &format!("DELETE FROM {table} WHERE {column} < make_timestamp(?::BIGINT)"),
+            duckdb::params![cutoff_us],
+        )? as u64;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -350,7 +575,10 @@ mod tests {
             assert_eq!(t.sample_count().await.unwrap(), 1001);
             assert_eq!(t.max_seq("a1").await.unwrap(), 1001);
             assert_eq!(t.max_seq("nobody").await.unwrap(), 0);
-            assert_eq!(t.apply_retention().await.unwrap(), 1);
+            assert_eq!(
+                t.apply_retention(Duration::from_secs(3600)).await.unwrap(),
+                1
+            );
             assert_eq!(t.sample_count().await.unwrap(), 1000);
         }
         // Reopening keeps the data and does not re-run migrations.

@@ -23,6 +23,11 @@ impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("config/coral")).unwrap();
+        std::fs::write(
+            dir.path().join("config/coral/config.toml"),
+            "[agent.otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
         Env { dir }
     }
     fn cmd(&self, args: &[&str]) -> Command {

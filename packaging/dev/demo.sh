@@ -19,6 +19,10 @@ agent_timeout = "3s"
 name = "demo-host"
 probe_interval = "500ms"
 probe_timeout = "300ms"
+
+[agent.otlp]
+grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
 TOML
 
 pids=()

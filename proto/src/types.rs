@@ -218,6 +218,9 @@ pub struct AgentStatus {
     /// Health samples held in the agent's telemetry store.
     pub stored_samples: u64,
     pub services: Vec<ServiceHealth>,
+    /// Where the OTLP receiver listens, when enabled.
+    pub otlp_grpc: Option<String>,
+    pub otlp_http: Option<String>,
 }
 
 /// Errors the agent's local control service returns to the CLI.

@@ -26,6 +26,10 @@ agent_timeout = "1s"
 name = "test-host"
 probe_interval = "200ms"
 probe_timeout = "150ms"
+
+[agent.otlp]
+grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
 "#;
 
 pub struct Env {

@@ -1,0 +1,329 @@
+//! OTLP requests → telemetry rows. Pure: no I/O. Items that cannot be
+//! stored (a span without a valid trace or span id, a data point without a
+//! value, a log with a malformed trace id) are counted as rejected and named
+//! in the partial-success message; everything else is kept.
+
+use crate::telemetry::{LogRow, MetricRow, SpanRow};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use serde_json::{Map, Value, json};
+
+/// Rows to store, and what was rejected.
+#[derive(Debug)]
+pub struct Converted<T> {
+    pub rows: Vec<T>,
+    pub rejected: i64,
+    /// Why the first rejected item was rejected.
+    pub reason: Option<String>,
+}
+
+impl<T> Default for Converted<T> {
+    fn default() -> Self {
+        Converted {
+            rows: Vec::new(),
+            rejected: 0,
+            reason: None,
+        }
+    }
+}
+
+impl<T> Converted<T> {
+    fn reject(&mut self, why: impl FnOnce() -> String) {
+        self.rejected += 1;
+        if self.reason.is_none() {
+            self.reason = Some(why());
+        }
+    }
+
+    /// The partial-success message: empty when all was accepted.
+    pub fn message(&self) -> String {
+        match &self.reason {
+            Some(r) if self.rejected > 1 => format!("{} rejected; first: {r}", self.rejected),
+            Some(r) => r.clone(),
+            None => String::new(),
+        }
+    }
+}
+
+/// JSON for an OTLP value: strings, numbers, booleans, arrays and maps as
+/// themselves; bytes as lowercase hex.
+pub fn any_to_json(v: &AnyValue) -> Value {
+    match &v.value {
+        None => Value::Null,
+        Some(any_value::Value::StringValue(s)) => json!(s),
+        Some(any_value::Value::BoolValue(b)) => json!(b),
+        Some(any_value::Value::IntValue(i)) => json!(i),
+        Some(any_value::Value::DoubleValue(d)) => json!(d),
+        Some(any_value::Value::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(any_to_json).collect())
+        }
+        Some(any_value::Value::KvlistValue(kv)) => attrs_map(&kv.values),
+        Some(any_value::Value::BytesValue(b)) => json!(hex(b)),
+        // An index into a profiles string table, meaningless without it.
+        Some(any_value::Value::StringValueStrindex(i)) => json!({ "strindex": i }),
+    }
+}
+
+fn attrs_map(attrs: &[KeyValue]) -> Value {
+    let mut m = Map::with_capacity(attrs.len());
+    for kv in attrs {
+        m.insert(
+            kv.key.clone(),
+            kv.value.as_ref().map(any_to_json).unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(m)
+}
+
+fn attrs_json(attrs: &[KeyValue]) -> String {
+    attrs_map(attrs).to_string()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// `service.name` of a resource; OTel's default when absent.
+pub fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "unknown_service".to_string())
+}
+
+fn valid_id(id: &[u8], len: usize) -> bool {
+    id.len() == len && id.iter().any(|b| *b != 0)
+}
+
+fn nanos_to_us(ns: u64) -> i64 {
+    (ns / 1000).min(i64::MAX as u64) as i64
+}
+
+fn span_kind(k: i32) -> &'static str {
+    match k {
+        1 => "internal",
+        2 => "server",
+        3 => "client",
+        4 => "producer",
+        5 => "consumer",
+        _ => "unspecified",
+    }
+}
+
+fn status_code(c: i32) -> &'static str {
+    match c {
+        1 => "ok",
+        2 => "error",
+        _ => "unset",
+    }
+}
+
+pub fn spans(agent_id: &str, req: &ExportTraceServiceRequest) -> Converted<SpanRow> {
+    let mut out = Converted::default();
+    for rs in &req.resource_spans {
+        let service = service_name(rs.resource.as_ref());
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|r| attrs_json(&r.attributes))
+            .unwrap_or_else(|| "{}".into());
+        for ss in &rs.scope_spans {
+            let scope = ss
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            for span in &ss.spans {
+                if !valid_id(&span.trace_id, 16) {
+                    out.reject(|| {
+                        format!(
+                            "span '{}' has an invalid trace id (need 16 non-zero bytes)",
+                            span.name
+                        )
+                    });
+                    continue;
+                }
+                if !valid_id(&span.span_id, 8) {
+                    out.reject(|| {
+                        format!(
+                            "span '{}' has an invalid span id (need 8 non-zero bytes)",
+                            span.name
+                        )
+                    });
+                    continue;
+                }
+                if span.end_time_unix_nano < span.start_time_unix_nano {
+                    out.reject(|| format!("span '{}' ends before it starts", span.name));
+                    continue;
+                }
+                let events: Vec<Value> = span
+                    .events
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "name": e.name,
+                            "time_us": nanos_to_us(e.time_unix_nano),
+                            "attributes": attrs_map(&e.attributes),
+                        })
+                    })
+                    .collect();
+                let status = span.status.as_ref();
+                out.rows.push(SpanRow {
+                    agent_id: agent_id.to_string(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: valid_id(&span.parent_span_id, 8)
+                        .then(|| hex(&span.parent_span_id)),
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    kind: span_kind(span.kind),
+                    start_us: nanos_to_us(span.start_time_unix_nano),
+                    duration_us: nanos_to_us(span.end_time_unix_nano - span.start_time_unix_nano),
+                    status_code: status_code(status.map(|s| s.code).unwrap_or(0)),
+                    status_message: status.map(|s| s.message.clone()).unwrap_or_default(),
+                    attributes: attrs_json(&span.attributes),
+                    events: Value::Array(events).to_string(),
+                    resource: resource.clone(),
+                    scope: scope.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+pub fn metrics(agent_id: &str, req: &ExportMetricsServiceRequest) -> Converted<MetricRow> {
+    let mut out = Converted::default();
+    for rm in &req.resource_metrics {
+        let service = service_name(rm.resource.as_ref());
+        for sm in &rm.scope_metrics {
+            for m in &sm.metrics {
+                let row = |kind: &'static str, ts: u64, attrs: &[KeyValue]| MetricRow {
+                    agent_id: agent_id.to_string(),
+                    service: service.clone(),
+                    name: m.name.clone(),
+                    unit: m.unit.clone(),
+                    kind,
+                    ts_us: nanos_to_us(ts),
+                    value: None,
+                    count: None,
+                    sum: None,
+                    attributes: attrs_json(attrs),
+                };
+                match &m.data {
+                    None => out.reject(|| format!("metric '{}' has no data", m.name)),
+                    Some(metric::Data::Gauge(g)) => {
+                        number_points(&mut out, &g.data_points, "gauge", &row, &m.name)
+                    }
+                    Some(metric::Data::Sum(s)) => {
+                        number_points(&mut out, &s.data_points, "sum", &row, &m.name)
+                    }
+                    Some(metric::Data::Histogram(h)) => {
+                        for p in &h.data_points {
+                            let mut r = row("histogram", p.time_unix_nano, &p.attributes);
+                            r.count = Some(p.count);
+                            r.sum = p.sum;
+                            out.rows.push(r);
+                        }
+                    }
+                    Some(metric::Data::ExponentialHistogram(h)) => {
+                        for p in &h.data_points {
+                            let mut r =
+                                row("exponential_histogram", p.time_unix_nano, &p.attributes);
+                            r.count = Some(p.count);
+                            r.sum = p.sum;
+                            out.rows.push(r);
+                        }
+                    }
+                    Some(metric::Data::Summary(s)) => {
+                        for p in &s.data_points {
+                            let mut r = row("summary", p.time_unix_nano, &p.attributes);
+                            r.count = Some(p.count);
+                            r.sum = Some(p.sum);
+                            out.rows.push(r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn number_points(
+    out: &mut Converted<MetricRow>,
+    points: &[opentelemetry_proto::tonic::metrics::v1::NumberDataPoint],
+    kind: &'static str,
+    row: &impl Fn(&'static str, u64, &[KeyValue]) -> MetricRow,
+    name: &str,
+) {
+    for p in points {
+        let value = match p.value {
+            Some(number_data_point::Value::AsDouble(d)) => d,
+            Some(number_data_point::Value::AsInt(i)) => i as f64,
+            None => {
+                out.reject(|| format!("a data point of metric '{name}' has no value"));
+                continue;
+            }
+        };
+        let mut r = row(kind, p.time_unix_nano, &p.attributes);
+        r.value = Some(value);
+        out.rows.push(r);
+    }
+}
+
+pub fn logs(agent_id: &str, req: &ExportLogsServiceRequest) -> Converted<LogRow> {
+    let mut out = Converted::default();
+    for rl in &req.resource_logs {
+        let service = service_name(rl.resource.as_ref());
+        for sl in &rl.scope_logs {
+            for l in &sl.log_records {
+                if !l.trace_id.is_empty() && l.trace_id.len() != 16 {
+                    out.reject(|| "a log record has a malformed trace id (need 16 bytes)".into());
+                    continue;
+                }
+                if !l.span_id.is_empty() && l.span_id.len() != 8 {
+                    out.reject(|| "a log record has a malformed span id (need 8 bytes)".into());
+                    continue;
+                }
+                // OTLP: use the observed time when the event time is unknown.
+                let ts = if l.time_unix_nano != 0 {
+                    l.time_unix_nano
+                } else {
+                    l.observed_time_unix_nano
+                };
+                let body = match l.body.as_ref().map(any_to_json) {
+                    Some(Value::String(s)) => s,
+                    Some(Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                };
+                out.rows.push(LogRow {
+                    agent_id: agent_id.to_string(),
+                    service: service.clone(),
+                    ts_us: nanos_to_us(ts),
+                    severity_number: l.severity_number,
+                    severity_text: l.severity_text.clone(),
+                    body,
+                    trace_id: valid_id(&l.trace_id, 16).then(|| hex(&l.trace_id)),
+                    span_id: valid_id(&l.span_id, 8).then(|| hex(&l.span_id)),
+                    attributes: attrs_json(&l.attributes),
+                });
+            }
+        }
+    }
+    out
+}

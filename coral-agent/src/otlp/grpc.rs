@@ -1,0 +1,115 @@
+//! OTLP/gRPC: the three collector services on one tonic server.
+
+use super::{RETRY_AFTER, Receiver, Refusal};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+fn refused(r: Refusal) -> Status {
+    match r {
+        Refusal::Busy => Status::with_error_details(
+            Code::ResourceExhausted,
+            "coral agent is over its OTLP in-flight budget; retry later",
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+        ),
+        Refusal::Store(e) => Status::with_error_details(
+            Code::Unavailable,
+            format!("coral agent cannot store telemetry now: {e}"),
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+        ),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let req = req.into_inner();
+        let bytes = req.encoded_len();
+        self.traces(req, bytes)
+            .await
+            .map(Response::new)
+            .map_err(refused)
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        req: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let req = req.into_inner();
+        let bytes = req.encoded_len();
+        self.metrics(req, bytes)
+            .await
+            .map(Response::new)
+            .map_err(refused)
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Receiver {
+    async fn export(
+        &self,
+        req: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let req = req.into_inner();
+        let bytes = req.encoded_len();
+        self.logs(req, bytes)
+            .await
+            .map(Response::new)
+            .map_err(refused)
+    }
+}
+
+pub(super) async fn serve(
+    r: Receiver,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let max = r.max_request_bytes;
+    tonic::transport::Server::builder()
+        .add_service(
+            TraceServiceServer::new(r.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            MetricsServiceServer::new(r.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            LogsServiceServer::new(r)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await
+}

@@ -1,0 +1,258 @@
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` with protobuf or
+//! JSON bodies, optionally gzip-compressed. Replies use the request's
+//! encoding; errors carry a `google.rpc.Status` body.
+
+use super::{RETRY_AFTER, Receiver, Refusal};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use std::io::Read;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
+/// An error reply: HTTP status, gRPC code and message, sent in `enc` as a
+/// `google.rpc.Status`.
+struct HttpError {
+    enc: Encoding,
+    status: StatusCode,
+    code: i32,
+    message: String,
+}
+
+fn error(enc: Encoding, status: StatusCode, code: i32, message: String) -> HttpError {
+    HttpError {
+        enc,
+        status,
+        code,
+        message,
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = match self.enc {
+            Encoding::Json => serde_json::json!({ "code": self.code, "message": self.message })
+                .to_string()
+                .into_bytes(),
+            Encoding::Protobuf => tonic_types::Status {
+                code: self.code,
+                message: self.message,
+                details: Vec::new(),
+            }
+            .encode_to_vec(),
+        };
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, self.enc.content_type())],
+            body,
+        )
+            .into_response();
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        resp
+    }
+}
+
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAVAILABLE: i32 = 14;
+
+fn encoding(headers: &HeaderMap) -> Result<Encoding, HttpError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        _ => Err(error(
+            Encoding::Json,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_ARGUMENT,
+            format!(
+                "unsupported content-type '{ct}': send application/x-protobuf or application/json"
+            ),
+        )),
+    }
+}
+
+/// The request body, gunzipped if needed, at most `max` bytes.
+fn body(enc: Encoding, headers: &HeaderMap, raw: Bytes, max: usize) -> Result<Bytes, HttpError> {
+    let ce = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match ce.as_str() {
+        "" | "identity" => Ok(raw),
+        "gzip" => {
+            let mut out = Vec::new();
+            let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(max as u64 + 1);
+            if let Err(e) = dec.read_to_end(&mut out) {
+                return Err(error(
+                    enc,
+                    StatusCode::BAD_REQUEST,
+                    INVALID_ARGUMENT,
+                    format!("malformed gzip body: {e}"),
+                ));
+            }
+            if out.len() > max {
+                return Err(error(
+                    enc,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    RESOURCE_EXHAUSTED,
+                    format!("request is larger than {max} bytes once decompressed"),
+                ));
+            }
+            Ok(out.into())
+        }
+        other => Err(error(
+            enc,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_ARGUMENT,
+            format!("unsupported content-encoding '{other}': send gzip or none"),
+        )),
+    }
+}
+
+fn decode<M: Message + Default + serde::de::DeserializeOwned>(
+    enc: Encoding,
+    bytes: &[u8],
+    what: &str,
+) -> Result<M, HttpError> {
+    let result = match enc {
+        Encoding::Protobuf => M::decode(bytes).map_err(|e| e.to_string()),
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+    };
+    result.map_err(|e| {
+        error(
+            enc,
+            StatusCode::BAD_REQUEST,
+            INVALID_ARGUMENT,
+            format!("malformed {what} request: {e}"),
+        )
+    })
+}
+
+fn reply<R: Message + serde::Serialize>(enc: Encoding, result: Result<R, Refusal>) -> Response {
+    match result {
+        Ok(r) => {
+            let body = match enc {
+                Encoding::Protobuf => r.encode_to_vec(),
+                Encoding::Json => serde_json::to_vec(&r).unwrap_or_else(|_| b"{}".to_vec()),
+            };
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, enc.content_type())],
+                body,
+            )
+                .into_response()
+        }
+        Err(Refusal::Busy) => error(
+            enc,
+            StatusCode::TOO_MANY_REQUESTS,
+            RESOURCE_EXHAUSTED,
+            "coral agent is over its OTLP in-flight budget; retry later".into(),
+        )
+        .into_response(),
+        Err(Refusal::Store(e)) => error(
+            enc,
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNAVAILABLE,
+            format!("coral agent cannot store telemetry now: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// Content type, encoding and size checks shared by the three endpoints.
+fn prepare(r: &Receiver, headers: &HeaderMap, raw: Bytes) -> Result<(Encoding, Bytes), HttpError> {
+    let enc = encoding(headers)?;
+    let bytes = body(enc, headers, raw, r.max_request_bytes)?;
+    Ok((enc, bytes))
+}
+
+async fn traces(State(r): State<Receiver>, headers: HeaderMap, raw: Bytes) -> Response {
+    let (enc, bytes) = match prepare(&r, &headers, raw) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    match decode::<ExportTraceServiceRequest>(enc, &bytes, "trace") {
+        Ok(req) => reply(enc, r.traces(req, bytes.len()).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics(State(r): State<Receiver>, headers: HeaderMap, raw: Bytes) -> Response {
+    let (enc, bytes) = match prepare(&r, &headers, raw) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    match decode::<ExportMetricsServiceRequest>(enc, &bytes, "metrics") {
+        Ok(req) => reply(enc, r.metrics(req, bytes.len()).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn logs(State(r): State<Receiver>, headers: HeaderMap, raw: Bytes) -> Response {
+    let (enc, bytes) = match prepare(&r, &headers, raw) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    match decode::<ExportLogsServiceRequest>(enc, &bytes, "logs") {
+        Ok(req) => reply(enc, r.logs(req, bytes.len()).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(super) async fn serve(
+    r: Receiver,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let limit = r.max_request_bytes;
+    let app = Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .route("/v1/logs", post(logs))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(r);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,231 @@
+//! The OTLP receiver: OTLP/gRPC (default :4317) and OTLP/HTTP (default
+//! :4318, `/v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON, gzip),
+//! so each agent is one more sink beside an app's existing exporters.
+//!
+//! Memory is bounded: a request is admitted only if its encoded size fits in
+//! the in-flight budget, else it is refused with 429 / RESOURCE_EXHAUSTED and
+//! a retry hint. An admitted request is answered only after its rows are
+//! committed to DuckDB: what is accepted is stored, what is refused is
+//! refused explicitly.
+
+pub mod convert;
+mod grpc;
+mod http;
+
+use crate::telemetry::{Batch, Telemetry};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// The `[agent.otlp]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    pub enabled: bool,
+    pub grpc_listen: String,
+    pub http_listen: String,
+    /// Largest request accepted, after decompression.
+    pub max_request_bytes: usize,
+    /// Encoded bytes of requests being stored at once; beyond this, requests
+    /// are refused with a retry hint.
+    pub max_inflight_bytes: usize,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            enabled: true,
+            grpc_listen: "127.0.0.1:4317".into(),
+            http_listen: "127.0.0.1:4318".into(),
+            max_request_bytes: 4 * 1024 * 1024,
+            max_inflight_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl OtlpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, addr) in [
+            ("grpc_listen", &self.grpc_listen),
+            ("http_listen", &self.http_listen),
+        ] {
+            addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("agent.otlp.{key} '{addr}' must be ip:port, e.g. 127.0.0.1:4317")
+            })?;
+        }
+        if self.max_request_bytes < 1024 {
+            return Err("agent.otlp.max_request_bytes must be at least 1024".into());
+        }
+        if self.max_inflight_bytes < self.max_request_bytes {
+            return Err(
+                "agent.otlp.max_inflight_bytes must be at least agent.otlp.max_request_bytes"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How long a refused client is told to wait.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a request was not accepted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Over the in-flight budget: retry later.
+    Busy,
+    /// The store failed: retry later.
+    Store(String),
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    agent_id: Arc<str>,
+    telemetry: Telemetry,
+    budget: Arc<Semaphore>,
+    max_request_bytes: usize,
+}
+
+impl Receiver {
+    pub fn new(agent_id: &str, telemetry: Telemetry, config: &OtlpConfig) -> Self {
+        Receiver {
+            agent_id: agent_id.into(),
+            telemetry,
+            budget: Arc::new(Semaphore::new(config.max_inflight_bytes)),
+            max_request_bytes: config.max_request_bytes,
+        }
+    }
+
+    /// Reserves `bytes` of the in-flight budget, or refuses.
+    fn admit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Refusal> {
+        let n = bytes.clamp(1, self.max_request_bytes) as u32;
+        self.budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| Refusal::Busy)
+    }
+
+    async fn store(&self, batch: Batch) -> Result<(), Refusal> {
+        self.telemetry
+            .insert_batch(batch)
+            .await
+            .map_err(|e| Refusal::Store(e.to_string()))
+    }
+
+    pub async fn traces(
+        &self,
+        req: ExportTraceServiceRequest,
+        bytes: usize,
+    ) -> Result<ExportTraceServiceResponse, Refusal> {
+        let _permit = self.admit(bytes)?;
+        let c = convert::spans(&self.agent_id, &req);
+        drop(req);
+        let partial = (c.rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: c.rejected,
+            error_message: c.message(),
+        });
+        self.store(Batch::Spans(c.rows)).await?;
+        Ok(ExportTraceServiceResponse {
+            partial_success: partial,
+        })
+    }
+
+    pub async fn metrics(
+        &self,
+        req: ExportMetricsServiceRequest,
+        bytes: usize,
+    ) -> Result<ExportMetricsServiceResponse, Refusal> {
+        let _permit = self.admit(bytes)?;
+        let c = convert::metrics(&self.agent_id, &req);
+        drop(req);
+        let partial = (c.rejected > 0).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: c.rejected,
+            error_message: c.message(),
+        });
+        self.store(Batch::Metrics(c.rows)).await?;
+        Ok(ExportMetricsServiceResponse {
+            partial_success: partial,
+        })
+    }
+
+    pub async fn logs(
+        &self,
+        req: ExportLogsServiceRequest,
+        bytes: usize,
+    ) -> Result<ExportLogsServiceResponse, Refusal> {
+        let _permit = self.admit(bytes)?;
+        let c = convert::logs(&self.agent_id, &req);
+        drop(req);
+        let partial = (c.rejected > 0).then(|| ExportLogsPartialSuccess {
+            rejected_log_records: c.rejected,
+            error_message: c.message(),
+        });
+        self.store(Batch::Logs(c.rows)).await?;
+        Ok(ExportLogsServiceResponse {
+            partial_success: partial,
+        })
+    }
+}
+
+/// Listeners bound at agent start (so a busy port fails the start).
+pub struct Listeners {
+    pub grpc: std::net::TcpListener,
+    pub http: std::net::TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(config: &OtlpConfig) -> Result<Listeners, String> {
+        let bind = |addr: &str, what: &str, key: &str| {
+            let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                format!(
+                    "cannot listen on {addr} for {what}: {e} (set agent.otlp.{key}, or agent.otlp.enabled = false)"
+                )
+            })?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Ok::<_, String>(l)
+        };
+        Ok(Listeners {
+            grpc: bind(&config.grpc_listen, "OTLP/gRPC", "grpc_listen")?,
+            http: bind(&config.http_listen, "OTLP/HTTP", "http_listen")?,
+        })
+    }
+
+    pub fn addrs(&self) -> (String, String) {
+        let a =
+            |l: &std::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        (a(&self.grpc), a(&self.http))
+    }
+}
+
+/// Serves both endpoints until `shutdown` is cancelled.
+pub async fn serve(receiver: Receiver, listeners: Listeners, shutdown: CancellationToken) {
+    let grpc = match tokio::net::TcpListener::from_std(listeners.grpc) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "OTLP/gRPC listener unusable"),
+    };
+    let http = match tokio::net::TcpListener::from_std(listeners.http) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "OTLP/HTTP listener unusable"),
+    };
+    let (g, h) = tokio::join!(
+        grpc::serve(receiver.clone(), grpc, shutdown.clone()),
+        http::serve(receiver, http, shutdown),
+    );
+    if let Err(e) = g {
+        tracing::error!(error = %e, "OTLP/gRPC server stopped");
+    }
+    if let Err(e) = h {
+        tracing::error!(error = %e, "OTLP/HTTP server stopped");
+    }
+}

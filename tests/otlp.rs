@@ -1,0 +1,380 @@
+//! Issue 6: OTLP ingestion with real clients (the OpenTelemetry Python SDK's
+//! gRPC and HTTP exporters) into a real agent's DuckDB, and the receiver's
+//! answers to bad input and overload.
+
+mod common;
+
+use common::*;
+use prost::Message;
+use serde_json::Value;
+use std::time::Duration;
+
+/// The venv python with the OpenTelemetry SDK (set by `make test`). In CI
+/// its absence is a failure, not a skip.
+fn sdk_python() -> Option<String> {
+    let py = std::env::var("CORAL_PYTHON").unwrap_or_default();
+    let ok = !py.is_empty()
+        && std::process::Command::new(&py)
+            .args(["-c", "import opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!(
+            "CI: CORAL_PYTHON ('{py}') has no OpenTelemetry SDK; 'make test' installs it (packaging/dev/deps.sh)"
+        );
+    }
+    ok.then_some(py)
+}
+
+fn otlp_addrs(env: &Env) -> (String, String) {
+    let a = env.json(&["agent", "status", "--json"]);
+    (
+        a["otlp_grpc"].as_str().unwrap().to_string(),
+        a["otlp_http"].as_str().unwrap().to_string(),
+    )
+}
+
+fn send_with_sdk(py: &str, protocol: &str, addr: &str, service: &str, traces: usize) -> Value {
+    let out = std::process::Command::new(py)
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/otlp/send.py"),
+            protocol,
+            addr,
+            service,
+            &traces.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "send.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        sent["flushed"],
+        true,
+        "the SDK did not flush: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sent
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn python_sdk_traces_metrics_and_logs_round_trip_over_grpc_and_http() {
+    let Some(py) = sdk_python() else {
+        eprintln!(
+            "SKIP python_sdk_...: set CORAL_PYTHON to a python with the OpenTelemetry SDK (make test does)"
+        );
+        return;
+    };
+    let env = Env::new(FAST_CONFIG);
+    env.start_agent();
+    let (grpc, http) = otlp_addrs(&env);
+    let sent_grpc = send_with_sdk(&py, "grpc", &grpc, "checkout-grpc", 40);
+    let sent_http = send_with_sdk(&py, "http", &http, "checkout-http", 40);
+    env.ok(&["agent", "stop"]);
+
+    let db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
+    for (service, sent) in [("checkout-grpc", &sent_grpc), ("checkout-http", &sent_http)] {
+        let spans = sent["spans"].as_array().unwrap();
+        let stored: i64 = db
+            .query_row(
+                "SELECT count(*) FROM spans WHERE service = ?",
+                [service],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored as usize, spans.len(), "{service}: span count");
+        for s in spans {
+            let (name, parent, attrs): (String, Option<String>, String) = db
+                .query_row(
+                    "SELECT name, parent_span_id, attributes FROM spans WHERE service = ? AND trace_id = ? AND span_id = ?",
+                    [service, s["trace_id"].as_str().unwrap(), s["span_id"].as_str().unwrap()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap_or_else(|e| panic!("{service}: span {s} not stored: {e}"));
+            assert_eq!(name, s["name"].as_str().unwrap());
+            assert_eq!(
+                parent.as_deref(),
+                s["parent_span_id"].as_str(),
+                "{service}: parent of {name}"
+            );
+            let attrs: Value = serde_json::from_str(&attrs).unwrap();
+            for (k, v) in s["attributes"].as_object().unwrap() {
+                assert_eq!(
+                    scalar(&attrs[k]),
+                    scalar(v),
+                    "{service}: attribute {k} of {name}"
+                );
+            }
+        }
+        // Logs: every record, linked to the span it was written in.
+        let logs = sent["logs"].as_array().unwrap();
+        let stored: i64 = db
+            .query_row(
+                "SELECT count(*) FROM log_records WHERE service = ?",
+                [service],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored as usize, logs.len(), "{service}: log count");
+        for l in logs {
+            let n: i64 = db
+                .query_row(
+                    "SELECT count(*) FROM log_records WHERE service = ? AND trace_id = ? AND body = ? AND severity_text = 'WARN'",
+                    [service, l["trace_id"].as_str().unwrap(), l["body"].as_str().unwrap()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{service}: log {l}");
+        }
+        // Metrics: the counter's cumulative sum and the histogram's count.
+        let (total, kind): (f64, String) = db
+            .query_row(
+                "SELECT value, kind FROM metric_points WHERE service = ? AND name = 'orders_total' ORDER BY ts DESC LIMIT 1",
+                [service],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (total, kind.as_str()),
+            (sent["orders_total"].as_f64().unwrap(), "sum")
+        );
+        let count: u64 = db
+            .query_row(
+                "SELECT count FROM metric_points WHERE service = ? AND name = 'checkout_latency_ms' ORDER BY ts DESC LIMIT 1",
+                [service],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(count, sent["latency_count"].as_u64().unwrap());
+    }
+}
+
+const SMALL_LIMITS: &str = r#"
+[agent]
+name = "otlp-host"
+probe_interval = "1s"
+probe_timeout = "500ms"
+
+[agent.otlp]
+grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+max_request_bytes = 65536
+max_inflight_bytes = 65536
+"#;
+
+/// A trace request of `spans` spans of ~`pad` bytes of attributes each.
+fn trace_request(
+    service: &str,
+    spans: usize,
+    pad: usize,
+    valid: bool,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    };
+    let spans = (0..spans)
+        .map(|i| Span {
+            trace_id: if valid {
+                [7u8; 16].to_vec()
+            } else {
+                vec![1, 2, 3]
+            },
+            span_id: ((i as u64) + 1).to_be_bytes().to_vec(),
+            name: format!("op-{i}"),
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_005_000_000,
+            attributes: vec![kv("pad", &"x".repeat(pad))],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn post(
+    url: &str,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Option<String>, Vec<u8>) {
+    let client = reqwest::blocking::Client::new();
+    let mut req = client
+        .post(url)
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, resp.bytes().unwrap().to_vec())
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn http_receiver_answers_bad_input_with_the_specified_codes_and_keeps_serving() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    let env = Env::new(SMALL_LIMITS);
+    env.start_agent();
+    let (_, http) = otlp_addrs(&env);
+    let url = format!("http://{http}/v1/traces");
+    let pb = "application/x-protobuf";
+
+    // Good protobuf, plain and gzip; good JSON.
+    let good = trace_request("svc", 3, 10, true).encode_to_vec();
+    assert_eq!(post(&url, pb, None, good.clone()).0, 200);
+    assert_eq!(post(&url, pb, Some("gzip"), gzip(&good)).0, 200);
+    let json = serde_json::to_vec(&trace_request("svc-json", 2, 10, true)).unwrap();
+    let (code, _, body) = post(&url, "application/json", None, json);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+
+    // Malformed and truncated bodies: 400 with a google.rpc.Status message.
+    let (code, _, body) = post(&url, pb, None, vec![0xff, 0xff, 0xff, 0x01]);
+    assert_eq!(code, 400);
+    let status = tonic_types::Status::decode(&body[..]).unwrap();
+    assert!(
+        status.message.contains("malformed trace request"),
+        "{}",
+        status.message
+    );
+    assert_eq!(post(&url, pb, None, good[..good.len() / 2].to_vec()).0, 400);
+    let (code, _, body) = post(
+        &url,
+        "application/json",
+        None,
+        b"{\"resourceSpans\": [".to_vec(),
+    );
+    assert_eq!(code, 400);
+    assert!(String::from_utf8_lossy(&body).contains("malformed trace request"));
+    assert_eq!(
+        post(&url, pb, Some("gzip"), b"not gzip at all".to_vec()).0,
+        400
+    );
+
+    // Wrong content type or encoding: 415.
+    assert_eq!(post(&url, "text/plain", None, good.clone()).0, 415);
+    assert_eq!(post(&url, pb, Some("br"), good.clone()).0, 415);
+
+    // Oversize, raw or once decompressed (a gzip bomb): 413.
+    let big = trace_request("svc", 1, 100_000, true).encode_to_vec();
+    assert_eq!(post(&url, pb, None, big.clone()).0, 413);
+    assert_eq!(post(&url, pb, Some("gzip"), gzip(&big)).0, 413);
+
+    // Invalid ids: partial success, the rest stored.
+    let mut mixed = trace_request("svc-mixed", 2, 10, true);
+    mixed
+        .resource_spans
+        .extend(trace_request("svc-mixed", 3, 10, false).resource_spans);
+    let (code, _, body) = post(&url, pb, None, mixed.encode_to_vec());
+    assert_eq!(code, 200);
+    let resp = ExportTraceServiceResponse::decode(&body[..]).unwrap();
+    let partial = resp.partial_success.unwrap();
+    assert_eq!(partial.rejected_spans, 3);
+    assert!(
+        partial.error_message.contains("invalid trace id"),
+        "{}",
+        partial.error_message
+    );
+
+    // Still serving.
+    assert_eq!(post(&url, pb, None, good).0, 200);
+    env.ok(&["agent", "stop"]);
+    let db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
+    let count = |svc: &str| -> i64 {
+        db.query_row("SELECT count(*) FROM spans WHERE service = ?", [svc], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        (count("svc"), count("svc-json"), count("svc-mixed")),
+        (9, 2, 2)
+    );
+}
+
+#[test]
+fn overload_is_refused_with_retry_hints_and_accepted_data_is_never_lost() {
+    let env = Env::new(SMALL_LIMITS);
+    env.start_agent();
+    let (_, http) = otlp_addrs(&env);
+    let url = format!("http://{http}/v1/traces");
+    // Each request takes most of the in-flight budget, so concurrent ones
+    // must be refused while one is being committed.
+    let body = trace_request("load", 50, 900, true).encode_to_vec();
+    assert!(body.len() > 40_000 && body.len() < 65_536, "{}", body.len());
+    let results: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let (url, body) = (url.clone(), body.clone());
+                s.spawn(move || {
+                    let (code, retry, _) = post(&url, "application/x-protobuf", None, body);
+                    (code, retry)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = results.iter().filter(|r| r.0 == 200).count();
+    let refused: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert!(accepted >= 1, "{results:?}");
+    assert!(!refused.is_empty(), "no request was refused: {results:?}");
+    assert!(
+        refused.iter().all(|r| r.1.as_deref() == Some("1")),
+        "429 without Retry-After: {results:?}"
+    );
+    assert_eq!(accepted + refused.len(), results.len(), "{results:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    env.ok(&["agent", "stop"]);
+    let db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
+    let stored: i64 = db
+        .query_row(
+            "SELECT count(*) FROM spans WHERE service = 'load'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored as usize,
+        accepted * 50,
+        "accepted spans must all be stored"
+    );
+}
