@@ -76,11 +76,26 @@ fn python_sdk_traces_metrics_and_logs_round_trip_over_grpc_and_http() {
         return;
     };
     let env = Env::new(FAST_CONFIG);
+    env.start_colony();
     env.start_agent();
     let (grpc, http) = otlp_addrs(&env);
     let sent_grpc = send_with_sdk(&py, "grpc", &grpc, "checkout-grpc", 40);
     let sent_http = send_with_sdk(&py, "http", &http, "checkout-http", 40);
+    // The colony receives the same rows (checked row by row below).
+    let agent = env.json(&["agent", "status", "--json"]);
+    env.wait_json(
+        &["colony", "status", "--json"],
+        Duration::from_secs(15),
+        "telemetry forwarded",
+        |c| {
+            ["stored_spans", "stored_metric_points", "stored_logs"]
+                .iter()
+                .all(|k| c[k] == agent[k] && c[k].as_u64() > Some(0))
+        },
+    );
     env.ok(&["agent", "stop"]);
+    env.ok(&["colony", "stop"]);
+    assert_same_rows(&env);
 
     let db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
     for (service, sent) in [("checkout-grpc", &sent_grpc), ("checkout-http", &sent_http)] {
@@ -156,6 +171,41 @@ fn python_sdk_traces_metrics_and_logs_round_trip_over_grpc_and_http() {
             )
             .unwrap();
         assert_eq!(count, sent["latency_count"].as_u64().unwrap());
+    }
+}
+
+/// The colony's spans, metric points and logs equal the agent's, row for
+/// row, each stored once.
+fn assert_same_rows(env: &Env) {
+    let db = duckdb::Connection::open_in_memory().unwrap();
+    db.execute_batch(&format!(
+        "ATTACH '{}' AS a (READ_ONLY); ATTACH '{}' AS c (READ_ONLY);",
+        env.agent_state().join("telemetry.duckdb").display(),
+        env.colony_state().join("telemetry.duckdb").display()
+    ))
+    .unwrap();
+    for table in ["spans", "metric_points", "log_records"] {
+        let q = |sql: &str| -> i64 {
+            db.query_row(&sql.replace("{t}", table), [], |r| r.get(0))
+                .unwrap()
+        };
+        let agent = q("SELECT count(*) FROM a.{t}");
+        assert!(agent > 0, "{table}: nothing stored");
+        assert_eq!(
+            q("SELECT count(*) FROM c.{t}"),
+            agent,
+            "{table}: colony row count"
+        );
+        assert_eq!(
+            q("SELECT count(DISTINCT (agent_id, seq)) FROM c.{t}"),
+            agent,
+            "{table}: duplicates in the colony"
+        );
+        assert_eq!(
+            q("SELECT count(*) FROM (SELECT * FROM a.{t} EXCEPT SELECT * FROM c.{t})"),
+            0,
+            "{table}: rows differ"
+        );
     }
 }
 
@@ -377,4 +427,48 @@ fn overload_is_refused_with_retry_hints_and_accepted_data_is_never_lost() {
         accepted * 50,
         "accepted spans must all be stored"
     );
+}
+
+#[test]
+fn forwarding_to_the_colony_is_exactly_once_across_a_colony_crash() {
+    let env = Env::new(FAST_CONFIG);
+    env.start_colony();
+    env.start_agent();
+    let (_, http) = otlp_addrs(&env);
+    let url = format!("http://{http}/v1/traces");
+    let send = |service: &str, n: usize| {
+        for _ in 0..n {
+            let body = trace_request(service, 50, 20, true).encode_to_vec();
+            assert_eq!(post(&url, "application/x-protobuf", None, body).0, 200);
+        }
+    };
+    send("before", 10);
+    env.wait_json(
+        &["colony", "status", "--json"],
+        Duration::from_secs(10),
+        "500 spans forwarded",
+        |c| c["stored_spans"] == 500,
+    );
+    // Crash the colony while the agent keeps receiving.
+    let pid = env.pid_of("colony").unwrap();
+    kill(pid, 9);
+    wait_dead(pid, Duration::from_secs(5));
+    send("during", 10);
+    env.start_colony();
+    send("after", 10);
+    env.wait_json(
+        &["colony", "status", "--json"],
+        Duration::from_secs(15),
+        "1500 spans forwarded",
+        |c| c["stored_spans"] == 1500,
+    );
+    env.ok(&["agent", "stop"]);
+    env.ok(&["colony", "stop"]);
+    let db = duckdb::Connection::open(env.colony_state().join("telemetry.duckdb")).unwrap();
+    let (n, distinct): (i64, i64) = db
+        .query_row("SELECT count(*), count(DISTINCT seq) FROM spans", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((n, distinct), (1500, 1500));
 }

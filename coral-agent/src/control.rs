@@ -26,13 +26,10 @@ impl AgentControl for Control {
     async fn status(self, _: Context) -> AgentStatus {
         let s = &self.shared;
         let (pending, dropped) = s.pending_counts();
-        let stored = match s.telemetry.sample_count().await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot count stored samples");
-                0
-            }
-        };
+        let stored = s.telemetry.counts().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot count stored telemetry");
+            Default::default()
+        });
         AgentStatus {
             agent_id: s.agent_id.clone(),
             name: s.name.clone(),
@@ -44,7 +41,10 @@ impl AgentControl for Control {
             colony: s.link.lock().expect("link lock").clone(),
             pending_samples: pending,
             dropped_samples: dropped,
-            stored_samples: stored,
+            stored_samples: stored.samples,
+            stored_spans: stored.spans,
+            stored_metric_points: stored.metric_points,
+            stored_logs: stored.logs,
             services: s.services_snapshot(),
             otlp_grpc: s.otlp_addrs.as_ref().map(|a| a.0.clone()),
             otlp_http: s.otlp_addrs.as_ref().map(|a| a.1.clone()),

@@ -12,6 +12,9 @@ use tarpc::context;
 
 /// Samples sent per heartbeat; the rest follow right after.
 const SAMPLES_PER_HEARTBEAT: usize = 5_000;
+/// Telemetry rows per push, and pushes per kind per tick.
+const ROWS_PER_PUSH: usize = 2_000;
+const PUSHES_PER_TICK: usize = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -161,6 +164,7 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         .map_err(rpc_err)?
         .map_err(refused)?;
     shared.acknowledge(registered.last_seq);
+    let mut checkpoints = registered.checkpoints;
     {
         let mut link = shared.link.lock().expect("link lock");
         link.state = LinkState::Connected;
@@ -190,13 +194,23 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
             .map_err(refused)?;
         shared.acknowledge(ack.last_seq);
         shared.link.lock().expect("link lock").last_heartbeat_ms = Some(coral_proto::now_ms());
+        let behind = forward(shared, &client, &mut checkpoints)
+            .await
+            .map_err(|e| match e {
+                ForwardError::Rpc(e) => rpc_err(e),
+                ForwardError::Refused(e) => refused(e),
+                ForwardError::Local(reason) => LinkError::Rpc {
+                    addr: addr.clone(),
+                    reason: format!("cannot read local telemetry: {reason}"),
+                },
+            })?;
         if stopping {
             let _ = client.leave(ctx(), shared.agent_id.clone()).await;
             tracing::info!("said goodbye to the colony");
             return Ok(());
         }
-        if full {
-            continue; // more samples queued: send them now
+        if full || behind {
+            continue; // more queued: send it now
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -204,4 +218,44 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
             _ = shared.shutdown.cancelled() => {}
         }
     }
+}
+
+enum ForwardError {
+    Rpc(tarpc::client::RpcError),
+    Refused(ColonyError),
+    Local(String),
+}
+
+/// Pushes telemetry past the colony's checkpoints, oldest first. Returns
+/// true if more is waiting than one tick sends.
+async fn forward(
+    shared: &Shared,
+    client: &ColonyClient,
+    checkpoints: &mut coral_proto::Checkpoints,
+) -> Result<bool, ForwardError> {
+    let mut behind = false;
+    for kind in coral_proto::SignalKind::ALL {
+        for push in 0..PUSHES_PER_TICK {
+            let rows = shared
+                .telemetry
+                .rows_after(kind, checkpoints.get(kind), ROWS_PER_PUSH)
+                .await
+                .map_err(|e| ForwardError::Local(e.to_string()))?;
+            if rows.is_empty() {
+                break;
+            }
+            let full = rows.len() == ROWS_PER_PUSH;
+            let stored = client
+                .push(ctx(), shared.agent_id.clone(), rows)
+                .await
+                .map_err(ForwardError::Rpc)?
+                .map_err(ForwardError::Refused)?;
+            checkpoints.set(kind, stored);
+            if !full {
+                break;
+            }
+            behind |= push + 1 == PUSHES_PER_TICK;
+        }
+    }
+    Ok(behind)
 }

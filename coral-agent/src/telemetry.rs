@@ -28,9 +28,11 @@ const MIGRATIONS: &[&str] = &[
         error      VARCHAR
     );",
     // 2: OTLP spans, metric points and log records. Ids are lowercase hex;
-    // attributes, events and resources are JSON text.
+    // attributes, events and resources are JSON text. `seq` numbers each
+    // agent's rows per kind, for forwarding to the colony exactly once.
     "CREATE TABLE spans (
         agent_id       VARCHAR NOT NULL,
+        seq            UBIGINT NOT NULL,
         trace_id       VARCHAR NOT NULL,
         span_id        VARCHAR NOT NULL,
         parent_span_id VARCHAR,
@@ -48,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE metric_points (
         agent_id   VARCHAR NOT NULL,
+        seq        UBIGINT NOT NULL,
         service    VARCHAR NOT NULL,
         name       VARCHAR NOT NULL,
         unit       VARCHAR NOT NULL,
@@ -60,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE log_records (
         agent_id        VARCHAR NOT NULL,
+        seq             UBIGINT NOT NULL,
         service         VARCHAR NOT NULL,
         ts              TIMESTAMP NOT NULL,
         severity_number INTEGER NOT NULL,
@@ -68,7 +72,9 @@ const MIGRATIONS: &[&str] = &[
         trace_id        VARCHAR,
         span_id         VARCHAR,
         attributes      VARCHAR NOT NULL
-    );",
+    );
+    -- The last seq given to each kind, so numbering survives retention.
+    CREATE TABLE seq_counters (kind VARCHAR PRIMARY KEY, last UBIGINT NOT NULL);",
 ];
 
 /// Rows gathered into one append before committing.
@@ -105,63 +111,25 @@ pub struct SampleRow {
     pub sample: HealthSample,
 }
 
-/// One OTLP span, flattened. Times are microseconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpanRow {
-    pub agent_id: String,
-    pub trace_id: String,
-    pub span_id: String,
-    pub parent_span_id: Option<String>,
-    pub service: String,
-    pub name: String,
-    pub kind: &'static str,
-    pub start_us: i64,
-    pub duration_us: i64,
-    pub status_code: &'static str,
-    pub status_message: String,
-    pub attributes: String,
-    pub events: String,
-    pub resource: String,
-    pub scope: String,
-}
-
-/// One OTLP metric data point: `value` for gauges and sums, `count` and
-/// `sum` for histograms and summaries.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricRow {
-    pub agent_id: String,
-    pub service: String,
-    pub name: String,
-    pub unit: String,
-    pub kind: &'static str,
-    pub ts_us: i64,
-    pub value: Option<f64>,
-    pub count: Option<u64>,
-    pub sum: Option<f64>,
-    pub attributes: String,
-}
-
-/// One OTLP log record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogRow {
-    pub agent_id: String,
-    pub service: String,
-    pub ts_us: i64,
-    pub severity_number: i32,
-    pub severity_text: String,
-    pub body: String,
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
-    pub attributes: String,
-}
+pub use coral_proto::{LogRecord, MetricRecord, SignalKind, SpanRecord};
 
 /// Rows of one kind, appended together.
 #[derive(Debug, Clone)]
 pub enum Batch {
     Samples(Vec<SampleRow>),
-    Spans(Vec<SpanRow>),
-    Metrics(Vec<MetricRow>),
-    Logs(Vec<LogRow>),
+    Spans(Vec<SpanRecord>),
+    Metrics(Vec<MetricRecord>),
+    Logs(Vec<LogRecord>),
+}
+
+impl From<coral_proto::Signals> for Batch {
+    fn from(s: coral_proto::Signals) -> Batch {
+        match s {
+            coral_proto::Signals::Spans(v) => Batch::Spans(v),
+            coral_proto::Signals::Metrics(v) => Batch::Metrics(v),
+            coral_proto::Signals::Logs(v) => Batch::Logs(v),
+        }
+    }
 }
 
 impl Batch {
@@ -233,10 +201,11 @@ impl Telemetry {
                 known: MIGRATIONS.len(),
             },
         })?;
+        let seqs = Seqs::load(&conn).map_err(open_err)?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("telemetry-writer".into())
-            .spawn(move || writer(conn, rx, retention))
+            .spawn(move || writer(conn, rx, retention, seqs))
             .map_err(|e| TelemetryError::Write(e.to_string()))?;
         Ok((
             Telemetry {
@@ -290,6 +259,26 @@ impl Telemetry {
             .map_err(TelemetryError::Write)
     }
 
+    /// Rows held per table.
+    pub async fn counts(&self) -> Result<coral_proto::StoredCounts, TelemetryError> {
+        self.query(|c| {
+            c.query_row(
+                "SELECT (SELECT count(*) FROM health_samples), (SELECT count(*) FROM spans),
+                        (SELECT count(*) FROM metric_points), (SELECT count(*) FROM log_records)",
+                [],
+                |r| {
+                    Ok(coral_proto::StoredCounts {
+                        samples: r.get(0)?,
+                        spans: r.get(1)?,
+                        metric_points: r.get(2)?,
+                        logs: r.get(3)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
     /// Number of health samples held.
     pub async fn sample_count(&self) -> Result<u64, TelemetryError> {
         self.query(|c| c.query_row("SELECT count(*) FROM health_samples", [], |r| r.get(0)))
@@ -305,6 +294,39 @@ impl Telemetry {
                 duckdb::params![agent],
                 |r| r.get(0),
             )
+        })
+        .await
+    }
+
+    /// Up to `limit` rows of `kind` with `seq > after`, in seq order.
+    pub async fn rows_after(
+        &self,
+        kind: SignalKind,
+        after: u64,
+        limit: usize,
+    ) -> Result<coral_proto::Signals, TelemetryError> {
+        self.query(move |c| read_after(c, kind, after, limit)).await
+    }
+
+    /// Per kind, the highest seq stored for `agent_id`.
+    pub async fn checkpoints(
+        &self,
+        agent_id: &str,
+    ) -> Result<coral_proto::Checkpoints, TelemetryError> {
+        let agent = agent_id.to_string();
+        self.query(move |c| {
+            let max = |table: &str| -> duckdb::Result<u64> {
+                c.query_row(
+                    &format!("SELECT coalesce(max(seq), 0) FROM {table} WHERE agent_id = ?"),
+                    duckdb::params![agent],
+                    |r| r.get(0),
+                )
+            };
+            Ok(coral_proto::Checkpoints {
+                spans: max("spans")?,
+                metrics: max("metric_points")?,
+                logs: max("log_records")?,
+            })
         })
         .await
     }
@@ -352,9 +374,9 @@ fn migrate(conn: &duckdb::Connection, _path: &Path) -> Result<(), MigrateError> 
 #[derive(Default)]
 struct Pending {
     samples: Vec<SampleRow>,
-    spans: Vec<SpanRow>,
-    metrics: Vec<MetricRow>,
-    logs: Vec<LogRow>,
+    spans: Vec<SpanRecord>,
+    metrics: Vec<MetricRecord>,
+    logs: Vec<LogRecord>,
     rows: usize,
 }
 
@@ -369,24 +391,96 @@ impl Pending {
         }
     }
 
-    fn append(&self, conn: &duckdb::Connection) -> duckdb::Result<()> {
-        if !self.samples.is_empty() {
-            append_samples(conn, &self.samples)?;
+    /// Numbers unnumbered rows and appends everything in one transaction,
+    /// with the new seq counters.
+    fn append(&mut self, conn: &duckdb::Connection, seqs: &mut Seqs) -> duckdb::Result<()> {
+        let mut next = *seqs;
+        number(&mut self.spans, &mut next.spans, |r| &mut r.seq);
+        number(&mut self.metrics, &mut next.metrics, |r| &mut r.seq);
+        number(&mut self.logs, &mut next.logs, |r| &mut r.seq);
+        conn.execute_batch("BEGIN TRANSACTION")?;
+        let result = (|| {
+            if !self.samples.is_empty() {
+                append_samples(conn, &self.samples)?;
+            }
+            if !self.spans.is_empty() {
+                append_spans(conn, &self.spans)?;
+            }
+            if !self.metrics.is_empty() {
+                append_metrics(conn, &self.metrics)?;
+            }
+            if !self.logs.is_empty() {
+                append_logs(conn, &self.logs)?;
+            }
+            if next != *seqs {
+                for (kind, last) in [
+                    ("spans", next.spans),
+                    ("metrics", next.metrics),
+                    ("logs", next.logs),
+                ] {
+                    conn.execute(
+                        "INSERT OR REPLACE INTO seq_counters (kind, last) VALUES (?, ?)",
+                        duckdb::params![kind, last],
+                    )?;
+                }
+            }
+            conn.execute_batch("COMMIT")
+        })();
+        match result {
+            Ok(()) => {
+                *seqs = next;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
         }
-        if !self.spans.is_empty() {
-            append_spans(conn, &self.spans)?;
-        }
-        if !self.metrics.is_empty() {
-            append_metrics(conn, &self.metrics)?;
-        }
-        if !self.logs.is_empty() {
-            append_logs(conn, &self.logs)?;
-        }
-        Ok(())
     }
 }
 
-fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration) {
+/// The last seq given out per kind (rows forwarded by agents keep theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Seqs {
+    spans: u64,
+    metrics: u64,
+    logs: u64,
+}
+
+impl Seqs {
+    fn load(conn: &duckdb::Connection) -> duckdb::Result<Seqs> {
+        let last = |kind: &str, table: &str| -> duckdb::Result<u64> {
+            let counted: u64 = conn.query_row(
+                "SELECT coalesce(max(last), 0) FROM seq_counters WHERE kind = ?",
+                duckdb::params![kind],
+                |r| r.get(0),
+            )?;
+            let stored: u64 = conn.query_row(
+                &format!("SELECT coalesce(max(seq), 0) FROM {table}"),
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(counted.max(stored))
+        };
+        Ok(Seqs {
+            spans: last("spans", "spans")?,
+            metrics: last("metrics", "metric_points")?,
+            logs: last("logs", "log_records")?,
+        })
+    }
+}
+
+fn number<T>(rows: &mut [T], last: &mut u64, seq: impl Fn(&mut T) -> &mut u64) {
+    for r in rows {
+        let s = seq(r);
+        if *s == 0 {
+            *last += 1;
+            *s = *last;
+        }
+    }
+}
+
+fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration, mut seqs: Seqs) {
     let mut last_retention = Instant::now();
     let mut stopping = false;
     while !stopping {
@@ -419,7 +513,7 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
             next = rx.recv_timeout(left).ok();
         }
         if pending.rows > 0 {
-            let result = pending.append(&conn).map_err(|e| e.to_string());
+            let result = pending.append(&conn, &mut seqs).map_err(|e| e.to_string());
             if let Err(e) = &result {
                 tracing::error!(error = %e, rows = pending.rows, "telemetry append failed");
             }
@@ -440,6 +534,90 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
     if let Err(e) = conn.execute_batch("CHECKPOINT;") {
         tracing::warn!(error = %e, "telemetry checkpoint at close failed");
     }
+}
+
+/// Reads forwarded rows back in the shape they were stored.
+fn read_after(
+    c: &duckdb::Connection,
+    kind: SignalKind,
+    after: u64,
+    limit: usize,
+) -> duckdb::Result<coral_proto::Signals> {
+    use coral_proto::Signals;
+    // epoch_us() turns a TIMESTAMP back into µs since the epoch.
+    Ok(match kind {
+        SignalKind::Spans => {
+            let mut st = c.prepare(
+                "SELECT agent_id, seq, trace_id, span_id, parent_span_id, service, name, kind, epoch_us(start_ts),
+                        duration_us, status_code, status_message, attributes, events, resource, scope
+                 FROM spans WHERE seq > ? ORDER BY seq LIMIT ?",
+            )?;
+            let rows = st.query_map(duckdb::params![after, limit as u64], |r| {
+                Ok(SpanRecord {
+                    agent_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    trace_id: r.get(2)?,
+                    span_id: r.get(3)?,
+                    parent_span_id: r.get(4)?,
+                    service: r.get(5)?,
+                    name: r.get(6)?,
+                    kind: r.get(7)?,
+                    start_us: r.get(8)?,
+                    duration_us: r.get(9)?,
+                    status_code: r.get(10)?,
+                    status_message: r.get(11)?,
+                    attributes: r.get(12)?,
+                    events: r.get(13)?,
+                    resource: r.get(14)?,
+                    scope: r.get(15)?,
+                })
+            })?;
+            Signals::Spans(rows.collect::<Result<_, _>>()?)
+        }
+        SignalKind::Metrics => {
+            let mut st = c.prepare(
+                "SELECT agent_id, seq, service, name, unit, kind, epoch_us(ts), value, count, sum, attributes
+                 FROM metric_points WHERE seq > ? ORDER BY seq LIMIT ?",
+            )?;
+            let rows = st.query_map(duckdb::params![after, limit as u64], |r| {
+                Ok(MetricRecord {
+                    agent_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    service: r.get(2)?,
+                    name: r.get(3)?,
+                    unit: r.get(4)?,
+                    kind: r.get(5)?,
+                    ts_us: r.get(6)?,
+                    value: r.get(7)?,
+                    count: r.get(8)?,
+                    sum: r.get(9)?,
+                    attributes: r.get(10)?,
+                })
+            })?;
+            Signals::Metrics(rows.collect::<Result<_, _>>()?)
+        }
+        SignalKind::Logs => {
+            let mut st = c.prepare(
+                "SELECT agent_id, seq, service, epoch_us(ts), severity_number, severity_text, body, trace_id, span_id, attributes
+                 FROM log_records WHERE seq > ? ORDER BY seq LIMIT ?",
+            )?;
+            let rows = st.query_map(duckdb::params![after, limit as u64], |r| {
+                Ok(LogRecord {
+                    agent_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    service: r.get(2)?,
+                    ts_us: r.get(3)?,
+                    severity_number: r.get(4)?,
+                    severity_text: r.get(5)?,
+                    body: r.get(6)?,
+                    trace_id: r.get(7)?,
+                    span_id: r.get(8)?,
+                    attributes: r.get(9)?,
+                })
+            })?;
+            Signals::Logs(rows.collect::<Result<_, _>>()?)
+        }
+    })
 }
 
 fn ts_us(us: i64) -> Value {
@@ -463,11 +641,12 @@ fn append_samples(conn: &duckdb::Connection, rows: &[SampleRow]) -> duckdb::Resu
     app.flush()
 }
 
-fn append_spans(conn: &duckdb::Connection, rows: &[SpanRow]) -> duckdb::Result<()> {
+fn append_spans(conn: &duckdb::Connection, rows: &[SpanRecord]) -> duckdb::Result<()> {
     let mut app = conn.appender("spans")?;
     for r in rows {
         app.append_row(duckdb::params![
             r.agent_id,
+            r.seq,
             r.trace_id,
             r.span_id,
             r.parent_span_id,
@@ -487,11 +666,12 @@ fn append_spans(conn: &duckdb::Connection, rows: &[SpanRow]) -> duckdb::Result<(
     app.flush()
 }
 
-fn append_metrics(conn: &duckdb::Connection, rows: &[MetricRow]) -> duckdb::Result<()> {
+fn append_metrics(conn: &duckdb::Connection, rows: &[MetricRecord]) -> duckdb::Result<()> {
     let mut app = conn.appender("metric_points")?;
     for r in rows {
         app.append_row(duckdb::params![
             r.agent_id,
+            r.seq,
             r.service,
             r.name,
             r.unit,
@@ -506,11 +686,12 @@ fn append_metrics(conn: &duckdb::Connection, rows: &[MetricRow]) -> duckdb::Resu
     app.flush()
 }
 
-fn append_logs(conn: &duckdb::Connection, rows: &[LogRow]) -> duckdb::Result<()> {
+fn append_logs(conn: &duckdb::Connection, rows: &[LogRecord]) -> duckdb::Result<()> {
     let mut app = conn.appender("log_records")?;
     for r in rows {
         app.append_row(duckdb::params![
             r.agent_id,
+            r.seq,
             r.service,
             ts_us(r.ts_us),
             r.severity_number,

@@ -11,6 +11,9 @@ pub trait Colony {
     async fn register(reg: Registration) -> Result<Registered, ColonyError>;
     /// Reports health and samples; idempotent, acknowledged by sequence number.
     async fn heartbeat(hb: Heartbeat) -> Result<HeartbeatAck, ColonyError>;
+    /// Forwards telemetry rows in `seq` order; returns the highest `seq`
+    /// now stored for this agent and kind. Rows at or below it are skipped.
+    async fn push(agent_id: String, signals: Signals) -> Result<u64, ColonyError>;
     /// The agent is stopping on purpose.
     async fn leave(agent_id: String) -> Result<(), ColonyError>;
 }

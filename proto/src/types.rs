@@ -91,6 +91,8 @@ pub struct Registered {
     /// Highest sample sequence number the colony has stored for this agent.
     pub last_seq: u64,
     pub heartbeat_interval_ms: u64,
+    /// Where forwarding of spans, metrics and logs resumes.
+    pub checkpoints: Checkpoints,
 }
 
 /// Periodic agent → colony report: the full service set (so removals
@@ -178,6 +180,10 @@ pub struct ColonyStatus {
     pub state_dir: String,
     /// Health samples held in the colony's telemetry store.
     pub stored_samples: u64,
+    /// OTLP rows held in the colony's telemetry store.
+    pub stored_spans: u64,
+    pub stored_metric_points: u64,
+    pub stored_logs: u64,
     pub agents: Vec<AgentSummary>,
 }
 
@@ -217,6 +223,10 @@ pub struct AgentStatus {
     pub dropped_samples: u64,
     /// Health samples held in the agent's telemetry store.
     pub stored_samples: u64,
+    /// OTLP rows held in the agent's telemetry store.
+    pub stored_spans: u64,
+    pub stored_metric_points: u64,
+    pub stored_logs: u64,
     pub services: Vec<ServiceHealth>,
     /// Where the OTLP receiver listens, when enabled.
     pub otlp_grpc: Option<String>,
@@ -234,4 +244,147 @@ pub enum ControlError {
     UnknownService(String),
     #[error("agent storage failed: {0}")]
     Storage(String),
+}
+
+/// One OTLP span as stored, flattened. Ids are lowercase hex; attributes,
+/// events and resource are JSON text; times are µs since the Unix epoch.
+/// `seq` grows strictly per agent and kind; 0 means "not yet numbered".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanRecord {
+    pub agent_id: String,
+    pub seq: u64,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub service: String,
+    pub name: String,
+    pub kind: String,
+    pub start_us: i64,
+    pub duration_us: i64,
+    pub status_code: String,
+    pub status_message: String,
+    pub attributes: String,
+    pub events: String,
+    pub resource: String,
+    pub scope: String,
+}
+
+/// One OTLP metric data point: `value` for gauges and sums, `count` and
+/// `sum` for histograms and summaries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRecord {
+    pub agent_id: String,
+    pub seq: u64,
+    pub service: String,
+    pub name: String,
+    pub unit: String,
+    pub kind: String,
+    pub ts_us: i64,
+    pub value: Option<f64>,
+    pub count: Option<u64>,
+    pub sum: Option<f64>,
+    pub attributes: String,
+}
+
+/// One OTLP log record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub agent_id: String,
+    pub seq: u64,
+    pub service: String,
+    pub ts_us: i64,
+    pub severity_number: i32,
+    pub severity_text: String,
+    pub body: String,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub attributes: String,
+}
+
+/// Telemetry an agent forwards to the colony, in `seq` order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Signals {
+    Spans(Vec<SpanRecord>),
+    Metrics(Vec<MetricRecord>),
+    Logs(Vec<LogRecord>),
+}
+
+/// The three kinds of forwarded telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalKind {
+    Spans,
+    Metrics,
+    Logs,
+}
+
+impl SignalKind {
+    pub const ALL: [SignalKind; 3] = [SignalKind::Spans, SignalKind::Metrics, SignalKind::Logs];
+}
+
+impl Signals {
+    pub fn kind(&self) -> SignalKind {
+        match self {
+            Signals::Spans(_) => SignalKind::Spans,
+            Signals::Metrics(_) => SignalKind::Metrics,
+            Signals::Logs(_) => SignalKind::Logs,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Signals::Spans(v) => v.len(),
+            Signals::Metrics(v) => v.len(),
+            Signals::Logs(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The highest `seq` carried.
+    pub fn max_seq(&self) -> u64 {
+        match self {
+            Signals::Spans(v) => v.iter().map(|r| r.seq).max(),
+            Signals::Metrics(v) => v.iter().map(|r| r.seq).max(),
+            Signals::Logs(v) => v.iter().map(|r| r.seq).max(),
+        }
+        .unwrap_or(0)
+    }
+}
+
+/// Per kind, the highest `seq` the colony has stored for an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoints {
+    pub spans: u64,
+    pub metrics: u64,
+    pub logs: u64,
+}
+
+impl Checkpoints {
+    pub fn get(&self, kind: SignalKind) -> u64 {
+        match kind {
+            SignalKind::Spans => self.spans,
+            SignalKind::Metrics => self.metrics,
+            SignalKind::Logs => self.logs,
+        }
+    }
+
+    pub fn set(&mut self, kind: SignalKind, seq: u64) {
+        match kind {
+            SignalKind::Spans => self.spans = seq,
+            SignalKind::Metrics => self.metrics = seq,
+            SignalKind::Logs => self.logs = seq,
+        }
+    }
+}
+
+/// Rows held per table of a telemetry store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCounts {
+    pub samples: u64,
+    pub spans: u64,
+    pub metric_points: u64,
+    pub logs: u64,
 }

@@ -3,7 +3,7 @@
 //! value, a log with a malformed trace id) are counted as rejected and named
 //! in the partial-success message; everything else is kept.
 
-use crate::telemetry::{LogRow, MetricRow, SpanRow};
+use coral_proto::{LogRecord, MetricRecord, SpanRecord};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -132,7 +132,7 @@ fn status_code(c: i32) -> &'static str {
     }
 }
 
-pub fn spans(agent_id: &str, req: &ExportTraceServiceRequest) -> Converted<SpanRow> {
+pub fn spans(agent_id: &str, req: &ExportTraceServiceRequest) -> Converted<SpanRecord> {
     let mut out = Converted::default();
     for rs in &req.resource_spans {
         let service = service_name(rs.resource.as_ref());
@@ -182,18 +182,19 @@ pub fn spans(agent_id: &str, req: &ExportTraceServiceRequest) -> Converted<SpanR
                     })
                     .collect();
                 let status = span.status.as_ref();
-                out.rows.push(SpanRow {
+                out.rows.push(SpanRecord {
                     agent_id: agent_id.to_string(),
+                    seq: 0,
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent_span_id: valid_id(&span.parent_span_id, 8)
                         .then(|| hex(&span.parent_span_id)),
                     service: service.clone(),
                     name: span.name.clone(),
-                    kind: span_kind(span.kind),
+                    kind: span_kind(span.kind).into(),
                     start_us: nanos_to_us(span.start_time_unix_nano),
                     duration_us: nanos_to_us(span.end_time_unix_nano - span.start_time_unix_nano),
-                    status_code: status_code(status.map(|s| s.code).unwrap_or(0)),
+                    status_code: status_code(status.map(|s| s.code).unwrap_or(0)).into(),
                     status_message: status.map(|s| s.message.clone()).unwrap_or_default(),
                     attributes: attrs_json(&span.attributes),
                     events: Value::Array(events).to_string(),
@@ -206,18 +207,19 @@ pub fn spans(agent_id: &str, req: &ExportTraceServiceRequest) -> Converted<SpanR
     out
 }
 
-pub fn metrics(agent_id: &str, req: &ExportMetricsServiceRequest) -> Converted<MetricRow> {
+pub fn metrics(agent_id: &str, req: &ExportMetricsServiceRequest) -> Converted<MetricRecord> {
     let mut out = Converted::default();
     for rm in &req.resource_metrics {
         let service = service_name(rm.resource.as_ref());
         for sm in &rm.scope_metrics {
             for m in &sm.metrics {
-                let row = |kind: &'static str, ts: u64, attrs: &[KeyValue]| MetricRow {
+                let row = |kind: &'static str, ts: u64, attrs: &[KeyValue]| MetricRecord {
                     agent_id: agent_id.to_string(),
+                    seq: 0,
                     service: service.clone(),
                     name: m.name.clone(),
                     unit: m.unit.clone(),
-                    kind,
+                    kind: kind.into(),
                     ts_us: nanos_to_us(ts),
                     value: None,
                     count: None,
@@ -265,10 +267,10 @@ pub fn metrics(agent_id: &str, req: &ExportMetricsServiceRequest) -> Converted<M
 }
 
 fn number_points(
-    out: &mut Converted<MetricRow>,
+    out: &mut Converted<MetricRecord>,
     points: &[opentelemetry_proto::tonic::metrics::v1::NumberDataPoint],
     kind: &'static str,
-    row: &impl Fn(&'static str, u64, &[KeyValue]) -> MetricRow,
+    row: &impl Fn(&'static str, u64, &[KeyValue]) -> MetricRecord,
     name: &str,
 ) {
     for p in points {
@@ -286,7 +288,7 @@ fn number_points(
     }
 }
 
-pub fn logs(agent_id: &str, req: &ExportLogsServiceRequest) -> Converted<LogRow> {
+pub fn logs(agent_id: &str, req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
     let mut out = Converted::default();
     for rl in &req.resource_logs {
         let service = service_name(rl.resource.as_ref());
@@ -311,8 +313,9 @@ pub fn logs(agent_id: &str, req: &ExportLogsServiceRequest) -> Converted<LogRow>
                     Some(Value::Null) | None => String::new(),
                     Some(other) => other.to_string(),
                 };
-                out.rows.push(LogRow {
+                out.rows.push(LogRecord {
                     agent_id: agent_id.to_string(),
+                    seq: 0,
                     service: service.clone(),
                     ts_us: nanos_to_us(ts),
                     severity_number: l.severity_number,

@@ -69,14 +69,17 @@ const SERVICE_HEADER: [&str; 9] = [
 pub fn colony_status(s: &ColonyStatus) -> String {
     let now = s.now_ms;
     let mut out = format!(
-        "Colony {}  (coral {}, pid {}, up {})\nListening on {}, state in {}\n{} health samples stored\n",
+        "Colony {}  (coral {}, pid {}, up {})\nListening on {}, state in {}\nStored: {} health samples, {} spans, {} metric points, {} log records\n",
         s.colony_id,
         s.version,
         s.pid,
         span(now - s.started_at_ms),
         s.rpc_addr,
         s.state_dir,
-        s.stored_samples
+        s.stored_samples,
+        s.stored_spans,
+        s.stored_metric_points,
+        s.stored_logs
     );
     if s.agents.is_empty() {
         out.push_str("\nNo agents yet: run 'coral agent start' on a host.\n");
@@ -155,7 +158,7 @@ pub fn agent_status(s: &AgentStatus) -> String {
         ),
     };
     let mut out = format!(
-        "Agent {}  (id {}, coral {}, pid {}, up {})\nColony: {}\nSamples: {} stored, {} waiting for the colony, {} dropped\n",
+        "Agent {}  (id {}, coral {}, pid {}, up {})\nColony: {}\nSamples: {} stored, {} waiting for the colony, {} dropped\nOTLP: {}; stored {} spans, {} metric points, {} log records\n",
         s.name,
         s.agent_id,
         s.version,
@@ -164,7 +167,14 @@ pub fn agent_status(s: &AgentStatus) -> String {
         link_line,
         s.stored_samples,
         s.pending_samples,
-        s.dropped_samples
+        s.dropped_samples,
+        match (&s.otlp_grpc, &s.otlp_http) {
+            (Some(g), Some(h)) => format!("gRPC on {g}, HTTP on {h}"),
+            _ => "receiver off".to_string(),
+        },
+        s.stored_spans,
+        s.stored_metric_points,
+        s.stored_logs
     );
     if s.services.is_empty() {
         out.push_str("\nNo services: add one with 'coral connect NAME:PORT[:HEALTH]'.\n");

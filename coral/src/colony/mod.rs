@@ -37,6 +37,10 @@ pub enum ColonyError {
     Telemetry(#[from] coral_agent::telemetry::TelemetryError),
 }
 
+/// Serialises one agent's writes of one kind, holding the highest seq stored
+/// (loaded on first use).
+pub(crate) type SeqSlot = Arc<tokio::sync::Mutex<Option<u64>>>;
+
 pub(crate) struct Shared {
     pub(crate) config: ColonyConfig,
     pub(crate) colony_id: String,
@@ -48,12 +52,23 @@ pub(crate) struct Shared {
     pub(crate) rpc_addr: Mutex<String>,
     /// Per agent: a lock that serialises its registrations and heartbeats,
     /// holding the highest sample seq stored (loaded on first use).
-    pub(crate) agent_seqs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<u64>>>>>,
+    pub(crate) agent_seqs: Mutex<HashMap<String, SeqSlot>>,
+    /// The same for forwarded telemetry, per agent and kind.
+    pub(crate) signal_seqs: Mutex<HashMap<(String, coral_proto::SignalKind), SeqSlot>>,
     pub(crate) shutdown: CancellationToken,
 }
 
 impl Shared {
-    pub(crate) fn agent_seq(&self, agent_id: &str) -> Arc<tokio::sync::Mutex<Option<u64>>> {
+    pub(crate) fn signal_seq(&self, agent_id: &str, kind: coral_proto::SignalKind) -> SeqSlot {
+        self.signal_seqs
+            .lock()
+            .expect("signal_seqs lock")
+            .entry((agent_id.to_string(), kind))
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn agent_seq(&self, agent_id: &str) -> SeqSlot {
         self.agent_seqs
             .lock()
             .expect("agent_seqs lock")
@@ -91,6 +106,7 @@ impl Colony {
                 telemetry,
                 rpc_addr: Mutex::new(config.listen.clone()),
                 agent_seqs: Mutex::new(HashMap::new()),
+                signal_seqs: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 config,
             }),

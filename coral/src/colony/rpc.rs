@@ -6,7 +6,7 @@ use coral_agent::telemetry::SampleRow;
 use coral_proto::rpc::{Colony, ColonyControl};
 use coral_proto::{
     ColonyEndpoint, ColonyError, ColonyStatus, Heartbeat, HeartbeatAck, Registered, Registration,
-    ServiceHealth,
+    ServiceHealth, Signals,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,40 @@ use tokio::net::{TcpListener, UnixListener};
 const MAX_SERVICES: usize = 1_000;
 const MAX_SAMPLES: usize = 10_000;
 const MAX_ID: usize = 128;
+const MAX_PUSH_ROWS: usize = 10_000;
+
+/// The rows above `stored`, attributed to the agent that pushed them.
+fn only_after(signals: Signals, stored: u64, agent_id: &str) -> Signals {
+    fn keep<T>(
+        rows: Vec<T>,
+        stored: u64,
+        agent_id: &str,
+        f: impl Fn(&mut T) -> (&mut u64, &mut String),
+    ) -> Vec<T> {
+        rows.into_iter()
+            .filter_map(|mut r| {
+                let (seq, agent) = f(&mut r);
+                if *seq <= stored {
+                    return None;
+                }
+                agent.clear();
+                agent.push_str(agent_id);
+                Some(r)
+            })
+            .collect()
+    }
+    match signals {
+        Signals::Spans(v) => {
+            Signals::Spans(keep(v, stored, agent_id, |r| (&mut r.seq, &mut r.agent_id)))
+        }
+        Signals::Metrics(v) => {
+            Signals::Metrics(keep(v, stored, agent_id, |r| (&mut r.seq, &mut r.agent_id)))
+        }
+        Signals::Logs(v) => {
+            Signals::Logs(keep(v, stored, agent_id, |r| (&mut r.seq, &mut r.agent_id)))
+        }
+    }
+}
 
 #[derive(Clone)]
 struct AgentFacing {
@@ -99,11 +133,17 @@ impl Colony for AgentFacing {
         // it if the colony died between the two commits.
         let last_seq = recorded.max(s.telemetry.max_seq(&reg.agent_id).await.map_err(storage)?);
         *seq = Some(last_seq);
+        let checkpoints = s
+            .telemetry
+            .checkpoints(&reg.agent_id)
+            .await
+            .map_err(storage)?;
         tracing::info!(agent = %reg.name, agent_id = %reg.agent_id, peer = %self.peer, services = reg.services.len(), "agent registered");
         Ok(Registered {
             colony_id: s.colony_id.clone(),
             last_seq,
             heartbeat_interval_ms: s.config.heartbeat_interval.as_millis() as u64,
+            checkpoints,
         })
     }
 
@@ -153,6 +193,52 @@ impl Colony for AgentFacing {
         Ok(HeartbeatAck { last_seq })
     }
 
+    async fn push(
+        self,
+        _: Context,
+        agent_id: String,
+        signals: Signals,
+    ) -> Result<u64, ColonyError> {
+        check_id(&agent_id)?;
+        if signals.len() > MAX_PUSH_ROWS {
+            return Err(invalid(format!(
+                "more than {MAX_PUSH_ROWS} rows in one push"
+            )));
+        }
+        let s = &self.shared;
+        let kind = signals.kind();
+        // One push per agent and kind at a time, so no row is stored twice.
+        let seq_lock = s.signal_seq(&agent_id, kind);
+        let mut seq = seq_lock.lock().await;
+        let stored = match *seq {
+            Some(v) => v,
+            None => {
+                let known = s
+                    .registry
+                    .lock()
+                    .expect("registry lock")
+                    .last_seq(&agent_id)
+                    .map_err(storage)?;
+                if known.is_none() {
+                    return Err(ColonyError::UnknownAgent(agent_id));
+                }
+                s.telemetry
+                    .checkpoints(&agent_id)
+                    .await
+                    .map_err(storage)?
+                    .get(kind)
+            }
+        };
+        let fresh = only_after(signals, stored, &agent_id);
+        let last = stored.max(fresh.max_seq());
+        s.telemetry
+            .insert_batch(fresh.into())
+            .await
+            .map_err(storage)?;
+        *seq = Some(last);
+        Ok(last)
+    }
+
     async fn leave(self, _: Context, agent_id: String) -> Result<(), ColonyError> {
         check_id(&agent_id)?;
         let known = self
@@ -198,9 +284,9 @@ impl ColonyControl for Control {
                 tracing::error!(error = %e, "cannot read agents");
                 Vec::new()
             });
-        let stored_samples = s.telemetry.sample_count().await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot count stored samples");
-            0
+        let stored = s.telemetry.counts().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot count stored telemetry");
+            Default::default()
         });
         ColonyStatus {
             colony_id: s.colony_id.clone(),
@@ -210,7 +296,10 @@ impl ColonyControl for Control {
             now_ms: now,
             rpc_addr: s.rpc_addr.lock().expect("rpc_addr lock").clone(),
             state_dir: s.state_dir.display().to_string(),
-            stored_samples,
+            stored_samples: stored.samples,
+            stored_spans: stored.spans,
+            stored_metric_points: stored.metric_points,
+            stored_logs: stored.logs,
             agents,
         }
     }
