@@ -93,6 +93,7 @@ fn python_sdk_traces_metrics_and_logs_round_trip_over_grpc_and_http() {
                 .all(|k| c[k] == agent[k] && c[k].as_u64() > Some(0))
         },
     );
+    check_queries(&env, &sent_grpc);
     env.ok(&["agent", "stop"]);
     env.ok(&["colony", "stop"]);
     assert_same_rows(&env);
@@ -172,6 +173,83 @@ fn python_sdk_traces_metrics_and_logs_round_trip_over_grpc_and_http() {
             .unwrap();
         assert_eq!(count, sent["latency_count"].as_u64().unwrap());
     }
+}
+
+/// `coral query traces|trace|logs` over what the SDK sent.
+fn check_queries(env: &Env, sent: &Value) {
+    let traces = env.json(&[
+        "query",
+        "traces",
+        "--service",
+        "checkout-grpc",
+        "--since",
+        "1h",
+        "--limit",
+        "100",
+        "--json",
+    ]);
+    let traces = traces.as_array().unwrap();
+    assert_eq!(traces.len(), 40);
+    for t in traces {
+        assert_eq!(
+            (t["service"].as_str(), t["name"].as_str()),
+            (Some("checkout-grpc"), Some("POST /checkout"))
+        );
+        assert_eq!(t["spans"], 3);
+        assert_eq!(t["services"], serde_json::json!(["checkout-grpc"]));
+    }
+    let none = env.json(&[
+        "query",
+        "traces",
+        "--service",
+        "checkout-grpc",
+        "--min-duration",
+        "1h",
+        "--json",
+    ]);
+    assert!(none.as_array().unwrap().is_empty());
+    // One trace: the JSON spans and the tree.
+    let root = sent["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["parent_span_id"].is_null())
+        .unwrap();
+    let trace_id = root["trace_id"].as_str().unwrap();
+    let spans = env.json(&["query", "trace", trace_id, "--json"]);
+    let spans = spans.as_array().unwrap();
+    assert_eq!(spans.len(), 3);
+    for s in spans.iter().filter(|s| s["span_id"] != root["span_id"]) {
+        assert_eq!(s["parent_span_id"], root["span_id"]);
+    }
+    let tree = env.ok(&["query", "trace", trace_id]);
+    assert!(
+        tree.contains("3 spans") && tree.contains("POST /checkout") && tree.contains("  db.query"),
+        "{tree}"
+    );
+    assert!(
+        tree.lines()
+            .any(|l| l.trim_start().starts_with("* ") && l.contains("POST /checkout")),
+        "{tree}"
+    );
+    // Logs of that trace.
+    let logs = env.json(&["query", "logs", "--trace", trace_id, "--json"]);
+    assert_eq!(logs.as_array().unwrap().len(), 1, "{logs}");
+    assert!(logs[0]["body"].as_str().unwrap().starts_with("payment "));
+    let grep = env.json(&[
+        "query",
+        "logs",
+        "--service",
+        "checkout-http",
+        "--grep",
+        "PAYMENT 7 ",
+        "--json",
+    ]);
+    assert_eq!(grep.as_array().unwrap().len(), 1, "{grep}");
+    // Bad input is a usage error.
+    let out = env.run(&["query", "trace", "not-a-trace-id"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("must be 32 hex digits"));
 }
 
 /// The colony's spans, metric points and logs equal the agent's, row for

@@ -23,6 +23,10 @@ pub trait Colony {
 pub trait ColonyControl {
     async fn status() -> ColonyStatus;
     async fn endpoint() -> ColonyEndpoint;
+    async fn traces(q: TraceQuery) -> Result<Vec<TraceSummary>, QueryError>;
+    /// Every span of one trace (hex id), in start order.
+    async fn trace(trace_id: String) -> Result<Vec<SpanRecord>, QueryError>;
+    async fn logs(q: LogQuery) -> Result<Vec<LogRecord>, QueryError>;
     /// Begins a graceful shutdown; returns the colony's pid.
     async fn stop() -> u32;
 }

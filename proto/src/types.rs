@@ -388,3 +388,46 @@ pub struct StoredCounts {
     pub metric_points: u64,
     pub logs: u64,
 }
+
+/// `coral query traces`: traces that touch `service` (any span), started
+/// since `since_ms`, lasting at least `min_duration_us`; newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceQuery {
+    pub service: Option<String>,
+    pub since_ms: i64,
+    pub min_duration_us: u64,
+    pub limit: u32,
+}
+
+/// One trace in a list: its root span, extent and size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    /// Service and name of the root span (the earliest span if none is a root).
+    pub service: String,
+    pub name: String,
+    pub start_us: i64,
+    pub duration_us: i64,
+    pub spans: u64,
+    pub errors: u64,
+    pub services: Vec<String>,
+}
+
+/// `coral query logs`: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogQuery {
+    pub service: Option<String>,
+    pub since_ms: i64,
+    pub trace_id: Option<String>,
+    /// Case-insensitive substring of the body.
+    pub contains: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum QueryError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("query failed: {0}")]
+    Storage(String),
+}

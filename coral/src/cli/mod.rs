@@ -73,6 +73,9 @@ health path.")]
         /// Name of a connected service.
         name: String,
     },
+    /// Query telemetry held by the colony: traces and logs.
+    #[command(subcommand)]
+    Query(QueryCmd),
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -182,6 +185,70 @@ struct ConnectArgs {
 }
 
 #[derive(Subcommand)]
+enum QueryCmd {
+    /// List recent traces, newest first.
+    #[command(after_help = "\
+Examples:
+  coral query traces
+  coral query traces --service checkout --since 1h --min-duration 500ms
+  coral query traces --json")]
+    Traces {
+        /// Only traces with a span of this service (OTLP service.name).
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back to look, e.g. 30s, 10m, 2h.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Only traces lasting at least this long, e.g. 500ms.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_duration: Option<Duration>,
+        /// Most traces to show (at most 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON (a stable schema) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one trace as a tree of spans; * marks the critical path.
+    #[command(
+        after_help = "Examples:\n  coral query trace 4bf92f3577b34da6a3ce929d0e0e4736\n  coral query trace 4bf92f3577b34da6a3ce929d0e0e4736 --json"
+    )]
+    Trace {
+        /// The trace id: 32 hex digits.
+        trace_id: String,
+        /// Print the spans as JSON instead of a tree.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recent log records, newest first.
+    #[command(after_help = "\
+Examples:
+  coral query logs --service checkout --since 1h
+  coral query logs --trace 4bf92f3577b34da6a3ce929d0e0e4736
+  coral query logs --grep timeout --json")]
+    Logs {
+        /// Only records of this service (OTLP service.name).
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back to look, e.g. 30s, 10m, 2h.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Only records written in this trace.
+        #[arg(long = "trace")]
+        trace_id: Option<String>,
+        /// Only records whose body contains this text (case-insensitive).
+        #[arg(long)]
+        grep: Option<String>,
+        /// Most records to show (at most 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON (a stable schema) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Parse and check a config file; unknown keys are errors.
     #[command(
@@ -256,6 +323,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ))
         }),
         Command::Config(ConfigCmd::Validate { file }) => config_validate(file),
+        Command::Query(q) => client(query(q)),
         Command::Version { json } => version(json),
     }
 }
@@ -626,6 +694,77 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         }
         out(&msg)
     })
+}
+
+fn since_ms(since: Duration) -> i64 {
+    coral_proto::now_ms() - since.as_millis().min(i64::MAX as u128) as i64
+}
+
+async fn query(q: QueryCmd) -> anyhow::Result<()> {
+    let c = colony_client().await?;
+    let usage = |e: coral_proto::QueryError| -> anyhow::Error {
+        match e {
+            coral_proto::QueryError::Invalid(m) => Usage(m).into(),
+            other => anyhow!("{other}"),
+        }
+    };
+    match q {
+        QueryCmd::Traces {
+            service,
+            since,
+            min_duration,
+            limit,
+            json,
+        } => {
+            let q = coral_proto::TraceQuery {
+                service,
+                since_ms: since_ms(since),
+                min_duration_us: min_duration.map(|d| d.as_micros() as u64).unwrap_or(0),
+                limit,
+            };
+            let traces = c
+                .traces(ctx(), q)
+                .await
+                .map_err(|e| colony_gone(&e))?
+                .map_err(usage)?;
+            print_json_or(json, &traces, |t| render::traces(coral_proto::now_ms(), t))
+        }
+        QueryCmd::Trace { trace_id, json } => {
+            let spans = c
+                .trace(ctx(), trace_id.clone())
+                .await
+                .map_err(|e| colony_gone(&e))?
+                .map_err(usage)?;
+            if spans.is_empty() {
+                return Err(anyhow!(
+                    "no spans of trace {trace_id} in the colony (retention is colony.retention; see 'coral query traces')"
+                ));
+            }
+            print_json_or(json, &spans, |s| render::trace_tree(s))
+        }
+        QueryCmd::Logs {
+            service,
+            since,
+            trace_id,
+            grep,
+            limit,
+            json,
+        } => {
+            let q = coral_proto::LogQuery {
+                service,
+                since_ms: since_ms(since),
+                trace_id,
+                contains: grep,
+                limit,
+            };
+            let logs = c
+                .logs(ctx(), q)
+                .await
+                .map_err(|e| colony_gone(&e))?
+                .map_err(usage)?;
+            print_json_or(json, &logs, |l| render::logs(l))
+        }
+    }
 }
 
 fn config_validate(file: Option<PathBuf>) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! Human output: aligned tables and short relative times.
 
 use comfy_table::{Table, presets};
-use coral_proto::{AgentStatus, ColonyStatus, ServiceHealth};
+use coral_proto::{AgentStatus, ColonyStatus, LogRecord, ServiceHealth, SpanRecord, TraceSummary};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 pub fn table(header: &[&str]) -> Table {
@@ -188,4 +189,191 @@ pub fn agent_status(s: &AgentStatus) -> String {
     out.push_str(&t.to_string());
     out.push('\n');
     out
+}
+
+fn micros(us: i64) -> String {
+    latency(Some(us.max(0) as u64))
+}
+
+pub fn traces(now_ms: i64, traces: &[TraceSummary]) -> String {
+    if traces.is_empty() {
+        return "No traces in that window. Point an OTLP exporter at an agent (4317 gRPC, 4318 HTTP).\n".into();
+    }
+    let mut t = table(&[
+        "TRACE", "ROOT", "SERVICES", "SPANS", "ERRORS", "DURATION", "STARTED",
+    ]);
+    for tr in traces {
+        t.add_row(vec![
+            tr.trace_id.clone(),
+            format!("{}: {}", tr.service, tr.name),
+            tr.services.join(","),
+            tr.spans.to_string(),
+            tr.errors.to_string(),
+            micros(tr.duration_us),
+            ago(now_ms, Some(tr.start_us / 1000)),
+        ]);
+    }
+    t.to_string() + "\n"
+}
+
+type Children<'a> = HashMap<&'a str, Vec<&'a SpanRecord>>;
+
+/// Root spans (no parent, or a parent not in the set) and each span's children.
+fn tree(spans: &[SpanRecord]) -> (Vec<&SpanRecord>, Children<'_>) {
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut children: HashMap<&str, Vec<&SpanRecord>> = HashMap::new();
+    let mut roots = Vec::new();
+    for s in spans {
+        match s.parent_span_id.as_deref().filter(|p| ids.contains(p)) {
+            Some(p) => children.entry(p).or_default().push(s),
+            None => roots.push(s),
+        }
+    }
+    (roots, children)
+}
+
+/// The spans on the critical path: from each root, repeatedly the child
+/// that ends last.
+pub fn critical_path(spans: &[SpanRecord]) -> HashSet<String> {
+    let (roots, children) = tree(spans);
+    let mut path = HashSet::new();
+    // The root that ends last carries the trace's duration.
+    let mut cur = roots.into_iter().max_by_key(|s| s.start_us + s.duration_us);
+    while let Some(s) = cur {
+        path.insert(s.span_id.clone());
+        cur = children
+            .get(s.span_id.as_str())
+            .and_then(|c| c.iter().copied().max_by_key(|c| c.start_us + c.duration_us));
+    }
+    path
+}
+
+pub fn trace_tree(spans: &[SpanRecord]) -> String {
+    let (mut roots, children) = tree(spans);
+    let start = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
+    let end = spans
+        .iter()
+        .map(|s| s.start_us + s.duration_us)
+        .max()
+        .unwrap_or(0);
+    let path = critical_path(spans);
+    let errors = spans.iter().filter(|s| s.status_code == "error").count();
+    let out = format!(
+        "Trace {}  ({} spans, {}, {} error{})\n\n",
+        spans[0].trace_id,
+        spans.len(),
+        micros(end - start),
+        errors,
+        if errors == 1 { "" } else { "s" }
+    );
+    let mut t = table(&["", "SPAN", "SERVICE", "KIND", "START", "DURATION", "STATUS"]);
+    fn walk<'a>(
+        s: &'a SpanRecord,
+        depth: usize,
+        children: &Children<'a>,
+        rows: &mut Vec<(usize, &'a SpanRecord)>,
+    ) {
+        rows.push((depth, s));
+        if let Some(c) = children.get(s.span_id.as_str()) {
+            let mut c = c.clone();
+            c.sort_by_key(|x| x.start_us);
+            for x in c {
+                walk(x, depth + 1, children, rows);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    roots.sort_by_key(|s| s.start_us);
+    for r in roots {
+        walk(r, 0, &children, &mut rows);
+    }
+    for (depth, s) in rows {
+        let status = match (s.status_code.as_str(), s.status_message.is_empty()) {
+            ("error", false) => format!("error: {}", s.status_message),
+            (code, _) => code.to_string(),
+        };
+        t.add_row(vec![
+            if path.contains(&s.span_id) {
+                "*".into()
+            } else {
+                String::new()
+            },
+            format!("{}{}", "  ".repeat(depth), s.name),
+            s.service.clone(),
+            s.kind.clone(),
+            format!("+{}", micros(s.start_us - start)),
+            micros(s.duration_us),
+            status,
+        ]);
+    }
+    out + &t.to_string()
+        + "\n\n* critical path: from the root, the child that ends last, down to a leaf.\n"
+}
+
+pub fn logs(logs: &[LogRecord]) -> String {
+    if logs.is_empty() {
+        return "No log records in that window.\n".into();
+    }
+    let mut t = table(&["TIME", "SERVICE", "SEVERITY", "TRACE", "BODY"]);
+    for l in logs {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(l.ts_us.max(0) as u64);
+        t.add_row(vec![
+            humantime::format_rfc3339_millis(time).to_string(),
+            l.service.clone(),
+            if l.severity_text.is_empty() {
+                l.severity_number.to_string()
+            } else {
+                l.severity_text.clone()
+            },
+            l.trace_id.clone().unwrap_or_else(|| "-".into()),
+            l.body.clone(),
+        ]);
+    }
+    t.to_string() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(id: &str, parent: Option<&str>, start: i64, dur: i64) -> SpanRecord {
+        SpanRecord {
+            agent_id: "a".into(),
+            seq: 0,
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: parent.map(str::to_string),
+            service: "svc".into(),
+            name: id.into(),
+            kind: "internal".into(),
+            start_us: start,
+            duration_us: dur,
+            status_code: "unset".into(),
+            status_message: String::new(),
+            attributes: "{}".into(),
+            events: "[]".into(),
+            resource: "{}".into(),
+            scope: String::new(),
+        }
+    }
+
+    #[test]
+    fn critical_path_follows_the_child_that_ends_last() {
+        // root 0..100; a 0..30; b 10..90 (ends last); b1 10..20; b2 50..88 (ends last under b).
+        let spans = vec![
+            span("root", None, 0, 100),
+            span("a", Some("root"), 0, 30),
+            span("b", Some("root"), 10, 80),
+            span("b1", Some("b"), 10, 10),
+            span("b2", Some("b"), 50, 38),
+        ];
+        let path = critical_path(&spans);
+        let mut p: Vec<_> = path.into_iter().collect();
+        p.sort();
+        assert_eq!(p, ["b", "b2", "root"]);
+        let text = trace_tree(&spans);
+        assert!(text.contains("5 spans"), "{text}");
+        let b2 = text.lines().find(|l| l.contains("b2")).unwrap();
+        assert!(b2.trim_start().starts_with('*'), "{text}");
+    }
 }

@@ -6,6 +6,7 @@
 //! damaged files); [`Colony::run`] serves until shutdown.
 
 pub mod config;
+pub mod query;
 pub mod registry;
 mod rpc;
 

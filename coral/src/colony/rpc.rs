@@ -5,8 +5,9 @@ use super::Shared;
 use coral_agent::telemetry::SampleRow;
 use coral_proto::rpc::{Colony, ColonyControl};
 use coral_proto::{
-    ColonyEndpoint, ColonyError, ColonyStatus, Heartbeat, HeartbeatAck, Registered, Registration,
-    ServiceHealth, Signals,
+    ColonyEndpoint, ColonyError, ColonyStatus, Heartbeat, HeartbeatAck, LogQuery, LogRecord,
+    QueryError, Registered, Registration, ServiceHealth, Signals, SpanRecord, TraceQuery,
+    TraceSummary,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -309,6 +310,18 @@ impl ColonyControl for Control {
             colony_id: self.shared.colony_id.clone(),
             rpc_addr: self.shared.rpc_addr.lock().expect("rpc_addr lock").clone(),
         }
+    }
+
+    async fn traces(self, _: Context, q: TraceQuery) -> Result<Vec<TraceSummary>, QueryError> {
+        super::query::traces(&self.shared.telemetry, q).await
+    }
+
+    async fn trace(self, _: Context, trace_id: String) -> Result<Vec<SpanRecord>, QueryError> {
+        super::query::trace(&self.shared.telemetry, &trace_id).await
+    }
+
+    async fn logs(self, _: Context, q: LogQuery) -> Result<Vec<LogRecord>, QueryError> {
+        super::query::logs(&self.shared.telemetry, q).await
     }
 
     async fn stop(self, _: Context) -> u32 {

@@ -1,0 +1,135 @@
+//! Read queries over the colony's telemetry aggregate (spans, logs).
+
+use coral_agent::telemetry::Telemetry;
+use coral_proto::{LogQuery, LogRecord, QueryError, SpanRecord, TraceQuery, TraceSummary};
+
+/// Most rows one query returns.
+pub const MAX_LIMIT: u32 = 1_000;
+/// Most spans one trace returns.
+pub const MAX_TRACE_SPANS: usize = 10_000;
+
+fn storage(e: coral_agent::telemetry::TelemetryError) -> QueryError {
+    QueryError::Storage(e.to_string())
+}
+
+pub fn check_trace_id(id: &str) -> Result<String, QueryError> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(QueryError::Invalid(format!(
+            "trace id '{id}' must be 32 hex digits, e.g. 4bf92f3577b34da6a3ce929d0e0e4736"
+        )));
+    }
+    Ok(id)
+}
+
+pub async fn traces(t: &Telemetry, q: TraceQuery) -> Result<Vec<TraceSummary>, QueryError> {
+    let limit = q.limit.clamp(1, MAX_LIMIT);
+    t.query(move |c| {
+        let mut st = c.prepare(
+            "WITH sp AS (
+                SELECT trace_id, parent_span_id, service, name, status_code,
+                       epoch_us(start_ts) AS s, epoch_us(start_ts) + duration_us AS e
+                FROM spans WHERE start_ts >= make_timestamp(?::BIGINT)
+             )
+             SELECT trace_id,
+                    arg_min(service, CASE WHEN parent_span_id IS NULL THEN s ELSE s + 4611686018427387904 END),
+                    arg_min(name, CASE WHEN parent_span_id IS NULL THEN s ELSE s + 4611686018427387904 END),
+                    min(s), max(e) - min(s), count(*),
+                    count(*) FILTER (WHERE status_code = 'error'),
+                    string_agg(DISTINCT service, ',' ORDER BY service)
+             FROM sp GROUP BY trace_id
+             HAVING max(e) - min(s) >= ?
+                AND (?::VARCHAR IS NULL OR bool_or(service = ?::VARCHAR))
+             ORDER BY min(s) DESC LIMIT ?",
+        )?;
+        let rows = st.query_map(
+            duckdb::params![q.since_ms * 1000, q.min_duration_us as i64, q.service, q.service, limit],
+            |r| {
+                let services: String = r.get(7)?;
+                Ok(TraceSummary {
+                    trace_id: r.get(0)?,
+                    service: r.get(1)?,
+                    name: r.get(2)?,
+                    start_us: r.get(3)?,
+                    duration_us: r.get(4)?,
+                    spans: r.get(5)?,
+                    errors: r.get(6)?,
+                    services: services.split(',').map(str::to_string).collect(),
+                })
+            },
+        )?;
+        rows.collect()
+    })
+    .await
+    .map_err(storage)
+}
+
+pub async fn trace(t: &Telemetry, trace_id: &str) -> Result<Vec<SpanRecord>, QueryError> {
+    let id = check_trace_id(trace_id)?;
+    t.query(move |c| {
+        let mut st = c.prepare(
+            "SELECT agent_id, seq, trace_id, span_id, parent_span_id, service, name, kind, epoch_us(start_ts),
+                    duration_us, status_code, status_message, attributes, events, resource, scope
+             FROM spans WHERE trace_id = ? ORDER BY start_ts, span_id LIMIT ?",
+        )?;
+        let rows = st.query_map(duckdb::params![id, MAX_TRACE_SPANS as u64], |r| {
+            Ok(SpanRecord {
+                agent_id: r.get(0)?,
+                seq: r.get(1)?,
+                trace_id: r.get(2)?,
+                span_id: r.get(3)?,
+                parent_span_id: r.get(4)?,
+                service: r.get(5)?,
+                name: r.get(6)?,
+                kind: r.get(7)?,
+                start_us: r.get(8)?,
+                duration_us: r.get(9)?,
+                status_code: r.get(10)?,
+                status_message: r.get(11)?,
+                attributes: r.get(12)?,
+                events: r.get(13)?,
+                resource: r.get(14)?,
+                scope: r.get(15)?,
+            })
+        })?;
+        rows.collect()
+    })
+    .await
+    .map_err(storage)
+}
+
+pub async fn logs(t: &Telemetry, q: LogQuery) -> Result<Vec<LogRecord>, QueryError> {
+    let trace = q.trace_id.as_deref().map(check_trace_id).transpose()?;
+    let limit = q.limit.clamp(1, MAX_LIMIT);
+    t.query(move |c| {
+        let mut st = c.prepare(
+            "SELECT agent_id, seq, service, epoch_us(ts), severity_number, severity_text, body, trace_id, span_id, attributes
+             FROM log_records
+             WHERE ts >= make_timestamp(?::BIGINT)
+               AND (?::VARCHAR IS NULL OR service = ?::VARCHAR)
+               AND (?::VARCHAR IS NULL OR trace_id = ?::VARCHAR)
+               AND (?::VARCHAR IS NULL OR body ILIKE '%' || ?::VARCHAR || '%')
+             ORDER BY ts DESC, seq DESC LIMIT ?",
+        )?;
+        let rows = st.query_map(
+            duckdb::params![q.since_ms * 1000, q.service, q.service, trace, trace, q.contains, q.contains, limit],
+            |r| {
+                Ok(LogRecord {
+                    agent_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    service: r.get(2)?,
+                    ts_us: r.get(3)?,
+                    severity_number: r.get(4)?,
+                    severity_text: r.get(5)?,
+                    body: r.get(6)?,
+                    trace_id: r.get(7)?,
+                    span_id: r.get(8)?,
+                    attributes: r.get(9)?,
+                })
+            },
+        )?;
+        rows.collect()
+    })
+    .await
+    .map_err(storage)
+}
