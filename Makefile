@@ -42,6 +42,7 @@ demo: build
 ## Control-plane figures, written to docs/benchmarks.md.
 bench: build
 	$(CARGO) bench -p coral --bench control_plane --profile dev
+	$(CARGO) bench -p coral --bench otlp_ingest --profile dev
 
 clean:
 	$(CARGO) clean

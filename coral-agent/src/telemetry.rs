@@ -151,8 +151,6 @@ type Job = Box<dyn FnOnce(&duckdb::Connection) + Send>;
 
 enum Cmd {
     Insert(Batch, oneshot::Sender<Result<(), String>>),
-    /// Runs on the writer thread, after the inserts queued before it.
-    Run(Job),
     /// Commit what is queued before this and stop.
     Shutdown,
 }
@@ -162,19 +160,24 @@ enum Cmd {
 #[derive(Clone)]
 pub struct Telemetry {
     tx: mpsc::Sender<Cmd>,
+    /// Reads go to their own thread and connection, so a long query never
+    /// holds up ingestion; they see everything committed before they start.
+    reads: mpsc::Sender<Option<Job>>,
     path: PathBuf,
 }
 
 /// Joins the writer thread when dropped by its owner.
 pub struct TelemetryGuard {
     tx: mpsc::Sender<Cmd>,
-    thread: Option<JoinHandle<()>>,
+    reads: mpsc::Sender<Option<Job>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         let _ = self.tx.send(Cmd::Shutdown);
-        if let Some(t) = self.thread.take() {
+        let _ = self.reads.send(None);
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -202,6 +205,17 @@ impl Telemetry {
             },
         })?;
         let seqs = Seqs::load(&conn).map_err(open_err)?;
+        let reader = conn.try_clone().map_err(open_err)?;
+        let (reads, read_rx) = mpsc::channel::<Option<Job>>();
+        let read_thread = std::thread::Builder::new()
+            .name("telemetry-reader".into())
+            .spawn(move || {
+                // `None` (from the guard) or no handles left: stop.
+                while let Ok(Some(job)) = read_rx.recv() {
+                    job(&reader);
+                }
+            })
+            .map_err(|e| TelemetryError::Write(e.to_string()))?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("telemetry-writer".into())
@@ -210,11 +224,13 @@ impl Telemetry {
         Ok((
             Telemetry {
                 tx: tx.clone(),
+                reads: reads.clone(),
                 path: path.to_path_buf(),
             },
             TelemetryGuard {
                 tx,
-                thread: Some(thread),
+                reads: reads.clone(),
+                threads: vec![thread, read_thread],
             },
         ))
     }
@@ -242,7 +258,7 @@ impl Telemetry {
             .map_err(TelemetryError::Write)
     }
 
-    /// Runs `f` against the store on the writer thread and returns its answer.
+    /// Runs `f` against the store on the reader thread and returns its answer.
     pub async fn query<T: Send + 'static>(
         &self,
         f: impl FnOnce(&duckdb::Connection) -> duckdb::Result<T> + Send + 'static,
@@ -251,8 +267,8 @@ impl Telemetry {
         let job: Job = Box::new(move |conn| {
             let _ = done.send(f(conn).map_err(|e| e.to_string()));
         });
-        self.tx
-            .send(Cmd::Run(job))
+        self.reads
+            .send(Some(job))
             .map_err(|_| TelemetryError::Closed)?;
         wait.await
             .map_err(|_| TelemetryError::Closed)?
@@ -491,7 +507,6 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
         };
         let mut pending = Pending::default();
         let mut waiters = Vec::new();
-        let mut jobs: Vec<Job> = Vec::new();
         let deadline = Instant::now() + BATCH_WINDOW;
         let mut next = first;
         while let Some(cmd) = next.take() {
@@ -504,7 +519,6 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
                     stopping = true;
                     break;
                 }
-                Cmd::Run(job) => jobs.push(job),
             }
             if pending.rows >= MAX_BATCH_ROWS || pending.rows == 0 {
                 break;
@@ -520,9 +534,6 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
             for w in waiters {
                 let _ = w.send(result.clone());
             }
-        }
-        for job in jobs {
-            job(&conn);
         }
         if last_retention.elapsed() >= RETENTION_EVERY {
             if let Err(e) = retain(&conn, retention) {

@@ -22,28 +22,32 @@ pub fn check_trace_id(id: &str) -> Result<String, QueryError> {
     Ok(id)
 }
 
+/// Traces are listed by their root span (the newest first), so a query
+/// touches only the spans of the traces it returns; a trace whose root span
+/// has not arrived is not listed (`coral query trace` still shows it).
 pub async fn traces(t: &Telemetry, q: TraceQuery) -> Result<Vec<TraceSummary>, QueryError> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
     t.query(move |c| {
         let mut st = c.prepare(
-            "WITH sp AS (
-                SELECT trace_id, parent_span_id, service, name, status_code,
-                       epoch_us(start_ts) AS s, epoch_us(start_ts) + duration_us AS e
-                FROM spans WHERE start_ts >= make_timestamp(?::BIGINT)
+            "WITH roots AS (
+                SELECT trace_id, service, name, start_ts, duration_us
+                FROM spans
+                WHERE start_ts >= make_timestamp(?::BIGINT) AND parent_span_id IS NULL AND duration_us >= ?
+                  AND (?::VARCHAR IS NULL OR trace_id IN (
+                        SELECT trace_id FROM spans WHERE start_ts >= make_timestamp(?::BIGINT) AND service = ?::VARCHAR))
+                ORDER BY start_ts DESC LIMIT ?
              )
-             SELECT trace_id,
-                    arg_min(service, CASE WHEN parent_span_id IS NULL THEN s ELSE s + 4611686018427387904 END),
-                    arg_min(name, CASE WHEN parent_span_id IS NULL THEN s ELSE s + 4611686018427387904 END),
-                    min(s), max(e) - min(s), count(*),
-                    count(*) FILTER (WHERE status_code = 'error'),
-                    string_agg(DISTINCT service, ',' ORDER BY service)
-             FROM sp GROUP BY trace_id
-             HAVING max(e) - min(s) >= ?
-                AND (?::VARCHAR IS NULL OR bool_or(service = ?::VARCHAR))
-             ORDER BY min(s) DESC LIMIT ?",
+             SELECT r.trace_id, any_value(r.service), any_value(r.name), epoch_us(any_value(r.start_ts)),
+                    greatest(any_value(r.duration_us), max(epoch_us(sp.start_ts) + sp.duration_us) - min(epoch_us(sp.start_ts))),
+                    count(*), count(*) FILTER (WHERE sp.status_code = 'error'),
+                    string_agg(DISTINCT sp.service, ',' ORDER BY sp.service)
+             FROM roots r JOIN spans sp ON sp.trace_id = r.trace_id
+             GROUP BY r.trace_id
+             ORDER BY any_value(r.start_ts) DESC",
         )?;
+        let since_us = q.since_ms * 1000;
         let rows = st.query_map(
-            duckdb::params![q.since_ms * 1000, q.min_duration_us as i64, q.service, q.service, limit],
+            duckdb::params![since_us, q.min_duration_us as i64, q.service, since_us, q.service, limit],
             |r| {
                 let services: String = r.get(7)?;
                 Ok(TraceSummary {

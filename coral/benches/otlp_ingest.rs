@@ -1,0 +1,483 @@
+//! OTLP figures (issue 6), in one run:
+//! 1. spans/s ingested over OTLP/gRPC into the agent's DuckDB, the agent
+//!    pinned to one core, sustained for a minute; beside it, the same rows
+//!    appended straight into DuckDB (the store's ceiling);
+//! 2. client-side export latency (p50/p99) at half that rate;
+//! 3. agent RSS under a 2x overload, and that every accepted span is stored;
+//! 4. `coral query traces` over 10 million spans in a colony.
+//!
+//! Writes its section of docs/benchmarks.md. Run: `make bench`.
+
+use coral_agent::telemetry::{Batch, Telemetry};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const CORAL: &str = env!("CARGO_BIN_EXE_coral");
+const SPANS_PER_REQUEST: usize = 500;
+
+fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+/// A realistic request: HTTP server spans with a handful of attributes.
+fn request(batch: u64) -> ExportTraceServiceRequest {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let spans = (0..SPANS_PER_REQUEST as u64)
+        .map(|i| {
+            let n = batch * SPANS_PER_REQUEST as u64 + i;
+            let mut trace_id = [0u8; 16];
+            trace_id[..8].copy_from_slice(&(n / 4 + 1).to_be_bytes());
+            Span {
+                trace_id: trace_id.to_vec(),
+                span_id: (n + 1).to_be_bytes().to_vec(),
+                parent_span_id: if n.is_multiple_of(4) {
+                    vec![]
+                } else {
+                    ((n / 4) * 4 + 1).to_be_bytes().to_vec()
+                },
+                name: "GET /api/orders/{id}".into(),
+                kind: 2,
+                start_time_unix_nano: now,
+                end_time_unix_nano: now + 1_000_000 + (n % 100) * 10_000,
+                attributes: vec![
+                    kv(
+                        "http.request.method",
+                        any_value::Value::StringValue("GET".into()),
+                    ),
+                    kv(
+                        "http.route",
+                        any_value::Value::StringValue("/api/orders/{id}".into()),
+                    ),
+                    kv("http.response.status_code", any_value::Value::IntValue(200)),
+                    kv("user.id", any_value::Value::IntValue((n % 1000) as i64)),
+                ],
+                status: Some(Status {
+                    code: 0,
+                    message: String::new(),
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv(
+                    "service.name",
+                    any_value::Value::StringValue("bench-api".into()),
+                )],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    /// Pin the daemons to core 0 (the ingestion figures are "one core").
+    pin: bool,
+}
+
+impl Daemon {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = if self.pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", CORAL]);
+            c
+        } else {
+            Command::new(CORAL)
+        };
+        c.args(args)
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("CORAL_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+    fn pid(&self, role: &str) -> u32 {
+        std::fs::read_to_string(self.dir.path().join(format!("run/coral/{role}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["agent", "stop"]).output();
+        let _ = self.cmd(&["colony", "stop"]).output();
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Counters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Closed loop: `conc` senders as fast as the agent answers, for `secs`.
+async fn saturate(addr: &str, conc: usize, secs: u64) -> (f64, u64) {
+    let c = Arc::new(Counters {
+        accepted: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    let client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let (mut client, c) = (client.clone(), c.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut b = w as u64 * 1_000_000;
+            while Instant::now() < end {
+                b += 1;
+                match client.export(request(b)).await {
+                    Ok(_) => c
+                        .accepted
+                        .fetch_add(SPANS_PER_REQUEST as u64, Ordering::Relaxed),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        c.refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = c.accepted.load(Ordering::Relaxed);
+    (
+        accepted as f64 / start.elapsed().as_secs_f64(),
+        c.refused.load(Ordering::Relaxed),
+    )
+}
+
+/// Open loop at `spans_per_sec`; returns per-request latencies, accepted
+/// spans and refused requests.
+async fn paced(
+    addr: &str,
+    spans_per_sec: f64,
+    secs: u64,
+    max_outstanding: usize,
+) -> (Vec<Duration>, u64, u64) {
+    let client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let interval = Duration::from_secs_f64(SPANS_PER_REQUEST as f64 / spans_per_sec);
+    let sem = Arc::new(tokio::sync::Semaphore::new(max_outstanding));
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = Arc::new(Counters {
+        accepted: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut b = 50_000_000u64;
+    let mut tasks = Vec::new();
+    while Instant::now() < end {
+        tick.tick().await;
+        b += 1;
+        let Ok(permit) = sem.clone().try_acquire_owned() else {
+            c.refused.fetch_add(1, Ordering::Relaxed); // the client itself is saturated
+            continue;
+        };
+        let (mut client, lat, c) = (client.clone(), lat.clone(), c.clone());
+        let req = request(b);
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            match client.export(req).await {
+                Ok(_) => {
+                    lat.lock().unwrap().push(t.elapsed());
+                    c.accepted
+                        .fetch_add(SPANS_PER_REQUEST as u64, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    c.refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = lat.lock().unwrap().clone();
+    v.sort();
+    (
+        v,
+        c.accepted.load(Ordering::Relaxed),
+        c.refused.load(Ordering::Relaxed),
+    )
+}
+
+/// The same rows appended straight into a DuckDB file: the store's ceiling.
+async fn raw_append_rate(dir: &Path) -> f64 {
+    let (t, _g) = Telemetry::open(&dir.join("raw.duckdb"), Duration::from_secs(3600)).unwrap();
+    let rows = coral_agent::otlp::convert::spans("bench", &request(1)).rows;
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        // Many inserts in flight, as concurrent exports would have.
+        let batch: Vec<_> = (0..8)
+            .map(|_| t.insert_batch(Batch::Spans(rows.clone())))
+            .collect();
+        for r in futures::future::join_all(batch).await {
+            r.unwrap();
+            n += rows.len();
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Builds a colony holding `n` spans, then times `coral query traces`.
+fn query_times(n: u64) -> Vec<(String, Duration)> {
+    let d = Daemon {
+        dir: tempfile::tempdir().unwrap(),
+        pin: false,
+    };
+    let state = d.dir.path().join("state/coral/colony");
+    std::fs::create_dir_all(&state).unwrap();
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (_t, _g) = rt
+            .block_on(async {
+                Telemetry::open(&state.join("telemetry.duckdb"), Duration::from_secs(3600))
+            })
+            .unwrap();
+    }
+    let db = duckdb::Connection::open(state.join("telemetry.duckdb")).unwrap();
+    let t = Instant::now();
+    db.execute_batch(&format!(
+        "INSERT INTO spans SELECT 'bench-agent', i + 1, lpad(to_hex(i // 5), 32, '0'), lpad(to_hex(i), 16, '0'),
+            CASE WHEN i % 5 = 0 THEN NULL ELSE lpad(to_hex((i // 5) * 5), 16, '0') END,
+            'svc-' || (i % 20), 'GET /api/orders/{{id}}', 'server',
+            now()::TIMESTAMP - to_microseconds((i % 3000000)::BIGINT * 100),
+            1000 + i % 500000, CASE WHEN i % 97 = 0 THEN 'error' ELSE 'ok' END, '',
+            '{{\"http.route\":\"/api/orders/{{id}}\"}}', '[]', '{{}}', 'bench'
+         FROM range({n}) t(i); CHECKPOINT;"
+    ))
+    .unwrap();
+    eprintln!("loaded {n} spans in {:?}", t.elapsed());
+    drop(db);
+    d.ok(&["colony", "start", "--daemon", "--port", "0"]);
+    let runs: [(&str, Vec<&str>); 3] = [
+        (
+            "`coral query traces` (last 10 min, newest 20)",
+            vec!["query", "traces", "--json"],
+        ),
+        (
+            "`--service svc-7 --since 1h`",
+            vec![
+                "query",
+                "traces",
+                "--service",
+                "svc-7",
+                "--since",
+                "1h",
+                "--json",
+            ],
+        ),
+        (
+            "`--min-duration 450ms --since 1h`",
+            vec![
+                "query",
+                "traces",
+                "--min-duration",
+                "450ms",
+                "--since",
+                "1h",
+                "--json",
+            ],
+        ),
+    ];
+    runs.into_iter()
+        .map(|(name, args)| {
+            d.ok(&args); // warm
+            let mut v: Vec<Duration> = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    d.ok(&args);
+                    t.elapsed()
+                })
+                .collect();
+            v.sort();
+            (name.to_string(), v[2])
+        })
+        .collect()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("otlp_ingest: run with `make bench` (cargo bench) to measure");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The load generator runs on core 1, the agent on core 0.
+    let _ = Command::new("taskset")
+        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .output();
+
+    let d = Daemon {
+        dir: tempfile::tempdir().unwrap(),
+        pin: true,
+    };
+    std::fs::create_dir_all(d.dir.path().join("config/coral")).unwrap();
+    std::fs::write(
+        d.dir.path().join("config/coral/config.toml"),
+        "[agent]\nprobe_interval = \"10s\"\n[agent.otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    d.ok(&["agent", "start", "--daemon"]);
+    let grpc = d.json(&["agent", "status", "--json"])["otlp_grpc"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = d.pid("agent");
+
+    let ceiling = rt.block_on(raw_append_rate(d.dir.path()));
+    eprintln!("raw append: {ceiling:.0} spans/s");
+    let (max_rate, refused_max) = rt.block_on(saturate(&grpc, 8, 60));
+    eprintln!("sustained: {max_rate:.0} spans/s ({refused_max} refused)");
+    let (lat, _, refused_half) = rt.block_on(paced(&grpc, max_rate / 2.0, 20, 64));
+    eprintln!(
+        "half rate: p50 {:?} p99 {:?}",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+
+    let before = d.json(&["agent", "status", "--json"])["stored_spans"]
+        .as_u64()
+        .unwrap();
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(21);
+            while Instant::now() < end {
+                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let (_, accepted_over, refused_over) = rt.block_on(paced(&grpc, max_rate * 2.0, 20, 512));
+    sampler.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = d.json(&["agent", "status", "--json"])["stored_spans"]
+        .as_u64()
+        .unwrap();
+    let lost = (before + accepted_over).saturating_sub(after);
+    let idle_rss = rss_kb(pid);
+    eprintln!(
+        "overload: peak RSS {} kB, lost {lost}, refused {refused_over}",
+        peak.load(Ordering::Relaxed)
+    );
+    drop(d);
+
+    let queries = query_times(10_000_000);
+
+    let mut section = format!(
+        "## OTLP ingestion and queries (issue 6)\n\n\
+Reproduce: `make bench` (runs `cargo bench -p coral --bench otlp_ingest --profile dev`).\n\
+Measured {date} on {cores} cores, build profile: {profile}. Requests are OTLP/gRPC exports of\n\
+{SPANS_PER_REQUEST} server spans with 4 attributes each; the agent is pinned to core 0 with `taskset`,\n\
+the load generator to core 1.\n\n\
+| figure | result | target |\n|---|---|---|\n\
+| spans/s stored by the agent over OTLP/gRPC, one core, sustained 60 s | {max_rate:.0} ({refused_max} requests refused) | ≥ 50,000 |\n\
+| the same rows appended straight into DuckDB (the store's ceiling, same run) | {ceiling:.0} | — |\n\
+| export latency seen by the client at half that rate, p50 / p99 | {l50} / {l99} ({refused_half} refused) | — |\n\
+| agent RSS under a 2x overload, peak / after | {peak:.0} MB / {idle:.0} MB | bounded |\n\
+| accepted spans lost under the 2x overload | {lost} of {accepted_over} ({refused_over} requests refused with RESOURCE_EXHAUSTED) | 0 |\n",
+        date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        profile = if cfg!(debug_assertions) {
+            "dev (unoptimised Rust; DuckDB at -O1)"
+        } else {
+            "release"
+        },
+        l50 = ms(pct(&lat, 0.5)),
+        l99 = ms(pct(&lat, 0.99)),
+        peak = peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        idle = idle_rss as f64 / 1024.0,
+    );
+    for (name, t) in &queries {
+        section.push_str(&format!(
+            "| {name} over 10,000,000 spans, median of 5 (whole command) | {:.0} ms | — |\n",
+            t.as_secs_f64() * 1e3
+        ));
+    }
+    print!("{section}");
+    write_section(&section);
+}
+
+fn write_section(section: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+    let (begin, end) = ("<!-- bench:otlp:begin -->", "<!-- bench:otlp:end -->");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
+    let block = format!("{begin}\n{section}{end}");
+    let new = match (doc.find(begin), doc.find(end)) {
+        (Some(b), Some(e)) => format!("{}{block}{}", &doc[..b], &doc[e + end.len()..]),
+        _ => format!("{}\n\n{block}\n", doc.trim_end()),
+    };
+    std::fs::write(&path, new).unwrap();
+}
