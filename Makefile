@@ -39,10 +39,11 @@ install: build
 demo: build
 	bash packaging/dev/demo.sh
 
-## Control-plane figures, written to docs/benchmarks.md.
+## Benchmarks: control plane, OTLP, policy; figures go to docs/benchmarks.md.
 bench: build
 	$(CARGO) bench -p coral --bench control_plane --profile dev
 	$(CARGO) bench -p coral --bench otlp_ingest --profile dev
+	$(CARGO) bench -p coral-policy --bench decide
 
 clean:
 	$(CARGO) clean

@@ -550,3 +550,80 @@ fn forwarding_to_the_colony_is_exactly_once_across_a_colony_crash() {
         .unwrap();
     assert_eq!((n, distinct), (1500, 1500));
 }
+
+#[test]
+fn rust_opentelemetry_otlp_exporter_round_trips() {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    let env = Env::new(FAST_CONFIG);
+    env.start_agent();
+    let (_, http) = otlp_addrs(&env);
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(format!("http://{http}/v1/traces"))
+        .build()
+        .unwrap();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("rust-app")
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("coral-test");
+    let mut sent = Vec::new(); // (trace, span, parent)
+    for i in 0..20i64 {
+        let mut parent = tracer.start("handle-order");
+        parent.set_attribute(opentelemetry::KeyValue::new("order.id", i));
+        let pctx = parent.span_context().clone();
+        let cx = opentelemetry::Context::current_with_span(parent);
+        let mut child = tracer.start_with_context("charge-card", &cx);
+        let c = child.span_context().clone();
+        child.end();
+        sent.push((
+            c.trace_id().to_string(),
+            c.span_id().to_string(),
+            Some(pctx.span_id().to_string()),
+        ));
+        cx.span().end();
+        sent.push((
+            pctx.trace_id().to_string(),
+            pctx.span_id().to_string(),
+            None,
+        ));
+    }
+    provider.shutdown().unwrap();
+    env.ok(&["agent", "stop"]);
+    let db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM spans WHERE service = 'rust-app'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 40);
+    for (trace, span, parent) in sent {
+        let stored: Option<String> = db
+            .query_row(
+                "SELECT parent_span_id FROM spans WHERE service = 'rust-app' AND trace_id = ? AND span_id = ?",
+                [&trace, &span],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| panic!("span {trace}/{span} not stored: {e}"));
+        assert_eq!(stored, parent);
+    }
+    let attrs: String = db
+        .query_row(
+            "SELECT attributes FROM spans WHERE name = 'handle-order' ORDER BY start_ts LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&attrs).unwrap()["order.id"],
+        0
+    );
+}

@@ -76,6 +76,9 @@ health path.")]
     /// Query telemetry held by the colony: traces and logs.
     #[command(subcommand)]
     Query(QueryCmd),
+    /// Check and explain exec policies (the rules `coral exec` will run under).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -249,6 +252,43 @@ Examples:
 }
 
 #[derive(Subcommand)]
+enum PolicyCmd {
+    /// Parse a policy and run its [[test]] entries.
+    #[command(after_help = "\
+Examples:
+  coral policy check
+  coral policy check ./policy.toml
+
+Exit codes: 0 all tests pass, 1 a test failed, 64 the file does not parse.
+The format is in docs/policy.md.")]
+    Check {
+        /// Policy file (default /etc/coral/policy.toml).
+        file: Option<PathBuf>,
+    },
+    /// Say which rule decides a command and why.
+    #[command(after_help = "\
+Examples:
+  coral policy explain policy.toml --service api -- ss -tnp
+  coral policy explain policy.toml --service db --as role:oncall -- psql -c 'EXPLAIN SELECT 1'
+
+CMD is resolved like a shell would (PATH, then symlinks) but never run. The
+caller is you (uid, user, groups) unless --as gives one.")]
+    Explain {
+        /// Policy file.
+        file: PathBuf,
+        /// The service the command targets.
+        #[arg(long)]
+        service: String,
+        /// Who asks, as kind:value (identity, role, uid, user, gid, group); repeatable.
+        #[arg(long = "as", value_name = "KIND:VALUE")]
+        callers: Vec<String>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Parse and check a config file; unknown keys are errors.
     #[command(
@@ -324,6 +364,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Config(ConfigCmd::Validate { file }) => config_validate(file),
         Command::Query(q) => client(query(q)),
+        Command::Policy(PolicyCmd::Check { file }) => policy_check(file),
+        Command::Policy(PolicyCmd::Explain {
+            file,
+            service,
+            callers,
+            command,
+        }) => policy_explain(&file, &service, &callers, &command),
         Command::Version { json } => version(json),
     }
 }
@@ -765,6 +812,96 @@ async fn query(q: QueryCmd) -> anyhow::Result<()> {
             print_json_or(json, &logs, |l| render::logs(l))
         }
     }
+}
+
+fn policy_check(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = file.unwrap_or_else(|| PathBuf::from(coral_policy::DEFAULT_PATH));
+    let policy = coral_policy::Policy::load(&path).map_err(|e| Usage(e.to_string()))?;
+    let outcomes = policy.run_tests();
+    let mut text = String::new();
+    for o in &outcomes {
+        text.push_str(&format!("{o}\n"));
+    }
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    text.push_str(&format!(
+        "{}: {} rules, {} tests, {}\n",
+        path.display(),
+        policy.rule_count(),
+        outcomes.len(),
+        if failed == 0 {
+            "all pass".to_string()
+        } else {
+            format!("{failed} failed")
+        }
+    ));
+    out(&text)?;
+    if failed > 0 {
+        return Err(anyhow!(
+            "{failed} of {} policy tests failed",
+            outcomes.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Finds `cmd` as a shell would (a path as given, else along PATH) and
+/// resolves symlinks, so the policy sees the program that would really run.
+fn resolve_program(cmd: &str) -> anyhow::Result<String> {
+    let found = if cmd.contains('/') {
+        Some(PathBuf::from(cmd))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(cmd))
+                .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        })
+    };
+    let path = found.ok_or_else(|| Usage(format!("command '{cmd}' is not found in PATH")))?;
+    let real = std::fs::canonicalize(&path)
+        .map_err(|e| Usage(format!("cannot resolve {}: {e}", path.display())))?;
+    Ok(real.to_string_lossy().into_owned())
+}
+
+/// The user running the CLI, as a policy caller.
+fn local_caller() -> coral_policy::Caller {
+    use nix::unistd::{Gid, Group, Uid, User, getgroups};
+    let uid = Uid::current();
+    let mut gids: Vec<Gid> = getgroups().unwrap_or_default();
+    gids.push(Gid::current());
+    gids.dedup();
+    coral_policy::Caller {
+        uid: Some(uid.as_raw()),
+        user: User::from_uid(uid).ok().flatten().map(|u| u.name),
+        groups: gids
+            .iter()
+            .filter_map(|g| Group::from_gid(*g).ok().flatten().map(|g| g.name))
+            .collect(),
+        gids: gids.iter().map(|g| g.as_raw()).collect(),
+        ..Default::default()
+    }
+}
+
+fn policy_explain(
+    file: &Path,
+    service: &str,
+    callers: &[String],
+    command: &[String],
+) -> anyhow::Result<()> {
+    let policy = coral_policy::Policy::load(file).map_err(|e| Usage(e.to_string()))?;
+    let caller = if callers.is_empty() {
+        local_caller()
+    } else {
+        coral_policy::Caller::from_specs(callers).map_err(Usage)?
+    };
+    let program = resolve_program(&command[0])?;
+    let args = command[1..].to_vec();
+    let decision = policy.decide(&coral_policy::Request {
+        caller: &caller,
+        service,
+        program: &program,
+        args: &args,
+    });
+    out(&format!("{}\n", decision.explain()))
 }
 
 fn config_validate(file: Option<PathBuf>) -> anyhow::Result<()> {
