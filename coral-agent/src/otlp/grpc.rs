@@ -25,6 +25,8 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+const MAX_CONCURRENT_PER_CONNECTION: usize = 16;
+
 fn refused(r: Refusal) -> Status {
     match r {
         Refusal::Busy => Status::with_error_details(
@@ -48,7 +50,7 @@ impl TraceService for Receiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let req = req.into_inner();
         let bytes = req.encoded_len();
-        self.traces(req, bytes)
+        self.traces(req, self.admit(bytes).map_err(refused)?)
             .await
             .map(Response::new)
             .map_err(refused)
@@ -63,7 +65,7 @@ impl MetricsService for Receiver {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let req = req.into_inner();
         let bytes = req.encoded_len();
-        self.metrics(req, bytes)
+        self.metrics(req, self.admit(bytes).map_err(refused)?)
             .await
             .map(Response::new)
             .map_err(refused)
@@ -78,7 +80,7 @@ impl LogsService for Receiver {
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let req = req.into_inner();
         let bytes = req.encoded_len();
-        self.logs(req, bytes)
+        self.logs(req, self.admit(bytes).map_err(refused)?)
             .await
             .map(Response::new)
             .map_err(refused)
@@ -92,6 +94,8 @@ pub(super) async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let max = r.max_request_bytes;
     tonic::transport::Server::builder()
+        // Requests beyond this wait, undecoded, under HTTP/2 flow control.
+        .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
         .add_service(
             TraceServiceServer::new(r.clone())
                 .accept_compressed(CompressionEncoding::Gzip)

@@ -2,16 +2,18 @@
 //! JSON bodies, optionally gzip-compressed. Replies use the request's
 //! encoding; errors carry a `google.rpc.Status` body.
 
-use super::{RETRY_AFTER, Receiver, Refusal};
+use super::{Admission, RETRY_AFTER, Receiver, Refusal};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::Request;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use std::io::Read;
 use tokio_util::sync::CancellationToken;
@@ -200,42 +202,69 @@ fn reply<R: Message + serde::Serialize>(enc: Encoding, result: Result<R, Refusal
     }
 }
 
-/// Content type, encoding and size checks shared by the three endpoints.
-fn prepare(r: &Receiver, headers: &HeaderMap, raw: Bytes) -> Result<(Encoding, Bytes), HttpError> {
-    let enc = encoding(headers)?;
-    let bytes = body(enc, headers, raw, r.max_request_bytes)?;
-    Ok((enc, bytes))
+/// Admission on the declared size, then the body (at most
+/// `max_request_bytes`), then content type and encoding checks.
+async fn prepare(r: &Receiver, req: Request) -> Result<(Encoding, Bytes, Admission), Response> {
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let enc = encoding(headers).map_err(IntoResponse::into_response)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(r.max_request_bytes);
+    if declared > r.max_request_bytes {
+        return Err(too_large(enc, r.max_request_bytes).into_response());
+    }
+    let admitted = r
+        .admit(declared)
+        .map_err(|e| reply::<ExportTraceServiceResponse>(enc, Err(e)))?;
+    let raw = axum::body::to_bytes(body, r.max_request_bytes)
+        .await
+        .map_err(|_| too_large(enc, r.max_request_bytes).into_response())?;
+    let bytes =
+        self::body(enc, headers, raw, r.max_request_bytes).map_err(IntoResponse::into_response)?;
+    Ok((enc, bytes, admitted))
 }
 
-async fn traces(State(r): State<Receiver>, headers: HeaderMap, raw: Bytes) -> Response {
-    let (enc, bytes) = match prepare(&r, &headers, raw) {
+fn too_large(enc: Encoding, max: usize) -> HttpError {
+    error(
+        enc,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        RESOURCE_EXHAUSTED,
+        format!("request is larger than {max} bytes"),
+    )
+}
+
+async fn traces(State(r): State<Receiver>, req: Request) -> Response {
+    let (enc, bytes, admitted) = match prepare(&r, req).await {
         Ok(x) => x,
-        Err(e) => return e.into_response(),
+        Err(resp) => return resp,
     };
     match decode::<ExportTraceServiceRequest>(enc, &bytes, "trace") {
-        Ok(req) => reply(enc, r.traces(req, bytes.len()).await),
+        Ok(req) => reply(enc, r.traces(req, admitted).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn metrics(State(r): State<Receiver>, headers: HeaderMap, raw: Bytes) -> Response {
-    let (enc, bytes) = match prepare(&r, &headers, raw) {
+async fn metrics(State(r): State<Receiver>, req: Request) -> Response {
+    let (enc, bytes, admitted) = match prepare(&r, req).await {
         Ok(x) => x,
-        Err(e) => return e.into_response(),
+        Err(resp) => return resp,
     };
     match decode::<ExportMetricsServiceRequest>(enc, &bytes, "metrics") {
-        Ok(req) => reply(enc, r.metrics(req, bytes.len()).await),
+        Ok(req) => reply(enc, r.metrics(req, admitted).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn logs(State(r): State<Receiver>, headers: HeaderMap, raw: Bytes) -> Response {
-    let (enc, bytes) = match prepare(&r, &headers, raw) {
+async fn logs(State(r): State<Receiver>, req: Request) -> Response {
+    let (enc, bytes, admitted) = match prepare(&r, req).await {
         Ok(x) => x,
-        Err(e) => return e.into_response(),
+        Err(resp) => return resp,
     };
     match decode::<ExportLogsServiceRequest>(enc, &bytes, "logs") {
-        Ok(req) => reply(enc, r.logs(req, bytes.len()).await),
+        Ok(req) => reply(enc, r.logs(req, admitted).await),
         Err(e) => e.into_response(),
     }
 }
@@ -245,12 +274,10 @@ pub(super) async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let limit = r.max_request_bytes;
     let app = Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/metrics", post(metrics))
         .route("/v1/logs", post(logs))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(r);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

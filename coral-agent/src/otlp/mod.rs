@@ -2,9 +2,12 @@
 //! :4318, `/v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON, gzip),
 //! so each agent is one more sink beside an app's existing exporters.
 //!
-//! Memory is bounded: a request is admitted only if its encoded size fits in
-//! the in-flight budget, else it is refused with 429 / RESOURCE_EXHAUSTED and
-//! a retry hint. An admitted request is answered only after its rows are
+//! Memory is bounded: a request is admitted only if its size fits in the
+//! in-flight budget, else it is refused with 429 / RESOURCE_EXHAUSTED and a
+//! retry hint. OTLP/HTTP admits on Content-Length before reading the body;
+//! OTLP/gRPC (whose messages tonic decodes first) admits on the encoded size
+//! and caps concurrent requests per connection, so excess requests wait under
+//! HTTP/2 flow control instead of sitting decoded in memory. An admitted request is answered only after its rows are
 //! committed to DuckDB: what is accepted is stored, what is refused is
 //! refused explicitly.
 
@@ -89,6 +92,9 @@ pub enum Refusal {
     Store(String),
 }
 
+/// A share of the in-flight budget, held until the request is answered.
+pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
+
 #[derive(Clone)]
 pub struct Receiver {
     agent_id: Arc<str>,
@@ -108,11 +114,12 @@ impl Receiver {
     }
 
     /// Reserves `bytes` of the in-flight budget, or refuses.
-    fn admit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Refusal> {
+    pub(crate) fn admit(&self, bytes: usize) -> Result<Admission, Refusal> {
         let n = bytes.clamp(1, self.max_request_bytes) as u32;
         self.budget
             .clone()
             .try_acquire_many_owned(n)
+            .map(Admission)
             .map_err(|_| Refusal::Busy)
     }
 
@@ -126,9 +133,8 @@ impl Receiver {
     pub async fn traces(
         &self,
         req: ExportTraceServiceRequest,
-        bytes: usize,
+        _admitted: Admission,
     ) -> Result<ExportTraceServiceResponse, Refusal> {
-        let _permit = self.admit(bytes)?;
         let c = convert::spans(&self.agent_id, &req);
         drop(req);
         let partial = (c.rejected > 0).then(|| ExportTracePartialSuccess {
@@ -144,9 +150,8 @@ impl Receiver {
     pub async fn metrics(
         &self,
         req: ExportMetricsServiceRequest,
-        bytes: usize,
+        _admitted: Admission,
     ) -> Result<ExportMetricsServiceResponse, Refusal> {
-        let _permit = self.admit(bytes)?;
         let c = convert::metrics(&self.agent_id, &req);
         drop(req);
         let partial = (c.rejected > 0).then(|| ExportMetricsPartialSuccess {
@@ -162,9 +167,8 @@ impl Receiver {
     pub async fn logs(
         &self,
         req: ExportLogsServiceRequest,
-        bytes: usize,
+        _admitted: Admission,
     ) -> Result<ExportLogsServiceResponse, Refusal> {
-        let _permit = self.admit(bytes)?;
         let c = convert::logs(&self.agent_id, &req);
         drop(req);
         let partial = (c.rejected > 0).then(|| ExportLogsPartialSuccess {
