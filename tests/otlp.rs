@@ -627,3 +627,52 @@ fn rust_opentelemetry_otlp_exporter_round_trips() {
         0
     );
 }
+
+/// Regression (issue 6): a per-connection concurrency limit once deadlocked
+/// HTTP/2 under load (queued streams held the connection's flow-control
+/// window). Many large concurrent exports on one connection must all finish.
+#[test]
+fn many_concurrent_grpc_exports_on_one_connection_all_complete() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let env = Env::new(FAST_CONFIG); // the default 64 MiB in-flight budget
+    env.start_agent();
+    let (grpc, _) = otlp_addrs(&env);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ok, refused) = rt.block_on(async {
+        let client = TraceServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let calls = (0..384).map(|i| {
+            let mut c = client.clone();
+            async move {
+                c.export(trace_request(&format!("burst-{}", i % 4), 50, 900, true))
+                    .await
+            }
+        });
+        let all = futures::future::join_all(calls);
+        let results = tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("exports hung");
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let refused = results
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .is_err_and(|s| s.code() == tonic::Code::ResourceExhausted)
+            })
+            .count();
+        (ok, refused)
+    });
+    assert_eq!(ok + refused, 384, "some exports failed otherwise");
+    assert!(ok >= 1);
+    env.ok(&["agent", "stop"]);
+    let db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM spans WHERE service LIKE 'burst-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n as usize, ok * 50, "accepted spans must all be stored");
+}

@@ -25,7 +25,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-const MAX_CONCURRENT_PER_CONNECTION: usize = 16;
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 
 fn refused(r: Refusal) -> Status {
     match r {
@@ -94,8 +94,11 @@ pub(super) async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let max = r.max_request_bytes;
     tonic::transport::Server::builder()
-        // Requests beyond this wait, undecoded, under HTTP/2 flow control.
-        .concurrency_limit_per_connection(MAX_CONCURRENT_PER_CONNECTION)
+        // At most this many requests per connection are open (and decoded)
+        // at once; a client queues the rest before sending them. (A
+        // concurrency limit in front of the service would instead let queued
+        // streams fill the connection's flow-control window and deadlock.)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(
             TraceServiceServer::new(r.clone())
                 .accept_compressed(CompressionEncoding::Gzip)

@@ -6,8 +6,8 @@
 //! in-flight budget, else it is refused with 429 / RESOURCE_EXHAUSTED and a
 //! retry hint. OTLP/HTTP admits on Content-Length before reading the body;
 //! OTLP/gRPC (whose messages tonic decodes first) admits on the encoded size
-//! and caps concurrent requests per connection, so excess requests wait under
-//! HTTP/2 flow control instead of sitting decoded in memory. An admitted request is answered only after its rows are
+//! and caps open HTTP/2 streams per connection, so a client queues excess
+//! requests before sending them instead of the agent holding them decoded. An admitted request is answered only after its rows are
 //! committed to DuckDB: what is accepted is stored, what is refused is
 //! refused explicitly.
 
