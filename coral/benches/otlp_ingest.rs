@@ -366,6 +366,9 @@ fn main() {
         eprintln!("otlp_ingest: run with `make bench` (cargo bench) to measure");
         return;
     }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -447,9 +450,6 @@ the load generator to core 1.\n\n\
 | agent RSS under a 2x overload, peak / after | {peak:.0} MB / {idle:.0} MB | bounded |\n\
 | accepted spans lost under the 2x overload | {lost} of {accepted_over} ({refused_over} requests refused with RESOURCE_EXHAUSTED) | 0 |\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
         profile = if cfg!(debug_assertions) {
             "dev (unoptimised Rust; DuckDB at -O1)"
         } else {
