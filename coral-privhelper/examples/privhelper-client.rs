@@ -1,0 +1,46 @@
+//! A tiny client used by the integration tests (run as another uid with
+//! `setpriv`): `privhelper-client SOCKET hello|get-key|create-tun NAME ADDR PREFIX MTU`.
+//! Prints one line; exit 0 on success, 3 when the helper refused.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use coral_privhelper::{Client, ClientError, IfName, TunParams};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(sock) = args.first() else {
+        eprintln!("usage: privhelper-client SOCKET CMD ...");
+        return ExitCode::from(64);
+    };
+    let result =
+        Client::connect(Path::new(sock)).and_then(|mut c| match args.get(1).map(String::as_str) {
+            Some("hello") => Ok(format!("version {}", c.version())),
+            Some("get-key") => c.get_key().map(|k| format!("public {:02x?}", k.public)),
+            Some("create-tun") => {
+                let p = TunParams {
+                    name: IfName::new(&args[2]).expect("name"),
+                    addr: args[3].parse::<Ipv4Addr>().expect("addr"),
+                    prefix: args[4].parse().expect("prefix"),
+                    mtu: args[5].parse().expect("mtu"),
+                };
+                c.create_tun(&p).map(|t| format!("ifindex {}", t.ifindex))
+            }
+            _ => Err(ClientError::Protocol("unknown command".into())),
+        });
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ ClientError::Refused(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

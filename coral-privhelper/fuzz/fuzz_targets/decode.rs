@@ -1,0 +1,13 @@
+//! `cargo +nightly fuzz run decode -- -max_total_time=60`
+#![no_main]
+
+use coral_privhelper::protocol;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok((req, used)) = protocol::decode_request_frame(data) {
+        assert_eq!(protocol::encode_request(&req), data[..used]);
+    }
+    let _ = protocol::decode_request(data);
+    let _ = protocol::decode_response(data);
+});

@@ -1,0 +1,88 @@
+//! `coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH]`
+//!
+//! Thin main: process hygiene, arguments, config, listener, then
+//! `server::run`. See docs/privhelper.md for every privileged step.
+#![allow(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use coral_privhelper::{config, server, startup};
+
+const USAGE: &str = "usage: coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH]";
+const EX_USAGE: u8 = 64;
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    // Hygiene first, while the process has a single thread.
+    let activation = match startup::sanitize() {
+        Ok(a) => a,
+        Err(e) => {
+            server::log(&format!("error: {e}"));
+            return ExitCode::from(1);
+        }
+    };
+    let mut socket = PathBuf::from(server::DEFAULT_SOCKET);
+    let mut config_path = PathBuf::from(config::DEFAULT_CONFIG);
+    let mut state_dir = PathBuf::from(server::DEFAULT_STATE_DIR);
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let slot = match a.to_str() {
+            Some("--socket") => &mut socket,
+            Some("--config") => &mut config_path,
+            Some("--state-dir") => &mut state_dir,
+            Some("-h" | "--help") => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            Some("-V" | "--version") => {
+                println!("coral-privhelper {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("error: unexpected argument {a:?}\n{USAGE}");
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        match args.next() {
+            Some(v) if !v.is_empty() => *slot = PathBuf::from(v),
+            _ => {
+                eprintln!("error: {} needs a value\n{USAGE}", a.to_string_lossy());
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    }
+    let allow = match config::load(&config_path) {
+        Ok(a) => a,
+        Err(e) => {
+            server::log(&format!("error: {e}"));
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let listener = match activation {
+        Some(l) => l,
+        None => match server::bind(&socket) {
+            Ok(l) => l,
+            Err(e) => {
+                server::log(&format!(
+                    "error: cannot listen on {}: {e}",
+                    socket.display()
+                ));
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let cfg = server::ServerConfig {
+        allow,
+        state_dir,
+        idle_timeout: Duration::from_secs(30),
+    };
+    match server::run(listener, cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            server::log(&format!("error: {e}"));
+            ExitCode::from(1)
+        }
+    }
+}

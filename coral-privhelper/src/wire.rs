@@ -1,0 +1,133 @@
+//! Frame I/O on a Unix stream socket, with fds passed as `SCM_RIGHTS`.
+
+use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
+use thiserror::Error;
+
+use crate::protocol::{self, DecodeError, HEADER_LEN, MAX_BODY, Response};
+
+#[derive(Debug, Error)]
+pub enum WireError {
+    #[error("the peer closed the connection")]
+    Eof,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("malformed frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("expected {expected} fd(s) with the reply, got {got}")]
+    Fds { expected: usize, got: usize },
+}
+
+/// Sends a whole frame; `fd`, if any, rides with the first byte.
+pub fn send_frame(sock: &UnixStream, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let raw: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    let mut sent = 0;
+    while sent < frame.len() {
+        let iov = [IoSlice::new(&frame[sent..])];
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage] = if sent == 0 && !raw.is_empty() {
+            &cmsg
+        } else {
+            &[]
+        };
+        match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn read_exact_or_eof(sock: &mut UnixStream, buf: &mut [u8]) -> Result<(), WireError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sock.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Err(WireError::Eof),
+            Ok(0) => return Err(DecodeError::Truncated.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one frame body (server side). Any fds a client sends are discarded
+/// by the kernel because `read` passes no control buffer.
+pub fn read_body(sock: &mut UnixStream) -> Result<Vec<u8>, WireError> {
+    let mut prefix = [0u8; HEADER_LEN];
+    read_exact_or_eof(sock, &mut prefix)?;
+    let n = protocol::check_len(prefix)?;
+    let mut body = vec![0u8; n];
+    match read_exact_or_eof(sock, &mut body) {
+        Err(WireError::Eof) => Err(DecodeError::Truncated.into()),
+        other => other.map(|()| body),
+    }
+}
+
+/// Reads one response frame and the fds that came with it (client side).
+pub fn recv_response(sock: &UnixStream) -> Result<(Response, Vec<OwnedFd>), WireError> {
+    let mut buf = [0u8; HEADER_LEN + MAX_BODY];
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut got = 0;
+    let mut want = HEADER_LEN;
+    while got < want {
+        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let (n, truncated) = {
+            let mut iov = [IoSliceMut::new(&mut buf[got..want])];
+            let msg = match recvmsg::<UnixAddr>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e).into()),
+            };
+            for c in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    for r in raw {
+                        // SAFETY: the kernel just installed this fd in our
+                        // table for us (SCM_RIGHTS); nothing else owns it.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                    }
+                }
+            }
+            (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC))
+        };
+        if truncated {
+            return Err(WireError::Fds {
+                expected: 1,
+                got: fds.len() + 1,
+            });
+        }
+        if n == 0 {
+            return Err(if got == 0 {
+                WireError::Eof
+            } else {
+                DecodeError::Truncated.into()
+            });
+        }
+        got += n;
+        if got == HEADER_LEN && want == HEADER_LEN {
+            let mut p = [0u8; HEADER_LEN];
+            p.copy_from_slice(&buf[..HEADER_LEN]);
+            want = HEADER_LEN + protocol::check_len(p)?;
+        }
+    }
+    let resp = protocol::decode_response(&buf[HEADER_LEN..want])?;
+    let expected = usize::from(resp.carries_fd());
+    if fds.len() != expected {
+        return Err(WireError::Fds {
+            expected,
+            got: fds.len(),
+        });
+    }
+    Ok((resp, fds))
+}

@@ -1,0 +1,72 @@
+//! Pins the helper's dependency tree: it is the only root code, so a new
+//! crate in it must be a deliberate, reviewed change (edit the list here).
+//! Issue 3.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+const PINNED: &[&str] = &[
+    "bitflags",
+    "cfg-if",
+    "cfg_aliases",
+    "coral-privhelper",
+    "curve25519-dalek",
+    "curve25519-dalek-derive",
+    "getrandom",
+    "libc",
+    "memoffset",
+    "nix",
+    "proc-macro2",
+    "quote",
+    "rand_core",
+    "rustc_version",
+    "semver",
+    "subtle",
+    "syn",
+    "thiserror",
+    "thiserror-impl",
+    "unicode-ident",
+    "x25519-dalek",
+    "zeroize",
+    "zeroize_derive",
+    "cpufeatures",
+    "autocfg",
+];
+
+#[test]
+fn dependency_tree_is_pinned() {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "coral-privhelper",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let pinned: BTreeSet<String> = PINNED.iter().map(|s| (*s).to_owned()).collect();
+    let added: Vec<_> = found.difference(&pinned).collect();
+    let removed: Vec<_> = pinned.difference(&found).collect();
+    assert!(
+        added.is_empty() && removed.is_empty(),
+        "the helper's dependency tree changed: added {added:?}, removed {removed:?}; \
+         review the change and update PINNED in tests/deps.rs"
+    );
+}
