@@ -9,6 +9,7 @@
 pub mod config;
 mod control;
 mod link;
+pub mod mesh;
 pub mod otlp;
 pub mod probe;
 pub mod sqlite;

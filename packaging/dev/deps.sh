@@ -11,6 +11,8 @@ PACKAGES=(
   ca-certificates
   python3           # the demo's sample HTTP service
   util-linux        # setpriv, for the peer-credential test
+  iproute2          # ip netns / veth, for the mesh tests
+  iputils-ping      # ping across the mesh in tests
   procps
 )
 
