@@ -13,6 +13,9 @@ PACKAGES=(
   util-linux        # setpriv, for the peer-credential test
   iproute2          # ip netns / veth, for the mesh tests
   iputils-ping      # ping across the mesh in tests
+  iperf3            # mesh throughput benchmark
+  wireguard-go      # the userspace WireGuard peer in the mesh benchmark
+  wireguard-tools   # wg(8), to configure it
   procps
 )
 
