@@ -44,6 +44,7 @@ bench: build
 	$(CARGO) bench -p coral --bench control_plane --profile dev
 	$(CARGO) bench -p coral --bench otlp_ingest --profile dev
 	$(CARGO) bench -p coral-policy --bench decide
+	$(CARGO) bench -p coral-privhelper --bench requests
 	$(CARGO) build -p coral-agent --examples
 	$(CARGO) bench -p coral-agent --bench mesh --profile dev
 

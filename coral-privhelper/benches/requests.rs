@@ -1,0 +1,108 @@
+//! Helper request latency (issue 3), in one run: `Hello` (connect, version
+//! negotiation) and `GetKey` (the key handed over as a sealed memfd with
+//! SCM_RIGHTS) against the real helper binary, beside a plain Unix-socket
+//! echo round trip as the floor. Needs root (the helper's key file is
+//! root-owned). Run: `cargo bench -p coral-privhelper --bench requests`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("requests: run with `cargo bench` to measure");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("helper.sock");
+    let config = dir.path().join("helper.conf");
+    std::fs::write(&config, "allow_uid = 0\n").unwrap();
+    let mut helper = Command::new(env!("CARGO_BIN_EXE_coral-privhelper"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while coral_privhelper::Client::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "helper did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let n = 1000;
+    let mut hello: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            coral_privhelper::Client::connect(&socket).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    let mut client = coral_privhelper::Client::connect(&socket).unwrap();
+    client.get_key().unwrap(); // first use generates the key
+    let mut get_key: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            client.get_key().unwrap();
+            t.elapsed()
+        })
+        .collect();
+    let _ = Command::new("kill").arg(helper.id().to_string()).status();
+    let _ = helper.wait();
+
+    // The floor: connect + one 16-byte round trip on a plain Unix socket.
+    let echo_path = dir.path().join("echo.sock");
+    let l = UnixListener::bind(&echo_path).unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 16];
+            s.read_exact(&mut b).unwrap();
+            s.write_all(&b).unwrap();
+        }
+    });
+    let mut echo: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let mut s = UnixStream::connect(&echo_path).unwrap();
+            s.write_all(&[7u8; 16]).unwrap();
+            let mut b = [0u8; 16];
+            s.read_exact(&mut b).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    server.join().unwrap();
+
+    println!("## coral-privhelper requests (issue 3)\n");
+    println!(
+        "Reproduce: `cargo bench -p coral-privhelper --bench requests` (release profile, as root). {n} of each.\n"
+    );
+    println!("| request | p50 | p99 |\n|---|---|---|");
+    println!(
+        "| connect + `Hello` (version negotiation, SO_PEERCRED check, config lookup) | {} | {} |",
+        us(pct(&mut hello, 0.5)),
+        us(pct(&mut hello, 0.99))
+    );
+    println!(
+        "| `GetKey` (key as a sealed memfd over SCM_RIGHTS, client checks the seals) | {} | {} |",
+        us(pct(&mut get_key, 0.5)),
+        us(pct(&mut get_key, 0.99))
+    );
+    println!(
+        "| plain Unix socket: connect + 16-byte echo (the floor, same run) | {} | {} |",
+        us(pct(&mut echo, 0.5)),
+        us(pct(&mut echo, 0.99))
+    );
+}
