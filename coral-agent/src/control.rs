@@ -26,10 +26,7 @@ impl AgentControl for Control {
     async fn status(self, _: Context) -> AgentStatus {
         let s = &self.shared;
         let (pending, dropped) = s.pending_counts();
-        let stored = s.telemetry.counts().await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot count stored telemetry");
-            Default::default()
-        });
+        let stored = s.telemetry.counts();
         AgentStatus {
             agent_id: s.agent_id.clone(),
             name: s.name.clone(),

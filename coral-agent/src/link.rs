@@ -235,6 +235,10 @@ async fn forward(
 ) -> Result<bool, ForwardError> {
     let mut behind = false;
     for kind in coral_proto::SignalKind::ALL {
+        // Nothing newer than the colony has: no query at all.
+        if shared.telemetry.last_seq(kind) <= checkpoints.get(kind) {
+            continue;
+        }
         for push in 0..PUSHES_PER_TICK {
             let rows = shared
                 .telemetry

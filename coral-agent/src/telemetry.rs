@@ -10,7 +10,8 @@
 use coral_proto::HealthSample;
 use duckdb::types::{TimeUnit, Value};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -149,8 +150,40 @@ impl Batch {
 
 type Job = Box<dyn FnOnce(&duckdb::Connection) + Send>;
 
+/// Kept by the writer, read without a query: rows per table (samples,
+/// spans, metric points, logs) and the last seq given out per kind.
+#[derive(Default)]
+struct Tally {
+    rows: [AtomicU64; 4],
+    last_seq: [AtomicU64; 3],
+}
+
+impl Tally {
+    fn load(conn: &duckdb::Connection, seqs: Seqs) -> duckdb::Result<Tally> {
+        let t = Tally::default();
+        for (i, table) in ["health_samples", "spans", "metric_points", "log_records"]
+            .iter()
+            .enumerate()
+        {
+            let n: u64 =
+                conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+            t.rows[i].store(n, Ordering::Relaxed);
+        }
+        t.set_seqs(seqs);
+        Ok(t)
+    }
+
+    fn set_seqs(&self, s: Seqs) {
+        for (i, v) in [s.spans, s.metrics, s.logs].into_iter().enumerate() {
+            self.last_seq[i].store(v, Ordering::Relaxed);
+        }
+    }
+}
+
 enum Cmd {
     Insert(Batch, oneshot::Sender<Result<(), String>>),
+    /// Delete rows older than the window now; answers how many.
+    Retain(Duration, oneshot::Sender<Result<u64, String>>),
     /// Commit what is queued before this and stop.
     Shutdown,
 }
@@ -163,7 +196,7 @@ pub struct Telemetry {
     /// Reads go to their own thread and connection, so a long query never
     /// holds up ingestion; they see everything committed before they start.
     reads: mpsc::Sender<Option<Job>>,
-    path: PathBuf,
+    tally: Arc<Tally>,
 }
 
 /// Joins the writer thread when dropped by its owner.
@@ -205,6 +238,8 @@ impl Telemetry {
             },
         })?;
         let seqs = Seqs::load(&conn).map_err(open_err)?;
+        let tally = Arc::new(Tally::load(&conn, seqs).map_err(open_err)?);
+        let writer_tally = tally.clone();
         let reader = conn.try_clone().map_err(open_err)?;
         let (reads, read_rx) = mpsc::channel::<Option<Job>>();
         let read_thread = std::thread::Builder::new()
@@ -219,13 +254,13 @@ impl Telemetry {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("telemetry-writer".into())
-            .spawn(move || writer(conn, rx, retention, seqs))
+            .spawn(move || writer(conn, rx, retention, seqs, writer_tally))
             .map_err(|e| TelemetryError::Write(e.to_string()))?;
         Ok((
             Telemetry {
                 tx: tx.clone(),
                 reads: reads.clone(),
-                path: path.to_path_buf(),
+                tally,
             },
             TelemetryGuard {
                 tx,
@@ -233,10 +268,6 @@ impl Telemetry {
                 threads: vec![thread, read_thread],
             },
         ))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends health samples; resolves once they are committed.
@@ -275,30 +306,25 @@ impl Telemetry {
             .map_err(TelemetryError::Write)
     }
 
-    /// Rows held per table.
-    pub async fn counts(&self) -> Result<coral_proto::StoredCounts, TelemetryError> {
-        self.query(|c| {
-            c.query_row(
-                "SELECT (SELECT count(*) FROM health_samples), (SELECT count(*) FROM spans),
-                        (SELECT count(*) FROM metric_points), (SELECT count(*) FROM log_records)",
-                [],
-                |r| {
-                    Ok(coral_proto::StoredCounts {
-                        samples: r.get(0)?,
-                        spans: r.get(1)?,
-                        metric_points: r.get(2)?,
-                        logs: r.get(3)?,
-                    })
-                },
-            )
-        })
-        .await
+    /// Rows held per table (kept by the writer: no query).
+    pub fn counts(&self) -> coral_proto::StoredCounts {
+        let n = |i: usize| self.tally.rows[i].load(Ordering::Relaxed);
+        coral_proto::StoredCounts {
+            samples: n(0),
+            spans: n(1),
+            metric_points: n(2),
+            logs: n(3),
+        }
     }
 
-    /// Number of health samples held.
-    pub async fn sample_count(&self) -> Result<u64, TelemetryError> {
-        self.query(|c| c.query_row("SELECT count(*) FROM health_samples", [], |r| r.get(0)))
-            .await
+    /// The last seq this store gave to a row of `kind` (no query).
+    pub fn last_seq(&self, kind: SignalKind) -> u64 {
+        let i = match kind {
+            SignalKind::Spans => 0,
+            SignalKind::Metrics => 1,
+            SignalKind::Logs => 2,
+        };
+        self.tally.last_seq[i].load(Ordering::Relaxed)
     }
 
     /// The highest sample seq stored for `agent_id` (0 if none).
@@ -349,7 +375,13 @@ impl Telemetry {
 
     /// Deletes rows older than the retention window now; returns how many.
     pub async fn apply_retention(&self, retention: Duration) -> Result<u64, TelemetryError> {
-        self.query(move |c| retain(c, retention)).await
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Cmd::Retain(retention, done))
+            .map_err(|_| TelemetryError::Closed)?;
+        wait.await
+            .map_err(|_| TelemetryError::Closed)?
+            .map_err(TelemetryError::Write)
     }
 }
 
@@ -496,7 +528,13 @@ fn number<T>(rows: &mut [T], last: &mut u64, seq: impl Fn(&mut T) -> &mut u64) {
     }
 }
 
-fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration, mut seqs: Seqs) {
+fn writer(
+    conn: duckdb::Connection,
+    rx: mpsc::Receiver<Cmd>,
+    retention: Duration,
+    mut seqs: Seqs,
+    tally: Arc<Tally>,
+) {
     let mut last_retention = Instant::now();
     let mut stopping = false;
     while !stopping {
@@ -507,6 +545,7 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
         };
         let mut pending = Pending::default();
         let mut waiters = Vec::new();
+        let mut retains = Vec::new();
         let deadline = Instant::now() + BATCH_WINDOW;
         let mut next = first;
         while let Some(cmd) = next.take() {
@@ -515,6 +554,7 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
                     pending.add(batch);
                     waiters.push(done);
                 }
+                Cmd::Retain(window, done) => retains.push((window, done)),
                 Cmd::Shutdown => {
                     stopping = true;
                     break;
@@ -528,15 +568,32 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
         }
         if pending.rows > 0 {
             let result = pending.append(&conn, &mut seqs).map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                tracing::error!(error = %e, rows = pending.rows, "telemetry append failed");
+            match &result {
+                Ok(()) => {
+                    let added = [
+                        pending.samples.len(),
+                        pending.spans.len(),
+                        pending.metrics.len(),
+                        pending.logs.len(),
+                    ];
+                    for (i, n) in added.into_iter().enumerate() {
+                        tally.rows[i].fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    tally.set_seqs(seqs);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, rows = pending.rows, "telemetry append failed")
+                }
             }
             for w in waiters {
                 let _ = w.send(result.clone());
             }
         }
+        for (window, done) in retains {
+            let _ = done.send(retain(&conn, window, &tally).map_err(|e| e.to_string()));
+        }
         if last_retention.elapsed() >= RETENTION_EVERY {
-            if let Err(e) = retain(&conn, retention) {
+            if let Err(e) = retain(&conn, retention, &tally) {
                 tracing::warn!(error = %e, "telemetry retention failed");
             }
             last_retention = Instant::now();
@@ -547,7 +604,71 @@ fn writer(conn: duckdb::Connection, rx: mpsc::Receiver<Cmd>, retention: Duration
     }
 }
 
-/// Reads forwarded rows back in the shape they were stored.
+/// The columns [`span_row`] reads, in order (`epoch_us` turns a TIMESTAMP
+/// back into µs since the epoch). Queries select these and map with it.
+pub const SPAN_COLUMNS: &str = "agent_id, seq, trace_id, span_id, parent_span_id, service, name, kind, \
+     epoch_us(start_ts), duration_us, status_code, status_message, attributes, events, resource, scope";
+
+pub fn span_row(r: &duckdb::Row<'_>) -> duckdb::Result<SpanRecord> {
+    Ok(SpanRecord {
+        agent_id: r.get(0)?,
+        seq: r.get(1)?,
+        trace_id: r.get(2)?,
+        span_id: r.get(3)?,
+        parent_span_id: r.get(4)?,
+        service: r.get(5)?,
+        name: r.get(6)?,
+        kind: r.get(7)?,
+        start_us: r.get(8)?,
+        duration_us: r.get(9)?,
+        status_code: r.get(10)?,
+        status_message: r.get(11)?,
+        attributes: r.get(12)?,
+        events: r.get(13)?,
+        resource: r.get(14)?,
+        scope: r.get(15)?,
+    })
+}
+
+/// The columns [`metric_row`] reads, in order.
+pub const METRIC_COLUMNS: &str =
+    "agent_id, seq, service, name, unit, kind, epoch_us(ts), value, count, sum, attributes";
+
+pub fn metric_row(r: &duckdb::Row<'_>) -> duckdb::Result<MetricRecord> {
+    Ok(MetricRecord {
+        agent_id: r.get(0)?,
+        seq: r.get(1)?,
+        service: r.get(2)?,
+        name: r.get(3)?,
+        unit: r.get(4)?,
+        kind: r.get(5)?,
+        ts_us: r.get(6)?,
+        value: r.get(7)?,
+        count: r.get(8)?,
+        sum: r.get(9)?,
+        attributes: r.get(10)?,
+    })
+}
+
+/// The columns [`log_row`] reads, in order.
+pub const LOG_COLUMNS: &str = "agent_id, seq, service, epoch_us(ts), severity_number, severity_text, body, trace_id, span_id, attributes";
+
+pub fn log_row(r: &duckdb::Row<'_>) -> duckdb::Result<LogRecord> {
+    Ok(LogRecord {
+        agent_id: r.get(0)?,
+        seq: r.get(1)?,
+        service: r.get(2)?,
+        ts_us: r.get(3)?,
+        severity_number: r.get(4)?,
+        severity_text: r.get(5)?,
+        body: r.get(6)?,
+        trace_id: r.get(7)?,
+        span_id: r.get(8)?,
+        attributes: r.get(9)?,
+    })
+}
+
+/// Rows of `kind` past `after`, in seq order: what forwarding sends.
 fn read_after(
     c: &duckdb::Connection,
     kind: SignalKind,
@@ -555,79 +676,26 @@ fn read_after(
     limit: usize,
 ) -> duckdb::Result<coral_proto::Signals> {
     use coral_proto::Signals;
-    // epoch_us() turns a TIMESTAMP back into µs since the epoch.
+    let params = duckdb::params![after, limit as u64];
+    let sql = |columns: &str, table: &str| {
+        format!("SELECT {columns} FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?")
+    };
     Ok(match kind {
-        SignalKind::Spans => {
-            let mut st = c.prepare(
-                "SELECT agent_id, seq, trace_id, span_id, parent_span_id, service, name, kind, epoch_us(start_ts),
-                        duration_us, status_code, status_message, attributes, events, resource, scope
-                 FROM spans WHERE seq > ? ORDER BY seq LIMIT ?",
-            )?;
-            let rows = st.query_map(duckdb::params![after, limit as u64], |r| {
-                Ok(SpanRecord {
-                    agent_id: r.get(0)?,
-                    seq: r.get(1)?,
-                    trace_id: r.get(2)?,
-                    span_id: r.get(3)?,
-                    parent_span_id: r.get(4)?,
-                    service: r.get(5)?,
-                    name: r.get(6)?,
-                    kind: r.get(7)?,
-                    start_us: r.get(8)?,
-                    duration_us: r.get(9)?,
-                    status_code: r.get(10)?,
-                    status_message: r.get(11)?,
-                    attributes: r.get(12)?,
-                    events: r.get(13)?,
-                    resource: r.get(14)?,
-                    scope: r.get(15)?,
-                })
-            })?;
-            Signals::Spans(rows.collect::<Result<_, _>>()?)
-        }
-        SignalKind::Metrics => {
-            let mut st = c.prepare(
-                "SELECT agent_id, seq, service, name, unit, kind, epoch_us(ts), value, count, sum, attributes
-                 FROM metric_points WHERE seq > ? ORDER BY seq LIMIT ?",
-            )?;
-            let rows = st.query_map(duckdb::params![after, limit as u64], |r| {
-                Ok(MetricRecord {
-                    agent_id: r.get(0)?,
-                    seq: r.get(1)?,
-                    service: r.get(2)?,
-                    name: r.get(3)?,
-                    unit: r.get(4)?,
-                    kind: r.get(5)?,
-                    ts_us: r.get(6)?,
-                    value: r.get(7)?,
-                    count: r.get(8)?,
-                    sum: r.get(9)?,
-                    attributes: r.get(10)?,
-                })
-            })?;
-            Signals::Metrics(rows.collect::<Result<_, _>>()?)
-        }
-        SignalKind::Logs => {
-            let mut st = c.prepare(
-                "SELECT agent_id, seq, service, epoch_us(ts), severity_number, severity_text, body, trace_id, span_id, attributes
-                 FROM log_records WHERE seq > ? ORDER BY seq LIMIT ?",
-            )?;
-            let rows = st.query_map(duckdb::params![after, limit as u64], |r| {
-                Ok(LogRecord {
-                    agent_id: r.get(0)?,
-                    seq: r.get(1)?,
-                    service: r.get(2)?,
-                    ts_us: r.get(3)?,
-                    severity_number: r.get(4)?,
-                    severity_text: r.get(5)?,
-                    body: r.get(6)?,
-                    trace_id: r.get(7)?,
-                    span_id: r.get(8)?,
-                    attributes: r.get(9)?,
-                })
-            })?;
-            Signals::Logs(rows.collect::<Result<_, _>>()?)
-        }
+        SignalKind::Spans => Signals::Spans(
+            c.prepare(&sql(SPAN_COLUMNS, "spans"))?
+                .query_map(params, span_row)?
+                .collect::<Result<_, _>>()?,
+        ),
+        SignalKind::Metrics => Signals::Metrics(
+            c.prepare(&sql(METRIC_COLUMNS, "metric_points"))?
+                .query_map(params, metric_row)?
+                .collect::<Result<_, _>>()?,
+        ),
+        SignalKind::Logs => Signals::Logs(
+            c.prepare(&sql(LOG_COLUMNS, "log_records"))?
+                .query_map(params, log_row)?
+                .collect::<Result<_, _>>()?,
+        ),
     })
 }
 
@@ -717,19 +785,23 @@ fn append_logs(conn: &duckdb::Connection, rows: &[LogRecord]) -> duckdb::Result<
 }
 
 /// Deletes telemetry older than `retention` from every table.
-fn retain(conn: &duckdb::Connection, retention: Duration) -> duckdb::Result<u64> {
+fn retain(conn: &duckdb::Connection, retention: Duration, tally: &Tally) -> duckdb::Result<u64> {
     let cutoff_us = (coral_proto::now_ms() - retention.as_millis() as i64) * 1000;
     let mut n = 0;
-    for (table, column) in [
+    // Same order as `Tally::rows`.
+    let tables = [
         ("health_samples", "ts"),
         ("spans", "start_ts"),
         ("metric_points", "ts"),
         ("log_records", "ts"),
-    ] {
-        n += conn.execute(
+    ];
+    for (i, (table, column)) in tables.into_iter().enumerate() {
+        let deleted = conn.execute(
             &format!("DELETE FROM {table} WHERE {column} < make_timestamp(?::BIGINT)"),
             duckdb::params![cutoff_us],
         )? as u64;
+        tally.rows[i].fetch_sub(deleted, Ordering::Relaxed);
+        n += deleted;
     }
     Ok(n)
 }
@@ -764,18 +836,24 @@ mod tests {
             t.insert(vec![sample(1001, now - 2 * 3600 * 1000)])
                 .await
                 .unwrap();
-            assert_eq!(t.sample_count().await.unwrap(), 1001);
+            assert_eq!(t.counts().samples, 1001);
             assert_eq!(t.max_seq("a1").await.unwrap(), 1001);
             assert_eq!(t.max_seq("nobody").await.unwrap(), 0);
             assert_eq!(
                 t.apply_retention(Duration::from_secs(3600)).await.unwrap(),
                 1
             );
-            assert_eq!(t.sample_count().await.unwrap(), 1000);
+            assert_eq!(t.counts().samples, 1000);
+            // The tally is derived state: it must agree with the table.
+            let real: u64 = t
+                .query(|c| c.query_row("SELECT count(*) FROM health_samples", [], |r| r.get(0)))
+                .await
+                .unwrap();
+            assert_eq!(real, 1000);
         }
         // Reopening keeps the data and does not re-run migrations.
         let (t, _guard) = Telemetry::open(&path, Duration::from_secs(3600)).unwrap();
-        assert_eq!(t.sample_count().await.unwrap(), 1000);
+        assert_eq!(t.counts().samples, 1000);
     }
 
     #[test]

@@ -9,75 +9,16 @@
 
 use coral_proto::rpc::ColonyControlClient;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CORAL: &str = env!("CARGO_BIN_EXE_coral");
+mod common;
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("config/coral")).unwrap();
-        std::fs::write(
-            dir.path().join("config/coral/config.toml"),
-            "[agent.otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n",
-        )
-        .unwrap();
-        Env { dir }
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(CORAL);
-        c.args(args)
-            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
-            .env("XDG_STATE_HOME", self.dir.path().join("state"))
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("CORAL_LOG", "warn")
-            .stdin(Stdio::null());
-        c
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/coral/colony.sock")
-    }
-    fn pid(&self, role: &str) -> u32 {
-        std::fs::read_to_string(self.dir.path().join(format!("run/coral/{role}.pid")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["agent", "stop"]).output();
-        let _ = self.cmd(&["colony", "stop"]).output();
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use common::{Daemons, EPHEMERAL_OTLP, ms, percentile, write_section};
 
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
 /// (utime + stime) in clock ticks, and (RSS, private anonymous RSS) in kB.
@@ -144,13 +85,15 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let env = Env::new();
+    let env = Daemons::new(EPHEMERAL_OTLP, false);
     env.ok(&["colony", "start", "--daemon", "--port", "0"]);
 
     // 1. Status round trip over the local socket, from a connected client.
     let n = 2000;
     let mut rpc: Vec<Duration> = rt.block_on(async {
-        let stream = coral_proto::local::connect(&env.socket()).await.unwrap();
+        let stream = coral_proto::local::connect(&env.socket("colony"))
+            .await
+            .unwrap();
         let client =
             ColonyControlClient::new(Default::default(), coral_proto::local::framed(stream))
                 .spawn();
@@ -190,7 +133,9 @@ fn main() {
             .spawn()
             .unwrap();
         rt.block_on(async {
-            let stream = coral_proto::local::connect(&env.socket()).await.unwrap();
+            let stream = coral_proto::local::connect(&env.socket("colony"))
+                .await
+                .unwrap();
             let client =
                 ColonyControlClient::new(Default::default(), coral_proto::local::framed(stream))
                     .spawn();
@@ -273,20 +218,5 @@ stacks and DuckDB buffers this process alone holds.\n",
         win = window.as_secs(),
     );
     print!("{section}");
-    write_section(&section);
-}
-
-/// Replaces this benchmark's section of docs/benchmarks.md.
-fn write_section(section: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
-    let begin = "<!-- bench:control_plane:begin -->";
-    let end = "<!-- bench:control_plane:end -->";
-    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let block = format!("{begin}\n{section}{end}");
-    let new = match (doc.find(begin), doc.find(end)) {
-        (Some(b), Some(e)) => format!("{}{block}{}", &doc[..b], &doc[e + end.len()..]),
-        _ => format!("{}\n{block}\n", doc.trim_end()),
-    };
-    std::fs::write(&path, new).unwrap();
-    eprintln!("wrote {}", path.display());
+    write_section("control_plane", &section);
 }

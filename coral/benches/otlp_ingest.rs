@@ -15,12 +15,14 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const CORAL: &str = env!("CARGO_BIN_EXE_coral");
+mod common;
+
+use common::{Daemons, EPHEMERAL_OTLP, ms, percentile, write_section};
 const SPANS_PER_REQUEST: usize = 500;
 
 fn kv(k: &str, v: any_value::Value) -> KeyValue {
@@ -92,57 +94,6 @@ fn request(batch: u64) -> ExportTraceServiceRequest {
     }
 }
 
-struct Daemon {
-    dir: tempfile::TempDir,
-    /// Pin the daemons to core 0 (the ingestion figures are "one core").
-    pin: bool,
-}
-
-impl Daemon {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = if self.pin {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0", CORAL]);
-            c
-        } else {
-            Command::new(CORAL)
-        };
-        c.args(args)
-            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
-            .env("XDG_STATE_HOME", self.dir.path().join("state"))
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("CORAL_LOG", "warn")
-            .stdin(Stdio::null());
-        c
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-    fn pid(&self, role: &str) -> u32 {
-        std::fs::read_to_string(self.dir.path().join(format!("run/coral/{role}.pid")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["agent", "stop"]).output();
-        let _ = self.cmd(&["colony", "stop"]).output();
-    }
-}
-
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -151,14 +102,6 @@ fn rss_kb(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 struct Counters {
@@ -286,10 +229,7 @@ async fn raw_append_rate(dir: &Path) -> f64 {
 
 /// Builds a colony holding `n` spans, then times `coral query traces`.
 fn query_times(n: u64) -> Vec<(String, Duration)> {
-    let d = Daemon {
-        dir: tempfile::tempdir().unwrap(),
-        pin: false,
-    };
+    let d = Daemons::new("", false);
     let state = d.dir.path().join("state/coral/colony");
     std::fs::create_dir_all(&state).unwrap();
     {
@@ -379,16 +319,7 @@ fn main() {
         .args(["-p", "-c", "1", &std::process::id().to_string()])
         .output();
 
-    let d = Daemon {
-        dir: tempfile::tempdir().unwrap(),
-        pin: true,
-    };
-    std::fs::create_dir_all(d.dir.path().join("config/coral")).unwrap();
-    std::fs::write(
-        d.dir.path().join("config/coral/config.toml"),
-        "[agent]\nprobe_interval = \"10s\"\n[agent.otlp]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
+    let d = Daemons::new(EPHEMERAL_OTLP, true);
     d.ok(&["agent", "start", "--daemon"]);
     let grpc = d.json(&["agent", "status", "--json"])["otlp_grpc"]
         .as_str()
@@ -403,8 +334,8 @@ fn main() {
     let (lat, _, refused_half) = rt.block_on(paced(&grpc, max_rate / 2.0, 20, 64));
     eprintln!(
         "half rate: p50 {:?} p99 {:?}",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99)
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
     );
 
     let before = d.json(&["agent", "status", "--json"])["stored_spans"]
@@ -455,8 +386,8 @@ the load generator to core 1.\n\n\
         } else {
             "release"
         },
-        l50 = ms(pct(&lat, 0.5)),
-        l99 = ms(pct(&lat, 0.99)),
+        l50 = ms(percentile(&lat, 0.5)),
+        l99 = ms(percentile(&lat, 0.99)),
         peak = peak.load(Ordering::Relaxed) as f64 / 1024.0,
         idle = idle_rss as f64 / 1024.0,
     );
@@ -467,17 +398,5 @@ the load generator to core 1.\n\n\
         ));
     }
     print!("{section}");
-    write_section(&section);
-}
-
-fn write_section(section: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
-    let (begin, end) = ("<!-- bench:otlp:begin -->", "<!-- bench:otlp:end -->");
-    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let block = format!("{begin}\n{section}{end}");
-    let new = match (doc.find(begin), doc.find(end)) {
-        (Some(b), Some(e)) => format!("{}{block}{}", &doc[..b], &doc[e + end.len()..]),
-        _ => format!("{}\n\n{block}\n", doc.trim_end()),
-    };
-    std::fs::write(&path, new).unwrap();
+    write_section("otlp", &section);
 }

@@ -1,6 +1,6 @@
 //! OTLP/gRPC: the three collector services on one tonic server.
 
-use super::{RETRY_AFTER, Receiver, Refusal};
+use super::{RETRY_AFTER, Receiver, Refusal, Signal};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -19,7 +19,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
@@ -42,18 +41,23 @@ fn refused(r: Refusal) -> Status {
     }
 }
 
+/// The one export path behind the three services.
+async fn export<S: Signal>(r: &Receiver, req: Request<S>) -> Result<Response<S::Response>, Status> {
+    let req = req.into_inner();
+    let admitted = r.admit(req.encoded_len()).map_err(refused)?;
+    r.accept(req, admitted)
+        .await
+        .map(Response::new)
+        .map_err(refused)
+}
+
 #[tonic::async_trait]
 impl TraceService for Receiver {
     async fn export(
         &self,
         req: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let req = req.into_inner();
-        let bytes = req.encoded_len();
-        self.traces(req, self.admit(bytes).map_err(refused)?)
-            .await
-            .map(Response::new)
-            .map_err(refused)
+        export(self, req).await
     }
 }
 
@@ -63,12 +67,7 @@ impl MetricsService for Receiver {
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let req = req.into_inner();
-        let bytes = req.encoded_len();
-        self.metrics(req, self.admit(bytes).map_err(refused)?)
-            .await
-            .map(Response::new)
-            .map_err(refused)
+        export(self, req).await
     }
 }
 
@@ -78,12 +77,7 @@ impl LogsService for Receiver {
         &self,
         req: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let req = req.into_inner();
-        let bytes = req.encoded_len();
-        self.logs(req, self.admit(bytes).map_err(refused)?)
-            .await
-            .map(Response::new)
-            .map_err(refused)
+        export(self, req).await
     }
 }
 

@@ -2,7 +2,7 @@
 //! JSON bodies, optionally gzip-compressed. Replies use the request's
 //! encoding; errors carry a `google.rpc.Status` body.
 
-use super::{Admission, RETRY_AFTER, Receiver, Refusal};
+use super::{Admission, RETRY_AFTER, Receiver, Refusal, Signal};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
@@ -13,7 +13,6 @@ use axum::routing::post;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use std::io::Read;
 use tokio_util::sync::CancellationToken;
@@ -152,13 +151,9 @@ fn body(enc: Encoding, headers: &HeaderMap, raw: Bytes, max: usize) -> Result<By
     }
 }
 
-fn decode<M: Message + Default + serde::de::DeserializeOwned>(
-    enc: Encoding,
-    bytes: &[u8],
-    what: &str,
-) -> Result<M, HttpError> {
+fn decode<S: Signal>(enc: Encoding, bytes: &[u8]) -> Result<S, HttpError> {
     let result = match enc {
-        Encoding::Protobuf => M::decode(bytes).map_err(|e| e.to_string()),
+        Encoding::Protobuf => S::decode(bytes).map_err(|e| e.to_string()),
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
     };
     result.map_err(|e| {
@@ -166,40 +161,39 @@ fn decode<M: Message + Default + serde::de::DeserializeOwned>(
             enc,
             StatusCode::BAD_REQUEST,
             INVALID_ARGUMENT,
-            format!("malformed {what} request: {e}"),
+            format!("malformed {} request: {e}", S::NAME),
         )
     })
 }
 
-fn reply<R: Message + serde::Serialize>(enc: Encoding, result: Result<R, Refusal>) -> Response {
-    match result {
-        Ok(r) => {
-            let body = match enc {
-                Encoding::Protobuf => r.encode_to_vec(),
-                Encoding::Json => serde_json::to_vec(&r).unwrap_or_else(|_| b"{}".to_vec()),
-            };
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, enc.content_type())],
-                body,
-            )
-                .into_response()
-        }
-        Err(Refusal::Busy) => error(
+fn refusal(enc: Encoding, r: Refusal) -> HttpError {
+    match r {
+        Refusal::Busy => error(
             enc,
             StatusCode::TOO_MANY_REQUESTS,
             RESOURCE_EXHAUSTED,
             "coral agent is over its OTLP in-flight budget; retry later".into(),
-        )
-        .into_response(),
-        Err(Refusal::Store(e)) => error(
+        ),
+        Refusal::Store(e) => error(
             enc,
             StatusCode::SERVICE_UNAVAILABLE,
             UNAVAILABLE,
             format!("coral agent cannot store telemetry now: {e}"),
-        )
-        .into_response(),
+        ),
     }
+}
+
+fn reply<R: Message + serde::Serialize>(enc: Encoding, r: R) -> Response {
+    let body = match enc {
+        Encoding::Protobuf => r.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&r).unwrap_or_else(|_| b"{}".to_vec()),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, enc.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 /// Admission on the declared size, then the body (at most
@@ -218,7 +212,7 @@ async fn prepare(r: &Receiver, req: Request) -> Result<(Encoding, Bytes, Admissi
     }
     let admitted = r
         .admit(declared)
-        .map_err(|e| reply::<ExportTraceServiceResponse>(enc, Err(e)))?;
+        .map_err(|e| refusal(enc, e).into_response())?;
     let raw = axum::body::to_bytes(body, r.max_request_bytes)
         .await
         .map_err(|_| too_large(enc, r.max_request_bytes).into_response())?;
@@ -236,36 +230,20 @@ fn too_large(enc: Encoding, max: usize) -> HttpError {
     )
 }
 
-async fn traces(State(r): State<Receiver>, req: Request) -> Response {
+/// `POST /v1/{traces,metrics,logs}`: one path for the three signals.
+async fn export<S: Signal>(State(r): State<Receiver>, req: Request) -> Response {
     let (enc, bytes, admitted) = match prepare(&r, req).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    match decode::<ExportTraceServiceRequest>(enc, &bytes, "trace") {
-        Ok(req) => reply(enc, r.traces(req, admitted).await),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn metrics(State(r): State<Receiver>, req: Request) -> Response {
-    let (enc, bytes, admitted) = match prepare(&r, req).await {
-        Ok(x) => x,
-        Err(resp) => return resp,
+    let req = match decode::<S>(enc, &bytes) {
+        Ok(req) => req,
+        Err(e) => return e.into_response(),
     };
-    match decode::<ExportMetricsServiceRequest>(enc, &bytes, "metrics") {
-        Ok(req) => reply(enc, r.metrics(req, admitted).await),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn logs(State(r): State<Receiver>, req: Request) -> Response {
-    let (enc, bytes, admitted) = match prepare(&r, req).await {
-        Ok(x) => x,
-        Err(resp) => return resp,
-    };
-    match decode::<ExportLogsServiceRequest>(enc, &bytes, "logs") {
-        Ok(req) => reply(enc, r.logs(req, admitted).await),
-        Err(e) => e.into_response(),
+    drop(bytes);
+    match r.accept(req, admitted).await {
+        Ok(resp) => reply(enc, resp),
+        Err(e) => refusal(enc, e).into_response(),
     }
 }
 
@@ -275,9 +253,9 @@ pub(super) async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/v1/traces", post(traces))
-        .route("/v1/metrics", post(metrics))
-        .route("/v1/logs", post(logs))
+        .route("/v1/traces", post(export::<ExportTraceServiceRequest>))
+        .route("/v1/metrics", post(export::<ExportMetricsServiceRequest>))
+        .route("/v1/logs", post(export::<ExportLogsServiceRequest>))
         .with_state(r);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

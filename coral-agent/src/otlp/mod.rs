@@ -92,6 +92,72 @@ pub enum Refusal {
     Store(String),
 }
 
+/// What differs between traces, metrics and logs: the request and response
+/// messages, how a request becomes rows, and the partial-success reply.
+pub trait Signal: prost::Message + Default + serde::de::DeserializeOwned + Send + 'static {
+    type Response: prost::Message + serde::Serialize + Send + 'static;
+    /// For messages: "trace", "metrics", "logs".
+    const NAME: &'static str;
+    /// Rows to store, how many items were rejected, and why.
+    fn convert(&self, agent_id: &str) -> (Batch, i64, String);
+    /// The reply; it carries a partial success only if something was rejected.
+    fn response(rejected: i64, message: String) -> Self::Response;
+}
+
+impl Signal for ExportTraceServiceRequest {
+    type Response = ExportTraceServiceResponse;
+    const NAME: &'static str = "trace";
+    fn convert(&self, agent_id: &str) -> (Batch, i64, String) {
+        let c = convert::spans(agent_id, self);
+        let message = c.message();
+        (Batch::Spans(c.rows), c.rejected, message)
+    }
+    fn response(rejected: i64, error_message: String) -> Self::Response {
+        ExportTraceServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message,
+            }),
+        }
+    }
+}
+
+impl Signal for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    const NAME: &'static str = "metrics";
+    fn convert(&self, agent_id: &str) -> (Batch, i64, String) {
+        let c = convert::metrics(agent_id, self);
+        let message = c.message();
+        (Batch::Metrics(c.rows), c.rejected, message)
+    }
+    fn response(rejected: i64, error_message: String) -> Self::Response {
+        ExportMetricsServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportMetricsPartialSuccess {
+                rejected_data_points: rejected,
+                error_message,
+            }),
+        }
+    }
+}
+
+impl Signal for ExportLogsServiceRequest {
+    type Response = ExportLogsServiceResponse;
+    const NAME: &'static str = "logs";
+    fn convert(&self, agent_id: &str) -> (Batch, i64, String) {
+        let c = convert::logs(agent_id, self);
+        let message = c.message();
+        (Batch::Logs(c.rows), c.rejected, message)
+    }
+    fn response(rejected: i64, error_message: String) -> Self::Response {
+        ExportLogsServiceResponse {
+            partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message,
+            }),
+        }
+    }
+}
+
 /// A share of the in-flight budget, held until the request is answered.
 pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 
@@ -130,55 +196,16 @@ impl Receiver {
             .map_err(|e| Refusal::Store(e.to_string()))
     }
 
-    pub async fn traces(
+    /// Converts and stores an admitted request; answers once it is committed.
+    pub async fn accept<S: Signal>(
         &self,
-        req: ExportTraceServiceRequest,
+        req: S,
         _admitted: Admission,
-    ) -> Result<ExportTraceServiceResponse, Refusal> {
-        let c = convert::spans(&self.agent_id, &req);
+    ) -> Result<S::Response, Refusal> {
+        let (batch, rejected, message) = req.convert(&self.agent_id);
         drop(req);
-        let partial = (c.rejected > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: c.rejected,
-            error_message: c.message(),
-        });
-        self.store(Batch::Spans(c.rows)).await?;
-        Ok(ExportTraceServiceResponse {
-            partial_success: partial,
-        })
-    }
-
-    pub async fn metrics(
-        &self,
-        req: ExportMetricsServiceRequest,
-        _admitted: Admission,
-    ) -> Result<ExportMetricsServiceResponse, Refusal> {
-        let c = convert::metrics(&self.agent_id, &req);
-        drop(req);
-        let partial = (c.rejected > 0).then(|| ExportMetricsPartialSuccess {
-            rejected_data_points: c.rejected,
-            error_message: c.message(),
-        });
-        self.store(Batch::Metrics(c.rows)).await?;
-        Ok(ExportMetricsServiceResponse {
-            partial_success: partial,
-        })
-    }
-
-    pub async fn logs(
-        &self,
-        req: ExportLogsServiceRequest,
-        _admitted: Admission,
-    ) -> Result<ExportLogsServiceResponse, Refusal> {
-        let c = convert::logs(&self.agent_id, &req);
-        drop(req);
-        let partial = (c.rejected > 0).then(|| ExportLogsPartialSuccess {
-            rejected_log_records: c.rejected,
-            error_message: c.message(),
-        });
-        self.store(Batch::Logs(c.rows)).await?;
-        Ok(ExportLogsServiceResponse {
-            partial_success: partial,
-        })
+        self.store(batch).await?;
+        Ok(S::response(rejected, message))
     }
 }
 

@@ -234,11 +234,13 @@ fn tree(spans: &[SpanRecord]) -> (Vec<&SpanRecord>, Children<'_>) {
 
 /// The spans on the critical path: from each root, repeatedly the child
 /// that ends last.
-pub fn critical_path(spans: &[SpanRecord]) -> HashSet<String> {
-    let (roots, children) = tree(spans);
+fn critical_path(roots: &[&SpanRecord], children: &Children<'_>) -> HashSet<String> {
     let mut path = HashSet::new();
     // The root that ends last carries the trace's duration.
-    let mut cur = roots.into_iter().max_by_key(|s| s.start_us + s.duration_us);
+    let mut cur = roots
+        .iter()
+        .copied()
+        .max_by_key(|s| s.start_us + s.duration_us);
     while let Some(s) = cur {
         path.insert(s.span_id.clone());
         cur = children
@@ -256,7 +258,7 @@ pub fn trace_tree(spans: &[SpanRecord]) -> String {
         .map(|s| s.start_us + s.duration_us)
         .max()
         .unwrap_or(0);
-    let path = critical_path(spans);
+    let path = critical_path(&roots, &children);
     let errors = spans.iter().filter(|s| s.status_code == "error").count();
     let out = format!(
         "Trace {}  ({} spans, {}, {} error{})\n\n",
@@ -367,7 +369,8 @@ mod tests {
             span("b1", Some("b"), 10, 10),
             span("b2", Some("b"), 50, 38),
         ];
-        let path = critical_path(&spans);
+        let (roots, children) = tree(&spans);
+        let path = critical_path(&roots, &children);
         let mut p: Vec<_> = path.into_iter().collect();
         p.sort();
         assert_eq!(p, ["b", "b2", "root"]);

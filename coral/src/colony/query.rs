@@ -1,6 +1,6 @@
 //! Read queries over the colony's telemetry aggregate (spans, logs).
 
-use coral_agent::telemetry::Telemetry;
+use coral_agent::telemetry::{LOG_COLUMNS, SPAN_COLUMNS, Telemetry, log_row, span_row};
 use coral_proto::{LogQuery, LogRecord, QueryError, SpanRecord, TraceQuery, TraceSummary};
 
 /// Most rows one query returns.
@@ -71,32 +71,11 @@ pub async fn traces(t: &Telemetry, q: TraceQuery) -> Result<Vec<TraceSummary>, Q
 pub async fn trace(t: &Telemetry, trace_id: &str) -> Result<Vec<SpanRecord>, QueryError> {
     let id = check_trace_id(trace_id)?;
     t.query(move |c| {
-        let mut st = c.prepare(
-            "SELECT agent_id, seq, trace_id, span_id, parent_span_id, service, name, kind, epoch_us(start_ts),
-                    duration_us, status_code, status_message, attributes, events, resource, scope
-             FROM spans WHERE trace_id = ? ORDER BY start_ts, span_id LIMIT ?",
-        )?;
-        let rows = st.query_map(duckdb::params![id, MAX_TRACE_SPANS as u64], |r| {
-            Ok(SpanRecord {
-                agent_id: r.get(0)?,
-                seq: r.get(1)?,
-                trace_id: r.get(2)?,
-                span_id: r.get(3)?,
-                parent_span_id: r.get(4)?,
-                service: r.get(5)?,
-                name: r.get(6)?,
-                kind: r.get(7)?,
-                start_us: r.get(8)?,
-                duration_us: r.get(9)?,
-                status_code: r.get(10)?,
-                status_message: r.get(11)?,
-                attributes: r.get(12)?,
-                events: r.get(13)?,
-                resource: r.get(14)?,
-                scope: r.get(15)?,
-            })
-        })?;
-        rows.collect()
+        c.prepare(&format!(
+            "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ts, span_id LIMIT ?"
+        ))?
+        .query_map(duckdb::params![id, MAX_TRACE_SPANS as u64], span_row)?
+        .collect()
     })
     .await
     .map_err(storage)
@@ -106,33 +85,28 @@ pub async fn logs(t: &Telemetry, q: LogQuery) -> Result<Vec<LogRecord>, QueryErr
     let trace = q.trace_id.as_deref().map(check_trace_id).transpose()?;
     let limit = q.limit.clamp(1, MAX_LIMIT);
     t.query(move |c| {
-        let mut st = c.prepare(
-            "SELECT agent_id, seq, service, epoch_us(ts), severity_number, severity_text, body, trace_id, span_id, attributes
-             FROM log_records
+        c.prepare(&format!(
+            "SELECT {LOG_COLUMNS} FROM log_records
              WHERE ts >= make_timestamp(?::BIGINT)
                AND (?::VARCHAR IS NULL OR service = ?::VARCHAR)
                AND (?::VARCHAR IS NULL OR trace_id = ?::VARCHAR)
                AND (?::VARCHAR IS NULL OR body ILIKE '%' || ?::VARCHAR || '%')
-             ORDER BY ts DESC, seq DESC LIMIT ?",
-        )?;
-        let rows = st.query_map(
-            duckdb::params![q.since_ms * 1000, q.service, q.service, trace, trace, q.contains, q.contains, limit],
-            |r| {
-                Ok(LogRecord {
-                    agent_id: r.get(0)?,
-                    seq: r.get(1)?,
-                    service: r.get(2)?,
-                    ts_us: r.get(3)?,
-                    severity_number: r.get(4)?,
-                    severity_text: r.get(5)?,
-                    body: r.get(6)?,
-                    trace_id: r.get(7)?,
-                    span_id: r.get(8)?,
-                    attributes: r.get(9)?,
-                })
-            },
-        )?;
-        rows.collect()
+             ORDER BY ts DESC, seq DESC LIMIT ?"
+        ))?
+        .query_map(
+            duckdb::params![
+                q.since_ms * 1000,
+                q.service,
+                q.service,
+                trace,
+                trace,
+                q.contains,
+                q.contains,
+                limit
+            ],
+            log_row,
+        )?
+        .collect()
     })
     .await
     .map_err(storage)

@@ -238,17 +238,6 @@ impl Registry {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-
-    /// Health transitions of one service, oldest first.
-    pub fn history(&self, agent_id: &str, service: &str) -> Result<Vec<(i64, Health)>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT ts, health FROM health_history WHERE agent_id = ?1 AND service = ?2 ORDER BY ts, id",
-        )?;
-        let rows = stmt.query_map([agent_id, service], |r| {
-            Ok((r.get(0)?, Health::parse(&r.get::<_, String>(1)?)))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
 }
 
 /// Makes the stored services of `agent_id` equal to `services`, recording

@@ -285,10 +285,7 @@ impl ColonyControl for Control {
                 tracing::error!(error = %e, "cannot read agents");
                 Vec::new()
             });
-        let stored = s.telemetry.counts().await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot count stored telemetry");
-            Default::default()
-        });
+        let stored = s.telemetry.counts();
         ColonyStatus {
             colony_id: s.colony_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
