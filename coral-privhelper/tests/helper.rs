@@ -116,7 +116,7 @@ impl Helper {
             .arg(dir.path().join("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(fs::File::create(dir.path().join("helper.log")).unwrap());
         let child = cmd.spawn().expect("start helper");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
@@ -131,14 +131,26 @@ impl Helper {
     }
 
     /// Stops the helper and returns its log.
-    fn stop(mut self) -> String {
+    fn stop(self) -> String {
+        self.stop_after(&[])
+    }
+
+    /// Stops the helper once its log holds every line in `expect` (or after
+    /// 5 s) and returns the log. The helper logs a request after replying
+    /// to it, so a client can see the reply before the line is written.
+    fn stop_after(mut self, expect: &[&str]) -> String {
+        let path = self.dir.path().join("helper.log");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let log = fs::read_to_string(&path).unwrap_or_default();
+            if expect.iter().all(|e| log.contains(e)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut log = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut log);
-        }
-        log
+        fs::read_to_string(&path).unwrap_or_default()
     }
 }
 
@@ -244,7 +256,7 @@ fn create_tun_through_helper_configures_the_device() {
         assert!(Instant::now() < deadline, "device not removed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = helper.stop();
+    let log = helper.stop_after(&["req=create_tun"]);
     assert!(
         log.contains("req=create_tun name=coral-t0 addr=100.64.0.1/10 mtu=1400 outcome=ok"),
         "{log}"
@@ -275,7 +287,7 @@ fn get_key_is_stable_sealed_and_stored_0600() {
     assert_eq!(md.uid(), 0);
     assert_eq!(md.len(), 32);
     assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
-    let log = helper.stop();
+    let log = helper.stop_after(&["req=get_key outcome=ok"]);
     assert!(log.contains("req=get_key outcome=ok"), "{log}");
     // No key material in the log.
     let hex: String = a.secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -326,7 +338,7 @@ fn caller_outside_the_allowed_set_is_refused() {
     assert!(out.contains("uid 65534 is not allowed"), "{out}");
     assert!(helper.alive());
     assert!(Client::connect(&helper.socket).is_ok());
-    let log = helper.stop();
+    let log = helper.stop_after(&["uid=65534", "refused"]);
     assert!(log.contains("uid=65534"), "{log}");
     assert!(log.contains("refused"), "{log}");
 
@@ -444,7 +456,7 @@ fn malformed_frames_are_refused_and_the_helper_keeps_serving() {
     assert!(helper.alive(), "helper died");
     let mut c = Client::connect(&s).unwrap();
     c.get_key().unwrap();
-    let log = helper.stop();
+    let log = helper.stop_after(&["outcome=bad_frame"]);
     assert!(log.contains("outcome=bad_frame"), "{log}");
 }
 
