@@ -131,14 +131,10 @@ impl Helper {
     }
 
     /// Stops the helper and returns its log.
-    fn stop(self) -> String {
-        self.stop_after(&[])
-    }
-
     /// Stops the helper once its log holds every line in `expect` (or after
     /// 5 s) and returns the log. The helper logs a request after replying
     /// to it, so a client can see the reply before the line is written.
-    fn stop_after(mut self, expect: &[&str]) -> String {
+    fn stop(mut self, expect: &[&str]) -> String {
         let path = self.dir.path().join("helper.log");
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -256,7 +252,7 @@ fn create_tun_through_helper_configures_the_device() {
         assert!(Instant::now() < deadline, "device not removed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = helper.stop_after(&["req=create_tun"]);
+    let log = helper.stop(&["req=create_tun"]);
     assert!(
         log.contains("req=create_tun name=coral-t0 addr=100.64.0.1/10 mtu=1400 outcome=ok"),
         "{log}"
@@ -287,7 +283,7 @@ fn get_key_is_stable_sealed_and_stored_0600() {
     assert_eq!(md.uid(), 0);
     assert_eq!(md.len(), 32);
     assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
-    let log = helper.stop_after(&["req=get_key outcome=ok"]);
+    let log = helper.stop(&["req=get_key outcome=ok"]);
     assert!(log.contains("req=get_key outcome=ok"), "{log}");
     // No key material in the log.
     let hex: String = a.secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -338,7 +334,7 @@ fn caller_outside_the_allowed_set_is_refused() {
     assert!(out.contains("uid 65534 is not allowed"), "{out}");
     assert!(helper.alive());
     assert!(Client::connect(&helper.socket).is_ok());
-    let log = helper.stop_after(&["uid=65534", "refused"]);
+    let log = helper.stop(&["uid=65534", "refused"]);
     assert!(log.contains("uid=65534"), "{log}");
     assert!(log.contains("refused"), "{log}");
 
@@ -456,7 +452,7 @@ fn malformed_frames_are_refused_and_the_helper_keeps_serving() {
     assert!(helper.alive(), "helper died");
     let mut c = Client::connect(&s).unwrap();
     c.get_key().unwrap();
-    let log = helper.stop_after(&["outcome=bad_frame"]);
+    let log = helper.stop(&["outcome=bad_frame"]);
     assert!(log.contains("outcome=bad_frame"), "{log}");
 }
 
