@@ -17,6 +17,8 @@ PACKAGES=(
   wireguard-go      # the userspace WireGuard peer in the mesh benchmark
   wireguard-tools   # wg(8), to configure it
   procps
+  postgresql        # the demo shop's database, and the analyzer's tests
+  python3-venv      # the venv below
 )
 
 if ! command -v cargo >/dev/null; then
@@ -36,11 +38,13 @@ if ((${#missing[@]} > 0)); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Real OpenTelemetry clients for the OTLP tests, in a venv outside the clone.
+# Real OpenTelemetry clients for the OTLP tests and the demo shop, the real
+# MCP client for the gateway tests, and psycopg for the demo api; in a venv
+# outside the clone.
 VENV=${CORAL_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/coral/venv}
-PY_PACKAGES=(opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-grpc==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2)
-if ! "$VENV/bin/python" -c 'import opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
-  echo "installing the OpenTelemetry Python SDK into $VENV"
+PY_PACKAGES=(opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-grpc==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2 mcp==1.30.0 "psycopg[binary]==3.3.9")
+if ! "$VENV/bin/python" -c 'import opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http, mcp, psycopg' 2>/dev/null; then
+  echo "installing the Python test clients into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
 fi

@@ -5,7 +5,8 @@
 //! is not an error.
 
 mod daemon;
-mod render;
+mod mcp_cmd;
+pub(crate) mod render;
 
 use crate::colony::{Colony, ColonyConfig};
 use crate::config::CoralConfig;
@@ -79,6 +80,9 @@ health path.")]
     /// Check and explain exec policies (the rules `coral exec` will run under).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The colony's MCP gateway: serve it to an MCP client, print its config, call its tools.
+    #[command(subcommand)]
+    Mcp(mcp_cmd::McpCmd),
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -364,6 +368,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Config(ConfigCmd::Validate { file }) => config_validate(file),
         Command::Query(q) => client(query(q)),
+        Command::Mcp(cmd) => mcp_cmd::run(cmd),
         Command::Policy(PolicyCmd::Check { file }) => policy_check(file),
         Command::Policy(PolicyCmd::Explain {
             file,

@@ -250,6 +250,12 @@ fn critical_path(roots: &[&SpanRecord], children: &Children<'_>) -> HashSet<Stri
     path
 }
 
+/// The span ids on the critical path of a trace.
+pub fn critical_span_ids(spans: &[SpanRecord]) -> HashSet<String> {
+    let (roots, children) = tree(spans);
+    critical_path(&roots, &children)
+}
+
 pub fn trace_tree(spans: &[SpanRecord]) -> String {
     let (mut roots, children) = tree(spans);
     let start = spans.iter().map(|s| s.start_us).min().unwrap_or(0);

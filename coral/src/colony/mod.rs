@@ -6,9 +6,11 @@
 //! damaged files); [`Colony::run`] serves until shutdown.
 
 pub mod config;
+pub mod mcp;
 pub mod query;
 pub mod registry;
 mod rpc;
+pub mod tools;
 
 pub use config::ColonyConfig;
 
@@ -131,6 +133,20 @@ impl Colony {
         if let Ok(addr) = rpc.local_addr() {
             *shared.rpc_addr.lock().expect("rpc_addr lock") = addr.to_string();
         }
+        let mcp_task = control
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(mcp::socket_beside))
+            .and_then(|path| match bind_private(&path) {
+                Ok(l) => {
+                    tracing::info!(socket = %path.display(), "mcp gateway listening");
+                    Some(tokio::spawn(mcp::serve(shared.clone(), l)))
+                }
+                Err(e) => {
+                    tracing::warn!(socket = %path.display(), error = %e, "mcp gateway not started");
+                    None
+                }
+            });
         let rpc_task = tokio::spawn(rpc::serve_agents(shared.clone(), rpc));
         let control_task = tokio::spawn(rpc::serve_control(shared.clone(), control));
         tracing::info!(colony_id = %shared.colony_id, rpc = %shared.rpc_addr.lock().expect("rpc_addr lock"), "colony running");
@@ -139,12 +155,30 @@ impl Colony {
             _ = shared.shutdown.cancelled() => {}
         }
         tracing::info!("colony stopping");
+        if let Some(t) = mcp_task {
+            t.abort();
+            let _ = t.await;
+        }
         rpc_task.abort();
         control_task.abort();
         let _ = rpc_task.await;
         let _ = control_task.await;
         // Dropping `self` commits outstanding telemetry and joins the writer.
     }
+}
+
+/// Binds a Unix socket only its owner may use, replacing a stale socket
+/// file (never any other kind of file).
+fn bind_private(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(md) = std::fs::symlink_metadata(path)
+        && md.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
 }
 
 /// Opens the colony and runs it (see [`Colony::open`] and [`Colony::run`]).

@@ -240,6 +240,93 @@ impl Registry {
     }
 }
 
+/// One control-plane event, for "what changed".
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub ts_ms: i64,
+    pub what: &'static str,
+    pub agent: String,
+    pub service: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl Registry {
+    /// Agents that joined, restarted or left, services added, and health
+    /// changes since `from_ms`, oldest first.
+    pub fn changes(&self, from_ms: i64) -> Result<Vec<Change>, StoreError> {
+        let mut out = Vec::new();
+        let mut st = self.conn.prepare(
+            "SELECT name, first_seen, started_at, registered_at, left_at FROM agents
+             WHERE first_seen >= ?1 OR started_at >= ?1 OR coalesce(left_at, 0) >= ?1",
+        )?;
+        let rows = st.query_map([from_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (agent, first, started, _registered, left) = row?;
+            let ev = |ts, what| Change {
+                ts_ms: ts,
+                what,
+                agent: agent.clone(),
+                service: None,
+                detail: None,
+            };
+            if first >= from_ms {
+                out.push(ev(first, "agent joined"));
+            } else if started >= from_ms {
+                out.push(ev(started, "agent restarted"));
+            }
+            if let Some(l) = left.filter(|l| *l >= from_ms) {
+                out.push(ev(l, "agent left"));
+            }
+        }
+        let mut st = self.conn.prepare(
+            "SELECT a.name, s.name, s.added_at, s.port FROM services s JOIN agents a ON a.id = s.agent_id
+             WHERE s.added_at >= ?1",
+        )?;
+        for row in st.query_map([from_ms], |r| {
+            Ok(Change {
+                agent: r.get(0)?,
+                service: Some(r.get(1)?),
+                ts_ms: r.get(2)?,
+                what: "service added",
+                detail: Some(format!("port {}", r.get::<_, i64>(3)?)),
+            })
+        })? {
+            out.push(row?);
+        }
+        let mut st = self.conn.prepare(
+            "SELECT coalesce(a.name, h.agent_id), h.service, h.ts, h.health, h.error
+             FROM health_history h LEFT JOIN agents a ON a.id = h.agent_id
+             WHERE h.ts >= ?1 ORDER BY h.ts LIMIT 500",
+        )?;
+        for row in st.query_map([from_ms], |r| {
+            let health: String = r.get(3)?;
+            Ok(Change {
+                agent: r.get(0)?,
+                service: Some(r.get(1)?),
+                ts_ms: r.get(2)?,
+                what: if health == "down" {
+                    "service down"
+                } else {
+                    "service up"
+                },
+                detail: r.get(4)?,
+            })
+        })? {
+            out.push(row?);
+        }
+        out.sort_by_key(|c| c.ts_ms);
+        Ok(out)
+    }
+}
+
 /// Makes the stored services of `agent_id` equal to `services`, recording
 /// every health change in the history.
 fn sync_services(

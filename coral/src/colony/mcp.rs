@@ -1,0 +1,134 @@
+//! The colony as an MCP gateway: the tools of [`super::tools`] served with
+//! rmcp over a local Unix socket (`colony-mcp.sock`, next to the control
+//! socket). Only the colony's own user (or root) may connect; `coral mcp
+//! serve` bridges an MCP client's stdio to this socket.
+
+use super::Shared;
+use super::tools::{self, ToolError};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::UnixListener;
+
+/// The MCP socket that belongs with a colony control socket.
+pub fn socket_beside(control: &Path) -> PathBuf {
+    control.with_file_name("colony-mcp.sock")
+}
+
+#[derive(Clone)]
+struct Gateway {
+    shared: Arc<Shared>,
+    /// Who is connected, for the audit log.
+    caller: String,
+}
+
+impl ServerHandler for Gateway {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("coral", env!("CARGO_PKG_VERSION")).with_title("Coral colony"),
+            )
+            .with_instructions(
+                "Coral observes a distributed application: services and their health, \
+                 RED metrics against a baseline, the service map, traces, logs and recent \
+                 changes. Start with coral_services and coral_red_metrics, then drill down \
+                 with coral_hotspots and coral_trace.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let list = tools::catalog()
+            .into_iter()
+            .map(|t| {
+                let schema = match t.schema {
+                    serde_json::Value::Object(m) => m,
+                    _ => Default::default(),
+                };
+                Tool::new(t.name, t.description, Arc::new(schema))
+                    .with_title(t.title)
+                    .with_annotations(
+                        ToolAnnotations::with_title(t.title)
+                            .read_only(t.read_only)
+                            .destructive(!t.read_only),
+                    )
+            })
+            .collect();
+        Ok(ListToolsResult::with_all_items(list))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = request
+            .arguments
+            .map(serde_json::Value::Object)
+            .unwrap_or(serde_json::Value::Null);
+        let started = Instant::now();
+        let outcome = tools::call(&self.shared, &request.name, args.clone()).await;
+        let ms = started.elapsed().as_millis();
+        match &outcome {
+            Ok(_) => {
+                tracing::info!(tool = %request.name, caller = %self.caller, ms, "mcp tool call")
+            }
+            Err(e) => {
+                tracing::info!(tool = %request.name, caller = %self.caller, ms, error = %e, "mcp tool call failed")
+            }
+        }
+        match outcome {
+            Ok(v) => Ok(CallToolResult::success(vec![ContentBlock::text(tools::capped(v))]).into()),
+            Err(ToolError::Unknown(name)) => Err(ErrorData::invalid_params(
+                format!("unknown tool '{name}'"),
+                None,
+            )),
+            Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into()),
+        }
+    }
+}
+
+/// Serves MCP clients on `listener` until the task is aborted.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+    let me = nix::unistd::getuid().as_raw();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "mcp accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let cred = match stream.peer_cred() {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        if cred.uid() != me && cred.uid() != 0 {
+            tracing::warn!(uid = cred.uid(), "refused an MCP client of another user");
+            continue;
+        }
+        let gateway = Gateway {
+            shared: shared.clone(),
+            caller: format!("uid {} pid {}", cred.uid(), cred.pid().unwrap_or(0)),
+        };
+        tokio::spawn(async move {
+            match gateway.serve(stream).await {
+                Ok(running) => {
+                    let _ = running.waiting().await;
+                }
+                Err(e) => tracing::debug!(error = %e, "mcp session ended during initialisation"),
+            }
+        });
+    }
+}
