@@ -31,8 +31,12 @@ pub struct McpTools {
 impl McpTools {
     /// Connects to the colony's MCP socket; the error says how to start a colony.
     pub async fn connect() -> anyhow::Result<McpTools> {
-        let path = socket_path()?;
-        let stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+        Self::connect_at(&socket_path()?).await
+    }
+
+    /// Connects to the MCP socket at `path`.
+    pub async fn connect_at(path: &std::path::Path) -> anyhow::Result<McpTools> {
+        let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
             crate::cli::Unavailable(format!(
                 "cannot reach the colony's MCP gateway at {}: {e} (is 'coral colony start' running?)",
                 path.display()

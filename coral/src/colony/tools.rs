@@ -417,6 +417,13 @@ pub fn peer_of(attributes: &str) -> Option<String> {
         .or_else(|| get("server.address").or_else(|| get("net.peer.name")))
 }
 
+/// The first of `keys` present as a string attribute.
+pub fn attr(attributes: &str, keys: &[&str]) -> Option<String> {
+    let v: Value = serde_json::from_str(attributes).ok()?;
+    keys.iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_string))
+}
+
 /// The statement or target a span carries, for display.
 pub fn detail_of(attributes: &str) -> Option<String> {
     let v: Value = serde_json::from_str(attributes).ok()?;
@@ -512,22 +519,31 @@ async fn ops(
                 duckdb::params![service, from_us, to_us],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
+            // Every span under the service's requests (their descendants),
+            // grouped by operation.
             let mut st = c.prepare(
-                "WITH req AS (
-                    SELECT DISTINCT trace_id FROM spans
+                "WITH RECURSIVE w AS (
+                    SELECT trace_id, span_id, parent_span_id, service, name, kind, duration_us, status_code, attributes
+                    FROM spans
+                    WHERE start_ts >= make_timestamp(?::BIGINT) - INTERVAL 1 MINUTE
+                      AND start_ts < make_timestamp(?::BIGINT) + INTERVAL 1 MINUTE),
+                 req AS (
+                    SELECT trace_id, span_id FROM spans
                     WHERE service = ? AND (kind = 'server' OR parent_span_id IS NULL)
-                      AND start_ts >= make_timestamp(?::BIGINT) AND start_ts < make_timestamp(?::BIGINT))
+                      AND start_ts >= make_timestamp(?::BIGINT) AND start_ts < make_timestamp(?::BIGINT)),
+                 under(trace_id, span_id) AS (
+                    SELECT w.trace_id, w.span_id FROM w JOIN req r ON w.trace_id = r.trace_id AND w.parent_span_id = r.span_id
+                    UNION
+                    SELECT w.trace_id, w.span_id FROM w JOIN under u ON w.trace_id = u.trace_id AND w.parent_span_id = u.span_id)
                  SELECT s.service, s.name, any_value(s.kind), count(*), count(*) FILTER (WHERE s.status_code = 'error'),
                         sum(s.duration_us)::DOUBLE, quantile_cont(s.duration_us, 0.95), any_value(s.attributes)
-                 FROM spans s JOIN req USING (trace_id)
-                 WHERE NOT (s.service = ? AND (s.kind = 'server' OR s.parent_span_id IS NULL))
-                   AND s.start_ts >= make_timestamp(?::BIGINT) - INTERVAL 1 MINUTE
+                 FROM w s JOIN under USING (trace_id, span_id)
                  GROUP BY s.service, s.name
                  ORDER BY 6 DESC LIMIT 15",
             )?;
             let ops = st
                 .query_map(
-                    duckdb::params![service, from_us, to_us, service, from_us],
+                    duckdb::params![from_us, to_us, service, from_us, to_us],
                     |r| {
                         Ok(Op {
                             service: r.get(0)?,
@@ -553,7 +569,7 @@ async fn hotspots(shared: &Shared, a: HotspotArgs, now_us: i64) -> Result<Value,
     let split = now_us - win.as_micros() as i64;
     let start = split - base.as_micros() as i64;
     let (total, requests, recent) = ops(shared, a.service.clone(), split, now_us).await?;
-    let (_, base_requests, before) = ops(shared, a.service.clone(), start, split).await?;
+    let (base_total, base_requests, before) = ops(shared, a.service.clone(), start, split).await?;
     if requests == 0 && base_requests == 0 {
         return Err(ToolError::Failed(format!(
             "no requests recorded for service '{}' in the last {}",
@@ -576,6 +592,8 @@ async fn hotspots(shared: &Shared, a: HotspotArgs, now_us: i64) -> Result<Value,
                 "kind": o.kind,
                 "peer": peer_of(&o.attributes),
                 "statement": detail_of(&o.attributes),
+                "db_name": attr(&o.attributes, &["db.name", "db.namespace"]),
+                "db_user": attr(&o.attributes, &["db.user"]),
                 "count": o.count,
                 "per_request": (per_req(o, requests) * 100.0).round() / 100.0,
                 "errors": o.errors,
@@ -592,6 +610,8 @@ async fn hotspots(shared: &Shared, a: HotspotArgs, now_us: i64) -> Result<Value,
         "window": humantime::format_duration(win).to_string(),
         "requests": requests,
         "mean_request_ms": ms(total / requests.max(1) as f64),
+        "baseline_requests": base_requests,
+        "baseline_mean_request_ms": if base_requests > 0 { Some(ms(base_total / base_requests as f64)) } else { None },
         "operations": ops,
     }))
 }

@@ -1,0 +1,824 @@
+//! The built-in analyzer: what `coral ask` answers with when no LLM provider
+//! is configured. It uses the colony's MCP tools, like a model would, and is
+//! deterministic: the same data gives the same answer.
+//!
+//! The method: compare recent RED metrics with a baseline to find the
+//! services whose latency or errors moved, walk the service map to separate
+//! cause from symptom (a service is a symptom when something it calls moved
+//! too), break the cause's requests down to the operation that carries the
+//! added time, confirm a slow query with `EXPLAIN` where the exec tool is
+//! enabled, and answer: what changed, when, by how much, where the time
+//! goes, the likely root cause with a confidence, and a recommendation.
+
+use crate::mcp::McpTools;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The recent window compared against the baseline before it.
+const WINDOW: &str = "5m";
+const BASELINE: &str = "1h";
+
+/// One tool call the answer rests on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub id: String,
+    pub tool: String,
+    pub args: Value,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RootCause {
+    /// The service (or database) at fault.
+    pub service: String,
+    /// missing_index, slow_query, slow_dependency, latency_regression,
+    /// error_burst or dependency_down.
+    pub kind: String,
+    pub summary: String,
+    /// 0–100.
+    pub confidence: u8,
+    pub recommendation: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Analysis {
+    pub answer: String,
+    pub root_cause: Option<RootCause>,
+    pub evidence: Vec<Evidence>,
+}
+
+/// Calls tools and keeps the evidence.
+struct Session<'a> {
+    tools: &'a McpTools,
+    available: BTreeSet<String>,
+    evidence: Vec<Evidence>,
+}
+
+impl Session<'_> {
+    async fn call(&mut self, tool: &str, args: Value) -> anyhow::Result<Value> {
+        let v = self.tools.call_json(tool, args.clone()).await;
+        let summary = match &v {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        self.evidence.push(Evidence {
+            id: format!("e{}", self.evidence.len() + 1),
+            tool: tool.to_string(),
+            args,
+            summary,
+        });
+        v
+    }
+
+    fn note(&mut self, summary: String) {
+        if let Some(e) = self.evidence.last_mut() {
+            e.summary = summary;
+        }
+    }
+
+    fn last_id(&self) -> String {
+        self.evidence
+            .last()
+            .map(|e| e.id.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A service whose RED figures moved against the baseline.
+#[derive(Debug, Clone)]
+struct Moved {
+    service: String,
+    base_p95: f64,
+    recent_p95: f64,
+    p95_ratio: f64,
+    base_err: f64,
+    recent_err: f64,
+    latency: bool,
+    errors: bool,
+    evidence: String,
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn moved(red: &Value, evidence: &str) -> Vec<Moved> {
+    let mut out = Vec::new();
+    for s in red["services"].as_array().into_iter().flatten() {
+        let (r, b) = (&s["recent"], &s["baseline"]);
+        let (rn, bn) = (f(&r["requests"]), f(&b["requests"]));
+        if rn < 3.0 {
+            continue;
+        }
+        let (rp, bp) = (f(&r["p95_ms"]), f(&b["p95_ms"]));
+        let (re, be) = (f(&r["error_pct"]), f(&b["error_pct"]));
+        let latency = bn >= 5.0 && bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0;
+        let errors = re - be >= 5.0 && f(&r["errors"]) >= 3.0;
+        if latency || errors {
+            out.push(Moved {
+                service: s["service"].as_str().unwrap_or("?").to_string(),
+                base_p95: bp,
+                recent_p95: rp,
+                p95_ratio: if bp > 0.0 { rp / bp } else { 0.0 },
+                base_err: be,
+                recent_err: re,
+                latency,
+                errors,
+                evidence: evidence.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// A service that is down now.
+#[derive(Debug, Clone)]
+struct Down {
+    service: String,
+    since_s: i64,
+    error: String,
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn ago(s: i64) -> String {
+    if s < 90 {
+        format!("{s} s ago")
+    } else if s < 5400 {
+        format!("{} min ago", (s + 30) / 60)
+    } else {
+        format!("{:.1} h ago", s as f64 / 3600.0)
+    }
+}
+
+/// Placeholders of a parameterised statement replaced by a literal of
+/// unknown type (PostgreSQL resolves `'1'` to the column's type), so the
+/// statement can be planned with `EXPLAIN`.
+pub fn explainable(statement: &str) -> String {
+    let mut out = String::with_capacity(statement.len());
+    let mut chars = statement.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' if chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                    chars.next();
+                }
+                out.push_str("'1'");
+            }
+            '%' if chars.peek() == Some(&'s') => {
+                chars.next();
+                out.push_str("'1'");
+            }
+            '?' => out.push_str("'1'"),
+            c => out.push(c),
+        }
+    }
+    out.trim().trim_end_matches(';').to_string()
+}
+
+/// What an `EXPLAIN` plan says about a scan: the table scanned
+/// sequentially and the column it filters on, if any.
+pub fn seq_scan(plan: &str) -> Option<(String, Option<String>)> {
+    let mut lines = plan.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        let line = line.trim_start_matches("->").trim();
+        let Some(rest) = line
+            .strip_prefix("Seq Scan on ")
+            .or_else(|| line.strip_prefix("Parallel Seq Scan on "))
+        else {
+            continue;
+        };
+        let table = rest.split_whitespace().next()?.to_string();
+        // The filter is on one of the next lines: "Filter: (user_id = 1)".
+        let column = lines
+            .clone()
+            .take(4)
+            .find_map(|l| l.trim().strip_prefix("Filter: "))
+            .and_then(|f| {
+                f.trim_start_matches('(')
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+                    .next()
+                    .map(|c| c.rsplit('.').next().unwrap_or(c).to_string())
+            })
+            .filter(|c| !c.is_empty());
+        return Some((table, column));
+    }
+    None
+}
+
+/// Answers `question` from the colony's tools.
+pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysis> {
+    let available = tools.list().await?.into_iter().map(|t| t.name).collect();
+    let mut s = Session {
+        tools,
+        available,
+        evidence: Vec::new(),
+    };
+
+    // 1. Health.
+    let services = s.call("coral_services", json!({})).await?;
+    let mut known: BTreeMap<String, u16> = BTreeMap::new();
+    let mut down = Vec::new();
+    for a in services["agents"].as_array().into_iter().flatten() {
+        for svc in a["services"].as_array().into_iter().flatten() {
+            let name = svc["name"].as_str().unwrap_or("?").to_string();
+            known.insert(name.clone(), svc["port"].as_u64().unwrap_or(0) as u16);
+            if svc["health"] == "down" {
+                down.push(Down {
+                    service: name,
+                    since_s: svc["since_s_ago"].as_i64().unwrap_or(0),
+                    error: svc["last_error"].as_str().unwrap_or("").to_string(),
+                });
+            }
+        }
+    }
+    let health_ev = s.last_id();
+    s.note(format!(
+        "{} services, {} down{}",
+        known.len(),
+        down.len(),
+        down.iter()
+            .map(|d| format!(": {} ({})", d.service, d.error))
+            .collect::<String>()
+    ));
+
+    // 2. RED against the baseline.
+    let red = s
+        .call(
+            "coral_red_metrics",
+            json!({"window": WINDOW, "baseline": BASELINE}),
+        )
+        .await?;
+    let red_ev = s.last_id();
+    let mut moved = moved(&red, &red_ev);
+    s.note(format!(
+        "{} services with requests; moved: {}",
+        red["services"].as_array().map_or(0, Vec::len),
+        if moved.is_empty() {
+            "none".to_string()
+        } else {
+            moved
+                .iter()
+                .map(|m| m.service.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+
+    // 3. The map: who calls whom.
+    let map = s
+        .call("coral_service_map", json!({"since": BASELINE}))
+        .await?;
+    let map_ev = s.last_id();
+    let mut calls: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in map["edges"].as_array().into_iter().flatten() {
+        if let (Some(a), Some(b)) = (e["from"].as_str(), e["to"].as_str()) {
+            calls
+                .entry(a.to_string())
+                .or_default()
+                .insert(b.to_string());
+        }
+    }
+    s.note(format!(
+        "{} edges: {}",
+        map["edges"].as_array().map_or(0, Vec::len),
+        calls
+            .iter()
+            .flat_map(|(a, bs)| bs.iter().map(move |b| format!("{a}→{b}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    let troubled: BTreeSet<String> = moved
+        .iter()
+        .map(|m| m.service.clone())
+        .chain(down.iter().map(|d| d.service.clone()))
+        .collect();
+    if troubled.is_empty() {
+        let n = red["services"].as_array().map_or(0, Vec::len);
+        let answer = format!(
+            "No problem found. {} connected service(s), all up [{health_ev}]; latency and errors of the {n} service(s) with requests are within their baseline (last {WINDOW} vs the {BASELINE} before) [{red_ev}].",
+            known.len()
+        );
+        return Ok(Analysis {
+            answer,
+            root_cause: None,
+            evidence: s.evidence,
+        });
+    }
+
+    // 4. Cause and symptom: a troubled service that calls a troubled
+    // service is a symptom of it.
+    let symptom_of = |svc: &str| -> Option<String> {
+        calls
+            .get(svc)
+            .and_then(|ds| ds.iter().find(|d| troubled.contains(*d)).cloned())
+    };
+    moved.sort_by(|a, b| {
+        b.p95_ratio
+            .partial_cmp(&a.p95_ratio)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.service.cmp(&b.service))
+    });
+    let symptoms: Vec<(Moved, String)> = moved
+        .iter()
+        .filter_map(|m| symptom_of(&m.service).map(|d| (m.clone(), d)))
+        .collect();
+
+    let mut what = Vec::new();
+    for m in &moved {
+        what.push(describe_move(m));
+    }
+    for d in &down {
+        what.push(format!(
+            "{} is down since {} ({}) [{health_ev}]",
+            d.service,
+            ago(d.since_s),
+            d.error
+        ));
+    }
+
+    // The primary cause: a down service first, then the moved service that
+    // is not a symptom with the largest change.
+    let cause_down = down
+        .iter()
+        .find(|d| symptoms.iter().any(|(_, to)| to == &d.service) || moved.is_empty())
+        .or(down.first());
+    let cause_moved = moved
+        .iter()
+        .find(|m| symptom_of(&m.service).is_none())
+        .cloned();
+
+    let mut where_time = Vec::new();
+    let mut when = None;
+    let root = if let Some(d) = cause_down.filter(|_| cause_moved.is_none() || !symptoms.is_empty())
+    {
+        let dependents: Vec<String> = calls
+            .iter()
+            .filter(|(_, ds)| ds.contains(&d.service))
+            .map(|(a, _)| a.clone())
+            .collect();
+        when = Some(format!("{} went down {}", d.service, ago(d.since_s)));
+        let hit = if dependents.is_empty() {
+            String::new()
+        } else {
+            format!(" {} call(s) it [{map_ev}]", dependents.join(", "))
+        };
+        Some(RootCause {
+            service: d.service.clone(),
+            kind: "dependency_down".into(),
+            summary: format!("{} is down ({}).{hit}", d.service, d.error),
+            confidence: if dependents.is_empty() { 70 } else { 90 },
+            recommendation: format!(
+                "Bring {} back (check its process and logs: 'coral exec {} \"ss -tlnp\"'); its callers recover when it answers again.",
+                d.service, d.service
+            ),
+        })
+    } else if let Some(m) = cause_moved {
+        let (rc, wt, started) = drill(&mut s, &m, &known).await?;
+        where_time = wt;
+        when = started;
+        Some(rc)
+    } else {
+        None
+    };
+
+    // 5. The answer, led by the service the question names, if any.
+    let mut answer = String::new();
+    let words: BTreeSet<String> = question
+        .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let mut names: BTreeSet<String> = known.keys().cloned().collect();
+    names.extend(
+        red["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["service"].as_str().map(str::to_string)),
+    );
+    names.extend(
+        calls
+            .iter()
+            .flat_map(|(a, bs)| std::iter::once(a.clone()).chain(bs.iter().cloned())),
+    );
+    if let Some(focus) = names
+        .iter()
+        .find(|k| words.contains(&k.to_ascii_lowercase()))
+    {
+        let line = match &root {
+            Some(rc) if &rc.service == focus => format!("{focus} is where the problem is."),
+            Some(rc) if troubled.contains(focus) => {
+                format!("{focus} is affected; the cause is in {}.", rc.service)
+            }
+            _ if troubled.contains(focus) => format!("{focus} is affected."),
+            _ => format!("{focus} looks healthy: its latency and errors did not move."),
+        };
+        answer.push_str(&format!("{line}\n"));
+    }
+    answer.push_str("What changed:\n");
+    for w in &what {
+        answer.push_str(&format!("  - {w}\n"));
+    }
+    for (m, to) in &symptoms {
+        answer.push_str(&format!(
+            "  - {} is a symptom: it calls {to}, which moved too [{map_ev}]\n",
+            m.service
+        ));
+    }
+    if let Some(w) = &when {
+        answer.push_str(&format!("When: {w}.\n"));
+    }
+    if !where_time.is_empty() {
+        answer.push_str("Where the time goes:\n");
+        for w in &where_time {
+            answer.push_str(&format!("  - {w}\n"));
+        }
+    }
+    if let Some(rc) = &root {
+        answer.push_str(&format!(
+            "Likely root cause ({}% confidence): {}\nRecommendation: {}\n",
+            rc.confidence, rc.summary, rc.recommendation
+        ));
+    }
+    Ok(Analysis {
+        answer,
+        root_cause: root,
+        evidence: s.evidence,
+    })
+}
+
+fn describe_move(m: &Moved) -> String {
+    let mut parts = Vec::new();
+    if m.latency {
+        parts.push(format!(
+            "p95 latency rose from {} to {} ({:.1}x)",
+            fmt_ms(m.base_p95),
+            fmt_ms(m.recent_p95),
+            m.p95_ratio
+        ));
+    }
+    if m.errors {
+        parts.push(format!(
+            "errors rose from {:.1}% to {:.1}% of requests",
+            m.base_err, m.recent_err
+        ));
+    }
+    format!(
+        "{}: {} in the last {WINDOW} against the {BASELINE} before [{}]",
+        m.service,
+        parts.join(", "),
+        m.evidence
+    )
+}
+
+/// Breaks the moved service's requests down and names the root cause.
+async fn drill(
+    s: &mut Session<'_>,
+    m: &Moved,
+    known: &BTreeMap<String, u16>,
+) -> anyhow::Result<(RootCause, Vec<String>, Option<String>)> {
+    let hot = s
+        .call(
+            "coral_hotspots",
+            json!({"service": m.service, "window": WINDOW, "baseline": BASELINE}),
+        )
+        .await?;
+    let hot_ev = s.last_id();
+    let ops = hot["operations"].as_array().cloned().unwrap_or_default();
+    // The operation that added the most time per request (or, with no
+    // baseline for it, that carries the largest share).
+    let added = |o: &Value| {
+        let per = f(&o["per_request"]);
+        match o["baseline_mean_ms"].as_f64() {
+            Some(b) => per * (f(&o["mean_ms"]) - b),
+            None => per * f(&o["mean_ms"]),
+        }
+    };
+    let top = ops
+        .iter()
+        .filter(|o| {
+            if m.errors && !m.latency {
+                f(&o["errors"]) > 0.0
+            } else {
+                true
+            }
+        })
+        .max_by(|a, b| {
+            added(a)
+                .partial_cmp(&added(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .cloned();
+    let mut where_time = Vec::new();
+    for o in ops.iter().take(3) {
+        where_time.push(format!(
+            "{} {}: {}% of {}'s request time, mean {} (baseline {}), {} per request [{hot_ev}]",
+            o["service"].as_str().unwrap_or("?"),
+            o["statement"]
+                .as_str()
+                .or(o["operation"].as_str())
+                .unwrap_or("?"),
+            f(&o["share_pct"]),
+            m.service,
+            fmt_ms(f(&o["mean_ms"])),
+            o["baseline_mean_ms"]
+                .as_f64()
+                .map_or("none".to_string(), fmt_ms),
+            f(&o["per_request"]),
+        ));
+    }
+    s.note(format!(
+        "{} operations under {}; top: {}",
+        ops.len(),
+        m.service,
+        top.as_ref()
+            .and_then(|o| o["operation"].as_str())
+            .unwrap_or("none")
+    ));
+
+    // When: the oldest slow request in the window.
+    let threshold = (m.base_p95 * 1.5).max(m.base_p95 + 10.0).ceil() as u64;
+    let mut when = None;
+    if m.latency {
+        let slow = s
+            .call(
+                "coral_traces",
+                json!({"service": m.service, "since": WINDOW, "min_duration_ms": threshold, "limit": 100}),
+            )
+            .await?;
+        let oldest = slow["traces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["start_s_ago"].as_i64())
+            .max();
+        let n = slow["traces"].as_array().map_or(0, Vec::len);
+        s.note(format!("{n} traces over {threshold} ms"));
+        if let Some(o) = oldest {
+            when = Some(format!(
+                "requests of {} over {threshold} ms began about {} [{}]",
+                m.service,
+                ago(o),
+                s.last_id()
+            ));
+        }
+    }
+
+    // An operation explains a slowdown only if it added at least half of
+    // the service's added time per request; otherwise the time is the
+    // service's own.
+    let service_added = hot["baseline_mean_request_ms"]
+        .as_f64()
+        .map(|b| f(&hot["mean_request_ms"]) - b);
+    let top = top.filter(|o| {
+        !m.latency || m.errors || service_added.is_none_or(|sa| sa <= 0.0 || added(o) >= sa / 2.0)
+    });
+    let Some(top) = top else {
+        return Ok((
+            RootCause {
+                service: m.service.clone(),
+                kind: if m.latency {
+                    "latency_regression"
+                } else {
+                    "error_burst"
+                }
+                .into(),
+                summary: format!(
+                    "{} itself got slower or started failing; no downstream operation explains it [{hot_ev}]",
+                    m.service
+                ),
+                confidence: 50,
+                recommendation: format!(
+                    "Look at what changed in {} (recent deploys, config, resources): 'coral query traces --service {}'",
+                    m.service, m.service
+                ),
+            },
+            where_time,
+            when,
+        ));
+    };
+
+    let op_service = top["service"].as_str().unwrap_or("?").to_string();
+    let op_name = top["operation"].as_str().unwrap_or("?").to_string();
+    let peer = top["peer"].as_str().map(str::to_string);
+    let statement = top["statement"].as_str().map(str::to_string);
+    let is_db = statement.is_some() && top["kind"] == "client";
+
+    if m.errors && !m.latency {
+        let logs = s
+            .call(
+                "coral_logs",
+                json!({"service": m.service, "since": WINDOW, "limit": 20}),
+            )
+            .await?;
+        let first = logs["logs"]
+            .as_array()
+            .and_then(|l| l.first())
+            .and_then(|l| l["body"].as_str())
+            .unwrap_or("")
+            .to_string();
+        s.note(format!("latest log: {first}"));
+        let at = peer.clone().unwrap_or(op_service.clone());
+        return Ok((
+            RootCause {
+                service: at.clone(),
+                kind: "error_burst".into(),
+                summary: format!(
+                    "the errors come from {op_name} ({} errors) called by {} [{hot_ev}]{}",
+                    f(&top["errors"]),
+                    m.service,
+                    if first.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; latest log: \"{first}\" [{}]", s.last_id())
+                    }
+                ),
+                confidence: 75,
+                recommendation: format!(
+                    "Check {at}: 'coral query traces --service {}' and 'coral query logs --service {}' show the failing calls.",
+                    m.service, m.service
+                ),
+            },
+            where_time,
+            when,
+        ));
+    }
+
+    if is_db {
+        let statement = statement.unwrap_or_default();
+        let db = peer.clone().unwrap_or_else(|| "the database".into());
+        let mut rc = RootCause {
+            service: db.clone(),
+            kind: "slow_query".into(),
+            summary: format!(
+                "the query `{statement}` on {db} now takes {} on average (baseline {}), {:.1}% of {}'s time [{hot_ev}]",
+                fmt_ms(f(&top["mean_ms"])),
+                top["baseline_mean_ms"]
+                    .as_f64()
+                    .map_or("none".to_string(), fmt_ms),
+                f(&top["share_pct"]),
+                m.service
+            ),
+            confidence: 70,
+            recommendation: format!(
+                "Run EXPLAIN on the query ('coral exec {db} \"psql -c ...\"'); a sequential scan on a filtered column means a missing index."
+            ),
+        };
+        // Confirm with the plan where the exec tool is enabled and the
+        // database is a connected service.
+        if s.available.contains("coral_agent_exec")
+            && let Some(port) = known.get(&db)
+        {
+            let user = top["db_user"].as_str().unwrap_or("postgres");
+            let name = top["db_name"].as_str().unwrap_or(user);
+            let sql = format!("EXPLAIN {}", explainable(&statement));
+            let command = format!(
+                "psql -X -h 127.0.0.1 -p {port} -U {} -d {} -c {}",
+                shell_words::quote(user),
+                shell_words::quote(name),
+                shell_words::quote(&sql)
+            );
+            let out = s
+                .call(
+                    "coral_agent_exec",
+                    json!({"service": db, "command": command, "timeout": "10s"}),
+                )
+                .await;
+            let plan = out
+                .as_ref()
+                .ok()
+                .and_then(|v| v["stdout"].as_str())
+                .unwrap_or("")
+                .to_string();
+            let exec_ev = s.last_id();
+            match seq_scan(&plan) {
+                Some((table, column)) => {
+                    s.note(format!("plan: Seq Scan on {table}"));
+                    rc.kind = "missing_index".into();
+                    rc.confidence = if column.is_some() { 90 } else { 80 };
+                    rc.summary = format!(
+                        "{}; EXPLAIN shows a sequential scan on {table}{} [{exec_ev}]: the table has no usable index for this query",
+                        rc.summary,
+                        column
+                            .as_ref()
+                            .map(|c| format!(" filtering on {c}"))
+                            .unwrap_or_default()
+                    );
+                    rc.recommendation = match column {
+                        Some(c) => format!(
+                            "CREATE INDEX CONCURRENTLY ON {table} ({c}); then re-check with 'coral ask'."
+                        ),
+                        None => format!("Add an index on {table} that matches the query's filter."),
+                    };
+                }
+                None if out.is_ok() => {
+                    s.note("plan: no sequential scan".into());
+                    rc.summary = format!(
+                        "{}; its plan uses no sequential scan [{exec_ev}], so look at locks, load and the rows it returns",
+                        rc.summary
+                    );
+                    rc.recommendation = format!(
+                        "Check {db} for lock waits and load ('coral exec {db} \"ps aux\"'), and the query's row count."
+                    );
+                }
+                None => {}
+            }
+        }
+        return Ok((rc, where_time, when));
+    }
+
+    if op_service != m.service {
+        return Ok((
+            RootCause {
+                service: op_service.clone(),
+                kind: "slow_dependency".into(),
+                summary: format!(
+                    "{}'s time goes to {op_service} ({op_name}), mean {} (baseline {}) [{hot_ev}]",
+                    m.service,
+                    fmt_ms(f(&top["mean_ms"])),
+                    top["baseline_mean_ms"]
+                        .as_f64()
+                        .map_or("none".to_string(), fmt_ms),
+                ),
+                confidence: 75,
+                recommendation: format!(
+                    "Look into {op_service}: 'coral query traces --service {op_service} --min-duration {threshold}ms'."
+                ),
+            },
+            where_time,
+            when,
+        ));
+    }
+    Ok((
+        RootCause {
+            service: m.service.clone(),
+            kind: "latency_regression".into(),
+            summary: format!(
+                "{} got slower in its own work ({op_name}, mean {}; baseline {}) [{hot_ev}]",
+                m.service,
+                fmt_ms(f(&top["mean_ms"])),
+                top["baseline_mean_ms"]
+                    .as_f64()
+                    .map_or("none".to_string(), fmt_ms),
+            ),
+            confidence: 65,
+            recommendation: format!(
+                "Compare a slow and a fast trace of {} ('coral query traces --service {} --min-duration {threshold}ms') and check recent changes to it.",
+                m.service, m.service
+            ),
+        },
+        where_time,
+        when,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_become_explainable() {
+        assert_eq!(
+            explainable("SELECT * FROM orders WHERE user_id = $1 AND s = $12;"),
+            "SELECT * FROM orders WHERE user_id = '1' AND s = '1'"
+        );
+        assert_eq!(
+            explainable("select 1 from t where a = %s"),
+            "select 1 from t where a = '1'"
+        );
+        assert_eq!(explainable("SELECT $x"), "SELECT $x");
+    }
+
+    #[test]
+    fn plans_reveal_sequential_scans() {
+        let plan = "                          QUERY PLAN
+------------------------------------------------------------------
+ Gather  (cost=1000.00..5417.33 rows=10 width=20)
+   Workers Planned: 1
+   ->  Parallel Seq Scan on orders  (cost=0.00..4416.33 rows=6 width=20)
+         Filter: (user_id = 1)
+(4 rows)";
+        assert_eq!(
+            seq_scan(plan),
+            Some(("orders".into(), Some("user_id".into())))
+        );
+        let indexed =
+            " Index Scan using orders_user_id_idx on orders  (cost=0.29..8.31 rows=1 width=20)
+   Index Cond: (user_id = 1)";
+        assert_eq!(seq_scan(indexed), None);
+        assert_eq!(
+            seq_scan(" Seq Scan on t  (cost=0.00..1.01 rows=1 width=4)"),
+            Some(("t".into(), None))
+        );
+    }
+}
