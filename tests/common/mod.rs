@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod scenario;
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpListener;
