@@ -190,3 +190,25 @@ fn healthy_system_gets_a_clear_no_problem_answer() {
     assert!(a.root_cause.is_none(), "{}", a.answer);
     assert!(a.answer.starts_with("No problem found"), "{}", a.answer);
 }
+
+#[test]
+fn young_system_is_compared_with_its_own_short_past() {
+    // Minutes-old data only: the analyzer zooms in to a 20 s window
+    // against the 5 min before it.
+    let env = setup();
+    let mut rec = Recorder::new();
+    rec.requests(60, 60_000, 25_000, &normal());
+    rec.requests(
+        30,
+        17_000,
+        1_000,
+        &Shape {
+            db_ms: 380.0,
+            ..normal()
+        },
+    );
+    let a = run_scenario(&env, &rec, "What's wrong with the API?");
+    let rc = a.root_cause.as_ref().expect("a root cause");
+    assert_eq!(rc.service, "db", "{}", a.answer);
+    assert!(a.answer.contains("in the last 20s"), "{}", a.answer);
+}

@@ -15,9 +15,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The recent window compared against the baseline before it.
-const WINDOW: &str = "5m";
-const BASELINE: &str = "1h";
+/// The recent windows compared against the baseline before each, largest
+/// first: the first pair in which something moved is used, so a young
+/// deployment (or a demo) minutes old is still compared with its own past.
+const WINDOWS: [(&str, &str); 3] = [("5m", "1h"), ("1m", "15m"), ("20s", "5m")];
 
 /// One tool call the answer rests on.
 #[derive(Debug, Clone, Serialize)]
@@ -97,13 +98,15 @@ struct Moved {
     latency: bool,
     errors: bool,
     evidence: String,
+    window: String,
+    baseline: String,
 }
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
 
-fn moved(red: &Value, evidence: &str) -> Vec<Moved> {
+fn moved(red: &Value, evidence: &str, window: &str, baseline: &str) -> Vec<Moved> {
     let mut out = Vec::new();
     for s in red["services"].as_array().into_iter().flatten() {
         let (r, b) = (&s["recent"], &s["baseline"]);
@@ -126,6 +129,8 @@ fn moved(red: &Value, evidence: &str) -> Vec<Moved> {
                 latency,
                 errors,
                 evidence: evidence.to_string(),
+                window: window.to_string(),
+                baseline: baseline.to_string(),
             });
         }
     }
@@ -251,32 +256,40 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
             .collect::<String>()
     ));
 
-    // 2. RED against the baseline.
-    let red = s
-        .call(
-            "coral_red_metrics",
-            json!({"window": WINDOW, "baseline": BASELINE}),
-        )
-        .await?;
-    let red_ev = s.last_id();
-    let mut moved = moved(&red, &red_ev);
-    s.note(format!(
-        "{} services with requests; moved: {}",
-        red["services"].as_array().map_or(0, Vec::len),
-        if moved.is_empty() {
-            "none".to_string()
-        } else {
-            moved
-                .iter()
-                .map(|m| m.service.clone())
-                .collect::<Vec<_>>()
-                .join(", ")
+    // 2. RED against the baseline, zooming in until something moved.
+    let mut chosen = None;
+    for (win, base) in WINDOWS {
+        let red = s
+            .call("coral_red_metrics", json!({"window": win, "baseline": base}))
+            .await?;
+        let red_ev = s.last_id();
+        let moved = moved(&red, &red_ev, win, base);
+        s.note(format!(
+            "{} services with requests; moved: {}",
+            red["services"].as_array().map_or(0, Vec::len),
+            if moved.is_empty() {
+                "none".to_string()
+            } else {
+                moved
+                    .iter()
+                    .map(|m| m.service.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ));
+        let found = !moved.is_empty();
+        if chosen.is_none() || found {
+            chosen = Some((red, red_ev, moved, win, base));
         }
-    ));
+        if found {
+            break;
+        }
+    }
+    let (red, red_ev, mut moved, win, base) = chosen.expect("WINDOWS is not empty");
 
     // 3. The map: who calls whom.
     let map = s
-        .call("coral_service_map", json!({"since": BASELINE}))
+        .call("coral_service_map", json!({"since": base}))
         .await?;
     let map_ev = s.last_id();
     let mut calls: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -306,7 +319,7 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
     if troubled.is_empty() {
         let n = red["services"].as_array().map_or(0, Vec::len);
         let answer = format!(
-            "No problem found. {} connected service(s), all up [{health_ev}]; latency and errors of the {n} service(s) with requests are within their baseline (last {WINDOW} vs the {BASELINE} before) [{red_ev}].",
+            "No problem found. {} connected service(s), all up [{health_ev}]; latency and errors of the {n} service(s) with requests are within their baseline (last {win} vs the {base} before) [{red_ev}].",
             known.len()
         );
         return Ok(Analysis {
@@ -474,9 +487,11 @@ fn describe_move(m: &Moved) -> String {
         ));
     }
     format!(
-        "{}: {} in the last {WINDOW} against the {BASELINE} before [{}]",
+        "{}: {} in the last {} against the {} before [{}]",
         m.service,
         parts.join(", "),
+        m.window,
+        m.baseline,
         m.evidence
     )
 }
@@ -490,7 +505,7 @@ async fn drill(
     let hot = s
         .call(
             "coral_hotspots",
-            json!({"service": m.service, "window": WINDOW, "baseline": BASELINE}),
+            json!({"service": m.service, "window": m.window, "baseline": m.baseline}),
         )
         .await?;
     let hot_ev = s.last_id();
@@ -553,7 +568,7 @@ async fn drill(
         let slow = s
             .call(
                 "coral_traces",
-                json!({"service": m.service, "since": WINDOW, "min_duration_ms": threshold, "limit": 100}),
+                json!({"service": m.service, "since": m.window, "min_duration_ms": threshold, "limit": 100}),
             )
             .await?;
         let oldest = slow["traces"]
@@ -618,7 +633,7 @@ async fn drill(
         let logs = s
             .call(
                 "coral_logs",
-                json!({"service": m.service, "since": WINDOW, "limit": 20}),
+                json!({"service": m.service, "since": m.window, "limit": 20}),
             )
             .await?;
         let first = logs["logs"]
