@@ -57,9 +57,15 @@ fn python_mcp_client_lists_and_calls_every_tool_over_stdio() {
 
     let cmd = env.command(&[]);
     let out = std::process::Command::new(&py)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/mcp/client.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/mcp/client.py"
+        ))
         .arg(CORAL)
-        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
         .output()
         .unwrap();
     assert!(
@@ -98,22 +104,35 @@ fn python_mcp_client_lists_and_calls_every_tool_over_stdio() {
     assert_eq!(v["calls"].as_object().unwrap().len(), names.len());
     // Real data came through: the map has the recorded edges and the
     // trace has all its spans.
-    let map: Value = serde_json::from_str(v["calls"]["coral_service_map"]["text"].as_str().unwrap()).unwrap();
+    let map: Value =
+        serde_json::from_str(v["calls"]["coral_service_map"]["text"].as_str().unwrap()).unwrap();
     let edges: Vec<(String, String)> = map["edges"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["from"].as_str().unwrap().into(), e["to"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().into(),
+                e["to"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert!(edges.contains(&("frontend".into(), "api".into())), "{edges:?}");
+    assert!(
+        edges.contains(&("frontend".into(), "api".into())),
+        "{edges:?}"
+    );
     assert!(edges.contains(&("api".into(), "db".into())), "{edges:?}");
-    let trace: Value = serde_json::from_str(v["calls"]["coral_trace"]["text"].as_str().unwrap()).unwrap();
+    let trace: Value =
+        serde_json::from_str(v["calls"]["coral_trace"]["text"].as_str().unwrap()).unwrap();
     assert_eq!(trace["span_count"], 3);
     // A bad argument is a tool error with a clear message, and the session
     // carried on.
     assert_eq!(v["bad_args"]["is_error"], true);
     assert!(
-        v["bad_args"]["text"].as_str().unwrap().contains("'soon' is not a duration"),
+        v["bad_args"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("'soon' is not a duration"),
         "{}",
         v["bad_args"]
     );
@@ -127,10 +146,17 @@ fn mcp_commands_explain_a_missing_colony_and_bad_arguments() {
     let env = Env::new(FAST_CONFIG);
     let out = env.run(&["mcp", "tools"]);
     assert_eq!(out.status.code(), Some(69));
-    assert!(stderr(&out).contains("is 'coral colony start' running?"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is 'coral colony start' running?"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.run(&["mcp", "call", "coral_services", "[1]"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("JSON object"), "{}", stderr(&out));
     let cfg: Value = serde_json::from_str(&env.ok(&["mcp", "config"])).unwrap();
-    assert_eq!(cfg["mcpServers"]["coral"]["args"], serde_json::json!(["mcp", "serve"]));
+    assert_eq!(
+        cfg["mcpServers"]["coral"]["args"],
+        serde_json::json!(["mcp", "serve"])
+    );
 }

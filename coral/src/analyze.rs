@@ -260,7 +260,10 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
     let mut chosen = None;
     for (win, base) in WINDOWS {
         let red = s
-            .call("coral_red_metrics", json!({"window": win, "baseline": base}))
+            .call(
+                "coral_red_metrics",
+                json!({"window": win, "baseline": base}),
+            )
             .await?;
         let red_ev = s.last_id();
         let moved = moved(&red, &red_ev, win, base);
@@ -288,9 +291,7 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
     let (red, red_ev, mut moved, win, base) = chosen.expect("WINDOWS is not empty");
 
     // 3. The map: who calls whom.
-    let map = s
-        .call("coral_service_map", json!({"since": base}))
-        .await?;
+    let map = s.call("coral_service_map", json!({"since": base})).await?;
     let map_ev = s.last_id();
     let mut calls: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for e in map["edges"].as_array().into_iter().flatten() {
@@ -562,32 +563,15 @@ async fn drill(
     ));
 
     // When: the oldest slow request in the window.
-    let threshold = (m.base_p95 * 1.5).max(m.base_p95 + 10.0).ceil() as u64;
-    let mut when = None;
-    if m.latency {
-        let slow = s
-            .call(
-                "coral_traces",
-                json!({"service": m.service, "since": m.window, "min_duration_ms": threshold, "limit": 100}),
-            )
-            .await?;
-        let oldest = slow["traces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["start_s_ago"].as_i64())
-            .max();
-        let n = slow["traces"].as_array().map_or(0, Vec::len);
-        s.note(format!("{n} traces over {threshold} ms"));
-        if let Some(o) = oldest {
-            when = Some(format!(
-                "requests of {} over {threshold} ms began about {} [{}]",
-                m.service,
-                ago(o),
-                s.last_id()
-            ));
-        }
-    }
+    let threshold = f(&hot["slow_threshold_ms"]).ceil() as u64;
+    let when = match hot["slow_since_s_ago"].as_i64() {
+        Some(since) if m.latency => Some(format!(
+            "requests of {} over {threshold} ms began about {} [{hot_ev}]",
+            m.service,
+            ago(since)
+        )),
+        _ => None,
+    };
 
     // An operation explains a slowdown only if it added at least half of
     // the service's added time per request; otherwise the time is the

@@ -1,52 +1,128 @@
 #!/usr/bin/env bash
-# Coral's main job on one machine, in a private sandbox of directories:
-# start a colony and an agent, start a sample HTTP service and a TCP
-# service, connect them, show what the colony sees (including a failure),
-# then stop everything it started.
+# Coral's main job end to end, on one machine:
+#   a colony on this host, and a "shop host" in its own network namespace
+#   with an agent, PostgreSQL (an orders table of DEMO_ROWS rows), an api
+#   and a frontend instrumented with OpenTelemetry. Load runs, the index on
+#   orders.user_id is dropped, load runs again, and
+#       coral ask "What's wrong with the API?"
+#   must find the slow query, the sequential scan and recommend the index.
+# Everything it starts is stopped, and the namespace and files removed.
+# Needs root (network namespace, PostgreSQL as user postgres).
 set -euo pipefail
 
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
 CORAL=${CORAL:-${CARGO_TARGET_DIR:-/var/cache/coral/target}/debug/coral}
+PY=${CORAL_PYTHON:-${XDG_CACHE_HOME:-$HOME/.cache}/coral/venv/bin/python}
+ROWS=${DEMO_ROWS:-300000}
+BASE_S=${DEMO_BASELINE_SECONDS:-40}
+SLOW_S=${DEMO_INCIDENT_SECONDS:-25}
+RPS=${DEMO_RPS:-20}
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "the demo creates a network namespace and runs PostgreSQL: run it as root (sudo make demo)" >&2
+  exit 77
+fi
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[[ -x $PGBIN/initdb ]] || { echo "PostgreSQL is missing: run packaging/dev/deps.sh" >&2; exit 69; }
+"$PY" -c 'import opentelemetry, psycopg' 2>/dev/null || { echo "the demo's Python packages are missing: run packaging/dev/deps.sh" >&2; exit 69; }
+
+NS=cdemo$$
+HOST_IP=10.213.0.1
+SHOP_IP=10.213.0.2
 WORK=$(mktemp -d /tmp/coral-demo.XXXXXX)
+chmod 755 "$WORK"
 export XDG_RUNTIME_DIR=$WORK/run XDG_STATE_HOME=$WORK/state XDG_CONFIG_HOME=$WORK/config
 mkdir -p "$XDG_RUNTIME_DIR" "$XDG_CONFIG_HOME/coral"
 chmod 700 "$XDG_RUNTIME_DIR"
-cat > "$XDG_CONFIG_HOME/coral/config.toml" <<TOML
-[colony]
-heartbeat_interval = "1s"
-agent_timeout = "3s"
-
-[agent]
-name = "demo-host"
-probe_interval = "500ms"
-probe_timeout = "300ms"
-
-[agent.otlp]
-grpc_listen = "127.0.0.1:0"
-http_listen = "127.0.0.1:0"
-TOML
 
 pids=()
 cleanup() {
-  "$CORAL" agent stop >/dev/null 2>&1 || true
-  "$CORAL" colony stop >/dev/null 2>&1 || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  set +e
+  "$CORAL" agent stop >/dev/null 2>&1
+  "$CORAL" colony stop >/dev/null 2>&1
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  [[ -f $WORK/pg/postmaster.pid ]] && ip netns exec "$NS" runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null 2>&1
+  ip netns del "$NS" 2>/dev/null
+  ip link del "$NS-h" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-WEB=$(free_port); DB=$(free_port)
-mkdir -p "$WORK/www" && echo ok > "$WORK/www/health"
-python3 -m http.server "$WEB" --bind 127.0.0.1 --directory "$WORK/www" >/dev/null 2>&1 & pids+=($!)
-python3 -c "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',$DB)); s.listen(); time.sleep(3600)" & db_pid=$!; pids+=($db_pid)
+say() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
+step() { printf '\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+in_ns() { ip netns exec "$NS" "$@"; }
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-step "$CORAL" colony start --daemon --port 0 --colony-id demo
-step "$CORAL" agent start --daemon
-step "$CORAL" connect "web:$WEB:/health" "db:$DB:tcp"
+say "a shop host: network namespace $NS ($SHOP_IP), linked to this host ($HOST_IP)"
+ip netns add "$NS"
+ip link add "$NS-h" type veth peer name "$NS-n"
+ip link set "$NS-n" netns "$NS"
+ip addr add "$HOST_IP/24" dev "$NS-h"
+ip link set "$NS-h" up
+in_ns ip addr add "$SHOP_IP/24" dev "$NS-n"
+in_ns ip link set "$NS-n" up
+in_ns ip link set lo up
+
+say "PostgreSQL with an orders table of $ROWS rows, indexed on user_id"
+mkdir -p "$WORK/pg" "$WORK/pgsock"
+chown postgres: "$WORK/pg" "$WORK/pgsock"
+runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres >/dev/null
+in_ns runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w \
+  -o "-p 5432 -k $WORK/pgsock -c listen_addresses=127.0.0.1 -c max_parallel_workers_per_gather=0" start >/dev/null
+psql() { in_ns "$PGBIN/psql" -X -q -h 127.0.0.1 -p 5432 "$@"; }
+psql -U postgres -c "CREATE ROLE shop LOGIN" -c "CREATE DATABASE shop OWNER shop"
+psql -U shop -d shop <<SQL
+CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int NOT NULL, total numeric(10,2) NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO orders (user_id, total) SELECT (random() * 19999)::int + 1, round((random() * 200)::numeric, 2) FROM generate_series(1, $ROWS);
+CREATE INDEX orders_user_id_idx ON orders (user_id);
+ANALYZE orders;
+SQL
+
+cat > "$XDG_CONFIG_HOME/coral/config.toml" <<TOML
+[colony]
+listen = "$HOST_IP:0"
+heartbeat_interval = "1s"
+agent_timeout = "5s"
+
+[agent]
+name = "shop-host"
+probe_interval = "1s"
+probe_timeout = "500ms"
+
+[agent.otlp]
+grpc_listen = "127.0.0.1:4317"
+http_listen = "127.0.0.1:4318"
+TOML
+
+say "Coral: a colony here, an agent on the shop host"
+step "$CORAL" colony start --daemon --colony-id demo
+COLONY=$("$CORAL" colony status --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["rpc_addr"])')
+in_ns "$CORAL" agent start --daemon --colony "$COLONY"
+
+say "the shop: api and frontend, sending traces to the agent"
+export OTLP_HTTP=http://127.0.0.1:4318
+in_ns "$PY" "$HERE/packaging/demo/shop.py" api 8080 "host=127.0.0.1 port=5432 user=shop dbname=shop" >"$WORK/api.log" 2>&1 & pids+=($!)
+in_ns "$PY" "$HERE/packaging/demo/shop.py" frontend 3000 http://127.0.0.1:8080 >"$WORK/frontend.log" 2>&1 & pids+=($!)
+for port in 8080 3000; do
+  for _ in $(seq 100); do in_ns "$PY" -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break; sleep 0.1; done
+done
+step "$CORAL" connect frontend:3000:/health api:8080:/health db:5432:tcp
 sleep 2
 step "$CORAL" colony status
-echo; echo "# stopping the db service: the colony sees it go down"
-kill "$db_pid"; sleep 2
-step "$CORAL" colony status
-step "$CORAL" agent status
+
+say "normal traffic: $RPS checkouts/s for ${BASE_S}s"
+in_ns "$PY" "$HERE/packaging/demo/shop.py" load http://127.0.0.1:3000/checkout "$RPS" "$BASE_S"
+
+say "the incident: someone drops the index on orders.user_id"
+step psql -U shop -d shop -c "DROP INDEX orders_user_id_idx"
+say "traffic goes on for ${SLOW_S}s"
+in_ns "$PY" "$HERE/packaging/demo/shop.py" load http://127.0.0.1:3000/checkout "$RPS" "$SLOW_S"
+sleep 2
+
+say "ask Coral (no LLM configured: the built-in analyzer answers)"
+step "$CORAL" ask "What's wrong with the API?" | tee "$WORK/answer.txt"
+if grep -q "orders" "$WORK/answer.txt" && grep -qi "index" "$WORK/answer.txt"; then
+  say "Coral found it. Cleaning up."
+else
+  say "Coral did not find the missing index: see the answer above" >&2
+  exit 1
+fi

@@ -161,7 +161,6 @@ impl Recorder {
     }
 }
 
-
 /// Posts the recorded traces to an agent's OTLP/HTTP receiver.
 pub fn send(http: &str, rec: &Recorder) {
     let client = reqwest::blocking::Client::new();

@@ -577,6 +577,33 @@ async fn hotspots(shared: &Shared, a: HotspotArgs, now_us: i64) -> Result<Value,
             humantime::format_duration(win + base)
         )));
     }
+    // Since when requests are slow: the oldest recent request over 1.5x
+    // the baseline p95 (and at least 10 ms over it).
+    let svc = a.service.clone();
+    let slow: Option<(f64, i64)> = shared
+        .telemetry
+        .query(move |c| {
+            c.query_row(
+                "WITH b AS (
+                    SELECT quantile_cont(duration_us, 0.95) AS p95 FROM spans
+                    WHERE service = ? AND (kind = 'server' OR parent_span_id IS NULL)
+                      AND start_ts >= make_timestamp(?::BIGINT) AND start_ts < make_timestamp(?::BIGINT))
+                 SELECT greatest(b.p95 * 1.5, b.p95 + 10000), min(epoch_us(s.start_ts))
+                 FROM spans s, b
+                 WHERE b.p95 IS NOT NULL AND s.service = ? AND (s.kind = 'server' OR s.parent_span_id IS NULL)
+                   AND s.start_ts >= make_timestamp(?::BIGINT)
+                   AND s.duration_us > greatest(b.p95 * 1.5, b.p95 + 10000)
+                 GROUP BY b.p95",
+                duckdb::params![svc, start, split, svc, split],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                duckdb::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+        })
+        .await?;
     let before: HashMap<(String, String), Op> = before
         .into_iter()
         .map(|o| ((o.service.clone(), o.name.clone()), o))
@@ -613,6 +640,8 @@ async fn hotspots(shared: &Shared, a: HotspotArgs, now_us: i64) -> Result<Value,
         "baseline_requests": base_requests,
         "baseline_mean_request_ms": if base_requests > 0 { Some(ms(base_total / base_requests as f64)) } else { None },
         "operations": ops,
+        "slow_threshold_ms": slow.map(|(t, _)| ms(t)),
+        "slow_since_s_ago": slow.map(|(_, first)| (now_us - first) / 1_000_000),
     }))
 }
 
