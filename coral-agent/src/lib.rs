@@ -12,6 +12,7 @@ mod link;
 pub mod mesh;
 pub mod otlp;
 pub mod probe;
+pub mod sandbox;
 pub mod sqlite;
 mod state;
 pub mod telemetry;

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-ORDERS_SQL = "SELECT id, total FROM orders WHERE user_id = %s ORDER BY id DESC LIMIT 20"
+ORDERS_SQL = "SELECT id, total FROM orders WHERE user_id = %s"
 USERS = int(os.environ.get("SHOP_USERS", "20000"))
 
 

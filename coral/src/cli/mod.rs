@@ -12,6 +12,7 @@ use crate::colony::{Colony, ColonyConfig};
 use crate::config::CoralConfig;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
+use coral_agent::sandbox::{self, Mode, Role};
 use coral_agent::{Agent, AgentConfig};
 use coral_proto::rpc::{AgentControlClient, ColonyControlClient};
 use coral_proto::{LinkState, ServiceKind, ServiceSpec};
@@ -80,6 +81,16 @@ health path.")]
     /// Check and explain exec policies (the rules `coral exec` will run under).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Applies a role's sandbox to this process, then tries one action and
+    /// reports the outcome (for the sandbox tests; not a user command).
+    #[command(hide = true)]
+    SandboxCheck {
+        #[arg(long)]
+        role: String,
+        /// syscall:chroot, read:PATH or write:PATH.
+        #[arg(long = "try")]
+        action: String,
+    },
     /// The colony's MCP gateway: serve it to an MCP client, print its config, call its tools.
     #[command(subcommand)]
     Mcp(mcp_cmd::McpCmd),
@@ -133,6 +144,15 @@ struct ColonyStart {
     /// Config file (default $XDG_CONFIG_HOME/coral/config.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Confinement: enforce (landlock + seccomp, the default), log (log
+    /// syscall violations instead of killing; no landlock) or off. For debugging.
+    #[arg(
+        long,
+        env = "CORAL_SANDBOX",
+        default_value = "enforce",
+        value_name = "MODE"
+    )]
+    sandbox: String,
 }
 
 #[derive(Subcommand)]
@@ -173,6 +193,15 @@ struct AgentStart {
     /// Detach, write a pid file and a log file; return once the agent serves.
     #[arg(short, long)]
     daemon: bool,
+    /// Confinement: enforce (landlock + seccomp, the default), log (log
+    /// syscall violations instead of killing; no landlock) or off. For debugging.
+    #[arg(
+        long,
+        env = "CORAL_SANDBOX",
+        default_value = "enforce",
+        value_name = "MODE"
+    )]
+    sandbox: String,
 }
 
 #[derive(Args)]
@@ -369,6 +398,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCmd::Validate { file }) => config_validate(file),
         Command::Query(q) => client(query(q)),
         Command::Mcp(cmd) => mcp_cmd::run(cmd),
+        Command::SandboxCheck { role, action } => sandbox_check(&role, &action),
         Command::Policy(PolicyCmd::Check { file }) => policy_check(file),
         Command::Policy(PolicyCmd::Explain {
             file,
@@ -547,6 +577,40 @@ fn bind_control(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
+fn sandbox_check(role: &str, action: &str) -> anyhow::Result<()> {
+    let (role, state) = match role {
+        "colony" => (Role::Colony, ColonyConfig::default().state_dir()),
+        "agent" => (Role::Agent, AgentConfig::default().state_dir()),
+        _ => return Err(Usage(format!("role '{role}' must be colony or agent")).into()),
+    };
+    confine(role, Mode::Enforce, &state, &[])?;
+    let outcome = match action.split_once(':') {
+        Some(("syscall", "chroot")) => {
+            // Not on any role's list: the kernel kills the process here.
+            std::os::unix::fs::chroot("/").map(|_| "allowed".to_string())
+        }
+        Some(("read", path)) => std::fs::read(path).map(|b| format!("read {} bytes", b.len())),
+        Some(("write", path)) => std::fs::write(path, b"x").map(|_| "written".to_string()),
+        _ => return Err(Usage(format!("unknown action '{action}'")).into()),
+    };
+    match outcome {
+        Ok(o) => out(&format!("{o}\n")),
+        Err(e) => out(&format!("denied: {e}\n")),
+    }
+}
+
+/// Puts this daemon in its sandbox (see `coral_agent::sandbox`): before
+/// its stores open and its runtime starts, so every thread is confined.
+fn confine(role: Role, mode: Mode, state_dir: &Path, readable: &[PathBuf]) -> anyhow::Result<()> {
+    coral_proto::local::ensure_private_dir(state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let runtime = coral_proto::local::runtime_dir()?;
+    let applied = sandbox::apply(role, mode, &sandbox::paths(state_dir, &runtime, readable))
+        .with_context(|| "cannot sandbox this process (run with --sandbox=off to debug)")?;
+    tracing::info!(mode = ?applied.mode, landlock = applied.landlock, syscalls = applied.syscalls, "sandbox applied");
+    Ok(())
+}
+
 fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
     let file = load_config(args.config.as_deref())?;
     let mut config = file.colony.unwrap_or_default();
@@ -557,6 +621,7 @@ fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
         config.colony_id = Some(id);
     }
     config.validate().map_err(Usage)?;
+    let sandbox: Mode = args.sandbox.parse().map_err(Usage)?;
     if args.daemon && !daemon::is_child() {
         let (ready, log) = detach("colony", &config.state_dir())?;
         return out(&format!(
@@ -568,10 +633,10 @@ fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
         ));
     }
     init_daemon();
-    serve_colony(config)
+    serve_colony(config, sandbox)
 }
 
-fn serve_colony(config: ColonyConfig) -> anyhow::Result<()> {
+fn serve_colony(config: ColonyConfig, sandbox: Mode) -> anyhow::Result<()> {
     let (_pid, sock) = claim("colony")?;
     // Bind before touching state, so a busy port leaves nothing behind.
     let listen = config.listen.clone();
@@ -584,6 +649,7 @@ fn serve_colony(config: ColonyConfig) -> anyhow::Result<()> {
         anyhow!("cannot listen on {listen}: {e}{hint}")
     })?;
     rpc.set_nonblocking(true)?;
+    confine(Role::Colony, sandbox, &config.state_dir(), &[])?;
     let colony = Colony::open(config)?;
     let rt = daemon_runtime()?;
     rt.block_on(async move {
@@ -612,6 +678,7 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
         config.colony = Some(c);
     }
     config.validate().map_err(Usage)?;
+    let sandbox: Mode = args.sandbox.parse().map_err(Usage)?;
     if args.daemon && !daemon::is_child() {
         let (ready, log) = detach("agent", &config.state_dir())?;
         let mut msg = format!(
@@ -627,6 +694,7 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
     }
     init_daemon();
     let (_pid, sock) = claim("agent")?;
+    confine(Role::Agent, sandbox, &config.state_dir(), &[])?;
     let agent = Agent::open(config)?;
     let rt = daemon_runtime()?;
     rt.block_on(async move {

@@ -1,0 +1,446 @@
+//! The sandbox the colony and the agent put themselves in before they open
+//! their stores or start their async runtime, so every thread they ever
+//! have is confined:
+//!
+//! - **landlock**: read-write only beneath the role's own state and runtime
+//!   directories; read-only (and execute) where code and system facts live;
+//!   nothing else (no home directories, no other users' files);
+//! - **seccomp**: a per-role allowlist of system calls (below, one comment
+//!   per group); anything else kills the process with `SIGSYS`. Set on the
+//!   main thread while it is the only thread, with `no_new_privs`, and
+//!   synchronised to all threads, so `/proc/<pid>/task/*/status` shows
+//!   `Seccomp: 2` everywhere.
+//!
+//! Children inherit both: commands run by `coral exec` get the agent's
+//! landlock set and syscall list (the reason the agent's list carries what
+//! `ps`, `ss` or `psql` need). `--sandbox=log` logs would-be violations of
+//! the syscall list to the kernel log instead of killing, and skips
+//! landlock; `--sandbox=off` applies nothing. Both are for debugging.
+
+use landlock::{
+    ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    path_beneath_rules,
+};
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How the sandbox is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    Off,
+    /// Log syscall-list violations (kernel audit log), no landlock.
+    Log,
+    #[default]
+    Enforce,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Mode::Off),
+            "log" => Ok(Mode::Log),
+            "enforce" => Ok(Mode::Enforce),
+            _ => Err(format!("sandbox mode '{s}' must be off, log or enforce")),
+        }
+    }
+}
+
+/// Which process is confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Colony,
+    Agent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot apply landlock: {0}")]
+    Landlock(String),
+    #[error("cannot apply seccomp: {0}")]
+    Seccomp(String),
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub mode: Mode,
+    /// `fully`, `partially` or `not enforced` (kernel without landlock).
+    pub landlock: &'static str,
+    pub syscalls: usize,
+}
+
+/// Paths the role may write beneath (its state and runtime directories),
+/// and extra paths it may read.
+#[derive(Debug, Clone, Default)]
+pub struct Paths {
+    pub writable: Vec<PathBuf>,
+    pub readable: Vec<PathBuf>,
+}
+
+/// Read-only (and executable) system paths every role needs: code and
+/// libraries, configuration (`/etc`: time zone, resolver, users; the
+/// agent's policy), and system facts (`/proc`, `/sys`: DuckDB reads memory
+/// and CPU limits there; `ps`/`ss` read them for `coral exec`).
+const SYSTEM_READ: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/proc", "/sys", "/opt",
+];
+/// Device files: the null device (children's stdin), randomness, and the
+/// TUN clone device (a daemon with the privilege creates its own TUN).
+const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/zero",
+    "/dev/net/tun",
+];
+
+/// Confines the calling process. Call it while the process has one thread.
+pub fn apply(role: Role, mode: Mode, paths: &Paths) -> Result<Applied, SandboxError> {
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    if threads > 1 && mode == Mode::Enforce {
+        // landlock confines only the calling thread: a thread started
+        // earlier would stay unconfined.
+        return Err(SandboxError::Landlock(format!(
+            "{threads} threads are already running; the sandbox must be applied first"
+        )));
+    }
+    if mode == Mode::Off {
+        return Ok(Applied {
+            mode,
+            landlock: "off",
+            syscalls: 0,
+        });
+    }
+    let landlock = if mode == Mode::Enforce {
+        landlock(paths)?
+    } else {
+        "off"
+    };
+    let list = allowlist(role);
+    let syscalls = list.len();
+    seccomp(&list, mode)?;
+    Ok(Applied {
+        mode,
+        landlock,
+        syscalls,
+    })
+}
+
+fn landlock(paths: &Paths) -> Result<&'static str, SandboxError> {
+    let abi = ABI::V3;
+    let err = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
+    let existing =
+        |v: Vec<PathBuf>| -> Vec<PathBuf> { v.into_iter().filter(|p| p.exists()).collect() };
+    let read: Vec<PathBuf> = existing(
+        SYSTEM_READ
+            .iter()
+            .map(PathBuf::from)
+            .chain(paths.readable.iter().cloned())
+            .collect(),
+    );
+    let devices = existing(DEVICES.iter().map(PathBuf::from).collect());
+    let writable = existing(paths.writable.clone());
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rules(path_beneath_rules(&read, AccessFs::from_read(abi)))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(
+            &devices,
+            AccessFs::from_read(abi) | AccessFs::WriteFile,
+        ))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(&writable, AccessFs::from_all(abi)))
+        .map_err(err)?
+        .restrict_self()
+        .map_err(err)?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => "fully",
+        RulesetStatus::PartiallyEnforced => "partially",
+        RulesetStatus::NotEnforced => "not enforced",
+    })
+}
+
+fn seccomp(list: &[i64], mode: Mode) -> Result<(), SandboxError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = list.iter().map(|s| (*s, Vec::new())).collect();
+    let mismatch = match mode {
+        Mode::Log => SeccompAction::Log,
+        _ => SeccompAction::KillProcess,
+    };
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| SandboxError::Seccomp(format!("{e:?}")))?;
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    let prog: BpfProgram = filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))?;
+    seccompiler::apply_filter_all_threads(&prog).map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+/// The system calls each role may make. Reviewed data: add a call only with
+/// a comment saying who needs it.
+pub fn allowlist(role: Role) -> Vec<i64> {
+    use libc::*;
+    let mut v: Vec<i64> = vec![
+        // Memory: the allocator, DuckDB's buffer manager, thread stacks.
+        SYS_brk,
+        SYS_mmap,
+        SYS_munmap,
+        SYS_mremap,
+        SYS_mprotect,
+        SYS_madvise,
+        SYS_mlock,
+        SYS_munlock,
+        SYS_membarrier,
+        // Threads and synchronisation: tokio workers, DuckDB and SQLite threads.
+        SYS_clone,
+        SYS_clone3,
+        SYS_futex,
+        SYS_set_robust_list,
+        SYS_get_robust_list,
+        SYS_rseq,
+        SYS_set_tid_address,
+        SYS_sched_yield,
+        SYS_sched_getaffinity,
+        SYS_sched_setaffinity,
+        SYS_gettid,
+        SYS_getpid,
+        SYS_getppid,
+        SYS_exit,
+        SYS_exit_group,
+        SYS_tgkill,
+        SYS_tkill,
+        SYS_kill,
+        SYS_nanosleep,
+        SYS_clock_nanosleep,
+        // Signals: tokio's signal handling (SIGTERM, SIGINT, SIGHUP, SIGCHLD).
+        SYS_rt_sigaction,
+        SYS_rt_sigprocmask,
+        SYS_rt_sigreturn,
+        SYS_sigaltstack,
+        SYS_rt_sigtimedwait,
+        // Time.
+        SYS_clock_gettime,
+        SYS_clock_getres,
+        SYS_gettimeofday,
+        SYS_time,
+        // Files: stores, logs, sockets' paths, /proc and /sys reads (landlock
+        // decides which paths).
+        SYS_openat,
+        SYS_open,
+        SYS_close,
+        SYS_close_range,
+        SYS_read,
+        SYS_write,
+        SYS_pread64,
+        SYS_pwrite64,
+        SYS_readv,
+        SYS_writev,
+        SYS_preadv,
+        SYS_pwritev,
+        SYS_lseek,
+        SYS_fstat,
+        SYS_stat,
+        SYS_lstat,
+        SYS_newfstatat,
+        SYS_statx,
+        SYS_statfs,
+        SYS_fstatfs,
+        SYS_access,
+        SYS_faccessat,
+        SYS_faccessat2,
+        SYS_readlink,
+        SYS_readlinkat,
+        SYS_getdents64,
+        SYS_fsync,
+        SYS_fdatasync,
+        SYS_ftruncate,
+        SYS_fallocate,
+        SYS_rename,
+        SYS_renameat,
+        SYS_renameat2,
+        SYS_unlink,
+        SYS_unlinkat,
+        SYS_mkdir,
+        SYS_mkdirat,
+        SYS_rmdir,
+        SYS_fchmod,
+        SYS_fchmodat,
+        SYS_chmod,
+        SYS_flock,
+        SYS_fcntl,
+        SYS_ioctl,
+        SYS_dup,
+        SYS_dup2,
+        SYS_dup3,
+        SYS_pipe,
+        SYS_pipe2,
+        SYS_getcwd,
+        SYS_chdir,
+        SYS_fchdir,
+        SYS_umask,
+        SYS_utimensat,
+        SYS_copy_file_range,
+        SYS_sendfile,
+        SYS_memfd_create,
+        SYS_fadvise64,
+        SYS_sync_file_range,
+        SYS_symlink,
+        SYS_symlinkat,
+        SYS_link,
+        SYS_linkat,
+        // SQLite, when running as root, gives new journal and WAL files the
+        // owner of their database.
+        SYS_fchown,
+        SYS_fchownat,
+        // Event loops: tokio (epoll, eventfd), timers.
+        SYS_epoll_create1,
+        SYS_epoll_ctl,
+        SYS_epoll_wait,
+        SYS_epoll_pwait,
+        SYS_epoll_pwait2,
+        SYS_eventfd2,
+        SYS_poll,
+        SYS_ppoll,
+        SYS_select,
+        SYS_pselect6,
+        SYS_timerfd_create,
+        SYS_timerfd_settime,
+        SYS_signalfd4,
+        // Sockets: Unix control/MCP sockets (with peer credentials), TCP
+        // control plane, OTLP listeners, UDP for the mesh.
+        SYS_socket,
+        SYS_socketpair,
+        SYS_bind,
+        SYS_listen,
+        SYS_accept,
+        SYS_accept4,
+        SYS_connect,
+        SYS_getsockname,
+        SYS_getpeername,
+        SYS_getsockopt,
+        SYS_setsockopt,
+        SYS_sendto,
+        SYS_recvfrom,
+        SYS_sendmsg,
+        SYS_recvmsg,
+        SYS_sendmmsg,
+        SYS_recvmmsg,
+        SYS_shutdown,
+        // Identity and limits: users for peer checks, rlimits, uname, random.
+        SYS_getuid,
+        SYS_geteuid,
+        SYS_getgid,
+        SYS_getegid,
+        SYS_getgroups,
+        SYS_getresuid,
+        SYS_getresgid,
+        SYS_getrlimit,
+        SYS_prlimit64,
+        SYS_getrusage,
+        SYS_uname,
+        SYS_sysinfo,
+        SYS_getrandom,
+        SYS_prctl,
+        SYS_arch_prctl,
+        SYS_getcpu,
+        SYS_getpriority,
+        SYS_setpriority,
+        SYS_times,
+        // Processes: `coral --daemon` children and the agent's waits.
+        SYS_wait4,
+        SYS_waitid,
+    ];
+    if role == Role::Agent {
+        v.extend([
+            // `coral exec`: spawn the command in its own process group,
+            // with its limits, and kill the group on timeout. The command
+            // inherits this list; its own needs follow.
+            SYS_fork,
+            SYS_vfork,
+            SYS_execve,
+            SYS_execveat,
+            SYS_setpgid,
+            SYS_getpgid,
+            SYS_setsid,
+            SYS_getsid,
+            SYS_pidfd_open,
+            SYS_pidfd_send_signal,
+            SYS_setrlimit,
+            SYS_getpgrp,
+            SYS_alarm,
+            SYS_pause,
+            SYS_setitimer,
+            SYS_getitimer,
+            // Diagnostic commands: ps/top read /proc, ss uses netlink
+            // sockets (allowed above), psql, and terminal handling.
+            SYS_sched_getparam,
+            SYS_sched_getscheduler,
+            SYS_capget,
+            SYS_getxattr,
+            SYS_lgetxattr,
+            SYS_fgetxattr,
+            SYS_listxattr,
+            SYS_llistxattr,
+            SYS_chown,
+            SYS_lchown,
+            SYS_mincore,
+            SYS_msync,
+            SYS_shmget,
+            SYS_shmat,
+            SYS_shmdt,
+            SYS_shmctl,
+            SYS_inotify_init1,
+            SYS_inotify_add_watch,
+            SYS_inotify_rm_watch,
+            // The eBPF reader: map and ring-buffer operations on fds the
+            // helper (or the agent itself, with the privilege) created.
+            SYS_bpf,
+            SYS_perf_event_open,
+        ]);
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Where each role may write: its state directory and its runtime
+/// directory.
+pub fn paths(state_dir: &Path, runtime_dir: &Path, readable: &[PathBuf]) -> Paths {
+    Paths {
+        writable: vec![state_dir.to_path_buf(), runtime_dir.to_path_buf()],
+        readable: readable.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_lists_are_sane() {
+        assert_eq!("enforce".parse::<Mode>().unwrap(), Mode::Enforce);
+        assert!("strict".parse::<Mode>().is_err());
+        let colony = allowlist(Role::Colony);
+        let agent = allowlist(Role::Agent);
+        assert!(colony.len() < agent.len());
+        for forbidden in [
+            libc::SYS_ptrace,
+            libc::SYS_mount,
+            libc::SYS_init_module,
+            libc::SYS_kexec_load,
+            libc::SYS_setns,
+            libc::SYS_unshare,
+            libc::SYS_process_vm_readv,
+            libc::SYS_keyctl,
+        ] {
+            assert!(!agent.contains(&forbidden), "{forbidden}");
+        }
+        assert!(!colony.contains(&libc::SYS_execve));
+    }
+}

@@ -1,0 +1,122 @@
+//! The colony's and the agent's sandbox (issue 3): every thread of the
+//! running daemons is under seccomp, a syscall outside the role's list kills
+//! the process with SIGSYS, and landlock refuses paths outside the role's set.
+
+mod common;
+
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+
+fn status_field(pid: i32, tid: &str, field: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn landlock_available() -> bool {
+    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    if lsm.contains("landlock") {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("landlock is not enabled in this kernel (lsm: {lsm})");
+    }
+    eprintln!("skipped: landlock is not enabled in this kernel");
+    false
+}
+
+#[test]
+fn every_thread_of_the_colony_and_agent_is_under_seccomp() {
+    let env = Env::new(FAST_CONFIG);
+    env.start_colony();
+    env.start_agent();
+    for role in ["colony", "agent"] {
+        let pid = env.pid_of(role).unwrap();
+        let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        // tokio workers, DuckDB's writer and reader, the blocking pool...
+        assert!(tasks.len() >= 3, "{role}: {tasks:?}");
+        for tid in &tasks {
+            assert_eq!(
+                status_field(pid, tid, "Seccomp"),
+                "2",
+                "{role} thread {tid}"
+            );
+            assert_eq!(
+                status_field(pid, tid, "NoNewPrivs"),
+                "1",
+                "{role} thread {tid}"
+            );
+        }
+        assert!(
+            env.log(role).contains("sandbox applied"),
+            "{}",
+            env.log(role)
+        );
+    }
+    // Sandboxed, they still do their jobs.
+    let web = HttpService::start();
+    env.ok(&["connect", &format!("web:{}:/health", web.port)]);
+    env.wait_json(
+        &["colony", "status", "--json"],
+        std::time::Duration::from_secs(10),
+        "web up at the colony",
+        |c| c.to_string().contains("\"up\""),
+    );
+}
+
+#[test]
+fn a_syscall_outside_the_list_kills_with_sigsys() {
+    let env = Env::new(FAST_CONFIG);
+    for role in ["colony", "agent"] {
+        let out = env.run(&["sandbox-check", "--role", role, "--try", "syscall:chroot"]);
+        assert_eq!(
+            out.status.signal(),
+            Some(SIGSYS),
+            "{role}: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+    }
+}
+
+/// SIGSYS on x86_64 and aarch64.
+const SIGSYS: i32 = 31;
+
+#[test]
+fn landlock_refuses_paths_outside_the_roles_set() {
+    if !landlock_available() {
+        return;
+    }
+    let env = Env::new(FAST_CONFIG);
+    let secret = env.root().join("elsewhere.txt");
+    std::fs::write(&secret, "not for coral").unwrap();
+    let etc = format!("/etc/coral-sandbox-test-{}", std::process::id());
+    for role in ["colony", "agent"] {
+        let check = |action: String| {
+            let out = env.run(&["sandbox-check", "--role", role, "--try", &action]);
+            assert!(out.status.success(), "{role} {action}: {}", stderr(&out));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        // Outside the set: refused, even though we run as root.
+        let r = check(format!("read:{}", secret.display()));
+        assert!(r.starts_with("denied"), "{role}: {r}");
+        let r = check(format!("write:{etc}"));
+        assert!(r.starts_with("denied"), "{role}: {r}");
+        assert!(!std::path::Path::new(&etc).exists());
+        // Inside: system files readable, the role's state dir writable.
+        let r = check("read:/etc/hostname".into());
+        assert!(r.starts_with("read"), "{role}: {r}");
+        let state = if role == "colony" {
+            env.colony_state()
+        } else {
+            env.agent_state()
+        };
+        let r = check(format!("write:{}", state.join("probe.txt").display()));
+        assert_eq!(r, "written\n", "{role}");
+    }
+}
