@@ -3,3 +3,4 @@
 pub mod cli;
 pub mod colony;
 pub mod config;
+pub mod discovery;
