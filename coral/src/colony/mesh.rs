@@ -232,11 +232,19 @@ impl ColonyMesh {
         t
     }
 
-    /// Drops the peer and every open connection from `ip`.
-    pub(crate) fn cut(&self, public_key: Option<&str>, ip: Option<Ipv4Addr>) {
+    /// Closes every open connection from `ip`, then drops the peer (after
+    /// a moment, so the agent still gets the close and stops at once).
+    pub(crate) async fn cut(&self, public_key: Option<&str>, ip: Option<Ipv4Addr>) {
+        self.close_conns(ip);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         if let Some(k) = public_key.and_then(ms::unhex32) {
             self.device.remove_peer(&k);
         }
+        // Anything that connected in between.
+        self.close_conns(ip);
+    }
+
+    fn close_conns(&self, ip: Option<Ipv4Addr>) {
         if let Some(ip) = ip {
             for (_, t) in self
                 .conns

@@ -626,9 +626,9 @@ impl ColonyControl for Control {
     ) -> Result<TokenCreated, MeshAdminError> {
         let s = &self.shared;
         let m = s.mesh.as_ref().ok_or(MeshAdminError::Disabled)?;
-        if !(60_000..=30 * 24 * 3_600_000).contains(&req.ttl_ms) {
+        if !(1_000..=30 * 24 * 3_600_000).contains(&req.ttl_ms) {
             return Err(MeshAdminError::Invalid(
-                "--ttl must be between 1m and 30days".into(),
+                "--ttl must be between 1s and 30days".into(),
             ));
         }
         if !(1..=1000).contains(&req.uses) {
@@ -698,7 +698,8 @@ impl ColonyControl for Control {
             mesh.cut(
                 m.public_key.as_deref(),
                 m.mesh_ip.as_deref().and_then(|ip| ip.parse().ok()),
-            );
+            )
+            .await;
         }
         tracing::info!(agent = %m.name, agent_id = %m.agent_id, "agent revoked");
         Ok(m)
