@@ -168,6 +168,11 @@ listen = "0.0.0.0:9000"
 heartbeat_interval = "200ms"
 agent_timeout = "2s"
 
+[agent]
+name = "local"
+probe_interval = "200ms"
+probe_timeout = "150ms"
+
 [colony.mesh]
 # Bound to the advertised address: replies must leave from the address the
 # NAT mapped, or its conntrack drops them.
@@ -322,6 +327,17 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
         format!("{colony_ip}:9000")
     );
 
+    // Journey 1: an agent of the same user on the colony's machine joins
+    // without a token, over the local socket.
+    colony.ok(&["agent", "start", "--daemon"]);
+    wait_until("the local agent", Duration::from_secs(5), || connected(colony));
+    let s = colony.json(&["agent", "status", "--json"]);
+    assert!(s["colony"]["addr"].as_str().unwrap().starts_with("unix:"), "{s}");
+    assert!(s["mesh_ip"].is_null());
+    let local = members(colony);
+    assert_eq!(local.len(), 1);
+    assert!(local[0]["mesh_ip"].is_null() && local[0]["name"] == "local");
+
     // Bad tokens: one clear line each, nothing joined.
     join_fails(a1, "hello", "not a Coral join token");
     join_fails(a1, "coral-join-v1.AAAA", "damaged");
@@ -335,7 +351,7 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
         &coral_agent::membership::encode_token(&other),
         "not 'other-colony'",
     );
-    assert!(members(colony).is_empty());
+    assert_eq!(members(colony).len(), 1);
 
     // Three agents join, one behind the NAT; join time = token redeemed to
     // the first tarpc call answered over the mesh.
@@ -363,7 +379,7 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     join_fails(a4, &tokens[0], "already used");
 
     let ms = members(colony);
-    assert_eq!(ms.len(), 3, "{ms:#?}");
+    assert_eq!(ms.len(), 4, "{ms:#?}");
     let ip_of = |name: &str| -> String {
         members(colony)
             .iter()
@@ -427,7 +443,7 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     let restarted_at = coral_proto::now_ms();
     wait_until("all agents back after a colony restart", Duration::from_secs(5), || {
         let ms = members(colony);
-        ms.len() == 3
+        ms.len() == 4
             && ms
                 .iter()
                 .all(|m| m["last_seen_ms"].as_i64().is_some_and(|t| t > restarted_at))
@@ -463,7 +479,7 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     assert!(!spoofed.status.success(), "a revoked agent still reaches the colony");
     wait_until("a1 and a3 online", Duration::from_secs(5), || {
         let ms = members(colony);
-        ms.len() == 2 && ms.iter().all(|m| m["online"] == true)
+        ms.len() == 3 && ms.iter().all(|m| m["online"] == true)
     });
     assert!(connected(a1) && connected(a3));
     // Its address is retired, never handed out again.
