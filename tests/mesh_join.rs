@@ -102,11 +102,8 @@ impl Node {
         std::fs::create_dir_all(self.dir.join("config/coral")).unwrap();
         std::fs::create_dir_all(self.dir.join("run")).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(
-            self.dir.join("run"),
-            std::fs::Permissions::from_mode(0o700),
-        )
-        .unwrap();
+        std::fs::set_permissions(self.dir.join("run"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
         std::fs::write(self.dir.join("config/coral/config.toml"), text).unwrap();
     }
 
@@ -230,9 +227,21 @@ fn build_lab() -> Lab {
     // The NAT: forward and masquerade everything a3 sends to the colony.
     // The colony has no route back to 10.201.4.0/30: only the NAT's
     // mapping (kept open by persistent keepalive) gets packets to a3.
-    sh(&["ip", "netns", "exec", nat, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     sh(&[
-        "ip", "netns", "exec", nat, "nft",
+        "ip",
+        "netns",
+        "exec",
+        nat,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        nat,
+        "nft",
         "add table ip cmesh; add chain ip cmesh post { type nat hook postrouting priority 100; }; add rule ip cmesh post oifname \"cmy3*\" masquerade",
     ]);
     let base = lab._tmp.path().to_path_buf();
@@ -305,7 +314,10 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
         .filter(|c| !have(c))
         .collect();
     if !root() || !missing.is_empty() {
-        assert!(!ci, "CI runs as root with packaging/dev/deps.sh: this test must run (missing {missing:?})");
+        assert!(
+            !ci,
+            "CI runs as root with packaging/dev/deps.sh: this test must run (missing {missing:?})"
+        );
         eprintln!("SKIP mesh_join: needs root (netns, TUN) and {missing:?}");
         return;
     }
@@ -330,9 +342,14 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     // Journey 1: an agent of the same user on the colony's machine joins
     // without a token, over the local socket.
     colony.ok(&["agent", "start", "--daemon"]);
-    wait_until("the local agent", Duration::from_secs(5), || connected(colony));
+    wait_until("the local agent", Duration::from_secs(5), || {
+        connected(colony)
+    });
     let s = colony.json(&["agent", "status", "--json"]);
-    assert!(s["colony"]["addr"].as_str().unwrap().starts_with("unix:"), "{s}");
+    assert!(
+        s["colony"]["addr"].as_str().unwrap().starts_with("unix:"),
+        "{s}"
+    );
     assert!(s["mesh_ip"].is_null());
     let local = members(colony);
     assert_eq!(local.len(), 1);
@@ -421,33 +438,49 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
             .unwrap()
     };
     let honest = py(&a1.ns, &ips[0]);
-    assert!(honest.status.success(), "a1 cannot reach the colony: {honest:?}");
+    assert!(
+        honest.status.success(),
+        "a1 cannot reach the colony: {honest:?}"
+    );
     let a2_if = a2.json(&["agent", "status", "--json"])["mesh_interface"]
         .as_str()
         .unwrap()
         .to_string();
-    ns_ip(&a2.ns, &["addr", "add", &format!("{}/32", ips[0]), "dev", &a2_if]);
+    ns_ip(
+        &a2.ns,
+        &["addr", "add", &format!("{}/32", ips[0]), "dev", &a2_if],
+    );
     let spoofed = py(&a2.ns, &ips[0]);
     assert!(
         !spoofed.status.success(),
         "a2 connected to the colony as a1: {}",
         String::from_utf8_lossy(&spoofed.stdout)
     );
-    ns_ip(&a2.ns, &["addr", "del", &format!("{}/32", ips[0]), "dev", &a2_if]);
+    ns_ip(
+        &a2.ns,
+        &["addr", "del", &format!("{}/32", ips[0]), "dev", &a2_if],
+    );
 
     // A colony restart tears down no agent; they are back within 5 s.
-    let agent_pids: Vec<i32> = [a1, a2, a3].iter().map(|a| a.pid("agent").unwrap()).collect();
+    let agent_pids: Vec<i32> = [a1, a2, a3]
+        .iter()
+        .map(|a| a.pid("agent").unwrap())
+        .collect();
     colony.ok(&["colony", "stop"]);
     let t0 = Instant::now();
     colony.ok(&["colony", "start", "--daemon"]);
     let restarted_at = coral_proto::now_ms();
-    wait_until("all agents back after a colony restart", Duration::from_secs(5), || {
-        let ms = members(colony);
-        ms.len() == 4
-            && ms
-                .iter()
-                .all(|m| m["last_seen_ms"].as_i64().is_some_and(|t| t > restarted_at))
-    });
+    wait_until(
+        "all agents back after a colony restart",
+        Duration::from_secs(5),
+        || {
+            let ms = members(colony);
+            ms.len() == 4
+                && ms
+                    .iter()
+                    .all(|m| m["last_seen_ms"].as_i64().is_some_and(|t| t > restarted_at))
+        },
+    );
     let recovery = t0.elapsed();
     eprintln!("recovery after colony restart: {recovery:?}");
     for (a, pid) in [a1, a2, a3].iter().zip(&agent_pids) {
@@ -462,7 +495,9 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     a1.ok(&["agent", "start", "--daemon"]);
     assert!(!connected(a1));
     colony.ok(&["colony", "start", "--daemon"]);
-    wait_until("a1 back from its cache", Duration::from_secs(5), || connected(a1));
+    wait_until("a1 back from its cache", Duration::from_secs(5), || {
+        connected(a1)
+    });
     assert_eq!(
         a1.json(&["agent", "status", "--json"])["mesh_ip"].as_str(),
         Some(ips[0].as_str())
@@ -472,11 +507,16 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     let out = colony.ok(&["colony", "revoke", "a2"]);
     assert!(out.contains("Revoked a2"), "{out}");
     assert!(members(colony).iter().all(|m| m["name"] != "a2"));
-    wait_until("a2 to lose the colony", Duration::from_secs(5), || !connected(a2));
+    wait_until("a2 to lose the colony", Duration::from_secs(5), || {
+        !connected(a2)
+    });
     std::thread::sleep(Duration::from_secs(1));
     assert!(!connected(a2), "a revoked agent reconnected");
     let spoofed = py(&a2.ns, &ips[1]);
-    assert!(!spoofed.status.success(), "a revoked agent still reaches the colony");
+    assert!(
+        !spoofed.status.success(),
+        "a revoked agent still reaches the colony"
+    );
     wait_until("a1 and a3 online", Duration::from_secs(5), || {
         let ms = members(colony);
         ms.len() == 3 && ms.iter().all(|m| m["online"] == true)

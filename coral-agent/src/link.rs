@@ -81,7 +81,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         // Every few failures, ask discovery whether the colony moved.
         if let (Some(m), Some(d)) = (&shared.mesh, &shared.config.mesh.discovery) {
             let attempts = shared.link.lock().expect("link lock").attempts;
-            if attempts % 3 == 0 {
+            if attempts.is_multiple_of(3) {
                 match m.refresh_from_discovery(d, &shared.state_dir).await {
                     Ok(true) => backoff = BACKOFF_MIN,
                     Ok(false) => {}

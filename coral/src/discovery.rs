@@ -106,7 +106,7 @@ pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) {
                     Duration::from_secs(30),
                     BaseChannel::with_defaults(transport)
                         .execute(s.serve())
-                        .for_each(|call| async { call.await }),
+                        .for_each(|call| call),
                 )
                 .await;
             });

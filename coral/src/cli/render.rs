@@ -358,6 +358,50 @@ pub fn logs(logs: &[LogRecord]) -> String {
     t.to_string() + "\n"
 }
 
+pub fn token(t: &TokenCreated) -> String {
+    let now = coral_proto::now_ms();
+    format!(
+        "{}\n\nJoin token {} for colony {} (endpoints {}): valid for {}, {} use{}.\nOn each host: coral agent start --join <token>\n",
+        t.token,
+        t.id,
+        t.colony_id,
+        t.endpoints.join(", "),
+        span(t.expires_at_ms - now),
+        t.uses,
+        if t.uses == 1 { "" } else { "s" }
+    )
+}
+
+pub fn members(now: i64, members: &[Member]) -> String {
+    if members.is_empty() {
+        return "No agents have joined: create a token with 'coral colony token create'.\n".into();
+    }
+    let mut t = table(&[
+        "AGENT",
+        "ID",
+        "MESH IP",
+        "ENDPOINT",
+        "HANDSHAKE",
+        "LAST SEEN",
+        "ONLINE",
+    ]);
+    for m in members {
+        t.add_row(vec![
+            m.name.clone(),
+            m.agent_id.chars().take(8).collect(),
+            m.mesh_ip.clone().unwrap_or_else(|| "local".into()),
+            m.endpoint.clone().unwrap_or_else(|| "-".into()),
+            match (&m.mesh_ip, m.last_handshake_ms) {
+                (None, _) => "-".into(),
+                (_, h) => ago(now, h),
+            },
+            ago(now, m.last_seen_ms),
+            if m.online { "yes" } else { "no" }.into(),
+        ]);
+    }
+    t.to_string() + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,48 +447,4 @@ mod tests {
         let b2 = text.lines().find(|l| l.contains("b2")).unwrap();
         assert!(b2.trim_start().starts_with('*'), "{text}");
     }
-}
-
-pub fn token(t: &TokenCreated) -> String {
-    let now = coral_proto::now_ms();
-    format!(
-        "{}\n\nJoin token {} for colony {} (endpoints {}): valid for {}, {} use{}.\nOn each host: coral agent start --join <token>\n",
-        t.token,
-        t.id,
-        t.colony_id,
-        t.endpoints.join(", "),
-        span(t.expires_at_ms - now),
-        t.uses,
-        if t.uses == 1 { "" } else { "s" }
-    )
-}
-
-pub fn members(now: i64, members: &[Member]) -> String {
-    if members.is_empty() {
-        return "No agents have joined: create a token with 'coral colony token create'.\n".into();
-    }
-    let mut t = table(&[
-        "AGENT",
-        "ID",
-        "MESH IP",
-        "ENDPOINT",
-        "HANDSHAKE",
-        "LAST SEEN",
-        "ONLINE",
-    ]);
-    for m in members {
-        t.add_row(vec![
-            m.name.clone(),
-            m.agent_id.chars().take(8).collect(),
-            m.mesh_ip.clone().unwrap_or_else(|| "local".into()),
-            m.endpoint.clone().unwrap_or_else(|| "-".into()),
-            match (&m.mesh_ip, m.last_handshake_ms) {
-                (None, _) => "-".into(),
-                (_, h) => ago(now, h),
-            },
-            ago(now, m.last_seen_ms),
-            if m.online { "yes" } else { "no" }.into(),
-        ]);
-    }
-    t.to_string() + "\n"
 }

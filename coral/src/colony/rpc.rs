@@ -315,9 +315,7 @@ async fn serve_join(shared: Arc<Shared>, listener: TcpListener) {
             // One join per connection is enough; a slow client is cut off.
             let _ = tokio::time::timeout(
                 Duration::from_secs(10),
-                channel
-                    .execute(joiner.serve())
-                    .for_each(|call| async { call.await }),
+                channel.execute(joiner.serve()).for_each(|call| call),
             )
             .await;
             drop(permit);
