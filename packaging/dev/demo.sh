@@ -24,6 +24,11 @@ probe_timeout = "300ms"
 grpc_listen = "127.0.0.1:0"
 http_listen = "127.0.0.1:0"
 TOML
+# The mesh needs a TUN device: through coral-privhelper, or directly as root.
+# Without either, the demo uses the plain-TCP development transport.
+if [[ $(id -u) -ne 0 && ! -S /run/coral/privhelper.sock ]]; then
+  printf '\n[colony.mesh]\nenabled = false\n' >> "$XDG_CONFIG_HOME/coral/config.toml"
+fi
 
 pids=()
 cleanup() {
