@@ -72,6 +72,10 @@ async fn samples_are_stored_exactly_once_even_after_a_crash_between_commits() {
         colony_id: Some("c1".into()),
         listen: "127.0.0.1:0".into(),
         state_dir: Some(state.clone()),
+        mesh: coral::colony::config::MeshConfig {
+            enabled: false,
+            ..Default::default()
+        },
         ..ColonyConfig::default()
     };
     let colony = Colony::open(config).unwrap();
@@ -79,7 +83,7 @@ async fn samples_are_stored_exactly_once_even_after_a_crash_between_commits() {
     let addr = rpc.local_addr().unwrap();
     let control = tokio::net::UnixListener::bind(dir.path().join("colony.sock")).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(colony.run(rpc, control, async {
+    let server = tokio::spawn(colony.run(Some(rpc), control, async {
         let _ = stopped.await;
     }));
 

@@ -51,7 +51,7 @@ async fn main() {
         s.cancel();
     });
     println!("ready");
-    device.run(stop).await.expect("device");
+    std::sync::Arc::new(device).run(stop).await.expect("device");
     println!(
         "stats tx={} rx={} spoofed_dropped={} no_route={}",
         stats.tx_packets.load(Ordering::Relaxed),

@@ -31,6 +31,52 @@ pub struct AgentConfig {
     pub services: Vec<String>,
     /// The OTLP receiver.
     pub otlp: crate::otlp::OtlpConfig,
+    /// The WireGuard mesh, used once the agent has joined a colony with
+    /// `--join TOKEN` (the membership is cached in the state dir).
+    pub mesh: AgentMeshConfig,
+}
+
+/// `[agent.mesh]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentMeshConfig {
+    /// The TUN device's name (default `corala` + 8 hex digits of the id).
+    pub interface: Option<String>,
+    /// The local UDP address for WireGuard (default any address, any port).
+    pub listen: String,
+    /// coral-privhelper's socket, for the TUN device and the key.
+    pub helper_socket: PathBuf,
+    /// `auto`, `helper` or `file` (see the colony's `mesh.key`).
+    pub key: KeySource,
+    /// WireGuard persistent keepalive towards the colony (keeps NAT open).
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// A discovery registry (`host:port`) to find the colony when its
+    /// endpoints moved.
+    pub discovery: Option<String>,
+    pub mtu: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    Auto,
+    Helper,
+    File,
+}
+
+impl Default for AgentMeshConfig {
+    fn default() -> Self {
+        AgentMeshConfig {
+            interface: None,
+            listen: "0.0.0.0:0".into(),
+            helper_socket: PathBuf::from("/run/coral/privhelper.sock"),
+            key: KeySource::Auto,
+            keepalive: Duration::from_secs(25),
+            discovery: None,
+            mtu: 1380,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -46,6 +92,7 @@ impl Default for AgentConfig {
             max_pending_samples: 100_000,
             services: Vec::new(),
             otlp: crate::otlp::OtlpConfig::default(),
+            mesh: AgentMeshConfig::default(),
         }
     }
 }
@@ -80,6 +127,25 @@ impl AgentConfig {
             })?;
         }
         self.otlp.validate()?;
+        let m = &self.mesh;
+        m.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| format!("agent.mesh.listen '{}' must be ip:port", m.listen))?;
+        if let Some(name) = &m.interface {
+            coral_privhelper::IfName::new(name)
+                .map_err(|e| format!("agent.mesh.interface '{name}': {e}"))?;
+        }
+        if m.keepalive < Duration::from_secs(1) || m.keepalive > Duration::from_secs(600) {
+            return Err("agent.mesh.keepalive must be between 1s and 10m".into());
+        }
+        if let Some(d) = &m.discovery
+            && !d.contains(':')
+        {
+            return Err(format!("agent.mesh.discovery '{d}' must be host:port"));
+        }
+        if !(576..=9000).contains(&m.mtu) {
+            return Err("agent.mesh.mtu must be between 576 and 9000".into());
+        }
         coral_proto::ServiceSpec::parse_all(&self.services)
             .map_err(|e| format!("agent.services: {e}"))?;
         Ok(())

@@ -45,6 +45,8 @@ impl AgentControl for Control {
             services: s.services_snapshot(),
             otlp_grpc: s.otlp_addrs.as_ref().map(|a| a.0.clone()),
             otlp_http: s.otlp_addrs.as_ref().map(|a| a.1.clone()),
+            mesh_ip: s.mesh_ip.map(|ip| ip.to_string()),
+            mesh_interface: s.mesh.as_ref().map(|m| m.interface.clone()),
         }
     }
 

@@ -9,7 +9,9 @@
 pub mod config;
 mod control;
 mod link;
+pub mod membership;
 pub mod mesh;
+pub mod meshnode;
 pub mod otlp;
 pub mod probe;
 pub mod sandbox;
@@ -44,6 +46,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("agent mesh: {0}")]
+    Mesh(String),
 }
 
 /// Samples waiting for the colony's acknowledgement.
@@ -78,6 +82,11 @@ pub(crate) struct Shared {
     /// Wakes the link to send a heartbeat now (services changed).
     pub(crate) changed: Notify,
     pub(crate) shutdown: CancellationToken,
+    /// The mesh, once this agent has joined a colony with a token.
+    pub(crate) mesh: Option<Arc<meshnode::AgentMesh>>,
+    /// The agent's own mesh address (the one place to read it): listeners
+    /// the colony dials bind here. `None` for an agent without the mesh.
+    pub(crate) mesh_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// An opened agent, ready to run.
@@ -88,7 +97,29 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Redeems a join token with its colony (see [`meshnode::join`]) before
+    /// the agent opens; returns the colony id and the agent's mesh address,
+    /// and whether the token was redeemed now (false: this agent already
+    /// redeemed it).
+    pub async fn join(
+        config: &AgentConfig,
+        token: &str,
+    ) -> Result<(coral_proto::MeshGrant, bool), meshnode::JoinFailure> {
+        let state_dir = config.state_dir();
+        coral_proto::local::ensure_private_dir(&state_dir).map_err(|e| {
+            meshnode::JoinFailure::Local(format!("cannot create {}: {e}", state_dir.display()))
+        })?;
+        let agent_id = state::AgentState::open(&state_dir.join("agent.db"))
+            .and_then(|s| s.agent_id())
+            .map_err(|e| meshnode::JoinFailure::Local(e.to_string()))?;
+        let hostname = hostname();
+        let name = config.name.clone().unwrap_or_else(|| hostname.clone());
+        meshnode::join(config, &agent_id, &name, &hostname, token).await
+    }
+
     /// Validates the config and opens the agent's state and telemetry files.
+    /// With a cached mesh membership it also brings the mesh up, which must
+    /// happen inside a tokio runtime.
     pub fn open(config: AgentConfig) -> Result<Agent, AgentError> {
         config.validate().map_err(AgentError::Config)?;
         let state_dir = config.state_dir();
@@ -116,11 +147,25 @@ impl Agent {
         };
         let (telemetry, guard) =
             Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".into());
+        let hostname = hostname();
         let name = config.name.clone().unwrap_or_else(|| hostname.clone());
+        let mesh = match meshnode::Membership::load(&state_dir).map_err(AgentError::Mesh)? {
+            Some((m, grant)) => {
+                if let Some(want) = &config.colony_id
+                    && want != &grant.colony_id
+                {
+                    return Err(AgentError::Mesh(format!(
+                        "this agent is a member of colony '{}', not '{want}' (join the other with --join TOKEN)",
+                        grant.colony_id
+                    )));
+                }
+                Some(Arc::new(
+                    meshnode::AgentMesh::open(&config, &agent_id, m, grant)
+                        .map_err(AgentError::Mesh)?,
+                ))
+            }
+            None => None,
+        };
         let now = coral_proto::now_ms();
         let shared = Arc::new(Shared {
             prober: probe::Prober::new(config.probe_timeout),
@@ -149,6 +194,8 @@ impl Agent {
             otlp_addrs: otlp_listeners.as_ref().map(otlp::Listeners::addrs),
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
+            mesh_ip: mesh.as_ref().map(|m| m.mesh_ip),
+            mesh,
             config,
         });
         Ok(Agent {
@@ -164,6 +211,19 @@ impl Agent {
 
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The agent's mesh address, once it joined a colony.
+    pub fn mesh_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.shared.mesh_ip
+    }
+
+    /// The colony this agent is a member of (from its signed grant).
+    pub fn mesh_colony(&self) -> Option<&str> {
+        self.shared
+            .mesh
+            .as_ref()
+            .map(|m| m.grant.colony_id.as_str())
     }
 
     /// Runs until `shutdown` resolves or a client asks the agent to stop.
@@ -187,6 +247,15 @@ impl Agent {
         for spec in specs {
             shared.watch(spec);
         }
+        let mesh_task = shared.mesh.clone().map(|m| {
+            // Not tied to shutdown: the link says goodbye over the mesh first.
+            let stop = CancellationToken::new();
+            tokio::spawn(async move {
+                if let Err(e) = m.device.clone().run(stop).await {
+                    tracing::error!(error = %e, "the WireGuard device stopped");
+                }
+            })
+        });
         let control_task = tokio::spawn(control::serve(shared.clone(), control));
         let link_task = tokio::spawn(link::run(shared.clone()));
         tracing::info!(agent_id = %shared.agent_id, name = %shared.name, "agent running");
@@ -206,6 +275,9 @@ impl Agent {
         if let Some(t) = otlp_task {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
         }
+        if let Some(t) = mesh_task {
+            t.abort();
+        }
         drop(shared);
         // Dropping `self` commits outstanding telemetry and joins the writer.
     }
@@ -219,6 +291,13 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     Agent::open(config)?.run(control, shutdown).await;
     Ok(())
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 impl Shared {

@@ -78,6 +78,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+        // Every few failures, ask discovery whether the colony moved.
+        if let (Some(m), Some(d)) = (&shared.mesh, &shared.config.mesh.discovery) {
+            let attempts = shared.link.lock().expect("link lock").attempts;
+            if attempts.is_multiple_of(3) {
+                match m.refresh_from_discovery(d, &shared.state_dir).await {
+                    Ok(true) => backoff = BACKOFF_MIN,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(error = %e, "discovery lookup failed"),
+                }
+            }
+        }
         // Jitter so a fleet does not reconnect in lockstep after a restart.
         let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]));
         tokio::select! {
@@ -88,10 +99,23 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Where the colony is: the configured address, or the local colony's.
-async fn find_colony(shared: &Shared) -> Result<String, LinkError> {
+/// How to reach the colony.
+enum Target {
+    /// TCP: on the mesh (the colony's mesh address), or plain with the mesh
+    /// off (development).
+    Tcp(String),
+    /// The colony on this machine, same user: its local agents' socket.
+    Unix(std::path::PathBuf),
+}
+
+/// Where the colony is: on the mesh once joined, else the configured
+/// address, else the local colony's.
+async fn find_colony(shared: &Shared) -> Result<Target, LinkError> {
+    if let Some(m) = &shared.mesh {
+        return Ok(Target::Tcp(m.colony_rpc()));
+    }
     if let Some(addr) = &shared.config.colony {
-        return Ok(addr.clone());
+        return Ok(Target::Tcp(addr.clone()));
     }
     let path = coral_proto::local::colony_socket().map_err(|e| LinkError::Find(e.to_string()))?;
     let no_colony = |e: std::io::Error| {
@@ -119,26 +143,44 @@ async fn find_colony(shared: &Shared) -> Result<String, LinkError> {
             ep.colony_id
         )));
     }
+    if let Some(sock) = ep.local_socket {
+        return Ok(Target::Unix(sock.into()));
+    }
     // A colony listening on all interfaces is reached on loopback.
-    Ok(ep
-        .rpc_addr
-        .replace("0.0.0.0:", "127.0.0.1:")
-        .replace("[::]:", "[::1]:"))
+    Ok(Target::Tcp(
+        ep.rpc_addr
+            .replace("0.0.0.0:", "127.0.0.1:")
+            .replace("[::]:", "[::1]:"),
+    ))
 }
 
 async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
-    let addr = find_colony(shared).await?;
+    let target = find_colony(shared).await?;
+    let addr = match &target {
+        Target::Tcp(a) => a.clone(),
+        Target::Unix(p) => format!("unix:{}", p.display()),
+    };
     shared.link.lock().expect("link lock").addr = addr.clone();
     let conn_err = |reason: String| LinkError::Connect {
         addr: addr.clone(),
         reason,
     };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
-        .await
-        .map_err(|_| conn_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| conn_err(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let client = ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
+    let client = match &target {
+        Target::Tcp(a) => {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a))
+                .await
+                .map_err(|_| conn_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+                .map_err(|e| conn_err(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn()
+        }
+        Target::Unix(p) => {
+            let stream = coral_proto::local::connect(p)
+                .await
+                .map_err(|e| conn_err(e.to_string()))?;
+            ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn()
+        }
+    };
     let rpc_err = |e: tarpc::client::RpcError| LinkError::Rpc {
         addr: addr.clone(),
         reason: e.to_string(),

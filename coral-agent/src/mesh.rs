@@ -8,6 +8,10 @@
 //! allowed-IPs check): a peer cannot send as another, and such packets are
 //! dropped and counted. A peer's endpoint is learned from its authenticated
 //! packets, so nodes behind NAT keep working (with persistent keepalive).
+//!
+//! Peers can be added and removed while the device runs (the colony adds an
+//! agent when it joins and removes it when it is revoked). A removed peer's
+//! slot is never reused, so a stale receiver index cannot reach a new peer.
 
 use boringtun::noise::{Packet, Tunn, TunnResult, handshake::parse_handshake_anon};
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -15,8 +19,8 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -52,13 +56,26 @@ struct Peer {
     endpoint: Mutex<Option<SocketAddr>>,
 }
 
+/// A peer as the device sees it now.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub public_key: [u8; 32],
+    pub mesh_ip: Ipv4Addr,
+    pub endpoint: Option<SocketAddr>,
+    /// Time since the last completed handshake.
+    pub since_handshake: Option<Duration>,
+}
+
 pub struct Device {
     private: StaticSecret,
     public: PublicKey,
-    peers: Vec<Arc<Peer>>,
+    /// Indexed by slot (the high 24 bits of boringtun's receiver index);
+    /// `None` once removed.
+    peers: RwLock<Vec<Option<Arc<Peer>>>>,
     tun: AsyncFd<OwnedFd>,
     udp: UdpSocket,
     pub stats: Arc<Stats>,
+    started: Instant,
 }
 
 impl Device {
@@ -74,47 +91,132 @@ impl Device {
         fcntl(tun.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         let private = StaticSecret::from(private_key);
         let public = PublicKey::from(&private);
-        let peers = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                Arc::new(Peer {
-                    mesh_ip: p.mesh_ip,
-                    public_key: p.public_key,
-                    tunn: Mutex::new(Tunn::new(
-                        private.clone(),
-                        PublicKey::from(p.public_key),
-                        None,
-                        p.persistent_keepalive,
-                        i as u32,
-                        None,
-                    )),
-                    endpoint: Mutex::new(p.endpoint),
-                })
-            })
-            .collect();
         // `AsyncFd::new` is deprecated because a type's raw fd may change
         // while registered; an `OwnedFd`'s fd is fixed for its lifetime, so
         // the requirement behind the unsafe `register` holds.
         #[allow(deprecated)]
         let tun = AsyncFd::new(tun)?;
-        Ok(Device {
+        let device = Device {
             private,
             public,
-            peers,
+            peers: RwLock::new(Vec::new()),
             tun,
             udp,
             stats: Arc::new(Stats::default()),
-        })
+            started: Instant::now(),
+        };
+        for p in peers {
+            device.add_peer(p);
+        }
+        Ok(device)
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public.to_bytes()
+    }
+
+    /// The UDP address WireGuard listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    /// Adds a peer, replacing any peer with the same key or mesh address.
+    pub fn add_peer(&self, p: &PeerConfig) {
+        let mut peers = self.peers.write().expect("peers lock");
+        for slot in peers.iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|q| q.public_key == p.public_key || q.mesh_ip == p.mesh_ip)
+            {
+                *slot = None;
+            }
+        }
+        let index = peers.len() as u32;
+        peers.push(Some(Arc::new(Peer {
+            mesh_ip: p.mesh_ip,
+            public_key: p.public_key,
+            tunn: Mutex::new(Tunn::new(
+                self.private.clone(),
+                PublicKey::from(p.public_key),
+                None,
+                p.persistent_keepalive,
+                index,
+                None,
+            )),
+            endpoint: Mutex::new(p.endpoint),
+        })));
+    }
+
+    /// Removes the peer with this key; its packets are dropped from now on.
+    pub fn remove_peer(&self, public_key: &[u8; 32]) -> bool {
+        let mut removed = false;
+        for slot in self.peers.write().expect("peers lock").iter_mut() {
+            if slot.as_ref().is_some_and(|q| &q.public_key == public_key) {
+                *slot = None;
+                removed = true;
+            }
+        }
+        removed
+    }
+
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .read()
+            .expect("peers lock")
+            .iter()
+            .flatten()
+            .map(|p| PeerStatus {
+                public_key: p.public_key,
+                mesh_ip: p.mesh_ip,
+                endpoint: *p.endpoint.lock().expect("endpoint lock"),
+                since_handshake: p.tunn.lock().expect("tunn lock").stats().0,
+            })
+            .collect()
+    }
+
+    /// How long the device has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Starts a handshake now with every peer whose endpoint is known (a
+    /// restarted colony does this so its agents need not wait for their
+    /// own rekey timers).
+    pub async fn initiate_handshakes(&self) {
+        let mut out = vec![0u8; 256];
+        let mut due = Vec::new();
+        for peer in self.peers_snapshot() {
+            let endpoint = *peer.endpoint.lock().expect("endpoint lock");
+            let Some(to) = endpoint else { continue };
+            if let TunnResult::WriteToNetwork(p) = peer
+                .tunn
+                .lock()
+                .expect("tunn lock")
+                .format_handshake_initiation(&mut out, false)
+            {
+                due.push((p.to_vec(), to));
+            }
+        }
+        self.send(due).await;
+    }
+
+    fn peers_snapshot(&self) -> Vec<Arc<Peer>> {
+        self.peers
+            .read()
+            .expect("peers lock")
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// Moves packets until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
-        let this = Arc::new(self);
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> io::Result<()> {
         tokio::select! {
-            r = this.clone().tun_to_udp() => r,
-            r = this.clone().udp_to_tun() => r,
-            r = this.clone().timers() => r,
+            r = self.clone().tun_to_udp() => r,
+            r = self.clone().udp_to_tun() => r,
+            r = self.clone().timers() => r,
             _ = shutdown.cancelled() => Ok(()),
         }
     }
@@ -148,7 +250,15 @@ impl Device {
                 continue; // only IPv4 rides the mesh
             }
             let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
-            let Some(peer) = self.peers.iter().find(|p| p.mesh_ip == dst) else {
+            let found = self
+                .peers
+                .read()
+                .expect("peers lock")
+                .iter()
+                .flatten()
+                .find(|p| p.mesh_ip == dst)
+                .cloned();
+            let Some(peer) = found else {
                 self.stats.no_route_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -171,17 +281,28 @@ impl Device {
 
     /// The peer a datagram belongs to.
     fn peer_for(&self, datagram: &[u8]) -> Option<Arc<Peer>> {
+        let slot = |idx: u32| {
+            self.peers
+                .read()
+                .expect("peers lock")
+                .get((idx >> 8) as usize)
+                .cloned()
+                .flatten()
+        };
         match Tunn::parse_incoming_packet(datagram).ok()? {
             Packet::HandshakeInit(h) => {
                 let half = parse_handshake_anon(&self.private, &self.public, &h).ok()?;
                 self.peers
+                    .read()
+                    .expect("peers lock")
                     .iter()
+                    .flatten()
                     .find(|p| p.public_key == half.peer_static_public)
                     .cloned()
             }
-            Packet::HandshakeResponse(p) => self.peers.get((p.receiver_idx >> 8) as usize).cloned(),
-            Packet::PacketCookieReply(p) => self.peers.get((p.receiver_idx >> 8) as usize).cloned(),
-            Packet::PacketData(p) => self.peers.get((p.receiver_idx >> 8) as usize).cloned(),
+            Packet::HandshakeResponse(p) => slot(p.receiver_idx),
+            Packet::PacketCookieReply(p) => slot(p.receiver_idx),
+            Packet::PacketData(p) => slot(p.receiver_idx),
         }
     }
 
@@ -239,7 +360,7 @@ impl Device {
         loop {
             tick.tick().await;
             let mut due = Vec::new();
-            for peer in &self.peers {
+            for peer in &self.peers_snapshot() {
                 let endpoint = *peer.endpoint.lock().expect("endpoint lock");
                 let mut tunn = peer.tunn.lock().expect("tunn lock");
                 if let (TunnResult::WriteToNetwork(p), Some(to)) =
@@ -253,9 +374,34 @@ impl Device {
     }
 }
 
+/// The X25519 public key of a private key.
+pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::from(*private)).to_bytes()
+}
+
 /// A new X25519 key pair: (private, public).
 pub fn generate_keypair() -> ([u8; 32], [u8; 32]) {
     let private = StaticSecret::random();
     let public = PublicKey::from(&private);
     (private.to_bytes(), public.to_bytes())
+}
+
+/// A TCP listener on `addr` that accepts only connections that arrived
+/// through the interface `ifname` (`SO_BINDTODEVICE`; unprivileged since
+/// Linux 5.7). On a mesh address this means: only from the WireGuard
+/// device, whose source check makes the peer address the caller's identity;
+/// a local process cannot connect with a forged source address.
+pub fn listen_on_device(addr: SocketAddr, ifname: &str) -> io::Result<tokio::net::TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    nix::sys::socket::setsockopt(
+        &sock,
+        nix::sys::socket::sockopt::BindToDevice,
+        &std::ffi::OsString::from(ifname),
+    )?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(256)
 }

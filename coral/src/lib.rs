@@ -5,3 +5,4 @@ pub mod cli;
 pub mod colony;
 pub mod config;
 pub mod mcp;
+pub mod discovery;

@@ -12,6 +12,7 @@ PACKAGES=(
   python3           # the demo's sample HTTP service
   util-linux        # setpriv, for the peer-credential test
   iproute2          # ip netns / veth, for the mesh tests
+  nftables          # the NAT namespace (masquerade) in tests/mesh_join.rs
   iputils-ping      # ping across the mesh in tests
   iperf3            # mesh throughput benchmark
   wireguard-go      # the userspace WireGuard peer in the mesh benchmark

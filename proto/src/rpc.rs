@@ -29,6 +29,28 @@ pub trait ColonyControl {
     async fn logs(q: LogQuery) -> Result<Vec<LogRecord>, QueryError>;
     /// Begins a graceful shutdown; returns the colony's pid.
     async fn stop() -> u32;
+    /// Creates a join token (`coral colony token create`).
+    async fn token_create(req: TokenRequest) -> Result<TokenCreated, MeshAdminError>;
+    /// The mesh members (`coral colony agents`).
+    async fn members() -> Result<Vec<Member>, MeshAdminError>;
+    /// Removes an agent (by name or id) from the mesh; returns it.
+    async fn revoke(agent: String) -> Result<Member, MeshAdminError>;
+}
+
+/// The join exchange, served on the colony's public endpoint (TCP, the
+/// same port as its WireGuard UDP socket). The only service reachable from
+/// outside the mesh.
+#[tarpc::service]
+pub trait ColonyJoin {
+    async fn join(req: JoinRequest) -> Result<SignedGrant, JoinError>;
+}
+
+/// The discovery registry (`coral discovery start`).
+#[tarpc::service]
+pub trait Discovery {
+    /// Publishes (or replaces with a newer) signed record.
+    async fn publish(rec: SignedEndpoints) -> Result<(), DiscoveryError>;
+    async fn lookup(colony_id: String) -> Option<SignedEndpoints>;
 }
 
 /// The agent's local control service, reached by the CLI over a Unix socket.

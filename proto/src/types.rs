@@ -123,6 +123,11 @@ pub enum ColonyError {
     Invalid(String),
     #[error("colony storage failed: {0}")]
     Storage(String),
+    /// The caller's mesh address belongs to another agent, or to none.
+    #[error("agent id '{claimed}' does not match the caller's mesh address {mesh_ip}")]
+    NotYou { claimed: String, mesh_ip: String },
+    #[error("this agent was revoked from the colony")]
+    Revoked,
 }
 
 /// Where the local colony listens (answered over the local socket so that an
@@ -131,6 +136,11 @@ pub enum ColonyError {
 pub struct ColonyEndpoint {
     pub colony_id: String,
     pub rpc_addr: String,
+    /// With the mesh on, agents of the same user on this machine talk to the
+    /// colony over this Unix socket (peer credentials are the authority)
+    /// instead of `rpc_addr`, which is on the colony's mesh address.
+    #[serde(default)]
+    pub local_socket: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +195,23 @@ pub struct ColonyStatus {
     pub stored_metric_points: u64,
     pub stored_logs: u64,
     pub agents: Vec<AgentSummary>,
+    /// The WireGuard mesh; `None` with `colony.mesh.enabled = false`.
+    #[serde(default)]
+    pub mesh: Option<ColonyMeshStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColonyMeshStatus {
+    pub mesh_ip: String,
+    pub subnet: String,
+    pub interface: String,
+    /// Public `host:port` endpoints (UDP WireGuard, TCP join).
+    pub endpoints: Vec<String>,
+    pub public_key: String,
+    /// Where the WireGuard key is kept: `coral-privhelper` or a key file.
+    pub key_source: String,
+    /// How the TUN device was made: through coral-privhelper or directly.
+    pub tun_path: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +258,12 @@ pub struct AgentStatus {
     /// Where the OTLP receiver listens, when enabled.
     pub otlp_grpc: Option<String>,
     pub otlp_http: Option<String>,
+    /// The agent's mesh address, once it joined a colony with a token.
+    #[serde(default)]
+    pub mesh_ip: Option<String>,
+    /// The agent's mesh interface.
+    #[serde(default)]
+    pub mesh_interface: Option<String>,
 }
 
 /// Errors the agent's local control service returns to the CLI.
@@ -430,4 +463,173 @@ pub enum QueryError {
     Invalid(String),
     #[error("query failed: {0}")]
     Storage(String),
+}
+
+// ---------------------------------------------------------------------------
+// The mesh: joining, members, discovery (issue 3).
+
+/// What `coral colony token create` prints, base64url-encoded behind the
+/// `coral-join-v1.` prefix (see `coral_agent::membership`). Everything an
+/// agent needs to join: where the colony is, the keys to check its answers
+/// with, and the one-time secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub colony_id: String,
+    /// The colony's WireGuard (X25519) public key, hex.
+    pub colony_public_key: String,
+    /// The colony's Ed25519 signing key, hex: grants and discovery records
+    /// must verify with it.
+    pub colony_sign_key: String,
+    /// `host:port` endpoints: UDP for WireGuard and TCP for the join
+    /// exchange, on the same port.
+    pub endpoints: Vec<String>,
+    /// 32 random bytes, hex. The colony stores only its SHA-256.
+    pub secret: String,
+}
+
+/// An agent's request to join, sent over TCP to a colony endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub colony_id: String,
+    pub agent_id: String,
+    pub name: String,
+    pub hostname: String,
+    /// The agent's WireGuard public key, hex.
+    pub public_key: String,
+    /// The token secret and the public key above, sealed (crypto_box sealed
+    /// box) to the colony's WireGuard key: an eavesdropper learns nothing,
+    /// and the secret cannot be replayed for another key.
+    pub sealed_secret: Vec<u8>,
+}
+
+/// The agent's membership as the colony granted it. Carried as JSON text
+/// signed by the colony's Ed25519 key ([`SignedGrant`]), and cached by the
+/// agent so it can restart while the colony is down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshGrant {
+    pub colony_id: String,
+    pub agent_id: String,
+    /// The agent's WireGuard public key (hex) this grant is for.
+    pub agent_public_key: String,
+    /// The agent's mesh address (a /32 of `prefix`).
+    pub mesh_ip: String,
+    /// The colony's mesh subnet, e.g. `100.91.16.0/20`.
+    pub subnet: String,
+    pub colony_mesh_ip: String,
+    /// The colony's WireGuard public key, hex.
+    pub colony_public_key: String,
+    /// Where the colony's WireGuard listens (`host:port`, UDP).
+    pub endpoints: Vec<String>,
+    /// The colony's control-plane port on its mesh address (tarpc, TCP).
+    pub rpc_port: u16,
+    pub issued_at_ms: i64,
+}
+
+/// A [`MeshGrant`] as JSON text with the colony's signature over
+/// `coral-grant-v1\n` + `grant` (hex Ed25519 signature).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedGrant {
+    pub grant: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum JoinError {
+    #[error("the join token is not valid for this colony (unknown secret)")]
+    UnknownToken,
+    #[error("the join token expired")]
+    Expired,
+    #[error("the join token was already used")]
+    Used,
+    #[error("this colony is '{actual}', not '{wanted}'")]
+    WrongColony { wanted: String, actual: String },
+    #[error("invalid join request: {0}")]
+    Invalid(String),
+    #[error("the colony's mesh is full")]
+    Full,
+    #[error("colony storage failed: {0}")]
+    Storage(String),
+}
+
+/// `coral colony token create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub ttl_ms: u64,
+    pub uses: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// The token to pass to `coral agent start --join`.
+    pub token: String,
+    /// A short id for the token (the first hex digits of its hash).
+    pub id: String,
+    pub colony_id: String,
+    pub endpoints: Vec<String>,
+    pub expires_at_ms: i64,
+    pub uses: u32,
+}
+
+/// One member of the colony's mesh, for `coral colony agents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub agent_id: String,
+    pub name: String,
+    /// The agent's mesh address; `None` for an agent on the colony's own
+    /// machine that talks over the local socket.
+    pub mesh_ip: Option<String>,
+    /// The agent's WireGuard public key, hex (`None` for a local agent).
+    pub public_key: Option<String>,
+    /// Where its WireGuard packets last came from.
+    pub endpoint: Option<String>,
+    pub last_handshake_ms: Option<i64>,
+    pub joined_at_ms: i64,
+    pub last_seen_ms: Option<i64>,
+    pub online: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MeshAdminError {
+    #[error(
+        "the colony's mesh is disabled (colony.mesh.enabled = false): it has no tokens or members"
+    )]
+    Disabled,
+    #[error("no agent named or with id '{0}' (see 'coral colony agents')")]
+    UnknownAgent(String),
+    #[error("'{0}' names more than one agent; use its id")]
+    Ambiguous(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("colony storage failed: {0}")]
+    Storage(String),
+}
+
+/// A colony's current endpoints as it publishes them to discovery: JSON
+/// text of [`EndpointRecord`] signed over `coral-endpoints-v1\n` + `record`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedEndpoints {
+    pub record: String,
+    /// The colony's Ed25519 public key, hex. Discovery pins the first key
+    /// seen for a colony id; agents check it against the key they hold.
+    pub sign_key: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub colony_id: String,
+    pub endpoints: Vec<String>,
+    pub issued_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum DiscoveryError {
+    #[error("bad signature")]
+    BadSignature,
+    #[error("colony '{0}' is published with another key")]
+    KeyMismatch(String),
+    #[error("an older record than the one published")]
+    Stale,
+    #[error("invalid record: {0}")]
+    Invalid(String),
 }

@@ -18,11 +18,17 @@ use std::time::{Duration, Instant};
 
 pub const CORAL: &str = env!("CARGO_BIN_EXE_coral");
 
-/// Fast intervals so tests see changes within a second.
+/// Fast intervals so tests see changes within a second. These tests use
+/// the plain-TCP development transport (`[colony.mesh] enabled = false`):
+/// they run unprivileged and in parallel on loopback. The mesh is tested in
+/// network namespaces by `tests/mesh_join.rs`.
 pub const FAST_CONFIG: &str = r#"
 [colony]
 heartbeat_interval = "200ms"
 agent_timeout = "1s"
+
+[colony.mesh]
+enabled = false
 
 [agent]
 name = "test-host"

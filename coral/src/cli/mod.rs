@@ -75,6 +75,9 @@ health path.")]
         /// Name of a connected service.
         name: String,
     },
+    /// Run a discovery registry, where colonies publish their signed endpoints.
+    #[command(subcommand)]
+    Discovery(DiscoveryCmd),
     /// Query telemetry held by the colony: traces and logs.
     #[command(subcommand)]
     Query(QueryCmd),
@@ -128,6 +131,65 @@ $XDG_RUNTIME_DIR/coral. Settings come from $XDG_CONFIG_HOME/coral/config.toml
     /// Stop the colony.
     #[command(after_help = "Example:\n  coral colony stop")]
     Stop,
+    /// Join tokens for agents on other hosts.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// List the agents that joined the colony's mesh.
+    #[command(after_help = "Examples:\n  coral colony agents\n  coral colony agents --json")]
+    Agents {
+        /// Print JSON (a stable schema) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an agent from the mesh: its peer, its address and its calls.
+    #[command(
+        after_help = "Examples:\n  coral colony revoke web-3\n  coral colony revoke 5f0c2a1e-..."
+    )]
+    Revoke {
+        /// The agent's name or id (see 'coral colony agents').
+        agent: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a join token: colony id, keys, endpoints and a one-time secret.
+    #[command(after_help = "\
+Examples:
+  coral colony token create
+  coral colony token create --ttl 24h --uses 10 --json
+
+Give the token to 'coral agent start --join TOKEN' on the host to add. The
+colony keeps only a hash of its secret. A token works --uses times (default
+once) until it expires (default 1h).")]
+    Create {
+        /// How long the token stays valid, e.g. 10m, 1h, 7days.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many agents may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Print JSON (a stable schema) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiscoveryCmd {
+    /// Start the registry in the foreground (agents and colonies point
+    /// colony.mesh.discovery / agent.mesh.discovery at it).
+    #[command(after_help = "\
+Examples:
+  coral discovery start
+  coral discovery start --listen 0.0.0.0:41580
+
+Records are signed by each colony's key and checked by agents against the
+key from their join token; the registry is trusted only to be available.")]
+    Start {
+        #[arg(long, default_value = "127.0.0.1:41580")]
+        listen: String,
+    },
 }
 
 #[derive(Args)]
@@ -161,11 +223,17 @@ enum AgentCmd {
     #[command(after_help = "\
 Examples:
   coral agent start                      # joins the colony running on this machine
-  coral agent start --daemon --colony 10.0.0.5:9000 --colony-id shop-prod
+  coral agent start --daemon --join coral-join-v1.eyJjb2xvbnlf...
+  coral agent start --colony-id shop-prod --discovery 10.0.0.9:41580
 
-Without --colony (or agent.colony in the config) the agent finds the colony
-that the same user runs on this machine. If the colony is not reachable the
-agent keeps retrying and says so in 'coral agent status'.")]
+With --join the agent redeems the token (from 'coral colony token create')
+with its colony, caches the colony-signed peer config in its state dir and
+talks to the colony over the WireGuard mesh from then on, also after
+restarts (no --join needed again). Without a membership it finds the colony
+that the same user runs on this machine. --colony host:port is the plain-TCP
+development transport (a colony with colony.mesh.enabled = false). If the
+colony is not reachable the agent keeps retrying and says so in
+'coral agent status'.")]
     Start(AgentStart),
     /// Show the agent, its services and its link to the colony.
     #[command(after_help = "Examples:\n  coral agent status\n  coral agent status --json")]
@@ -187,9 +255,15 @@ struct AgentStart {
     /// Join only the colony with this id.
     #[arg(long)]
     colony_id: Option<String>,
-    /// Colony address host:port (default: the colony on this machine).
+    /// Colony address host:port, plain TCP (development: a colony with the mesh off).
     #[arg(long)]
     colony: Option<String>,
+    /// Join a colony with a token from 'coral colony token create'.
+    #[arg(long, value_name = "TOKEN")]
+    join: Option<String>,
+    /// A discovery registry host:port to find the colony if it moved.
+    #[arg(long)]
+    discovery: Option<String>,
     /// Detach, write a pid file and a log file; return once the agent serves.
     #[arg(short, long)]
     daemon: bool,
@@ -375,6 +449,47 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print_json_or(json, &status, render::colony_status)
         }),
         Command::Colony(ColonyCmd::Stop) => stop("colony"),
+        Command::Colony(ColonyCmd::Token(TokenCmd::Create { ttl, uses, json })) => {
+            client(async move {
+                let c = colony_client().await?;
+                let t = c
+                    .token_create(
+                        ctx(),
+                        coral_proto::TokenRequest {
+                            ttl_ms: ttl.as_millis().min(u64::MAX as u128) as u64,
+                            uses,
+                        },
+                    )
+                    .await
+                    .map_err(|e| colony_gone(&e))?
+                    .map_err(mesh_admin)?;
+                print_json_or(json, &t, render::token)
+            })
+        }
+        Command::Colony(ColonyCmd::Agents { json }) => client(async move {
+            let c = colony_client().await?;
+            let m = c
+                .members(ctx())
+                .await
+                .map_err(|e| colony_gone(&e))?
+                .map_err(mesh_admin)?;
+            print_json_or(json, &m, |m| render::members(coral_proto::now_ms(), m))
+        }),
+        Command::Colony(ColonyCmd::Revoke { agent }) => client(async move {
+            let c = colony_client().await?;
+            let m = c
+                .revoke(ctx(), agent)
+                .await
+                .map_err(|e| colony_gone(&e))?
+                .map_err(mesh_admin)?;
+            out(&format!(
+                "Revoked {} ({}{})\n",
+                m.name,
+                m.agent_id,
+                m.mesh_ip.map(|ip| format!(", {ip}")).unwrap_or_default()
+            ))
+        }),
+        Command::Discovery(DiscoveryCmd::Start { listen }) => discovery_start(&listen),
         Command::Agent(AgentCmd::Start(args)) => agent_start(args),
         Command::Agent(AgentCmd::Status { json }) => client(async move {
             let c = agent_client().await?;
@@ -477,6 +592,34 @@ async fn agent_client() -> anyhow::Result<AgentControlClient> {
 
 fn colony_gone(e: &tarpc::client::RpcError) -> anyhow::Error {
     Unavailable(format!("the colony did not answer: {e}")).into()
+}
+
+fn mesh_admin(e: coral_proto::MeshAdminError) -> anyhow::Error {
+    use coral_proto::MeshAdminError as E;
+    match e {
+        E::Storage(_) => anyhow!("{e}"),
+        _ => Usage(e.to_string()).into(),
+    }
+}
+
+fn discovery_start(listen: &str) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|_| Usage(format!("--listen '{listen}' must be ip:port")))?;
+    init_daemon();
+    let rt = daemon_runtime()?;
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
+        let bound = l.local_addr()?;
+        tracing::info!(listen = %bound, "discovery listening");
+        daemon::report_ready(
+            &serde_json::json!({ "pid": std::process::id(), "listen": bound.to_string() }),
+        );
+        crate::discovery::run(l, shutdown_signal()).await;
+        anyhow::Ok(())
+    })
 }
 
 fn agent_gone(e: &tarpc::client::RpcError) -> anyhow::Error {
@@ -639,28 +782,40 @@ fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
 fn serve_colony(config: ColonyConfig, sandbox: Mode) -> anyhow::Result<()> {
     let (_pid, sock) = claim("colony")?;
     // Bind before touching state, so a busy port leaves nothing behind.
+    // With the mesh on, agents are served on the mesh address instead.
     let listen = config.listen.clone();
-    let rpc = std::net::TcpListener::bind(&listen).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            " (another colony? pick another port with --port)"
-        } else {
-            ""
-        };
-        anyhow!("cannot listen on {listen}: {e}{hint}")
-    })?;
-    rpc.set_nonblocking(true)?;
+    let rpc = if config.mesh.enabled {
+        None
+    } else {
+        let rpc = std::net::TcpListener::bind(&listen).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another colony? pick another port with --port)"
+            } else {
+                ""
+            };
+            anyhow!("cannot listen on {listen}: {e}{hint}")
+        })?;
+        rpc.set_nonblocking(true)?;
+        Some(rpc)
+    };
     confine(Role::Colony, sandbox, &config.state_dir(), &[])?;
-    let colony = Colony::open(config)?;
     let rt = daemon_runtime()?;
+    // The mesh's device and sockets register with the runtime.
+    let colony = {
+        let _enter = rt.enter();
+        Colony::open(config)?
+    };
     rt.block_on(async move {
-        let rpc = tokio::net::TcpListener::from_std(rpc)?;
+        let rpc = rpc.map(tokio::net::TcpListener::from_std).transpose()?;
         let control = bind_control(&sock)?;
-        let addr = rpc.local_addr()?.to_string();
+        let addr = colony.rpc_addr();
         tracing::info!(colony_id = colony.colony_id(), rpc = %addr, socket = %sock.display(), "colony listening");
         daemon::report_ready(&serde_json::json!({
             "colony_id": colony.colony_id(),
             "pid": std::process::id(),
             "rpc_addr": addr,
+            "mesh_ip": colony.mesh_ip().map(|ip| ip.to_string()),
+            "endpoints": colony.mesh_endpoints(),
         }));
         colony.run(rpc, control, shutdown_signal()).await;
         let _ = std::fs::remove_file(&sock);
@@ -677,8 +832,33 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
     if let Some(c) = args.colony {
         config.colony = Some(c);
     }
+    if let Some(d) = args.discovery {
+        config.mesh.discovery = Some(d);
+    }
     config.validate().map_err(Usage)?;
     let sandbox: Mode = args.sandbox.parse().map_err(Usage)?;
+    if let Some(token) = &args.join {
+        // Redeemed before detaching, so a bad token is reported here; the
+        // detached child sees the token is already redeemed and goes on.
+        let (grant, now) = client(async {
+            Agent::join(&config, token)
+                .await
+                .map_err(|e| -> anyhow::Error {
+                    use coral_agent::meshnode::JoinFailure as F;
+                    match e {
+                        F::Token(_) => Usage(e.to_string()).into(),
+                        F::Unreachable { .. } => Unavailable(e.to_string()).into(),
+                        _ => anyhow!("{e}"),
+                    }
+                })
+        })?;
+        if now {
+            eprintln!(
+                "Joined colony {} as {} (mesh subnet {})",
+                grant.colony_id, grant.mesh_ip, grant.subnet
+            );
+        }
+    }
     if args.daemon && !daemon::is_child() {
         let (ready, log) = detach("agent", &config.state_dir())?;
         let mut msg = format!(
@@ -695,8 +875,12 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
     init_daemon();
     let (_pid, sock) = claim("agent")?;
     confine(Role::Agent, sandbox, &config.state_dir(), &[])?;
-    let agent = Agent::open(config)?;
     let rt = daemon_runtime()?;
+    // A joined agent's mesh device registers with the runtime.
+    let agent = {
+        let _enter = rt.enter();
+        Agent::open(config)?
+    };
     rt.block_on(async move {
         let control = bind_control(&sock)?;
         tracing::info!(agent_id = agent.agent_id(), socket = %sock.display(), "agent listening");
@@ -704,6 +888,7 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
             "agent_id": agent.agent_id(),
             "name": agent.name(),
             "pid": std::process::id(),
+            "mesh_ip": agent.mesh_ip().map(|ip| ip.to_string()),
         }));
         agent.run(control, shutdown_signal()).await;
         let _ = std::fs::remove_file(&sock);

@@ -1,7 +1,10 @@
 //! Human output: aligned tables and short relative times.
 
 use comfy_table::{Table, presets};
-use coral_proto::{AgentStatus, ColonyStatus, LogRecord, ServiceHealth, SpanRecord, TraceSummary};
+use coral_proto::{
+    AgentStatus, ColonyStatus, LogRecord, Member, ServiceHealth, SpanRecord, TokenCreated,
+    TraceSummary,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -82,6 +85,23 @@ pub fn colony_status(s: &ColonyStatus) -> String {
         s.stored_metric_points,
         s.stored_logs
     );
+    if let Some(m) = &s.mesh {
+        out.push_str(&format!(
+            "Mesh: {} on {} (subnet {}), endpoints {}; key from {}, TUN {}\n",
+            m.mesh_ip,
+            m.interface,
+            m.subnet,
+            if m.endpoints.is_empty() {
+                "none (set colony.mesh.endpoints)".to_string()
+            } else {
+                m.endpoints.join(", ")
+            },
+            m.key_source,
+            m.tun_path
+        ));
+    } else {
+        out.push_str("Mesh: off (colony.mesh.enabled = false: plain TCP, development only)\n");
+    }
     if s.agents.is_empty() {
         out.push_str("\nNo agents yet: run 'coral agent start' on a host.\n");
         return out;
@@ -158,8 +178,12 @@ pub fn agent_status(s: &AgentStatus) -> String {
             link.last_error.as_deref().unwrap_or("none")
         ),
     };
+    let mesh = match (&s.mesh_ip, &s.mesh_interface) {
+        (Some(ip), Some(i)) => format!("Mesh: {ip} on {i}\n"),
+        _ => String::new(),
+    };
     let mut out = format!(
-        "Agent {}  (id {}, coral {}, pid {}, up {})\nColony: {}\nSamples: {} stored, {} waiting for the colony, {} dropped\nOTLP: {}; stored {} spans, {} metric points, {} log records\n",
+        "Agent {}  (id {}, coral {}, pid {}, up {})\nColony: {}\n{mesh}Samples: {} stored, {} waiting for the colony, {} dropped\nOTLP: {}; stored {} spans, {} metric points, {} log records\n",
         s.name,
         s.agent_id,
         s.version,
@@ -335,6 +359,50 @@ pub fn logs(logs: &[LogRecord]) -> String {
             },
             l.trace_id.clone().unwrap_or_else(|| "-".into()),
             l.body.clone(),
+        ]);
+    }
+    t.to_string() + "\n"
+}
+
+pub fn token(t: &TokenCreated) -> String {
+    let now = coral_proto::now_ms();
+    format!(
+        "{}\n\nJoin token {} for colony {} (endpoints {}): valid for {}, {} use{}.\nOn each host: coral agent start --join <token>\n",
+        t.token,
+        t.id,
+        t.colony_id,
+        t.endpoints.join(", "),
+        span(t.expires_at_ms - now),
+        t.uses,
+        if t.uses == 1 { "" } else { "s" }
+    )
+}
+
+pub fn members(now: i64, members: &[Member]) -> String {
+    if members.is_empty() {
+        return "No agents have joined: create a token with 'coral colony token create'.\n".into();
+    }
+    let mut t = table(&[
+        "AGENT",
+        "ID",
+        "MESH IP",
+        "ENDPOINT",
+        "HANDSHAKE",
+        "LAST SEEN",
+        "ONLINE",
+    ]);
+    for m in members {
+        t.add_row(vec![
+            m.name.clone(),
+            m.agent_id.chars().take(8).collect(),
+            m.mesh_ip.clone().unwrap_or_else(|| "local".into()),
+            m.endpoint.clone().unwrap_or_else(|| "-".into()),
+            match (&m.mesh_ip, m.last_handshake_ms) {
+                (None, _) => "-".into(),
+                (_, h) => ago(now, h),
+            },
+            ago(now, m.last_seen_ms),
+            if m.online { "yes" } else { "no" }.into(),
         ]);
     }
     t.to_string() + "\n"

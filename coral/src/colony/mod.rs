@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod mcp;
+pub(crate) mod mesh;
 pub mod query;
 pub mod registry;
 mod rpc;
@@ -38,6 +39,8 @@ pub enum ColonyError {
     Store(#[from] coral_agent::sqlite::StoreError),
     #[error(transparent)]
     Telemetry(#[from] coral_agent::telemetry::TelemetryError),
+    #[error("colony mesh: {0}")]
+    Mesh(String),
 }
 
 /// Serialises one agent's writes of one kind, holding the highest seq stored
@@ -59,6 +62,10 @@ pub(crate) struct Shared {
     /// The same for forwarded telemetry, per agent and kind.
     pub(crate) signal_seqs: Mutex<HashMap<(String, coral_proto::SignalKind), SeqSlot>>,
     pub(crate) shutdown: CancellationToken,
+    /// The WireGuard mesh, unless `colony.mesh.enabled = false`.
+    pub(crate) mesh: Option<Arc<mesh::ColonyMesh>>,
+    /// The Unix socket same-user agents on this machine use (mesh mode).
+    pub(crate) local_agents: Mutex<Option<PathBuf>>,
 }
 
 impl Shared {
@@ -100,6 +107,12 @@ impl Colony {
         let colony_id = registry.colony_id(config.colony_id.as_deref())?;
         let (telemetry, guard) =
             Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
+        let mesh = match config.mesh.enabled {
+            true => Some(Arc::new(mesh::ColonyMesh::open(
+                &config, &registry, &state_dir, &colony_id,
+            )?)),
+            false => None,
+        };
         Ok(Colony {
             shared: Arc::new(Shared {
                 colony_id,
@@ -107,10 +120,16 @@ impl Colony {
                 started_at_ms: coral_proto::now_ms(),
                 registry: Mutex::new(registry),
                 telemetry,
-                rpc_addr: Mutex::new(config.listen.clone()),
+                rpc_addr: Mutex::new(
+                    mesh.as_ref()
+                        .map(|m| m.rpc_addr.to_string())
+                        .unwrap_or_else(|| config.listen.clone()),
+                ),
                 agent_seqs: Mutex::new(HashMap::new()),
                 signal_seqs: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                mesh,
+                local_agents: Mutex::new(None),
                 config,
             }),
             _telemetry: guard,
@@ -121,33 +140,69 @@ impl Colony {
         &self.shared.colony_id
     }
 
-    /// Serves agents on `rpc` and the CLI on `control` until `shutdown`
-    /// resolves or a client asks the colony to stop.
+    /// The mesh address agents reach the colony's control plane on.
+    pub fn mesh_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.shared.mesh.as_ref().map(|m| m.mesh_ip)
+    }
+
+    /// Where agents reach the control plane (on the mesh when it is on).
+    pub fn rpc_addr(&self) -> String {
+        self.shared.rpc_addr.lock().expect("rpc_addr lock").clone()
+    }
+
+    /// The mesh's public endpoints (UDP WireGuard + TCP join), if on.
+    pub fn mesh_endpoints(&self) -> Vec<String> {
+        self.shared
+            .mesh
+            .as_ref()
+            .map(|m| m.endpoints.clone())
+            .unwrap_or_default()
+    }
+
+    /// Serves the CLI on `control` until `shutdown` resolves or a client
+    /// asks the colony to stop. Agents are served on `rpc` (plain TCP, the
+    /// development transport) when given; with the mesh on, on the
+    /// colony's mesh address (port of `colony.listen`), on the join
+    /// endpoint, and, for same-user agents on this machine, on
+    /// `colony-agents.sock` next to `control`.
     pub async fn run(
         self,
-        rpc: TcpListener,
+        rpc: Option<TcpListener>,
         control: UnixListener,
         shutdown: impl Future<Output = ()>,
     ) {
         let shared = self.shared.clone();
-        if let Ok(addr) = rpc.local_addr() {
-            *shared.rpc_addr.lock().expect("rpc_addr lock") = addr.to_string();
+        let mut tasks = Vec::new();
+        if let Some(rpc) = rpc {
+            if let Ok(addr) = rpc.local_addr() {
+                *shared.rpc_addr.lock().expect("rpc_addr lock") = addr.to_string();
+            }
+            tasks.push(tokio::spawn(rpc::serve_agents(shared.clone(), rpc, false)));
         }
-        let mcp_task = control
+        if let Some(m) = shared.mesh.clone() {
+            match rpc::start_mesh(&shared, &m, &control) {
+                Ok(t) => tasks.extend(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve agents on the mesh");
+                    return;
+                }
+            }
+        }
+        if let Some(path) = control
             .local_addr()
             .ok()
             .and_then(|a| a.as_pathname().map(mcp::socket_beside))
-            .and_then(|path| match bind_private(&path) {
+        {
+            match bind_private(&path) {
                 Ok(l) => {
                     tracing::info!(socket = %path.display(), "mcp gateway listening");
-                    Some(tokio::spawn(mcp::serve(shared.clone(), l)))
+                    tasks.push(tokio::spawn(mcp::serve(shared.clone(), l)));
                 }
                 Err(e) => {
-                    tracing::warn!(socket = %path.display(), error = %e, "mcp gateway not started");
-                    None
+                    tracing::warn!(socket = %path.display(), error = %e, "mcp gateway not started")
                 }
-            });
-        let rpc_task = tokio::spawn(rpc::serve_agents(shared.clone(), rpc));
+            }
+        }
         let control_task = tokio::spawn(rpc::serve_control(shared.clone(), control));
         tracing::info!(colony_id = %shared.colony_id, rpc = %shared.rpc_addr.lock().expect("rpc_addr lock"), "colony running");
         tokio::select! {
@@ -155,13 +210,14 @@ impl Colony {
             _ = shared.shutdown.cancelled() => {}
         }
         tracing::info!("colony stopping");
-        if let Some(t) = mcp_task {
+        shared.shutdown.cancel();
+        control_task.abort();
+        for t in &tasks {
             t.abort();
+        }
+        for t in tasks {
             let _ = t.await;
         }
-        rpc_task.abort();
-        control_task.abort();
-        let _ = rpc_task.await;
         let _ = control_task.await;
         // Dropping `self` commits outstanding telemetry and joins the writer.
     }
@@ -184,7 +240,7 @@ fn bind_private(path: &std::path::Path) -> std::io::Result<UnixListener> {
 /// Opens the colony and runs it (see [`Colony::open`] and [`Colony::run`]).
 pub async fn run(
     config: ColonyConfig,
-    rpc: TcpListener,
+    rpc: Option<TcpListener>,
     control: UnixListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ColonyError> {

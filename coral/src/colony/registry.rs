@@ -49,7 +49,53 @@ const MIGRATIONS: &[&str] = &[
         error    TEXT
      );
      CREATE INDEX health_history_by_service ON health_history (agent_id, service, ts);",
+    // 2: the mesh (issue 3): members, their address allocations, join tokens.
+    // `meta` gains mesh_subnet (chosen at random on first start).
+    "CREATE TABLE members (
+        agent_id   TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        public_key TEXT UNIQUE,
+        mesh_ip    INTEGER UNIQUE,
+        endpoint   TEXT,
+        joined_at  INTEGER NOT NULL,
+        revoked_at INTEGER
+     );
+     -- Every address ever handed out; a retired one is never reused.
+     CREATE TABLE mesh_ips (
+        ip           INTEGER PRIMARY KEY,
+        agent_id     TEXT NOT NULL,
+        allocated_at INTEGER NOT NULL,
+        retired_at   INTEGER
+     );
+     CREATE TABLE join_tokens (
+        hash       TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        uses_left  INTEGER NOT NULL
+     );",
 ];
+
+/// A member of the mesh as stored.
+#[derive(Debug, Clone)]
+pub struct MemberRow {
+    pub agent_id: String,
+    pub name: String,
+    pub public_key: Option<String>,
+    pub mesh_ip: Option<std::net::Ipv4Addr>,
+    pub endpoint: Option<String>,
+    pub joined_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub left_at: Option<i64>,
+}
+
+/// Why a token cannot be redeemed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Expired,
+    Used,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -69,6 +115,16 @@ impl From<rusqlite::Error> for RegistryError {
     fn from(e: rusqlite::Error) -> Self {
         RegistryError::Store(StoreError::Sql(e))
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RedeemError {
+    Token(TokenRefusal),
+    /// Another active member holds this agent id with another key.
+    AlreadyMember,
+    /// Another active member holds this public key.
+    KeyInUse,
+    Full,
 }
 
 pub struct Registry {
@@ -110,6 +166,258 @@ impl Registry {
                 Ok(id)
             }
         }
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            [key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The colony's mesh subnet (network address, prefix), chosen with
+    /// `pick` and stored on first use.
+    pub fn mesh_subnet(
+        &self,
+        pick: impl FnOnce() -> (std::net::Ipv4Addr, u8),
+    ) -> Result<(std::net::Ipv4Addr, u8), StoreError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'mesh_subnet'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some((ip, prefix)) = stored.as_deref().and_then(|s| s.split_once('/'))
+            && let (Ok(ip), Ok(prefix)) = (ip.parse(), prefix.parse())
+        {
+            return Ok((ip, prefix));
+        }
+        let (ip, prefix) = pick();
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('mesh_subnet', ?1)",
+            [format!("{ip}/{prefix}")],
+        )?;
+        Ok((ip, prefix))
+    }
+
+    pub fn add_token(
+        &self,
+        hash: &str,
+        now: i64,
+        expires: i64,
+        uses: u32,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO join_tokens (hash, created_at, expires_at, uses_left) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, now, expires, uses],
+        )?;
+        // Expired tokens are useless; keep the table small.
+        self.conn.execute(
+            "DELETE FROM join_tokens WHERE expires_at < ?1 - 86400000",
+            [now],
+        )?;
+        Ok(())
+    }
+
+    /// Redeems a token for `agent_id` and allocates (or keeps) its address,
+    /// in one transaction. `first..=last` is the range agents get.
+    #[allow(clippy::too_many_arguments)]
+    pub fn redeem(
+        &mut self,
+        hash: &str,
+        agent_id: &str,
+        name: &str,
+        public_key: &str,
+        first: u32,
+        last: u32,
+        now: i64,
+    ) -> Result<Result<std::net::Ipv4Addr, RedeemError>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let tok: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT expires_at, uses_left FROM join_tokens WHERE hash = ?1",
+                [hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match tok {
+            None => return Ok(Err(RedeemError::Token(TokenRefusal::Unknown))),
+            Some((exp, _)) if exp < now => {
+                return Ok(Err(RedeemError::Token(TokenRefusal::Expired)));
+            }
+            Some((_, 0)) => return Ok(Err(RedeemError::Token(TokenRefusal::Used))),
+            Some(_) => {}
+        }
+        let existing: Option<(Option<String>, Option<u32>, Option<i64>)> = tx
+            .query_row(
+                "SELECT public_key, mesh_ip, revoked_at FROM members WHERE agent_id = ?1",
+                [agent_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let ip = match existing {
+            // The same agent with the same key joins again: same address.
+            Some((Some(k), Some(ip), None)) if k == public_key => ip,
+            Some((_, _, None)) => return Ok(Err(RedeemError::AlreadyMember)),
+            // New, or revoked before: a fresh address.
+            _ => {
+                let taken: Option<String> = tx
+                    .query_row(
+                        "SELECT agent_id FROM members WHERE public_key = ?1 AND agent_id != ?2 AND revoked_at IS NULL",
+                        params![public_key, agent_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if taken.is_some() {
+                    return Ok(Err(RedeemError::KeyInUse));
+                }
+                let mut used =
+                    tx.prepare("SELECT ip FROM mesh_ips WHERE ip BETWEEN ?1 AND ?2 ORDER BY ip")?;
+                let mut next = first;
+                for ip in used.query_map([first, last], |r| r.get::<_, u32>(0))? {
+                    if ip? == next {
+                        next += 1;
+                    } else {
+                        break;
+                    }
+                }
+                drop(used);
+                if next > last {
+                    return Ok(Err(RedeemError::Full));
+                }
+                tx.execute(
+                    "UPDATE mesh_ips SET retired_at = ?2 WHERE agent_id = ?1 AND retired_at IS NULL",
+                    params![agent_id, now],
+                )?;
+                tx.execute(
+                    "INSERT INTO mesh_ips (ip, agent_id, allocated_at) VALUES (?1, ?2, ?3)",
+                    params![next, agent_id, now],
+                )?;
+                // A revoked key may not come back under another id.
+                tx.execute(
+                    "UPDATE members SET public_key = NULL WHERE public_key = ?1 AND agent_id != ?2",
+                    params![public_key, agent_id],
+                )?;
+                next
+            }
+        };
+        tx.execute(
+            "INSERT INTO members (agent_id, name, public_key, mesh_ip, joined_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(agent_id) DO UPDATE SET name = excluded.name, public_key = excluded.public_key,
+                mesh_ip = excluded.mesh_ip, joined_at = excluded.joined_at, revoked_at = NULL, endpoint = NULL",
+            params![agent_id, name, public_key, ip, now],
+        )?;
+        tx.execute(
+            "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE hash = ?1",
+            [hash],
+        )?;
+        tx.commit()?;
+        Ok(Ok(std::net::Ipv4Addr::from(ip)))
+    }
+
+    /// An agent on the colony's machine (or, with the mesh off, any agent)
+    /// becomes a member without an address when it registers.
+    pub fn ensure_local_member(
+        &self,
+        agent_id: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO members (agent_id, name, joined_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(agent_id) DO UPDATE SET name = excluded.name",
+            params![agent_id, name, now],
+        )?;
+        Ok(())
+    }
+
+    /// Every member, revoked ones included, with its registry timestamps.
+    pub fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT m.agent_id, m.name, m.public_key, m.mesh_ip, m.endpoint, m.joined_at, m.revoked_at,
+                    a.last_seen, a.left_at
+             FROM members m LEFT JOIN agents a ON a.id = m.agent_id ORDER BY m.name, m.agent_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(MemberRow {
+                agent_id: r.get(0)?,
+                name: r.get(1)?,
+                public_key: r.get(2)?,
+                mesh_ip: r.get::<_, Option<u32>>(3)?.map(std::net::Ipv4Addr::from),
+                endpoint: r.get(4)?,
+                joined_at: r.get(5)?,
+                revoked_at: r.get(6)?,
+                last_seen: r.get(7)?,
+                left_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The active member at a mesh address: (agent id, revoked?).
+    pub fn member_at(&self, ip: std::net::Ipv4Addr) -> Result<Option<(String, bool)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT agent_id, revoked_at IS NOT NULL FROM members WHERE mesh_ip = ?1",
+                [u32::from(ip)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn is_revoked(&self, agent_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT revoked_at IS NOT NULL FROM members WHERE agent_id = ?1",
+                [agent_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    pub fn set_endpoint(
+        &self,
+        mesh_ip: std::net::Ipv4Addr,
+        endpoint: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE members SET endpoint = ?2 WHERE mesh_ip = ?1 AND revoked_at IS NULL",
+            params![u32::from(mesh_ip), endpoint],
+        )?;
+        Ok(())
+    }
+
+    /// Revokes a member and retires its address.
+    pub fn revoke(&mut self, agent_id: &str, now: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE members SET revoked_at = ?2 WHERE agent_id = ?1",
+            params![agent_id, now],
+        )?;
+        tx.execute(
+            "UPDATE mesh_ips SET retired_at = ?2 WHERE agent_id = ?1 AND retired_at IS NULL",
+            params![agent_id, now],
+        )?;
+        tx.execute(
+            "UPDATE agents SET left_at = ?2 WHERE id = ?1",
+            params![agent_id, now],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Records a (re)registration; returns the highest sample seq stored.

@@ -2,18 +2,25 @@
 //! CLI-facing local control service (Unix socket).
 
 use super::Shared;
+use super::mesh::ColonyMesh;
+use coral_agent::membership as ms;
 use coral_agent::telemetry::SampleRow;
-use coral_proto::rpc::{Colony, ColonyControl};
+use coral_proto::rpc::{Colony, ColonyControl, ColonyJoin};
 use coral_proto::{
-    ColonyEndpoint, ColonyError, ColonyStatus, Heartbeat, HeartbeatAck, LogQuery, LogRecord,
-    QueryError, Registered, Registration, ServiceHealth, Signals, SpanRecord, TraceQuery,
+    ColonyEndpoint, ColonyError, ColonyStatus, Heartbeat, HeartbeatAck, JoinError, JoinRequest,
+    LogQuery, LogRecord, Member, MeshAdminError, QueryError, Registered, Registration,
+    ServiceHealth, Signals, SignedGrant, SpanRecord, TokenCreated, TokenRequest, TraceQuery,
     TraceSummary,
 };
-use std::net::SocketAddr;
+use futures::StreamExt as _;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel as _};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinHandle;
 
 /// Limits on what one agent may send in one call.
 const MAX_SERVICES: usize = 1_000;
@@ -54,13 +61,63 @@ fn only_after(signals: Signals, stored: u64, agent_id: &str) -> Signals {
     }
 }
 
+/// Who is calling, as the transport proves it.
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    /// Over the mesh: the WireGuard device checked that this source address
+    /// belongs to the peer that sent the packets, so it is the identity.
+    Mesh(Ipv4Addr),
+    /// Over `colony-agents.sock`: the same user on this machine.
+    Local,
+    /// Plain TCP with the mesh off (development and tests): no identity.
+    Dev,
+}
+
 #[derive(Clone)]
 struct AgentFacing {
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    peer: String,
+    caller: Caller,
 }
 
-pub(crate) async fn serve_agents(shared: Arc<Shared>, listener: TcpListener) {
+impl AgentFacing {
+    /// Refuses a call whose claimed agent id the transport does not back.
+    fn authorize(&self, claimed: &str) -> Result<(), ColonyError> {
+        let reg = self.shared.registry.lock().expect("registry lock");
+        match self.caller {
+            Caller::Mesh(ip) => match reg.member_at(ip).map_err(storage)? {
+                Some((id, false)) if id == claimed => Ok(()),
+                Some((_, true)) => Err(ColonyError::Revoked),
+                _ => Err(ColonyError::NotYou {
+                    claimed: claimed.to_string(),
+                    mesh_ip: ip.to_string(),
+                }),
+            },
+            Caller::Local | Caller::Dev => match reg.is_revoked(claimed).map_err(storage)? {
+                true => Err(ColonyError::Revoked),
+                false => Ok(()),
+            },
+        }
+    }
+}
+
+/// Serves one connection until it closes or `cancel` fires.
+fn spawn_conn<S>(stream: S, facing: AgentFacing, cancel: tokio_util::sync::CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let channel = BaseChannel::with_defaults(coral_proto::local::framed(stream));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = channel.execute(facing.serve()).for_each(|call| async {
+                tokio::spawn(call);
+            }) => {}
+            _ = cancel.cancelled() => {}
+        }
+    });
+}
+
+pub(crate) async fn serve_agents(shared: Arc<Shared>, listener: TcpListener, mesh: bool) {
     let accept_errors = coral_proto::local::RateLimited::new(Duration::from_secs(1));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -74,11 +131,217 @@ pub(crate) async fn serve_agents(shared: Arc<Shared>, listener: TcpListener) {
             }
         };
         let _ = stream.set_nodelay(true);
+        let (caller, cancel) = match (mesh, peer.ip(), &shared.mesh) {
+            (true, IpAddr::V4(ip), Some(m)) => (Caller::Mesh(ip), m.conn_token(ip)),
+            (true, _, _) => continue,
+            (false, _, _) => (Caller::Dev, shared.shutdown.child_token()),
+        };
         let facing = AgentFacing {
             shared: shared.clone(),
-            peer,
+            peer: peer.to_string(),
+            caller,
         };
-        coral_proto::spawn_channel!(coral_proto::local::framed(stream), facing.serve());
+        spawn_conn(stream, facing, cancel);
+    }
+}
+
+/// Starts everything the mesh needs once the runtime runs: the WireGuard
+/// device, the control plane on the mesh address, the join endpoint, the
+/// local agents' socket, endpoint bookkeeping and discovery publishing.
+pub(crate) fn start_mesh(
+    shared: &Arc<Shared>,
+    m: &Arc<ColonyMesh>,
+    control: &UnixListener,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let dev = m.device.clone();
+    let stop = shared.shutdown.child_token();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = dev.run(stop).await {
+            tracing::error!(error = %e, "the WireGuard device stopped");
+        }
+    }));
+    // A restarted colony greets the agents it knows at once.
+    let dev = m.device.clone();
+    tasks.push(tokio::spawn(async move { dev.initiate_handshakes().await }));
+
+    if let Some(rpc) = m.take_rpc_listener() {
+        tasks.push(tokio::spawn(serve_agents(shared.clone(), rpc, true)));
+    }
+
+    if let Some(join) = m.take_join_listener() {
+        let join = TcpListener::from_std(join)?;
+        tasks.push(tokio::spawn(serve_join(shared.clone(), join)));
+    }
+
+    if let Some(dir) = control
+        .local_addr()?
+        .as_pathname()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("colony-agents.sock");
+        // The caller holds the colony's pid lock: a file here is stale.
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        *shared.local_agents.lock().expect("local_agents lock") = Some(path);
+        let sh = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            coral_proto::local::serve_local(l, |stream| {
+                let facing = AgentFacing {
+                    shared: sh.clone(),
+                    peer: "local".into(),
+                    caller: Caller::Local,
+                };
+                spawn_conn(stream, facing, sh.shutdown.child_token());
+            })
+            .await
+        }));
+    }
+
+    tasks.push(tokio::spawn(persist_endpoints(shared.clone(), m.clone())));
+    if let Some(d) = shared.config.mesh.discovery.clone() {
+        tasks.push(tokio::spawn(publish_endpoints(
+            shared.clone(),
+            m.clone(),
+            d,
+        )));
+    }
+    Ok(tasks)
+}
+
+/// Keeps each member's last WireGuard endpoint in colony.db, so a restarted
+/// colony can reach its agents first.
+async fn persist_endpoints(shared: Arc<Shared>, m: Arc<ColonyMesh>) {
+    let mut known: HashMap<Ipv4Addr, SocketAddr> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for p in m.device.peer_status() {
+            let Some(ep) = p.endpoint else { continue };
+            if known.get(&p.mesh_ip) == Some(&ep) {
+                continue;
+            }
+            let r = shared
+                .registry
+                .lock()
+                .expect("registry lock")
+                .set_endpoint(p.mesh_ip, &ep.to_string());
+            match r {
+                Ok(()) => {
+                    known.insert(p.mesh_ip, ep);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot record a peer endpoint"),
+            }
+        }
+    }
+}
+
+/// Publishes the colony's signed endpoints to discovery now and every 30 s.
+async fn publish_endpoints(shared: Arc<Shared>, m: Arc<ColonyMesh>, addr: String) {
+    let failures = coral_proto::local::RateLimited::new(Duration::from_secs(60));
+    loop {
+        let rec = ms::sign_endpoints(
+            &m.sign,
+            &coral_proto::EndpointRecord {
+                colony_id: shared.colony_id.clone(),
+                endpoints: m.endpoints.clone(),
+                issued_at_ms: coral_proto::now_ms(),
+            },
+        );
+        let r = async {
+            let s = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())?;
+            let c = coral_proto::rpc::DiscoveryClient::new(
+                Default::default(),
+                coral_proto::local::framed(s),
+            )
+            .spawn();
+            c.publish(tarpc::context::current(), rec)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match r {
+            Ok(()) => tracing::debug!(discovery = %addr, "published endpoints"),
+            Err(e) => {
+                if let Some(suppressed) = failures.allow() {
+                    tracing::warn!(discovery = %addr, error = %e, suppressed, "cannot publish endpoints to discovery");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+}
+
+#[derive(Clone)]
+struct Joiner {
+    shared: Arc<Shared>,
+}
+
+/// Frames on the public join endpoint are small: a join request is < 1 KiB.
+const MAX_JOIN_FRAME: usize = 16 * 1024;
+const MAX_JOINS_IN_FLIGHT: usize = 64;
+
+async fn serve_join(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_JOINS_IN_FLIGHT));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // busy: drop the connection
+        };
+        let joiner = Joiner {
+            shared: shared.clone(),
+        };
+        tokio::spawn(async move {
+            let codec = tokio_util::codec::LengthDelimitedCodec::builder()
+                .max_frame_length(MAX_JOIN_FRAME)
+                .new_codec();
+            let transport = tarpc::serde_transport::new(
+                tarpc::tokio_util::codec::Framed::new(stream, codec),
+                tarpc::tokio_serde::formats::Json::default(),
+            );
+            let channel = BaseChannel::with_defaults(transport);
+            // One join per connection is enough; a slow client is cut off.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                channel.execute(joiner.serve()).for_each(|call| call),
+            )
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+impl ColonyJoin for Joiner {
+    async fn join(self, _: Context, req: JoinRequest) -> Result<SignedGrant, JoinError> {
+        let s = &self.shared;
+        let m = s
+            .mesh
+            .as_ref()
+            .ok_or_else(|| JoinError::Invalid("the mesh is off".into()))?;
+        let port = s
+            .rpc_addr
+            .lock()
+            .expect("rpc_addr lock")
+            .parse::<SocketAddr>()
+            .map(|a| a.port())
+            .unwrap_or(super::config::DEFAULT_PORT);
+        let r = m.join(&s.registry, &s.colony_id, port, req);
+        if let Err(e) = &r {
+            tracing::info!(error = %e, "join refused");
+        }
+        r
     }
 }
 
@@ -96,7 +359,7 @@ fn check_services(services: &[ServiceHealth]) -> Result<(), ColonyError> {
     Ok(())
 }
 
-fn check_id(id: &str) -> Result<(), ColonyError> {
+pub(crate) fn check_id(id: &str) -> Result<(), ColonyError> {
     if id.is_empty() || id.len() > MAX_ID || id.chars().any(|c| c.is_control()) {
         return Err(invalid("agent id must be 1-128 printable characters"));
     }
@@ -112,6 +375,7 @@ impl Colony for AgentFacing {
     async fn register(self, _: Context, reg: Registration) -> Result<Registered, ColonyError> {
         check_id(&reg.agent_id)?;
         check_services(&reg.services)?;
+        self.authorize(&reg.agent_id)?;
         let s = &self.shared;
         if let Some(wanted) = &reg.colony_id
             && wanted != &s.colony_id
@@ -128,8 +392,15 @@ impl Colony for AgentFacing {
             .registry
             .lock()
             .expect("registry lock")
-            .register(&reg, &self.peer.to_string(), now)
+            .register(&reg, &self.peer, now)
             .map_err(storage)?;
+        if !matches!(self.caller, Caller::Mesh(_)) {
+            s.registry
+                .lock()
+                .expect("registry lock")
+                .ensure_local_member(&reg.agent_id, &reg.name, now)
+                .map_err(storage)?;
+        }
         // DuckDB is the truth for what is stored: the registry's seq may lag
         // it if the colony died between the two commits.
         let last_seq = recorded.max(s.telemetry.max_seq(&reg.agent_id).await.map_err(storage)?);
@@ -151,6 +422,7 @@ impl Colony for AgentFacing {
     async fn heartbeat(self, _: Context, hb: Heartbeat) -> Result<HeartbeatAck, ColonyError> {
         check_id(&hb.agent_id)?;
         check_services(&hb.services)?;
+        self.authorize(&hb.agent_id)?;
         if hb.samples.len() > MAX_SAMPLES {
             return Err(invalid(format!(
                 "more than {MAX_SAMPLES} samples in one heartbeat"
@@ -201,6 +473,7 @@ impl Colony for AgentFacing {
         signals: Signals,
     ) -> Result<u64, ColonyError> {
         check_id(&agent_id)?;
+        self.authorize(&agent_id)?;
         if signals.len() > MAX_PUSH_ROWS {
             return Err(invalid(format!(
                 "more than {MAX_PUSH_ROWS} rows in one push"
@@ -242,6 +515,7 @@ impl Colony for AgentFacing {
 
     async fn leave(self, _: Context, agent_id: String) -> Result<(), ColonyError> {
         check_id(&agent_id)?;
+        self.authorize(&agent_id)?;
         let known = self
             .shared
             .registry
@@ -299,6 +573,15 @@ impl ColonyControl for Control {
             stored_metric_points: stored.metric_points,
             stored_logs: stored.logs,
             agents,
+            mesh: s.mesh.as_ref().map(|m| coral_proto::ColonyMeshStatus {
+                mesh_ip: m.mesh_ip.to_string(),
+                subnet: format!("{}/{}", m.subnet.0, m.subnet.1),
+                interface: m.ifname.clone(),
+                endpoints: m.endpoints.clone(),
+                public_key: ms::hex(&m.public),
+                key_source: m.key_source.to_string(),
+                tun_path: m.tun_path.to_string(),
+            }),
         }
     }
 
@@ -306,6 +589,13 @@ impl ColonyControl for Control {
         ColonyEndpoint {
             colony_id: self.shared.colony_id.clone(),
             rpc_addr: self.shared.rpc_addr.lock().expect("rpc_addr lock").clone(),
+            local_socket: self
+                .shared
+                .local_agents
+                .lock()
+                .expect("local_agents lock")
+                .as_ref()
+                .map(|p| p.display().to_string()),
         }
     }
 
@@ -326,4 +616,135 @@ impl ColonyControl for Control {
         self.shared.shutdown.cancel();
         std::process::id()
     }
+
+    async fn token_create(
+        self,
+        _: Context,
+        req: TokenRequest,
+    ) -> Result<TokenCreated, MeshAdminError> {
+        let s = &self.shared;
+        let m = s.mesh.as_ref().ok_or(MeshAdminError::Disabled)?;
+        if !(1_000..=30 * 24 * 3_600_000).contains(&req.ttl_ms) {
+            return Err(MeshAdminError::Invalid(
+                "--ttl must be between 1s and 30days".into(),
+            ));
+        }
+        if !(1..=1000).contains(&req.uses) {
+            return Err(MeshAdminError::Invalid(
+                "--uses must be between 1 and 1000".into(),
+            ));
+        }
+        if m.endpoints.is_empty() {
+            return Err(MeshAdminError::Invalid(
+                "the colony knows no endpoint of its own to put in a token: set colony.mesh.endpoints (host:port)".into(),
+            ));
+        }
+        let secret = ms::random32();
+        let hash = ms::secret_hash(&secret);
+        let now = coral_proto::now_ms();
+        let expires = now + req.ttl_ms as i64;
+        s.registry
+            .lock()
+            .expect("registry lock")
+            .add_token(&hash, now, expires, req.uses)
+            .map_err(|e| MeshAdminError::Storage(e.to_string()))?;
+        let token = ms::encode_token(&coral_proto::JoinToken {
+            colony_id: s.colony_id.clone(),
+            colony_public_key: ms::hex(&m.public),
+            colony_sign_key: m.sign_key_hex(),
+            endpoints: m.endpoints.clone(),
+            secret: ms::hex(&secret),
+        });
+        tracing::info!(
+            token = &hash[..12],
+            uses = req.uses,
+            expires_at_ms = expires,
+            "join token created"
+        );
+        Ok(TokenCreated {
+            token,
+            id: hash[..12].to_string(),
+            colony_id: s.colony_id.clone(),
+            endpoints: m.endpoints.clone(),
+            expires_at_ms: expires,
+            uses: req.uses,
+        })
+    }
+
+    async fn members(self, _: Context) -> Result<Vec<Member>, MeshAdminError> {
+        members(&self.shared)
+    }
+
+    async fn revoke(self, _: Context, agent: String) -> Result<Member, MeshAdminError> {
+        let s = &self.shared;
+        let all = members(s)?;
+        let mut hits: Vec<&Member> = all.iter().filter(|m| m.agent_id == agent).collect();
+        if hits.is_empty() {
+            hits = all.iter().filter(|m| m.name == agent).collect();
+        }
+        let m = match hits.as_slice() {
+            [] => return Err(MeshAdminError::UnknownAgent(agent)),
+            [m] => (*m).clone(),
+            _ => return Err(MeshAdminError::Ambiguous(agent)),
+        };
+        s.registry
+            .lock()
+            .expect("registry lock")
+            .revoke(&m.agent_id, coral_proto::now_ms())
+            .map_err(|e| MeshAdminError::Storage(e.to_string()))?;
+        if let Some(mesh) = &s.mesh {
+            mesh.cut(
+                m.public_key.as_deref(),
+                m.mesh_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            )
+            .await;
+        }
+        tracing::info!(agent = %m.name, agent_id = %m.agent_id, "agent revoked");
+        Ok(m)
+    }
+}
+
+/// The active members, with what the WireGuard device knows of each.
+fn members(s: &Shared) -> Result<Vec<Member>, MeshAdminError> {
+    let rows = s
+        .registry
+        .lock()
+        .expect("registry lock")
+        .members()
+        .map_err(|e| MeshAdminError::Storage(e.to_string()))?;
+    let peers: HashMap<Ipv4Addr, coral_agent::mesh::PeerStatus> = s
+        .mesh
+        .as_ref()
+        .map(|m| {
+            m.device
+                .peer_status()
+                .into_iter()
+                .map(|p| (p.mesh_ip, p))
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = coral_proto::now_ms();
+    let timeout = s.config.agent_timeout.as_millis() as i64;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.revoked_at.is_none())
+        .map(|r| {
+            let peer = r.mesh_ip.and_then(|ip| peers.get(&ip));
+            Member {
+                online: r.left_at.is_none() && r.last_seen.is_some_and(|t| now - t <= timeout),
+                mesh_ip: r.mesh_ip.map(|ip| ip.to_string()),
+                public_key: r.public_key,
+                endpoint: peer
+                    .and_then(|p| p.endpoint.map(|e| e.to_string()))
+                    .or(r.endpoint),
+                last_handshake_ms: peer
+                    .and_then(|p| p.since_handshake)
+                    .map(|d| now - d.as_millis() as i64),
+                joined_at_ms: r.joined_at,
+                last_seen_ms: r.last_seen,
+                agent_id: r.agent_id,
+                name: r.name,
+            }
+        })
+        .collect())
 }
