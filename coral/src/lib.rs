@@ -1,5 +1,6 @@
 //! The `coral` CLI and the colony daemon.
 
+pub mod ask;
 pub mod cli;
 pub mod colony;
 pub mod config;

@@ -4,6 +4,7 @@
 //! error, 69 a daemon is not reachable. A closed stdout (`coral ... | head`)
 //! is not an error.
 
+mod ask;
 mod daemon;
 mod render;
 
@@ -79,6 +80,21 @@ health path.")]
     /// Check and explain exec policies (the rules `coral exec` will run under).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Ask your LLM about the application; it gathers evidence with the colony's tools.
+    #[command(after_help = "\
+Examples:
+  coral ask \"What's wrong with the API?\"
+  coral ask \"Why is checkout slow?\" --model openai:gpt-4.1 --json
+  coral ask config                     # choose provider, model and key
+  coral ask cost --since 30d           # tokens and estimated cost
+
+The model calls the colony's tools (services, RED metrics, service map,
+traces, logs, changes) as many rounds as it needs, up to --max-steps. The
+answer streams to the terminal, followed by the evidence: every tool call
+with its id and arguments. With no provider configured, the built-in
+analyzer answers. Only the question, the tool specs and the tool outputs
+are sent to the provider.")]
+    Ask(ask::AskArgs),
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -363,6 +379,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ))
         }),
         Command::Config(ConfigCmd::Validate { file }) => config_validate(file),
+        Command::Ask(args) => ask::run(args),
         Command::Query(q) => client(query(q)),
         Command::Policy(PolicyCmd::Check { file }) => policy_check(file),
         Command::Policy(PolicyCmd::Explain {
@@ -919,10 +936,13 @@ fn config_validate(file: Option<PathBuf>) -> anyhow::Result<()> {
     if cfg.agent.is_some() {
         parts.push("[agent]");
     }
+    if cfg.ask.is_some() {
+        parts.push("[ask]");
+    }
     let what = if parts.is_empty() {
         "no tables, all defaults".to_string()
     } else {
-        parts.join(" and ")
+        parts.join(", ")
     };
     out(&format!("{}: ok ({what})\n", path.display()))
 }
