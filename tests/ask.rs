@@ -1172,3 +1172,72 @@ fn without_a_provider_ask_points_to_ask_config_and_config_checks_its_input() {
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("must be a reference") && !stderr(&out).contains("handwritten"));
 }
+
+/// On a terminal with no flags, `coral ask config` prompts (run under
+/// util-linux `script`, which gives it a pseudo-terminal); a pasted key is
+/// read without echo and stored 0600.
+#[test]
+fn config_prompts_on_a_terminal_and_stores_a_pasted_key() {
+    let has_script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_script {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: 'script' (util-linux) is missing; packaging/dev/deps.sh installs it (bsdutils)"
+        );
+        eprintln!("skipping: 'script' (util-linux) is not installed");
+        return;
+    }
+    let a = AskEnv::new();
+    let run = |input: &str| {
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &format!("{CORAL} ask config"), "/dev/null"])
+            .env("XDG_CONFIG_HOME", a.env.root().join("config"))
+            .env("XDG_DATA_HOME", a.env.root().join("data"))
+            .env("XDG_RUNTIME_DIR", a.env.runtime())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stdout(&out));
+        stdout(&out)
+    };
+    // Provider, model (default), '-' to paste, the key, base URL (default).
+    let screen = run("anthropic\n\n-\nsk-ant-cask-typed\n\n");
+    assert!(screen.contains("Model id [claude-sonnet-4-5]"), "{screen}");
+    assert!(screen.contains("Key (not shown)"), "{screen}");
+    assert!(
+        screen.contains("anthropic: key stored (available)"),
+        "{screen}"
+    );
+    let key = a.env.config_dir().join("keys/anthropic.key");
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        "sk-ant-cask-typed\n"
+    );
+    let shown = a.env.json(&["ask", "config", "--show", "--json"]);
+    assert_eq!(shown["model"], "anthropic:claude-sonnet-4-5");
+    assert_eq!(shown["providers"]["anthropic"]["api_key"], "stored");
+    assert_eq!(shown["providers"]["anthropic"]["base_url_is_default"], true);
+
+    // Again, for Ollama: no key question; the current values are offered.
+    let screen = run("ollama\nllama3.2\nhttp://127.0.0.1:11434/v1\n");
+    assert!(!screen.contains("Key variable"), "{screen}");
+    let shown = a.env.json(&["ask", "config", "--show", "--json"]);
+    assert_eq!(shown["model"], "ollama:llama3.2");
+    assert_eq!(
+        shown["providers"]["ollama"]["base_url"],
+        "http://127.0.0.1:11434/v1"
+    );
+    assert_eq!(shown["providers"]["anthropic"]["api_key"], "stored");
+}

@@ -315,7 +315,11 @@ pub fn apply_edit(text: &str, edit: &Edit) -> Result<String, String> {
             p["base_url"] = value(u.as_str());
         }
     }
-    Ok(doc.to_string())
+    let mut text = doc.to_string();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 /// Replaces `path` with `text` atomically (mode 0600 for a new file; the

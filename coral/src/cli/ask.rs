@@ -344,7 +344,7 @@ fn cost(since: Duration, json: bool) -> anyhow::Result<()> {
     if json {
         return out(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
-    let span = humantime::format_duration(since);
+    let span = short_span(since);
     if report.rows.is_empty() {
         return out(&format!("No 'coral ask' usage in the last {span}.\n"));
     }
@@ -378,6 +378,18 @@ fn cost(since: Duration, json: bool) -> anyhow::Result<()> {
         ));
     }
     out(&s)
+}
+
+/// `7d`, `12h`, else humantime's form.
+fn short_span(d: Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s > 0 && s.is_multiple_of(3_600) {
+        format!("{}h", s / 3_600)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
 }
 
 fn config(c: ConfigArgs) -> anyhow::Result<()> {
