@@ -4,7 +4,7 @@ use super::{Unavailable, Usage, client, out, render};
 use crate::ask::agent::{self, Answer, AskError, Event, Options};
 use crate::ask::config::{self as askcfg, AskConfig, Edit, KeyRef};
 use crate::ask::cost::{CostReport, Prices, UsageDb};
-use crate::ask::provider::{Kind, Provider, parse_model};
+use crate::ask::provider::{Kind, Provider, parse_model, printable};
 use crate::ask::tools_file::FileTools;
 use crate::ask::{ColonyTools, Tools};
 use crate::config::CoralConfig;
@@ -197,7 +197,9 @@ async fn ask_with<T: Tools>(
         &mut |ev| match ev {
             Event::Text(t) if !json => {
                 if write_err.is_none()
-                    && let Err(e) = stdout.write_all(t.as_bytes()).and_then(|_| stdout.flush())
+                    && let Err(e) = stdout
+                        .write_all(printable(t).as_bytes())
+                        .and_then(|_| stdout.flush())
                 {
                     write_err = Some(e);
                 }
@@ -301,7 +303,7 @@ fn print_answer(a: &Answer, json: bool, streamed: bool) -> anyhow::Result<()> {
     let mut s = String::new();
     let text = a.answer.as_deref().unwrap_or("");
     if !streamed {
-        s.push_str(text);
+        s.push_str(&printable(text));
     }
     if !text.ends_with('\n') {
         s.push('\n');

@@ -542,9 +542,28 @@ async fn error_message(resp: reqwest::Response) -> String {
     }
 }
 
-/// `s` on one line, at most `max` characters.
+/// `s` without terminal control characters (escape sequences from a
+/// provider must not drive the user's terminal); newlines and tabs stay.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' && c != '\t' {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect(),
+    )
+}
+
+/// `s` on one line, at most `max` characters, without control characters.
 pub fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s
+    let flat: String = printable(s)
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
@@ -676,6 +695,8 @@ mod tests {
     #[test]
     fn one_line_flattens_and_cuts() {
         assert_eq!(one_line("a\n  b\tc", 10), "a b c");
+        assert_eq!(one_line("x\u{1b}[2Jy", 10), "x\u{fffd}[2Jy");
+        assert_eq!(printable("ok\n\tfine"), "ok\n\tfine");
         assert_eq!(one_line("abcdef", 3), "abc…");
     }
 }
