@@ -942,7 +942,7 @@ fn config_validate(file: Option<PathBuf>) -> anyhow::Result<()> {
     let what = if parts.is_empty() {
         "no tables, all defaults".to_string()
     } else {
-        parts.join(", ")
+        parts.join(" and ")
     };
     out(&format!("{}: ok ({what})\n", path.display()))
 }

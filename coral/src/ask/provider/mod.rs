@@ -296,8 +296,6 @@ pub struct ProviderSettings {
 
 impl Provider {
     pub fn new(s: ProviderSettings) -> anyhow::Result<Provider> {
-        // reqwest is built without a bundled crypto provider; use ring.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
