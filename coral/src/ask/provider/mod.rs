@@ -200,7 +200,7 @@ pub enum ProviderError {
         message: String,
     },
     #[error(
-        "{provider} is rate limiting this key (429) after {attempts} attempts over {waited:?}: {message}; try again later"
+        "{provider} is rate limiting this key (429) after {attempts} attempts over {:.1}s: {message}; try again later", waited.as_secs_f64()
     )]
     RateLimited {
         provider: Kind,
