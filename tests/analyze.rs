@@ -217,3 +217,39 @@ fn young_system_is_compared_with_its_own_short_past() {
     assert_eq!(rc.service, "db", "{}", a.answer);
     assert!(a.answer.contains("in the last 20s"), "{}", a.answer);
 }
+
+#[test]
+fn coral_ask_without_a_provider_answers_with_the_analyzer() {
+    let env = setup();
+    let mut rec = Recorder::new();
+    rec.requests(120, 60 * MIN, 6 * MIN, &normal());
+    rec.requests(
+        60,
+        4 * MIN,
+        10_000,
+        &Shape {
+            db_ms: 420.0,
+            ..normal()
+        },
+    );
+    run_scenario(&env, &rec, "warm up");
+    let v = env.json(&["ask", "What's wrong with the API?", "--json"]);
+    let answer = v["answer"].as_str().unwrap();
+    assert!(
+        answer.contains("api is affected; the cause is in db"),
+        "{answer}"
+    );
+    assert!(answer.contains(SELECT), "{answer}");
+    assert_eq!(v["usage"]["provider"], "builtin");
+    let evidence = v["evidence"].as_array().unwrap();
+    assert!(
+        evidence.iter().any(|e| e["tool"] == "coral_hotspots"),
+        "{v}"
+    );
+    // Every evidence id the answer cites is a real tool call.
+    for e in evidence {
+        assert_eq!(e["ok"], true, "{e}");
+    }
+    let human = env.ok(&["ask", "What's wrong with the API?"]);
+    assert!(human.contains("Likely root cause"), "{human}");
+}

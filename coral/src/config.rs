@@ -1,7 +1,8 @@
-//! The one config file, `config.toml`: an optional `[colony]` table and an
-//! optional `[agent]` table, each typed and strict (unknown keys are errors).
+//! The one config file, `config.toml`: optional `[colony]`, `[agent]` and
+//! `[ask]` tables, each typed and strict (unknown keys are errors).
 //! Loaded here and nowhere else.
 
+use crate::ask::config::AskConfig;
 use crate::colony::ColonyConfig;
 use coral_agent::AgentConfig;
 use serde::Deserialize;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 pub struct CoralConfig {
     pub colony: Option<ColonyConfig>,
     pub agent: Option<AgentConfig>,
+    pub ask: Option<AskConfig>,
 }
 
 /// `$XDG_CONFIG_HOME/coral/config.toml` (or `~/.config/coral/config.toml`).
@@ -65,6 +67,9 @@ impl CoralConfig {
             c.validate().map_err(invalid)?;
         }
         if let Some(a) = &cfg.agent {
+            a.validate().map_err(invalid)?;
+        }
+        if let Some(a) = &cfg.ask {
             a.validate().map_err(invalid)?;
         }
         Ok(cfg)

@@ -98,3 +98,21 @@ impl McpTools {
         serde_json::from_str(&text).with_context(|| format!("tool {name} returned invalid JSON"))
     }
 }
+
+impl crate::ask::Tools for McpTools {
+    async fn list(&self) -> anyhow::Result<Vec<crate::ask::ToolSpec>> {
+        Ok(McpTools::list(self)
+            .await?
+            .into_iter()
+            .map(|t| crate::ask::ToolSpec {
+                name: t.name,
+                description: t.description,
+                input_schema: t.input_schema,
+            })
+            .collect())
+    }
+
+    async fn call(&self, name: &str, args: Value) -> anyhow::Result<String> {
+        McpTools::call(self, name, args).await
+    }
+}

@@ -11,6 +11,7 @@ PACKAGES=(
   ca-certificates
   python3           # the demo's sample HTTP service
   util-linux        # setpriv, for the peer-credential test
+  bsdutils          # script(1): a pseudo-terminal for the `coral ask config` prompt test
   iproute2          # ip netns / veth, for the mesh tests
   nftables          # the NAT namespace (masquerade) in tests/mesh_join.rs
   iputils-ping      # ping across the mesh in tests

@@ -81,6 +81,7 @@ impl Env {
             .env("XDG_RUNTIME_DIR", self.runtime())
             .env("XDG_STATE_HOME", self.state())
             .env("XDG_CONFIG_HOME", self.root().join("config"))
+            .env("XDG_DATA_HOME", self.root().join("data"))
             .env("CORAL_LOG", "info")
             .stdin(Stdio::null());
         c

@@ -4,6 +4,7 @@
 //! error, 69 a daemon is not reachable. A closed stdout (`coral ... | head`)
 //! is not an error.
 
+mod ask;
 mod daemon;
 mod mcp_cmd;
 pub(crate) mod render;
@@ -97,6 +98,21 @@ health path.")]
     /// The colony's MCP gateway: serve it to an MCP client, print its config, call its tools.
     #[command(subcommand)]
     Mcp(mcp_cmd::McpCmd),
+    /// Ask your LLM about the application; it gathers evidence with the colony's tools.
+    #[command(after_help = "\
+Examples:
+  coral ask \"What's wrong with the API?\"
+  coral ask \"Why is checkout slow?\" --model openai:gpt-4.1 --json
+  coral ask config                     # choose provider, model and key
+  coral ask cost --since 30d           # tokens and estimated cost
+
+The model calls the colony's tools (services, RED metrics, service map,
+traces, logs, changes) as many rounds as it needs, up to --max-steps. The
+answer streams to the terminal, followed by the evidence: every tool call
+with its id and arguments. With no provider configured, the built-in
+analyzer answers. Only the question, the tool specs and the tool outputs
+are sent to the provider.")]
+    Ask(ask::AskArgs),
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -511,6 +527,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ))
         }),
         Command::Config(ConfigCmd::Validate { file }) => config_validate(file),
+        Command::Ask(args) => ask::run(args),
         Command::Query(q) => client(query(q)),
         Command::Mcp(cmd) => mcp_cmd::run(cmd),
         Command::SandboxCheck { role, action } => sandbox_check(&role, &action),
@@ -1176,6 +1193,9 @@ fn config_validate(file: Option<PathBuf>) -> anyhow::Result<()> {
     }
     if cfg.agent.is_some() {
         parts.push("[agent]");
+    }
+    if cfg.ask.is_some() {
+        parts.push("[ask]");
     }
     let what = if parts.is_empty() {
         "no tables, all defaults".to_string()
