@@ -27,6 +27,8 @@ pub struct Evidence {
     pub tool: String,
     pub args: Value,
     pub summary: String,
+    /// Size of the tool's output.
+    pub bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -58,7 +60,12 @@ struct Session<'a> {
 
 impl Session<'_> {
     async fn call(&mut self, tool: &str, args: Value) -> anyhow::Result<Value> {
-        let v = self.tools.call_json(tool, args.clone()).await;
+        let text = self.tools.call(tool, args.clone()).await;
+        let bytes = text.as_ref().map_or(0, String::len);
+        let v = text.and_then(|t| {
+            serde_json::from_str::<Value>(&t)
+                .map_err(|e| anyhow::anyhow!("tool {tool} returned invalid JSON: {e}"))
+        });
         let summary = match &v {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("error: {e}"),
@@ -68,6 +75,7 @@ impl Session<'_> {
             tool: tool.to_string(),
             args,
             summary,
+            bytes,
         });
         v
     }

@@ -13,7 +13,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 CORAL=${CORAL:-${CARGO_TARGET_DIR:-/var/cache/coral/target}/debug/coral}
 PY=${CORAL_PYTHON:-${XDG_CACHE_HOME:-$HOME/.cache}/coral/venv/bin/python}
-ROWS=${DEMO_ROWS:-300000}
+ROWS=${DEMO_ROWS:-500000}
 BASE_S=${DEMO_BASELINE_SECONDS:-40}
 SLOW_S=${DEMO_INCIDENT_SECONDS:-25}
 RPS=${DEMO_RPS:-20}
@@ -79,24 +79,37 @@ SQL
 
 cat > "$XDG_CONFIG_HOME/coral/config.toml" <<TOML
 [colony]
-listen = "$HOST_IP:0"
 heartbeat_interval = "1s"
 agent_timeout = "5s"
+
+[colony.mesh]
+listen = "$HOST_IP:51820"
+helper_socket = "$WORK/privhelper.sock"
+interface = "coraldm$$"
 
 [agent]
 name = "shop-host"
 probe_interval = "1s"
 probe_timeout = "500ms"
 
+[agent.mesh]
+key = "file"
+
 [agent.otlp]
 grpc_listen = "127.0.0.1:4317"
 http_listen = "127.0.0.1:4318"
 TOML
 
-say "Coral: a colony here, an agent on the shop host"
+say "coral-privhelper, the only root process: it makes the colony's TUN device and keeps its WireGuard key"
+HELPER=${CORAL_PRIVHELPER:-$(dirname "$CORAL")/coral-privhelper}
+"$HELPER" --socket "$WORK/privhelper.sock" --config "$WORK/privhelper.conf" --state-dir "$WORK/privhelper" 2>"$WORK/privhelper.log" & pids+=($!)
+for _ in $(seq 100); do [[ -S $WORK/privhelper.sock ]] && break; sleep 0.05; done
+
+say "Coral: a colony here, an agent on the shop host joining over the WireGuard mesh"
 step "$CORAL" colony start --daemon --colony-id demo
-COLONY=$("$CORAL" colony status --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["rpc_addr"])')
-in_ns "$CORAL" agent start --daemon --colony "$COLONY"
+TOKEN=$("$CORAL" colony token create --ttl 10m --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+step in_ns "$CORAL" agent start --daemon --join "$TOKEN"
+step "$CORAL" colony agents
 
 say "the shop: api and frontend, sending traces to the agent"
 export OTLP_HTTP=http://127.0.0.1:4318

@@ -41,7 +41,7 @@ pub async fn builtin_answer(question: &str) -> anyhow::Result<Answer> {
                     args: e.args,
                     round: 1,
                     ok: error.is_none(),
-                    output_bytes: 0,
+                    output_bytes: e.bytes,
                     truncated: false,
                     error,
                 }
