@@ -45,6 +45,8 @@ impl AgentControl for Control {
             services: s.services_snapshot(),
             otlp_grpc: s.otlp_addrs.as_ref().map(|a| a.0.clone()),
             otlp_http: s.otlp_addrs.as_ref().map(|a| a.1.clone()),
+            rpc_addr: Some(s.rpc_addr.clone()),
+            exec: Some(s.exec.status()),
         }
     }
 

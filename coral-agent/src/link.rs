@@ -138,6 +138,9 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         .map_err(|_| conn_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| conn_err(e.to_string()))?;
     let _ = stream.set_nodelay(true);
+    if let Ok(peer) = stream.peer_addr() {
+        *shared.colony_peer.lock().expect("colony_peer lock") = Some(peer.ip());
+    }
     let client = ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
     let rpc_err = |e: tarpc::client::RpcError| LinkError::Rpc {
         addr: addr.clone(),
@@ -157,6 +160,7 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         started_at_ms: shared.started_at_ms,
         colony_id: shared.config.colony_id.clone(),
         services: shared.services_snapshot(),
+        rpc_addr: Some(shared.rpc_addr.clone()),
     };
     let registered = client
         .register(ctx(), reg)
