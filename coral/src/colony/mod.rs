@@ -5,7 +5,9 @@
 //! [`Colony::open`] validates the config and opens the stores (refusing
 //! damaged files); [`Colony::run`] serves until shutdown.
 
+pub mod audit;
 pub mod config;
+mod exec;
 pub mod query;
 pub mod registry;
 mod rpc;
@@ -56,6 +58,11 @@ pub(crate) struct Shared {
     pub(crate) agent_seqs: Mutex<HashMap<String, SeqSlot>>,
     /// The same for forwarded telemetry, per agent and kind.
     pub(crate) signal_seqs: Mutex<HashMap<(String, coral_proto::SignalKind), SeqSlot>>,
+    /// The colony's own audit table (`record(actor, action, detail, cli_equivalent)`).
+    pub(crate) audit: audit::AuditLog,
+    /// Live `AgentRpc` connections: agent id → (address, client).
+    pub(crate) agent_clients:
+        Mutex<HashMap<String, (String, coral_proto::rpc::AgentRpcClient)>>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -96,6 +103,7 @@ impl Colony {
         })?;
         let registry = Registry::open(&state_dir.join("colony.db"))?;
         let colony_id = registry.colony_id(config.colony_id.as_deref())?;
+        let audit = audit::AuditLog::open(&state_dir.join("colony.db"))?;
         let (telemetry, guard) =
             Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
         Ok(Colony {
@@ -108,6 +116,8 @@ impl Colony {
                 rpc_addr: Mutex::new(config.listen.clone()),
                 agent_seqs: Mutex::new(HashMap::new()),
                 signal_seqs: Mutex::new(HashMap::new()),
+                audit,
+                agent_clients: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 config,
             }),

@@ -5,9 +5,9 @@ use super::Shared;
 use coral_agent::telemetry::SampleRow;
 use coral_proto::rpc::{Colony, ColonyControl};
 use coral_proto::{
-    ColonyEndpoint, ColonyError, ColonyStatus, Heartbeat, HeartbeatAck, LogQuery, LogRecord,
-    QueryError, Registered, Registration, ServiceHealth, Signals, SpanRecord, TraceQuery,
-    TraceSummary,
+    AuditQuery, AuditReport, ColonyEndpoint, ColonyError, ColonyStatus, ExecError, ExecPoll,
+    ExecStartRequest, ExecStarted, Heartbeat, HeartbeatAck, LogQuery, LogRecord, QueryError,
+    Registered, Registration, ServiceHealth, Signals, SpanRecord, TraceQuery, TraceSummary,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,6 +103,22 @@ fn check_id(id: &str) -> Result<(), ColonyError> {
     Ok(())
 }
 
+/// Where the colony dials an agent: its advertised `AgentRpc` address; an
+/// unspecified IP (the agent bound 0.0.0.0 or ::) is replaced by the IP the
+/// agent connected from.
+fn reachable_rpc_addr(advertised: &str, peer: SocketAddr) -> Result<String, ColonyError> {
+    let mut addr: SocketAddr = advertised
+        .parse()
+        .map_err(|_| invalid(format!("rpc_addr '{advertised}' is not ip:port")))?;
+    if addr.port() == 0 {
+        return Err(invalid("rpc_addr has port 0"));
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(peer.ip());
+    }
+    Ok(addr.to_string())
+}
+
 fn storage(e: impl std::fmt::Display) -> ColonyError {
     tracing::error!(error = %e, "colony storage failed");
     ColonyError::Storage(e.to_string())
@@ -121,6 +137,10 @@ impl Colony for AgentFacing {
                 actual: s.colony_id.clone(),
             });
         }
+        let rpc_addr = match &reg.rpc_addr {
+            Some(a) => Some(reachable_rpc_addr(a, self.peer)?),
+            None => None,
+        };
         let now = coral_proto::now_ms();
         let seq_lock = s.agent_seq(&reg.agent_id);
         let mut seq = seq_lock.lock().await;
@@ -128,8 +148,13 @@ impl Colony for AgentFacing {
             .registry
             .lock()
             .expect("registry lock")
-            .register(&reg, &self.peer.to_string(), now)
+            .register(&reg, &self.peer.to_string(), rpc_addr.as_deref(), now)
             .map_err(storage)?;
+        // A new registration may come with a new address.
+        s.agent_clients
+            .lock()
+            .expect("agent_clients lock")
+            .remove(&reg.agent_id);
         // DuckDB is the truth for what is stored: the registry's seq may lag
         // it if the colony died between the two commits.
         let last_seq = recorded.max(s.telemetry.max_seq(&reg.agent_id).await.map_err(storage)?);
@@ -260,12 +285,15 @@ impl Colony for AgentFacing {
 #[derive(Clone)]
 struct Control {
     shared: Arc<Shared>,
+    /// The CLI's credentials (`SO_PEERCRED`): who asks for an exec.
+    cred: Option<tokio::net::unix::UCred>,
 }
 
 pub(crate) async fn serve_control(shared: Arc<Shared>, listener: UnixListener) {
     coral_proto::local::serve_local(listener, |stream| {
         let control = Control {
             shared: shared.clone(),
+            cred: stream.peer_cred().ok(),
         };
         coral_proto::spawn_channel!(coral_proto::local::framed(stream), control.serve());
     })
@@ -319,6 +347,41 @@ impl ColonyControl for Control {
 
     async fn logs(self, _: Context, q: LogQuery) -> Result<Vec<LogRecord>, QueryError> {
         super::query::logs(&self.shared.telemetry, q).await
+    }
+
+    async fn exec_start(
+        self,
+        _: Context,
+        req: ExecStartRequest,
+    ) -> Result<ExecStarted, ExecError> {
+        let caller = super::exec::caller_from_cred(self.cred.as_ref(), &self.shared.colony_id);
+        self.shared.exec_start(req, caller).await
+    }
+
+    async fn exec_poll(
+        self,
+        _: Context,
+        agent_id: String,
+        exec_id: String,
+        offset: u64,
+        wait_ms: u64,
+    ) -> Result<ExecPoll, ExecError> {
+        self.shared
+            .exec_poll(&agent_id, exec_id, offset, wait_ms)
+            .await
+    }
+
+    async fn exec_cancel(
+        self,
+        _: Context,
+        agent_id: String,
+        exec_id: String,
+    ) -> Result<(), ExecError> {
+        self.shared.exec_cancel(&agent_id, exec_id).await
+    }
+
+    async fn audit(self, _: Context, q: AuditQuery) -> Result<AuditReport, QueryError> {
+        self.shared.audit_report(q).await
     }
 
     async fn stop(self, _: Context) -> u32 {
