@@ -94,9 +94,11 @@ impl Exec {
             .unwrap()
             .iter()
             .find(|r| {
-                r["argv"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().map(|v| v.as_str().unwrap()).eq(argv.iter().copied()))
+                r["argv"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .map(|v| v.as_str().unwrap())
+                        .eq(argv.iter().copied())
+                })
             })
             .cloned()
             .unwrap_or_else(|| panic!("no audit record of {argv:?} in {audit:#}"))
@@ -271,13 +273,21 @@ args = [{ path = "{ROOT}/logs/*.log" }]
     std::os::unix::fs::symlink("/usr/bin/cat", format!("{root}/bin/mycat")).unwrap();
 
     let out = x.exec(&format!("cat {root}/logs/a.log"));
-    assert_eq!((code(&out), stdout(&out).as_str()), (0, "LOG-A\n"), "{}", stderr(&out));
+    assert_eq!(
+        (code(&out), stdout(&out).as_str()),
+        (0, "LOG-A\n"),
+        "{}",
+        stderr(&out)
+    );
 
     for arg in [
         format!("{root}/logs/../secret.log"),
         format!("{root}/logs/./a.log"),
         format!("{root}//logs/a.log"),
-        format!("{root}/logs/../../{}/secret.log", root.trim_start_matches('/')),
+        format!(
+            "{root}/logs/../../{}/secret.log",
+            root.trim_start_matches('/')
+        ),
     ] {
         let out = x.exec(&format!("cat {arg}"));
         assert_eq!(code(&out), 77, "{arg}: {}", stderr(&out));
@@ -305,7 +315,10 @@ args = [{ path = "{ROOT}/logs/*.log" }]
     let out = x.exec(&format!("{root}/bin/mycat {root}/logs/a.log"));
     assert_eq!(stdout(&out), "LOG-A\n", "{}", stderr(&out));
     let r = x.record(&[&format!("{root}/bin/mycat"), &format!("{root}/logs/a.log")]);
-    assert_eq!((r["decision"].as_str(), r["program"].as_str()), (Some("allow"), Some("/usr/bin/cat")));
+    assert_eq!(
+        (r["decision"].as_str(), r["program"].as_str()),
+        (Some("allow"), Some("/usr/bin/cat"))
+    );
 }
 
 #[test]
@@ -344,7 +357,10 @@ env = ["LANG", "CEXEC_OK"]
     assert_eq!(lines, ["CEXEC_OK=yes", "LANG=C.UTF-8"]);
     assert!(!marker.exists(), "the agent's PATH chose the program");
     let r = x.record(&["env"]);
-    assert_eq!((r["decision"].as_str(), r["program"].as_str()), (Some("allow"), Some("/usr/bin/env")));
+    assert_eq!(
+        (r["decision"].as_str(), r["program"].as_str()),
+        (Some("allow"), Some("/usr/bin/env"))
+    );
 
     // The caller cannot pass variables either: these are program names.
     let out = x.exec("LD_PRELOAD=/tmp/x.so env");
@@ -391,9 +407,17 @@ timeout = "60s"
         let t = Instant::now();
         let out = x.exec(line);
         assert_eq!(out.stdout.len(), 1_048_576, "{line}");
-        assert!(stderr(&out).contains("[coral: output cut at 1048576 bytes"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("[coral: output cut at 1048576 bytes"),
+            "{}",
+            stderr(&out)
+        );
         assert_eq!(code(&out), 141, "SIGPIPE: {}", stderr(&out));
-        assert!(t.elapsed() < Duration::from_secs(10), "{line} took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{line} took {:?}",
+            t.elapsed()
+        );
     }
     let r = x.record(&["head", "-c", "4000000000", "/dev/zero"]);
     assert_eq!(r["outcome"]["truncated"], true);
@@ -474,7 +498,10 @@ fn hang_and_fork_bomb_are_killed_at_their_timeout() {
     let out = x.exec("sh -c 'sleep 987655 & sleep 987656; wait'");
     assert_eq!(code(&out), 124, "{}", stderr(&out));
     wait_no_processes("sleep 98765", Duration::from_secs(3));
-    assert_eq!(x.record(&["sh", "-c", "sleep 987655 & sleep 987656; wait"])["outcome"]["timed_out"], true);
+    assert_eq!(
+        x.record(&["sh", "-c", "sleep 987655 & sleep 987656; wait"])["outcome"]["timed_out"],
+        true
+    );
 
     if !x.has_cgroup("hang_and_fork_bomb_are_killed_at_their_timeout") {
         return;
@@ -483,7 +510,10 @@ fn hang_and_fork_bomb_are_killed_at_their_timeout() {
     let out = x.exec("setsid sleep 987657");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     wait_no_processes("sleep 987657", Duration::from_secs(3));
-    assert_eq!(x.record(&["setsid", "sleep", "987657"])["state"], "finished");
+    assert_eq!(
+        x.record(&["setsid", "sleep", "987657"])["state"],
+        "finished"
+    );
 
     // The fork bomb: never more than pids.max processes, all gone at the
     // timeout, and the agent still answers.
@@ -502,19 +532,29 @@ fn hang_and_fork_bomb_are_killed_at_their_timeout() {
     ]);
     let mut bomb = {
         let mut b = bomb;
-        b.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        b.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
     };
     let mut peak = 0;
     let t = Instant::now();
     while bomb.try_wait().unwrap().is_none() {
         if let Some(p) = &current {
-            for d in std::fs::read_dir(p).unwrap().flatten().filter(|d| d.path().is_dir()) {
+            for d in std::fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .filter(|d| d.path().is_dir())
+            {
                 if let Ok(v) = std::fs::read_to_string(d.path().join("pids.current")) {
                     peak = peak.max(v.trim().parse::<u64>().unwrap_or(0));
                 }
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(15), "the fork bomb outlived its timeout");
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the fork bomb outlived its timeout"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // The shell either gives up when fork fails at pids.max (dash exits 2)
@@ -522,9 +562,15 @@ fn hang_and_fork_bomb_are_killed_at_their_timeout() {
     let status = bomb.wait().unwrap().code();
     assert!(matches!(status, Some(2) | Some(124)), "{status:?}");
     if current.is_some() {
-        assert!(peak >= 2 && peak <= 64, "pids in the command's cgroup peaked at {peak}");
+        assert!(
+            (2..=64).contains(&peak),
+            "pids in the command's cgroup peaked at {peak}"
+        );
     }
-    eprintln!("fork bomb: exit {status:?}, peak {peak} processes, {:?}", t.elapsed());
+    eprintln!(
+        "fork bomb: exit {status:?}, peak {peak} processes, {:?}",
+        t.elapsed()
+    );
     wait_no_processes("sleep 987658", Duration::from_secs(3));
     assert_eq!(x.agent_status()["exec"]["running"], 0);
     let r = x.record(&[
@@ -532,7 +578,10 @@ fn hang_and_fork_bomb_are_killed_at_their_timeout() {
         "-c",
         r#"f() { [ "$1" -lt 12 ] || exec sleep 987658; f $(($1+1)) & f $(($1+1)); wait; }; f 0"#,
     ]);
-    assert_eq!((r["decision"].as_str(), r["state"].as_str()), (Some("allow"), Some("finished")));
+    assert_eq!(
+        (r["decision"].as_str(), r["state"].as_str()),
+        (Some("allow"), Some("finished"))
+    );
     assert_eq!(r["outcome"]["timed_out"], status == Some(124));
 }
 
@@ -564,8 +613,17 @@ args = ["+%Y"]
     let r = x.record(&["echo", "hello"]);
     assert_eq!(r["decision"], "deny");
     assert!(r["caller"].as_str().unwrap().contains("uid:0"), "{r}");
-    assert!(r["caller"].as_str().unwrap().contains("identity:test-colony"), "{r}");
-    assert!(r["origin"].as_str().unwrap().contains("colony test-colony"), "{r}");
+    assert!(
+        r["caller"]
+            .as_str()
+            .unwrap()
+            .contains("identity:test-colony"),
+        "{r}"
+    );
+    assert!(
+        r["origin"].as_str().unwrap().contains("colony test-colony"),
+        "{r}"
+    );
 
     let out = x.exec("true");
     assert_eq!(code(&out), 77);
@@ -606,7 +664,11 @@ timeout = "60s"
     wait_dead(agent_pid, T);
     let out = cli.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot reach agent"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach agent"),
+        "{}",
+        stderr(&out)
+    );
 
     // The write-ahead record is on disk, with no completion.
     let db = rusqlite::Connection::open(x.env.agent_state().join("agent.db")).unwrap();
@@ -629,7 +691,11 @@ timeout = "60s"
     assert!(r["outcome"].is_null());
     if x.has_cgroup("every_attempt_is_audited_even_after_kill_9_of_the_agent") {
         wait_no_processes("sleep 987659", Duration::from_secs(5));
-        assert!(x.env.log("agent").contains("agent that died"), "{}", x.env.log("agent"));
+        assert!(
+            x.env.log("agent").contains("agent that died"),
+            "{}",
+            x.env.log("agent")
+        );
     } else {
         for p in processes_with("sleep 987659") {
             kill(p.split(':').next().unwrap().parse().unwrap(), 9);
@@ -653,7 +719,13 @@ args = ["-c", { any_of = ["echo out; echo err >&2; exit 3", "echo first; sleep 2
     assert_eq!(stdout(&out), "out\n");
     assert_eq!(stderr(&out), "err\n");
     let r = x.record(&["sh", "-c", "echo out; echo err >&2; exit 3"]);
-    assert_eq!((r["outcome"]["exit_code"].as_i64(), r["outcome"]["output_bytes"].as_u64()), (Some(3), Some(8)));
+    assert_eq!(
+        (
+            r["outcome"]["exit_code"].as_i64(),
+            r["outcome"]["output_bytes"].as_u64()
+        ),
+        (Some(3), Some(8))
+    );
 
     // The first line arrives while the command still runs.
     let mut child = x
@@ -665,12 +737,21 @@ args = ["-c", { any_of = ["echo out; echo err >&2; exit 3", "echo first; sleep 2
     let t = Instant::now();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "first");
-    assert!(t.elapsed() < Duration::from_millis(1800), "not streamed: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1800),
+        "not streamed: {:?}",
+        t.elapsed()
+    );
     assert_eq!(lines.next().unwrap().unwrap(), "second");
     assert!(child.wait().unwrap().success());
 
     // --json: one document, same exit code.
-    let out = x.env.run(&["exec", "api", "sh -c 'echo out; echo err >&2; exit 3'", "--json"]);
+    let out = x.env.run(&[
+        "exec",
+        "api",
+        "sh -c 'echo out; echo err >&2; exit 3'",
+        "--json",
+    ]);
     assert_eq!(code(&out), 3);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["stdout"], "out\n");
@@ -687,31 +768,53 @@ fn policy_reloads_on_change_and_sighup_and_an_invalid_file_keeps_the_old_one() {
     assert_eq!(code(&x.exec("echo one")), 0);
 
     std::fs::write(&policy, "[[rule]]\nname = \n").unwrap();
-    let st = x.env.wait_json(&["agent", "status", "--json"], T, "the error shown", |s| {
-        s["exec"]["policy"]["error"].is_string()
-    });
-    assert!(st["exec"]["policy"]["error"].as_str().unwrap().contains("policy.toml:2:"), "{st}");
+    let st = x
+        .env
+        .wait_json(&["agent", "status", "--json"], T, "the error shown", |s| {
+            s["exec"]["policy"]["error"].is_string()
+        });
+    assert!(
+        st["exec"]["policy"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("policy.toml:2:"),
+        "{st}"
+    );
     let human = x.env.ok(&["agent", "status"]);
     assert!(human.contains("NOT reloaded"), "{human}");
-    assert_eq!(code(&x.exec("echo still")), 0, "the old policy stays in force");
-    assert!(x.env.log("agent").contains("previous policy stays in force"));
+    assert_eq!(
+        code(&x.exec("echo still")),
+        0,
+        "the old policy stays in force"
+    );
+    assert!(
+        x.env
+            .log("agent")
+            .contains("previous policy stays in force")
+    );
 
     std::fs::write(
         &policy,
         "[[rule]]\nname = \"true\"\ncallers = [\"uid:0\"]\nprogram = \"/usr/bin/true\"\n",
     )
     .unwrap();
-    x.env.wait_json(&["agent", "status", "--json"], T, "the new policy", |s| {
-        s["exec"]["policy"]["error"].is_null() && s["exec"]["policy"]["rules"] == 1
-    });
+    x.env
+        .wait_json(&["agent", "status", "--json"], T, "the new policy", |s| {
+            s["exec"]["policy"]["error"].is_null() && s["exec"]["policy"]["rules"] == 1
+        });
     assert_eq!(code(&x.exec("echo gone")), 77);
     assert_eq!(code(&x.exec("true")), 0);
 
     std::fs::remove_file(&policy).unwrap();
-    x.env.wait_json(&["agent", "status", "--json"], T, "missing", |s| {
-        s["exec"]["policy"]["missing"] == true
-    });
-    assert_eq!(code(&x.exec("true")), 77, "a missing file denies everything");
+    x.env
+        .wait_json(&["agent", "status", "--json"], T, "missing", |s| {
+            s["exec"]["policy"]["missing"] == true
+        });
+    assert_eq!(
+        code(&x.exec("true")),
+        77,
+        "a missing file denies everything"
+    );
     assert_eq!(x.audit()["exec"].as_array().unwrap().len(), 5);
 
     // SIGHUP, with the file watch slowed down to an hour.
@@ -725,9 +828,12 @@ fn policy_reloads_on_change_and_sighup_and_an_invalid_file_keeps_the_old_one() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(code(&y.exec("echo before-hup")), 0);
     kill(y.env.pid_of("agent").unwrap(), 1);
-    y.env.wait_json(&["agent", "status", "--json"], T, "reloaded by SIGHUP", |s| {
-        s["exec"]["policy"]["rules"] == 1
-    });
+    y.env.wait_json(
+        &["agent", "status", "--json"],
+        T,
+        "reloaded by SIGHUP",
+        |s| s["exec"]["policy"]["rules"] == 1,
+    );
     assert_eq!(code(&y.exec("echo after-hup")), 77);
     assert!(y.env.log("agent").contains("SIGHUP"));
 }
@@ -742,14 +848,21 @@ fn missing_policy_file_denies_everything_and_says_so_once() {
     let svc = TcpService::start();
     env.ok(&["connect", &format!("api:{}:tcp", svc.port)]);
     env.wait_json(&["colony", "status", "--json"], T, "api", |s| {
-        s["agents"][0]["services"].as_array().is_some_and(|v| !v.is_empty())
+        s["agents"][0]["services"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
     });
     let out = env.run(&["exec", "api", "true"]);
     assert_eq!(code(&out), 77, "{}", stderr(&out));
     let st = env.json(&["agent", "status", "--json"]);
     assert_eq!(st["exec"]["policy"]["missing"], true);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(env.log("agent").matches("exec policy file is missing").count(), 1);
+    assert_eq!(
+        env.log("agent")
+            .matches("exec policy file is missing")
+            .count(),
+        1
+    );
     let audit = env.json(&["audit", "--json"]);
     assert_eq!(audit["exec"][0]["decision"], "deny");
 }
@@ -773,8 +886,11 @@ fn unknown_service_dead_agent_and_no_colony_have_clear_errors() {
     // The colony recorded the request it could not forward.
     let audit = x.audit();
     assert!(
-        audit["colony"].as_array().unwrap().iter().any(|r| r["action"] == "exec"
-            && r["cli_equivalent"] == "coral exec api 'echo hi'"),
+        audit["colony"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "exec" && r["cli_equivalent"] == "coral exec api 'echo hi'"),
         "{audit:#}"
     );
     assert!(!audit["unreachable"].as_array().unwrap().is_empty());
@@ -788,8 +904,15 @@ fn unknown_service_dead_agent_and_no_colony_have_clear_errors() {
 #[test]
 fn agent_rpc_refuses_callers_other_than_its_colony() {
     let x = Exec::start(ECHO, "");
-    let addr: std::net::SocketAddr = x.agent_status()["rpc_addr"].as_str().unwrap().parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let addr: std::net::SocketAddr = x.agent_status()["rpc_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let refused = rt.block_on(async {
         // Same host, another source address: not the colony.
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -815,7 +938,11 @@ fn agent_rpc_refuses_callers_other_than_its_colony() {
         client.exec_start(ctx, req).await
     });
     assert!(!matches!(refused, Ok(Ok(_))), "{refused:?}");
-    assert!(x.env.log("agent").contains("refused an agent rpc connection"));
+    assert!(
+        x.env
+            .log("agent")
+            .contains("refused an agent rpc connection")
+    );
     let audit = x.audit();
     assert!(audit["exec"].as_array().unwrap().is_empty(), "{audit:#}");
 }

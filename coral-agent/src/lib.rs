@@ -136,7 +136,12 @@ impl Agent {
         };
         let rpc = std::net::TcpListener::bind(&config.rpc_listen)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| AgentError::Config(format!("cannot listen on agent.rpc_listen {}: {e}", config.rpc_listen)))?;
+            .map_err(|e| {
+                AgentError::Config(format!(
+                    "cannot listen on agent.rpc_listen {}: {e}",
+                    config.rpc_listen
+                ))
+            })?;
         let rpc_addr = rpc
             .local_addr()
             .map(|a| a.to_string())

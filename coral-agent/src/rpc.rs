@@ -32,7 +32,9 @@ impl Server {
                 "{} is not the colony this agent is linked to",
                 self.peer
             ))),
-            None => Err(ExecError::Refused("this agent is not linked to a colony".into())),
+            None => Err(ExecError::Refused(
+                "this agent is not linked to a colony".into(),
+            )),
         }
     }
 
@@ -72,12 +74,26 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 impl AgentRpc for Server {
     async fn exec_start(self, _: Context, req: ExecRequest) -> Result<ExecStarted, ExecError> {
         self.check()?;
-        let services: Vec<String> = self.shared.services_snapshot().into_iter().map(|s| s.spec.name).collect();
+        let services: Vec<String> = self
+            .shared
+            .services_snapshot()
+            .into_iter()
+            .map(|s| s.spec.name)
+            .collect();
         let peer = self.peer.to_string();
-        self.shared.exec.start(req, self.agent(), &services, &peer).await
+        self.shared
+            .exec
+            .start(req, self.agent(), &services, &peer)
+            .await
     }
 
-    async fn exec_poll(self, _: Context, exec_id: String, offset: u64, wait_ms: u64) -> Result<ExecPoll, ExecError> {
+    async fn exec_poll(
+        self,
+        _: Context,
+        exec_id: String,
+        offset: u64,
+        wait_ms: u64,
+    ) -> Result<ExecPoll, ExecError> {
         self.check()?;
         self.shared.exec.poll(&exec_id, offset, wait_ms).await
     }

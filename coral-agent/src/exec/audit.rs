@@ -208,7 +208,10 @@ mod tests {
         let (log, n) = AuditLog::open(&path).unwrap();
         assert_eq!(n, 1);
         let rows = log.query("a", "h", Some("api"), 0, 10).unwrap();
-        let states: Vec<_> = rows.iter().map(|r| (r.exec_id.as_str(), r.state.as_str())).collect();
+        let states: Vec<_> = rows
+            .iter()
+            .map(|r| (r.exec_id.as_str(), r.state.as_str()))
+            .collect();
         assert!(states.contains(&("e1", "interrupted")) && states.contains(&("e2", "denied")));
         assert_eq!(rows[0].argv.len(), 2);
     }

@@ -131,9 +131,8 @@ impl Cgroups {
                 let dir = base.join(&name);
                 match std::fs::create_dir(&dir) {
                     Ok(()) | Err(_) if dir.join("cgroup.kill").exists() => {
-                        let controllers =
-                            std::fs::read_to_string(base.join("cgroup.controllers"))
-                                .unwrap_or_default();
+                        let controllers = std::fs::read_to_string(base.join("cgroup.controllers"))
+                            .unwrap_or_default();
                         if controllers.split_whitespace().any(|c| c == "pids") {
                             // Works when the agent's cgroup may delegate pids
                             // (the root cgroup, or a delegated subtree).
@@ -199,7 +198,8 @@ impl Cgroups {
     pub(crate) fn create(&self, exec_id: &str) -> Result<ExecCgroup, String> {
         let mk = |parent: &Path| -> Result<PathBuf, String> {
             let dir = parent.join(exec_id);
-            std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             Ok(dir)
         };
         let limit = |dir: &Path| -> Result<(), String> {
@@ -294,7 +294,10 @@ fn kill_each(dir: &Path) {
     use nix::unistd::Pid;
     for _ in 0..1000 {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         if pids.is_empty() {
             return;
         }
@@ -312,7 +315,10 @@ fn clean_stale(base: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid_alive(pid) {
@@ -356,7 +362,10 @@ mod tests {
     #[test]
     fn joins_relative_to_the_mount_root() {
         let m = ("/".to_string(), PathBuf::from("/sys/fs/cgroup/unified"));
-        assert_eq!(join(&m, "/user.slice/x"), PathBuf::from("/sys/fs/cgroup/unified/user.slice/x"));
+        assert_eq!(
+            join(&m, "/user.slice/x"),
+            PathBuf::from("/sys/fs/cgroup/unified/user.slice/x")
+        );
         assert_eq!(join(&m, "/"), PathBuf::from("/sys/fs/cgroup/unified/"));
         let m = ("/ns".to_string(), PathBuf::from("/sys/fs/cgroup"));
         assert_eq!(join(&m, "/ns/a"), PathBuf::from("/sys/fs/cgroup/a"));

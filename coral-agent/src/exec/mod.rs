@@ -18,7 +18,7 @@ use cgroup::Cgroups;
 use coral_policy::{Caller, Request};
 use coral_proto::{
     AuditQuery, ExecAuditRecord, ExecCaller, ExecError, ExecOutcome, ExecPoll, ExecRequest,
-    ExecStarted, ExecVerdict, ExecStatus,
+    ExecStarted, ExecStatus, ExecVerdict,
 };
 use policy::PolicyHolder;
 use run::Output;
@@ -153,7 +153,10 @@ impl Exec {
             );
         }
         let (cgroups, isolation) = match config.isolation {
-            Isolation::None => (None, "process group only (agent.exec.isolation = none)".to_string()),
+            Isolation::None => (
+                None,
+                "process group only (agent.exec.isolation = none)".to_string(),
+            ),
             _ => match (shim.is_some(), Cgroups::detect(config.max_pids)) {
                 (true, Ok(cg)) => {
                     let d = cg.describe();
@@ -213,7 +216,13 @@ impl Exec {
             }
         }
         // Stop what still runs; the records get their completion.
-        let jobs: Vec<Arc<Job>> = self.jobs.lock().expect("jobs lock").values().cloned().collect();
+        let jobs: Vec<Arc<Job>> = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .cloned()
+            .collect();
         for j in &jobs {
             j.cancel.cancel();
         }
@@ -289,7 +298,13 @@ impl Exec {
                     args,
                 });
                 rule = d.rule.as_ref().map(|r| r.name.to_string());
-                let running = self.jobs.lock().expect("jobs lock").values().filter(|j| !j.output.idle().1).count();
+                let running = self
+                    .jobs
+                    .lock()
+                    .expect("jobs lock")
+                    .values()
+                    .filter(|j| !j.output.idle().1)
+                    .count();
                 if !d.is_allowed() {
                     reason = d.to_string();
                 } else if running >= self.config.max_running {
@@ -313,7 +328,10 @@ impl Exec {
         }
         let (timeout, cap) = match &limits {
             Some(l) => {
-                let asked = req.timeout_ms.map(Duration::from_millis).unwrap_or(l.timeout);
+                let asked = req
+                    .timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(l.timeout);
                 (asked.min(l.timeout), l.max_output_bytes)
             }
             None => (Duration::ZERO, 0),
@@ -375,14 +393,21 @@ impl Exec {
             output: output.clone(),
             cancel: CancellationToken::new(),
         });
-        self.jobs.lock().expect("jobs lock").insert(exec_id.clone(), job.clone());
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .insert(exec_id.clone(), job.clone());
         let me = self.clone();
         let args = req.argv[1..].to_vec();
         tokio::spawn(async move {
-            let outcome = me.run(&exec_id, &program, &args, &limits, timeout, cap, &job).await;
+            let outcome = me
+                .run(&exec_id, &program, &args, &limits, timeout, cap, &job)
+                .await;
             let audit = me.audit.clone();
             let (id, o) = (exec_id.clone(), outcome.clone());
-            let stored = tokio::task::spawn_blocking(move || audit.finish(&id, coral_proto::now_ms(), &o)).await;
+            let stored =
+                tokio::task::spawn_blocking(move || audit.finish(&id, coral_proto::now_ms(), &o))
+                    .await;
             if !matches!(stored, Ok(Ok(()))) {
                 tracing::error!(exec_id = %exec_id, "cannot write the exec completion record");
             }
@@ -419,13 +444,18 @@ impl Exec {
             (Some(shim), Some(cg)) => {
                 let files = cg.procs_files();
                 let mut c = tokio::process::Command::new(shim);
-                c.arg(SHIM_ARG).arg(files.len().to_string()).args(&files).arg("--").arg(program);
+                c.arg(SHIM_ARG)
+                    .arg(files.len().to_string())
+                    .args(&files)
+                    .arg("--")
+                    .arg(program);
                 c
             }
             _ => tokio::process::Command::new(program),
         };
         let env = limits.filter_env(
-            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
         );
         cmd.args(args)
             .env_clear()
@@ -438,7 +468,15 @@ impl Exec {
             .kill_on_drop(true);
         let outcome = match cmd.spawn() {
             Ok(child) => {
-                run::supervise(&job.output, child, cg.as_ref(), timeout, cap, job.cancel.clone()).await
+                run::supervise(
+                    &job.output,
+                    child,
+                    cg.as_ref(),
+                    timeout,
+                    cap,
+                    job.cancel.clone(),
+                )
+                .await
             }
             Err(e) => ExecOutcome {
                 error: Some(format!("cannot start {program}: {e}")),
@@ -460,12 +498,21 @@ impl Exec {
             .ok_or_else(|| ExecError::UnknownExec(exec_id.to_string()))
     }
 
-    pub(crate) async fn poll(&self, exec_id: &str, offset: u64, wait_ms: u64) -> Result<ExecPoll, ExecError> {
+    pub(crate) async fn poll(
+        &self,
+        exec_id: &str,
+        offset: u64,
+        wait_ms: u64,
+    ) -> Result<ExecPoll, ExecError> {
         let job = self.job(exec_id)?;
         let wait = Duration::from_millis(wait_ms).min(MAX_WAIT);
-        let r = job.output.poll(offset, wait).await.map_err(|run::PollError::BadOffset { offset, base, end }| {
-            ExecError::Invalid(format!("offset {offset} is outside the output held ({base}..={end})"))
-        })?;
+        let r = job.output.poll(offset, wait).await.map_err(
+            |run::PollError::BadOffset { offset, base, end }| {
+                ExecError::Invalid(format!(
+                    "offset {offset} is outside the output held ({base}..={end})"
+                ))
+            },
+        )?;
         if r.done.is_some() {
             // Collected: forget it.
             self.jobs.lock().expect("jobs lock").remove(exec_id);
@@ -480,11 +527,21 @@ impl Exec {
         Ok(())
     }
 
-    pub(crate) async fn audit(&self, agent: (&str, &str), q: AuditQuery) -> Result<Vec<ExecAuditRecord>, ExecError> {
+    pub(crate) async fn audit(
+        &self,
+        agent: (&str, &str),
+        q: AuditQuery,
+    ) -> Result<Vec<ExecAuditRecord>, ExecError> {
         let audit = self.audit.clone();
         let (id, name) = (agent.0.to_string(), agent.1.to_string());
         tokio::task::spawn_blocking(move || {
-            audit.query(&id, &name, q.service.as_deref(), q.since_ms, q.limit.clamp(1, 10_000))
+            audit.query(
+                &id,
+                &name,
+                q.service.as_deref(),
+                q.since_ms,
+                q.limit.clamp(1, 10_000),
+            )
         })
         .await
         .map_err(|e| ExecError::Storage(e.to_string()))?
@@ -499,9 +556,17 @@ mod tests {
     #[test]
     fn programs_resolve_along_the_fixed_path_only() {
         let sh = resolve("sh").unwrap();
-        assert!(sh.starts_with("/usr/bin/") || sh.starts_with("/bin/"), "{sh}");
+        assert!(
+            sh.starts_with("/usr/bin/") || sh.starts_with("/bin/"),
+            "{sh}"
+        );
         assert!(resolve("definitely-not-a-program-cexec").is_err());
         assert_eq!(resolve("./x").unwrap(), "./x");
-        assert_eq!(resolve("/bin/../bin/true").unwrap(), std::fs::canonicalize("/bin/true").unwrap().to_string_lossy());
+        assert_eq!(
+            resolve("/bin/../bin/true").unwrap(),
+            std::fs::canonicalize("/bin/true")
+                .unwrap()
+                .to_string_lossy()
+        );
     }
 }

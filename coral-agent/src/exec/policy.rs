@@ -154,7 +154,10 @@ mod tests {
         std::fs::write(&path, "[[rule]]\nname = \n").unwrap();
         h.reload_if_changed();
         let st = h.status();
-        assert!(st.error.as_deref().unwrap().contains("policy.toml:2:"), "{st:?}");
+        assert!(
+            st.error.as_deref().unwrap().contains("policy.toml:2:"),
+            "{st:?}"
+        );
         assert_eq!(h.current().rule_count(), 1, "the old policy stays");
 
         std::fs::remove_file(&path).unwrap();

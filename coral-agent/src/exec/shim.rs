@@ -19,7 +19,10 @@ pub fn shim_main(args: Vec<OsString>) -> i32 {
         126
     };
     let mut it = args.into_iter();
-    let Some(n) = it.next().and_then(|n| n.into_string().ok()?.parse::<usize>().ok()) else {
+    let Some(n) = it
+        .next()
+        .and_then(|n| n.into_string().ok()?.parse::<usize>().ok())
+    else {
         return usage();
     };
     let files: Vec<OsString> = it.by_ref().take(n).collect();

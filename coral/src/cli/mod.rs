@@ -969,7 +969,10 @@ async fn exec(args: ExecArgs) -> anyhow::Result<()> {
         ExecVerdict::Allowed => None,
         ExecVerdict::Denied => Some(Coded {
             code: EX_NOPERM,
-            msg: format!("denied by the policy on agent {}: {}", started.agent_name, started.reason),
+            msg: format!(
+                "denied by the policy on agent {}: {}",
+                started.agent_name, started.reason
+            ),
         }),
         ExecVerdict::NotFound => Some(Coded {
             code: 127,
@@ -1027,7 +1030,9 @@ async fn exec(args: ExecArgs) -> anyhow::Result<()> {
             };
             if let Err(e) = written {
                 // Nobody reads our output any more: stop the command.
-                let _ = c.exec_cancel(ctx(), started.agent_id.clone(), started.exec_id.clone()).await;
+                let _ = c
+                    .exec_cancel(ctx(), started.agent_id.clone(), started.exec_id.clone())
+                    .await;
                 return Err(e.into());
             }
         }
@@ -1046,10 +1051,16 @@ async fn exec(args: ExecArgs) -> anyhow::Result<()> {
             )),
         )
     } else if done.cancelled {
-        (130, Some("cancelled; the command's process group was killed".into()))
+        (
+            130,
+            Some("cancelled; the command's process group was killed".into()),
+        )
     } else if let Some(sig) = done.signal {
         let why = if done.truncated && sig == 13 {
-            format!("output cut at {} bytes; the command was stopped by SIGPIPE", started.max_output_bytes)
+            format!(
+                "output cut at {} bytes; the command was stopped by SIGPIPE",
+                started.max_output_bytes
+            )
         } else {
             format!("the command was killed by signal {sig}")
         };
@@ -1064,7 +1075,11 @@ async fn exec(args: ExecArgs) -> anyhow::Result<()> {
         obj.insert("stdout".into(), String::from_utf8_lossy(&stdout_buf).into());
         obj.insert("stderr".into(), String::from_utf8_lossy(&stderr_buf).into());
         out(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
-        return if code == 0 { Ok(()) } else { Err(Exit(code).into()) };
+        return if code == 0 {
+            Ok(())
+        } else {
+            Err(Exit(code).into())
+        };
     }
     match (code, msg) {
         (0, _) => Ok(()),

@@ -355,55 +355,18 @@ pub fn logs(logs: &[LogRecord]) -> String {
     t.to_string() + "\n"
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn span(id: &str, parent: Option<&str>, start: i64, dur: i64) -> SpanRecord {
-        SpanRecord {
-            agent_id: "a".into(),
-            seq: 0,
-            trace_id: "t".into(),
-            span_id: id.into(),
-            parent_span_id: parent.map(str::to_string),
-            service: "svc".into(),
-            name: id.into(),
-            kind: "internal".into(),
-            start_us: start,
-            duration_us: dur,
-            status_code: "unset".into(),
-            status_message: String::new(),
-            attributes: "{}".into(),
-            events: "[]".into(),
-            resource: "{}".into(),
-            scope: String::new(),
-        }
-    }
-
-    #[test]
-    fn critical_path_follows_the_child_that_ends_last() {
-        // root 0..100; a 0..30; b 10..90 (ends last); b1 10..20; b2 50..88 (ends last under b).
-        let spans = vec![
-            span("root", None, 0, 100),
-            span("a", Some("root"), 0, 30),
-            span("b", Some("root"), 10, 80),
-            span("b1", Some("b"), 10, 10),
-            span("b2", Some("b"), 50, 38),
-        ];
-        let (roots, children) = tree(&spans);
-        let path = critical_path(&roots, &children);
-        let mut p: Vec<_> = path.into_iter().collect();
-        p.sort();
-        assert_eq!(p, ["b", "b2", "root"]);
-        let text = trace_tree(&spans);
-        assert!(text.contains("5 spans"), "{text}");
-        let b2 = text.lines().find(|l| l.contains("b2")).unwrap();
-        assert!(b2.trim_start().starts_with('*'), "{text}");
-    }
-}
-
 fn clip(s: &str, max: usize) -> String {
-    let s = s.escape_debug().to_string();
+    let s: String = s
+        .chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect();
     if s.chars().count() <= max {
         return s;
     }
@@ -452,7 +415,11 @@ pub fn audit(now: i64, r: &coral_proto::AuditReport) -> String {
             "WHEN", "AGENT", "CALLER", "SERVICE", "COMMAND", "DECISION", "RULE", "RESULT",
         ]);
         for e in &r.exec {
-            let cmd: Vec<String> = e.argv.iter().map(|a| a.escape_debug().to_string()).collect();
+            let cmd: Vec<String> = e
+                .argv
+                .iter()
+                .map(|a| a.escape_debug().to_string())
+                .collect();
             t.add_row(vec![
                 ago(now, Some(e.ts_ms)),
                 e.agent_name.clone(),
@@ -487,4 +454,51 @@ pub fn audit(now: i64, r: &coral_proto::AuditReport) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(id: &str, parent: Option<&str>, start: i64, dur: i64) -> SpanRecord {
+        SpanRecord {
+            agent_id: "a".into(),
+            seq: 0,
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: parent.map(str::to_string),
+            service: "svc".into(),
+            name: id.into(),
+            kind: "internal".into(),
+            start_us: start,
+            duration_us: dur,
+            status_code: "unset".into(),
+            status_message: String::new(),
+            attributes: "{}".into(),
+            events: "[]".into(),
+            resource: "{}".into(),
+            scope: String::new(),
+        }
+    }
+
+    #[test]
+    fn critical_path_follows_the_child_that_ends_last() {
+        // root 0..100; a 0..30; b 10..90 (ends last); b1 10..20; b2 50..88 (ends last under b).
+        let spans = vec![
+            span("root", None, 0, 100),
+            span("a", Some("root"), 0, 30),
+            span("b", Some("root"), 10, 80),
+            span("b1", Some("b"), 10, 10),
+            span("b2", Some("b"), 50, 38),
+        ];
+        let (roots, children) = tree(&spans);
+        let path = critical_path(&roots, &children);
+        let mut p: Vec<_> = path.into_iter().collect();
+        p.sort();
+        assert_eq!(p, ["b", "b2", "root"]);
+        let text = trace_tree(&spans);
+        assert!(text.contains("5 spans"), "{text}");
+        let b2 = text.lines().find(|l| l.contains("b2")).unwrap();
+        assert!(b2.trim_start().starts_with('*'), "{text}");
+    }
 }

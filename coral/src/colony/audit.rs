@@ -73,12 +73,24 @@ mod tests {
         let path = dir.path().join("colony.db");
         super::super::registry::Registry::open(&path).unwrap();
         let log = AuditLog::open(&path).unwrap();
-        let a = log.record("uid:1000", "mcp:coral_query", "traces of api", Some("coral query traces --service api")).unwrap();
-        let b = log.record("uid:1000", "exec", "api: ss -tnp", None).unwrap();
+        let a = log
+            .record(
+                "uid:1000",
+                "mcp:coral_query",
+                "traces of api",
+                Some("coral query traces --service api"),
+            )
+            .unwrap();
+        let b = log
+            .record("uid:1000", "exec", "api: ss -tnp", None)
+            .unwrap();
         assert!(b > a);
         let rows = log.since(0, 10).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].id, b);
-        assert_eq!(rows[1].cli_equivalent.as_deref(), Some("coral query traces --service api"));
+        assert_eq!(
+            rows[1].cli_equivalent.as_deref(),
+            Some("coral query traces --service api")
+        );
     }
 }

@@ -24,8 +24,7 @@ fn ctx(extra: Duration) -> context::Context {
 /// otherwise read it differently.
 fn quote(w: &str) -> String {
     let plain = !w.is_empty()
-        && w
-            .chars()
+        && w.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
     if plain {
         w.to_string()
@@ -39,7 +38,10 @@ pub(crate) fn command_line(argv: &[String]) -> String {
 }
 
 /// The caller as the colony knows it: the peer of the local socket.
-pub(crate) fn caller_from_cred(cred: Option<&tokio::net::unix::UCred>, colony_id: &str) -> ExecCaller {
+pub(crate) fn caller_from_cred(
+    cred: Option<&tokio::net::unix::UCred>,
+    colony_id: &str,
+) -> ExecCaller {
     use nix::unistd::{Gid, Group, Uid, User};
     let mut c = ExecCaller {
         identity: Some(colony_id.to_string()),
@@ -63,7 +65,12 @@ pub(crate) fn caller_from_cred(cred: Option<&tokio::net::unix::UCred>, colony_id
     gids.dedup();
     c.groups = gids
         .iter()
-        .filter_map(|g| Group::from_gid(Gid::from_raw(*g)).ok().flatten().map(|g| g.name))
+        .filter_map(|g| {
+            Group::from_gid(Gid::from_raw(*g))
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
         .collect();
     c.gids = gids;
     c
@@ -77,7 +84,11 @@ fn ago(now: i64, then: i64) -> String {
 impl Shared {
     /// A client for an agent's `AgentRpc`, reusing a live connection.
     async fn agent_client(&self, agent_id: &str, addr: &str) -> Result<AgentRpcClient, String> {
-        if let Some((a, c)) = self.agent_clients.lock().expect("agent_clients lock").get(agent_id)
+        if let Some((a, c)) = self
+            .agent_clients
+            .lock()
+            .expect("agent_clients lock")
+            .get(agent_id)
             && a == addr
         {
             return Ok(c.clone());
@@ -87,7 +98,8 @@ impl Shared {
             .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let client = AgentRpcClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
+        let client =
+            AgentRpcClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
         self.agent_clients
             .lock()
             .expect("agent_clients lock")
@@ -96,7 +108,10 @@ impl Shared {
     }
 
     fn forget_client(&self, agent_id: &str) {
-        self.agent_clients.lock().expect("agent_clients lock").remove(agent_id);
+        self.agent_clients
+            .lock()
+            .expect("agent_clients lock")
+            .remove(agent_id);
     }
 
     fn agent_addr(&self, agent_id: &str) -> Result<(String, String), ExecError> {
@@ -110,20 +125,33 @@ impl Shared {
             .into_iter()
             .find(|(id, _, _)| id == agent_id)
             .map(|(_, name, addr)| (name, addr))
-            .ok_or_else(|| ExecError::Unavailable(format!("agent {agent_id} is not known to this colony")))
+            .ok_or_else(|| {
+                ExecError::Unavailable(format!("agent {agent_id} is not known to this colony"))
+            })
     }
 
     /// Calls an agent, redialling once if a cached connection has died.
-    async fn call_agent<T, F, Fut>(&self, agent_id: &str, name: &str, addr: &str, f: F) -> Result<T, ExecError>
+    async fn call_agent<T, F, Fut>(
+        &self,
+        agent_id: &str,
+        name: &str,
+        addr: &str,
+        f: F,
+    ) -> Result<T, ExecError>
     where
         F: Fn(AgentRpcClient) -> Fut,
         Fut: std::future::Future<Output = Result<Result<T, ExecError>, tarpc::client::RpcError>>,
     {
         let unreachable = |why: String| {
-            ExecError::Unavailable(format!("cannot reach agent {name} at {addr}: {why} (is it running? see 'coral colony status')"))
+            ExecError::Unavailable(format!(
+                "cannot reach agent {name} at {addr}: {why} (is it running? see 'coral colony status')"
+            ))
         };
         for attempt in 0..2 {
-            let client = self.agent_client(agent_id, addr).await.map_err(unreachable)?;
+            let client = self
+                .agent_client(agent_id, addr)
+                .await
+                .map_err(unreachable)?;
             match f(client).await {
                 Ok(r) => return r,
                 Err(tarpc::client::RpcError::DeadlineExceeded) => {
@@ -154,10 +182,17 @@ impl Shared {
             .registry
             .lock()
             .expect("registry lock")
-            .exec_targets(&req.service, now, self.config.agent_timeout.as_millis() as i64)
+            .exec_targets(
+                &req.service,
+                now,
+                self.config.agent_timeout.as_millis() as i64,
+            )
             .map_err(|e| ExecError::Storage(e.to_string()))?;
         let mut targets: Vec<_> = match &req.agent {
-            Some(a) => targets.into_iter().filter(|t| &t.name == a || &t.agent_id == a).collect(),
+            Some(a) => targets
+                .into_iter()
+                .filter(|t| &t.name == a || &t.agent_id == a)
+                .collect(),
             None => targets,
         };
         if targets.is_empty() {
@@ -167,7 +202,11 @@ impl Shared {
             });
         }
         if targets.len() > 1 {
-            let online: Vec<_> = targets.iter().filter(|t| t.state == AgentState::Online).cloned().collect();
+            let online: Vec<_> = targets
+                .iter()
+                .filter(|t| t.state == AgentState::Online)
+                .cloned()
+                .collect();
             if online.len() != 1 {
                 return Err(ExecError::Ambiguous {
                     service: req.service.clone(),
@@ -177,7 +216,11 @@ impl Shared {
             targets = online;
         }
         let t = targets.remove(0);
-        let cli = format!("coral exec {} {}", quote(&req.service), quote(&command_line(&req.argv)));
+        let cli = format!(
+            "coral exec {} {}",
+            quote(&req.service),
+            quote(&command_line(&req.argv))
+        );
         let actor = {
             let c = coral_policy::Caller {
                 identity: None,
@@ -192,7 +235,13 @@ impl Shared {
                 None => c.to_string(),
             }
         };
-        let detail = format!("{} on agent {} ({}): {}", req.service, t.name, t.state.as_str(), command_line(&req.argv));
+        let detail = format!(
+            "{} on agent {} ({}): {}",
+            req.service,
+            t.name,
+            t.state.as_str(),
+            command_line(&req.argv)
+        );
         if let Err(e) = self.audit.record(&actor, "exec", &detail, Some(&cli)) {
             tracing::error!(error = %e, "cannot write the colony audit record; not forwarding the exec");
             return Err(ExecError::Storage(e.to_string()));
@@ -252,12 +301,19 @@ impl Shared {
         let wait = wait_ms.min(5_000);
         self.call_agent(agent_id, &name, &addr, |c| {
             let id = exec_id.clone();
-            async move { c.exec_poll(ctx(Duration::from_millis(wait)), id, offset, wait).await }
+            async move {
+                c.exec_poll(ctx(Duration::from_millis(wait)), id, offset, wait)
+                    .await
+            }
         })
         .await
     }
 
-    pub(crate) async fn exec_cancel(&self, agent_id: &str, exec_id: String) -> Result<(), ExecError> {
+    pub(crate) async fn exec_cancel(
+        &self,
+        agent_id: &str,
+        exec_id: String,
+    ) -> Result<(), ExecError> {
         let (name, addr) = self.agent_addr(agent_id)?;
         self.call_agent(agent_id, &name, &addr, |c| {
             let id = exec_id.clone();
@@ -269,7 +325,9 @@ impl Shared {
     /// Every agent's exec audit log (asked in parallel) and the colony's table.
     pub(crate) async fn audit_report(&self, q: AuditQuery) -> Result<AuditReport, QueryError> {
         if q.limit == 0 || q.limit > 10_000 {
-            return Err(QueryError::Invalid("limit must be between 1 and 10000".into()));
+            return Err(QueryError::Invalid(
+                "limit must be between 1 and 10000".into(),
+            ));
         }
         let agents = self
             .registry
@@ -296,7 +354,7 @@ impl Shared {
                 Err(e) => report.unreachable.push(format!("{name}: {e}")),
             }
         }
-        report.exec.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms));
+        report.exec.sort_by_key(|r| std::cmp::Reverse(r.ts_ms));
         report.exec.truncate(q.limit as usize);
         if q.service.is_none() {
             report.colony = self
@@ -323,8 +381,14 @@ mod tests {
 
     #[test]
     fn command_lines_quote_what_the_shell_would_split() {
-        let argv: Vec<String> = ["ss", "-tnp", "a b", "it's", "$(id)", ""].iter().map(|s| s.to_string()).collect();
+        let argv: Vec<String> = ["ss", "-tnp", "a b", "it's", "$(id)", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(command_line(&argv), r#"ss -tnp 'a b' 'it'\''s' '$(id)' ''"#);
-        assert_eq!(coral_policy::split_command_line(&command_line(&argv)).unwrap(), argv);
+        assert_eq!(
+            coral_policy::split_command_line(&command_line(&argv)).unwrap(),
+            argv
+        );
     }
 }

@@ -349,11 +349,7 @@ impl ColonyControl for Control {
         super::query::logs(&self.shared.telemetry, q).await
     }
 
-    async fn exec_start(
-        self,
-        _: Context,
-        req: ExecStartRequest,
-    ) -> Result<ExecStarted, ExecError> {
+    async fn exec_start(self, _: Context, req: ExecStartRequest) -> Result<ExecStarted, ExecError> {
         let caller = super::exec::caller_from_cred(self.cred.as_ref(), &self.shared.colony_id);
         self.shared.exec_start(req, caller).await
     }
