@@ -138,9 +138,7 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         .map_err(|_| conn_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| conn_err(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    if let Ok(peer) = stream.peer_addr() {
-        *shared.colony_peer.lock().expect("colony_peer lock") = Some(peer.ip());
-    }
+    let colony_ip = stream.peer_addr().ok().map(|a| a.ip());
     let client = ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
     let rpc_err = |e: tarpc::client::RpcError| LinkError::Rpc {
         addr: addr.clone(),
@@ -168,6 +166,8 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         .map_err(rpc_err)?
         .map_err(refused)?;
     shared.acknowledge(registered.last_seq);
+    // Only a colony that accepted this agent may call it (AgentRpc).
+    *shared.colony_peer.lock().expect("colony_peer lock") = colony_ip;
     let mut checkpoints = registered.checkpoints;
     {
         let mut link = shared.link.lock().expect("link lock");

@@ -125,6 +125,10 @@ fn main() {
         .build()
         .unwrap();
     let n = 300;
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
 
     // The floor: spawn and wait for the same program locally.
     let mut local: Vec<Duration> = (0..n)
@@ -168,7 +172,8 @@ fn main() {
     let section = format!(
         "## coral exec (issue 4)\n\n\
 Reproduce: `make bench` (runs `cargo bench -p coral --bench exec --profile dev`).\n\
-Measured {date} on Linux {kernel}, {cores} cores, build profile: {profile}.\n\
+Measured {date} on Linux {kernel}, {cores} cores, build profile: {profile},\n\
+load average {load} when it started (other builds share the machine).\n\
 The command is `/usr/bin/true`; the colony and agent run on this machine and\n\
 talk tarpc over loopback TCP (the mesh is not wired in yet). A round trip is\n\
 `exec_start` + `exec_poll` until done over the colony's local socket: the\n\
@@ -176,7 +181,7 @@ colony finds the agent, the agent decides, writes its audit record with\n\
 fsync, spawns, waits, writes the completion record, and the answer comes back.\n\n\
 | figure | p50 | p99 |\n|---|---|---|\n\
 | spawn + wait locally (`std::process::Command`, the floor), {n} runs | {l50} | {l99} |\n\
-| `coral exec` round trip, cgroup per command ({isolation}), {n} runs | {g50} | {g99} |\n\
+| `coral exec` round trip, {isolation}, {n} runs | {g50} | {g99} |\n\
 | `coral exec` round trip, process group only (`isolation = \"none\"`), {n} runs | {p50} | {p99} |\n\
 | `coral exec api true` as a command (CLI process start included), 50 runs | {c50} | {c99} |\n\n\
 The difference between the two round trips is the cgroup: creating and removing\n\
@@ -185,6 +190,7 @@ before `execve`. Two fsyncs (the write-ahead record and the completion) are in\n
 both.\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         kernel = kernel.trim(),
+        load = load,
         cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),

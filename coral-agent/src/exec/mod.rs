@@ -193,7 +193,13 @@ impl Exec {
         ExecStatus {
             policy: self.policy.status(),
             isolation: self.isolation.clone(),
-            running: self.jobs.lock().expect("jobs lock").len() as u64,
+            running: self
+                .jobs
+                .lock()
+                .expect("jobs lock")
+                .values()
+                .filter(|j| !j.output.idle().1)
+                .count() as u64,
         }
     }
 
