@@ -9,7 +9,7 @@ export CORAL_PYTHON ?= $(CORAL_VENV)/bin/python
 PREFIX ?= /usr/local
 CARGO ?= cargo
 
-.PHONY: all deps build test fmt lint install demo bench clean
+.PHONY: all deps build test fmt lint install demo bench fuzz clean
 
 all: build
 
@@ -35,6 +35,10 @@ install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(CARGO_TARGET_DIR)/debug/coral $(DESTDIR)$(PREFIX)/bin/coral
 
+## Every cargo-fuzz target for FUZZ_SECONDS (default 30) each, on stable.
+fuzz: deps
+	bash packaging/dev/fuzz.sh
+
 ## Coral's main job end to end on one machine, then clean up.
 demo: build
 	bash packaging/dev/demo.sh
@@ -43,6 +47,7 @@ demo: build
 bench: build
 	$(CARGO) bench -p coral --bench control_plane --profile dev
 	$(CARGO) bench -p coral --bench otlp_ingest --profile dev
+	$(CARGO) bench -p coral --bench exec --profile dev
 	$(CARGO) bench -p coral-policy --bench decide
 	$(CARGO) bench -p coral-privhelper --bench requests
 	$(CARGO) build -p coral-agent --examples

@@ -30,6 +30,7 @@ fn registration(agent_id: &str) -> Registration {
         services: vec![ServiceHealth::new(
             ServiceSpec::parse("api:8080:/health").unwrap(),
         )],
+        rpc_addr: None,
     }
 }
 
@@ -54,7 +55,8 @@ async fn samples_are_stored_exactly_once_even_after_a_crash_between_commits() {
         let mut reg = Registry::open(&state.join("colony.db")).unwrap();
         reg.colony_id(Some("c1")).unwrap();
         assert_eq!(
-            reg.register(&registration("a1"), "127.0.0.1:1", 1).unwrap(),
+            reg.register(&registration("a1"), "127.0.0.1:1", None, 1)
+                .unwrap(),
             0
         );
         let (t, _g) =

@@ -34,6 +34,13 @@ pub struct AgentConfig {
     /// The WireGuard mesh, used once the agent has joined a colony with
     /// `--join TOKEN` (the membership is cached in the state dir).
     pub mesh: AgentMeshConfig,
+    /// Where the agent serves colony → agent calls (`AgentRpc`: exec,
+    /// audit). The one place this bind address is set: on the mesh it is
+    /// the agent's mesh address. Port 0 picks a free port; the agent tells
+    /// the colony the bound address when it registers.
+    pub rpc_listen: String,
+    /// `coral exec` on this host.
+    pub exec: ExecConfig,
 }
 
 /// `[agent.mesh]`.
@@ -55,6 +62,24 @@ pub struct AgentMeshConfig {
     /// endpoints moved.
     pub discovery: Option<String>,
     pub mtu: u16,
+}
+
+/// How the agent runs commands for `coral exec`: the `[agent.exec]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    /// The policy file the host's admin owns. Missing: every exec is denied.
+    pub policy: PathBuf,
+    /// How often the file is checked for changes (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub policy_watch_interval: Duration,
+    /// `auto` (a cgroup per command when the agent can create one, else the
+    /// process group only), `cgroup` (refuse to run without one) or `none`.
+    pub isolation: Isolation,
+    /// Most processes (and threads) one command may have, with a cgroup.
+    pub max_pids: u32,
+    /// Most commands running at once on this agent.
+    pub max_running: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +104,47 @@ impl Default for AgentMeshConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Auto,
+    Cgroup,
+    None,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            policy: PathBuf::from(coral_policy::DEFAULT_PATH),
+            policy_watch_interval: Duration::from_secs(1),
+            isolation: Isolation::Auto,
+            max_pids: 256,
+            max_running: 16,
+        }
+    }
+}
+
+impl ExecConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !self.policy.is_absolute() {
+            return Err(format!(
+                "agent.exec.policy '{}' must be an absolute path",
+                self.policy.display()
+            ));
+        }
+        if self.policy_watch_interval < Duration::from_millis(100) {
+            return Err("agent.exec.policy_watch_interval must be at least 100ms".into());
+        }
+        if !(8..=1_000_000).contains(&self.max_pids) {
+            return Err("agent.exec.max_pids must be between 8 and 1000000".into());
+        }
+        if !(1..=1024).contains(&self.max_running) {
+            return Err("agent.exec.max_running must be between 1 and 1024".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -93,6 +159,8 @@ impl Default for AgentConfig {
             services: Vec::new(),
             otlp: crate::otlp::OtlpConfig::default(),
             mesh: AgentMeshConfig::default(),
+            rpc_listen: "127.0.0.1:0".into(),
+            exec: ExecConfig::default(),
         }
     }
 }
@@ -146,6 +214,15 @@ impl AgentConfig {
         if !(576..=9000).contains(&m.mtu) {
             return Err("agent.mesh.mtu must be between 576 and 9000".into());
         }
+        self.rpc_listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                format!(
+                    "agent.rpc_listen '{}' must be ip:port, e.g. 127.0.0.1:0",
+                    self.rpc_listen
+                )
+            })?;
+        self.exec.validate()?;
         coral_proto::ServiceSpec::parse_all(&self.services)
             .map_err(|e| format!("agent.services: {e}"))?;
         Ok(())

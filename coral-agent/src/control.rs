@@ -47,6 +47,8 @@ impl AgentControl for Control {
             otlp_http: s.otlp_addrs.as_ref().map(|a| a.1.clone()),
             mesh_ip: s.mesh_ip.map(|ip| ip.to_string()),
             mesh_interface: s.mesh.as_ref().map(|m| m.interface.clone()),
+            rpc_addr: Some(s.rpc_addr.clone()),
+            exec: Some(s.exec.status()),
         }
     }
 

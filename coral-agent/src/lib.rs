@@ -8,12 +8,14 @@
 
 pub mod config;
 mod control;
+pub mod exec;
 mod link;
 pub mod membership;
 pub mod mesh;
 pub mod meshnode;
 pub mod otlp;
 pub mod probe;
+mod rpc;
 pub mod sandbox;
 pub mod sqlite;
 mod state;
@@ -78,6 +80,12 @@ pub(crate) struct Shared {
     pub(crate) telemetry: Telemetry,
     /// OTLP/gRPC and OTLP/HTTP addresses, when the receiver runs.
     pub(crate) otlp_addrs: Option<(String, String)>,
+    /// Where `AgentRpc` is served (the bound `agent.rpc_listen`).
+    pub(crate) rpc_addr: String,
+    /// The IP of the colony the link connected to: the only caller
+    /// `AgentRpc` accepts (until the mesh identity replaces this check).
+    pub(crate) colony_peer: Mutex<Option<std::net::IpAddr>>,
+    pub(crate) exec: Arc<exec::Exec>,
     prober: probe::Prober,
     /// Wakes the link to send a heartbeat now (services changed).
     pub(crate) changed: Notify,
@@ -93,6 +101,7 @@ pub(crate) struct Shared {
 pub struct Agent {
     shared: Arc<Shared>,
     otlp: Option<otlp::Listeners>,
+    rpc: Option<std::net::TcpListener>,
     _telemetry: TelemetryGuard,
 }
 
@@ -120,7 +129,19 @@ impl Agent {
     /// Validates the config and opens the agent's state and telemetry files.
     /// With a cached mesh membership it also brings the mesh up, which must
     /// happen inside a tokio runtime.
+    /// Commands for `coral exec` run without the cgroup shim (see
+    /// [`Agent::open_with_shim`]).
     pub fn open(config: AgentConfig) -> Result<Agent, AgentError> {
+        Self::open_with_shim(config, None)
+    }
+
+    /// Like [`Agent::open`]; `exec_shim` is a binary that runs
+    /// [`exec::shim_main`] when given [`exec::SHIM_ARG`] (the `coral`
+    /// executable), through which commands join their cgroup before they run.
+    pub fn open_with_shim(
+        config: AgentConfig,
+        exec_shim: Option<PathBuf>,
+    ) -> Result<Agent, AgentError> {
         config.validate().map_err(AgentError::Config)?;
         let state_dir = config.state_dir();
         coral_proto::local::ensure_private_dir(&state_dir).map_err(|source| {
@@ -145,6 +166,7 @@ impl Agent {
             true => Some(otlp::Listeners::bind(&config.otlp).map_err(AgentError::Otlp)?),
             false => None,
         };
+        let exec = exec::Exec::open(&config.exec, &state_dir.join("agent.db"), exec_shim)?;
         let (telemetry, guard) =
             Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
         let hostname = hostname();
@@ -166,6 +188,25 @@ impl Agent {
             }
             None => None,
         };
+        // On the mesh, AgentRpc is served on the agent's mesh address (the
+        // colony reaches it there); a loopback rpc_listen keeps its port.
+        let rpc_listen = match (&mesh, config.rpc_listen.parse::<std::net::SocketAddr>()) {
+            (Some(m), Ok(a)) if a.ip().is_loopback() => {
+                std::net::SocketAddr::new(m.mesh_ip.into(), a.port()).to_string()
+            }
+            _ => config.rpc_listen.clone(),
+        };
+        let rpc = std::net::TcpListener::bind(&rpc_listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| {
+                AgentError::Config(format!(
+                    "cannot listen on agent.rpc_listen {rpc_listen}: {e}"
+                ))
+            })?;
+        let rpc_addr = rpc
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| rpc_listen.clone());
         let now = coral_proto::now_ms();
         let shared = Arc::new(Shared {
             prober: probe::Prober::new(config.probe_timeout),
@@ -192,6 +233,9 @@ impl Agent {
             }),
             telemetry,
             otlp_addrs: otlp_listeners.as_ref().map(otlp::Listeners::addrs),
+            rpc_addr,
+            colony_peer: Mutex::new(None),
+            exec: Arc::new(exec),
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
             mesh_ip: mesh.as_ref().map(|m| m.mesh_ip),
@@ -201,6 +245,7 @@ impl Agent {
         Ok(Agent {
             shared,
             otlp: otlp_listeners,
+            rpc: Some(rpc),
             _telemetry: guard,
         })
     }
@@ -257,6 +302,16 @@ impl Agent {
             })
         });
         let control_task = tokio::spawn(control::serve(shared.clone(), control));
+        let rpc_task = match self.rpc.take().map(tokio::net::TcpListener::from_std) {
+            Some(Ok(l)) => Some(tokio::spawn(rpc::serve(shared.clone(), l))),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot serve agent rpc; coral exec will not reach this agent");
+                None
+            }
+            None => None,
+        };
+        let exec_stop = CancellationToken::new();
+        let exec_task = tokio::spawn(shared.exec.clone().background(exec_stop.clone()));
         let link_task = tokio::spawn(link::run(shared.clone()));
         tracing::info!(agent_id = %shared.agent_id, name = %shared.name, "agent running");
         tokio::select! {
@@ -266,6 +321,11 @@ impl Agent {
         tracing::info!("agent stopping");
         shared.shutdown.cancel();
         control_task.abort();
+        if let Some(t) = rpc_task {
+            t.abort();
+        }
+        exec_stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), exec_task).await;
         for w in shared.services.lock().expect("services lock").values() {
             w.cancel.cancel();
         }

@@ -165,20 +165,31 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         addr: addr.clone(),
         reason,
     };
-    let client = match &target {
+    // The colony's address as this agent sees it: only the colony may call
+    // the agent back (AgentRpc). Over the mesh it is the colony's mesh
+    // address, which WireGuard has authenticated; a same-host colony on
+    // the Unix socket dials from loopback.
+    let (client, colony_ip) = match &target {
         Target::Tcp(a) => {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a))
                 .await
                 .map_err(|_| conn_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
                 .map_err(|e| conn_err(e.to_string()))?;
             let _ = stream.set_nodelay(true);
-            ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn()
+            let ip = stream.peer_addr().ok().map(|a| a.ip());
+            (
+                ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn(),
+                ip,
+            )
         }
         Target::Unix(p) => {
             let stream = coral_proto::local::connect(p)
                 .await
                 .map_err(|e| conn_err(e.to_string()))?;
-            ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn()
+            (
+                ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn(),
+                Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            )
         }
     };
     let rpc_err = |e: tarpc::client::RpcError| LinkError::Rpc {
@@ -199,6 +210,7 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         started_at_ms: shared.started_at_ms,
         colony_id: shared.config.colony_id.clone(),
         services: shared.services_snapshot(),
+        rpc_addr: Some(shared.rpc_addr.clone()),
     };
     let registered = client
         .register(ctx(), reg)
@@ -206,6 +218,8 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
         .map_err(rpc_err)?
         .map_err(refused)?;
     shared.acknowledge(registered.last_seq);
+    // Only a colony that accepted this agent may call it (AgentRpc).
+    *shared.colony_peer.lock().expect("colony_peer lock") = colony_ip;
     let mut checkpoints = registered.checkpoints;
     {
         let mut link = shared.link.lock().expect("link lock");

@@ -410,10 +410,14 @@ pub fn allowlist(role: Role) -> Vec<i64> {
 }
 
 /// Where each role may write: its state directory and its runtime
-/// directory.
-pub fn paths(state_dir: &Path, runtime_dir: &Path, readable: &[PathBuf]) -> Paths {
+/// directory; the agent also manages the cgroups of `coral exec` commands.
+pub fn paths(role: Role, state_dir: &Path, runtime_dir: &Path, readable: &[PathBuf]) -> Paths {
+    let mut writable = vec![state_dir.to_path_buf(), runtime_dir.to_path_buf()];
+    if role == Role::Agent {
+        writable.push(PathBuf::from("/sys/fs/cgroup"));
+    }
     Paths {
-        writable: vec![state_dir.to_path_buf(), runtime_dir.to_path_buf()],
+        writable,
         readable: readable.to_vec(),
     }
 }

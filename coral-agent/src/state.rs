@@ -7,7 +7,7 @@ use coral_proto::{ServiceKind, ServiceSpec};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: identity and services.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE services (
@@ -17,6 +17,33 @@ const MIGRATIONS: &[&str] = &[
         kind     TEXT NOT NULL,
         added_at INTEGER NOT NULL
      );",
+    // 2: the exec audit log (write-ahead: a row is committed before the
+    // command runs; the completion columns are filled when it ends).
+    "CREATE TABLE exec_audit (
+        exec_id          TEXT PRIMARY KEY,
+        ts               INTEGER NOT NULL,
+        caller           TEXT NOT NULL,
+        origin           TEXT NOT NULL,
+        service          TEXT NOT NULL,
+        argv             TEXT NOT NULL,
+        program          TEXT,
+        decision         TEXT NOT NULL,
+        rule             TEXT,
+        reason           TEXT NOT NULL,
+        timeout_ms       INTEGER,
+        max_output_bytes INTEGER,
+        finished         INTEGER,
+        exit_code        INTEGER,
+        signal           INTEGER,
+        duration_us      INTEGER,
+        output_bytes     INTEGER,
+        truncated        INTEGER,
+        timed_out        INTEGER,
+        cancelled        INTEGER,
+        error            TEXT,
+        interrupted      INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX exec_audit_by_ts ON exec_audit (ts);",
 ];
 
 pub struct AgentState {

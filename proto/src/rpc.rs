@@ -27,6 +27,21 @@ pub trait ColonyControl {
     /// Every span of one trace (hex id), in start order.
     async fn trace(trace_id: String) -> Result<Vec<SpanRecord>, QueryError>;
     async fn logs(q: LogQuery) -> Result<Vec<LogRecord>, QueryError>;
+    /// `coral exec`: finds the agent hosting the service and asks it to run
+    /// argv under its policy. The caller is the peer of this local socket.
+    async fn exec_start(req: ExecStartRequest) -> Result<ExecStarted, ExecError>;
+    /// Output since `offset` (waiting up to `wait_ms` for some), and the
+    /// outcome once done. Forwarded to the agent.
+    async fn exec_poll(
+        agent_id: String,
+        exec_id: String,
+        offset: u64,
+        wait_ms: u64,
+    ) -> Result<ExecPoll, ExecError>;
+    /// Kills a running command's process group.
+    async fn exec_cancel(agent_id: String, exec_id: String) -> Result<(), ExecError>;
+    /// `coral audit`: the agents' exec audit logs and the colony's own table.
+    async fn audit(q: AuditQuery) -> Result<AuditReport, QueryError>;
     /// Begins a graceful shutdown; returns the colony's pid.
     async fn stop() -> u32;
     /// Creates a join token (`coral colony token create`).
@@ -62,4 +77,21 @@ pub trait AgentControl {
     async fn disconnect(name: String) -> Result<ServiceSpec, ControlError>;
     /// Begins a graceful shutdown; returns the agent's pid.
     async fn stop() -> u32;
+}
+
+/// Colony → agent calls, served by the agent on its own TCP listener
+/// (`agent.rpc_listen`; on the mesh address once the mesh carries this
+/// traffic). The agent accepts them only from the colony it is linked to.
+#[tarpc::service]
+pub trait AgentRpc {
+    /// Decides under the agent's policy, writes the audit record (fsync),
+    /// then starts the command. A denied request is recorded too.
+    async fn exec_start(req: ExecRequest) -> Result<ExecStarted, ExecError>;
+    /// Output after `offset` (waiting up to `wait_ms` for some); `done` once
+    /// the command is over and all its output was read.
+    async fn exec_poll(exec_id: String, offset: u64, wait_ms: u64) -> Result<ExecPoll, ExecError>;
+    /// Kills the command's process group (and cgroup).
+    async fn exec_cancel(exec_id: String) -> Result<(), ExecError>;
+    /// The agent's exec audit log, newest first.
+    async fn audit(q: AuditQuery) -> Result<Vec<ExecAuditRecord>, ExecError>;
 }

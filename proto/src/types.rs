@@ -83,6 +83,9 @@ pub struct Registration {
     /// Only join a colony with this id, if set.
     pub colony_id: Option<String>,
     pub services: Vec<ServiceHealth>,
+    /// Where the agent serves `AgentRpc` (colony → agent calls).
+    #[serde(default)]
+    pub rpc_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,6 +180,9 @@ pub struct AgentSummary {
     pub last_seen_ms: i64,
     pub last_seq: u64,
     pub services: Vec<ServiceHealth>,
+    /// Where the colony reaches the agent's `AgentRpc`.
+    #[serde(default)]
+    pub rpc_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,6 +270,12 @@ pub struct AgentStatus {
     /// The agent's mesh interface.
     #[serde(default)]
     pub mesh_interface: Option<String>,
+    /// Where the agent serves `AgentRpc` for its colony.
+    #[serde(default)]
+    pub rpc_addr: Option<String>,
+    /// Exec: the policy in force and how commands are contained.
+    #[serde(default)]
+    pub exec: Option<ExecStatus>,
 }
 
 /// Errors the agent's local control service returns to the CLI.
@@ -632,4 +644,234 @@ pub enum DiscoveryError {
     Stale,
     #[error("invalid record: {0}")]
     Invalid(String),
+}
+
+// ---------------------------------------------------------------------------
+// Exec under policy (issue 4).
+
+/// Base64 on the wire for byte buffers (JSON has no bytes type).
+pub mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who asks for an exec, as established by the colony from authenticated
+/// sources only: the local user from `SO_PEERCRED` on the colony's socket,
+/// the identity from the mesh (until the mesh names nodes: the colony's id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecCaller {
+    /// Mesh identity of the node the request comes through.
+    pub identity: Option<String>,
+    pub roles: Vec<String>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub gids: Vec<u32>,
+    pub groups: Vec<String>,
+    /// The CLI's pid on the colony's machine (for the audit record only).
+    pub pid: Option<u32>,
+}
+
+/// `coral exec` as the CLI sends it to the colony.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecStartRequest {
+    pub service: String,
+    /// Only this agent (name or id), when several host the service.
+    pub agent: Option<String>,
+    /// argv, split from the command line with shell quoting rules, no shell.
+    pub argv: Vec<String>,
+    /// Asked timeout; the agent uses the smaller of this and the rule's.
+    pub timeout_ms: Option<u64>,
+}
+
+/// The colony → agent request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub service: String,
+    pub argv: Vec<String>,
+    pub timeout_ms: Option<u64>,
+    pub caller: ExecCaller,
+    /// Where the request came from, for the audit (e.g. `colony test-colony, local socket`).
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecVerdict {
+    /// The command runs.
+    Allowed,
+    /// The policy denies it (or the agent refused it, e.g. too many running).
+    Denied,
+    /// The program is not on the host.
+    NotFound,
+}
+
+/// The answer to an exec start. Every start, allowed or not, is in the
+/// agent's audit log before this is sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecStarted {
+    pub exec_id: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub verdict: ExecVerdict,
+    /// The program as checked and run: absolute, symlinks resolved.
+    pub program: Option<String>,
+    /// The rule that decided (for a default deny: none).
+    pub rule: Option<String>,
+    /// One line: why.
+    pub reason: String,
+    pub timeout_ms: u64,
+    pub max_output_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecChunk {
+    pub stream: OutputStream,
+    #[serde(with = "b64")]
+    pub data: Vec<u8>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutcome {
+    /// The exit status, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it.
+    pub signal: Option<i32>,
+    /// The timeout passed and the process group was killed.
+    pub timed_out: bool,
+    /// Cancelled by the caller (or nobody polled for a long time).
+    pub cancelled: bool,
+    /// Output went past the rule's `max_output_bytes` and was cut.
+    pub truncated: bool,
+    /// stdout + stderr bytes kept (at most the cap).
+    pub output_bytes: u64,
+    pub duration_us: u64,
+    /// It could not be started, or the agent failed while running it.
+    pub error: Option<String>,
+}
+
+/// Output since `offset`, and the outcome once the command is over and all
+/// output has been read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecPoll {
+    pub chunks: Vec<ExecChunk>,
+    /// Pass this as `offset` next time (it acknowledges what came before).
+    pub next_offset: u64,
+    pub done: Option<ExecOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ExecError {
+    #[error("no agent hosts a service named '{0}' (see 'coral colony status')")]
+    UnknownService(String),
+    #[error("service '{service}' runs on several agents ({}); pick one with --agent", agents.join(", "))]
+    Ambiguous {
+        service: String,
+        agents: Vec<String>,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("no command {0} on this agent (it finished long ago, or the agent restarted)")]
+    UnknownExec(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("audit log failed: {0}")]
+    Storage(String),
+}
+
+/// `coral audit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditQuery {
+    pub service: Option<String>,
+    pub since_ms: i64,
+    pub limit: u32,
+}
+
+/// One exec attempt in an agent's write-ahead audit log: the first part is
+/// committed (fsync) before anything runs, `finished` after.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecAuditRecord {
+    pub exec_id: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub ts_ms: i64,
+    /// The caller as `kind:value` words.
+    pub caller: String,
+    /// Where the request came from.
+    pub origin: String,
+    pub service: String,
+    pub argv: Vec<String>,
+    pub program: Option<String>,
+    /// `allow` or `deny`.
+    pub decision: String,
+    pub rule: Option<String>,
+    pub reason: String,
+    /// `denied`, `running`, `finished`, or `interrupted` (the agent died
+    /// while it ran).
+    pub state: String,
+    pub finished_ms: Option<i64>,
+    pub outcome: Option<ExecOutcome>,
+}
+
+/// A row of the colony's own audit table (exec requests it forwarded, MCP
+/// tool calls, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColonyAuditRecord {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+    pub cli_equivalent: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// From the agents' audit logs, newest first.
+    pub exec: Vec<ExecAuditRecord>,
+    /// From the colony's audit table, newest first.
+    pub colony: Vec<ColonyAuditRecord>,
+    /// Agents that could not be asked, with why.
+    pub unreachable: Vec<String>,
+}
+
+/// The exec policy an agent runs under, for `coral agent status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub path: String,
+    /// The file is missing: every exec is denied.
+    pub missing: bool,
+    /// Rules of the policy in force.
+    pub rules: u64,
+    pub loaded_at_ms: Option<i64>,
+    /// The last load failed; the policy in force is the previous one.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecStatus {
+    pub policy: PolicyStatus,
+    /// How commands are contained: `cgroup (...)` or `process group only`.
+    pub isolation: String,
+    pub running: u64,
 }

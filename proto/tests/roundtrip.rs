@@ -28,3 +28,22 @@ fn heartbeat_round_trips_through_json() {
     assert_eq!(back.services, hb.services);
     assert_eq!(back.samples, hb.samples);
 }
+
+/// Issue 4: exec output crosses JSON as base64, and a registration from an
+/// agent that predates `rpc_addr` still parses.
+#[test]
+fn exec_chunks_are_base64_and_old_registrations_parse() {
+    let chunk = ExecChunk {
+        stream: OutputStream::Stdout,
+        data: vec![0, 159, 146, 150, b'\n'],
+    };
+    let s = serde_json::to_string(&chunk).unwrap();
+    assert_eq!(s, r#"{"stream":"stdout","data":"AJ+Slgo="}"#);
+    assert_eq!(serde_json::from_str::<ExecChunk>(&s).unwrap(), chunk);
+    assert!(serde_json::from_str::<ExecChunk>(r#"{"stream":"stdout","data":"%%"}"#).is_err());
+
+    let old = r#"{"agent_id":"a","name":"n","hostname":"h","version":"0","pid":1,
+        "started_at_ms":0,"colony_id":null,"services":[]}"#;
+    let reg: Registration = serde_json::from_str(old).unwrap();
+    assert_eq!(reg.rpc_addr, None);
+}

@@ -1,4 +1,5 @@
-//! `cargo +nightly fuzz run decode -- -max_total_time=60`
+//! `make fuzz`, or from coral-privhelper/:
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run -s none decode -- -max_total_time=60`
 #![no_main]
 
 use coral_privhelper::protocol;

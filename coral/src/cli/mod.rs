@@ -2,7 +2,9 @@
 //!
 //! Exit codes follow sysexits: 0 success, 1 failure, 64 usage or config
 //! error, 69 a daemon is not reachable. A closed stdout (`coral ... | head`)
-//! is not an error.
+//! is not an error. `coral exec` passes the remote command's exit code on
+//! and adds 77 (denied by policy), 124 (timed out), 126 (cannot run), 127
+//! (not found on the host), 128+N (killed by signal N), 130 (cancelled).
 
 mod ask;
 mod daemon;
@@ -33,6 +35,21 @@ pub struct Usage(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Unavailable(pub String);
+
+/// An error with its own exit code (printed as `error: ...`).
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
+pub struct Coded {
+    pub code: i32,
+    pub msg: String,
+}
+
+/// Exit with this code and print nothing (the remote command's own code).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub struct Exit(pub i32);
+
+pub const EX_NOPERM: i32 = 77;
 
 const ABOUT: &str = "Coral: debug distributed apps. A colony coordinates one agent per host; \
 agents watch your services and report to the colony.";
@@ -82,7 +99,44 @@ health path.")]
     /// Query telemetry held by the colony: traces and logs.
     #[command(subcommand)]
     Query(QueryCmd),
-    /// Check and explain exec policies (the rules `coral exec` will run under).
+    /// Run a command on the host of a service, under that host's exec policy.
+    #[command(after_help = "\
+Examples:
+  coral exec api \"ss -tnp\"
+  coral exec db \"psql -d app -c 'EXPLAIN SELECT 1'\" --timeout 10s
+  coral exec api \"ps aux\" --json
+
+The command line is split into words with shell quoting rules, and no shell
+runs it: ; | && > $(...) and backticks reach the program as plain text. The
+agent hosting the service decides under its policy (default
+/etc/coral/policy.toml), records the attempt in its audit log, runs the
+program in its own process group with only the rule's environment, and
+streams the output back. Exit code: the command's own; 64 usage or unknown
+service, 69 colony or agent unreachable, 77 denied by policy, 124 timed out,
+126 cannot run, 127 not found on the host, 128+N killed by signal N, 130
+cancelled.")]
+    Exec(ExecArgs),
+    /// Show the exec audit log: every attempt on every agent, and the colony's own records.
+    #[command(after_help = "\
+Examples:
+  coral audit
+  coral audit --service api --since 1h
+  coral audit --json")]
+    Audit {
+        /// Only records for this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back to look, e.g. 30m, 1h, 7days.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Most records to show, per source (at most 10000).
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+        /// Print JSON (a stable schema) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check and explain exec policies (the rules `coral exec` runs under).
     #[command(subcommand)]
     Policy(PolicyCmd),
     /// Applies a role's sandbox to this process, then tries one action and
@@ -310,6 +364,23 @@ struct ConnectArgs {
     kind: Option<String>,
 }
 
+#[derive(Args)]
+struct ExecArgs {
+    /// The service whose host runs the command.
+    service: String,
+    /// The command line, e.g. "ss -tnp" (split like a shell would, never run by one).
+    command: String,
+    /// Stop the command after this long (at most the rule's timeout), e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// The agent (name or id), when several agents host the service.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Print one JSON document (output included) instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum QueryCmd {
     /// List recent traces, newest first.
@@ -425,6 +496,13 @@ enum ConfigCmd {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
+    // The agent runs exec'd commands through this binary (cgroup join, then
+    // execve); see coral_agent::exec::shim_main.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(coral_agent::exec::SHIM_ARG))
+    {
+        return coral_agent::exec::shim_main(std::env::args_os().skip(2).collect());
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -446,7 +524,13 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }) {
         return 0;
     }
+    if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+        return *code;
+    }
     eprintln!("error: {e:#}");
+    if let Some(c) = e.downcast_ref::<Coded>() {
+        return c.code;
+    }
     if e.downcast_ref::<Usage>().is_some() {
         EX_USAGE
     } else if e.downcast_ref::<Unavailable>().is_some() {
@@ -531,6 +615,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Query(q) => client(query(q)),
         Command::Mcp(cmd) => mcp_cmd::run(cmd),
         Command::SandboxCheck { role, action } => sandbox_check(&role, &action),
+        Command::Exec(args) => client(exec(args)),
+        Command::Audit {
+            service,
+            since,
+            limit,
+            json,
+        } => client(async move {
+            let c = colony_client().await?;
+            let q = coral_proto::AuditQuery {
+                service,
+                since_ms: since_ms(since),
+                limit,
+            };
+            let report = c
+                .audit(ctx(), q)
+                .await
+                .map_err(|e| colony_gone(&e))?
+                .map_err(|e| match e {
+                    coral_proto::QueryError::Invalid(m) => Usage(m).into(),
+                    other => anyhow!("{other}"),
+                })?;
+            for u in &report.unreachable {
+                eprintln!("warning: agent not asked: {u}");
+            }
+            print_json_or(json, &report, |r| render::audit(coral_proto::now_ms(), r))
+        }),
         Command::Policy(PolicyCmd::Check { file }) => policy_check(file),
         Command::Policy(PolicyCmd::Explain {
             file,
@@ -765,8 +875,12 @@ fn confine(role: Role, mode: Mode, state_dir: &Path, readable: &[PathBuf]) -> an
     coral_proto::local::ensure_private_dir(state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     let runtime = coral_proto::local::runtime_dir()?;
-    let applied = sandbox::apply(role, mode, &sandbox::paths(state_dir, &runtime, readable))
-        .with_context(|| "cannot sandbox this process (run with --sandbox=off to debug)")?;
+    let applied = sandbox::apply(
+        role,
+        mode,
+        &sandbox::paths(role, state_dir, &runtime, readable),
+    )
+    .with_context(|| "cannot sandbox this process (run with --sandbox=off to debug)")?;
     tracing::info!(mode = ?applied.mode, landlock = applied.landlock, syscalls = applied.syscalls, "sandbox applied");
     Ok(())
 }
@@ -891,12 +1005,17 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
     }
     init_daemon();
     let (_pid, sock) = claim("agent")?;
-    confine(Role::Agent, sandbox, &config.state_dir(), &[])?;
+    // The agent runs this binary as the cgroup shim of `coral exec`, and
+    // reads its policy file: both stay reachable in the sandbox.
+    let exe = std::env::current_exe().ok();
+    let mut readable: Vec<PathBuf> = exe.iter().cloned().collect();
+    readable.extend(config.exec.policy.parent().map(Path::to_path_buf));
+    confine(Role::Agent, sandbox, &config.state_dir(), &readable)?;
     let rt = daemon_runtime()?;
     // A joined agent's mesh device registers with the runtime.
     let agent = {
         let _enter = rt.enter();
-        Agent::open(config)?
+        Agent::open_with_shim(config, exe)?
     };
     rt.block_on(async move {
         let control = bind_control(&sock)?;
@@ -1086,6 +1205,170 @@ async fn query(q: QueryCmd) -> anyhow::Result<()> {
                 .map_err(usage)?;
             print_json_or(json, &logs, |l| render::logs(l))
         }
+    }
+}
+
+fn exec_error(e: coral_proto::ExecError) -> anyhow::Error {
+    use coral_proto::ExecError as E;
+    match e {
+        E::UnknownService(_) | E::Ambiguous { .. } | E::Invalid(_) => Usage(e.to_string()).into(),
+        E::Unavailable(_) | E::Refused(_) => Unavailable(e.to_string()).into(),
+        other => anyhow!("{other}"),
+    }
+}
+
+/// `coral exec`: start, stream output as it comes, return the remote code.
+async fn exec(args: ExecArgs) -> anyhow::Result<()> {
+    use coral_proto::{ExecVerdict, OutputStream};
+    let argv = coral_policy::split_command_line(&args.command).map_err(|e| Usage(e.to_string()))?;
+    let timeout_ms = match args.timeout {
+        Some(d) if d.is_zero() => return Err(Usage("--timeout must be above 0".into()).into()),
+        Some(d) => Some(d.as_millis().min(u64::MAX as u128) as u64),
+        None => None,
+    };
+    let c = colony_client().await?;
+    let req = coral_proto::ExecStartRequest {
+        service: args.service.clone(),
+        agent: args.agent.clone(),
+        argv: argv.clone(),
+        timeout_ms,
+    };
+    let started = c
+        .exec_start(ctx(), req)
+        .await
+        .map_err(|e| colony_gone(&e))?
+        .map_err(exec_error)?;
+    let mut doc = serde_json::json!({
+        "service": args.service,
+        "agent": started.agent_name,
+        "agent_id": started.agent_id,
+        "exec_id": started.exec_id,
+        "argv": argv,
+        "program": started.program,
+        "verdict": started.verdict,
+        "rule": started.rule,
+        "reason": started.reason,
+    });
+    let refused = match started.verdict {
+        ExecVerdict::Allowed => None,
+        ExecVerdict::Denied => Some(Coded {
+            code: EX_NOPERM,
+            msg: format!(
+                "denied by the policy on agent {}: {}",
+                started.agent_name, started.reason
+            ),
+        }),
+        ExecVerdict::NotFound => Some(Coded {
+            code: 127,
+            msg: format!("on agent {}: {}", started.agent_name, started.reason),
+        }),
+    };
+    if let Some(err) = refused {
+        if args.json {
+            out(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
+            return Err(Exit(err.code).into());
+        }
+        return Err(err.into());
+    }
+
+    let (mut stdout_buf, mut stderr_buf) = (Vec::new(), Vec::new());
+    let mut offset = 0;
+    let mut cancelled = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let done = loop {
+        let poll = c.exec_poll(
+            ctx(),
+            started.agent_id.clone(),
+            started.exec_id.clone(),
+            offset,
+            500,
+        );
+        let p = tokio::select! {
+            r = poll => r.map_err(|e| colony_gone(&e))?.map_err(exec_error)?,
+            _ = &mut ctrl_c, if !cancelled => {
+                cancelled = true;
+                let _ = c.exec_cancel(ctx(), started.agent_id.clone(), started.exec_id.clone()).await;
+                continue;
+            }
+        };
+        offset = p.next_offset;
+        for chunk in p.chunks {
+            let written = match (args.json, chunk.stream) {
+                (true, OutputStream::Stdout) => {
+                    stdout_buf.extend_from_slice(&chunk.data);
+                    Ok(())
+                }
+                (true, OutputStream::Stderr) => {
+                    stderr_buf.extend_from_slice(&chunk.data);
+                    Ok(())
+                }
+                (false, OutputStream::Stdout) => {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(&chunk.data).and_then(|()| o.flush())
+                }
+                (false, OutputStream::Stderr) => {
+                    let mut o = std::io::stderr().lock();
+                    o.write_all(&chunk.data).and_then(|()| o.flush())
+                }
+            };
+            if let Err(e) = written {
+                // Nobody reads our output any more: stop the command.
+                let _ = c
+                    .exec_cancel(ctx(), started.agent_id.clone(), started.exec_id.clone())
+                    .await;
+                return Err(e.into());
+            }
+        }
+        if let Some(done) = p.done {
+            break done;
+        }
+    };
+    let (code, msg) = if let Some(e) = &done.error {
+        (126, Some(format!("on agent {}: {e}", started.agent_name)))
+    } else if done.timed_out {
+        (
+            124,
+            Some(format!(
+                "timed out after {}; the command's process group was killed",
+                humantime::format_duration(Duration::from_millis(started.timeout_ms))
+            )),
+        )
+    } else if done.cancelled {
+        (
+            130,
+            Some("cancelled; the command's process group was killed".into()),
+        )
+    } else if let Some(sig) = done.signal {
+        let why = if done.truncated && sig == 13 {
+            format!(
+                "output cut at {} bytes; the command was stopped by SIGPIPE",
+                started.max_output_bytes
+            )
+        } else {
+            format!("the command was killed by signal {sig}")
+        };
+        (128 + sig, Some(why))
+    } else {
+        (done.exit_code.unwrap_or(1), None)
+    };
+    if args.json {
+        let obj = doc.as_object_mut().expect("object");
+        obj.insert("outcome".into(), serde_json::to_value(&done)?);
+        obj.insert("exit_code".into(), code.into());
+        obj.insert("stdout".into(), String::from_utf8_lossy(&stdout_buf).into());
+        obj.insert("stderr".into(), String::from_utf8_lossy(&stderr_buf).into());
+        out(&(serde_json::to_string_pretty(&doc)? + "\n"))?;
+        return if code == 0 {
+            Ok(())
+        } else {
+            Err(Exit(code).into())
+        };
+    }
+    match (code, msg) {
+        (0, _) => Ok(()),
+        (code, Some(msg)) => Err(Coded { code, msg }.into()),
+        (code, None) => Err(Exit(code).into()),
     }
 }
 

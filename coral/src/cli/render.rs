@@ -201,6 +201,27 @@ pub fn agent_status(s: &AgentStatus) -> String {
         s.stored_metric_points,
         s.stored_logs
     );
+    if let Some(rpc) = &s.rpc_addr {
+        out.push_str(&format!("Agent RPC (colony → agent): {rpc}\n"));
+    }
+    if let Some(e) = &s.exec {
+        let p = &e.policy;
+        let state = if p.missing {
+            "missing: every exec is denied".to_string()
+        } else {
+            format!("{} rules, loaded {}", p.rules, ago(now, p.loaded_at_ms))
+        };
+        out.push_str(&format!("Exec policy: {} ({state})\n", p.path));
+        if let Some(err) = &p.error {
+            out.push_str(&format!(
+                "Exec policy NOT reloaded, the previous one stays in force: {err}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "Exec isolation: {}; {} running\n",
+            e.isolation, e.running
+        ));
+    }
     if s.services.is_empty() {
         out.push_str("\nNo services: add one with 'coral connect NAME:PORT[:HEALTH]'.\n");
         return out;
@@ -406,6 +427,107 @@ pub fn members(now: i64, members: &[Member]) -> String {
         ]);
     }
     t.to_string() + "\n"
+}
+
+fn clip(s: &str, max: usize) -> String {
+    let s: String = s
+        .chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect();
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+fn exec_result(r: &coral_proto::ExecAuditRecord) -> String {
+    match (&r.outcome, r.state.as_str()) {
+        (Some(o), _) => {
+            let mut parts = Vec::new();
+            if o.timed_out {
+                parts.push("timed out".to_string());
+            }
+            if o.cancelled {
+                parts.push("cancelled".to_string());
+            }
+            match (o.exit_code, o.signal, &o.error) {
+                (_, _, Some(e)) => parts.push(clip(e, 40)),
+                (Some(c), _, _) => parts.push(format!("exit {c}")),
+                (_, Some(sig), _) => parts.push(format!("signal {sig}")),
+                _ => {}
+            }
+            parts.push(format!("{} B", o.output_bytes));
+            if o.truncated {
+                parts.push("cut".to_string());
+            }
+            parts.push(latency(Some(o.duration_us)));
+            parts.join(", ")
+        }
+        (None, "denied") => "-".to_string(),
+        (None, "interrupted") => "interrupted (agent died)".to_string(),
+        (None, other) => other.to_string(),
+    }
+}
+
+/// `coral audit`: agents' exec records and the colony's own rows, newest first.
+pub fn audit(now: i64, r: &coral_proto::AuditReport) -> String {
+    let mut out = String::new();
+    if r.exec.is_empty() && r.colony.is_empty() {
+        out.push_str("No audit records in that window.\n");
+    }
+    if !r.exec.is_empty() {
+        let mut t = table(&[
+            "WHEN", "AGENT", "CALLER", "SERVICE", "COMMAND", "DECISION", "RULE", "RESULT",
+        ]);
+        for e in &r.exec {
+            let cmd: Vec<String> = e
+                .argv
+                .iter()
+                .map(|a| a.escape_debug().to_string())
+                .collect();
+            t.add_row(vec![
+                ago(now, Some(e.ts_ms)),
+                e.agent_name.clone(),
+                clip(&e.caller, 28),
+                e.service.clone(),
+                clip(&cmd.join(" "), 40),
+                e.decision.clone(),
+                e.rule.clone().unwrap_or_else(|| "-".into()),
+                exec_result(e),
+            ]);
+        }
+        out.push_str("Exec on agents:\n");
+        out.push_str(&t.to_string());
+        out.push('\n');
+    }
+    if !r.colony.is_empty() {
+        let mut t = table(&["WHEN", "ACTOR", "ACTION", "DETAIL", "CLI"]);
+        for c in &r.colony {
+            t.add_row(vec![
+                ago(now, Some(c.ts_ms)),
+                clip(&c.actor, 28),
+                c.action.clone(),
+                clip(&c.detail, 50),
+                clip(c.cli_equivalent.as_deref().unwrap_or("-"), 40),
+            ]);
+        }
+        if !r.exec.is_empty() {
+            out.push('\n');
+        }
+        out.push_str("Colony:\n");
+        out.push_str(&t.to_string());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

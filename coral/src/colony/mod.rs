@@ -5,7 +5,9 @@
 //! [`Colony::open`] validates the config and opens the stores (refusing
 //! damaged files); [`Colony::run`] serves until shutdown.
 
+pub mod audit;
 pub mod config;
+mod exec;
 pub mod mcp;
 pub(crate) mod mesh;
 pub mod query;
@@ -61,6 +63,10 @@ pub(crate) struct Shared {
     pub(crate) agent_seqs: Mutex<HashMap<String, SeqSlot>>,
     /// The same for forwarded telemetry, per agent and kind.
     pub(crate) signal_seqs: Mutex<HashMap<(String, coral_proto::SignalKind), SeqSlot>>,
+    /// The colony's own audit table (`record(actor, action, detail, cli_equivalent)`).
+    pub(crate) audit: audit::AuditLog,
+    /// Live `AgentRpc` connections: agent id → (address, client).
+    pub(crate) agent_clients: Mutex<HashMap<String, (String, coral_proto::rpc::AgentRpcClient)>>,
     pub(crate) shutdown: CancellationToken,
     /// The WireGuard mesh, unless `colony.mesh.enabled = false`.
     pub(crate) mesh: Option<Arc<mesh::ColonyMesh>>,
@@ -105,6 +111,7 @@ impl Colony {
         })?;
         let registry = Registry::open(&state_dir.join("colony.db"))?;
         let colony_id = registry.colony_id(config.colony_id.as_deref())?;
+        let audit = audit::AuditLog::open(&state_dir.join("colony.db"))?;
         let (telemetry, guard) =
             Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
         let mesh = match config.mesh.enabled {
@@ -127,6 +134,8 @@ impl Colony {
                 ),
                 agent_seqs: Mutex::new(HashMap::new()),
                 signal_seqs: Mutex::new(HashMap::new()),
+                audit,
+                agent_clients: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 mesh,
                 local_agents: Mutex::new(None),

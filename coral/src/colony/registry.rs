@@ -73,6 +73,18 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL,
         uses_left  INTEGER NOT NULL
      );",
+    // 3: where the colony reaches each agent (AgentRpc), and the colony's
+    // own audit table (exec requests it forwarded, MCP tool calls).
+    "ALTER TABLE agents ADD COLUMN rpc_addr TEXT;
+     CREATE TABLE audit (
+        id             INTEGER PRIMARY KEY,
+        ts             INTEGER NOT NULL,
+        actor          TEXT NOT NULL,
+        action         TEXT NOT NULL,
+        detail         TEXT NOT NULL,
+        cli_equivalent TEXT
+     );
+     CREATE INDEX audit_by_ts ON audit (ts);",
 ];
 
 /// A member of the mesh as stored.
@@ -95,6 +107,16 @@ pub enum TokenRefusal {
     Unknown,
     Expired,
     Used,
+}
+
+/// An agent that hosts a service, as `coral exec` needs it.
+#[derive(Debug, Clone)]
+pub struct ExecTarget {
+    pub agent_id: String,
+    pub name: String,
+    pub rpc_addr: Option<String>,
+    pub state: AgentState,
+    pub last_seen_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +158,46 @@ impl Registry {
         Ok(Registry {
             conn: open_migrated(path, MIGRATIONS)?,
         })
+    }
+
+    /// Opens another connection to the same file (migrated already).
+    pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+        open_migrated(path, MIGRATIONS)
+    }
+
+    /// The agents that report `service`, with how to reach them.
+    pub fn exec_targets(
+        &self,
+        service: &str,
+        now: i64,
+        timeout_ms: i64,
+    ) -> Result<Vec<ExecTarget>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.id, a.name, a.rpc_addr, a.last_seen, a.left_at
+             FROM services s JOIN agents a ON a.id = s.agent_id
+             WHERE s.name = ?1 ORDER BY a.name, a.id",
+        )?;
+        let rows = stmt.query_map([service], |r| {
+            let last_seen: i64 = r.get(3)?;
+            let left_at: Option<i64> = r.get(4)?;
+            Ok(ExecTarget {
+                agent_id: r.get(0)?,
+                name: r.get(1)?,
+                rpc_addr: r.get(2)?,
+                state: agent_state(now, last_seen, left_at, timeout_ms),
+                last_seen_ms: last_seen,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every agent that can be asked for its audit log: (id, name, rpc_addr).
+    pub fn rpc_agents(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, rpc_addr FROM agents WHERE rpc_addr IS NOT NULL ORDER BY name, id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The colony's id: the stored one, created from `requested` (or
@@ -421,21 +483,23 @@ impl Registry {
     }
 
     /// Records a (re)registration; returns the highest sample seq stored.
+    /// `rpc_addr` is where the colony reaches the agent's `AgentRpc`.
     pub fn register(
         &mut self,
         reg: &Registration,
         addr: &str,
+        rpc_addr: Option<&str>,
         now: i64,
     ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO agents (id, name, hostname, version, addr, pid, started_at, registered_at, first_seen, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)
+            "INSERT INTO agents (id, name, hostname, version, addr, pid, started_at, registered_at, first_seen, last_seen, rpc_addr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9)
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, hostname = excluded.hostname,
                 version = excluded.version, addr = excluded.addr, pid = excluded.pid,
                 started_at = excluded.started_at, registered_at = excluded.registered_at,
-                last_seen = excluded.last_seen, left_at = NULL",
-            params![reg.agent_id, reg.name, reg.hostname, reg.version, addr, reg.pid, reg.started_at_ms, now],
+                last_seen = excluded.last_seen, left_at = NULL, rpc_addr = excluded.rpc_addr",
+            params![reg.agent_id, reg.name, reg.hostname, reg.version, addr, reg.pid, reg.started_at_ms, now, rpc_addr],
         )?;
         sync_services(&tx, &reg.agent_id, &reg.services, now)?;
         let last_seq: i64 = tx.query_row(
@@ -516,20 +580,14 @@ impl Registry {
             services.entry(agent).or_default().push(svc);
         }
         let mut stmt = self.conn.prepare(
-            "SELECT id, name, hostname, version, addr, started_at, registered_at, last_seen, left_at, last_seq
+            "SELECT id, name, hostname, version, addr, started_at, registered_at, last_seen, left_at, last_seq, rpc_addr
              FROM agents ORDER BY name, id",
         )?;
         let rows = stmt.query_map([], |r| {
             let id: String = r.get(0)?;
             let last_seen: i64 = r.get(7)?;
             let left_at: Option<i64> = r.get(8)?;
-            let state = if left_at.is_some() {
-                AgentState::Stopped
-            } else if now - last_seen <= timeout_ms {
-                AgentState::Online
-            } else {
-                AgentState::Offline
-            };
+            let state = agent_state(now, last_seen, left_at, timeout_ms);
             Ok(AgentSummary {
                 services: services.remove(&id).unwrap_or_default(),
                 id,
@@ -542,6 +600,7 @@ impl Registry {
                 registered_at_ms: r.get(6)?,
                 last_seen_ms: last_seen,
                 last_seq: r.get::<_, i64>(9)? as u64,
+                rpc_addr: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -632,6 +691,16 @@ impl Registry {
         }
         out.sort_by_key(|c| c.ts_ms);
         Ok(out)
+    }
+}
+
+fn agent_state(now: i64, last_seen: i64, left_at: Option<i64>, timeout_ms: i64) -> AgentState {
+    if left_at.is_some() {
+        AgentState::Stopped
+    } else if now - last_seen <= timeout_ms {
+        AgentState::Online
+    } else {
+        AgentState::Offline
     }
 }
 

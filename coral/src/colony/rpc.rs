@@ -7,10 +7,10 @@ use coral_agent::membership as ms;
 use coral_agent::telemetry::SampleRow;
 use coral_proto::rpc::{Colony, ColonyControl, ColonyJoin};
 use coral_proto::{
-    ColonyEndpoint, ColonyError, ColonyStatus, Heartbeat, HeartbeatAck, JoinError, JoinRequest,
-    LogQuery, LogRecord, Member, MeshAdminError, QueryError, Registered, Registration,
-    ServiceHealth, Signals, SignedGrant, SpanRecord, TokenCreated, TokenRequest, TraceQuery,
-    TraceSummary,
+    AuditQuery, AuditReport, ColonyEndpoint, ColonyError, ColonyStatus, ExecError, ExecPoll,
+    ExecStartRequest, ExecStarted, Heartbeat, HeartbeatAck, JoinError, JoinRequest, LogQuery,
+    LogRecord, Member, MeshAdminError, QueryError, Registered, Registration, ServiceHealth,
+    Signals, SignedGrant, SpanRecord, TokenCreated, TokenRequest, TraceQuery, TraceSummary,
 };
 use futures::StreamExt as _;
 use std::collections::HashMap;
@@ -81,6 +81,19 @@ struct AgentFacing {
 }
 
 impl AgentFacing {
+    /// The IP the caller reaches us from (loopback for the local socket).
+    fn caller_ip(&self) -> IpAddr {
+        match self.caller {
+            Caller::Mesh(ip) => IpAddr::V4(ip),
+            Caller::Local => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Caller::Dev => self
+                .peer
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        }
+    }
+
     /// Refuses a call whose claimed agent id the transport does not back.
     fn authorize(&self, claimed: &str) -> Result<(), ColonyError> {
         let reg = self.shared.registry.lock().expect("registry lock");
@@ -366,6 +379,25 @@ pub(crate) fn check_id(id: &str) -> Result<(), ColonyError> {
     Ok(())
 }
 
+/// Where the colony dials an agent: its advertised `AgentRpc` address; an
+/// unspecified IP (the agent bound 0.0.0.0 or ::) is replaced by the IP the
+/// agent connected from.
+///
+/// Over the mesh the colony dials only the caller's own mesh address (its
+/// identity), whatever IP it advertised.
+fn reachable_rpc_addr(advertised: &str, peer: IpAddr, mesh: bool) -> Result<String, ColonyError> {
+    let mut addr: SocketAddr = advertised
+        .parse()
+        .map_err(|_| invalid(format!("rpc_addr '{advertised}' is not ip:port")))?;
+    if addr.port() == 0 {
+        return Err(invalid("rpc_addr has port 0"));
+    }
+    if mesh || addr.ip().is_unspecified() {
+        addr.set_ip(peer);
+    }
+    Ok(addr.to_string())
+}
+
 fn storage(e: impl std::fmt::Display) -> ColonyError {
     tracing::error!(error = %e, "colony storage failed");
     ColonyError::Storage(e.to_string())
@@ -385,6 +417,14 @@ impl Colony for AgentFacing {
                 actual: s.colony_id.clone(),
             });
         }
+        let rpc_addr = match &reg.rpc_addr {
+            Some(a) => Some(reachable_rpc_addr(
+                a,
+                self.caller_ip(),
+                matches!(self.caller, Caller::Mesh(_)),
+            )?),
+            None => None,
+        };
         let now = coral_proto::now_ms();
         let seq_lock = s.agent_seq(&reg.agent_id);
         let mut seq = seq_lock.lock().await;
@@ -392,7 +432,7 @@ impl Colony for AgentFacing {
             .registry
             .lock()
             .expect("registry lock")
-            .register(&reg, &self.peer, now)
+            .register(&reg, &self.peer, rpc_addr.as_deref(), now)
             .map_err(storage)?;
         if !matches!(self.caller, Caller::Mesh(_)) {
             s.registry
@@ -401,6 +441,11 @@ impl Colony for AgentFacing {
                 .ensure_local_member(&reg.agent_id, &reg.name, now)
                 .map_err(storage)?;
         }
+        // A new registration may come with a new address.
+        s.agent_clients
+            .lock()
+            .expect("agent_clients lock")
+            .remove(&reg.agent_id);
         // DuckDB is the truth for what is stored: the registry's seq may lag
         // it if the colony died between the two commits.
         let last_seq = recorded.max(s.telemetry.max_seq(&reg.agent_id).await.map_err(storage)?);
@@ -534,12 +579,15 @@ impl Colony for AgentFacing {
 #[derive(Clone)]
 struct Control {
     shared: Arc<Shared>,
+    /// The CLI's credentials (`SO_PEERCRED`): who asks for an exec.
+    cred: Option<tokio::net::unix::UCred>,
 }
 
 pub(crate) async fn serve_control(shared: Arc<Shared>, listener: UnixListener) {
     coral_proto::local::serve_local(listener, |stream| {
         let control = Control {
             shared: shared.clone(),
+            cred: stream.peer_cred().ok(),
         };
         coral_proto::spawn_channel!(coral_proto::local::framed(stream), control.serve());
     })
@@ -609,6 +657,37 @@ impl ColonyControl for Control {
 
     async fn logs(self, _: Context, q: LogQuery) -> Result<Vec<LogRecord>, QueryError> {
         super::query::logs(&self.shared.telemetry, q).await
+    }
+
+    async fn exec_start(self, _: Context, req: ExecStartRequest) -> Result<ExecStarted, ExecError> {
+        let caller = super::exec::caller_from_cred(self.cred.as_ref(), &self.shared.colony_id);
+        self.shared.exec_start(req, caller).await
+    }
+
+    async fn exec_poll(
+        self,
+        _: Context,
+        agent_id: String,
+        exec_id: String,
+        offset: u64,
+        wait_ms: u64,
+    ) -> Result<ExecPoll, ExecError> {
+        self.shared
+            .exec_poll(&agent_id, exec_id, offset, wait_ms)
+            .await
+    }
+
+    async fn exec_cancel(
+        self,
+        _: Context,
+        agent_id: String,
+        exec_id: String,
+    ) -> Result<(), ExecError> {
+        self.shared.exec_cancel(&agent_id, exec_id).await
+    }
+
+    async fn audit(self, _: Context, q: AuditQuery) -> Result<AuditReport, QueryError> {
+        self.shared.audit_report(q).await
     }
 
     async fn stop(self, _: Context) -> u32 {
