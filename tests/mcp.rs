@@ -160,3 +160,100 @@ fn mcp_commands_explain_a_missing_colony_and_bad_arguments() {
         serde_json::json!(["mcp", "serve"])
     );
 }
+
+#[test]
+fn the_exec_tool_is_off_by_default_and_when_on_runs_under_the_agent_policy_and_is_audited() {
+    // Off by default: not listed, and not callable.
+    let env = Env::new(FAST_CONFIG);
+    env.start_colony();
+    let tools: Value = serde_json::from_str(&env.ok(&["mcp", "tools", "--json"])).unwrap();
+    assert!(!tools.to_string().contains("coral_agent_exec"));
+    let out = env.run(&[
+        "mcp",
+        "call",
+        "coral_agent_exec",
+        r#"{"service":"api","command":"uname -s"}"#,
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown tool"), "{}", stderr(&out));
+
+    // On: listed as destructive; allowed commands run, others are denied
+    // by the agent's policy; every call is in the colony's audit log.
+    let env = Env::new("");
+    let policy = env.root().join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"version = 1
+[[rule]]
+name = "uname"
+callers = ["*"]
+program = "/usr/bin/uname"
+args = ["-s"]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        env.config_dir().join("config.toml"),
+        format!(
+            "{FAST_CONFIG}\n[colony.mcp]\nallow_exec = true\n\n[agent.exec]\npolicy = \"{}\"\n",
+            policy.display()
+        ),
+    )
+    .unwrap();
+    env.start_colony();
+    env.start_agent();
+    let svc = TcpService::start();
+    env.ok(&["connect", &format!("api:{}:tcp", svc.port)]);
+    env.wait_json(
+        &["colony", "status", "--json"],
+        Duration::from_secs(15),
+        "api at the colony",
+        |s| {
+            s.to_string().contains("\"rpc_addr\":\"127.0.0.1:")
+                && service(&s["agents"][0], "api").is_some()
+        },
+    );
+    let tools: Value = serde_json::from_str(&env.ok(&["mcp", "tools", "--json"])).unwrap();
+    let exec = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "coral_agent_exec")
+        .expect("exec tool listed");
+    assert_eq!(exec["read_only"], false);
+    let v: Value = serde_json::from_str(&env.ok(&[
+        "mcp",
+        "call",
+        "coral_agent_exec",
+        r#"{"service":"api","command":"uname -s"}"#,
+    ]))
+    .unwrap();
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(v["stdout"], "Linux\n");
+    assert_eq!(v["rule"], "uname");
+    let out = env.run(&[
+        "mcp",
+        "call",
+        "coral_agent_exec",
+        r#"{"service":"api","command":"uname -a; id"}"#,
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Denied"), "{}", stderr(&out));
+    let audit = env.json(&["audit", "--json"]);
+    let colony = audit["colony"].as_array().unwrap();
+    assert!(
+        colony.iter().any(|r| r["action"] == "mcp coral_agent_exec"
+            && r["cli_equivalent"] == "coral exec api 'uname -s'"),
+        "{audit:#}"
+    );
+    assert!(
+        colony
+            .iter()
+            .any(|r| r["action"] == "mcp coral_services" || r["action"] == "mcp coral_agent_exec"),
+        "{audit:#}"
+    );
+    // The agent's own write-ahead log has both attempts, allowed and denied.
+    let execs = audit["exec"].as_array().unwrap();
+    assert!(execs.iter().any(|r| r["decision"] == "allow"), "{audit:#}");
+    assert!(execs.iter().any(|r| r["decision"] == "deny"), "{audit:#}");
+}

@@ -26,6 +26,19 @@ pub struct ColonyConfig {
     pub retention: Duration,
     /// The WireGuard mesh agents join (`[colony.mesh]`).
     pub mesh: MeshConfig,
+    /// The MCP gateway (`[colony.mcp]`).
+    pub mcp: McpConfig,
+}
+
+/// `[colony.mcp]`: the MCP gateway. Read-only tools are always served;
+/// action tools only when enabled here, and even then every command still
+/// passes the policy of the agent that runs it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// Offer `coral_agent_exec` (run a diagnostic command under the
+    /// agent's exec policy) to MCP clients, `coral ask` and the analyzer.
+    pub allow_exec: bool,
 }
 
 /// `[colony.mesh]`. With `enabled` (the default) agents join with tokens and
@@ -114,6 +127,7 @@ impl Default for ColonyConfig {
             agent_timeout: Duration::from_secs(15),
             retention: Duration::from_secs(7 * 24 * 3600),
             mesh: MeshConfig::default(),
+            mcp: McpConfig::default(),
         }
     }
 }

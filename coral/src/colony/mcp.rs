@@ -27,6 +27,8 @@ struct Gateway {
     shared: Arc<Shared>,
     /// Who is connected, for the audit log.
     caller: String,
+    /// The same, as an exec policy sees it.
+    exec_caller: coral_proto::ExecCaller,
 }
 
 impl ServerHandler for Gateway {
@@ -48,7 +50,7 @@ impl ServerHandler for Gateway {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let list = tools::catalog()
+        let list = tools::catalog(self.shared.config.mcp.allow_exec)
             .into_iter()
             .map(|t| {
                 let schema = match t.schema {
@@ -76,8 +78,23 @@ impl ServerHandler for Gateway {
             .arguments
             .map(serde_json::Value::Object)
             .unwrap_or(serde_json::Value::Null);
+        // Every call is recorded before it runs, with the equivalent
+        // command line.
+        let cli = tools::cli_equivalent(&request.name, &args);
+        if let Err(e) = self.shared.audit.record(
+            &format!("mcp {}", self.caller),
+            &format!("mcp {}", request.name),
+            &args.to_string(),
+            Some(&cli),
+        ) {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "cannot write the audit record, so the call does not run: {e}"
+            ))])
+            .into());
+        }
         let started = Instant::now();
-        let outcome = tools::call(&self.shared, &request.name, args.clone()).await;
+        let outcome =
+            tools::call(&self.shared, &request.name, args.clone(), &self.exec_caller).await;
         let ms = started.elapsed().as_millis();
         match &outcome {
             Ok(_) => {
@@ -119,6 +136,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
             continue;
         }
         let gateway = Gateway {
+            exec_caller: super::exec::caller_from_cred(Some(&cred), &shared.colony_id),
             shared: shared.clone(),
             caller: format!("uid {} pid {}", cred.uid(), cred.pid().unwrap_or(0)),
         };

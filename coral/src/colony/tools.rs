@@ -140,9 +140,10 @@ pub struct ChangesArgs {
     pub since: Option<String>,
 }
 
-/// The tools, in the order `tools/list` shows them.
-pub fn catalog() -> Vec<ToolDef> {
-    vec![
+/// The tools, in the order `tools/list` shows them; `coral_agent_exec`
+/// only when the colony's config allows it.
+pub fn catalog(allow_exec: bool) -> Vec<ToolDef> {
+    let mut list = vec![
         ToolDef {
             name: "coral_services",
             title: "Services and health",
@@ -199,8 +200,34 @@ pub fn catalog() -> Vec<ToolDef> {
             schema: schema::<ChangesArgs>(),
             read_only: true,
         },
-    ]
+    ];
+    if allow_exec {
+        list.push(ToolDef {
+            name: "coral_agent_exec",
+            title: "Run a diagnostic command",
+            description: "Runs one command (e.g. `ss -tnp`, `ps aux`, `psql -c 'EXPLAIN ...'`) on the host of a service, without a shell, under that host's exec policy; returns its exit code and output. Denied commands say which rule decided.",
+            schema: schema::<ExecArgs>(),
+            read_only: false,
+        });
+    }
+    list
 }
+
+#[derive(Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExecArgs {
+    /// The service whose host runs the command.
+    pub service: String,
+    /// The command line, split with shell quoting rules (no shell runs it).
+    pub command: String,
+    /// At most this long, e.g. "10s" (the policy may allow less).
+    pub timeout: Option<String>,
+    /// The agent (name or id), when several host the service.
+    pub agent: Option<String>,
+}
+
+/// Most output bytes of each stream `coral_agent_exec` returns.
+const EXEC_OUTPUT: usize = 16 * 1024;
 
 fn parse<T: for<'de> Deserialize<'de>>(args: Value) -> Result<T, ToolError> {
     let args = if args.is_null() { json!({}) } else { args };
@@ -208,9 +235,17 @@ fn parse<T: for<'de> Deserialize<'de>>(args: Value) -> Result<T, ToolError> {
 }
 
 /// Runs one tool.
-pub(crate) async fn call(shared: &Shared, name: &str, args: Value) -> Result<Value, ToolError> {
+pub(crate) async fn call(
+    shared: &Shared,
+    name: &str,
+    args: Value,
+    caller: &coral_proto::ExecCaller,
+) -> Result<Value, ToolError> {
     let now_us = coral_proto::now_ms() * 1000;
     match name {
+        "coral_agent_exec" if shared.config.mcp.allow_exec => {
+            exec(shared, parse(args)?, caller.clone()).await
+        }
         "coral_services" => {
             parse::<NoArgs>(args)?;
             services(shared)
@@ -763,6 +798,33 @@ mod tests {
     }
 
     #[test]
+    fn tool_calls_have_cli_equivalents() {
+        assert_eq!(
+            cli_equivalent("coral_services", &json!({})),
+            "coral colony status"
+        );
+        assert_eq!(
+            cli_equivalent(
+                "coral_agent_exec",
+                &json!({"service": "db", "command": "ss -tnp"})
+            ),
+            "coral exec db 'ss -tnp'"
+        );
+        assert_eq!(
+            cli_equivalent(
+                "coral_traces",
+                &json!({"service": "api", "min_duration_ms": 500})
+            ),
+            "coral query traces --service api --min-duration 500ms"
+        );
+        assert!(
+            cli_equivalent("coral_hotspots", &json!({"service": "api"}))
+                .starts_with("coral mcp call coral_hotspots")
+        );
+        assert_eq!(catalog(false).len() + 1, catalog(true).len());
+    }
+
+    #[test]
     fn windows_are_checked() {
         assert_eq!(
             window(&None, Duration::from_secs(5)).unwrap(),
@@ -774,5 +836,105 @@ mod tests {
         );
         assert!(window(&Some("soon".into()), Duration::ZERO).is_err());
         assert!(window(&Some("400d".into()), Duration::ZERO).is_err());
+    }
+}
+
+async fn exec(
+    shared: &Shared,
+    a: ExecArgs,
+    caller: coral_proto::ExecCaller,
+) -> Result<Value, ToolError> {
+    let argv =
+        shell_words::split(&a.command).map_err(|e| ToolError::Args(format!("command: {e}")))?;
+    let timeout_ms = match &a.timeout {
+        None => None,
+        Some(_) => Some(window(&a.timeout, Duration::ZERO)?.as_millis() as u64),
+    };
+    let req = coral_proto::ExecStartRequest {
+        service: a.service,
+        agent: a.agent,
+        argv,
+        timeout_ms,
+    };
+    let started = shared
+        .exec_start(req, caller)
+        .await
+        .map_err(|e| ToolError::Failed(e.to_string()))?;
+    if started.verdict != coral_proto::ExecVerdict::Allowed {
+        return Err(ToolError::Failed(format!(
+            "{:?} on {}: {}{}",
+            started.verdict,
+            started.agent_name,
+            started.reason,
+            started
+                .rule
+                .as_ref()
+                .map(|r| format!(" (rule {r})"))
+                .unwrap_or_default()
+        )));
+    }
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut offset = 0;
+    let outcome = loop {
+        let poll = shared
+            .exec_poll(&started.agent_id, started.exec_id.clone(), offset, 1000)
+            .await
+            .map_err(|e| ToolError::Failed(e.to_string()))?;
+        offset = poll.next_offset;
+        for c in poll.chunks {
+            let buf = match c.stream {
+                coral_proto::OutputStream::Stdout => &mut stdout,
+                coral_proto::OutputStream::Stderr => &mut stderr,
+            };
+            let room = EXEC_OUTPUT.saturating_sub(buf.len());
+            buf.extend_from_slice(&c.data[..c.data.len().min(room)]);
+        }
+        if let Some(done) = poll.done {
+            break done;
+        }
+    };
+    Ok(json!({
+        "agent": started.agent_name,
+        "program": started.program,
+        "rule": started.rule,
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "timed_out": outcome.timed_out,
+        "truncated": outcome.truncated || stdout.len() >= EXEC_OUTPUT || stderr.len() >= EXEC_OUTPUT,
+        "stdout": String::from_utf8_lossy(&stdout),
+        "stderr": String::from_utf8_lossy(&stderr),
+    }))
+}
+
+/// The `coral` command that does what one tool call did, for the audit log.
+pub fn cli_equivalent(name: &str, args: &Value) -> String {
+    let s = |k: &str| args.get(k).and_then(Value::as_str);
+    let q = |v: &str| shell_words::quote(v).into_owned();
+    let mut flags = String::new();
+    for (k, flag) in [
+        ("service", "--service"),
+        ("since", "--since"),
+        ("contains", "--contains"),
+    ] {
+        if let Some(v) = s(k) {
+            flags.push_str(&format!(" {flag} {}", q(v)));
+        }
+    }
+    match name {
+        "coral_services" => "coral colony status".into(),
+        "coral_traces" => {
+            if let Some(ms) = args.get("min_duration_ms").and_then(Value::as_u64) {
+                flags.push_str(&format!(" --min-duration {ms}ms"));
+            }
+            format!("coral query traces{flags}")
+        }
+        "coral_trace" => format!("coral query trace {}", q(s("trace_id").unwrap_or(""))),
+        "coral_logs" => format!("coral query logs{flags}"),
+        "coral_agent_exec" => format!(
+            "coral exec {} {}",
+            q(s("service").unwrap_or("")),
+            q(s("command").unwrap_or(""))
+        ),
+        _ => format!("coral mcp call {name} {}", q(&args.to_string())),
     }
 }
