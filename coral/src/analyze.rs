@@ -100,6 +100,8 @@ struct Moved {
     service: String,
     base_p95: f64,
     recent_p95: f64,
+    base_p50: f64,
+    recent_p50: f64,
     p95_ratio: f64,
     base_err: f64,
     recent_err: f64,
@@ -123,14 +125,21 @@ fn moved(red: &Value, evidence: &str, window: &str, baseline: &str) -> Vec<Moved
             continue;
         }
         let (rp, bp) = (f(&r["p95_ms"]), f(&b["p95_ms"]));
+        let (r50, b50) = (f(&r["p50_ms"]), f(&b["p50_ms"]));
         let (re, be) = (f(&r["error_pct"]), f(&b["error_pct"]));
-        let latency = bn >= 5.0 && bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0;
+        // The tail moved, or the middle did (a baseline that caught the
+        // start of the change has a high p95, but its p50 stays put).
+        let latency = bn >= 5.0
+            && ((bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0)
+                || (b50 > 0.0 && r50 / b50 >= 2.0 && r50 - b50 >= 10.0));
         let errors = re - be >= 5.0 && f(&r["errors"]) >= 3.0;
         if latency || errors {
             out.push(Moved {
                 service: s["service"].as_str().unwrap_or("?").to_string(),
                 base_p95: bp,
                 recent_p95: rp,
+                base_p50: b50,
+                recent_p50: r50,
                 p95_ratio: if bp > 0.0 { rp / bp } else { 0.0 },
                 base_err: be,
                 recent_err: re,
@@ -483,7 +492,9 @@ fn describe_move(m: &Moved) -> String {
     let mut parts = Vec::new();
     if m.latency {
         parts.push(format!(
-            "p95 latency rose from {} to {} ({:.1}x)",
+            "latency rose: p50 from {} to {}, p95 from {} to {} ({:.1}x)",
+            fmt_ms(m.base_p50),
+            fmt_ms(m.recent_p50),
             fmt_ms(m.base_p95),
             fmt_ms(m.recent_p95),
             m.p95_ratio
@@ -701,13 +712,27 @@ async fn drill(
                     json!({"service": db, "command": command, "timeout": "10s"}),
                 )
                 .await;
-            let plan = out
-                .as_ref()
-                .ok()
+            // Only a plan from a command that succeeded counts.
+            let ran = out.as_ref().ok().filter(|v| v["exit_code"] == 0);
+            let plan = ran
                 .and_then(|v| v["stdout"].as_str())
                 .unwrap_or("")
                 .to_string();
             let exec_ev = s.last_id();
+            let failed = match &out {
+                Ok(v) if ran.is_none() => Some(format!(
+                    "exit {}: {}",
+                    v["exit_code"],
+                    v["stderr"].as_str().unwrap_or("").trim()
+                )),
+                Err(e) => Some(e.to_string()),
+                Ok(_) => None,
+            };
+            if let Some(why) = &failed {
+                let why: String = why.lines().next().unwrap_or("").chars().take(200).collect();
+                s.note(format!("EXPLAIN failed: {why}"));
+                rc.summary = format!("{}; EXPLAIN could not run [{exec_ev}]: {why}", rc.summary);
+            }
             match seq_scan(&plan) {
                 Some((table, column)) => {
                     s.note(format!("plan: Seq Scan on {table}"));
@@ -728,7 +753,7 @@ async fn drill(
                         None => format!("Add an index on {table} that matches the query's filter."),
                     };
                 }
-                None if out.is_ok() => {
+                None if ran.is_some() => {
                     s.note("plan: no sequential scan".into());
                     rc.summary = format!(
                         "{}; its plan uses no sequential scan [{exec_ev}], so look at locks, load and the rows it returns",

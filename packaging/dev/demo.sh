@@ -15,7 +15,7 @@ CORAL=${CORAL:-${CARGO_TARGET_DIR:-/var/cache/coral/target}/debug/coral}
 PY=${CORAL_PYTHON:-${XDG_CACHE_HOME:-$HOME/.cache}/coral/venv/bin/python}
 ROWS=${DEMO_ROWS:-500000}
 BASE_S=${DEMO_BASELINE_SECONDS:-40}
-SLOW_S=${DEMO_INCIDENT_SECONDS:-25}
+SLOW_S=${DEMO_INCIDENT_SECONDS:-30}
 RPS=${DEMO_RPS:-20}
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -82,6 +82,10 @@ cat > "$XDG_CONFIG_HOME/coral/config.toml" <<TOML
 heartbeat_interval = "1s"
 agent_timeout = "5s"
 
+[colony.mcp]
+# The analyzer (and an LLM) may run diagnostic commands, under each host's policy.
+allow_exec = true
+
 [colony.mesh]
 listen = "$HOST_IP:51820"
 helper_socket = "$WORK/privhelper.sock"
@@ -95,10 +99,39 @@ probe_timeout = "500ms"
 [agent.mesh]
 key = "file"
 
+[agent.exec]
+policy = "$WORK/policy.toml"
+
 [agent.otlp]
 grpc_listen = "127.0.0.1:4317"
 http_listen = "127.0.0.1:4318"
 TOML
+
+# The shop host's exec policy: EXPLAIN (and nothing else) against the shop
+# database, for requests that come through this colony. Debian's psql is a
+# link to pg_wrapper; policies name the resolved program.
+cat > "$WORK/policy.toml" <<'TOML'
+version = 1
+
+[[rule]]
+name = "psql-explain"
+callers = ["identity:demo"]
+services = ["db"]
+program = "/usr/share/postgresql-common/pg_wrapper"
+args = [
+  "-X", "-h", "127.0.0.1", "-p", { range = [1, 65535] },
+  "-U", { regex = '[a-z_]+' }, "-d", { regex = '[a-z_]+' },
+  "-c", { regex = '(?i)EXPLAIN SELECT [^;\\\n]*' },
+]
+timeout = "20s"
+
+[[test]]
+caller = ["identity:demo"]
+service = "db"
+argv = ["/usr/share/postgresql-common/pg_wrapper", "-X", "-h", "127.0.0.1", "-p", "5432", "-U", "shop", "-d", "shop", "-c", "EXPLAIN SELECT 1; DROP TABLE orders"]
+expect = "deny"
+TOML
+"$CORAL" policy check "$WORK/policy.toml"
 
 say "coral-privhelper, the only root process: it makes the colony's TUN device and keeps its WireGuard key"
 HELPER=${CORAL_PRIVHELPER:-$(dirname "$CORAL")/coral-privhelper}
@@ -129,11 +162,11 @@ say "the incident: someone drops the index on orders.user_id"
 step psql -U shop -d shop -c "DROP INDEX orders_user_id_idx"
 say "traffic goes on for ${SLOW_S}s"
 in_ns "$PY" "$HERE/packaging/demo/shop.py" load http://127.0.0.1:3000/checkout "$RPS" "$SLOW_S"
-sleep 2
+sleep 1  # the last spans reach the colony
 
-say "ask Coral (no LLM configured: the built-in analyzer answers)"
+say "ask Coral (no LLM configured: the built-in analyzer answers; it may run EXPLAIN under the host's policy)"
 step "$CORAL" ask "What's wrong with the API?" | tee "$WORK/answer.txt"
-if grep -q "orders" "$WORK/answer.txt" && grep -qi "index" "$WORK/answer.txt"; then
+if grep -q "sequential scan on orders" "$WORK/answer.txt" && grep -q "CREATE INDEX CONCURRENTLY ON orders (user_id)" "$WORK/answer.txt"; then
   say "Coral found it. Cleaning up."
 else
   say "Coral did not find the missing index: see the answer above" >&2

@@ -78,6 +78,24 @@ fn policy_caller(c: &ExecCaller) -> Caller {
 /// Finds the program: a path as given (made absolute only if it already
 /// is), a bare name along [`SEARCH_PATH`]; then symlinks are resolved, so
 /// the policy sees, and the agent runs, the real file.
+/// The path to execute for a checked program: a bare name found on the
+/// fixed search path runs by the path it was found at (so a `#!` script
+/// reached through a link sees its own name, e.g. Debian's `psql` link to
+/// `pg_wrapper`), since the search path's directories belong to root; a
+/// path the caller gave runs as resolved, so a link the caller controls
+/// cannot be swapped between the check and the exec.
+fn launch_path(cmd: &str, resolved: &str) -> String {
+    if cmd.contains('/') {
+        return resolved.to_string();
+    }
+    SEARCH_PATH
+        .iter()
+        .map(|dir| Path::new(dir).join(cmd))
+        .find(|p| std::fs::canonicalize(p).is_ok_and(|r| r == Path::new(resolved)))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| resolved.to_string())
+}
+
 fn resolve(cmd: &str) -> Result<String, String> {
     if cmd.contains('/') {
         if !cmd.starts_with('/') {
@@ -394,6 +412,7 @@ impl Exec {
         let (Some(limits), Some(program)) = (limits, program) else {
             return Ok(started);
         };
+        let program = launch_path(&req.argv[0], &program);
         let output = Arc::new(Output::new());
         let job = Arc::new(Job {
             output: output.clone(),
@@ -404,10 +423,16 @@ impl Exec {
             .expect("jobs lock")
             .insert(exec_id.clone(), job.clone());
         let me = self.clone();
+        // The program runs as resolved (checked) but sees the name it was
+        // asked by, as from a shell: multi-call programs (Debian's psql
+        // wrapper, busybox) dispatch on it.
+        let argv0 = req.argv[0].clone();
         let args = req.argv[1..].to_vec();
         tokio::spawn(async move {
             let outcome = me
-                .run(&exec_id, &program, &args, &limits, timeout, cap, &job)
+                .run(
+                    &exec_id, &program, &argv0, &args, &limits, timeout, cap, &job,
+                )
                 .await;
             let audit = me.audit.clone();
             let (id, o) = (exec_id.clone(), outcome.clone());
@@ -428,6 +453,7 @@ impl Exec {
         &self,
         exec_id: &str,
         program: &str,
+        argv0: &str,
         args: &[String],
         limits: &coral_policy::Limits,
         timeout: Duration,
@@ -454,10 +480,15 @@ impl Exec {
                     .arg(files.len().to_string())
                     .args(&files)
                     .arg("--")
-                    .arg(program);
+                    .arg(program)
+                    .arg(argv0);
                 c
             }
-            _ => tokio::process::Command::new(program),
+            _ => {
+                let mut c = tokio::process::Command::new(program);
+                c.arg0(argv0);
+                c
+            }
         };
         let env = limits.filter_env(
             std::env::vars_os()

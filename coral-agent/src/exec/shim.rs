@@ -1,5 +1,5 @@
 //! The exec shim: the agent runs commands through its own binary,
-//! `coral __coral-exec-shim N PROCS... -- PROGRAM ARGS...`, which writes
+//! `coral __coral-exec-shim N PROCS... -- PROGRAM ARGV0 ARGS...`, which writes
 //! its pid into each `cgroup.procs` file and then `execve`s PROGRAM (the
 //! environment it got is passed on unchanged). So the command is in its
 //! cgroup before its first instruction, with no `unsafe` pre-exec hook and
@@ -29,7 +29,7 @@ pub fn shim_main(args: Vec<OsString>) -> i32 {
     if files.len() != n || it.next().as_deref() != Some(std::ffi::OsStr::new("--")) {
         return usage();
     }
-    let Some(program) = it.next() else {
+    let (Some(program), Some(argv0)) = (it.next(), it.next()) else {
         return usage();
     };
     let me = std::process::id().to_string();
@@ -42,7 +42,10 @@ pub fn shim_main(args: Vec<OsString>) -> i32 {
             return 126;
         }
     }
-    let err = std::process::Command::new(&program).args(it).exec();
+    let err = std::process::Command::new(&program)
+        .arg0(argv0)
+        .args(it)
+        .exec();
     eprintln!(
         "coral: cannot run {}: {err}",
         std::path::Path::new(&program).display()
