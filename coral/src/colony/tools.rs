@@ -763,82 +763,6 @@ fn changes(shared: &Shared, a: ChangesArgs, now_us: i64) -> Result<Value, ToolEr
     Ok(json!({ "since": humantime::format_duration(since).to_string(), "events": events }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peers_come_from_semantic_conventions() {
-        assert_eq!(
-            peer_of(r#"{"db.system":"postgresql","peer.service":"db"}"#).as_deref(),
-            Some("db")
-        );
-        assert_eq!(
-            peer_of(r#"{"db.system":"postgresql"}"#).as_deref(),
-            Some("postgresql")
-        );
-        assert_eq!(peer_of(r#"{"http.method":"GET"}"#), None);
-        assert_eq!(
-            detail_of(r#"{"db.statement":"SELECT 1"}"#).as_deref(),
-            Some("SELECT 1")
-        );
-    }
-
-    #[test]
-    fn output_is_capped_by_dropping_rows() {
-        let rows: Vec<Value> = (0..5000)
-            .map(|i| json!({"i": i, "pad": "x".repeat(20)}))
-            .collect();
-        let text = capped(json!({"rows": rows, "name": "n"}));
-        assert!(text.len() <= MAX_OUTPUT);
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["truncated"], json!(true));
-        assert_eq!(v["name"], json!("n"));
-        assert!(v["rows"].as_array().unwrap().len() > 100);
-    }
-
-    #[test]
-    fn tool_calls_have_cli_equivalents() {
-        assert_eq!(
-            cli_equivalent("coral_services", &json!({})),
-            "coral colony status"
-        );
-        assert_eq!(
-            cli_equivalent(
-                "coral_agent_exec",
-                &json!({"service": "db", "command": "ss -tnp"})
-            ),
-            "coral exec db 'ss -tnp'"
-        );
-        assert_eq!(
-            cli_equivalent(
-                "coral_traces",
-                &json!({"service": "api", "min_duration_ms": 500})
-            ),
-            "coral query traces --service api --min-duration 500ms"
-        );
-        assert!(
-            cli_equivalent("coral_hotspots", &json!({"service": "api"}))
-                .starts_with("coral mcp call coral_hotspots")
-        );
-        assert_eq!(catalog(false).len() + 1, catalog(true).len());
-    }
-
-    #[test]
-    fn windows_are_checked() {
-        assert_eq!(
-            window(&None, Duration::from_secs(5)).unwrap(),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            window(&Some("15m".into()), Duration::ZERO).unwrap(),
-            Duration::from_secs(900)
-        );
-        assert!(window(&Some("soon".into()), Duration::ZERO).is_err());
-        assert!(window(&Some("400d".into()), Duration::ZERO).is_err());
-    }
-}
-
 async fn exec(
     shared: &Shared,
     a: ExecArgs,
@@ -936,5 +860,81 @@ pub fn cli_equivalent(name: &str, args: &Value) -> String {
             q(s("command").unwrap_or(""))
         ),
         _ => format!("coral mcp call {name} {}", q(&args.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_come_from_semantic_conventions() {
+        assert_eq!(
+            peer_of(r#"{"db.system":"postgresql","peer.service":"db"}"#).as_deref(),
+            Some("db")
+        );
+        assert_eq!(
+            peer_of(r#"{"db.system":"postgresql"}"#).as_deref(),
+            Some("postgresql")
+        );
+        assert_eq!(peer_of(r#"{"http.method":"GET"}"#), None);
+        assert_eq!(
+            detail_of(r#"{"db.statement":"SELECT 1"}"#).as_deref(),
+            Some("SELECT 1")
+        );
+    }
+
+    #[test]
+    fn output_is_capped_by_dropping_rows() {
+        let rows: Vec<Value> = (0..5000)
+            .map(|i| json!({"i": i, "pad": "x".repeat(20)}))
+            .collect();
+        let text = capped(json!({"rows": rows, "name": "n"}));
+        assert!(text.len() <= MAX_OUTPUT);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["truncated"], json!(true));
+        assert_eq!(v["name"], json!("n"));
+        assert!(v["rows"].as_array().unwrap().len() > 100);
+    }
+
+    #[test]
+    fn tool_calls_have_cli_equivalents() {
+        assert_eq!(
+            cli_equivalent("coral_services", &json!({})),
+            "coral colony status"
+        );
+        assert_eq!(
+            cli_equivalent(
+                "coral_agent_exec",
+                &json!({"service": "db", "command": "ss -tnp"})
+            ),
+            "coral exec db 'ss -tnp'"
+        );
+        assert_eq!(
+            cli_equivalent(
+                "coral_traces",
+                &json!({"service": "api", "min_duration_ms": 500})
+            ),
+            "coral query traces --service api --min-duration 500ms"
+        );
+        assert!(
+            cli_equivalent("coral_hotspots", &json!({"service": "api"}))
+                .starts_with("coral mcp call coral_hotspots")
+        );
+        assert_eq!(catalog(false).len() + 1, catalog(true).len());
+    }
+
+    #[test]
+    fn windows_are_checked() {
+        assert_eq!(
+            window(&None, Duration::from_secs(5)).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            window(&Some("15m".into()), Duration::ZERO).unwrap(),
+            Duration::from_secs(900)
+        );
+        assert!(window(&Some("soon".into()), Duration::ZERO).is_err());
+        assert!(window(&Some("400d".into()), Duration::ZERO).is_err());
     }
 }
