@@ -638,7 +638,7 @@ fn many_concurrent_grpc_exports_on_one_connection_all_complete() {
     env.start_agent();
     let (grpc, _) = otlp_addrs(&env);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (ok, refused) = rt.block_on(async {
+    let (ok, refused, other) = rt.block_on(async {
         let client = TraceServiceClient::connect(format!("http://{grpc}"))
             .await
             .unwrap();
@@ -661,9 +661,15 @@ fn many_concurrent_grpc_exports_on_one_connection_all_complete() {
                     .is_err_and(|s| s.code() == tonic::Code::ResourceExhausted)
             })
             .count();
-        (ok, refused)
+        let other: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .filter(|s| s.code() != tonic::Code::ResourceExhausted)
+            .map(|s| format!("{:?}: {}", s.code(), s.message()))
+            .collect();
+        (ok, refused, other)
     });
-    assert_eq!(ok + refused, 384, "some exports failed otherwise");
+    assert_eq!(ok + refused, 384, "some exports failed otherwise: {other:?}");
     assert!(ok >= 1);
     env.ok(&["agent", "stop"]);
     let db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
