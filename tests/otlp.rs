@@ -669,7 +669,11 @@ fn many_concurrent_grpc_exports_on_one_connection_all_complete() {
             .collect();
         (ok, refused, other)
     });
-    assert_eq!(ok + refused, 384, "some exports failed otherwise: {other:?}");
+    assert_eq!(
+        ok + refused,
+        384,
+        "some exports failed otherwise: {other:?}"
+    );
     assert!(ok >= 1);
     env.ok(&["agent", "stop"]);
     let db = duckdb::Connection::open(env.agent_state().join("telemetry.duckdb")).unwrap();
