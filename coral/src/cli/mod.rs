@@ -853,7 +853,11 @@ fn sandbox_check(role: &str, action: &str) -> anyhow::Result<()> {
         "agent" => (Role::Agent, AgentConfig::default().state_dir()),
         _ => return Err(Usage(format!("role '{role}' must be colony or agent")).into()),
     };
-    confine(role, Mode::Enforce, &state, &[])?;
+    let applied = confine(role, Mode::Enforce, &state, &[])?;
+    eprintln!(
+        "sandbox: landlock {}, {} syscalls allowed",
+        applied.landlock, applied.syscalls
+    );
     let outcome = match action.split_once(':') {
         Some(("syscall", "chroot")) => {
             // Not on any role's list: the kernel kills the process here.
@@ -871,7 +875,12 @@ fn sandbox_check(role: &str, action: &str) -> anyhow::Result<()> {
 
 /// Puts this daemon in its sandbox (see `coral_agent::sandbox`): before
 /// its stores open and its runtime starts, so every thread is confined.
-fn confine(role: Role, mode: Mode, state_dir: &Path, readable: &[PathBuf]) -> anyhow::Result<()> {
+fn confine(
+    role: Role,
+    mode: Mode,
+    state_dir: &Path,
+    readable: &[PathBuf],
+) -> anyhow::Result<sandbox::Applied> {
     coral_proto::local::ensure_private_dir(state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     let runtime = coral_proto::local::runtime_dir()?;
@@ -882,7 +891,7 @@ fn confine(role: Role, mode: Mode, state_dir: &Path, readable: &[PathBuf]) -> an
     )
     .with_context(|| "cannot sandbox this process (run with --sandbox=off to debug)")?;
     tracing::info!(mode = ?applied.mode, landlock = applied.landlock, syscalls = applied.syscalls, "sandbox applied");
-    Ok(())
+    Ok(applied)
 }
 
 fn colony_start(args: ColonyStart) -> anyhow::Result<()> {
