@@ -17,6 +17,12 @@ PACKAGES=(
   wireguard-go      # the userspace WireGuard peer in the mesh benchmark
   wireguard-tools   # wg(8), to configure it
   procps
+  clang             # compiles ebpf/bpf/*.bpf.c (-target bpf)
+  llvm              # llvm-strip: drops DWARF from the BPF objects, keeps BTF
+  libbpf-dev        # bpf_helpers.h, bpf_core_read.h for the BPF C code
+  bpftool           # dumps vmlinux.h from the kernel BTF at build time; BPF tests
+  wrk               # load generator for the eBPF accuracy tests and benchmark
+  golang-go         # the Go net/http server of the eBPF accuracy tests
 )
 
 if ! command -v cargo >/dev/null; then
