@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub services: Vec<String>,
     /// The OTLP receiver.
     pub otlp: crate::otlp::OtlpConfig,
+    /// eBPF RED metrics and the connection map.
+    pub ebpf: crate::ebpf::EbpfConfig,
 }
 
 impl Default for AgentConfig {
@@ -46,6 +48,7 @@ impl Default for AgentConfig {
             max_pending_samples: 100_000,
             services: Vec::new(),
             otlp: crate::otlp::OtlpConfig::default(),
+            ebpf: crate::ebpf::EbpfConfig::default(),
         }
     }
 }
@@ -80,6 +83,7 @@ impl AgentConfig {
             })?;
         }
         self.otlp.validate()?;
+        self.ebpf.validate()?;
         coral_proto::ServiceSpec::parse_all(&self.services)
             .map_err(|e| format!("agent.services: {e}"))?;
         Ok(())

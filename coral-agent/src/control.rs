@@ -45,6 +45,7 @@ impl AgentControl for Control {
             services: s.services_snapshot(),
             otlp_grpc: s.otlp_addrs.as_ref().map(|a| a.0.clone()),
             otlp_http: s.otlp_addrs.as_ref().map(|a| a.1.clone()),
+            ebpf: s.ebpf.lock().expect("ebpf status").clone(),
         }
     }
 

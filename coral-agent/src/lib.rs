@@ -8,6 +8,7 @@
 
 pub mod config;
 mod control;
+pub mod ebpf;
 mod link;
 pub mod mesh;
 pub mod otlp;
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     /// OTLP/gRPC and OTLP/HTTP addresses, when the receiver runs.
     pub(crate) otlp_addrs: Option<(String, String)>,
     prober: probe::Prober,
+    /// The eBPF capture's state, once it started.
+    pub(crate) ebpf: Arc<Mutex<Option<coral_proto::EbpfStatus>>>,
     /// Wakes the link to send a heartbeat now (services changed).
     pub(crate) changed: Notify,
     pub(crate) shutdown: CancellationToken,
@@ -146,6 +149,7 @@ impl Agent {
             }),
             telemetry,
             otlp_addrs: otlp_listeners.as_ref().map(otlp::Listeners::addrs),
+            ebpf: Arc::new(Mutex::new(None)),
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
             config,
@@ -186,6 +190,27 @@ impl Agent {
         for spec in specs {
             shared.watch(spec);
         }
+        let capture = shared.config.ebpf.enabled.then(|| {
+            let weak = Arc::downgrade(&shared);
+            let services: ebpf::Services = Arc::new(move || {
+                weak.upgrade()
+                    .map(|s| {
+                        s.services_snapshot()
+                            .into_iter()
+                            .map(|h| (h.spec.port, h.spec.name))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            });
+            ebpf::Capture::start(
+                shared.config.ebpf.clone(),
+                shared.agent_id.clone(),
+                shared.telemetry.clone(),
+                services,
+                shared.ebpf.clone(),
+                tokio::runtime::Handle::current(),
+            )
+        });
         let control_task = tokio::spawn(control::serve(shared.clone(), control));
         let link_task = tokio::spawn(link::run(shared.clone()));
         tracing::info!(agent_id = %shared.agent_id, name = %shared.name, "agent running");
@@ -194,6 +219,12 @@ impl Agent {
             _ = shared.shutdown.cancelled() => {}
         }
         tracing::info!("agent stopping");
+        // The capture flushes its last aggregates and releases every BPF
+        // object (its fds are the only references) before the link's final
+        // push.
+        if let Some(c) = capture {
+            let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+        }
         shared.shutdown.cancel();
         control_task.abort();
         for w in shared.services.lock().expect("services lock").values() {

@@ -163,6 +163,13 @@ struct edge_event {
 	char comm[16];
 };
 
+/* The offsets coral-agent/src/ebpf/event.rs reads. */
+_Static_assert(__builtin_offsetof(struct data_event, data) == 40, "data_event layout");
+_Static_assert(sizeof(struct conn_event) == 64, "conn_event layout");
+_Static_assert(__builtin_offsetof(struct conn_event, raddr) == 32, "conn_event layout");
+_Static_assert(sizeof(struct edge_event) == 88, "edge_event layout");
+_Static_assert(__builtin_offsetof(struct edge_event, saddr) == 40, "edge_event layout");
+
 /* Scratch space for building a data event (too big for the stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

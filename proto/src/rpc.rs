@@ -29,6 +29,10 @@ pub trait ColonyControl {
     async fn logs(q: LogQuery) -> Result<Vec<LogRecord>, QueryError>;
     /// Begins a graceful shutdown; returns the colony's pid.
     async fn stop() -> u32;
+    /// eBPF RED metrics per service and route (issue 5).
+    async fn metrics(q: MetricsQuery) -> Result<MetricsReport, QueryError>;
+    /// The connection map (issue 5).
+    async fn service_map(q: MapQuery) -> Result<ServiceMap, QueryError>;
 }
 
 /// The agent's local control service, reached by the CLI over a Unix socket.
