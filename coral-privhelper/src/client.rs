@@ -240,8 +240,8 @@ pub enum OpenBpfError {
     #[error("cannot load BPF object '{name}': {helper}; loading it directly failed too: {direct}")]
     Both {
         name: String,
-        helper: ClientError,
-        direct: crate::bpf::BpfError,
+        helper: Box<ClientError>,
+        direct: Box<crate::bpf::BpfError>,
     },
 }
 
@@ -269,8 +269,8 @@ pub fn open_bpf(
         }
         Err(direct) => Err(OpenBpfError::Both {
             name: name.to_string(),
-            helper: helper_err,
-            direct,
+            helper: Box::new(helper_err),
+            direct: Box::new(direct),
         }),
     }
 }

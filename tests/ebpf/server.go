@@ -4,7 +4,8 @@
 //
 // Binds 127.0.0.1:0, writes the port to PORT_FILE, serves until killed.
 // GET /api/orders/<id>: status 500 if id%10 == 0, 404 if id%10 == 1, else
-// 200; sleeps 20 ms if id%10 == 9, else 2 ms. GET /chain: calls NEXT_URL
+// 200; sleeps 20 ms if id%10 == 9, else 2 ms. GET /hello: 200 at once
+// (for load benchmarks). GET /chain: calls NEXT_URL
 // (if given) with a keep-alive client, then answers 200.
 package main
 
@@ -50,6 +51,10 @@ func main() {
 		w.Header().Set("Content-Length", "6")
 		w.WriteHeader(status)
 		w.Write([]byte("order\n"))
+	})
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "6")
+		w.Write([]byte("hello\n"))
 	})
 	mux.HandleFunc("/chain", func(w http.ResponseWriter, r *http.Request) {
 		if next != "" {

@@ -342,53 +342,6 @@ pub fn logs(logs: &[LogRecord]) -> String {
     t.to_string() + "\n"
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn span(id: &str, parent: Option<&str>, start: i64, dur: i64) -> SpanRecord {
-        SpanRecord {
-            agent_id: "a".into(),
-            seq: 0,
-            trace_id: "t".into(),
-            span_id: id.into(),
-            parent_span_id: parent.map(str::to_string),
-            service: "svc".into(),
-            name: id.into(),
-            kind: "internal".into(),
-            start_us: start,
-            duration_us: dur,
-            status_code: "unset".into(),
-            status_message: String::new(),
-            attributes: "{}".into(),
-            events: "[]".into(),
-            resource: "{}".into(),
-            scope: String::new(),
-        }
-    }
-
-    #[test]
-    fn critical_path_follows_the_child_that_ends_last() {
-        // root 0..100; a 0..30; b 10..90 (ends last); b1 10..20; b2 50..88 (ends last under b).
-        let spans = vec![
-            span("root", None, 0, 100),
-            span("a", Some("root"), 0, 30),
-            span("b", Some("root"), 10, 80),
-            span("b1", Some("b"), 10, 10),
-            span("b2", Some("b"), 50, 38),
-        ];
-        let (roots, children) = tree(&spans);
-        let path = critical_path(&roots, &children);
-        let mut p: Vec<_> = path.into_iter().collect();
-        p.sort();
-        assert_eq!(p, ["b", "b2", "root"]);
-        let text = trace_tree(&spans);
-        assert!(text.contains("5 spans"), "{text}");
-        let b2 = text.lines().find(|l| l.contains("b2")).unwrap();
-        assert!(b2.trim_start().starts_with('*'), "{text}");
-    }
-}
-
 fn pct(p: f64) -> String {
     format!("{p:.1}%")
 }
@@ -512,4 +465,74 @@ pub fn service_map_dot(m: &coral_proto::ServiceMap) -> String {
     }
     out.push_str("}\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(id: &str, parent: Option<&str>, start: i64, dur: i64) -> SpanRecord {
+        SpanRecord {
+            agent_id: "a".into(),
+            seq: 0,
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: parent.map(str::to_string),
+            service: "svc".into(),
+            name: id.into(),
+            kind: "internal".into(),
+            start_us: start,
+            duration_us: dur,
+            status_code: "unset".into(),
+            status_message: String::new(),
+            attributes: "{}".into(),
+            events: "[]".into(),
+            resource: "{}".into(),
+            scope: String::new(),
+        }
+    }
+
+    #[test]
+    fn critical_path_follows_the_child_that_ends_last() {
+        // root 0..100; a 0..30; b 10..90 (ends last); b1 10..20; b2 50..88 (ends last under b).
+        let spans = vec![
+            span("root", None, 0, 100),
+            span("a", Some("root"), 0, 30),
+            span("b", Some("root"), 10, 80),
+            span("b1", Some("b"), 10, 10),
+            span("b2", Some("b"), 50, 38),
+        ];
+        let (roots, children) = tree(&spans);
+        let path = critical_path(&roots, &children);
+        let mut p: Vec<_> = path.into_iter().collect();
+        p.sort();
+        assert_eq!(p, ["b", "b2", "root"]);
+        let text = trace_tree(&spans);
+        assert!(text.contains("5 spans"), "{text}");
+        let b2 = text.lines().find(|l| l.contains("b2")).unwrap();
+        assert!(b2.trim_start().starts_with('*'), "{text}");
+    }
+
+    #[test]
+    fn dot_quotes_names_and_falls_back_to_the_address() {
+        let m = coral_proto::ServiceMap {
+            since_ms: 0,
+            until_ms: 0,
+            edges: vec![coral_proto::MapEdge {
+                src: "we\"ird".into(),
+                dst_addr: "10.0.0.1:80".into(),
+                dst_service: None,
+                connections: 2,
+                failures: 1,
+                bytes_sent: 0,
+                bytes_received: 0,
+                rtt_avg_us: 120,
+                rtt_max_us: 300,
+            }],
+        };
+        let dot = super::service_map_dot(&m);
+        assert!(dot.starts_with("digraph coral {"), "{dot}");
+        assert!(dot.contains("\"we\\\"ird\" -> \"10.0.0.1:80\""), "{dot}");
+        assert!(dot.contains("2 conns, 1 failed"), "{dot}");
+    }
 }
