@@ -6,8 +6,8 @@
 //! loaded, and only after the caller's SHA-256 matches the embedded one; the
 //! attach points come from the embedded program table, never from a caller.
 //!
-//! The result is plain file descriptors: maps (stats, then one ring buffer
-//! per CPU), programs, and one BPF link per attached program. Whoever holds
+//! The result is plain file descriptors: maps (stats, ports, then one ring
+//! buffer per CPU), programs, and one BPF link per attached program. Whoever holds
 //! them keeps the objects alive; when the last fd closes the kernel detaches
 //! and frees everything, so a crashed agent leaves nothing behind.
 
@@ -51,7 +51,7 @@ fn failed(what: impl Into<String>, e: impl std::fmt::Display) -> BpfError {
 pub struct Loaded {
     object: &'static Object,
     programs: &'static [Program],
-    /// Stats map, then one ring buffer per CPU.
+    /// Stats map, ports map, then one ring buffer per CPU.
     pub maps: Vec<OwnedFd>,
     /// One per program, in `programs` order.
     pub progs: Vec<OwnedFd>,
@@ -154,12 +154,17 @@ pub fn load(
                 .map_err(|e| failed("fill rings map", chain(&e)))?;
         }
     }
-    let mut maps = Vec::with_capacity(cpus + 1);
+    let mut maps = Vec::with_capacity(cpus + 2);
     let stats = match ebpf.map(coral_ebpf::STATS_MAP) {
         Some(Map::PerCpuArray(m)) => m.fd().as_fd().try_clone_to_owned(),
         _ => return Err(BpfError::Invalid("object has no stats map".into())),
     };
     maps.push(stats.map_err(|e| failed("dup stats map fd", e))?);
+    let ports = match ebpf.map(coral_ebpf::PORTS_MAP) {
+        Some(Map::Array(m)) => m.fd().as_fd().try_clone_to_owned(),
+        _ => return Err(BpfError::Invalid("object has no ports map".into())),
+    };
+    maps.push(ports.map_err(|e| failed("dup ports map fd", e))?);
     for r in &rings {
         maps.push(
             r.fd()

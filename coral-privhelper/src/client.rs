@@ -205,8 +205,8 @@ impl Client {
     }
 }
 
-/// A loaded and attached BPF object, as fds: the maps (stats, then one ring
-/// buffer per CPU), the programs, and one link per program. Dropping it
+/// A loaded and attached BPF object, as fds: the maps (stats, ports, then
+/// one ring buffer per CPU), the programs, and one link per program. Dropping it
 /// detaches and frees everything.
 #[derive(Debug)]
 pub struct BpfFds {

@@ -164,7 +164,7 @@ pub enum Request {
     GetKey,
     /// Load the BPF object compiled into the helper under `name`, if its
     /// SHA-256 is `sha256`, with one ring buffer of `ring_bytes` per CPU.
-    /// The reply carries the map fds (stats, then the rings) and the
+    /// The reply carries the map fds (stats, ports, then the rings) and the
     /// program fds. The helper keeps the object for `BpfAttach` until
     /// `BpfRelease` or the connection closes.
     BpfLoad {

@@ -171,7 +171,7 @@ fn direct_load_attaches_every_program_and_closing_leaves_nothing() {
     let (fds, path) = open_bpf(sock, coral_ebpf::RED, 1 << 16).expect("load directly as root");
     assert_eq!(path, BpfPath::Direct);
     let cpus = bpf::possible_cpus().unwrap();
-    assert_eq!(fds.maps.len(), 1 + cpus);
+    assert_eq!(fds.maps.len(), 2 + cpus);
     assert_eq!(fds.progs.len(), coral_ebpf::RED_PROGRAMS.len());
     assert_eq!(fds.links.len(), coral_ebpf::RED_PROGRAMS.len());
     let held = held_by(std::process::id());
@@ -216,7 +216,7 @@ fn helper_loads_for_an_unprivileged_caller_and_nothing_outlives_it() {
     let n = coral_ebpf::RED_PROGRAMS.len();
     assert_eq!(
         line.trim(),
-        format!("maps {} progs {n} links {n} stats-readable true", 1 + cpus)
+        format!("maps {} progs {n} links {n} stats-readable true", 2 + cpus)
     );
     let log = helper.log_until(&["req=bpf_release"]);
     assert!(log.contains("req=bpf_load name=coral"), "{log}");

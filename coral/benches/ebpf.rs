@@ -42,7 +42,11 @@ fn go_server(dir: &Path) -> PathBuf {
         .env("GO111MODULE", "off")
         .output()
         .expect("go");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     bin
 }
 
@@ -176,7 +180,10 @@ fn paced(port: u16, rps: u64, secs: u64) -> u64 {
 /// Sum of run_time_ns and run_cnt over the BPF programs `pid` holds.
 fn bpf_run_time(pid: u32) -> (u64, u64) {
     let mut ids = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
         let info = std::fs::read_to_string(e.path()).unwrap_or_default();
         if let Some(id) = info
             .lines()
@@ -269,7 +276,8 @@ fn main() {
     let ticks0 = proc_cpu_ticks(agent);
     let t0 = Instant::now();
     let sent = paced(port, PACED_RPS, PACED_SECS);
-    let cpu_pct = (proc_cpu_ticks(agent) - ticks0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+    let cpu_pct =
+        (proc_cpu_ticks(agent) - ticks0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
     let rss_mb = status_kb(agent, "VmRSS:") as f64 / 1024.0;
     let anon_mb = status_kb(agent, "RssAnon:") as f64 / 1024.0;
     std::thread::sleep(Duration::from_millis(2500));

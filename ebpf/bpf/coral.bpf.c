@@ -3,7 +3,8 @@
 // Coral's RED + connection-map programs.
 //
 // * HTTP/1.x capture: syscall tracepoints on the server side of every TCP
-//   connection accepted while the programs are attached. Each successful
+//   connection accepted, while the programs are attached, on a port in the
+//   `ports` set (the agent's connected services). Each successful
 //   read/write-like syscall on such a socket sends one event with the byte
 //   count and the first CAP bytes; userspace parses and pairs them.
 // * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
@@ -28,6 +29,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MAX_CPUS 128
 #define CAP 512 /* bytes captured per data event; a power of two */
 #define MAX_CONNS 65536
+#define HOT_SLOTS 4096 /* tgid filter slots; a power of two */
 
 #define EV_DATA 1
 #define EV_ACCEPT 2
@@ -77,14 +79,37 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-/* An accepted (server-side) TCP connection, keyed by tgid << 32 | fd. */
+/* Listening ports to follow (the agent's connected services), one bit
+ * each; the agent rewrites it when services change. */
+struct port_set {
+	__u64 bits[1024];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct port_set);
+} ports SEC(".maps");
+
+/* Followed connections per tgid slot: a syscall of a process with none
+ * returns after one array lookup (the verifier inlines it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HOT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} hot SEC(".maps");
+
+/* An accepted (server-side) TCP connection, keyed by tgid << 32 | fd.
+ * LRU: entries of processes that exit without close() age out. */
 struct conn {
 	__u64 start_ns; /* accept time: with tgid and fd, the connection's identity */
 	__u16 lport;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_CONNS);
 	__type(key, __u64);
 	__type(value, struct conn);
@@ -206,6 +231,27 @@ static __always_inline int traced(__u64 pid_tgid)
 	return (__u32)(pid_tgid >> 32) != coral_self_tgid;
 }
 
+static __always_inline __u32 *hot_slot(__u64 pid_tgid)
+{
+	__u32 k = (__u32)(pid_tgid >> 32) & (HOT_SLOTS - 1);
+	return bpf_map_lookup_elem(&hot, &k);
+}
+
+static __always_inline int is_hot(__u64 pid_tgid)
+{
+	__u32 *v = hot_slot(pid_tgid);
+	return v && *v;
+}
+
+static __always_inline int port_wanted(__u16 port)
+{
+	__u32 zero = 0;
+	struct port_set *p = bpf_map_lookup_elem(&ports, &zero);
+	if (!p)
+		return 0;
+	return (p->bits[(port >> 6) & 1023] >> (port & 63)) & 1;
+}
+
 /* The struct sock behind fd in the current task, or NULL. */
 static __always_inline struct sock *sock_of_fd(__u32 fd)
 {
@@ -251,11 +297,16 @@ static __always_inline int on_accept_exit(struct trace_event_raw_sys_exit *ctx)
 	struct conn c = {};
 	c.start_ns = bpf_ktime_get_ns();
 	c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!port_wanted(c.lport))
+		return 0;
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
 	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY)) {
 		count(ST_CONNS_FULL);
 		return 0;
 	}
+	__u32 *h = hot_slot(pid_tgid);
+	if (h)
+		__sync_fetch_and_add(h, 1);
 	struct conn_event e = {};
 	e.kind = EV_ACCEPT;
 	e.family = family;
@@ -291,6 +342,8 @@ int exit_accept(struct trace_event_raw_sys_exit *ctx)
 static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, __u8 kind, __u8 dir)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_hot(pid_tgid))
+		return 0;
 	__u32 fd = (__u32)ctx->args[0];
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
 	if (!bpf_map_lookup_elem(&conns, &key))
@@ -307,6 +360,8 @@ static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_hot(pid_tgid))
+		return 0;
 	struct args *a = bpf_map_lookup_elem(&active, &pid_tgid);
 	if (!a)
 		return 0;
@@ -389,6 +444,8 @@ SEC("tracepoint/syscalls/sys_enter_close")
 int enter_close(struct trace_event_raw_sys_enter *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_hot(pid_tgid))
+		return 0;
 	__u32 fd = (__u32)ctx->args[0];
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
@@ -401,7 +458,11 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	e.fd = fd;
 	e.conn_start_ns = c->start_ns;
 	e.ts_ns = bpf_ktime_get_ns();
-	bpf_map_delete_elem(&conns, &key);
+	if (bpf_map_delete_elem(&conns, &key) == 0) {
+		__u32 *h = hot_slot(pid_tgid);
+		if (h && *h)
+			__sync_fetch_and_add(h, -1);
+	}
 	emit(&e, sizeof(e));
 	return 0;
 }

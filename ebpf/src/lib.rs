@@ -76,6 +76,13 @@ pub const RED_PROGRAMS: &[Program] = &[
 pub const RINGS_MAP: &str = "rings";
 /// Per-CPU counters, slots below.
 pub const STATS_MAP: &str = "stats";
+/// The set of listening ports to follow: one `[u64; 1024]` bitmap at key 0.
+pub const PORTS_MAP: &str = "ports";
+
+/// Sets `port` in a [`PORTS_MAP`] bitmap.
+pub fn set_port(bits: &mut [u64; 1024], port: u16) {
+    bits[usize::from(port >> 6)] |= 1 << (port & 63);
+}
 /// The global the loader sets to the agent's pid (its events are skipped).
 pub const SELF_TGID_GLOBAL: &str = "coral_self_tgid";
 /// Most CPUs the object serves (`MAX_CPUS` in the C source).

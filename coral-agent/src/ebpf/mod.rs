@@ -20,7 +20,7 @@ pub mod route;
 pub mod tracker;
 
 use crate::telemetry::{Batch, Telemetry};
-use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use coral_proto::EbpfStatus;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -133,7 +133,7 @@ impl Capture {
                         return;
                     }
                 };
-                tracing::info!(path = %path, cpus = fds.maps.len() - 1, ring_bytes = config.ring_bytes, "eBPF capture running");
+                tracing::info!(path = %path, cpus = fds.maps.len() - 2, ring_bytes = config.ring_bytes, "eBPF capture running");
                 let mut st = EbpfStatus {
                     path: path.to_string(),
                     running: true,
@@ -192,12 +192,33 @@ fn read_loop(
     };
     let stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(open(0)?)).map_err(|e| e.to_string())?;
+    let mut ports: Array<MapData, [u64; 1024]> =
+        Array::try_from(Map::Array(open(1)?)).map_err(|e| e.to_string())?;
+    let mut followed: Vec<u16> = Vec::new();
+    let mut follow = |services: &[(u16, String)]| -> Result<(), String> {
+        let mut want: Vec<u16> = services.iter().map(|(p, _)| *p).collect();
+        want.sort_unstable();
+        want.dedup();
+        if want != followed {
+            let mut bits = [0u64; 1024];
+            for p in &want {
+                coral_ebpf::set_port(&mut bits, *p);
+            }
+            ports
+                .set(0, bits, 0)
+                .map_err(|e| format!("update the ports map: {e}"))?;
+            followed = want;
+        }
+        Ok(())
+    };
     let mut rings = Vec::new();
-    for i in 1..fds.maps.len() {
+    for i in 2..fds.maps.len() {
         rings.push(RingBuf::try_from(Map::RingBuf(open(i)?)).map_err(|e| e.to_string())?);
     }
     let mut tracker = tracker::Tracker::new(agent_id, wall_offset_ns());
-    tracker.set_services(services());
+    let svcs = services();
+    follow(&svcs)?;
+    tracker.set_services(svcs);
     let mut held: Vec<event::Event> = Vec::new();
     let mut last_flush = Instant::now();
     let mut dropped_logged = 0;
@@ -223,7 +244,9 @@ fn read_loop(
         }
         if stopping || last_flush.elapsed() >= config.flush_interval {
             last_flush = Instant::now();
-            tracker.set_services(services());
+            let svcs = services();
+            follow(&svcs)?;
+            tracker.set_services(svcs);
             tracker.set_wall_offset(wall_offset_ns());
             tracker.expire(now);
             let (red, edges) = tracker.drain();
