@@ -35,6 +35,11 @@ fn start(env: &Env, test: &str) -> bool {
         }
         if let Some(err) = st["ebpf"]["error"].as_str() {
             assert!(!ci(), "{test}: eBPF capture failed under CI: {err}");
+            // As root the capture must work: a load failure is a bug.
+            assert!(
+                !nix::unistd::geteuid().is_root(),
+                "{test}: eBPF capture failed as root: {err}"
+            );
             eprintln!("SKIP {test}: eBPF capture is not available here: {err}");
             return false;
         }
@@ -504,7 +509,7 @@ fn colony_restart_loses_nothing_and_agent_stop_leaves_no_bpf_objects() {
     let held = bpf_held_by(agent_pid);
     let progs = held.iter().filter(|(k, _)| *k == "prog").count();
     let links = held.iter().filter(|(k, _)| *k == "link").count();
-    assert!(progs >= 20 && links >= 20, "{held:?}");
+    assert!(progs >= 3 && links >= 3, "{held:?}");
     let (_rt, port) = start_rust();
     env.ok(&["connect", &format!("api:{port}:tcp")]);
     std::thread::sleep(Duration::from_millis(1000));

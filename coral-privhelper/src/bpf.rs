@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{ArrayOfMaps, Map, MapData};
-use aya::programs::TracePoint;
+use aya::programs::{RawTracePoint, TracePoint};
 use coral_ebpf::{Object, Program};
 use thiserror::Error;
 
@@ -176,20 +176,28 @@ pub fn load(
 
     let mut progs = Vec::with_capacity(programs.len());
     for p in programs {
-        let prog: &mut TracePoint = ebpf
+        let prog = ebpf
             .program_mut(p.name)
-            .ok_or_else(|| BpfError::Invalid(format!("object has no program {}", p.name)))?
-            .try_into()
-            .map_err(|e| failed(format!("program {}", p.name), chain(&e)))?;
-        prog.load()
-            .map_err(|e| failed(format!("verify program {}", p.name), chain(&e)))?;
-        let fd = prog
-            .fd()
-            .map_err(|e| failed(format!("program {}", p.name), chain(&e)))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| failed("dup program fd", e))?;
-        progs.push(fd);
+            .ok_or_else(|| BpfError::Invalid(format!("object has no program {}", p.name)))?;
+        let what = |e: &dyn std::error::Error| failed(format!("program {}", p.name), chain(e));
+        let fd = if p.raw {
+            let prog: &mut RawTracePoint = prog.try_into().map_err(|e| what(&e))?;
+            prog.load()
+                .map_err(|e| failed(format!("verify program {}", p.name), chain(&e)))?;
+            prog.fd()
+                .map_err(|e| what(&e))?
+                .as_fd()
+                .try_clone_to_owned()
+        } else {
+            let prog: &mut TracePoint = prog.try_into().map_err(|e| what(&e))?;
+            prog.load()
+                .map_err(|e| failed(format!("verify program {}", p.name), chain(&e)))?;
+            prog.fd()
+                .map_err(|e| what(&e))?
+                .as_fd()
+                .try_clone_to_owned()
+        };
+        progs.push(fd.map_err(|e| failed("dup program fd", e))?);
     }
     Ok(Loaded {
         object,
@@ -264,6 +272,17 @@ struct LinkCreateAttr {
     rest: [u64; 4],
 }
 
+/// The `raw_tracepoint` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct RawTracepointAttr {
+    name: u64,
+    prog_fd: u32,
+    _pad: u32,
+    cookie: u64,
+}
+
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -277,6 +296,9 @@ pub fn attach(loaded: &Loaded, index: usize) -> Result<OwnedFd, BpfError> {
         .get(index)
         .ok_or_else(|| BpfError::Invalid(format!("program index {index} out of range")))?;
     let prog_fd = &loaded.progs[index];
+    if p.raw {
+        return attach_raw(p, prog_fd);
+    }
     let dir = tracefs()?;
     let id_path = dir
         .join("events")
@@ -343,6 +365,36 @@ pub fn attach(loaded: &Loaded, index: usize) -> Result<OwnedFd, BpfError> {
     Ok(unsafe { OwnedFd::from_raw_fd(link as libc::c_int) })
 }
 
+/// Attaches a raw tracepoint program with `BPF_RAW_TRACEPOINT_OPEN`; the
+/// fd returned is its BPF link.
+fn attach_raw(p: &Program, prog_fd: &OwnedFd) -> Result<OwnedFd, BpfError> {
+    let name = std::ffi::CString::new(p.tracepoint)
+        .map_err(|_| BpfError::Invalid("bad tracepoint name".into()))?;
+    let attr = RawTracepointAttr {
+        name: name.as_ptr() as u64,
+        prog_fd: prog_fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: bpf(BPF_RAW_TRACEPOINT_OPEN) reads `size` bytes from a valid
+    // attr; `name` points to a NUL-terminated string that outlives the call.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_RAW_TRACEPOINT_OPEN,
+            &attr as *const RawTracepointAttr,
+            std::mem::size_of::<RawTracepointAttr>() as libc::c_uint,
+        )
+    };
+    if link < 0 {
+        return Err(failed(
+            format!("attach {} to raw tracepoint {}", p.name, p.tracepoint),
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the syscall just returned this new fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(link as libc::c_int) })
+}
+
 /// Loads `name` and attaches every program: what a privileged daemon does
 /// without the helper. Returns the loaded fds and the link fds.
 pub fn load_and_attach(
@@ -374,6 +426,7 @@ mod tests {
     fn attr_sizes_match_the_kernel_abi() {
         assert_eq!(std::mem::size_of::<PerfEventAttr>(), 136);
         assert_eq!(std::mem::size_of::<LinkCreateAttr>(), 48);
+        assert_eq!(std::mem::size_of::<RawTracepointAttr>(), 24);
     }
 
     #[test]

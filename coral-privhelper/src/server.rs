@@ -431,7 +431,17 @@ fn handle(
                 return fail(ErrorCode::BadSequence, "send BpfLoad first".into());
             };
             let what = match loaded.programs().get(usize::from(prog)) {
-                Some(p) => format!("prog={} tracepoint={}:{}", p.name, p.category, p.tracepoint),
+                Some(p) => format!(
+                    "prog={} {}={}:{}",
+                    p.name,
+                    if p.raw {
+                        "raw_tracepoint"
+                    } else {
+                        "tracepoint"
+                    },
+                    p.category,
+                    p.tracepoint
+                ),
                 None => format!("prog={prog}"),
             };
             match bpf::attach(loaded, usize::from(prog)) {

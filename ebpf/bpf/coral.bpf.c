@@ -2,7 +2,9 @@
 //
 // Coral's RED + connection-map programs.
 //
-// * HTTP/1.x capture: syscall tracepoints on the server side of every TCP
+// * HTTP/1.x capture: the raw syscall tracepoints (raw_syscalls:sys_enter and
+//   sys_exit, filtered to accept, read, recvfrom, readv, recvmsg, write,
+//   sendto, writev, sendmsg and close) on the server side of every TCP
 //   connection accepted, while the programs are attached, on a port in the
 //   `ports` set (the agent's connected services). Each successful
 //   read/write-like syscall on such a socket sends one event with the byte
@@ -22,6 +24,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include <bpf/bpf_helpers.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -278,31 +281,67 @@ static __always_inline struct sock *sock_of_fd(__u32 fd)
 	return BPF_CORE_READ(sock, sk);
 }
 
-/* ---- accept: start tracking a server-side connection ---- */
+/* ---- syscalls: raw_syscalls:sys_enter / sys_exit ----
+ *
+ * Two raw tracepoints instead of one tracepoint per syscall: every syscall
+ * of every process passes through them, and all but the few below return
+ * after a switch on the syscall number; the followed ones of a process with
+ * no followed connection return after one array lookup. (Per-syscall
+ * tracepoints cost a perf buffer and an argument copy per hit.)
+ */
 
-static __always_inline int on_accept_exit(struct trace_event_raw_sys_exit *ctx)
+#if defined(__TARGET_ARCH_x86)
+#define NR_read 0
+#define NR_write 1
+#define NR_close 3
+#define NR_readv 19
+#define NR_writev 20
+#define NR_accept 43
+#define NR_sendto 44
+#define NR_recvfrom 45
+#define NR_sendmsg 46
+#define NR_recvmsg 47
+#define NR_accept4 288
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_read 63
+#define NR_write 64
+#define NR_close 57
+#define NR_readv 65
+#define NR_writev 66
+#define NR_accept 202
+#define NR_sendto 206
+#define NR_recvfrom 207
+#define NR_sendmsg 211
+#define NR_recvmsg 212
+#define NR_accept4 242
+#else
+#error "syscall numbers for this architecture"
+#endif
+
+#define ARG_ACCEPT 3
+
+static __always_inline void on_accept_exit(__u64 pid_tgid, long ret)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!traced(pid_tgid) || ctx->ret < 0)
-		return 0;
-	__u32 fd = (__u32)ctx->ret;
+	if (ret < 0)
+		return;
+	__u32 fd = (__u32)ret;
 	struct sock *sk = sock_of_fd(fd);
 	if (!sk)
-		return 0;
+		return;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
+		return;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
-		return 0;
+		return;
 	struct conn c = {};
 	c.start_ns = bpf_ktime_get_ns();
 	c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	if (!port_wanted(c.lport))
-		return 0;
+		return;
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
 	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY)) {
 		count(ST_CONNS_FULL);
-		return 0;
+		return;
 	}
 	__u32 *h = hot_slot(pid_tgid);
 	if (h)
@@ -322,34 +361,103 @@ static __always_inline int on_accept_exit(struct trace_event_raw_sys_exit *ctx)
 		BPF_CORE_READ_INTO(&e.raddr, sk, __sk_common.skc_v6_daddr);
 	bpf_get_current_comm(&e.comm, sizeof(e.comm));
 	emit(&e, sizeof(e));
-	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int exit_accept4(struct trace_event_raw_sys_exit *ctx)
+static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 {
-	return on_accept_exit(ctx);
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c)
+		return;
+	struct conn_event e = {};
+	e.kind = EV_CLOSE;
+	e.lport = c->lport;
+	e.tgid = pid_tgid >> 32;
+	e.fd = fd;
+	e.conn_start_ns = c->start_ns;
+	e.ts_ns = bpf_ktime_get_ns();
+	if (bpf_map_delete_elem(&conns, &key) == 0) {
+		__u32 *h = hot_slot(pid_tgid);
+		if (h && *h)
+			__sync_fetch_and_add(h, -1);
+	}
+	emit(&e, sizeof(e));
 }
 
-SEC("tracepoint/syscalls/sys_exit_accept")
-int exit_accept(struct trace_event_raw_sys_exit *ctx)
-{
-	return on_accept_exit(ctx);
-}
+/* The raw tracepoints' arguments (no CO-RE relocation on the context: it
+ * is the tracepoint's ABI, not a kernel struct). */
+struct raw_sys_args {
+	__u64 regs; /* struct pt_regs * */
+	long arg;   /* sys_enter: the syscall number; sys_exit: its return */
+};
 
-/* ---- data syscalls ---- */
-
-static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, __u8 kind, __u8 dir)
+SEC("raw_tracepoint/sys_enter")
+int sys_enter(struct raw_sys_args *ctx)
 {
+	long id = ctx->arg;
+	__u8 kind, dir = DIR_IN;
+	switch (id) {
+	case NR_read:
+	case NR_recvfrom:
+		kind = ARG_BUF;
+		break;
+	case NR_readv:
+		kind = ARG_IOV;
+		break;
+	case NR_recvmsg:
+		kind = ARG_MSG;
+		break;
+	case NR_write:
+	case NR_sendto:
+		kind = ARG_BUF;
+		dir = DIR_OUT;
+		break;
+	case NR_writev:
+		kind = ARG_IOV;
+		dir = DIR_OUT;
+		break;
+	case NR_sendmsg:
+		kind = ARG_MSG;
+		dir = DIR_OUT;
+		break;
+	case NR_accept:
+	case NR_accept4:
+		kind = ARG_ACCEPT;
+		break;
+	case NR_close:
+		kind = 0xff;
+		break;
+	default:
+		return 0;
+	}
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx->regs;
+	if (kind == ARG_ACCEPT) {
+		/* Any process may accept a followed connection: mark it hot
+		 * until the accept returns. */
+		struct args a = {};
+		a.kind = ARG_ACCEPT;
+		if (bpf_map_update_elem(&active, &pid_tgid, &a, BPF_ANY))
+			return 0;
+		__u32 *h = hot_slot(pid_tgid);
+		if (h)
+			__sync_fetch_and_add(h, 1);
+		return 0;
+	}
 	if (!is_hot(pid_tgid))
 		return 0;
-	__u32 fd = (__u32)ctx->args[0];
+	__u32 fd = (__u32)PT_REGS_PARM1_CORE(regs);
+	if (kind == 0xff) {
+		on_close(pid_tgid, fd);
+		return 0;
+	}
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
 	if (!bpf_map_lookup_elem(&conns, &key))
 		return 0;
 	struct args a = {};
-	a.buf = ctx->args[1];
+	a.buf = PT_REGS_PARM2_CORE(regs);
 	a.fd = fd;
 	a.kind = kind;
 	a.dir = dir;
@@ -357,7 +465,8 @@ static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx, __u8 
 	return 0;
 }
 
-static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx)
+SEC("raw_tracepoint/sys_exit")
+int sys_exit(struct raw_sys_args *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_hot(pid_tgid))
@@ -367,7 +476,14 @@ static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	struct args saved = *a;
 	bpf_map_delete_elem(&active, &pid_tgid);
-	long ret = ctx->ret;
+	long ret = ctx->arg;
+	if (saved.kind == ARG_ACCEPT) {
+		__u32 *h = hot_slot(pid_tgid);
+		if (h && *h)
+			__sync_fetch_and_add(h, -1);
+		on_accept_exit(pid_tgid, ret);
+		return 0;
+	}
 	if (ret <= 0)
 		return 0;
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | saved.fd;
@@ -416,54 +532,6 @@ static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx)
 nocap:
 	e->cap = 0;
 	emit(e, offsetof(struct data_event, data));
-	return 0;
-}
-
-#define DATA_TP(name, kind, dir)                                          \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                       \
-	int enter_##name(struct trace_event_raw_sys_enter *ctx)           \
-	{                                                                 \
-		return on_enter(ctx, kind, dir);                          \
-	}                                                                 \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                        \
-	int exit_##name(struct trace_event_raw_sys_exit *ctx)             \
-	{                                                                 \
-		return on_exit(ctx);                                      \
-	}
-
-DATA_TP(read, ARG_BUF, DIR_IN)
-DATA_TP(recvfrom, ARG_BUF, DIR_IN)
-DATA_TP(readv, ARG_IOV, DIR_IN)
-DATA_TP(recvmsg, ARG_MSG, DIR_IN)
-DATA_TP(write, ARG_BUF, DIR_OUT)
-DATA_TP(sendto, ARG_BUF, DIR_OUT)
-DATA_TP(writev, ARG_IOV, DIR_OUT)
-DATA_TP(sendmsg, ARG_MSG, DIR_OUT)
-
-SEC("tracepoint/syscalls/sys_enter_close")
-int enter_close(struct trace_event_raw_sys_enter *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_hot(pid_tgid))
-		return 0;
-	__u32 fd = (__u32)ctx->args[0];
-	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
-	if (!c)
-		return 0;
-	struct conn_event e = {};
-	e.kind = EV_CLOSE;
-	e.lport = c->lport;
-	e.tgid = pid_tgid >> 32;
-	e.fd = fd;
-	e.conn_start_ns = c->start_ns;
-	e.ts_ns = bpf_ktime_get_ns();
-	if (bpf_map_delete_elem(&conns, &key) == 0) {
-		__u32 *h = hot_slot(pid_tgid);
-		if (h && *h)
-			__sync_fetch_and_add(h, -1);
-	}
-	emit(&e, sizeof(e));
 	return 0;
 }
 

@@ -33,16 +33,12 @@ pub fn object(name: &str) -> Option<&'static Object> {
 pub struct Program {
     /// The C function (and aya program) name.
     pub name: &'static str,
+    /// `raw_syscalls` for a raw tracepoint, else the tracefs category.
     pub category: &'static str,
     pub tracepoint: &'static str,
-}
-
-const fn tp(name: &'static str, category: &'static str, tracepoint: &'static str) -> Program {
-    Program {
-        name,
-        category,
-        tracepoint,
-    }
+    /// A raw tracepoint (`BPF_RAW_TRACEPOINT_OPEN`) rather than a perf
+    /// tracepoint event.
+    pub raw: bool,
 }
 
 /// The RED + connection-map object.
@@ -50,26 +46,24 @@ pub const RED: &str = "coral";
 
 /// Programs of [`RED`], in the order their fds are passed.
 pub const RED_PROGRAMS: &[Program] = &[
-    tp("exit_accept4", "syscalls", "sys_exit_accept4"),
-    tp("exit_accept", "syscalls", "sys_exit_accept"),
-    tp("enter_read", "syscalls", "sys_enter_read"),
-    tp("exit_read", "syscalls", "sys_exit_read"),
-    tp("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-    tp("exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    tp("enter_readv", "syscalls", "sys_enter_readv"),
-    tp("exit_readv", "syscalls", "sys_exit_readv"),
-    tp("enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-    tp("exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    tp("enter_write", "syscalls", "sys_enter_write"),
-    tp("exit_write", "syscalls", "sys_exit_write"),
-    tp("enter_sendto", "syscalls", "sys_enter_sendto"),
-    tp("exit_sendto", "syscalls", "sys_exit_sendto"),
-    tp("enter_writev", "syscalls", "sys_enter_writev"),
-    tp("exit_writev", "syscalls", "sys_exit_writev"),
-    tp("enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    tp("exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    tp("enter_close", "syscalls", "sys_enter_close"),
-    tp("set_state", "sock", "inet_sock_set_state"),
+    Program {
+        name: "sys_enter",
+        category: "raw_syscalls",
+        tracepoint: "sys_enter",
+        raw: true,
+    },
+    Program {
+        name: "sys_exit",
+        category: "raw_syscalls",
+        tracepoint: "sys_exit",
+        raw: true,
+    },
+    Program {
+        name: "set_state",
+        category: "sock",
+        tracepoint: "inet_sock_set_state",
+        raw: false,
+    },
 ];
 
 /// The outer ARRAY_OF_MAPS: slot `cpu` holds that CPU's ring buffer.
