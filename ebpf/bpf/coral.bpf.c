@@ -118,7 +118,7 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
-/* Arguments saved at sys_enter, keyed by pid_tgid. */
+/* A thread inside accept(), keyed by pid_tgid. */
 struct args {
 	__u64 buf; /* buffer, iovec array or msghdr */
 	__u32 fd;
@@ -283,11 +283,12 @@ static __always_inline struct sock *sock_of_fd(__u32 fd)
 
 /* ---- syscalls: raw_syscalls:sys_enter / sys_exit ----
  *
- * Two raw tracepoints instead of one tracepoint per syscall: every syscall
- * of every process passes through them, and all but the few below return
- * after a switch on the syscall number; the followed ones of a process with
- * no followed connection return after one array lookup. (Per-syscall
- * tracepoints cost a perf buffer and an argument copy per hit.)
+ * Two raw tracepoints instead of one tracepoint per syscall (those cost a
+ * perf buffer and an argument copy per hit): every syscall of every process
+ * passes through them. sys_enter acts on accept only; sys_exit returns
+ * after one array lookup for a process with no followed connection, and
+ * otherwise reads the syscall number and arguments from the saved user
+ * registers.
  */
 
 #if defined(__TARGET_ARCH_x86)
@@ -395,8 +396,47 @@ SEC("raw_tracepoint/sys_enter")
 int sys_enter(struct raw_sys_args *ctx)
 {
 	long id = ctx->arg;
+	if (id != NR_accept && id != NR_accept4)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	/* Any process may accept a followed connection: mark it hot until the
+	 * accept returns, so sys_exit looks at it. */
+	struct args a = {};
+	a.kind = ARG_ACCEPT;
+	if (bpf_map_update_elem(&active, &pid_tgid, &a, BPF_ANY))
+		return 0;
+	__u32 *h = hot_slot(pid_tgid);
+	if (h)
+		__sync_fetch_and_add(h, 1);
+	return 0;
+}
+
+/* At syscall exit the saved user registers still hold the number and the
+ * first arguments (only the return register changed), so data syscalls
+ * need no state saved at entry. */
+#if defined(__TARGET_ARCH_x86)
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, di)
+#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, si)
+#elif defined(__TARGET_ARCH_arm64)
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, orig_x0)
+#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, regs[1])
+#endif
+
+SEC("raw_tracepoint/sys_exit")
+int sys_exit(struct raw_sys_args *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_hot(pid_tgid))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx->regs;
+	long nr = SYSCALL_NR(regs);
+	long ret = ctx->arg;
 	__u8 kind, dir = DIR_IN;
-	switch (id) {
+	switch (nr) {
 	case NR_read:
 	case NR_recvfrom:
 		kind = ARG_BUF;
@@ -420,73 +460,28 @@ int sys_enter(struct raw_sys_args *ctx)
 		kind = ARG_MSG;
 		dir = DIR_OUT;
 		break;
-	case NR_accept:
-	case NR_accept4:
-		kind = ARG_ACCEPT;
-		break;
 	case NR_close:
-		kind = 0xff;
-		break;
-	default:
+		if (ret == 0)
+			on_close(pid_tgid, (__u32)SYSCALL_ARG1(regs));
 		return 0;
-	}
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!traced(pid_tgid))
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->regs;
-	if (kind == ARG_ACCEPT) {
-		/* Any process may accept a followed connection: mark it hot
-		 * until the accept returns. */
-		struct args a = {};
-		a.kind = ARG_ACCEPT;
-		if (bpf_map_update_elem(&active, &pid_tgid, &a, BPF_ANY))
+	case NR_accept:
+	case NR_accept4: {
+		if (!bpf_map_lookup_elem(&active, &pid_tgid))
 			return 0;
-		__u32 *h = hot_slot(pid_tgid);
-		if (h)
-			__sync_fetch_and_add(h, 1);
-		return 0;
-	}
-	if (!is_hot(pid_tgid))
-		return 0;
-	__u32 fd = (__u32)PT_REGS_PARM1_CORE(regs);
-	if (kind == 0xff) {
-		on_close(pid_tgid, fd);
-		return 0;
-	}
-	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
-	if (!bpf_map_lookup_elem(&conns, &key))
-		return 0;
-	struct args a = {};
-	a.buf = PT_REGS_PARM2_CORE(regs);
-	a.fd = fd;
-	a.kind = kind;
-	a.dir = dir;
-	bpf_map_update_elem(&active, &pid_tgid, &a, BPF_ANY);
-	return 0;
-}
-
-SEC("raw_tracepoint/sys_exit")
-int sys_exit(struct raw_sys_args *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_hot(pid_tgid))
-		return 0;
-	struct args *a = bpf_map_lookup_elem(&active, &pid_tgid);
-	if (!a)
-		return 0;
-	struct args saved = *a;
-	bpf_map_delete_elem(&active, &pid_tgid);
-	long ret = ctx->arg;
-	if (saved.kind == ARG_ACCEPT) {
+		bpf_map_delete_elem(&active, &pid_tgid);
 		__u32 *h = hot_slot(pid_tgid);
 		if (h && *h)
 			__sync_fetch_and_add(h, -1);
 		on_accept_exit(pid_tgid, ret);
 		return 0;
 	}
+	default:
+		return 0;
+	}
 	if (ret <= 0)
 		return 0;
-	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | saved.fd;
+	__u32 fd = (__u32)SYSCALL_ARG1(regs);
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 	if (!c)
 		return 0;
@@ -495,19 +490,19 @@ int sys_exit(struct raw_sys_args *ctx)
 	if (!e)
 		return 0;
 	e->kind = EV_DATA;
-	e->dir = saved.dir;
+	e->dir = dir;
 	e->lport = c->lport;
 	e->tgid = pid_tgid >> 32;
-	e->fd = saved.fd;
+	e->fd = fd;
 	e->len = ret;
 	e->conn_start_ns = c->start_ns;
 	e->ts_ns = bpf_ktime_get_ns();
-	__u64 src = saved.buf;
+	__u64 src = SYSCALL_ARG2(regs);
 	__u64 avail = ret;
-	if (saved.kind != ARG_BUF) {
+	if (kind != ARG_BUF) {
 		/* msghdr -> msg_iov; then the first iovec only. */
 		__u64 iov = src;
-		if (saved.kind == ARG_MSG) {
+		if (kind == ARG_MSG) {
 			struct user_msghdr msg = {};
 			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)src))
 				goto nocap;
