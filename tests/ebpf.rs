@@ -336,12 +336,53 @@ fn red_metrics_match_a_counting_client_for_rust_python_and_go_servers() {
         let l = load(port, 4, 100, 0);
         check_accuracy(&env, service, &l);
     }
+    // Pipelining: 20 requests in one write, 20 responses read back.
+    {
+        let mut s = BufReader::new(TcpStream::connect(("127.0.0.1", go_port)).unwrap());
+        s.get_mut()
+            .write_all(
+                "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+                    .repeat(20)
+                    .as_bytes(),
+            )
+            .unwrap();
+        for _ in 0..20 {
+            let mut line = String::new();
+            s.read_line(&mut line).unwrap();
+            assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+            loop {
+                line.clear();
+                s.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = [0u8; 6];
+            s.read_exact(&mut body).unwrap();
+        }
+    }
+    let args = [
+        "query",
+        "metrics",
+        "--service",
+        "go-api",
+        "--since",
+        "10m",
+        "--json",
+    ];
+    env.wait_json(
+        &args,
+        Duration::from_secs(30),
+        "the pipelined requests",
+        |r| route_of(r, "go-api", "/hello").is_some_and(|x| x["count"] == 20 && x["errors"] == 0),
+    );
     // The per-service summary agrees with the route.
     let report = env.json(&["query", "metrics", "--since", "10m", "--json"]);
     let services = report["services"].as_array().unwrap();
     for name in ["rust-api", "py-api", "go-api"] {
         let s = services.iter().find(|s| s["service"] == name).unwrap();
-        assert_eq!(s["count"].as_u64(), Some(400), "{s}");
+        let extra = if name == "go-api" { 20 } else { 0 };
+        assert_eq!(s["count"].as_u64(), Some(400 + extra), "{s}");
         assert_eq!(s["errors"].as_u64(), Some(40), "{s}");
     }
     // Human output and `coral top --once`.

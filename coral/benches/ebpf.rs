@@ -340,7 +340,7 @@ BPF run time counts every Coral program run on the machine during one extra `wit
 wrk's included), divided by the requests wrk completed in it.\n\n\
 Where the loss comes from: server and wrk saturate both cores, so every cycle the agent or the\n\
 BPF programs take is a cycle the app does not get. The BPF programs cost the figure above per\n\
-request (two data records with up to 512 captured bytes each, plus a switch on every syscall);\n\
+request (two data records with the captured head bytes, plus a switch on every syscall);\n\
 the agent, an unoptimised dev build here, parses every request and response (httparse) and\n\
 cannot keep up at the top load, hence the drops (the app never waits: records are dropped and\n\
 counted). The ≤ 5 % and ≤ 2 % targets are not met on this machine.\n",

@@ -30,7 +30,8 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define MAX_CPUS 128
-#define CAP 512 /* bytes captured per data event; a power of two */
+#define CAP 4096   /* bytes captured per read (pipelined requests fit); a power of two */
+#define CAP_OUT 512 /* bytes captured per write: the response head */
 #define MAX_CONNS 65536
 #define HOT_SLOTS 4096 /* tgid filter slots; a power of two */
 
@@ -193,6 +194,7 @@ struct edge_event {
 
 /* The offsets coral-agent/src/ebpf/event.rs reads. */
 _Static_assert(__builtin_offsetof(struct data_event, data) == 40, "data_event layout");
+_Static_assert(CAP_OUT <= CAP, "capture sizes");
 _Static_assert(sizeof(struct conn_event) == 64, "conn_event layout");
 _Static_assert(__builtin_offsetof(struct conn_event, raddr) == 32, "conn_event layout");
 _Static_assert(sizeof(struct edge_event) == 88, "edge_event layout");
@@ -515,7 +517,8 @@ int sys_exit(struct raw_sys_args *ctx)
 		if (v.iov_len < avail)
 			avail = v.iov_len;
 	}
-	__u32 cap = avail > CAP ? CAP : avail;
+	__u32 limit = dir == DIR_IN ? CAP : CAP_OUT;
+	__u32 cap = avail > limit ? limit : avail;
 	barrier_var(cap);
 	if (cap > CAP) /* restated after the barrier so the verifier sees the bound */
 		cap = CAP;

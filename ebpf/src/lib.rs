@@ -81,8 +81,11 @@ pub fn set_port(bits: &mut [u64; 1024], port: u16) {
 pub const SELF_TGID_GLOBAL: &str = "coral_self_tgid";
 /// Most CPUs the object serves (`MAX_CPUS` in the C source).
 pub const MAX_CPUS: usize = 128;
-/// Bytes captured per data event (`CAP` in the C source).
-pub const CAPTURE_BYTES: usize = 512;
+/// Bytes captured per read (`CAP` in the C source): enough for a burst of
+/// pipelined requests.
+pub const CAPTURE_IN_BYTES: usize = 4096;
+/// Bytes captured per write (`CAP_OUT`): the response head.
+pub const CAPTURE_OUT_BYTES: usize = 512;
 
 /// Slots of [`STATS_MAP`].
 pub const STAT_EVENTS: u32 = 0;

@@ -54,7 +54,7 @@ pub enum Event {
         dir: Dir,
         /// Bytes the syscall moved.
         len: u32,
-        /// The first of them (at most `coral_ebpf::CAPTURE_BYTES`).
+        /// The first of them (at most `coral_ebpf::CAPTURE_IN_BYTES` of a read, `CAPTURE_OUT_BYTES` of a write).
         data: Vec<u8>,
         ts_ns: u64,
     },
