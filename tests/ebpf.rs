@@ -99,9 +99,11 @@ fn start_python(dir: &Path) -> (Proc, u16) {
 fn go_server() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("cebpf-go-{}", std::process::id()));
+        // Cargo's scratch dir for integration tests: kept between runs, so
+        // the Go build cache is reused and nothing piles up in /tmp.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ebpf-go");
         std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("server");
+        let bin = dir.join(format!("server-{}", std::process::id()));
         let out = Command::new("go")
             .args(["build", "-o"])
             .arg(&bin)
@@ -116,6 +118,15 @@ fn go_server() -> &'static Path {
             "go build: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Binaries of finished runs are not needed.
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let name = e.file_name();
+            if let Some(pid) = name.to_string_lossy().strip_prefix("server-")
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         bin
     })
 }
