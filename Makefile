@@ -43,7 +43,7 @@ fuzz: deps
 demo: build
 	bash packaging/dev/demo.sh
 
-## Benchmarks: control plane, OTLP, policy; figures go to docs/benchmarks.md.
+## Benchmarks: control plane, OTLP, policy, helper, mesh, eBPF; figures go to docs/benchmarks.md.
 bench: build
 	$(CARGO) bench -p coral --bench control_plane --profile dev
 	$(CARGO) bench -p coral --bench otlp_ingest --profile dev
@@ -52,6 +52,7 @@ bench: build
 	$(CARGO) bench -p coral-privhelper --bench requests
 	$(CARGO) build -p coral-agent --examples
 	$(CARGO) bench -p coral-agent --bench mesh --profile dev
+	$(CARGO) bench -p coral --bench ebpf --profile dev
 
 clean:
 	$(CARGO) clean

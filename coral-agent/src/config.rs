@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub rpc_listen: String,
     /// `coral exec` on this host.
     pub exec: ExecConfig,
+    /// eBPF RED metrics and the connection map.
+    pub ebpf: crate::ebpf::EbpfConfig,
 }
 
 /// `[agent.mesh]`.
@@ -161,6 +163,7 @@ impl Default for AgentConfig {
             mesh: AgentMeshConfig::default(),
             rpc_listen: "127.0.0.1:0".into(),
             exec: ExecConfig::default(),
+            ebpf: crate::ebpf::EbpfConfig::default(),
         }
     }
 }
@@ -223,6 +226,7 @@ impl AgentConfig {
                 )
             })?;
         self.exec.validate()?;
+        self.ebpf.validate()?;
         coral_proto::ServiceSpec::parse_all(&self.services)
             .map_err(|e| format!("agent.services: {e}"))?;
         Ok(())

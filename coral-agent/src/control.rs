@@ -49,6 +49,7 @@ impl AgentControl for Control {
             mesh_interface: s.mesh.as_ref().map(|m| m.interface.clone()),
             rpc_addr: Some(s.rpc_addr.clone()),
             exec: Some(s.exec.status()),
+            ebpf: s.ebpf.lock().expect("ebpf status").clone(),
         }
     }
 

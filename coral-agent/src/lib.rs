@@ -8,6 +8,7 @@
 
 pub mod config;
 mod control;
+pub mod ebpf;
 pub mod exec;
 mod link;
 pub mod membership;
@@ -87,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) colony_peer: Mutex<Option<std::net::IpAddr>>,
     pub(crate) exec: Arc<exec::Exec>,
     prober: probe::Prober,
+    /// The eBPF capture's state, once it started.
+    pub(crate) ebpf: Arc<Mutex<Option<coral_proto::EbpfStatus>>>,
     /// Wakes the link to send a heartbeat now (services changed).
     pub(crate) changed: Notify,
     pub(crate) shutdown: CancellationToken,
@@ -236,6 +239,7 @@ impl Agent {
             rpc_addr,
             colony_peer: Mutex::new(None),
             exec: Arc::new(exec),
+            ebpf: Arc::new(Mutex::new(None)),
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
             mesh_ip: mesh.as_ref().map(|m| m.mesh_ip),
@@ -301,6 +305,27 @@ impl Agent {
                 }
             })
         });
+        let capture = shared.config.ebpf.enabled.then(|| {
+            let weak = Arc::downgrade(&shared);
+            let services: ebpf::Services = Arc::new(move || {
+                weak.upgrade()
+                    .map(|s| {
+                        s.services_snapshot()
+                            .into_iter()
+                            .map(|h| (h.spec.port, h.spec.name))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            });
+            ebpf::Capture::start(
+                shared.config.ebpf.clone(),
+                shared.agent_id.clone(),
+                shared.telemetry.clone(),
+                services,
+                shared.ebpf.clone(),
+                tokio::runtime::Handle::current(),
+            )
+        });
         let control_task = tokio::spawn(control::serve(shared.clone(), control));
         let rpc_task = match self.rpc.take().map(tokio::net::TcpListener::from_std) {
             Some(Ok(l)) => Some(tokio::spawn(rpc::serve(shared.clone(), l))),
@@ -319,6 +344,12 @@ impl Agent {
             _ = shared.shutdown.cancelled() => {}
         }
         tracing::info!("agent stopping");
+        // The capture flushes its last aggregates and releases every BPF
+        // object (its fds are the only references) before the link's final
+        // push.
+        if let Some(c) = capture {
+            let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+        }
         shared.shutdown.cancel();
         control_task.abort();
         if let Some(t) = rpc_task {

@@ -76,6 +76,40 @@ const MIGRATIONS: &[&str] = &[
     );
     -- The last seq given to each kind, so numbering survives retention.
     CREATE TABLE seq_counters (kind VARCHAR PRIMARY KEY, last UBIGINT NOT NULL);",
+    // 3: eBPF HTTP RED aggregates per service, method, route and minute
+    // (partial rows of one minute add up), and connection-map edges.
+    "CREATE TABLE http_red (
+        agent_id      VARCHAR NOT NULL,
+        seq           UBIGINT NOT NULL,
+        ts            TIMESTAMP NOT NULL,
+        service       VARCHAR NOT NULL,
+        method        VARCHAR NOT NULL,
+        route         VARCHAR NOT NULL,
+        count         UBIGINT NOT NULL,
+        errors        UBIGINT NOT NULL,
+        client_errors UBIGINT NOT NULL,
+        bytes_in      UBIGINT NOT NULL,
+        bytes_out     UBIGINT NOT NULL,
+        sum_us        UBIGINT NOT NULL,
+        max_us        UBIGINT NOT NULL,
+        hist          VARCHAR NOT NULL
+    );
+    CREATE TABLE conn_edges (
+        agent_id       VARCHAR NOT NULL,
+        seq            UBIGINT NOT NULL,
+        ts             TIMESTAMP NOT NULL,
+        src            VARCHAR NOT NULL,
+        src_pid        UINTEGER NOT NULL,
+        dst_addr       VARCHAR NOT NULL,
+        dst_service    VARCHAR,
+        connections    UBIGINT NOT NULL,
+        failures       UBIGINT NOT NULL,
+        bytes_sent     UBIGINT NOT NULL,
+        bytes_received UBIGINT NOT NULL,
+        rtt_sum_us     UBIGINT NOT NULL,
+        rtt_count      UBIGINT NOT NULL,
+        rtt_max_us     UBIGINT NOT NULL
+    );",
 ];
 
 /// Rows gathered into one append before committing.
@@ -112,7 +146,7 @@ pub struct SampleRow {
     pub sample: HealthSample,
 }
 
-pub use coral_proto::{LogRecord, MetricRecord, SignalKind, SpanRecord};
+pub use coral_proto::{EdgeRecord, LogRecord, MetricRecord, RedRecord, SignalKind, SpanRecord};
 
 /// Rows of one kind, appended together.
 #[derive(Debug, Clone)]
@@ -121,6 +155,8 @@ pub enum Batch {
     Spans(Vec<SpanRecord>),
     Metrics(Vec<MetricRecord>),
     Logs(Vec<LogRecord>),
+    Red(Vec<RedRecord>),
+    Edges(Vec<EdgeRecord>),
 }
 
 impl From<coral_proto::Signals> for Batch {
@@ -129,6 +165,8 @@ impl From<coral_proto::Signals> for Batch {
             coral_proto::Signals::Spans(v) => Batch::Spans(v),
             coral_proto::Signals::Metrics(v) => Batch::Metrics(v),
             coral_proto::Signals::Logs(v) => Batch::Logs(v),
+            coral_proto::Signals::Red(v) => Batch::Red(v),
+            coral_proto::Signals::Edges(v) => Batch::Edges(v),
         }
     }
 }
@@ -140,6 +178,8 @@ impl Batch {
             Batch::Spans(v) => v.len(),
             Batch::Metrics(v) => v.len(),
             Batch::Logs(v) => v.len(),
+            Batch::Red(v) => v.len(),
+            Batch::Edges(v) => v.len(),
         }
     }
 
@@ -151,20 +191,28 @@ impl Batch {
 type Job = Box<dyn FnOnce(&duckdb::Connection) + Send>;
 
 /// Kept by the writer, read without a query: rows per table (samples,
-/// spans, metric points, logs) and the last seq given out per kind.
+/// spans, metric points, logs, RED rows, edges) and the last seq given out
+/// per kind (in `SignalKind::ALL` order).
 #[derive(Default)]
 struct Tally {
-    rows: [AtomicU64; 4],
-    last_seq: [AtomicU64; 3],
+    rows: [AtomicU64; 6],
+    last_seq: [AtomicU64; 5],
 }
+
+/// Tables in `Tally::rows` order, with their time column.
+const TABLES: [(&str, &str); 6] = [
+    ("health_samples", "ts"),
+    ("spans", "start_ts"),
+    ("metric_points", "ts"),
+    ("log_records", "ts"),
+    ("http_red", "ts"),
+    ("conn_edges", "ts"),
+];
 
 impl Tally {
     fn load(conn: &duckdb::Connection, seqs: Seqs) -> duckdb::Result<Tally> {
         let t = Tally::default();
-        for (i, table) in ["health_samples", "spans", "metric_points", "log_records"]
-            .iter()
-            .enumerate()
-        {
+        for (i, (table, _)) in TABLES.iter().enumerate() {
             let n: u64 =
                 conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
             t.rows[i].store(n, Ordering::Relaxed);
@@ -174,7 +222,10 @@ impl Tally {
     }
 
     fn set_seqs(&self, s: Seqs) {
-        for (i, v) in [s.spans, s.metrics, s.logs].into_iter().enumerate() {
+        for (i, v) in [s.spans, s.metrics, s.logs, s.red, s.edges]
+            .into_iter()
+            .enumerate()
+        {
             self.last_seq[i].store(v, Ordering::Relaxed);
         }
     }
@@ -314,6 +365,8 @@ impl Telemetry {
             spans: n(1),
             metric_points: n(2),
             logs: n(3),
+            red: n(4),
+            edges: n(5),
         }
     }
 
@@ -323,6 +376,8 @@ impl Telemetry {
             SignalKind::Spans => 0,
             SignalKind::Metrics => 1,
             SignalKind::Logs => 2,
+            SignalKind::Red => 3,
+            SignalKind::Edges => 4,
         };
         self.tally.last_seq[i].load(Ordering::Relaxed)
     }
@@ -368,6 +423,8 @@ impl Telemetry {
                 spans: max("spans")?,
                 metrics: max("metric_points")?,
                 logs: max("log_records")?,
+                red: max("http_red")?,
+                edges: max("conn_edges")?,
             })
         })
         .await
@@ -425,6 +482,8 @@ struct Pending {
     spans: Vec<SpanRecord>,
     metrics: Vec<MetricRecord>,
     logs: Vec<LogRecord>,
+    red: Vec<RedRecord>,
+    edges: Vec<EdgeRecord>,
     rows: usize,
 }
 
@@ -436,6 +495,8 @@ impl Pending {
             Batch::Spans(mut v) => self.spans.append(&mut v),
             Batch::Metrics(mut v) => self.metrics.append(&mut v),
             Batch::Logs(mut v) => self.logs.append(&mut v),
+            Batch::Red(mut v) => self.red.append(&mut v),
+            Batch::Edges(mut v) => self.edges.append(&mut v),
         }
     }
 
@@ -446,6 +507,8 @@ impl Pending {
         number(&mut self.spans, &mut next.spans, |r| &mut r.seq);
         number(&mut self.metrics, &mut next.metrics, |r| &mut r.seq);
         number(&mut self.logs, &mut next.logs, |r| &mut r.seq);
+        number(&mut self.red, &mut next.red, |r| &mut r.seq);
+        number(&mut self.edges, &mut next.edges, |r| &mut r.seq);
         conn.execute_batch("BEGIN TRANSACTION")?;
         let result = (|| {
             if !self.samples.is_empty() {
@@ -460,11 +523,19 @@ impl Pending {
             if !self.logs.is_empty() {
                 append_logs(conn, &self.logs)?;
             }
+            if !self.red.is_empty() {
+                append_red(conn, &self.red)?;
+            }
+            if !self.edges.is_empty() {
+                append_edges(conn, &self.edges)?;
+            }
             if next != *seqs {
                 for (kind, last) in [
                     ("spans", next.spans),
                     ("metrics", next.metrics),
                     ("logs", next.logs),
+                    ("red", next.red),
+                    ("edges", next.edges),
                 ] {
                     conn.execute(
                         "INSERT OR REPLACE INTO seq_counters (kind, last) VALUES (?, ?)",
@@ -493,6 +564,8 @@ struct Seqs {
     spans: u64,
     metrics: u64,
     logs: u64,
+    red: u64,
+    edges: u64,
 }
 
 impl Seqs {
@@ -514,6 +587,8 @@ impl Seqs {
             spans: last("spans", "spans")?,
             metrics: last("metrics", "metric_points")?,
             logs: last("logs", "log_records")?,
+            red: last("red", "http_red")?,
+            edges: last("edges", "conn_edges")?,
         })
     }
 }
@@ -575,6 +650,8 @@ fn writer(
                         pending.spans.len(),
                         pending.metrics.len(),
                         pending.logs.len(),
+                        pending.red.len(),
+                        pending.edges.len(),
                     ];
                     for (i, n) in added.into_iter().enumerate() {
                         tally.rows[i].fetch_add(n as u64, Ordering::Relaxed);
@@ -668,6 +745,52 @@ pub fn log_row(r: &duckdb::Row<'_>) -> duckdb::Result<LogRecord> {
     })
 }
 
+/// The columns [`red_row`] reads, in order.
+pub const RED_COLUMNS: &str = "agent_id, seq, epoch_ms(ts), service, method, route, count, errors, \
+     client_errors, bytes_in, bytes_out, sum_us, max_us, hist";
+
+pub fn red_row(r: &duckdb::Row<'_>) -> duckdb::Result<RedRecord> {
+    Ok(RedRecord {
+        agent_id: r.get(0)?,
+        seq: r.get(1)?,
+        minute_ms: r.get(2)?,
+        service: r.get(3)?,
+        method: r.get(4)?,
+        route: r.get(5)?,
+        count: r.get(6)?,
+        errors: r.get(7)?,
+        client_errors: r.get(8)?,
+        bytes_in: r.get(9)?,
+        bytes_out: r.get(10)?,
+        sum_us: r.get(11)?,
+        max_us: r.get(12)?,
+        hist: r.get(13)?,
+    })
+}
+
+/// The columns [`edge_row`] reads, in order.
+pub const EDGE_COLUMNS: &str = "agent_id, seq, epoch_ms(ts), src, src_pid, dst_addr, dst_service, \
+     connections, failures, bytes_sent, bytes_received, rtt_sum_us, rtt_count, rtt_max_us";
+
+pub fn edge_row(r: &duckdb::Row<'_>) -> duckdb::Result<EdgeRecord> {
+    Ok(EdgeRecord {
+        agent_id: r.get(0)?,
+        seq: r.get(1)?,
+        minute_ms: r.get(2)?,
+        src: r.get(3)?,
+        src_pid: r.get(4)?,
+        dst_addr: r.get(5)?,
+        dst_service: r.get(6)?,
+        connections: r.get(7)?,
+        failures: r.get(8)?,
+        bytes_sent: r.get(9)?,
+        bytes_received: r.get(10)?,
+        rtt_sum_us: r.get(11)?,
+        rtt_count: r.get(12)?,
+        rtt_max_us: r.get(13)?,
+    })
+}
+
 /// Rows of `kind` past `after`, in seq order: what forwarding sends.
 fn read_after(
     c: &duckdb::Connection,
@@ -694,6 +817,16 @@ fn read_after(
         SignalKind::Logs => Signals::Logs(
             c.prepare(&sql(LOG_COLUMNS, "log_records"))?
                 .query_map(params, log_row)?
+                .collect::<Result<_, _>>()?,
+        ),
+        SignalKind::Red => Signals::Red(
+            c.prepare(&sql(RED_COLUMNS, "http_red"))?
+                .query_map(params, red_row)?
+                .collect::<Result<_, _>>()?,
+        ),
+        SignalKind::Edges => Signals::Edges(
+            c.prepare(&sql(EDGE_COLUMNS, "conn_edges"))?
+                .query_map(params, edge_row)?
                 .collect::<Result<_, _>>()?,
         ),
     })
@@ -784,18 +917,57 @@ fn append_logs(conn: &duckdb::Connection, rows: &[LogRecord]) -> duckdb::Result<
     app.flush()
 }
 
+fn append_red(conn: &duckdb::Connection, rows: &[RedRecord]) -> duckdb::Result<()> {
+    let mut app = conn.appender("http_red")?;
+    for r in rows {
+        app.append_row(duckdb::params![
+            r.agent_id,
+            r.seq,
+            Value::Timestamp(TimeUnit::Millisecond, r.minute_ms),
+            r.service,
+            r.method,
+            r.route,
+            r.count,
+            r.errors,
+            r.client_errors,
+            r.bytes_in,
+            r.bytes_out,
+            r.sum_us,
+            r.max_us,
+            r.hist,
+        ])?;
+    }
+    app.flush()
+}
+
+fn append_edges(conn: &duckdb::Connection, rows: &[EdgeRecord]) -> duckdb::Result<()> {
+    let mut app = conn.appender("conn_edges")?;
+    for r in rows {
+        app.append_row(duckdb::params![
+            r.agent_id,
+            r.seq,
+            Value::Timestamp(TimeUnit::Millisecond, r.minute_ms),
+            r.src,
+            r.src_pid,
+            r.dst_addr,
+            r.dst_service,
+            r.connections,
+            r.failures,
+            r.bytes_sent,
+            r.bytes_received,
+            r.rtt_sum_us,
+            r.rtt_count,
+            r.rtt_max_us,
+        ])?;
+    }
+    app.flush()
+}
+
 /// Deletes telemetry older than `retention` from every table.
 fn retain(conn: &duckdb::Connection, retention: Duration, tally: &Tally) -> duckdb::Result<u64> {
     let cutoff_us = (coral_proto::now_ms() - retention.as_millis() as i64) * 1000;
     let mut n = 0;
-    // Same order as `Tally::rows`.
-    let tables = [
-        ("health_samples", "ts"),
-        ("spans", "start_ts"),
-        ("metric_points", "ts"),
-        ("log_records", "ts"),
-    ];
-    for (i, (table, column)) in tables.into_iter().enumerate() {
+    for (i, (table, column)) in TABLES.into_iter().enumerate() {
         let deleted = conn.execute(
             &format!("DELETE FROM {table} WHERE {column} < make_timestamp(?::BIGINT)"),
             duckdb::params![cutoff_us],

@@ -1,6 +1,9 @@
 //! A tiny client used by the integration tests (run as another uid with
-//! `setpriv`): `privhelper-client SOCKET hello|get-key|create-tun NAME ADDR PREFIX MTU`.
+//! `setpriv`): `privhelper-client SOCKET hello|get-key|create-tun NAME ADDR PREFIX MTU|bpf-load`.
 //! Prints one line; exit 0 on success, 3 when the helper refused.
+//! `bpf-load` loads and attaches Coral's RED object through the helper,
+//! reads its stats map from the passed fd, prints the fd counts, then holds
+//! the fds until stdin closes.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -27,6 +30,35 @@ fn main() -> ExitCode {
                 };
                 c.create_tun(&p).map(|t| format!("ifindex {}", t.ifindex))
             }
+            Some("bpf-load") => c
+                .bpf_load_and_attach(coral_ebpf::RED, 1 << 16)
+                .and_then(|fds| {
+                    use aya::maps::{Map, MapData, PerCpuArray};
+                    let stats = fds.maps[0]
+                        .try_clone()
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    let map = MapData::from_fd(stats)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    let arr: PerCpuArray<MapData, u64> =
+                        PerCpuArray::try_from(Map::PerCpuArray(map))
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    let events: u64 = arr
+                        .get(&coral_ebpf::STAT_EVENTS, 0)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?
+                        .iter()
+                        .sum();
+                    println!(
+                        "maps {} progs {} links {} stats-readable {}",
+                        fds.maps.len(),
+                        fds.progs.len(),
+                        fds.links.len(),
+                        events < u64::MAX
+                    );
+                    let mut line = String::new();
+                    let _ = std::io::stdin().read_line(&mut line);
+                    drop(fds);
+                    Ok("released".to_string())
+                }),
             _ => Err(ClientError::Protocol("unknown command".into())),
         });
     match result {

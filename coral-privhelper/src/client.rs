@@ -160,6 +160,121 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Asks the helper to load its embedded object `name` (with the hash
+    /// this build embeds) and attach every program; releases the helper's
+    /// copies before returning, so the fds returned are the only ones.
+    pub fn bpf_load_and_attach(
+        &mut self,
+        name: &str,
+        ring_bytes: u32,
+    ) -> Result<BpfFds, ClientError> {
+        let object = coral_ebpf::object(name).ok_or_else(|| {
+            ClientError::Invalid(format!("no embedded BPF object named '{name}'"))
+        })?;
+        let obj_name = protocol::ObjectName::new(name)
+            .ok_or_else(|| ClientError::Invalid(format!("bad BPF object name '{name}'")))?;
+        let (maps, progs) = match self.call(&Request::BpfLoad {
+            name: obj_name,
+            sha256: object.sha256,
+            ring_bytes,
+        })? {
+            (Response::BpfLoaded { maps, progs: _ }, mut fds) => {
+                let progs_fds = fds.split_off(usize::from(maps));
+                (fds, progs_fds)
+            }
+            (other, _) => return Err(unexpected(&other)),
+        };
+        let mut links = Vec::with_capacity(progs.len());
+        for i in 0..progs.len() {
+            let prog =
+                u8::try_from(i).map_err(|_| ClientError::Protocol("too many programs".into()))?;
+            match self.call(&Request::BpfAttach { prog })? {
+                (Response::BpfAttached { prog: p }, mut fds) if p == prog => links.push(
+                    fds.pop()
+                        .ok_or_else(|| ClientError::Protocol("no fd".into()))?,
+                ),
+                (other, _) => return Err(unexpected(&other)),
+            }
+        }
+        match self.call(&Request::BpfRelease)? {
+            (Response::BpfReleased, _) => {}
+            (other, _) => return Err(unexpected(&other)),
+        }
+        Ok(BpfFds { maps, progs, links })
+    }
+}
+
+/// A loaded and attached BPF object, as fds: the maps (stats, ports, then
+/// one ring buffer per CPU), the programs, and one link per program. Dropping it
+/// detaches and frees everything.
+#[derive(Debug)]
+pub struct BpfFds {
+    pub maps: Vec<OwnedFd>,
+    pub progs: Vec<OwnedFd>,
+    pub links: Vec<OwnedFd>,
+}
+
+/// How the BPF object was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BpfPath {
+    /// Through coral-privhelper.
+    Helper,
+    /// By this process itself (root or CAP_BPF + CAP_PERFMON).
+    Direct,
+}
+
+impl std::fmt::Display for BpfPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BpfPath::Helper => "coral-privhelper",
+            BpfPath::Direct => "direct (CAP_BPF)",
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum OpenBpfError {
+    #[error("{0}")]
+    Helper(ClientError),
+    #[error("cannot load BPF object '{name}': {helper}; loading it directly failed too: {direct}")]
+    Both {
+        name: String,
+        helper: Box<ClientError>,
+        direct: Box<crate::bpf::BpfError>,
+    },
+}
+
+/// Tries the helper at `socket` first; if it cannot be reached or refuses
+/// this caller, loads and attaches directly (root or `CAP_BPF`). Says which
+/// path it used.
+pub fn open_bpf(
+    socket: &Path,
+    name: &str,
+    ring_bytes: u32,
+) -> Result<(BpfFds, BpfPath), OpenBpfError> {
+    let helper_err =
+        match Client::connect(socket).and_then(|mut c| c.bpf_load_and_attach(name, ring_bytes)) {
+            Ok(f) => return Ok((f, BpfPath::Helper)),
+            Err(e @ (ClientError::Unreachable { .. } | ClientError::Refused(_))) => e,
+            Err(e) => return Err(OpenBpfError::Helper(e)),
+        };
+    let direct = coral_ebpf::object(name)
+        .ok_or_else(|| crate::bpf::BpfError::UnknownObject(name.to_string()))
+        .and_then(|o| crate::bpf::load_and_attach(name, &o.sha256, ring_bytes, std::process::id()));
+    match direct {
+        Ok((loaded, links)) => {
+            let crate::bpf::Loaded { maps, progs, .. } = loaded;
+            Ok((BpfFds { maps, progs, links }, BpfPath::Direct))
+        }
+        Err(direct) => Err(OpenBpfError::Both {
+            name: name.to_string(),
+            helper: Box::new(helper_err),
+            direct: Box::new(direct),
+        }),
+    }
+}
+
 fn unexpected(r: &Response) -> ClientError {
     ClientError::Protocol(format!("unexpected reply {r:?}"))
 }

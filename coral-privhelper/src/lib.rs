@@ -9,6 +9,7 @@
 //! ioctls, fd adoption and process hygiene; every block has a `SAFETY:` note.
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod client;
 pub mod config;
 pub mod keys;
@@ -18,5 +19,5 @@ pub mod startup;
 pub mod tun;
 pub mod wire;
 
-pub use client::{Client, ClientError, TunPath, open_tun};
+pub use client::{BpfFds, BpfPath, Client, ClientError, OpenBpfError, TunPath, open_bpf, open_tun};
 pub use protocol::{IfName, TunParams};

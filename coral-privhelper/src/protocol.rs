@@ -12,8 +12,10 @@
 //! trailing bytes are an error. The decoder never panics and never allocates
 //! more than `MAX_BODY` bytes. File descriptors (a TUN fd, a sealed memfd)
 //! travel beside a response frame as `SCM_RIGHTS`; requests carry none.
+//! A `BpfLoaded` reply carries one fd per map and program (at most
+//! `MAX_FDS`).
 //!
-//! New requests get new type bytes (0x10.. is kept for BPF load/attach).
+//! New requests get new type bytes (0x10..0x1F are BPF load/attach).
 
 use std::net::Ipv4Addr;
 
@@ -32,15 +34,25 @@ pub const HEADER_LEN: usize = 4;
 pub const MAX_IFNAME: usize = 15;
 /// Longest error message in an error response.
 pub const MAX_MESSAGE: usize = 400;
+/// Longest BPF object name.
+pub const MAX_OBJECT_NAME: usize = 32;
+/// Most fds one response carries (the kernel's SCM_MAX_FD is 253).
+pub const MAX_FDS: usize = 253;
 
 // Request types.
 const T_HELLO: u8 = 0x01;
 const T_CREATE_TUN: u8 = 0x02;
 const T_GET_KEY: u8 = 0x03;
+const T_BPF_LOAD: u8 = 0x10;
+const T_BPF_ATTACH: u8 = 0x11;
+const T_BPF_RELEASE: u8 = 0x12;
 // Response types.
 const T_HELLO_OK: u8 = 0x81;
 const T_TUN_CREATED: u8 = 0x82;
 const T_KEY: u8 = 0x83;
+const T_BPF_LOADED: u8 = 0x90;
+const T_BPF_ATTACHED: u8 = 0x91;
+const T_BPF_RELEASED: u8 = 0x92;
 const T_ERROR: u8 = 0xFF;
 
 /// Why a frame was rejected. The server answers each with an error response
@@ -112,6 +124,26 @@ impl std::fmt::Display for IfName {
     }
 }
 
+/// A BPF object name: 1 to 32 bytes of `[a-z0-9_-]`. It only selects one of
+/// the objects compiled into the helper.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectName(String);
+
+impl ObjectName {
+    pub fn new(name: &str) -> Option<Self> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_OBJECT_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        ok.then(|| Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// What a TUN device should look like once created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunParams {
@@ -130,6 +162,21 @@ pub enum Request {
     CreateTun(TunParams),
     /// Return the node's X25519 key pair; the private key comes as a sealed memfd.
     GetKey,
+    /// Load the BPF object compiled into the helper under `name`, if its
+    /// SHA-256 is `sha256`, with one ring buffer of `ring_bytes` per CPU.
+    /// The reply carries the map fds (stats, ports, then the rings) and the
+    /// program fds. The helper keeps the object for `BpfAttach` until
+    /// `BpfRelease` or the connection closes.
+    BpfLoad {
+        name: ObjectName,
+        sha256: [u8; 32],
+        ring_bytes: u32,
+    },
+    /// Attach program `prog` (an index into the object's embedded program
+    /// table) to its tracepoint; the reply carries the BPF link fd.
+    BpfAttach { prog: u8 },
+    /// Close the helper's copies of the loaded object.
+    BpfRelease,
 }
 
 impl Request {
@@ -139,6 +186,9 @@ impl Request {
             Request::Hello { .. } => "hello",
             Request::CreateTun(_) => "create_tun",
             Request::GetKey => "get_key",
+            Request::BpfLoad { .. } => "bpf_load",
+            Request::BpfAttach { .. } => "bpf_attach",
+            Request::BpfRelease => "bpf_release",
         }
     }
 }
@@ -195,16 +245,40 @@ impl ErrorCode {
 /// The responses. `TunCreated` and `Key` come with exactly one fd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    HelloOk { version: u8 },
-    TunCreated { name: IfName, ifindex: u32 },
-    Key { public: [u8; 32] },
-    Error { code: ErrorCode, message: String },
+    HelloOk {
+        version: u8,
+    },
+    TunCreated {
+        name: IfName,
+        ifindex: u32,
+    },
+    Key {
+        public: [u8; 32],
+    },
+    /// Carries `maps + progs` fds.
+    BpfLoaded {
+        maps: u8,
+        progs: u8,
+    },
+    /// Carries the link fd.
+    BpfAttached {
+        prog: u8,
+    },
+    BpfReleased,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl Response {
-    /// Whether this response carries one fd beside it.
-    pub fn carries_fd(&self) -> bool {
-        matches!(self, Response::TunCreated { .. } | Response::Key { .. })
+    /// How many fds come beside this response.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Response::TunCreated { .. } | Response::Key { .. } | Response::BpfAttached { .. } => 1,
+            Response::BpfLoaded { maps, progs } => usize::from(*maps) + usize::from(*progs),
+            _ => 0,
+        }
     }
 }
 
@@ -251,6 +325,19 @@ impl<'a> Cursor<'a> {
         let bytes = self.take(len)?;
         let s = std::str::from_utf8(bytes).map_err(|_| NameError::BadChar)?;
         Ok(IfName::new(s)?)
+    }
+
+    fn object_name(&mut self) -> Result<ObjectName, DecodeError> {
+        let len = usize::from(self.u8()?);
+        if len == 0 || len > MAX_OBJECT_NAME {
+            return Err(DecodeError::InvalidField(
+                "bpf_load: name must be 1..=32 bytes",
+            ));
+        }
+        let bytes = self.take(len)?;
+        let s = std::str::from_utf8(bytes)
+            .map_err(|_| DecodeError::InvalidField("bpf_load: bad name"))?;
+        ObjectName::new(s).ok_or(DecodeError::InvalidField("bpf_load: bad name"))
     }
 
     fn finish(self) -> Result<(), DecodeError> {
@@ -325,6 +412,13 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
             })
         }
         T_GET_KEY => Request::GetKey,
+        T_BPF_LOAD => Request::BpfLoad {
+            name: c.object_name()?,
+            sha256: c.array32()?,
+            ring_bytes: c.u32()?,
+        },
+        T_BPF_ATTACH => Request::BpfAttach { prog: c.u8()? },
+        T_BPF_RELEASE => Request::BpfRelease,
         other => return Err(DecodeError::UnknownType(other)),
     };
     c.finish()?;
@@ -358,6 +452,12 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
         T_KEY => Response::Key {
             public: c.array32()?,
         },
+        T_BPF_LOADED => Response::BpfLoaded {
+            maps: c.u8()?,
+            progs: c.u8()?,
+        },
+        T_BPF_ATTACHED => Response::BpfAttached { prog: c.u8()? },
+        T_BPF_RELEASED => Response::BpfReleased,
         T_ERROR => {
             let code = ErrorCode::from_u8(c.u8()?);
             let len = usize::from(c.u16()?);
@@ -406,6 +506,20 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
             frame(T_CREATE_TUN, &pl)
         }
         Request::GetKey => frame(T_GET_KEY, &[]),
+        Request::BpfLoad {
+            name,
+            sha256,
+            ring_bytes,
+        } => {
+            let mut pl = Vec::with_capacity(1 + MAX_OBJECT_NAME + 36);
+            pl.push(name.as_str().len() as u8);
+            pl.extend_from_slice(name.as_str().as_bytes());
+            pl.extend_from_slice(sha256);
+            pl.extend_from_slice(&ring_bytes.to_be_bytes());
+            frame(T_BPF_LOAD, &pl)
+        }
+        Request::BpfAttach { prog } => frame(T_BPF_ATTACH, &[*prog]),
+        Request::BpfRelease => frame(T_BPF_RELEASE, &[]),
     }
 }
 
@@ -421,6 +535,9 @@ pub fn encode_response(resp: &Response) -> Vec<u8> {
             frame(T_TUN_CREATED, &pl)
         }
         Response::Key { public } => frame(T_KEY, public),
+        Response::BpfLoaded { maps, progs } => frame(T_BPF_LOADED, &[*maps, *progs]),
+        Response::BpfAttached { prog } => frame(T_BPF_ATTACHED, &[*prog]),
+        Response::BpfReleased => frame(T_BPF_RELEASED, &[]),
         Response::Error { code, message } => {
             let mut end = message.len().min(MAX_MESSAGE);
             while !message.is_char_boundary(end) {
@@ -458,6 +575,13 @@ mod tests {
             },
             tun(),
             Request::GetKey,
+            Request::BpfLoad {
+                name: ObjectName::new("coral").unwrap(),
+                sha256: [7; 32],
+                ring_bytes: 1 << 20,
+            },
+            Request::BpfAttach { prog: 3 },
+            Request::BpfRelease,
         ] {
             let f = encode_request(&req);
             assert_eq!(decode_request_frame(&f), Ok((req, f.len())));
@@ -473,6 +597,9 @@ mod tests {
                 ifindex: 7,
             },
             Response::Key { public: [9; 32] },
+            Response::BpfLoaded { maps: 3, progs: 20 },
+            Response::BpfAttached { prog: 19 },
+            Response::BpfReleased,
             Response::Error {
                 code: ErrorCode::Refused,
                 message: "no".into(),
@@ -492,6 +619,10 @@ mod tests {
         assert_eq!(IfName::new("a b"), Err(NameError::BadChar));
         assert_eq!(IfName::new("0123456789abcdef"), Err(NameError::TooLong));
         assert!(IfName::new("0123456789abcde").is_ok());
+        assert!(ObjectName::new("coral").is_some());
+        for bad in ["", "Coral", "../x", "a b", &"a".repeat(33)] {
+            assert!(ObjectName::new(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

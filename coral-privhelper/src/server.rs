@@ -22,7 +22,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use crate::config::{Allow, Verdict};
 use crate::protocol::{self, DecodeError, ErrorCode, Request, Response, TunParams};
 use crate::wire::{self, WireError};
-use crate::{keys, tun};
+use crate::{bpf, keys, tun};
 
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/coral/privhelper.sock";
@@ -221,6 +221,9 @@ fn serve_conn(mut stream: UnixStream, sh: &Shared) {
     let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let mut version: Option<u8> = None;
+    // A BPF object loaded on this connection, kept for BpfAttach; dropped
+    // (the helper's fds closed) on BpfRelease or when the caller goes away.
+    let mut session: Option<bpf::Loaded> = None;
     loop {
         let body = match wire::read_body(&mut stream) {
             Ok(b) => b,
@@ -236,7 +239,7 @@ fn serve_conn(mut stream: UnixStream, sh: &Shared) {
             Err(e) => return bad_frame(&mut stream, uid, pid, &e),
         };
         let kind = req.kind();
-        let (outcome, keep) = handle(&stream, sh, req, &mut version);
+        let (outcome, keep) = handle(&stream, sh, req, &mut version, &mut session, pid);
         log(&format!("uid={uid} pid={pid} req={kind} {outcome}"));
         if !keep {
             return;
@@ -290,6 +293,8 @@ fn handle(
     sh: &Shared,
     req: Request,
     version: &mut Option<u8>,
+    session: &mut Option<bpf::Loaded>,
+    pid: i32,
 ) -> (String, bool) {
     let sent = |r: io::Result<()>, ok: String| match r {
         Ok(()) => (ok, true),
@@ -369,6 +374,104 @@ fn handle(
                     (format!("outcome=failed ({msg})"), true)
                 }
             }
+        }
+        Request::BpfLoad {
+            name,
+            sha256,
+            ring_bytes,
+        } => {
+            let what = format!(
+                "name={} sha256={} ring_bytes={ring_bytes}",
+                name.as_str(),
+                coral_ebpf::hex(&sha256)
+            );
+            if session.is_some() {
+                let msg = "an object is already loaded on this connection".to_string();
+                let _ = reply(stream, &error(ErrorCode::BadSequence, msg.clone()));
+                return (format!("{what} outcome=refused ({msg})"), true);
+            }
+            // The caller's own process is never traced (its pid comes from
+            // SO_PEERCRED, not from the request).
+            match bpf::load(name.as_str(), &sha256, ring_bytes, pid.max(0) as u32) {
+                Ok(loaded) => {
+                    let r = Response::BpfLoaded {
+                        maps: loaded.maps.len() as u8,
+                        progs: loaded.progs.len() as u8,
+                    };
+                    let fds: Vec<_> = loaded
+                        .maps
+                        .iter()
+                        .chain(loaded.progs.iter())
+                        .map(|f| f.as_fd())
+                        .collect();
+                    let res = wire::send_frame_fds(stream, &protocol::encode_response(&r), &fds);
+                    let ok = format!(
+                        "{what} outcome=ok maps={} progs={}",
+                        loaded.maps.len(),
+                        loaded.progs.len()
+                    );
+                    *session = Some(loaded);
+                    sent(res, ok)
+                }
+                Err(e) => {
+                    let code = match e {
+                        bpf::BpfError::UnknownObject(_)
+                        | bpf::BpfError::HashMismatch { .. }
+                        | bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
+                        bpf::BpfError::Failed { .. } => ErrorCode::Failed,
+                    };
+                    let msg = e.to_string();
+                    let _ = reply(stream, &error(code, msg.clone()));
+                    (format!("{what} outcome=failed ({msg})"), true)
+                }
+            }
+        }
+        Request::BpfAttach { prog } => {
+            let Some(loaded) = session.as_ref() else {
+                return fail(ErrorCode::BadSequence, "send BpfLoad first".into());
+            };
+            let what = match loaded.programs().get(usize::from(prog)) {
+                Some(p) => format!(
+                    "prog={} {}={}:{}",
+                    p.name,
+                    if p.raw {
+                        "raw_tracepoint"
+                    } else {
+                        "tracepoint"
+                    },
+                    p.category,
+                    p.tracepoint
+                ),
+                None => format!("prog={prog}"),
+            };
+            match bpf::attach(loaded, usize::from(prog)) {
+                Ok(link) => {
+                    let r = Response::BpfAttached { prog };
+                    let res = wire::send_frame(
+                        stream,
+                        &protocol::encode_response(&r),
+                        Some(link.as_fd()),
+                    );
+                    // The helper keeps no copy: the caller's fd is the link.
+                    sent(res, format!("{what} outcome=ok"))
+                }
+                Err(e) => {
+                    let code = match e {
+                        bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
+                        _ => ErrorCode::Failed,
+                    };
+                    let msg = e.to_string();
+                    let _ = reply(stream, &error(code, msg.clone()));
+                    (format!("{what} outcome=failed ({msg})"), true)
+                }
+            }
+        }
+        Request::BpfRelease => {
+            let had = session.take().is_some();
+            sent(
+                reply(stream, &Response::BpfReleased),
+                format!("outcome=ok released={had}"),
+            )
         }
     }
 }

@@ -23,7 +23,16 @@ pub enum WireError {
 
 /// Sends a whole frame; `fd`, if any, rides with the first byte.
 pub fn send_frame(sock: &UnixStream, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-    let raw: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    send_frame_fds(sock, frame, fd.as_slice())
+}
+
+/// Sends a whole frame with any number of fds (at most `MAX_FDS`) riding
+/// with the first byte.
+pub fn send_frame_fds(sock: &UnixStream, frame: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > protocol::MAX_FDS {
+        return Err(io::Error::other("too many fds for one message"));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let mut sent = 0;
     while sent < frame.len() {
         let iov = [IoSlice::new(&frame[sent..])];
@@ -77,7 +86,7 @@ pub fn recv_response(sock: &UnixStream) -> Result<(Response, Vec<OwnedFd>), Wire
     let mut got = 0;
     let mut want = HEADER_LEN;
     while got < want {
-        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let mut cmsg = nix::cmsg_space!([RawFd; protocol::MAX_FDS]);
         let (n, truncated) = {
             let mut iov = [IoSliceMut::new(&mut buf[got..want])];
             let msg = match recvmsg::<UnixAddr>(
@@ -103,7 +112,7 @@ pub fn recv_response(sock: &UnixStream) -> Result<(Response, Vec<OwnedFd>), Wire
         };
         if truncated {
             return Err(WireError::Fds {
-                expected: 1,
+                expected: protocol::MAX_FDS,
                 got: fds.len() + 1,
             });
         }
@@ -122,7 +131,7 @@ pub fn recv_response(sock: &UnixStream) -> Result<(Response, Vec<OwnedFd>), Wire
         }
     }
     let resp = protocol::decode_response(&buf[HEADER_LEN..want])?;
-    let expected = usize::from(resp.carries_fd());
+    let expected = resp.fd_count();
     if fds.len() != expected {
         return Err(WireError::Fds {
             expected,

@@ -31,6 +31,26 @@ const PINNED: &[&str] = &[
     "zeroize_derive",
     "cpufeatures",
     "autocfg",
+    // Issue 5: BPF load/attach. aya parses the embedded (never
+    // caller-supplied) ELF, applies CO-RE relocations against the kernel's
+    // BTF and creates maps and programs: not code to hand-roll in the root
+    // process. The rest is aya's own tree (object, hashbrown, log, ...).
+    // coral-ebpf has no dependencies; it only embeds the objects.
+    "assert_matches",
+    "aya",
+    "aya-obj",
+    "bytes",
+    "coral-ebpf",
+    "crc32fast",
+    "equivalent",
+    "foldhash",
+    "hashbrown",
+    "indexmap",
+    "log",
+    "memchr",
+    "object",
+    "once_cell",
+    "scopeguard",
 ];
 
 #[test]

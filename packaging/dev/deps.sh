@@ -21,6 +21,12 @@ PACKAGES=(
   procps
   postgresql        # the demo shop's database, and the analyzer's tests
   python3-venv      # the venv below
+  clang             # compiles ebpf/bpf/*.bpf.c (-target bpf)
+  llvm              # llvm-strip: drops DWARF from the BPF objects, keeps BTF
+  libbpf-dev        # bpf_helpers.h, bpf_core_read.h for the BPF C code
+  bpftool           # dumps vmlinux.h from the kernel BTF at build time; BPF tests
+  wrk               # load generator for the eBPF accuracy tests and benchmark
+  golang-go         # the Go net/http server of the eBPF accuracy tests
 )
 
 if ! command -v cargo >/dev/null; then

@@ -50,6 +50,10 @@ pub trait ColonyControl {
     async fn members() -> Result<Vec<Member>, MeshAdminError>;
     /// Removes an agent (by name or id) from the mesh; returns it.
     async fn revoke(agent: String) -> Result<Member, MeshAdminError>;
+    /// eBPF RED metrics per service and route (issue 5).
+    async fn metrics(q: MetricsQuery) -> Result<MetricsReport, QueryError>;
+    /// The connection map (issue 5).
+    async fn service_map(q: MapQuery) -> Result<ServiceMap, QueryError>;
 }
 
 /// The join exchange, served on the colony's public endpoint (TCP, the

@@ -276,6 +276,9 @@ pub struct AgentStatus {
     /// Exec: the policy in force and how commands are contained.
     #[serde(default)]
     pub exec: Option<ExecStatus>,
+    /// The eBPF capture (issue 5).
+    #[serde(default)]
+    pub ebpf: Option<EbpfStatus>,
 }
 
 /// Errors the agent's local control service returns to the CLI.
@@ -352,6 +355,10 @@ pub enum Signals {
     Spans(Vec<SpanRecord>),
     Metrics(Vec<MetricRecord>),
     Logs(Vec<LogRecord>),
+    /// eBPF HTTP RED aggregates (issue 5).
+    Red(Vec<RedRecord>),
+    /// eBPF connection-map edges (issue 5).
+    Edges(Vec<EdgeRecord>),
 }
 
 /// The three kinds of forwarded telemetry.
@@ -361,10 +368,18 @@ pub enum SignalKind {
     Spans,
     Metrics,
     Logs,
+    Red,
+    Edges,
 }
 
 impl SignalKind {
-    pub const ALL: [SignalKind; 3] = [SignalKind::Spans, SignalKind::Metrics, SignalKind::Logs];
+    pub const ALL: [SignalKind; 5] = [
+        SignalKind::Spans,
+        SignalKind::Metrics,
+        SignalKind::Logs,
+        SignalKind::Red,
+        SignalKind::Edges,
+    ];
 }
 
 impl Signals {
@@ -373,6 +388,8 @@ impl Signals {
             Signals::Spans(_) => SignalKind::Spans,
             Signals::Metrics(_) => SignalKind::Metrics,
             Signals::Logs(_) => SignalKind::Logs,
+            Signals::Red(_) => SignalKind::Red,
+            Signals::Edges(_) => SignalKind::Edges,
         }
     }
 
@@ -381,6 +398,8 @@ impl Signals {
             Signals::Spans(v) => v.len(),
             Signals::Metrics(v) => v.len(),
             Signals::Logs(v) => v.len(),
+            Signals::Red(v) => v.len(),
+            Signals::Edges(v) => v.len(),
         }
     }
 
@@ -394,6 +413,8 @@ impl Signals {
             Signals::Spans(v) => v.iter().map(|r| r.seq).max(),
             Signals::Metrics(v) => v.iter().map(|r| r.seq).max(),
             Signals::Logs(v) => v.iter().map(|r| r.seq).max(),
+            Signals::Red(v) => v.iter().map(|r| r.seq).max(),
+            Signals::Edges(v) => v.iter().map(|r| r.seq).max(),
         }
         .unwrap_or(0)
     }
@@ -405,6 +426,10 @@ pub struct Checkpoints {
     pub spans: u64,
     pub metrics: u64,
     pub logs: u64,
+    #[serde(default)]
+    pub red: u64,
+    #[serde(default)]
+    pub edges: u64,
 }
 
 impl Checkpoints {
@@ -413,6 +438,8 @@ impl Checkpoints {
             SignalKind::Spans => self.spans,
             SignalKind::Metrics => self.metrics,
             SignalKind::Logs => self.logs,
+            SignalKind::Red => self.red,
+            SignalKind::Edges => self.edges,
         }
     }
 
@@ -421,6 +448,8 @@ impl Checkpoints {
             SignalKind::Spans => self.spans = seq,
             SignalKind::Metrics => self.metrics = seq,
             SignalKind::Logs => self.logs = seq,
+            SignalKind::Red => self.red = seq,
+            SignalKind::Edges => self.edges = seq,
         }
     }
 }
@@ -432,6 +461,10 @@ pub struct StoredCounts {
     pub spans: u64,
     pub metric_points: u64,
     pub logs: u64,
+    #[serde(default)]
+    pub red: u64,
+    #[serde(default)]
+    pub edges: u64,
 }
 
 /// `coral query traces`: traces that touch `service` (any span), started
@@ -874,4 +907,135 @@ pub struct ExecStatus {
     /// How commands are contained: `cgroup (...)` or `process group only`.
     pub isolation: String,
     pub running: u64,
+}
+
+// ---- eBPF RED metrics and the connection map (issue 5) ----
+
+/// HTTP requests of one service, method and normalised route within one
+/// minute, as seen by the agent's eBPF capture. One minute may have several
+/// rows (the agent flushes partial aggregates); they add up. `hist` is the
+/// latency histogram, sparse `bucket:count` pairs joined by commas (buckets
+/// of `coral_agent::ebpf::hist`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedRecord {
+    pub agent_id: String,
+    pub seq: u64,
+    /// Start of the minute, ms since the epoch.
+    pub minute_ms: i64,
+    pub service: String,
+    pub method: String,
+    pub route: String,
+    pub count: u64,
+    /// Responses with status 500-599.
+    pub errors: u64,
+    /// Responses with status 400-499.
+    pub client_errors: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub sum_us: u64,
+    pub max_us: u64,
+    pub hist: String,
+}
+
+/// Connections from one process (or service) to one peer address within
+/// one minute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeRecord {
+    pub agent_id: String,
+    pub seq: u64,
+    pub minute_ms: i64,
+    /// The connecting service's name, or its process name (`comm`).
+    pub src: String,
+    pub src_pid: u32,
+    /// `ip:port` of the peer.
+    pub dst_addr: String,
+    /// The connected service listening there, when known.
+    pub dst_service: Option<String>,
+    pub connections: u64,
+    pub failures: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub rtt_sum_us: u64,
+    pub rtt_count: u64,
+    pub rtt_max_us: u64,
+}
+
+/// `coral query metrics` / `coral top`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsQuery {
+    pub service: Option<String>,
+    pub since_ms: i64,
+}
+
+/// RED figures over the queried window, for a service (`route` is `None`)
+/// or one of its routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedSummary {
+    pub service: String,
+    pub method: Option<String>,
+    pub route: Option<String>,
+    pub count: u64,
+    pub errors: u64,
+    pub client_errors: u64,
+    /// `errors / count * 100`.
+    pub error_pct: f64,
+    /// Requests per second over the window.
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReport {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    /// One per service, busiest first.
+    pub services: Vec<RedSummary>,
+    /// One per service, method and route, busiest first.
+    pub routes: Vec<RedSummary>,
+}
+
+/// `coral query map`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapQuery {
+    pub since_ms: i64,
+}
+
+/// One edge of the service map over the queried window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapEdge {
+    pub src: String,
+    pub dst_addr: String,
+    pub dst_service: Option<String>,
+    pub connections: u64,
+    pub failures: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub rtt_avg_us: u64,
+    pub rtt_max_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceMap {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub edges: Vec<MapEdge>,
+}
+
+/// The agent's eBPF capture, in `coral agent status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EbpfStatus {
+    /// `coral-privhelper` or `direct (CAP_BPF)`; empty when not running.
+    pub path: String,
+    pub running: bool,
+    pub error: Option<String>,
+    /// Events read from the ring buffers.
+    pub events: u64,
+    /// Events the kernel side dropped because a ring buffer was full.
+    pub dropped: u64,
+    pub requests: u64,
 }

@@ -96,7 +96,7 @@ health path.")]
     /// Run a discovery registry, where colonies publish their signed endpoints.
     #[command(subcommand)]
     Discovery(DiscoveryCmd),
-    /// Query telemetry held by the colony: traces and logs.
+    /// Query telemetry held by the colony: traces, logs, RED metrics, the map.
     #[command(subcommand)]
     Query(QueryCmd),
     /// Run a command on the host of a service, under that host's exec policy.
@@ -133,6 +133,32 @@ Examples:
         #[arg(long, default_value_t = 200)]
         limit: u32,
         /// Print JSON (a stable schema) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live table of services from eBPF: rps, error %, p50/p95/p99.
+    #[command(after_help = "\
+Examples:
+  coral top
+  coral top --interval 5s
+  coral top --once --json
+
+Figures cover the last minute. The table is redrawn in place on a terminal;
+otherwise each refresh is printed after the previous one.")]
+    Top {
+        /// Time between refreshes.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        iterations: Option<u32>,
+        /// Print one table and exit (same as --iterations 1).
+        #[arg(long)]
+        once: bool,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Print each refresh as one JSON line (a stable schema).
         #[arg(long)]
         json: bool,
     },
@@ -443,6 +469,43 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// HTTP RED metrics captured with eBPF: per service, then per route.
+    #[command(after_help = "\
+Examples:
+  coral query metrics
+  coral query metrics --service api --since 1h
+  coral query metrics --json
+
+Routes are normalised (/api/orders/123 -> /api/orders/{id}). Errors are 5xx
+responses; 4xx are counted apart. Windows start on a whole minute.")]
+    Metrics {
+        /// Only this service (as connected with 'coral connect').
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back to look, e.g. 5m, 15m, 2h.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Print JSON (a stable schema) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The service connection map captured with eBPF: who connects to whom.
+    #[command(after_help = "\
+Examples:
+  coral query map
+  coral query map --json
+  coral query map --dot | dot -Tsvg > map.svg")]
+    Map {
+        /// How far back to look, e.g. 5m, 15m, 2h.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Print JSON (a stable schema) instead of a table.
+        #[arg(long, conflicts_with = "dot")]
+        json: bool,
+        /// Print a Graphviz digraph.
+        #[arg(long)]
+        dot: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -641,6 +704,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             print_json_or(json, &report, |r| render::audit(coral_proto::now_ms(), r))
         }),
+        Command::Top {
+            interval,
+            iterations,
+            once,
+            service,
+            json,
+        } => client(top(
+            interval,
+            if once { Some(1) } else { iterations },
+            service,
+            json,
+        )),
         Command::Policy(PolicyCmd::Check { file }) => policy_check(file),
         Command::Policy(PolicyCmd::Explain {
             file,
@@ -1213,6 +1288,86 @@ async fn query(q: QueryCmd) -> anyhow::Result<()> {
                 .map_err(|e| colony_gone(&e))?
                 .map_err(usage)?;
             print_json_or(json, &logs, |l| render::logs(l))
+        }
+        QueryCmd::Metrics {
+            service,
+            since,
+            json,
+        } => {
+            let q = coral_proto::MetricsQuery {
+                service,
+                since_ms: since_ms(since),
+            };
+            let report = c
+                .metrics(ctx(), q)
+                .await
+                .map_err(|e| colony_gone(&e))?
+                .map_err(usage)?;
+            print_json_or(json, &report, render::metrics)
+        }
+        QueryCmd::Map { since, json, dot } => {
+            let q = coral_proto::MapQuery {
+                since_ms: since_ms(since),
+            };
+            let map = c
+                .service_map(ctx(), q)
+                .await
+                .map_err(|e| colony_gone(&e))?
+                .map_err(usage)?;
+            if dot {
+                out(&render::service_map_dot(&map))
+            } else {
+                print_json_or(json, &map, render::service_map)
+            }
+        }
+    }
+}
+
+/// `coral top`: the last minute's RED figures per service, refreshed.
+async fn top(
+    interval: Duration,
+    iterations: Option<u32>,
+    service: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if interval < Duration::from_millis(100) {
+        return Err(Usage("--interval must be at least 100ms".into()).into());
+    }
+    let c = colony_client().await?;
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut n = 0u32;
+    loop {
+        let q = coral_proto::MetricsQuery {
+            service: service.clone(),
+            since_ms: since_ms(Duration::from_secs(60)),
+        };
+        let report = c
+            .metrics(ctx(), q)
+            .await
+            .map_err(|e| colony_gone(&e))?
+            .map_err(|e| anyhow!("{e}"))?;
+        let frame = if json {
+            serde_json::to_string(&report)? + "\n"
+        } else {
+            render::top(&report)
+        };
+        if tty {
+            // Home, clear, draw: the table refreshes in place.
+            out(&format!("\x1b[H\x1b[2J{frame}"))?;
+        } else {
+            out(&frame)?;
+        }
+        n += 1;
+        if iterations.is_some_and(|max| n >= max) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        if !tty && !json {
+            out("\n")?;
         }
     }
 }

@@ -222,6 +222,14 @@ pub fn agent_status(s: &AgentStatus) -> String {
             e.isolation, e.running
         ));
     }
+    out.push_str(&match &s.ebpf {
+        Some(e) if e.running => format!(
+            "eBPF: running via {}; {} events, {} requests, {} dropped\n",
+            e.path, e.events, e.requests, e.dropped
+        ),
+        Some(e) => format!("eBPF: off ({})\n", e.error.as_deref().unwrap_or("stopped")),
+        None => "eBPF: off\n".to_string(),
+    });
     if s.services.is_empty() {
         out.push_str("\nNo services: add one with 'coral connect NAME:PORT[:HEALTH]'.\n");
         return out;
@@ -429,6 +437,108 @@ pub fn members(now: i64, members: &[Member]) -> String {
     t.to_string() + "\n"
 }
 
+fn pct(p: f64) -> String {
+    format!("{p:.1}%")
+}
+
+fn red_row(r: &coral_proto::RedSummary, first: String) -> Vec<String> {
+    vec![
+        first,
+        format!("{:.1}", r.rps),
+        r.count.to_string(),
+        r.errors.to_string(),
+        pct(r.error_pct),
+        latency(Some(r.p50_us)),
+        latency(Some(r.p95_us)),
+        latency(Some(r.p99_us)),
+    ]
+}
+
+const NO_RED: &str = "No HTTP requests seen in that window. Connect a service ('coral connect api:8080'); \
+the agent captures its traffic with eBPF (see 'coral agent status').\n";
+
+pub fn metrics(m: &coral_proto::MetricsReport) -> String {
+    if m.services.is_empty() {
+        return NO_RED.into();
+    }
+    let mut t = table(&[
+        "SERVICE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
+    ]);
+    for s in &m.services {
+        t.add_row(red_row(s, s.service.clone()));
+    }
+    let mut r = table(&[
+        "SERVICE", "ROUTE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
+    ]);
+    for s in &m.routes {
+        let mut row = red_row(
+            s,
+            format!(
+                "{} {}",
+                s.method.as_deref().unwrap_or(""),
+                s.route.as_deref().unwrap_or("")
+            ),
+        );
+        row.insert(0, s.service.clone());
+        r.add_row(row);
+    }
+    format!("{t}\n\n{r}\n")
+}
+
+pub fn top(m: &coral_proto::MetricsReport) -> String {
+    let mut out = format!(
+        "coral top — last {} (refreshing; Ctrl-C to stop)\n\n",
+        span(m.until_ms - m.since_ms)
+    );
+    if m.services.is_empty() {
+        out.push_str(NO_RED);
+        return out;
+    }
+    let mut t = table(&[
+        "SERVICE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
+    ]);
+    for s in &m.services {
+        t.add_row(red_row(s, s.service.clone()));
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+    out
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1}GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1}MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1}KiB", n as f64 / 1024.0),
+        n => format!("{n}B"),
+    }
+}
+
+pub fn service_map(m: &coral_proto::ServiceMap) -> String {
+    if m.edges.is_empty() {
+        return "No connections seen in that window. Connect services ('coral connect api:8080'); \
+the agent maps their connections with eBPF.\n"
+            .into();
+    }
+    let mut t = table(&[
+        "FROM", "TO", "ADDRESS", "CONNS", "FAILED", "SENT", "RECEIVED", "RTT AVG", "RTT MAX",
+    ]);
+    for e in &m.edges {
+        t.add_row(vec![
+            e.src.clone(),
+            e.dst_service.clone().unwrap_or_else(|| "-".into()),
+            e.dst_addr.clone(),
+            e.connections.to_string(),
+            e.failures.to_string(),
+            bytes(e.bytes_sent),
+            bytes(e.bytes_received),
+            latency(Some(e.rtt_avg_us)),
+            latency(Some(e.rtt_max_us)),
+        ]);
+    }
+    t.to_string() + "\n"
+}
+
 fn clip(s: &str, max: usize) -> String {
     let s: String = s
         .chars()
@@ -530,6 +640,29 @@ pub fn audit(now: i64, r: &coral_proto::AuditReport) -> String {
     out
 }
 
+/// A Graphviz digraph: one node per source and destination, one edge per
+/// (source, address).
+pub fn service_map_dot(m: &coral_proto::ServiceMap) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut out = String::from("digraph coral {\n  rankdir=LR;\n");
+    for e in &m.edges {
+        let dst = e.dst_service.clone().unwrap_or_else(|| e.dst_addr.clone());
+        out.push_str(&format!(
+            "  {} -> {} [label={}];\n",
+            q(&e.src),
+            q(&dst),
+            q(&format!(
+                "{} conns, {} failed, rtt {}",
+                e.connections,
+                e.failures,
+                latency(Some(e.rtt_avg_us))
+            ))
+        ));
+    }
+    out.push_str("}\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,5 +707,28 @@ mod tests {
         assert!(text.contains("5 spans"), "{text}");
         let b2 = text.lines().find(|l| l.contains("b2")).unwrap();
         assert!(b2.trim_start().starts_with('*'), "{text}");
+    }
+
+    #[test]
+    fn dot_quotes_names_and_falls_back_to_the_address() {
+        let m = coral_proto::ServiceMap {
+            since_ms: 0,
+            until_ms: 0,
+            edges: vec![coral_proto::MapEdge {
+                src: "we\"ird".into(),
+                dst_addr: "10.0.0.1:80".into(),
+                dst_service: None,
+                connections: 2,
+                failures: 1,
+                bytes_sent: 0,
+                bytes_received: 0,
+                rtt_avg_us: 120,
+                rtt_max_us: 300,
+            }],
+        };
+        let dot = super::service_map_dot(&m);
+        assert!(dot.starts_with("digraph coral {"), "{dot}");
+        assert!(dot.contains("\"we\\\"ird\" -> \"10.0.0.1:80\""), "{dot}");
+        assert!(dot.contains("2 conns, 1 failed"), "{dot}");
     }
 }

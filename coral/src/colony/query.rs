@@ -1,6 +1,9 @@
-//! Read queries over the colony's telemetry aggregate (spans, logs).
+//! Read queries over the colony's telemetry aggregate (spans, logs, eBPF
+//! RED metrics and the connection map).
 
-use coral_agent::telemetry::{LOG_COLUMNS, SPAN_COLUMNS, Telemetry, log_row, span_row};
+use coral_agent::telemetry::{
+    LOG_COLUMNS, RED_COLUMNS, SPAN_COLUMNS, Telemetry, log_row, red_row, span_row,
+};
 use coral_proto::{LogQuery, LogRecord, QueryError, SpanRecord, TraceQuery, TraceSummary};
 
 /// Most rows one query returns.
@@ -110,4 +113,160 @@ pub async fn logs(t: &Telemetry, q: LogQuery) -> Result<Vec<LogRecord>, QueryErr
     })
     .await
     .map_err(storage)
+}
+
+fn floor_minute(ms: i64) -> i64 {
+    ms - ms.rem_euclid(60_000)
+}
+
+#[derive(Default)]
+struct RedAcc {
+    count: u64,
+    errors: u64,
+    client_errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    max_us: u64,
+    hist: coral_agent::ebpf::hist::Hist,
+}
+
+impl RedAcc {
+    fn add(&mut self, r: &coral_proto::RedRecord, hist: &coral_agent::ebpf::hist::Hist) {
+        self.count += r.count;
+        self.errors += r.errors;
+        self.client_errors += r.client_errors;
+        self.bytes_in += r.bytes_in;
+        self.bytes_out += r.bytes_out;
+        self.max_us = self.max_us.max(r.max_us);
+        self.hist.merge(hist);
+    }
+
+    fn summary(
+        self,
+        service: String,
+        method: Option<String>,
+        route: Option<String>,
+        window_s: f64,
+    ) -> coral_proto::RedSummary {
+        coral_proto::RedSummary {
+            service,
+            method,
+            route,
+            count: self.count,
+            errors: self.errors,
+            client_errors: self.client_errors,
+            error_pct: if self.count == 0 {
+                0.0
+            } else {
+                self.errors as f64 * 100.0 / self.count as f64
+            },
+            rps: self.count as f64 / window_s,
+            p50_us: self.hist.quantile(0.50),
+            p95_us: self.hist.quantile(0.95),
+            p99_us: self.hist.quantile(0.99),
+            max_us: self.max_us,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }
+    }
+}
+
+/// RED figures per service and per route since `q.since_ms` (rounded down
+/// to its minute). Rates are over the window from the later of that minute
+/// and the first minute with data, to now.
+pub async fn metrics(
+    t: &Telemetry,
+    q: coral_proto::MetricsQuery,
+) -> Result<coral_proto::MetricsReport, QueryError> {
+    use coral_agent::ebpf::hist::Hist;
+    use std::collections::BTreeMap;
+    let since = floor_minute(q.since_ms);
+    let service = q.service.clone();
+    let rows = t
+        .query(move |c| {
+            c.prepare(&format!(
+                "SELECT {RED_COLUMNS} FROM http_red
+                 WHERE ts >= make_timestamp(?::BIGINT) AND (?::VARCHAR IS NULL OR service = ?::VARCHAR)"
+            ))?
+            .query_map(duckdb::params![since * 1000, service, service], red_row)?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(storage)?;
+    let now = coral_proto::now_ms();
+    let first = rows.iter().map(|r| r.minute_ms).min().unwrap_or(since);
+    let window_s = ((now - since.max(first)) as f64 / 1000.0).max(1.0);
+    let mut services: BTreeMap<String, RedAcc> = BTreeMap::new();
+    let mut routes: BTreeMap<(String, String, String), RedAcc> = BTreeMap::new();
+    for r in &rows {
+        let h = Hist::decode(&r.hist);
+        services.entry(r.service.clone()).or_default().add(r, &h);
+        routes
+            .entry((r.service.clone(), r.method.clone(), r.route.clone()))
+            .or_default()
+            .add(r, &h);
+    }
+    let mut services: Vec<_> = services
+        .into_iter()
+        .map(|(s, a)| a.summary(s, None, None, window_s))
+        .collect();
+    let mut routes: Vec<_> = routes
+        .into_iter()
+        .map(|((s, m, r), a)| a.summary(s, Some(m), Some(r), window_s))
+        .collect();
+    services.sort_by(|a, b| b.count.cmp(&a.count).then(a.service.cmp(&b.service)));
+    routes.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.service.cmp(&b.service))
+            .then(a.route.cmp(&b.route))
+    });
+    Ok(coral_proto::MetricsReport {
+        since_ms: since,
+        until_ms: now,
+        services,
+        routes,
+    })
+}
+
+/// Connection-map edges since `q.since_ms` (rounded down to its minute).
+pub async fn service_map(
+    t: &Telemetry,
+    q: coral_proto::MapQuery,
+) -> Result<coral_proto::ServiceMap, QueryError> {
+    let since = floor_minute(q.since_ms);
+    let edges = t
+        .query(move |c| {
+            c.prepare(
+                "SELECT src, dst_addr, dst_service, sum(connections)::UBIGINT, sum(failures)::UBIGINT,
+                        sum(bytes_sent)::UBIGINT, sum(bytes_received)::UBIGINT,
+                        sum(rtt_sum_us)::UBIGINT, sum(rtt_count)::UBIGINT, max(rtt_max_us)
+                 FROM conn_edges WHERE ts >= make_timestamp(?::BIGINT)
+                 GROUP BY src, dst_addr, dst_service
+                 ORDER BY src, dst_addr LIMIT 10000",
+            )?
+            .query_map(duckdb::params![since * 1000], |r| {
+                let rtt_sum: u64 = r.get(7)?;
+                let rtt_count: u64 = r.get(8)?;
+                Ok(coral_proto::MapEdge {
+                    src: r.get(0)?,
+                    dst_addr: r.get(1)?,
+                    dst_service: r.get(2)?,
+                    connections: r.get(3)?,
+                    failures: r.get(4)?,
+                    bytes_sent: r.get(5)?,
+                    bytes_received: r.get(6)?,
+                    rtt_avg_us: rtt_sum.checked_div(rtt_count).unwrap_or(0),
+                    rtt_max_us: r.get(9)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(storage)?;
+    Ok(coral_proto::ServiceMap {
+        since_ms: since,
+        until_ms: coral_proto::now_ms(),
+        edges,
+    })
 }

@@ -58,6 +58,12 @@ fn only_after(signals: Signals, stored: u64, agent_id: &str) -> Signals {
         Signals::Logs(v) => {
             Signals::Logs(keep(v, stored, agent_id, |r| (&mut r.seq, &mut r.agent_id)))
         }
+        Signals::Red(v) => {
+            Signals::Red(keep(v, stored, agent_id, |r| (&mut r.seq, &mut r.agent_id)))
+        }
+        Signals::Edges(v) => {
+            Signals::Edges(keep(v, stored, agent_id, |r| (&mut r.seq, &mut r.agent_id)))
+        }
     }
 }
 
@@ -688,6 +694,22 @@ impl ColonyControl for Control {
 
     async fn audit(self, _: Context, q: AuditQuery) -> Result<AuditReport, QueryError> {
         self.shared.audit_report(q).await
+    }
+
+    async fn metrics(
+        self,
+        _: Context,
+        q: coral_proto::MetricsQuery,
+    ) -> Result<coral_proto::MetricsReport, QueryError> {
+        super::query::metrics(&self.shared.telemetry, q).await
+    }
+
+    async fn service_map(
+        self,
+        _: Context,
+        q: coral_proto::MapQuery,
+    ) -> Result<coral_proto::ServiceMap, QueryError> {
+        super::query::service_map(&self.shared.telemetry, q).await
     }
 
     async fn stop(self, _: Context) -> u32 {

@@ -1,0 +1,276 @@
+//! Zero-config RED metrics and the connection map, from Coral's BPF object
+//! (`ebpf/bpf/coral.bpf.c`, embedded by `coral-ebpf`).
+//!
+//! The agent never needs privilege for this: `coral-privhelper` loads and
+//! attaches the object and passes back file descriptors (maps, programs,
+//! links); an agent that is root or holds `CAP_BPF` loads it itself. Either
+//! way this process then holds the only references, so when it stops (or
+//! dies) the kernel detaches and frees everything.
+//!
+//! One thread polls the per-CPU ring buffers (the programs never wake it),
+//! merges the records by timestamp, and feeds the [`tracker::Tracker`];
+//! every `ebpf.flush_interval` the aggregates go to the telemetry store as
+//! `http_red` and `conn_edges` rows, which the link forwards to the colony
+//! with the same seq checkpoints as OTLP rows.
+
+pub mod event;
+pub mod hist;
+pub mod http;
+pub mod route;
+pub mod tracker;
+
+use crate::telemetry::{Batch, Telemetry};
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use coral_proto::EbpfStatus;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The `[agent.ebpf]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// Capture RED metrics and connections with eBPF.
+    pub enabled: bool,
+    /// Bytes of ring buffer per CPU (a power of two, 4 KiB to 64 MiB).
+    pub ring_bytes: u32,
+    /// How often aggregates are written to the store.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// The helper's socket.
+    pub helper_socket: PathBuf,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        EbpfConfig {
+            enabled: true,
+            ring_bytes: 1 << 20,
+            flush_interval: Duration::from_secs(5),
+            helper_socket: PathBuf::from("/run/coral/privhelper.sock"),
+        }
+    }
+}
+
+impl EbpfConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        coral_ebpf::check_ring_bytes(self.ring_bytes)
+            .map_err(|e| format!("agent.ebpf.ring_bytes: {e}"))?;
+        if self.flush_interval < Duration::from_millis(100)
+            || self.flush_interval > Duration::from_secs(60)
+        {
+            return Err("agent.ebpf.flush_interval must be between 100ms and 60s".into());
+        }
+        Ok(())
+    }
+}
+
+/// Records newer than this are held back one poll, so records of other
+/// CPUs written just before them are merged in order.
+const REORDER_NS: u64 = 5_000_000;
+const POLL: Duration = Duration::from_millis(10);
+
+fn mono_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
+        Err(_) => 0,
+    }
+}
+
+fn wall_offset_ns() -> i64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i64;
+    wall - mono_ns() as i64
+}
+
+/// Connected services as (port, name).
+pub type Services = Arc<dyn Fn() -> Vec<(u16, String)> + Send + Sync>;
+
+/// The running capture; stopping it (or dropping it) closes every fd.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    /// Loads the object (helper first, then directly) and starts the
+    /// reader thread. Failure to load is reported in `status`, not fatal.
+    pub fn start(
+        config: EbpfConfig,
+        agent_id: String,
+        telemetry: Telemetry,
+        services: Services,
+        status: Arc<Mutex<Option<EbpfStatus>>>,
+        rt: tokio::runtime::Handle,
+    ) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ebpf-reader".into())
+            .spawn(move || {
+                let set = |s: EbpfStatus| *status.lock().expect("ebpf status") = Some(s);
+                let (fds, path) = match coral_privhelper::open_bpf(
+                    &config.helper_socket,
+                    coral_ebpf::RED,
+                    config.ring_bytes,
+                ) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "eBPF capture is off (RED metrics and the connection map need coral-privhelper or CAP_BPF)");
+                        set(EbpfStatus {
+                            path: String::new(),
+                            running: false,
+                            error: Some(e.to_string()),
+                            events: 0,
+                            dropped: 0,
+                            requests: 0,
+                        });
+                        return;
+                    }
+                };
+                tracing::info!(path = %path, cpus = fds.maps.len() - 2, ring_bytes = config.ring_bytes, "eBPF capture running");
+                let mut st = EbpfStatus {
+                    path: path.to_string(),
+                    running: true,
+                    error: None,
+                    events: 0,
+                    dropped: 0,
+                    requests: 0,
+                };
+                set(st.clone());
+                if let Err(e) = read_loop(&config, &agent_id, &telemetry, &services, &fds, &stop2, &rt, &mut st, &set) {
+                    tracing::error!(error = %e, "eBPF capture stopped");
+                    st.running = false;
+                    st.error = Some(e);
+                    set(st);
+                }
+                // `fds` drops here: links, programs and maps are released.
+            })
+            .ok();
+        Capture { stop, thread }
+    }
+
+    /// Stops the reader (after a last flush) and releases the BPF objects.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_loop(
+    config: &EbpfConfig,
+    agent_id: &str,
+    telemetry: &Telemetry,
+    services: &Services,
+    fds: &coral_privhelper::BpfFds,
+    stop: &AtomicBool,
+    rt: &tokio::runtime::Handle,
+    st: &mut EbpfStatus,
+    set: &dyn Fn(EbpfStatus),
+) -> Result<(), String> {
+    let open = |i: usize| -> Result<MapData, String> {
+        let fd = fds.maps[i].try_clone().map_err(|e| e.to_string())?;
+        MapData::from_fd(fd).map_err(|e| format!("open BPF map: {e}"))
+    };
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(0)?)).map_err(|e| e.to_string())?;
+    let mut ports: Array<MapData, [u64; 1024]> =
+        Array::try_from(Map::Array(open(1)?)).map_err(|e| e.to_string())?;
+    let mut followed: Vec<u16> = Vec::new();
+    let mut follow = |services: &[(u16, String)]| -> Result<(), String> {
+        let mut want: Vec<u16> = services.iter().map(|(p, _)| *p).collect();
+        want.sort_unstable();
+        want.dedup();
+        if want != followed {
+            let mut bits = [0u64; 1024];
+            for p in &want {
+                coral_ebpf::set_port(&mut bits, *p);
+            }
+            ports
+                .set(0, bits, 0)
+                .map_err(|e| format!("update the ports map: {e}"))?;
+            followed = want;
+        }
+        Ok(())
+    };
+    let mut rings = Vec::new();
+    for i in 2..fds.maps.len() {
+        rings.push(RingBuf::try_from(Map::RingBuf(open(i)?)).map_err(|e| e.to_string())?);
+    }
+    let mut tracker = tracker::Tracker::new(agent_id, wall_offset_ns());
+    let svcs = services();
+    follow(&svcs)?;
+    tracker.set_services(svcs);
+    let mut held: Vec<event::Event> = Vec::new();
+    let mut last_flush = Instant::now();
+    let mut dropped_logged = 0;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let now = mono_ns();
+        for ring in &mut rings {
+            while let Some(item) = ring.next() {
+                st.events += 1;
+                if let Some(ev) = event::decode(&item) {
+                    held.push(ev);
+                }
+            }
+        }
+        held.sort_by_key(event::Event::ts_ns);
+        let ready = if stopping {
+            held.len()
+        } else {
+            held.partition_point(|e| e.ts_ns() + REORDER_NS < now)
+        };
+        for ev in held.drain(..ready) {
+            tracker.handle(ev);
+        }
+        if stopping || last_flush.elapsed() >= config.flush_interval {
+            last_flush = Instant::now();
+            let svcs = services();
+            follow(&svcs)?;
+            tracker.set_services(svcs);
+            tracker.set_wall_offset(wall_offset_ns());
+            tracker.expire(now);
+            let (red, edges) = tracker.drain();
+            for batch in [Batch::Red(red), Batch::Edges(edges)] {
+                if let Err(e) = rt.block_on(telemetry.insert_batch(batch)) {
+                    tracing::warn!(error = %e, "cannot store eBPF aggregates");
+                }
+            }
+            let sum =
+                |slot: u32| -> u64 { stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+            st.dropped = sum(coral_ebpf::STAT_DROPS) + sum(coral_ebpf::STAT_NO_RING);
+            st.requests = tracker.requests;
+            if st.dropped > dropped_logged {
+                tracing::warn!(
+                    dropped = st.dropped,
+                    "eBPF ring buffers were full: events dropped (raise agent.ebpf.ring_bytes)"
+                );
+                dropped_logged = st.dropped;
+            }
+            set(st.clone());
+        }
+        if stopping {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+}

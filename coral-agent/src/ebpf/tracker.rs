@@ -1,0 +1,428 @@
+//! Turns decoded events (in timestamp order) into RED aggregates per
+//! service, method, route and minute, and connection-map edges.
+//!
+//! A server-side connection is followed only if it was accepted on the port
+//! of a connected service; the process that accepted it is then known to be
+//! that service, which names the source of its outgoing connections. Edges
+//! are kept when either end is a connected service.
+
+use super::event::{ConnId, Dir, EdgeKind, Event};
+use super::hist::Hist;
+use super::http;
+use coral_proto::{EdgeRecord, RedRecord};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// Most connections followed at once.
+const MAX_CONNS: usize = 65_536;
+/// Most distinct routes per service and flush; the rest become `{other}`.
+const MAX_ROUTES: usize = 500;
+/// Most processes remembered as services.
+const MAX_PROCS: usize = 4_096;
+/// A response of unknown length ends after this long without writes.
+const OPEN_IDLE_NS: u64 = 2_000_000_000;
+
+#[derive(Debug, Default)]
+struct RedAgg {
+    count: u64,
+    errors: u64,
+    client_errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    sum_us: u64,
+    max_us: u64,
+    hist: Hist,
+}
+
+#[derive(Debug, Default)]
+struct EdgeAgg {
+    connections: u64,
+    failures: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    rtt_sum_us: u64,
+    rtt_count: u64,
+    rtt_max_us: u64,
+}
+
+type RedKey = (i64, String, String, String);
+type EdgeKey = (i64, String, u32, String, Option<String>);
+
+struct Followed {
+    service: String,
+    http: http::Conn,
+}
+
+pub struct Tracker {
+    agent_id: String,
+    /// Listening port → connected service.
+    ports: HashMap<u16, String>,
+    /// Process → the service it serves (learned from accepts).
+    procs: HashMap<u32, String>,
+    conns: HashMap<ConnId, Followed>,
+    red: HashMap<RedKey, RedAgg>,
+    routes: HashMap<String, usize>,
+    edges: HashMap<EdgeKey, EdgeAgg>,
+    /// Wall clock minus the BPF clock (CLOCK_MONOTONIC), ns.
+    wall_offset_ns: i64,
+    exchanges: Vec<http::Exchange>,
+    /// Requests paired since start.
+    pub requests: u64,
+}
+
+fn minute_ms(wall_ns: i64) -> i64 {
+    let ms = wall_ns.div_euclid(1_000_000);
+    ms - ms.rem_euclid(60_000)
+}
+
+fn addr_string(a: Option<(IpAddr, u16)>) -> String {
+    match a {
+        Some((IpAddr::V6(ip), port)) => format!("[{ip}]:{port}"),
+        Some((ip, port)) => format!("{ip}:{port}"),
+        None => "?".into(),
+    }
+}
+
+impl Tracker {
+    pub fn new(agent_id: &str, wall_offset_ns: i64) -> Self {
+        Tracker {
+            agent_id: agent_id.to_string(),
+            ports: HashMap::new(),
+            procs: HashMap::new(),
+            conns: HashMap::new(),
+            red: HashMap::new(),
+            routes: HashMap::new(),
+            edges: HashMap::new(),
+            wall_offset_ns,
+            exchanges: Vec::new(),
+            requests: 0,
+        }
+    }
+
+    pub fn set_wall_offset(&mut self, ns: i64) {
+        self.wall_offset_ns = ns;
+    }
+
+    /// The connected services, as (port, name).
+    pub fn set_services(&mut self, services: impl IntoIterator<Item = (u16, String)>) {
+        self.ports = services.into_iter().collect();
+    }
+
+    pub fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Accept { conn, lport, .. } => {
+                let Some(service) = self.ports.get(&lport).cloned() else {
+                    return;
+                };
+                if self.procs.len() < MAX_PROCS || self.procs.contains_key(&conn.tgid) {
+                    self.procs.insert(conn.tgid, service.clone());
+                }
+                if self.conns.len() < MAX_CONNS {
+                    self.conns.insert(
+                        conn,
+                        Followed {
+                            service,
+                            http: http::Conn::default(),
+                        },
+                    );
+                }
+            }
+            Event::Data {
+                conn,
+                dir,
+                len,
+                data,
+                ts_ns,
+                ..
+            } => {
+                let Some(f) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                let mut out = std::mem::take(&mut self.exchanges);
+                match dir {
+                    Dir::In => f.http.on_read(ts_ns, len, &data, &mut out),
+                    Dir::Out => f.http.on_write(ts_ns, len, &data, &mut out),
+                }
+                let service = f.service.clone();
+                self.record(&service, &mut out);
+                self.exchanges = out;
+            }
+            Event::Close { conn, .. } => {
+                if let Some(mut f) = self.conns.remove(&conn) {
+                    let mut out = std::mem::take(&mut self.exchanges);
+                    f.http.on_close(&mut out);
+                    self.record(&f.service, &mut out);
+                    self.exchanges = out;
+                }
+            }
+            Event::Edge {
+                kind,
+                tgid,
+                comm,
+                dst,
+                srtt_us,
+                bytes_acked,
+                bytes_received,
+                ts_ns,
+                ..
+            } => {
+                let dst_service = dst.and_then(|(_, port)| self.ports.get(&port).cloned());
+                let src = match self.procs.get(&tgid) {
+                    Some(s) => s.clone(),
+                    None if dst_service.is_some() => comm,
+                    None => return,
+                };
+                let key = (
+                    minute_ms(ts_ns as i64 + self.wall_offset_ns),
+                    src,
+                    tgid,
+                    addr_string(dst),
+                    dst_service,
+                );
+                let e = self.edges.entry(key).or_default();
+                match kind {
+                    EdgeKind::Open => e.connections += 1,
+                    EdgeKind::Fail => e.failures += 1,
+                    EdgeKind::Close => {
+                        e.bytes_sent += bytes_acked;
+                        e.bytes_received += bytes_received;
+                        if srtt_us > 0 {
+                            e.rtt_sum_us += u64::from(srtt_us);
+                            e.rtt_count += 1;
+                            e.rtt_max_us = e.rtt_max_us.max(u64::from(srtt_us));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, service: &str, out: &mut Vec<http::Exchange>) {
+        for x in out.drain(..) {
+            self.requests += 1;
+            let minute = minute_ms(x.start_ns as i64 + self.wall_offset_ns);
+            let mut route = super::route::normalise(&x.target);
+            let key = (minute, service.to_string(), x.method.clone(), route.clone());
+            if !self.red.contains_key(&key) {
+                let n = self.routes.entry(service.to_string()).or_default();
+                if *n >= MAX_ROUTES {
+                    route = "{other}".into();
+                } else {
+                    *n += 1;
+                }
+            }
+            let us = x.duration_us();
+            let a = self
+                .red
+                .entry((minute, service.to_string(), x.method, route))
+                .or_default();
+            a.count += 1;
+            a.errors += u64::from((500..600).contains(&x.status));
+            a.client_errors += u64::from((400..500).contains(&x.status));
+            a.bytes_in += x.bytes_in;
+            a.bytes_out += x.bytes_out;
+            a.sum_us += us;
+            a.max_us = a.max_us.max(us);
+            a.hist.record(us);
+        }
+    }
+
+    /// Ends responses of unknown length that went idle.
+    pub fn expire(&mut self, now_ns: u64) {
+        let mut out = std::mem::take(&mut self.exchanges);
+        let mut done: Vec<(String, Vec<http::Exchange>)> = Vec::new();
+        for f in self.conns.values_mut() {
+            f.http.expire(now_ns, OPEN_IDLE_NS, &mut out);
+            if !out.is_empty() {
+                done.push((f.service.clone(), std::mem::take(&mut out)));
+            }
+        }
+        for (service, mut xs) in done {
+            self.record(&service, &mut xs);
+        }
+        self.exchanges = out;
+    }
+
+    /// Takes the aggregates gathered since the last call, as rows.
+    pub fn drain(&mut self) -> (Vec<RedRecord>, Vec<EdgeRecord>) {
+        self.routes.clear();
+        let red = self
+            .red
+            .drain()
+            .map(|((minute_ms, service, method, route), a)| RedRecord {
+                agent_id: self.agent_id.clone(),
+                seq: 0,
+                minute_ms,
+                service,
+                method,
+                route,
+                count: a.count,
+                errors: a.errors,
+                client_errors: a.client_errors,
+                bytes_in: a.bytes_in,
+                bytes_out: a.bytes_out,
+                sum_us: a.sum_us,
+                max_us: a.max_us,
+                hist: a.hist.encode(),
+            })
+            .collect();
+        let edges = self
+            .edges
+            .drain()
+            .map(
+                |((minute_ms, src, src_pid, dst_addr, dst_service), e)| EdgeRecord {
+                    agent_id: self.agent_id.clone(),
+                    seq: 0,
+                    minute_ms,
+                    src,
+                    src_pid,
+                    dst_addr,
+                    dst_service,
+                    connections: e.connections,
+                    failures: e.failures,
+                    bytes_sent: e.bytes_sent,
+                    bytes_received: e.bytes_received,
+                    rtt_sum_us: e.rtt_sum_us,
+                    rtt_count: e.rtt_count,
+                    rtt_max_us: e.rtt_max_us,
+                },
+            )
+            .collect();
+        (red, edges)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(fd: u32) -> ConnId {
+        ConnId {
+            tgid: 100,
+            fd,
+            start_ns: 1,
+        }
+    }
+
+    fn data(fd: u32, dir: Dir, ts_ns: u64, s: &str) -> Event {
+        Event::Data {
+            conn: conn(fd),
+            lport: 8080,
+            dir,
+            len: s.len() as u32,
+            data: s.as_bytes().to_vec(),
+            ts_ns,
+        }
+    }
+
+    fn accept(fd: u32, lport: u16) -> Event {
+        Event::Accept {
+            conn: conn(fd),
+            lport,
+            peer: None,
+            comm: "api".into(),
+            ts_ns: 0,
+        }
+    }
+
+    #[test]
+    fn aggregates_per_route_and_minute_with_errors_and_latency() {
+        let mut t = Tracker::new("a1", 0);
+        t.set_services([(8080, "api".to_string())]);
+        t.handle(accept(5, 8080));
+        t.handle(accept(6, 9999)); // not a connected service: ignored
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let err = "HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n";
+        for i in 0..10u64 {
+            let ts = i * 1_000_000;
+            t.handle(data(
+                5,
+                Dir::In,
+                ts,
+                &format!("GET /api/orders/{i} HTTP/1.1\r\n\r\n"),
+            ));
+            t.handle(data(6, Dir::In, ts, "GET /x HTTP/1.1\r\n\r\n"));
+            let resp = if i < 2 { err } else { ok };
+            t.handle(data(5, Dir::Out, ts + 10_000_000, resp));
+        }
+        t.handle(Event::Close {
+            conn: conn(5),
+            ts_ns: 0,
+        });
+        let (red, edges) = t.drain();
+        assert!(edges.is_empty());
+        assert_eq!(red.len(), 1);
+        let r = &red[0];
+        assert_eq!(
+            (r.service.as_str(), r.method.as_str(), r.route.as_str()),
+            ("api", "GET", "/api/orders/{id}")
+        );
+        assert_eq!((r.count, r.errors, r.client_errors), (10, 2, 0));
+        assert_eq!(r.max_us, 10_000);
+        assert_eq!(
+            Hist::decode(&r.hist).quantile(0.5),
+            super::super::hist::value(super::super::hist::bucket(10_000))
+        );
+        assert_eq!(t.connections(), 0);
+        assert_eq!(t.drain().0.len(), 0);
+    }
+
+    #[test]
+    fn edges_name_the_service_process_and_the_peer_service() {
+        let mut t = Tracker::new("a1", 0);
+        t.set_services([(8080, "api".to_string()), (9090, "db".to_string())]);
+        t.handle(accept(5, 8080)); // pid 100 is "api"
+        let edge = |kind, tgid: u32, port: u16, bytes: u64| Event::Edge {
+            kind,
+            tgid,
+            comm: "proc".into(),
+            src: None,
+            dst: Some(("127.0.0.1".parse().unwrap(), port)),
+            srtt_us: 50,
+            bytes_acked: bytes,
+            bytes_received: bytes * 2,
+            ts_ns: 5,
+        };
+        t.handle(edge(EdgeKind::Open, 100, 9090, 0));
+        t.handle(edge(EdgeKind::Close, 100, 9090, 10));
+        t.handle(edge(EdgeKind::Fail, 100, 9091, 0));
+        t.handle(edge(EdgeKind::Open, 7, 8080, 0)); // a client of api
+        t.handle(edge(EdgeKind::Open, 8, 5555, 0)); // unrelated: dropped
+        let (_, mut edges) = t.drain();
+        edges.sort_by(|a, b| a.dst_addr.cmp(&b.dst_addr));
+        let got: Vec<_> = edges
+            .iter()
+            .map(|e| {
+                (
+                    e.src.as_str(),
+                    e.dst_addr.as_str(),
+                    e.dst_service.as_deref(),
+                    e.connections,
+                    e.failures,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("proc", "127.0.0.1:8080", Some("api"), 1, 0),
+                ("api", "127.0.0.1:9090", Some("db"), 1, 0),
+                ("api", "127.0.0.1:9091", None, 0, 1),
+            ]
+        );
+        assert_eq!(edges[1].bytes_sent, 10);
+        assert_eq!(edges[1].bytes_received, 20);
+        assert_eq!(edges[1].rtt_max_us, 50);
+    }
+
+    #[test]
+    fn minutes_round_down() {
+        assert_eq!(minute_ms(0), 0);
+        assert_eq!(minute_ms(61_000_000_000), 60_000);
+        assert_eq!(minute_ms(119_999_999_999), 60_000);
+    }
+}

@@ -1,0 +1,608 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+//
+// Coral's RED + connection-map programs.
+//
+// * HTTP/1.x capture: the raw syscall tracepoints (raw_syscalls:sys_enter and
+//   sys_exit, filtered to accept, read, recvfrom, readv, recvmsg, write,
+//   sendto, writev, sendmsg and close) on the server side of every TCP
+//   connection accepted, while the programs are attached, on a port in the
+//   `ports` set (the agent's connected services). Each successful
+//   read/write-like syscall on such a socket sends one event with the byte
+//   count and the first CAP bytes; userspace parses and pairs them.
+// * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
+//   (inside connect(), so in the caller's process context) is remembered with
+//   its process; its ESTABLISHED / CLOSE transitions become edge events with
+//   bytes and smoothed RTT read from struct tcp_sock (CO-RE).
+//
+// Events go to one BPF ring buffer per CPU (an ARRAY_OF_MAPS filled by the
+// loader, sized by config) without wakeups: the agent polls. A full ring
+// drops the event and counts it; the traced app never waits.
+//
+// Verifier notes: no loops except bounded ones, every user read has a
+// constant upper bound (CAP), map values are checked for NULL.
+
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define MAX_CPUS 128
+#define CAP 4096   /* bytes captured per read (pipelined requests fit); a power of two */
+#define CAP_OUT 512 /* bytes captured per write: the response head */
+#define MAX_CONNS 65536
+#define HOT_SLOTS 4096 /* tgid filter slots; a power of two */
+
+#define EV_DATA 1
+#define EV_ACCEPT 2
+#define EV_CLOSE 3
+#define EV_EDGE_OPEN 4
+#define EV_EDGE_FAIL 5
+#define EV_EDGE_CLOSE 6
+
+#define DIR_IN 0
+#define DIR_OUT 1
+
+#define ARG_BUF 0
+#define ARG_IOV 1
+#define ARG_MSG 2
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EINPROGRESS 115
+
+/* Stats slots (per CPU, summed by the agent). */
+#define ST_EVENTS 0
+#define ST_DROPS 1
+#define ST_NO_RING 2
+#define ST_CONNS_FULL 3
+#define ST_MAX 8
+
+/* Set by the loader: the agent's own process, never traced. */
+const volatile __u32 coral_self_tgid = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MAX_CPUS);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_RINGBUF);
+		__uint(max_entries, 4096);
+	});
+} rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ST_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Listening ports to follow (the agent's connected services), one bit
+ * each; the agent rewrites it when services change. */
+struct port_set {
+	__u64 bits[1024];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct port_set);
+} ports SEC(".maps");
+
+/* Followed connections per tgid slot: a syscall of a process with none
+ * returns after one array lookup (the verifier inlines it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HOT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} hot SEC(".maps");
+
+/* An accepted (server-side) TCP connection, keyed by tgid << 32 | fd.
+ * LRU: entries of processes that exit without close() age out. */
+struct conn {
+	__u64 start_ns; /* accept time: with tgid and fd, the connection's identity */
+	__u16 lport;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+/* A thread inside accept(), keyed by pid_tgid. */
+struct args {
+	__u64 buf; /* buffer, iovec array or msghdr */
+	__u32 fd;
+	__u8 kind;
+	__u8 dir;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct args);
+} active SEC(".maps");
+
+/* A client socket in SYN_SENT or later, keyed by its struct sock address. */
+struct owner {
+	__u32 tgid;
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, struct owner);
+} owners SEC(".maps");
+
+/* The wire format read by coral-agent/src/ebpf/event.rs: keep in step. */
+struct data_event {
+	__u8 kind;
+	__u8 dir;
+	__u16 lport;
+	__u32 tgid;
+	__u32 fd;
+	__u32 len; /* bytes the syscall moved */
+	__u64 conn_start_ns;
+	__u64 ts_ns;
+	__u32 cap; /* bytes captured below */
+	__u32 _pad;
+	__u8 data[CAP];
+};
+
+struct conn_event {
+	__u8 kind;
+	__u8 family;
+	__u16 lport;
+	__u32 tgid;
+	__u32 fd;
+	__u16 rport;
+	__u16 _pad;
+	__u64 conn_start_ns;
+	__u64 ts_ns;
+	__u8 raddr[16];
+	char comm[16];
+};
+
+struct edge_event {
+	__u8 kind;
+	__u8 family;
+	__u16 sport;
+	__u16 dport;
+	__u16 _pad;
+	__u32 tgid;
+	__u32 srtt_us;
+	__u64 ts_ns;
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[16];
+};
+
+/* The offsets coral-agent/src/ebpf/event.rs reads. */
+_Static_assert(__builtin_offsetof(struct data_event, data) == 40, "data_event layout");
+_Static_assert(CAP_OUT <= CAP, "capture sizes");
+_Static_assert(sizeof(struct conn_event) == 64, "conn_event layout");
+_Static_assert(__builtin_offsetof(struct conn_event, raddr) == 32, "conn_event layout");
+_Static_assert(sizeof(struct edge_event) == 88, "edge_event layout");
+_Static_assert(__builtin_offsetof(struct edge_event, saddr) == 40, "edge_event layout");
+
+/* Scratch space for building a data event (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct data_event);
+} scratch SEC(".maps");
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &slot);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int emit(void *data, __u64 size)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	void *ring = bpf_map_lookup_elem(&rings, &cpu);
+	if (!ring) {
+		count(ST_NO_RING);
+		return -1;
+	}
+	if (bpf_ringbuf_output(ring, data, size, BPF_RB_NO_WAKEUP)) {
+		count(ST_DROPS);
+		return -1;
+	}
+	count(ST_EVENTS);
+	return 0;
+}
+
+static __always_inline int traced(__u64 pid_tgid)
+{
+	return (__u32)(pid_tgid >> 32) != coral_self_tgid;
+}
+
+static __always_inline __u32 *hot_slot(__u64 pid_tgid)
+{
+	__u32 k = (__u32)(pid_tgid >> 32) & (HOT_SLOTS - 1);
+	return bpf_map_lookup_elem(&hot, &k);
+}
+
+static __always_inline int is_hot(__u64 pid_tgid)
+{
+	__u32 *v = hot_slot(pid_tgid);
+	return v && *v;
+}
+
+static __always_inline int port_wanted(__u16 port)
+{
+	__u32 zero = 0;
+	struct port_set *p = bpf_map_lookup_elem(&ports, &zero);
+	if (!p)
+		return 0;
+	return (p->bits[(port >> 6) & 1023] >> (port & 63)) & 1;
+}
+
+/* The struct sock behind fd in the current task, or NULL. */
+static __always_inline struct sock *sock_of_fd(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct files_struct *files = BPF_CORE_READ(task, files);
+	if (!files)
+		return NULL;
+	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	if (!fdt)
+		return NULL;
+	if (fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return NULL;
+	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* ---- syscalls: raw_syscalls:sys_enter / sys_exit ----
+ *
+ * Two raw tracepoints instead of one tracepoint per syscall (those cost a
+ * perf buffer and an argument copy per hit): every syscall of every process
+ * passes through them. sys_enter acts on accept only; sys_exit returns
+ * after one array lookup for a process with no followed connection, and
+ * otherwise reads the syscall number and arguments from the saved user
+ * registers.
+ */
+
+#if defined(__TARGET_ARCH_x86)
+#define NR_read 0
+#define NR_write 1
+#define NR_close 3
+#define NR_readv 19
+#define NR_writev 20
+#define NR_accept 43
+#define NR_sendto 44
+#define NR_recvfrom 45
+#define NR_sendmsg 46
+#define NR_recvmsg 47
+#define NR_accept4 288
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_read 63
+#define NR_write 64
+#define NR_close 57
+#define NR_readv 65
+#define NR_writev 66
+#define NR_accept 202
+#define NR_sendto 206
+#define NR_recvfrom 207
+#define NR_sendmsg 211
+#define NR_recvmsg 212
+#define NR_accept4 242
+#else
+#error "syscall numbers for this architecture"
+#endif
+
+#define ARG_ACCEPT 3
+
+static __always_inline void on_accept_exit(__u64 pid_tgid, long ret)
+{
+	if (ret < 0)
+		return;
+	__u32 fd = (__u32)ret;
+	struct sock *sk = sock_of_fd(fd);
+	if (!sk)
+		return;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return;
+	struct conn c = {};
+	c.start_ns = bpf_ktime_get_ns();
+	c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!port_wanted(c.lport))
+		return;
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY)) {
+		count(ST_CONNS_FULL);
+		return;
+	}
+	__u32 *h = hot_slot(pid_tgid);
+	if (h)
+		__sync_fetch_and_add(h, 1);
+	struct conn_event e = {};
+	e.kind = EV_ACCEPT;
+	e.family = family;
+	e.lport = c.lport;
+	e.tgid = pid_tgid >> 32;
+	e.fd = fd;
+	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e.conn_start_ns = c.start_ns;
+	e.ts_ns = c.start_ns;
+	if (family == AF_INET)
+		BPF_CORE_READ_INTO(&e.raddr, sk, __sk_common.skc_daddr);
+	else
+		BPF_CORE_READ_INTO(&e.raddr, sk, __sk_common.skc_v6_daddr);
+	bpf_get_current_comm(&e.comm, sizeof(e.comm));
+	emit(&e, sizeof(e));
+}
+
+static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
+{
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c)
+		return;
+	struct conn_event e = {};
+	e.kind = EV_CLOSE;
+	e.lport = c->lport;
+	e.tgid = pid_tgid >> 32;
+	e.fd = fd;
+	e.conn_start_ns = c->start_ns;
+	e.ts_ns = bpf_ktime_get_ns();
+	if (bpf_map_delete_elem(&conns, &key) == 0) {
+		__u32 *h = hot_slot(pid_tgid);
+		if (h && *h)
+			__sync_fetch_and_add(h, -1);
+	}
+	emit(&e, sizeof(e));
+}
+
+/* The raw tracepoints' arguments (no CO-RE relocation on the context: it
+ * is the tracepoint's ABI, not a kernel struct). */
+struct raw_sys_args {
+	__u64 regs; /* struct pt_regs * */
+	long arg;   /* sys_enter: the syscall number; sys_exit: its return */
+};
+
+SEC("raw_tracepoint/sys_enter")
+int sys_enter(struct raw_sys_args *ctx)
+{
+	long id = ctx->arg;
+	if (id != NR_accept && id != NR_accept4)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	/* Any process may accept a followed connection: mark it hot until the
+	 * accept returns, so sys_exit looks at it. */
+	struct args a = {};
+	a.kind = ARG_ACCEPT;
+	if (bpf_map_update_elem(&active, &pid_tgid, &a, BPF_ANY))
+		return 0;
+	__u32 *h = hot_slot(pid_tgid);
+	if (h)
+		__sync_fetch_and_add(h, 1);
+	return 0;
+}
+
+/* At syscall exit the saved user registers still hold the number and the
+ * first arguments (only the return register changed), so data syscalls
+ * need no state saved at entry. */
+#if defined(__TARGET_ARCH_x86)
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, di)
+#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, si)
+#elif defined(__TARGET_ARCH_arm64)
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, orig_x0)
+#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, regs[1])
+#endif
+
+SEC("raw_tracepoint/sys_exit")
+int sys_exit(struct raw_sys_args *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_hot(pid_tgid))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)ctx->regs;
+	long nr = SYSCALL_NR(regs);
+	long ret = ctx->arg;
+	__u8 kind, dir = DIR_IN;
+	switch (nr) {
+	case NR_read:
+	case NR_recvfrom:
+		kind = ARG_BUF;
+		break;
+	case NR_readv:
+		kind = ARG_IOV;
+		break;
+	case NR_recvmsg:
+		kind = ARG_MSG;
+		break;
+	case NR_write:
+	case NR_sendto:
+		kind = ARG_BUF;
+		dir = DIR_OUT;
+		break;
+	case NR_writev:
+		kind = ARG_IOV;
+		dir = DIR_OUT;
+		break;
+	case NR_sendmsg:
+		kind = ARG_MSG;
+		dir = DIR_OUT;
+		break;
+	case NR_close:
+		if (ret == 0)
+			on_close(pid_tgid, (__u32)SYSCALL_ARG1(regs));
+		return 0;
+	case NR_accept:
+	case NR_accept4: {
+		if (!bpf_map_lookup_elem(&active, &pid_tgid))
+			return 0;
+		bpf_map_delete_elem(&active, &pid_tgid);
+		__u32 *h = hot_slot(pid_tgid);
+		if (h && *h)
+			__sync_fetch_and_add(h, -1);
+		on_accept_exit(pid_tgid, ret);
+		return 0;
+	}
+	default:
+		return 0;
+	}
+	if (ret <= 0)
+		return 0;
+	__u32 fd = (__u32)SYSCALL_ARG1(regs);
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c)
+		return 0;
+	__u32 zero = 0;
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	e->kind = EV_DATA;
+	e->dir = dir;
+	e->lport = c->lport;
+	e->tgid = pid_tgid >> 32;
+	e->fd = fd;
+	e->len = ret;
+	e->conn_start_ns = c->start_ns;
+	e->ts_ns = bpf_ktime_get_ns();
+	__u64 src = SYSCALL_ARG2(regs);
+	__u64 avail = ret;
+	if (kind != ARG_BUF) {
+		/* msghdr -> msg_iov; then the first iovec only. */
+		__u64 iov = src;
+		if (kind == ARG_MSG) {
+			struct user_msghdr msg = {};
+			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)src))
+				goto nocap;
+			iov = (__u64)msg.msg_iov;
+		}
+		struct iovec v = {};
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)iov))
+			goto nocap;
+		src = (__u64)v.iov_base;
+		if (v.iov_len < avail)
+			avail = v.iov_len;
+	}
+	__u32 limit = dir == DIR_IN ? CAP : CAP_OUT;
+	__u32 cap = avail > limit ? limit : avail;
+	barrier_var(cap);
+	if (cap > CAP) /* restated after the barrier so the verifier sees the bound */
+		cap = CAP;
+	if (bpf_probe_read_user(e->data, cap, (void *)src))
+		goto nocap;
+	e->cap = cap;
+	emit(e, offsetof(struct data_event, data) + cap);
+	return 0;
+nocap:
+	e->cap = 0;
+	emit(e, offsetof(struct data_event, data));
+	return 0;
+}
+
+/* ---- connection map ---- */
+
+struct set_state_ctx {
+	__u64 common;
+	const void *skaddr;
+	int oldstate;
+	int newstate;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 protocol;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+};
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int set_state(struct set_state_ctx *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	__u64 sk = (__u64)ctx->skaddr;
+	if (ctx->newstate == TCP_SYN_SENT) {
+		/* Inside connect(): the current task is the client. */
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		if (!traced(pid_tgid))
+			return 0;
+		struct owner o = {};
+		o.tgid = pid_tgid >> 32;
+		bpf_get_current_comm(&o.comm, sizeof(o.comm));
+		if (bpf_map_update_elem(&owners, &sk, &o, BPF_ANY))
+			count(ST_CONNS_FULL);
+		return 0;
+	}
+	__u8 kind;
+	if (ctx->oldstate == TCP_SYN_SENT && ctx->newstate == TCP_ESTABLISHED)
+		kind = EV_EDGE_OPEN;
+	else if (ctx->oldstate == TCP_SYN_SENT && ctx->newstate == TCP_CLOSE)
+		kind = EV_EDGE_FAIL;
+	else if (ctx->newstate == TCP_CLOSE)
+		kind = EV_EDGE_CLOSE;
+	else
+		return 0;
+	struct owner *o = bpf_map_lookup_elem(&owners, &sk);
+	if (!o)
+		return 0;
+	struct edge_event e = {};
+	e.kind = kind;
+	e.family = ctx->family;
+	e.sport = ctx->sport;
+	e.dport = ctx->dport;
+	e.tgid = o->tgid;
+	__builtin_memcpy(e.comm, o->comm, sizeof(e.comm));
+	e.ts_ns = bpf_ktime_get_ns();
+	if (ctx->family == AF_INET) {
+		__builtin_memcpy(e.saddr, ctx->saddr, 4);
+		__builtin_memcpy(e.daddr, ctx->daddr, 4);
+	} else {
+		__builtin_memcpy(e.saddr, ctx->saddr_v6, 16);
+		__builtin_memcpy(e.daddr, ctx->daddr_v6, 16);
+	}
+	if (kind == EV_EDGE_CLOSE) {
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+		e.srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+		e.bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+		e.bytes_received = BPF_CORE_READ(tp, bytes_received);
+	}
+	if (kind != EV_EDGE_OPEN)
+		bpf_map_delete_elem(&owners, &sk);
+	emit(&e, sizeof(e));
+	return 0;
+}
