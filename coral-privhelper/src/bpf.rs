@@ -222,13 +222,20 @@ fn chain(e: &dyn std::error::Error) -> String {
     s.chars().take(2000).collect()
 }
 
-/// Where tracefs is mounted, mounting it at `/sys/kernel/tracing` if it is
-/// not (needs `CAP_SYS_ADMIN`).
-pub fn tracefs() -> Result<PathBuf, BpfError> {
+/// Where tracefs is mounted. Only the helper mounts it at
+/// `/sys/kernel/tracing` when it is not (`mount`, needs `CAP_SYS_ADMIN`); a
+/// daemon loading directly is sandboxed and may not mount, so it says what
+/// to do instead.
+pub fn tracefs(may_mount: bool) -> Result<PathBuf, BpfError> {
     for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if Path::new(p).join("events").is_dir() {
             return Ok(PathBuf::from(p));
         }
+    }
+    if !may_mount {
+        return Err(BpfError::Invalid(
+            "tracefs is not mounted (run 'mount -t tracefs nodev /sys/kernel/tracing', or use coral-privhelper)".into(),
+        ));
     }
     let target = Path::new("/sys/kernel/tracing");
     nix::mount::mount(
@@ -290,7 +297,7 @@ const BPF_PERF_EVENT: u32 = 41;
 
 /// Attaches program `index` of `loaded` to its tracepoint from the embedded
 /// table; returns the BPF link fd (closing it detaches).
-pub fn attach(loaded: &Loaded, index: usize) -> Result<OwnedFd, BpfError> {
+pub fn attach(loaded: &Loaded, index: usize, may_mount: bool) -> Result<OwnedFd, BpfError> {
     let p = loaded
         .programs
         .get(index)
@@ -299,7 +306,7 @@ pub fn attach(loaded: &Loaded, index: usize) -> Result<OwnedFd, BpfError> {
     if p.raw {
         return attach_raw(p, prog_fd);
     }
-    let dir = tracefs()?;
+    let dir = tracefs(may_mount)?;
     let id_path = dir
         .join("events")
         .join(p.category)
@@ -396,7 +403,8 @@ fn attach_raw(p: &Program, prog_fd: &OwnedFd) -> Result<OwnedFd, BpfError> {
 }
 
 /// Loads `name` and attaches every program: what a privileged daemon does
-/// without the helper. Returns the loaded fds and the link fds.
+/// without the helper (it never mounts tracefs). Returns the loaded fds and
+/// the link fds.
 pub fn load_and_attach(
     name: &str,
     sha256: &[u8; 32],
@@ -405,7 +413,7 @@ pub fn load_and_attach(
 ) -> Result<(Loaded, Vec<OwnedFd>), BpfError> {
     let loaded = load(name, sha256, ring_bytes, self_tgid)?;
     let links = (0..loaded.programs.len())
-        .map(|i| attach(&loaded, i))
+        .map(|i| attach(&loaded, i, false))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((loaded, links))
 }

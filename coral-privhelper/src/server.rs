@@ -444,7 +444,7 @@ fn handle(
                 ),
                 None => format!("prog={prog}"),
             };
-            match bpf::attach(loaded, usize::from(prog)) {
+            match bpf::attach(loaded, usize::from(prog), true) {
                 Ok(link) => {
                     let r = Response::BpfAttached { prog };
                     let res = wire::send_frame(
