@@ -987,6 +987,20 @@ pub struct RedSummary {
     pub max_us: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The same service (and route) over the same window as its OTLP
+    /// server spans report it, when the app sends traces: eBPF and tracing
+    /// side by side (issue 6).
+    #[serde(default)]
+    pub spans: Option<SpanStats>,
+}
+
+/// Server spans of one service (or route) in a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanStats {
+    pub count: u64,
+    pub errors: u64,
+    pub p50_us: u64,
+    pub p95_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -167,8 +167,70 @@ impl RedAcc {
             max_us: self.max_us,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
+            spans: None,
         }
     }
+}
+
+/// Server spans since `since_ms` per service, and per service, method and
+/// route: the method and route from the span's `http.request.method` /
+/// `http.method` and `http.route` attributes, else from a `METHOD /route`
+/// span name (the OpenTelemetry HTTP server convention).
+async fn span_stats(
+    t: &Telemetry,
+    since_ms: i64,
+    service: Option<String>,
+) -> Result<
+    (
+        std::collections::HashMap<String, coral_proto::SpanStats>,
+        std::collections::HashMap<(String, String, String), coral_proto::SpanStats>,
+    ),
+    QueryError,
+> {
+    let rows: Vec<(String, Option<String>, Option<String>, i64, i64, f64, f64)> = t
+        .query(move |c| {
+            c.prepare(
+                "WITH s AS (
+                    SELECT service, status_code, duration_us,
+                      coalesce(nullif(regexp_extract(attributes, '\"http\\.request\\.method\":\"([A-Z]+)\"', 1), ''),
+                               nullif(regexp_extract(attributes, '\"http\\.method\":\"([A-Z]+)\"', 1), ''),
+                               nullif(regexp_extract(name, '^([A-Z]+) /', 1), '')) AS method,
+                      coalesce(nullif(regexp_extract(attributes, '\"http\\.route\":\"([^\"]*)\"', 1), ''),
+                               nullif(regexp_extract(name, '^[A-Z]+ (/\\S*)', 1), '')) AS route
+                    FROM spans
+                    WHERE start_ts >= make_timestamp(?::BIGINT) AND kind = 'server'
+                      AND (?::VARCHAR IS NULL OR service = ?::VARCHAR))
+                 SELECT service, method, route, count(*), count(*) FILTER (WHERE status_code = 'error'),
+                        quantile_cont(duration_us, 0.5), quantile_cont(duration_us, 0.95)
+                 FROM s GROUP BY GROUPING SETS ((service), (service, method, route))",
+            )?
+            .query_map(duckdb::params![since_ms * 1000, service, service], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })?
+            .collect()
+        })
+        .await
+        .map_err(storage)?;
+    let mut per_service = std::collections::HashMap::new();
+    let mut per_route = std::collections::HashMap::new();
+    for (svc, method, route, n, errors, p50, p95) in rows {
+        let st = coral_proto::SpanStats {
+            count: n as u64,
+            errors: errors as u64,
+            p50_us: p50 as u64,
+            p95_us: p95 as u64,
+        };
+        match (method, route) {
+            (Some(m), Some(r)) => {
+                per_route.insert((svc, m, r), st);
+            }
+            (None, None) => {
+                per_service.insert(svc, st);
+            }
+            _ => {}
+        }
+    }
+    Ok((per_service, per_route))
 }
 
 /// RED figures per service and per route since `q.since_ms` (rounded down
@@ -221,6 +283,19 @@ pub async fn metrics(
             .then(a.service.cmp(&b.service))
             .then(a.route.cmp(&b.route))
     });
+    // The same window's server spans, matched by service name (OTLP
+    // `service.name` = the connected service's name) and route.
+    let (span_services, span_routes) = span_stats(t, since, q.service.clone()).await?;
+    for s in &mut services {
+        s.spans = span_services.get(&s.service).cloned();
+    }
+    for r in &mut routes {
+        if let (Some(m), Some(route)) = (&r.method, &r.route) {
+            r.spans = span_routes
+                .get(&(r.service.clone(), m.clone(), route.clone()))
+                .cloned();
+        }
+    }
     Ok(coral_proto::MetricsReport {
         since_ms: since,
         until_ms: now,
