@@ -52,6 +52,7 @@ bench: build
 	$(CARGO) bench -p coral-privhelper --bench requests
 	$(CARGO) build -p coral-agent --examples
 	$(CARGO) bench -p coral-agent --bench mesh --profile dev
+	$(CARGO) bench -p coral --bench mesh_join --profile dev
 
 clean:
 	$(CARGO) clean

@@ -539,7 +539,10 @@ measured in alternating batches of 10. Recovery is bounded by the agent's\n\
 reconnect backoff (with jitter), by how soon it sees the old link is dead\n\
 (a call's deadline) and by WireGuard: the restarted colony has no session,\n\
 and a stale one on the agent's side is replaced only at boringtun's rekey\n\
-timers. Targets: join p50 < 1 s, recovery p50 < 5 s.\n",
+timers. Targets: join p50 < 1 s, recovery p50 < 5 s. Recovery is bimodal\n\
+across runs: about 0.5 s when the agent's link fails fast, 5 to 17 s when it\n\
+waits for a call's deadline and a WireGuard rekey (seen in 2 of 4 runs on\n\
+2026-11-24; the slow runs print the agent's log).\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         kernel = kernel.trim(),
         cores = std::thread::available_parallelism()
