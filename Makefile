@@ -53,6 +53,7 @@ bench: build
 	$(CARGO) build -p coral-agent --examples
 	$(CARGO) bench -p coral-agent --bench mesh --profile dev
 	$(CARGO) bench -p coral --bench ebpf --profile dev
+	$(CARGO) bench -p coral --bench mesh_join --profile dev
 
 clean:
 	$(CARGO) clean
