@@ -612,3 +612,93 @@ fn colony_restart_loses_nothing_and_agent_stop_leaves_no_bpf_objects() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Issue 6: one query shows eBPF RED and the app's own OTLP server spans
+/// for the same service, route and window (the span's `service.name` is the
+/// connected service's name, its `http.route` the normalised route).
+#[test]
+fn one_query_shows_ebpf_red_and_otlp_spans_of_the_same_route() {
+    let py = std::env::var("CORAL_PYTHON").unwrap_or_default();
+    let sdk = !py.is_empty()
+        && Command::new(&py)
+            .args(["-c", "import opentelemetry.exporter.otlp.proto.http"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !sdk {
+        assert!(
+            !ci(),
+            "CORAL_PYTHON has no OpenTelemetry SDK (run packaging/dev/deps.sh)"
+        );
+        eprintln!("SKIP: no OpenTelemetry Python SDK (CORAL_PYTHON)");
+        return;
+    }
+    let env = Env::new(&config());
+    if !start(
+        &env,
+        "one_query_shows_ebpf_red_and_otlp_spans_of_the_same_route",
+    ) {
+        return;
+    }
+    let http = env.json(&["agent", "status", "--json"])["otlp_http"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port_file = env.root().join("traced.port");
+    let mut child = Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/traced_server.py"))
+        .arg(&port_file)
+        .env("OTLP_HTTP", format!("http://{http}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = wait_port_file(&port_file, &mut child);
+    let _server = Proc(child);
+    env.ok(&["connect", &format!("traced:{port}")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let l = load(port, 4, 50, 0);
+    let report = env.wait_json(
+        &[
+            "query",
+            "metrics",
+            "--service",
+            "traced",
+            "--since",
+            "10m",
+            "--json",
+        ],
+        Duration::from_secs(30),
+        "eBPF rows and spans of the route",
+        |r| {
+            route_of(r, "traced", "/api/orders/{id}").is_some_and(|x| {
+                x["count"].as_u64() >= Some(l.count)
+                    && x["spans"]["count"].as_u64() >= Some(l.count)
+            })
+        },
+    );
+    let r = route_of(&report, "traced", "/api/orders/{id}").unwrap();
+    assert_eq!(r["count"].as_u64(), Some(l.count), "{r}");
+    assert_eq!(r["spans"]["count"].as_u64(), Some(l.count), "{r}");
+    assert_eq!(r["errors"].as_u64(), Some(l.errors), "{r}");
+    assert_eq!(r["spans"]["errors"].as_u64(), Some(l.errors), "{r}");
+    // Both measure the same requests: their medians agree within 2x (the
+    // span starts after the request is parsed, eBPF at its first byte).
+    let (e, s) = (
+        r["p50_us"].as_f64().unwrap(),
+        r["spans"]["p50_us"].as_f64().unwrap(),
+    );
+    assert!(
+        s <= e * 2.0 && e <= s * 2.0 + 2000.0,
+        "p50 eBPF {e} µs, spans {s} µs ({r})"
+    );
+    let svc = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["service"] == "traced")
+        .unwrap();
+    assert_eq!(svc["spans"]["count"].as_u64(), Some(l.count), "{svc}");
+    // The human table shows both.
+    let text = env.ok(&["query", "metrics", "--service", "traced", "--since", "10m"]);
+    assert!(text.contains("SPANS"), "{text}");
+}

@@ -175,7 +175,7 @@ Reproduce: `make bench` (runs `cargo bench -p coral --bench exec --profile dev`)
 Measured {date} on Linux {kernel}, {cores} cores, build profile: {profile},\n\
 load average {load} when it started (other builds share the machine).\n\
 The command is `/usr/bin/true`; the colony and agent run on this machine and\n\
-talk tarpc over loopback TCP (the mesh is not wired in yet). A round trip is\n\
+talk tarpc over loopback TCP (the `join` section below has the same round trip over the mesh, between network namespaces). A round trip is\n\
 `exec_start` + `exec_poll` until done over the colony's local socket: the\n\
 colony finds the agent, the agent decides, writes its audit record with\n\
 fsync, spawns, waits, writes the completion record, and the answer comes back.\n\n\

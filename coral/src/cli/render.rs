@@ -461,14 +461,30 @@ pub fn metrics(m: &coral_proto::MetricsReport) -> String {
     if m.services.is_empty() {
         return NO_RED.into();
     }
+    // eBPF's figures, then the same requests as the app's OTLP server
+    // spans report them (when it sends traces).
+    let spans = |s: &coral_proto::RedSummary| -> Vec<String> {
+        match &s.spans {
+            Some(x) => vec![
+                x.count.to_string(),
+                latency(Some(x.p50_us)),
+                latency(Some(x.p95_us)),
+            ],
+            None => vec!["-".into(), "-".into(), "-".into()],
+        }
+    };
     let mut t = table(&[
-        "SERVICE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
+        "SERVICE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99", "SPANS", "SPAN P50",
+        "SPAN P95",
     ]);
     for s in &m.services {
-        t.add_row(red_row(s, s.service.clone()));
+        let mut row = red_row(s, s.service.clone());
+        row.extend(spans(s));
+        t.add_row(row);
     }
     let mut r = table(&[
-        "SERVICE", "ROUTE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
+        "SERVICE", "ROUTE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99", "SPANS",
+        "SPAN P50", "SPAN P95",
     ]);
     for s in &m.routes {
         let mut row = red_row(
@@ -480,6 +496,7 @@ pub fn metrics(m: &coral_proto::MetricsReport) -> String {
             ),
         );
         row.insert(0, s.service.clone());
+        row.extend(spans(s));
         r.add_row(row);
     }
     format!("{t}\n\n{r}\n")
