@@ -561,11 +561,10 @@ fn hang_and_fork_bomb_are_killed_at_their_timeout() {
     // or is killed at its timeout (124); either way nothing is left.
     let status = bomb.wait().unwrap().code();
     assert!(matches!(status, Some(2) | Some(124)), "{status:?}");
+    // Never above pids.max. (Sampling every 5 ms on a loaded machine can
+    // miss a bomb that hit the limit and gave up at once: 0 means unseen.)
     if current.is_some() {
-        assert!(
-            (2..=64).contains(&peak),
-            "pids in the command's cgroup peaked at {peak}"
-        );
+        assert!(peak <= 64, "pids in the command's cgroup peaked at {peak}");
     }
     eprintln!(
         "fork bomb: exit {status:?}, peak {peak} processes, {:?}",

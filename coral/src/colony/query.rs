@@ -172,6 +172,9 @@ impl RedAcc {
     }
 }
 
+/// service, method, route, count, errors, p50, p95.
+type SpanRow = (String, Option<String>, Option<String>, i64, i64, f64, f64);
+
 /// Server spans since `since_ms` per service, and per service, method and
 /// route: the method and route from the span's `http.request.method` /
 /// `http.method` and `http.route` attributes, else from a `METHOD /route`
@@ -187,7 +190,7 @@ async fn span_stats(
     ),
     QueryError,
 > {
-    let rows: Vec<(String, Option<String>, Option<String>, i64, i64, f64, f64)> = t
+    let rows: Vec<SpanRow> = t
         .query(move |c| {
             c.prepare(
                 "WITH s AS (
