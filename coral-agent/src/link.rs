@@ -78,6 +78,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+        // A fresh WireGuard handshake with the colony: a restarted colony
+        // has lost the old session, and waiting for the rekey timer would
+        // keep the agent away for up to ~20 s.
+        if let Some(m) = &shared.mesh {
+            m.device.initiate_handshakes(true).await;
+        }
         // Every few failures, ask discovery whether the colony moved.
         if let (Some(m), Some(d)) = (&shared.mesh, &shared.config.mesh.discovery) {
             let attempts = shared.link.lock().expect("link lock").attempts;

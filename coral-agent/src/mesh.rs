@@ -182,8 +182,10 @@ impl Device {
 
     /// Starts a handshake now with every peer whose endpoint is known (a
     /// restarted colony does this so its agents need not wait for their
-    /// own rekey timers).
-    pub async fn initiate_handshakes(&self) {
+    /// own rekey timers; an agent that lost its colony link does it so a
+    /// restarted colony gets a fresh session at once). `force` starts one
+    /// even if a handshake is already under way.
+    pub async fn initiate_handshakes(&self, force: bool) {
         let mut out = vec![0u8; 256];
         let mut due = Vec::new();
         for peer in self.peers_snapshot() {
@@ -193,7 +195,7 @@ impl Device {
                 .tunn
                 .lock()
                 .expect("tunn lock")
-                .format_handshake_initiation(&mut out, false)
+                .format_handshake_initiation(&mut out, force)
             {
                 due.push((p.to_vec(), to));
             }

@@ -37,6 +37,9 @@ pub(crate) struct ColonyMesh {
     rpc: Mutex<Option<tokio::net::TcpListener>>,
     /// The control plane's address on the mesh.
     pub rpc_addr: SocketAddr,
+    /// Stops the WireGuard device: after the colony's other tasks, so
+    /// closing connections reach the agents.
+    pub device_stop: tokio_util::sync::CancellationToken,
     /// Open control-plane connections per caller address, cancelled on revoke.
     conns: Mutex<Vec<(Ipv4Addr, CancellationToken)>>,
 }
@@ -206,6 +209,7 @@ impl ColonyMesh {
             join: Mutex::new(Some(join)),
             rpc: Mutex::new(Some(rpc)),
             rpc_addr,
+            device_stop: tokio_util::sync::CancellationToken::new(),
             conns: Mutex::new(Vec::new()),
         })
     }

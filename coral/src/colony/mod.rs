@@ -221,6 +221,12 @@ impl Colony {
         tracing::info!("colony stopping");
         shared.shutdown.cancel();
         control_task.abort();
+        // Agents' connections end first (their tasks watch `shutdown`);
+        // the WireGuard device carries those FINs out, then stops.
+        if let Some(m) = &shared.mesh {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            m.device_stop.cancel();
+        }
         for t in &tasks {
             t.abort();
         }

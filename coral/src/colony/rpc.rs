@@ -174,7 +174,10 @@ pub(crate) fn start_mesh(
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
     let dev = m.device.clone();
-    let stop = shared.shutdown.child_token();
+    // The device outlives the colony's other tasks by a moment on shutdown
+    // (see `Colony::run`), so the agents' connections close over it with a
+    // FIN and they reconnect at once instead of waiting for a timeout.
+    let stop = m.device_stop.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = dev.run(stop).await {
             tracing::error!(error = %e, "the WireGuard device stopped");
@@ -182,7 +185,9 @@ pub(crate) fn start_mesh(
     }));
     // A restarted colony greets the agents it knows at once.
     let dev = m.device.clone();
-    tasks.push(tokio::spawn(async move { dev.initiate_handshakes().await }));
+    tasks.push(tokio::spawn(
+        async move { dev.initiate_handshakes(false).await },
+    ));
 
     if let Some(rpc) = m.take_rpc_listener() {
         tasks.push(tokio::spawn(serve_agents(shared.clone(), rpc, true)));
