@@ -535,14 +535,14 @@ the agent's registration over the mesh. An exec round trip is `exec_start` +\n\
 (`AgentRpc` on the agent's mesh address, or on the veth address without the\n\
 mesh), the policy decision, two fsynced audit records, spawn and wait\n\
 (`isolation = \"none\"`); the two colonies run side by side and are\n\
-measured in alternating batches of 10. Recovery is bounded by the agent's\n\
-reconnect backoff (with jitter), by how soon it sees the old link is dead\n\
-(a call's deadline) and by WireGuard: the restarted colony has no session,\n\
-and a stale one on the agent's side is replaced only at boringtun's rekey\n\
-timers. Targets: join p50 < 1 s, recovery p50 < 5 s. Recovery is bimodal\n\
-across runs: about 0.5 s when the agent's link fails fast, 5 to 17 s when it\n\
-waits for a call's deadline and a WireGuard rekey (seen in 2 of 4 runs on\n\
-2026-11-24; the slow runs print the agent's log).\n",
+measured in alternating batches of 10. Recovery: a stopping colony closes\n\
+the agents' connections before its WireGuard device stops, so each agent\n\
+sees the link end at once, and an agent whose link failed forces a fresh\n\
+WireGuard handshake before each reconnect (the restarted colony has no\n\
+session); what remains is the colony's own start and the agent's reconnect\n\
+backoff (200 ms, with jitter). Before these two changes recovery was bimodal\n\
+(0.5 s, or 5 to 17 s waiting for a call's deadline and a boringtun rekey).\n\
+Targets: join p50 < 1 s, recovery p50 < 5 s.\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         kernel = kernel.trim(),
         cores = std::thread::available_parallelism()

@@ -248,6 +248,13 @@ impl ColonyMesh {
         self.close_conns(ip);
     }
 
+    /// Closes every agent connection (the colony is stopping).
+    pub(crate) fn close_all_conns(&self) {
+        for (_, t) in self.conns.lock().expect("conns lock").iter() {
+            t.cancel();
+        }
+    }
+
     fn close_conns(&self, ip: Option<Ipv4Addr>) {
         if let Some(ip) = ip {
             for (_, t) in self

@@ -221,9 +221,10 @@ impl Colony {
         tracing::info!("colony stopping");
         shared.shutdown.cancel();
         control_task.abort();
-        // Agents' connections end first (their tasks watch `shutdown`);
-        // the WireGuard device carries those FINs out, then stops.
+        // Agents' connections end first; the WireGuard device carries
+        // those FINs out, then stops.
         if let Some(m) = &shared.mesh {
+            m.close_all_conns();
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             m.device_stop.cancel();
         }
