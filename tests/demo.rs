@@ -45,6 +45,9 @@ fn make_demo_finds_the_missing_index_and_cleans_up() {
         "{stdout}"
     );
     assert!(stdout.contains("coral_agent_exec"), "{stdout}");
+    // The helper was stopped after the set-up, and the mesh, telemetry and
+    // exec all went on working without it.
+    assert!(stdout.contains("stopping it changes nothing"), "{stdout}");
     // Nothing left behind: no namespace, no mesh interface.
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&netns.stdout).contains("cdemo"));

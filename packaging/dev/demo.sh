@@ -135,7 +135,8 @@ TOML
 
 say "coral-privhelper, the only root process: it makes the colony's TUN device and keeps its WireGuard key"
 HELPER=${CORAL_PRIVHELPER:-$(dirname "$CORAL")/coral-privhelper}
-"$HELPER" --socket "$WORK/privhelper.sock" --config "$WORK/privhelper.conf" --state-dir "$WORK/privhelper" 2>"$WORK/privhelper.log" & pids+=($!)
+"$HELPER" --socket "$WORK/privhelper.sock" --config "$WORK/privhelper.conf" --state-dir "$WORK/privhelper" 2>"$WORK/privhelper.log" &
+helper_pid=$!; pids+=($helper_pid)
 for _ in $(seq 100); do [[ -S $WORK/privhelper.sock ]] && break; sleep 0.05; done
 
 say "Coral: a colony here, an agent on the shop host joining over the WireGuard mesh"
@@ -143,6 +144,9 @@ step "$CORAL" colony start --daemon --colony-id demo
 TOKEN=$("$CORAL" colony token create --ttl 10m --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 step in_ns "$CORAL" agent start --daemon --join "$TOKEN"
 step "$CORAL" colony agents
+
+say "the root helper is needed only to set things up: stopping it changes nothing for the running daemons"
+kill "$helper_pid"; wait "$helper_pid" 2>/dev/null || true
 
 say "the shop: api and frontend, sending traces to the agent"
 export OTLP_HTTP=http://127.0.0.1:4318
