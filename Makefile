@@ -43,11 +43,12 @@ fuzz: deps
 demo: build
 	bash packaging/dev/demo.sh
 
-## Benchmarks: control plane, OTLP, policy, helper, mesh, eBPF; figures go to docs/benchmarks.md.
+## Benchmarks: control plane, OTLP, exec, analyzer and MCP, policy, helper, mesh, eBPF, join; figures go to docs/benchmarks.md.
 bench: build
 	$(CARGO) bench -p coral --bench control_plane --profile dev
 	$(CARGO) bench -p coral --bench otlp_ingest --profile dev
 	$(CARGO) bench -p coral --bench exec --profile dev
+	$(CARGO) bench -p coral --bench analyze --profile dev
 	$(CARGO) bench -p coral-policy --bench decide
 	$(CARGO) bench -p coral-privhelper --bench requests
 	$(CARGO) build -p coral-agent --examples
