@@ -14,35 +14,18 @@
 
 mod common;
 
+use common::CORAL;
+use common::netns::{Node, have, sh};
 use coral_agent::membership as ms;
 use coral_proto::rpc::DiscoveryClient;
 use coral_proto::{DiscoveryError, EndpointRecord, SignedEndpoints};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CORAL: &str = env!("CARGO_BIN_EXE_coral");
 const COLONY_IP: &str = "10.203.1.1";
 const AGENT_IP: &str = "10.203.1.2";
 const COLONY_ID: &str = "cbench-disc";
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Runs `f` on a thread that has entered network namespace `ns`.
 fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -83,67 +66,6 @@ fn lookup(ns: &str, addr: &str) -> Option<SignedEndpoints> {
             .await
             .unwrap()
     })
-}
-
-struct Node {
-    ns: String,
-    dir: PathBuf,
-}
-
-impl Node {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns, CORAL])
-            .args(args)
-            .env("XDG_RUNTIME_DIR", self.dir.join("run"))
-            .env("XDG_STATE_HOME", self.dir.join("state"))
-            .env("XDG_CONFIG_HOME", self.dir.join("config"))
-            .env(
-                "CORAL_LOG",
-                "info,coral_agent::link=debug,coral::colony=debug",
-            )
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "coral {args:?} in {} failed ({}):\n{}\n{}",
-            self.ns,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn write_config(&self, text: &str) {
-        std::fs::create_dir_all(self.dir.join("config/coral")).unwrap();
-        std::fs::create_dir_all(self.dir.join("run")).unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(self.dir.join("run"), std::fs::Permissions::from_mode(0o700))
-            .unwrap();
-        std::fs::write(self.dir.join("config/coral/config.toml"), text).unwrap();
-    }
-
-    fn log(&self, role: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("state/coral/{role}/{role}.log")))
-            .unwrap_or_default()
-    }
-
-    fn connected(&self) -> bool {
-        let out = self.run(&["agent", "status", "--json"]);
-        out.status.success()
-            && serde_json::from_slice::<Value>(&out.stdout)
-                .is_ok_and(|s| s["colony"]["state"] == "connected")
-    }
-
-    fn stop(&self, role: &str) {
-        let _ = self.run(&[role, "stop"]);
-    }
 }
 
 /// Namespaces, nodes and registries; all removed on drop.

@@ -16,109 +16,16 @@
 
 mod common;
 
+use common::netns::{Node, have, sh};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const CORAL: &str = env!("CARGO_BIN_EXE_coral");
 const COLONY_EP: &str = "10.201.0.1:51820";
 
 fn root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// One coral node: a namespace and a private set of XDG dirs.
-struct Node {
-    ns: String,
-    dir: PathBuf,
-}
-
-impl Node {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, CORAL])
-            .args(args)
-            .env("XDG_RUNTIME_DIR", self.dir.join("run"))
-            .env("XDG_STATE_HOME", self.dir.join("state"))
-            .env("XDG_CONFIG_HOME", self.dir.join("config"))
-            .env("CORAL_LOG", "info,coral_agent::link=debug")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "coral {args:?} in {} failed ({}):\n{}\n{}",
-            self.ns,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    fn pid(&self, role: &str) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join(format!("run/coral/{role}.pid")))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    fn log(&self, role: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("state/coral/{role}/{role}.log")))
-            .unwrap_or_default()
-    }
-
-    fn write_config(&self, text: &str) {
-        std::fs::create_dir_all(self.dir.join("config/coral")).unwrap();
-        std::fs::create_dir_all(self.dir.join("run")).unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(self.dir.join("run"), std::fs::Permissions::from_mode(0o700))
-            .unwrap();
-        std::fs::write(self.dir.join("config/coral/config.toml"), text).unwrap();
-    }
-
-    fn stop_all(&self) {
-        for role in ["agent", "colony"] {
-            if let Some(pid) = self.pid(role)
-                && common::alive(pid)
-            {
-                let _ = self.run(&[role, "stop"]);
-                if common::alive(pid) {
-                    common::kill(pid, 9);
-                }
-            }
-        }
-    }
 }
 
 /// Namespaces and the nodes in them; everything is removed on drop.

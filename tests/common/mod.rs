@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod scenario;
 
 use serde_json::Value;
