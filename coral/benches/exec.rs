@@ -67,39 +67,7 @@ fn rpc_round_trips(rt: &tokio::runtime::Runtime, env: &Daemons, n: usize) -> Vec
         let client =
             ColonyControlClient::new(Default::default(), coral_proto::local::framed(stream))
                 .spawn();
-        let one = || async {
-            let req = coral_proto::ExecStartRequest {
-                service: "api".into(),
-                agent: None,
-                argv: vec!["true".into()],
-                timeout_ms: None,
-            };
-            let st = client
-                .exec_start(tarpc::context::current(), req)
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(st.verdict, coral_proto::ExecVerdict::Allowed, "{st:?}");
-            let mut offset = 0;
-            loop {
-                let p = client
-                    .exec_poll(
-                        tarpc::context::current(),
-                        st.agent_id.clone(),
-                        st.exec_id.clone(),
-                        offset,
-                        1000,
-                    )
-                    .await
-                    .unwrap()
-                    .unwrap();
-                offset = p.next_offset;
-                if let Some(done) = p.done {
-                    assert_eq!(done.exit_code, Some(0));
-                    break;
-                }
-            }
-        };
+        let one = || common::exec_true(&client);
         for _ in 0..20 {
             one().await;
         }

@@ -298,42 +298,7 @@ fn exec_round_trips(
                     .spawn(),
             );
         }
-        let one = |client: &ColonyControlClient| {
-            let client = client.clone();
-            async move {
-                let req = coral_proto::ExecStartRequest {
-                    service: "api".into(),
-                    agent: None,
-                    argv: vec!["true".into()],
-                    timeout_ms: None,
-                };
-                let st = client
-                    .exec_start(tarpc::context::current(), req)
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|e| panic!("exec_start: {e}"));
-                assert_eq!(st.verdict, coral_proto::ExecVerdict::Allowed, "{st:?}");
-                let mut offset = 0;
-                loop {
-                    let p = client
-                        .exec_poll(
-                            tarpc::context::current(),
-                            st.agent_id.clone(),
-                            st.exec_id.clone(),
-                            offset,
-                            1000,
-                        )
-                        .await
-                        .unwrap()
-                        .unwrap_or_else(|e| panic!("exec_poll: {e}"));
-                    offset = p.next_offset;
-                    if let Some(done) = p.done {
-                        assert_eq!(done.exit_code, Some(0));
-                        break;
-                    }
-                }
-            }
-        };
+        let one = common::exec_true;
         for c in &clients {
             for _ in 0..10 {
                 one(c).await;

@@ -102,7 +102,6 @@ struct Moved {
     recent_p95: f64,
     base_p50: f64,
     recent_p50: f64,
-    p95_ratio: f64,
     base_err: f64,
     recent_err: f64,
     latency: bool,
@@ -110,6 +109,16 @@ struct Moved {
     evidence: String,
     window: String,
     baseline: String,
+}
+
+impl Moved {
+    fn p95_ratio(&self) -> f64 {
+        if self.base_p95 > 0.0 {
+            self.recent_p95 / self.base_p95
+        } else {
+            0.0
+        }
+    }
 }
 
 fn f(v: &Value) -> f64 {
@@ -140,7 +149,6 @@ fn moved(red: &Value, evidence: &str, window: &str, baseline: &str) -> Vec<Moved
                 recent_p95: rp,
                 base_p50: b50,
                 recent_p50: r50,
-                p95_ratio: if bp > 0.0 { rp / bp } else { 0.0 },
                 base_err: be,
                 recent_err: re,
                 latency,
@@ -355,8 +363,8 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
             .and_then(|ds| ds.iter().find(|d| troubled.contains(*d)).cloned())
     };
     moved.sort_by(|a, b| {
-        b.p95_ratio
-            .partial_cmp(&a.p95_ratio)
+        b.p95_ratio()
+            .partial_cmp(&a.p95_ratio())
             .unwrap_or(std::cmp::Ordering::Equal)
             .then(a.service.cmp(&b.service))
     });
@@ -497,7 +505,7 @@ fn describe_move(m: &Moved) -> String {
             fmt_ms(m.recent_p50),
             fmt_ms(m.base_p95),
             fmt_ms(m.recent_p95),
-            m.p95_ratio
+            m.p95_ratio()
         ));
     }
     if m.errors {

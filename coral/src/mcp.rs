@@ -9,9 +9,11 @@ use rmcp::{RoleClient, ServiceExt};
 use serde_json::Value;
 use std::path::PathBuf;
 
-/// The colony's MCP socket for this user.
+/// The colony's MCP socket for this user: beside its control socket.
 pub fn socket_path() -> anyhow::Result<PathBuf> {
-    Ok(coral_proto::local::runtime_dir()?.join("colony-mcp.sock"))
+    Ok(crate::colony::mcp::socket_beside(
+        &coral_proto::local::colony_socket()?,
+    ))
 }
 
 /// One tool as the colony lists it.

@@ -35,8 +35,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def main():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+def main(handler=Handler):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     with open(sys.argv[1] + ".tmp", "w") as f:
         f.write(str(srv.server_address[1]))

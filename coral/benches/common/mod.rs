@@ -109,3 +109,39 @@ pub fn write_section(name: &str, section: &str) {
     std::fs::write(&path, new).unwrap();
     eprintln!("wrote {}", path.display());
 }
+
+/// One `coral exec api true` round trip through a colony's control socket:
+/// `exec_start`, then `exec_poll` until the command is done.
+pub async fn exec_true(client: &coral_proto::rpc::ColonyControlClient) {
+    let req = coral_proto::ExecStartRequest {
+        service: "api".into(),
+        agent: None,
+        argv: vec!["true".into()],
+        timeout_ms: None,
+    };
+    let st = client
+        .exec_start(tarpc::context::current(), req)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("exec_start: {e}"));
+    assert_eq!(st.verdict, coral_proto::ExecVerdict::Allowed, "{st:?}");
+    let mut offset = 0;
+    loop {
+        let p = client
+            .exec_poll(
+                tarpc::context::current(),
+                st.agent_id.clone(),
+                st.exec_id.clone(),
+                offset,
+                1000,
+            )
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("exec_poll: {e}"));
+        offset = p.next_offset;
+        if let Some(done) = p.done {
+            assert_eq!(done.exit_code, Some(0));
+            return;
+        }
+    }
+}

@@ -442,16 +442,6 @@ async fn red(shared: &Shared, a: RedArgs, now_us: i64) -> Result<Value, ToolErro
     }))
 }
 
-/// The peer a client span calls, from its semantic-convention attributes.
-pub fn peer_of(attributes: &str) -> Option<String> {
-    let v: Value = serde_json::from_str(attributes).ok()?;
-    let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    get("peer.service")
-        .or_else(|| get("db.name").or_else(|| get("db.namespace")))
-        .or_else(|| get("db.system").or_else(|| get("db.system.name")))
-        .or_else(|| get("server.address").or_else(|| get("net.peer.name")))
-}
-
 /// The first of `keys` present as a string attribute.
 pub fn attr(attributes: &str, keys: &[&str]) -> Option<String> {
     let v: Value = serde_json::from_str(attributes).ok()?;
@@ -459,14 +449,34 @@ pub fn attr(attributes: &str, keys: &[&str]) -> Option<String> {
         .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_string))
 }
 
+/// The peer a client span calls, from its semantic-convention attributes.
+pub fn peer_of(attributes: &str) -> Option<String> {
+    attr(
+        attributes,
+        &[
+            "peer.service",
+            "db.name",
+            "db.namespace",
+            "db.system",
+            "db.system.name",
+            "server.address",
+            "net.peer.name",
+        ],
+    )
+}
+
 /// The statement or target a span carries, for display.
 pub fn detail_of(attributes: &str) -> Option<String> {
-    let v: Value = serde_json::from_str(attributes).ok()?;
-    let get = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    get("db.statement")
-        .or_else(|| get("db.query.text"))
-        .or_else(|| get("http.route"))
-        .or_else(|| get("url.full").or_else(|| get("http.url")))
+    attr(
+        attributes,
+        &[
+            "db.statement",
+            "db.query.text",
+            "http.route",
+            "url.full",
+            "http.url",
+        ],
+    )
 }
 
 async fn service_map(shared: &Shared, a: MapArgs, now_us: i64) -> Result<Value, ToolError> {
