@@ -2,11 +2,11 @@
 //
 // Coral's RED + connection-map programs.
 //
-// * HTTP/1.x capture: the raw syscall tracepoints (raw_syscalls:sys_enter and
-//   sys_exit, filtered to accept, read, recvfrom, readv, recvmsg, write,
-//   sendto, writev, sendmsg and close) on the server side of every TCP
-//   connection accepted, while the programs are attached, on a port in the
-//   `ports` set (the agent's connected services). Each successful
+// * HTTP/1.x capture: syscalls:sys_exit_accept{,4} find the server side of
+//   every TCP connection accepted, while the programs are attached, on a port
+//   in the `ports` set (the agent's connected services); the raw tracepoint
+//   raw_syscalls:sys_exit, filtered to read, recvfrom, readv, recvmsg, write,
+//   sendto, writev, sendmsg and close, follows those connections. Each successful
 //   read/write-like syscall on such a socket sends one event with the byte
 //   count and the first CAP bytes; userspace parses and pairs them.
 // * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
@@ -118,21 +118,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct conn);
 } conns SEC(".maps");
-
-/* A thread inside accept(), keyed by pid_tgid. */
-struct args {
-	__u64 buf; /* buffer, iovec array or msghdr */
-	__u32 fd;
-	__u8 kind;
-	__u8 dir;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct args);
-} active SEC(".maps");
 
 /* A client socket in SYN_SENT or later, keyed by its struct sock address. */
 struct owner {
@@ -283,14 +268,15 @@ static __always_inline struct sock *sock_of_fd(__u32 fd)
 	return BPF_CORE_READ(sock, sk);
 }
 
-/* ---- syscalls: raw_syscalls:sys_enter / sys_exit ----
+/* ---- syscalls: accept tracepoints and raw_syscalls:sys_exit ----
  *
- * Two raw tracepoints instead of one tracepoint per syscall (those cost a
- * perf buffer and an argument copy per hit): every syscall of every process
- * passes through them. sys_enter acts on accept only; sys_exit returns
- * after one array lookup for a process with no followed connection, and
- * otherwise reads the syscall number and arguments from the saved user
- * registers.
+ * One raw tracepoint at syscall exit instead of an enter/exit tracepoint
+ * pair per data syscall (those cost a perf buffer, an argument copy and a
+ * map entry saving the arguments per hit): every syscall of every process
+ * passes through it, and it returns after one array lookup for a process
+ * with no followed connection; otherwise it reads the syscall number and
+ * arguments from the saved user registers. Accepts have tracepoints of
+ * their own, which run only for accept.
  */
 
 #if defined(__TARGET_ARCH_x86)
@@ -299,29 +285,23 @@ static __always_inline struct sock *sock_of_fd(__u32 fd)
 #define NR_close 3
 #define NR_readv 19
 #define NR_writev 20
-#define NR_accept 43
 #define NR_sendto 44
 #define NR_recvfrom 45
 #define NR_sendmsg 46
 #define NR_recvmsg 47
-#define NR_accept4 288
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_read 63
 #define NR_write 64
 #define NR_close 57
 #define NR_readv 65
 #define NR_writev 66
-#define NR_accept 202
 #define NR_sendto 206
 #define NR_recvfrom 207
 #define NR_sendmsg 211
 #define NR_recvmsg 212
-#define NR_accept4 242
 #else
 #error "syscall numbers for this architecture"
 #endif
-
-#define ARG_ACCEPT 3
 
 static __always_inline void on_accept_exit(__u64 pid_tgid, long ret)
 {
@@ -387,31 +367,39 @@ static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 	emit(&e, sizeof(e));
 }
 
-/* The raw tracepoints' arguments (no CO-RE relocation on the context: it
+/* The raw tracepoint's arguments (no CO-RE relocation on the context: it
  * is the tracepoint's ABI, not a kernel struct). */
 struct raw_sys_args {
 	__u64 regs; /* struct pt_regs * */
-	long arg;   /* sys_enter: the syscall number; sys_exit: its return */
+	long ret;   /* the syscall's return */
 };
 
-SEC("raw_tracepoint/sys_enter")
-int sys_enter(struct raw_sys_args *ctx)
+/* syscalls:sys_exit_accept and sys_exit_accept4 (their tracefs format). */
+struct accept_exit_args {
+	__u64 common;
+	int nr;
+	int _pad;
+	long ret;
+};
+
+/* Accepts come from their own tracepoints, which run only for accept: any
+ * process may accept a followed connection, and nothing has to run at the
+ * entry of every other syscall to catch it. */
+SEC("tracepoint/syscalls/sys_exit_accept")
+int accept_exit(struct accept_exit_args *ctx)
 {
-	long id = ctx->arg;
-	if (id != NR_accept && id != NR_accept4)
-		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!traced(pid_tgid))
-		return 0;
-	/* Any process may accept a followed connection: mark it hot until the
-	 * accept returns, so sys_exit looks at it. */
-	struct args a = {};
-	a.kind = ARG_ACCEPT;
-	if (bpf_map_update_elem(&active, &pid_tgid, &a, BPF_ANY))
-		return 0;
-	__u32 *h = hot_slot(pid_tgid);
-	if (h)
-		__sync_fetch_and_add(h, 1);
+	if (traced(pid_tgid))
+		on_accept_exit(pid_tgid, ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int accept4_exit(struct accept_exit_args *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (traced(pid_tgid))
+		on_accept_exit(pid_tgid, ctx->ret);
 	return 0;
 }
 
@@ -436,7 +424,7 @@ int sys_exit(struct raw_sys_args *ctx)
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)ctx->regs;
 	long nr = SYSCALL_NR(regs);
-	long ret = ctx->arg;
+	long ret = ctx->ret;
 	__u8 kind, dir = DIR_IN;
 	switch (nr) {
 	case NR_read:
@@ -466,17 +454,6 @@ int sys_exit(struct raw_sys_args *ctx)
 		if (ret == 0)
 			on_close(pid_tgid, (__u32)SYSCALL_ARG1(regs));
 		return 0;
-	case NR_accept:
-	case NR_accept4: {
-		if (!bpf_map_lookup_elem(&active, &pid_tgid))
-			return 0;
-		bpf_map_delete_elem(&active, &pid_tgid);
-		__u32 *h = hot_slot(pid_tgid);
-		if (h && *h)
-			__sync_fetch_and_add(h, -1);
-		on_accept_exit(pid_tgid, ret);
-		return 0;
-	}
 	default:
 		return 0;
 	}

@@ -47,10 +47,16 @@ pub const RED: &str = "coral";
 /// Programs of [`RED`], in the order their fds are passed.
 pub const RED_PROGRAMS: &[Program] = &[
     Program {
-        name: "sys_enter",
-        category: "raw_syscalls",
-        tracepoint: "sys_enter",
-        raw: true,
+        name: "accept_exit",
+        category: "syscalls",
+        tracepoint: "sys_exit_accept",
+        raw: false,
+    },
+    Program {
+        name: "accept4_exit",
+        category: "syscalls",
+        tracepoint: "sys_exit_accept4",
+        raw: false,
     },
     Program {
         name: "sys_exit",
