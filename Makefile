@@ -43,18 +43,18 @@ fuzz: deps
 demo: build
 	bash packaging/dev/demo.sh
 
-## Benchmarks: control plane, OTLP, exec, analyzer and MCP, policy, helper, mesh, eBPF, join; figures go to docs/benchmarks.md.
-bench: build
-	$(CARGO) bench -p coral --bench control_plane --profile dev
-	$(CARGO) bench -p coral --bench otlp_ingest --profile dev
-	$(CARGO) bench -p coral --bench exec --profile dev
-	$(CARGO) bench -p coral --bench analyze --profile dev
+## Benchmarks (release build): control plane, OTLP, exec, analyzer and MCP, policy, helper, mesh, eBPF, join; figures go to docs/benchmarks.md.
+bench:
+	$(CARGO) bench -p coral --bench control_plane
+	$(CARGO) bench -p coral --bench otlp_ingest
+	$(CARGO) bench -p coral --bench exec
+	$(CARGO) bench -p coral --bench analyze
 	$(CARGO) bench -p coral-policy --bench decide
 	$(CARGO) bench -p coral-privhelper --bench requests
-	$(CARGO) build -p coral-agent --examples
-	$(CARGO) bench -p coral-agent --bench mesh --profile dev
-	$(CARGO) bench -p coral --bench ebpf --profile dev
-	$(CARGO) bench -p coral --bench mesh_join --profile dev
+	$(CARGO) build --release -p coral-agent --examples
+	$(CARGO) bench -p coral-agent --bench mesh
+	$(CARGO) bench -p coral --bench ebpf
+	$(CARGO) bench -p coral --bench mesh_join
 
 clean:
 	$(CARGO) clean

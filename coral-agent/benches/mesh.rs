@@ -237,7 +237,7 @@ fn main() {
 
     let mut section = format!(
         "## Mesh data path (issue 3)\n\n\
-Reproduce: `make bench` (runs `cargo bench -p coral-agent --bench mesh --profile dev` after building the\n\
+Reproduce: `make bench` (runs `cargo bench -p coral-agent --bench mesh` after building the\n\
 `mesh_node` example). Measured {date} on {cores} cores, build profile: {profile}. Two network\n\
 namespaces joined by a veth pair; iperf3 TCP for 5 s, and the mean of 20 pings; MTU 1380 on both tunnels.\n\n\
 | path | TCP throughput | ping RTT |\n|---|---|---|\n",

@@ -16,8 +16,10 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use aya::Btf;
 use aya::maps::{ArrayOfMaps, Map, MapData};
-use aya::programs::{RawTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, TracePoint};
+use coral_ebpf::Attach;
 use coral_ebpf::{Object, Program};
 use thiserror::Error;
 
@@ -175,14 +177,21 @@ pub fn load(
     }
 
     let mut progs = Vec::with_capacity(programs.len());
+    let mut btf = None;
     for p in programs {
         let prog = ebpf
             .program_mut(p.name)
             .ok_or_else(|| BpfError::Invalid(format!("object has no program {}", p.name)))?;
         let what = |e: &dyn std::error::Error| failed(format!("program {}", p.name), chain(e));
-        let fd = if p.raw {
-            let prog: &mut RawTracePoint = prog.try_into().map_err(|e| what(&e))?;
-            prog.load()
+        let fd = if p.attach == Attach::BtfRawTracepoint {
+            let btf = match &btf {
+                Some(b) => b,
+                None => btf.insert(
+                    Btf::from_sys_fs().map_err(|e| failed("read the kernel's BTF", chain(&e)))?,
+                ),
+            };
+            let prog: &mut BtfTracePoint = prog.try_into().map_err(|e| what(&e))?;
+            prog.load(p.tracepoint, btf)
                 .map_err(|e| failed(format!("verify program {}", p.name), chain(&e)))?;
             prog.fd()
                 .map_err(|e| what(&e))?
@@ -303,7 +312,7 @@ pub fn attach(loaded: &Loaded, index: usize, may_mount: bool) -> Result<OwnedFd,
         .get(index)
         .ok_or_else(|| BpfError::Invalid(format!("program index {index} out of range")))?;
     let prog_fd = &loaded.progs[index];
-    if p.raw {
+    if p.attach == Attach::BtfRawTracepoint {
         return attach_raw(p, prog_fd);
     }
     let dir = tracefs(may_mount)?;
@@ -372,18 +381,17 @@ pub fn attach(loaded: &Loaded, index: usize, may_mount: bool) -> Result<OwnedFd,
     Ok(unsafe { OwnedFd::from_raw_fd(link as libc::c_int) })
 }
 
-/// Attaches a raw tracepoint program with `BPF_RAW_TRACEPOINT_OPEN`; the
-/// fd returned is its BPF link.
+/// Attaches a BTF raw tracepoint program with `BPF_RAW_TRACEPOINT_OPEN`
+/// (no name: the kernel takes the tracepoint from the program's BTF id,
+/// fixed at load); the fd returned is its BPF link.
 fn attach_raw(p: &Program, prog_fd: &OwnedFd) -> Result<OwnedFd, BpfError> {
-    let name = std::ffi::CString::new(p.tracepoint)
-        .map_err(|_| BpfError::Invalid("bad tracepoint name".into()))?;
     let attr = RawTracepointAttr {
-        name: name.as_ptr() as u64,
+        name: 0,
         prog_fd: prog_fd.as_raw_fd() as u32,
         ..Default::default()
     };
     // SAFETY: bpf(BPF_RAW_TRACEPOINT_OPEN) reads `size` bytes from a valid
-    // attr; `name` points to a NUL-terminated string that outlives the call.
+    // attr that outlives the call.
     let link = unsafe {
         libc::syscall(
             libc::SYS_bpf,

@@ -434,10 +434,9 @@ fn handle(
                 Some(p) => format!(
                     "prog={} {}={}:{}",
                     p.name,
-                    if p.raw {
-                        "raw_tracepoint"
-                    } else {
-                        "tracepoint"
+                    match p.attach {
+                        coral_ebpf::Attach::BtfRawTracepoint => "tp_btf",
+                        coral_ebpf::Attach::Tracepoint => "tracepoint",
                     },
                     p.category,
                     p.tracepoint

@@ -5,7 +5,7 @@
 //! - MCP tool call latency over the local socket, next to the tarpc status
 //!   call on the control socket in the same run.
 //!
-//! Run: `cargo bench -p coral --bench analyze --profile dev`
+//! Run: `cargo bench -p coral --bench analyze`
 
 mod common;
 
@@ -140,7 +140,7 @@ fn main() {
     let p = |v: &[Duration]| format!("{} | {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)));
     let section = format!(
         "## Built-in analyzer and MCP gateway\n\n\
-         `cargo bench -p coral --bench analyze --profile dev` (dev build, 2-core VM). A colony \
+         `cargo bench -p coral --bench analyze` ({profile} build, 2-core VM). A colony \
          holding {SPANS} spans (a day of a frontend → api → db shop, the last 4 minutes with a \
          slow query), a day of metric points (172,800) and health samples (51,840).\n\n\
          | what | p50 | p99 |\n|---|---|---|\n\
@@ -155,6 +155,11 @@ fn main() {
         p(&services),
         p(&red),
         p(&status),
+        profile = if cfg!(debug_assertions) {
+            "dev"
+        } else {
+            "release"
+        },
     );
     write_section("analyze", &section);
 }

@@ -183,7 +183,7 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let section = format!(
         "## Control plane (issue 2)\n\n\
-Reproduce: `make bench` (runs `cargo bench -p coral --bench control_plane --profile dev`).\n\
+Reproduce: `make bench` (runs `cargo bench -p coral --bench control_plane`).\n\
 Measured {date} on Linux {kernel}, {cores} cores, build profile: {profile}.\n\n\
 | figure | result | target |\n|---|---|---|\n\
 | `colony status` round trip over the local socket (tarpc + JSON), p50 / p99 of {n} | {r50} / {r99} | p50 < 2 ms |\n\

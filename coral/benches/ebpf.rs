@@ -319,8 +319,7 @@ fn main() {
     };
     let section = format!(
         "## eBPF RED capture overhead (issue 5)\n\n\
-Reproduce: `make bench` (runs `cargo bench -p coral --bench ebpf --profile dev`; needs root, wrk, go).\n\
-The agent is the dev build: unoptimised Rust, so its CPU figures are far above a release build's.\n\
+Reproduce: `make bench` (runs `cargo bench -p coral --bench ebpf`; needs root, wrk, go).\n\
 Measured {} on Linux {}, 2 cores shared with other jobs (expect noise between runs). The traced app is the Go `net/http`\n\
 server of `tests/ebpf/server.go` (`GET /hello`, `GOMAXPROCS=1`) pinned to core 0; `wrk -t1 -c32`\n\
 runs on core 1 for {WRK_SECS} s; runs without and with the agent alternate, {ROUNDS} rounds, median of each.\n\

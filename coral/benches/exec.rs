@@ -139,7 +139,7 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let section = format!(
         "## coral exec (issue 4)\n\n\
-Reproduce: `make bench` (runs `cargo bench -p coral --bench exec --profile dev`).\n\
+Reproduce: `make bench` (runs `cargo bench -p coral --bench exec`).\n\
 Measured {date} on Linux {kernel}, {cores} cores, build profile: {profile},\n\
 load average {load} when it started (other builds share the machine).\n\
 The command is `/usr/bin/true`; the colony and agent run on this machine and\n\

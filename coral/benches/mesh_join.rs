@@ -10,7 +10,7 @@
 //! - recovery after a colony restart: until the agent is back online.
 //!
 //! Needs root (netns, TUN). Writes its section of docs/benchmarks.md.
-//! Run: `cargo bench -p coral --bench mesh_join --profile dev`.
+//! Run: `cargo bench -p coral --bench mesh_join`.
 
 use coral_proto::rpc::ColonyControlClient;
 use serde_json::Value;
@@ -481,7 +481,7 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let section = format!(
         "## The mesh: join, RPC over WireGuard, recovery (issue 3)\n\n\
-Reproduce: `cargo bench -p coral --bench mesh_join --profile dev` (root: it\n\
+Reproduce: `cargo bench -p coral --bench mesh_join` (root: it\n\
 creates two network namespaces joined by a veth pair).\n\
 Measured {date} on Linux {kernel}, {cores} cores, build profile: {profile},\n\
 load average {load} when it started (other builds share the machine).\n\

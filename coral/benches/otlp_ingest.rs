@@ -370,7 +370,7 @@ fn main() {
 
     let mut section = format!(
         "## OTLP ingestion and queries (issue 6)\n\n\
-Reproduce: `make bench` (runs `cargo bench -p coral --bench otlp_ingest --profile dev`).\n\
+Reproduce: `make bench` (runs `cargo bench -p coral --bench otlp_ingest`).\n\
 Measured {date} on {cores} cores, build profile: {profile}. Requests are OTLP/gRPC exports of\n\
 {SPANS_PER_REQUEST} server spans with 4 attributes each; the agent is pinned to core 0 with `taskset`,\n\
 the load generator to core 1.\n\n\

@@ -2,11 +2,11 @@
 //
 // Coral's RED + connection-map programs.
 //
-// * HTTP/1.x capture: syscalls:sys_exit_accept{,4} find the server side of
-//   every TCP connection accepted, while the programs are attached, on a port
-//   in the `ports` set (the agent's connected services); the raw tracepoint
-//   raw_syscalls:sys_exit, filtered to read, recvfrom, readv, recvmsg, write,
-//   sendto, writev, sendmsg and close, follows those connections. Each successful
+// * HTTP/1.x capture: the BTF raw tracepoint sys_exit (tp_btf), filtered to
+//   accept, read, recvfrom, readv, recvmsg, write, sendto, writev, sendmsg
+//   and close, follows the server side of every TCP connection accepted,
+//   while the programs are attached, on a port in the `ports` set (the
+//   agent's connected services). Each successful
 //   read/write-like syscall on such a socket sends one event with the byte
 //   count and the first CAP bytes; userspace parses and pairs them.
 // * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
@@ -15,8 +15,9 @@
 //   bytes and smoothed RTT read from struct tcp_sock (CO-RE).
 //
 // Events go to one BPF ring buffer per CPU (an ARRAY_OF_MAPS filled by the
-// loader, sized by config) without wakeups: the agent polls. A full ring
-// drops the event and counts it; the traced app never waits.
+// loader, sized by config). The agent reads them on its own schedule and is
+// woken only when a ring is a quarter full. A full ring drops the event and
+// counts it; the traced app never waits.
 //
 // Verifier notes: no loops except bounded ones, every user read has a
 // constant upper bound (CAP), map values are checked for NULL.
@@ -48,6 +49,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define ARG_BUF 0
 #define ARG_IOV 1
 #define ARG_MSG 2
+#define ARG_CLOSE 3
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -208,7 +210,12 @@ static __always_inline int emit(void *data, __u64 size)
 		count(ST_NO_RING);
 		return -1;
 	}
-	if (bpf_ringbuf_output(ring, data, size, BPF_RB_NO_WAKEUP)) {
+	/* Wake the agent only when the ring is a quarter full: below that it
+	 * reads on its own schedule, and the traced app pays no wakeup. */
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(ring, data, size, flags)) {
 		count(ST_DROPS);
 		return -1;
 	}
@@ -268,15 +275,15 @@ static __always_inline struct sock *sock_of_fd(__u32 fd)
 	return BPF_CORE_READ(sock, sk);
 }
 
-/* ---- syscalls: accept tracepoints and raw_syscalls:sys_exit ----
+/* ---- syscalls: the BTF raw tracepoint sys_exit ----
  *
  * One raw tracepoint at syscall exit instead of an enter/exit tracepoint
- * pair per data syscall (those cost a perf buffer, an argument copy and a
- * map entry saving the arguments per hit): every syscall of every process
- * passes through it, and it returns after one array lookup for a process
- * with no followed connection; otherwise it reads the syscall number and
- * arguments from the saved user registers. Accepts have tracepoints of
- * their own, which run only for accept.
+ * pair per syscall of interest (those cost a perf buffer, an argument copy
+ * and a map entry saving the arguments per hit, and a perf syscall
+ * tracepoint adds a probe to every syscall's exit): every syscall of every
+ * process passes through it. A syscall that is not accept, close or a
+ * read/write-like call returns after one load and a compare; one of those
+ * in a process with no followed connection after one more array lookup.
  */
 
 #if defined(__TARGET_ARCH_x86)
@@ -284,21 +291,25 @@ static __always_inline struct sock *sock_of_fd(__u32 fd)
 #define NR_write 1
 #define NR_close 3
 #define NR_readv 19
+#define NR_accept 43
 #define NR_writev 20
 #define NR_sendto 44
 #define NR_recvfrom 45
 #define NR_sendmsg 46
 #define NR_recvmsg 47
+#define NR_accept4 288
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_read 63
 #define NR_write 64
 #define NR_close 57
 #define NR_readv 65
+#define NR_accept 202
 #define NR_writev 66
 #define NR_sendto 206
 #define NR_recvfrom 207
 #define NR_sendmsg 211
 #define NR_recvmsg 212
+#define NR_accept4 242
 #else
 #error "syscall numbers for this architecture"
 #endif
@@ -367,66 +378,35 @@ static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 	emit(&e, sizeof(e));
 }
 
-/* The raw tracepoint's arguments (no CO-RE relocation on the context: it
- * is the tracepoint's ABI, not a kernel struct). */
-struct raw_sys_args {
-	__u64 regs; /* struct pt_regs * */
-	long ret;   /* the syscall's return */
-};
-
-/* syscalls:sys_exit_accept and sys_exit_accept4 (their tracefs format). */
-struct accept_exit_args {
-	__u64 common;
-	int nr;
-	int _pad;
-	long ret;
-};
-
-/* Accepts come from their own tracepoints, which run only for accept: any
- * process may accept a followed connection, and nothing has to run at the
- * entry of every other syscall to catch it. */
-SEC("tracepoint/syscalls/sys_exit_accept")
-int accept_exit(struct accept_exit_args *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (traced(pid_tgid))
-		on_accept_exit(pid_tgid, ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int accept4_exit(struct accept_exit_args *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (traced(pid_tgid))
-		on_accept_exit(pid_tgid, ctx->ret);
-	return 0;
-}
-
 /* At syscall exit the saved user registers still hold the number and the
  * first arguments (only the return register changed), so data syscalls
- * need no state saved at entry. */
+ * need no state saved at entry. A BTF tracepoint reads them with plain
+ * loads (no helper call), so a syscall that is not ours costs one load and
+ * a compare. */
 #if defined(__TARGET_ARCH_x86)
-#define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
-#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, di)
-#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, si)
+#define SYSCALL_NR(regs) ((regs)->orig_ax)
+#define SYSCALL_ARG1(regs) ((regs)->di)
+#define SYSCALL_ARG2(regs) ((regs)->si)
 #elif defined(__TARGET_ARCH_arm64)
-#define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
-#define SYSCALL_ARG1(regs) BPF_CORE_READ(regs, orig_x0)
-#define SYSCALL_ARG2(regs) BPF_CORE_READ(regs, regs[1])
+#define SYSCALL_NR(regs) ((regs)->syscallno)
+#define SYSCALL_ARG1(regs) ((regs)->orig_x0)
+#define SYSCALL_ARG2(regs) ((regs)->regs[1])
 #endif
 
-SEC("raw_tracepoint/sys_exit")
-int sys_exit(struct raw_sys_args *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_hot(pid_tgid))
-		return 0;
-	struct pt_regs *regs = (struct pt_regs *)ctx->regs;
 	long nr = SYSCALL_NR(regs);
-	long ret = ctx->ret;
 	__u8 kind, dir = DIR_IN;
 	switch (nr) {
+	case NR_accept:
+	case NR_accept4: {
+		/* Any process may accept a followed connection. */
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		if (traced(pid_tgid))
+			on_accept_exit(pid_tgid, ret);
+		return 0;
+	}
 	case NR_read:
 	case NR_recvfrom:
 		kind = ARG_BUF;
@@ -451,10 +431,17 @@ int sys_exit(struct raw_sys_args *ctx)
 		dir = DIR_OUT;
 		break;
 	case NR_close:
+		kind = ARG_CLOSE;
+		break;
+	default:
+		return 0;
+	}
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_hot(pid_tgid))
+		return 0;
+	if (kind == ARG_CLOSE) {
 		if (ret == 0)
 			on_close(pid_tgid, (__u32)SYSCALL_ARG1(regs));
-		return 0;
-	default:
 		return 0;
 	}
 	if (ret <= 0)

@@ -33,12 +33,20 @@ pub fn object(name: &str) -> Option<&'static Object> {
 pub struct Program {
     /// The C function (and aya program) name.
     pub name: &'static str,
-    /// `raw_syscalls` for a raw tracepoint, else the tracefs category.
+    /// The tracefs category (for a BTF raw tracepoint, informational).
     pub category: &'static str,
     pub tracepoint: &'static str,
-    /// A raw tracepoint (`BPF_RAW_TRACEPOINT_OPEN`) rather than a perf
-    /// tracepoint event.
-    pub raw: bool,
+    pub attach: Attach,
+}
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// A perf tracepoint event (`perf_event_open` + `BPF_LINK_CREATE`).
+    Tracepoint,
+    /// A BTF-typed raw tracepoint (`tp_btf`, `BPF_RAW_TRACEPOINT_OPEN`
+    /// with no name: the kernel takes it from the program's BTF id).
+    BtfRawTracepoint,
 }
 
 /// The RED + connection-map object.
@@ -47,28 +55,16 @@ pub const RED: &str = "coral";
 /// Programs of [`RED`], in the order their fds are passed.
 pub const RED_PROGRAMS: &[Program] = &[
     Program {
-        name: "accept_exit",
-        category: "syscalls",
-        tracepoint: "sys_exit_accept",
-        raw: false,
-    },
-    Program {
-        name: "accept4_exit",
-        category: "syscalls",
-        tracepoint: "sys_exit_accept4",
-        raw: false,
-    },
-    Program {
         name: "sys_exit",
         category: "raw_syscalls",
         tracepoint: "sys_exit",
-        raw: true,
+        attach: Attach::BtfRawTracepoint,
     },
     Program {
         name: "set_state",
         category: "sock",
         tracepoint: "inet_sock_set_state",
-        raw: false,
+        attach: Attach::Tracepoint,
     },
 ];
 

@@ -7,8 +7,9 @@
 //! way this process then holds the only references, so when it stops (or
 //! dies) the kernel detaches and frees everything.
 //!
-//! One thread polls the per-CPU ring buffers (the programs never wake it),
-//! merges the records by timestamp, and feeds the [`tracker::Tracker`];
+//! One thread reads the per-CPU ring buffers every 100 ms, or sooner when
+//! the programs wake it (a ring is a quarter full), merges the records by
+//! timestamp, and feeds the [`tracker::Tracker`];
 //! every `ebpf.flush_interval` the aggregates go to the telemetry store as
 //! `http_red` and `conn_edges` rows, which the link forwards to the colony
 //! with the same seq checkpoints as OTLP rows.
@@ -22,7 +23,9 @@ pub mod tracker;
 use crate::telemetry::{Batch, Telemetry};
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use coral_proto::EbpfStatus;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,10 +71,12 @@ impl EbpfConfig {
     }
 }
 
-/// Records newer than this are held back one poll, so records of other
+/// Records newer than this are held back one read, so records of other
 /// CPUs written just before them are merged in order.
 const REORDER_NS: u64 = 5_000_000;
-const POLL: Duration = Duration::from_millis(10);
+/// Longest wait between reads when no ring asks for one (the programs wake
+/// the reader when a ring is a quarter full).
+const READ_EVERY: Duration = Duration::from_millis(100);
 
 fn mono_ns() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
@@ -250,10 +255,21 @@ fn read_loop(
             tracker.set_wall_offset(wall_offset_ns());
             tracker.expire(now);
             let (red, edges) = tracker.drain();
-            for batch in [Batch::Red(red), Batch::Edges(edges)] {
-                if let Err(e) = rt.block_on(telemetry.insert_batch(batch)) {
-                    tracing::warn!(error = %e, "cannot store eBPF aggregates");
+            // Stored by the runtime: the reader never waits for the store
+            // while the rings fill (except for the last flush, which must
+            // be stored before the agent closes its store).
+            let telemetry = telemetry.clone();
+            let store = async move {
+                for batch in [Batch::Red(red), Batch::Edges(edges)] {
+                    if let Err(e) = telemetry.insert_batch(batch).await {
+                        tracing::warn!(error = %e, "cannot store eBPF aggregates");
+                    }
                 }
+            };
+            if stopping {
+                rt.block_on(store);
+            } else {
+                rt.spawn(store);
             }
             let sum =
                 |slot: u32| -> u64 { stats.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0) };
@@ -271,6 +287,15 @@ fn read_loop(
         if stopping {
             return Ok(());
         }
-        std::thread::sleep(POLL);
+        let wait = READ_EVERY.min(config.flush_interval.saturating_sub(last_flush.elapsed()));
+        let mut ready: Vec<PollFd> = rings
+            .iter()
+            .map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut ready, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("wait for the BPF ring buffers: {e}")),
+        }
     }
 }
