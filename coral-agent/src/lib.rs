@@ -170,8 +170,11 @@ impl Agent {
             false => None,
         };
         let exec = exec::Exec::open(&config.exec, &state_dir.join("agent.db"), exec_shim)?;
-        let (telemetry, guard) =
-            Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
+        let (telemetry, guard) = Telemetry::open_with(
+            &state_dir.join("telemetry.duckdb"),
+            config.retention,
+            Some(1),
+        )?;
         let hostname = hostname();
         let name = config.name.clone().unwrap_or_else(|| hostname.clone());
         let mesh = match meshnode::Membership::load(&state_dir).map_err(AgentError::Mesh)? {

@@ -210,7 +210,9 @@ async fn paced(
 
 /// The same rows appended straight into a DuckDB file: the store's ceiling.
 async fn raw_append_rate(dir: &Path) -> f64 {
-    let (t, _g) = Telemetry::open(&dir.join("raw.duckdb"), Duration::from_secs(3600)).unwrap();
+    // As the agent opens its store (one DuckDB thread).
+    let (t, _g) =
+        Telemetry::open_with(&dir.join("raw.duckdb"), Duration::from_secs(3600), Some(1)).unwrap();
     let rows = coral_agent::otlp::convert::spans("bench", &request(1)).rows;
     let start = Instant::now();
     let mut n = 0;

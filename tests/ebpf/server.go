@@ -5,11 +5,13 @@
 // Binds 127.0.0.1:0, writes the port to PORT_FILE, serves until killed.
 // GET /api/orders/<id>: status 500 if id%10 == 0, 404 if id%10 == 1, else
 // 200; sleeps 20 ms if id%10 == 9, else 2 ms. GET /hello: 200 at once
-// (for load benchmarks). GET /chain: calls NEXT_URL
+// (for load benchmarks). GET /work: 200 after a fixed amount of CPU work
+// (64 SHA-256 rounds over 1 KiB; a handler that does something). GET /chain: calls NEXT_URL
 // (if given) with a keep-alive client, then answers 200.
 package main
 
 import (
+	"crypto/sha256"
 	"io"
 	"net"
 	"net/http"
@@ -55,6 +57,15 @@ func main() {
 	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "6")
 		w.Write([]byte("hello\n"))
+	})
+	mux.HandleFunc("/work", func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 1024)
+		for i := 0; i < 64; i++ {
+			sum := sha256.Sum256(buf)
+			copy(buf, sum[:])
+		}
+		w.Header().Set("Content-Length", "6")
+		w.Write([]byte("work!\n"))
 	})
 	mux.HandleFunc("/chain", func(w http.ResponseWriter, r *http.Request) {
 		if next != "" {
