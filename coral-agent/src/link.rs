@@ -17,6 +17,8 @@ const ROWS_PER_PUSH: usize = 2_000;
 const PUSHES_PER_TICK: usize = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// While a connect over the mesh waits, a fresh WireGuard handshake this often.
+const REHANDSHAKE_EVERY: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Kept low so an agent is back within seconds of a colony restart.
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
@@ -177,10 +179,30 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
     // the Unix socket dials from loopback.
     let (client, colony_ip) = match &target {
         Target::Tcp(a) => {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a))
-                .await
-                .map_err(|_| conn_err(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-                .map_err(|e| conn_err(e.to_string()))?;
+            let connect = tokio::net::TcpStream::connect(a);
+            tokio::pin!(connect);
+            let give_up = tokio::time::sleep(CONNECT_TIMEOUT);
+            tokio::pin!(give_up);
+            let mut rehandshake = tokio::time::interval_at(
+                tokio::time::Instant::now() + REHANDSHAKE_EVERY,
+                REHANDSHAKE_EVERY,
+            );
+            let stream = loop {
+                tokio::select! {
+                    r = &mut connect => break r.map_err(|e| conn_err(e.to_string()))?,
+                    _ = &mut give_up => {
+                        return Err(conn_err(format!("no answer within {CONNECT_TIMEOUT:?}")));
+                    }
+                    // A handshake initiation sent while the colony was down
+                    // is lost, and boringtun would retry only after its 5 s
+                    // rekey timeout: while the connect waits, start one again.
+                    _ = rehandshake.tick(), if shared.mesh.is_some() => {
+                        if let Some(m) = &shared.mesh {
+                            m.device.initiate_handshakes(true).await;
+                        }
+                    }
+                }
+            };
             let _ = stream.set_nodelay(true);
             let ip = stream.peer_addr().ok().map(|a| a.ip());
             (
