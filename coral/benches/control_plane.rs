@@ -194,8 +194,8 @@ Measured {date} on Linux {kernel}, {cores} cores, build profile: {profile}.\n\n\
 | idle agent CPU over {win} s | {acpu:.2} % of a core | — |\n\
 | idle colony RSS total / private, CPU (1 agent) | {crss:.1} MB / {cpriv:.1} MB, {ccpu:.2} % | — |\n\n\
 Total RSS counts the pages of the coral executable that the process has touched\n\
-(file-backed, shared by every coral process and reclaimable); the dev build's\n\
-executable is large because it is unoptimised. Private is `RssAnon`: the heap,\n\
+(file-backed, shared by every coral process and reclaimable; the one binary\n\
+links DuckDB, tokio, boringtun and the CLI). Private is `RssAnon`: the heap,\n\
 stacks and DuckDB buffers this process alone holds.\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         kernel = kernel.trim(),
