@@ -233,8 +233,15 @@ impl Conn {
                         self.head_start_ns = ts_ns;
                     }
                     let take = rest.len().min(MAX_HEAD - before);
-                    buf.extend_from_slice(&rest[..take]);
-                    match parse_request(buf) {
+                    // A head that starts this read is parsed in place; only
+                    // one split across reads is gathered.
+                    let parsed = if before == 0 {
+                        parse_request(&rest[..take])
+                    } else {
+                        buf.extend_from_slice(&rest[..take]);
+                        parse_request(buf)
+                    };
+                    match parsed {
                         Head::Done(h, n) => {
                             let used = n - before;
                             rest = &rest[used..];
@@ -256,7 +263,10 @@ impl Conn {
                                 self.pending.push_back(req);
                             }
                         }
-                        Head::Partial if take == rest.len() && buf.len() < MAX_HEAD => {
+                        Head::Partial if take == rest.len() && before + take < MAX_HEAD => {
+                            if before == 0 {
+                                buf.extend_from_slice(rest);
+                            }
                             rest = &[];
                         }
                         _ => {
@@ -303,8 +313,13 @@ impl Conn {
                 State::Head(buf) => {
                     let before = buf.len();
                     let take = rest.len().min(MAX_HEAD - before);
-                    buf.extend_from_slice(&rest[..take]);
-                    match parse_response(buf) {
+                    let parsed = if before == 0 {
+                        parse_response(&rest[..take])
+                    } else {
+                        buf.extend_from_slice(&rest[..take]);
+                        parse_response(buf)
+                    };
+                    match parsed {
                         Head::Done(h, n) => {
                             let used = n - before;
                             rest = &rest[used..];
@@ -337,7 +352,10 @@ impl Conn {
                                 self.finish(out);
                             }
                         }
-                        Head::Partial if take == rest.len() && buf.len() < MAX_HEAD => {
+                        Head::Partial if take == rest.len() && before + take < MAX_HEAD => {
+                            if before == 0 {
+                                buf.extend_from_slice(rest);
+                            }
                             moved = moved.saturating_sub(rest.len() as u64);
                             rest = &[];
                         }

@@ -10,8 +10,9 @@ use super::event::{ConnId, Dir, EdgeKind, Event};
 use super::hist::Hist;
 use super::http;
 use coral_proto::{EdgeRecord, RedRecord};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Most connections followed at once.
 const MAX_CONNS: usize = 65_536;
@@ -45,23 +46,23 @@ struct EdgeAgg {
     rtt_max_us: u64,
 }
 
-type RedKey = (i64, String, String, String);
+type RedKey = (i64, Arc<str>, String, String);
 type EdgeKey = (i64, String, u32, String, Option<String>);
 
 struct Followed {
-    service: String,
+    service: Arc<str>,
     http: http::Conn,
 }
 
 pub struct Tracker {
     agent_id: String,
     /// Listening port → connected service.
-    ports: HashMap<u16, String>,
+    ports: HashMap<u16, Arc<str>>,
     /// Process → the service it serves (learned from accepts).
-    procs: HashMap<u32, String>,
+    procs: HashMap<u32, Arc<str>>,
     conns: HashMap<ConnId, Followed>,
     red: HashMap<RedKey, RedAgg>,
-    routes: HashMap<String, usize>,
+    routes: HashMap<Arc<str>, usize>,
     edges: HashMap<EdgeKey, EdgeAgg>,
     /// Wall clock minus the BPF clock (CLOCK_MONOTONIC), ns.
     wall_offset_ns: i64,
@@ -87,12 +88,12 @@ impl Tracker {
     pub fn new(agent_id: &str, wall_offset_ns: i64) -> Self {
         Tracker {
             agent_id: agent_id.to_string(),
-            ports: HashMap::new(),
-            procs: HashMap::new(),
-            conns: HashMap::new(),
-            red: HashMap::new(),
-            routes: HashMap::new(),
-            edges: HashMap::new(),
+            ports: HashMap::default(),
+            procs: HashMap::default(),
+            conns: HashMap::default(),
+            red: HashMap::default(),
+            routes: HashMap::default(),
+            edges: HashMap::default(),
             wall_offset_ns,
             exchanges: Vec::new(),
             requests: 0,
@@ -105,7 +106,10 @@ impl Tracker {
 
     /// The connected services, as (port, name).
     pub fn set_services(&mut self, services: impl IntoIterator<Item = (u16, String)>) {
-        self.ports = services.into_iter().collect();
+        self.ports = services
+            .into_iter()
+            .map(|(port, name)| (port, Arc::from(name)))
+            .collect();
     }
 
     pub fn handle(&mut self, ev: Event) {
@@ -166,9 +170,10 @@ impl Tracker {
                 ts_ns,
                 ..
             } => {
-                let dst_service = dst.and_then(|(_, port)| self.ports.get(&port).cloned());
+                let dst_service =
+                    dst.and_then(|(_, port)| Some(self.ports.get(&port)?.to_string()));
                 let src = match self.procs.get(&tgid) {
-                    Some(s) => s.clone(),
+                    Some(s) => s.to_string(),
                     None if dst_service.is_some() => comm,
                     None => return,
                 };
@@ -197,25 +202,26 @@ impl Tracker {
         }
     }
 
-    fn record(&mut self, service: &str, out: &mut Vec<http::Exchange>) {
+    fn record(&mut self, service: &Arc<str>, out: &mut Vec<http::Exchange>) {
         for x in out.drain(..) {
             self.requests += 1;
             let minute = minute_ms(x.start_ns as i64 + self.wall_offset_ns);
-            let mut route = super::route::normalise(&x.target);
-            let key = (minute, service.to_string(), x.method.clone(), route.clone());
+            let us = x.duration_us();
+            let mut key = (
+                minute,
+                service.clone(),
+                x.method,
+                super::route::normalise(&x.target),
+            );
             if !self.red.contains_key(&key) {
-                let n = self.routes.entry(service.to_string()).or_default();
+                let n = self.routes.entry(service.clone()).or_default();
                 if *n >= MAX_ROUTES {
-                    route = "{other}".into();
+                    key.3 = "{other}".into();
                 } else {
                     *n += 1;
                 }
             }
-            let us = x.duration_us();
-            let a = self
-                .red
-                .entry((minute, service.to_string(), x.method, route))
-                .or_default();
+            let a = self.red.entry(key).or_default();
             a.count += 1;
             a.errors += u64::from((500..600).contains(&x.status));
             a.client_errors += u64::from((400..500).contains(&x.status));
@@ -230,7 +236,7 @@ impl Tracker {
     /// Ends responses of unknown length that went idle.
     pub fn expire(&mut self, now_ns: u64) {
         let mut out = std::mem::take(&mut self.exchanges);
-        let mut done: Vec<(String, Vec<http::Exchange>)> = Vec::new();
+        let mut done: Vec<(Arc<str>, Vec<http::Exchange>)> = Vec::new();
         for f in self.conns.values_mut() {
             f.http.expire(now_ns, OPEN_IDLE_NS, &mut out);
             if !out.is_empty() {
@@ -253,7 +259,7 @@ impl Tracker {
                 agent_id: self.agent_id.clone(),
                 seq: 0,
                 minute_ms,
-                service,
+                service: service.to_string(),
                 method,
                 route,
                 count: a.count,
