@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WRK_SECS: u64 = 5;
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 6;
 const PACED_RPS: u64 = 1000;
 const PACED_SECS: u64 = 20;
 
