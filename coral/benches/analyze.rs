@@ -155,11 +155,7 @@ fn main() {
         p(&services),
         p(&red),
         p(&status),
-        profile = if cfg!(debug_assertions) {
-            "dev"
-        } else {
-            "release"
-        },
+        profile = common::build_profile(),
     );
     write_section("analyze", &section);
 }

@@ -175,12 +175,8 @@ fn main() {
     let hz = ticks_per_sec();
     let cpu = |t0: u64, t1: u64| (t1 - t0) as f64 / hz / window.as_secs_f64() * 100.0;
 
-    let profile = if cfg!(debug_assertions) {
-        "dev (unoptimised Rust; DuckDB at -O1)"
-    } else {
-        "release"
-    };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let profile = common::build_profile();
+    let kernel = common::kernel_release();
     let section = format!(
         "## Control plane (issue 2)\n\n\
 Reproduce: `make bench` (runs `cargo bench -p coral --bench control_plane`).\n\
@@ -198,10 +194,7 @@ Total RSS counts the pages of the coral executable that the process has touched\
 links DuckDB, tokio, boringtun and the CLI). Private is `RssAnon`: the heap,\n\
 stacks and DuckDB buffers this process alone holds.\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        kernel = kernel.trim(),
-        cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cores = common::cores(),
         r50 = us(percentile(&rpc, 0.5)),
         r99 = us(percentile(&rpc, 0.99)),
         e50 = us(percentile(&echo, 0.5)),

@@ -318,7 +318,7 @@ fn main() {
     let (work0, work1) = (best(&without_work), best(&with_work));
     let work_loss = (1.0 - work1 / work0) * 100.0;
     let per_req_ns = bpf.0 as f64 / bpf.2.max(1) as f64;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = common::kernel_release();
     let all = |v: &[Wrk]| {
         v.iter()
             .map(|w| format!("{:.0}", w.rps))
@@ -358,7 +358,7 @@ syscall, the tracepoint itself); the agent's reader takes the rest, on either co
 no work at all, so that fixed cost is a large share of each request: it is the worst case. A\n\
 handler that does some work (`/work`) pays the same fixed cost over a longer request.\n",
         now_utc(),
-        kernel.trim(),
+        kernel,
         all(&without),
         all(&with),
         p99(&without),

@@ -131,12 +131,8 @@ fn main() {
     let none = rpc_round_trips(&rt, &plain, n);
     drop(plain);
 
-    let profile = if cfg!(debug_assertions) {
-        "dev (unoptimised Rust)"
-    } else {
-        "release"
-    };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let profile = common::build_profile();
+    let kernel = common::kernel_release();
     let section = format!(
         "## coral exec (issue 4)\n\n\
 Reproduce: `make bench` (runs `cargo bench -p coral --bench exec`).\n\
@@ -157,11 +153,8 @@ it, and starting the command through the `coral` binary as a shim that joins it\
 before `execve`. Two fsyncs (the write-ahead record and the completion) are in\n\
 both.\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        kernel = kernel.trim(),
         load = load,
-        cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cores = common::cores(),
         l50 = us(percentile(&local, 0.5)),
         l99 = us(percentile(&local, 0.99)),
         g50 = ms(percentile(&cg, 0.5)),

@@ -473,12 +473,8 @@ fn main() {
     local.sort();
     drop(lab);
 
-    let profile = if cfg!(debug_assertions) {
-        "dev (unoptimised Rust)"
-    } else {
-        "release"
-    };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let profile = common::build_profile();
+    let kernel = common::kernel_release();
     let section = format!(
         "## The mesh: join, RPC over WireGuard, recovery (issue 3)\n\n\
 Reproduce: `cargo bench -p coral --bench mesh_join` (root: it\n\
@@ -509,10 +505,7 @@ backoff (200 ms, with jitter). Before these two changes recovery was bimodal\n\
 (0.5 s, or 5 to 17 s waiting for a call's deadline and a boringtun rekey).\n\
 Targets: join p50 < 1 s, recovery p50 < 5 s.\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        kernel = kernel.trim(),
-        cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cores = common::cores(),
         j50 = ms(percentile(&join_times, 0.5)),
         jmax = ms(*join_times.last().unwrap()),
         m50 = ms(percentile(&mesh_rtt, 0.5)),

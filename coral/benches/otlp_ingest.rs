@@ -308,9 +308,7 @@ fn main() {
         eprintln!("otlp_ingest: run with `make bench` (cargo bench) to measure");
         return;
     }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = common::cores();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -383,11 +381,7 @@ the load generator to core 1.\n\n\
 | agent RSS under a 2x overload, peak / after | {peak:.0} MB / {idle:.0} MB | bounded |\n\
 | accepted spans lost under the 2x overload | {lost} of {accepted_over} ({refused_over} requests refused with RESOURCE_EXHAUSTED) | 0 |\n",
         date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-        profile = if cfg!(debug_assertions) {
-            "dev (unoptimised Rust; DuckDB at -O1)"
-        } else {
-            "release"
-        },
+        profile = common::build_profile(),
         l50 = ms(percentile(&lat, 0.5)),
         l99 = ms(percentile(&lat, 0.99)),
         peak = peak.load(Ordering::Relaxed) as f64 / 1024.0,

@@ -166,6 +166,22 @@ fn parse_response(buf: &[u8]) -> Head<RespHead> {
     }
 }
 
+/// Offers `more` to a head gathered in `buf`. A head that starts here is
+/// parsed in place (the common case: one syscall holds it) and kept only
+/// if incomplete; one split across syscalls is parsed from `buf`.
+fn gather<T>(buf: &mut Vec<u8>, more: &[u8], parse: fn(&[u8]) -> Head<T>) -> Head<T> {
+    if buf.is_empty() {
+        let head = parse(more);
+        if matches!(head, Head::Partial) {
+            buf.extend_from_slice(more);
+        }
+        head
+    } else {
+        buf.extend_from_slice(more);
+        parse(buf)
+    }
+}
+
 const METHODS: &[&[u8]] = &[
     b"GET ",
     b"POST ",
@@ -233,15 +249,7 @@ impl Conn {
                         self.head_start_ns = ts_ns;
                     }
                     let take = rest.len().min(MAX_HEAD - before);
-                    // A head that starts this read is parsed in place; only
-                    // one split across reads is gathered.
-                    let parsed = if before == 0 {
-                        parse_request(&rest[..take])
-                    } else {
-                        buf.extend_from_slice(&rest[..take]);
-                        parse_request(buf)
-                    };
-                    match parsed {
+                    match gather(buf, &rest[..take], parse_request) {
                         Head::Done(h, n) => {
                             let used = n - before;
                             rest = &rest[used..];
@@ -263,10 +271,7 @@ impl Conn {
                                 self.pending.push_back(req);
                             }
                         }
-                        Head::Partial if take == rest.len() && before + take < MAX_HEAD => {
-                            if before == 0 {
-                                buf.extend_from_slice(rest);
-                            }
+                        Head::Partial if take == rest.len() && buf.len() < MAX_HEAD => {
                             rest = &[];
                         }
                         _ => {
@@ -313,13 +318,7 @@ impl Conn {
                 State::Head(buf) => {
                     let before = buf.len();
                     let take = rest.len().min(MAX_HEAD - before);
-                    let parsed = if before == 0 {
-                        parse_response(&rest[..take])
-                    } else {
-                        buf.extend_from_slice(&rest[..take]);
-                        parse_response(buf)
-                    };
-                    match parsed {
+                    match gather(buf, &rest[..take], parse_response) {
                         Head::Done(h, n) => {
                             let used = n - before;
                             rest = &rest[used..];
@@ -352,10 +351,7 @@ impl Conn {
                                 self.finish(out);
                             }
                         }
-                        Head::Partial if take == rest.len() && before + take < MAX_HEAD => {
-                            if before == 0 {
-                                buf.extend_from_slice(rest);
-                            }
+                        Head::Partial if take == rest.len() && buf.len() < MAX_HEAD => {
                             moved = moved.saturating_sub(rest.len() as u64);
                             rest = &[];
                         }

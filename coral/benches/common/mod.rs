@@ -83,6 +83,30 @@ impl Drop for Daemons {
     }
 }
 
+/// The build profile these figures come from, for each section's header.
+pub fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev (unoptimised Rust; DuckDB at -O1)"
+    } else {
+        "release"
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// CPUs this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
+}
+
 /// The `p` quantile of sorted durations.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
