@@ -43,10 +43,11 @@ fuzz: deps
 demo: build
 	bash packaging/dev/demo.sh
 
-## Benchmarks (release build): control plane, OTLP, exec, analyzer and MCP, policy, helper, mesh, eBPF, join; figures go to docs/benchmarks.md.
+## Benchmarks (release build): control plane, OTLP, freshness, exec, analyzer and MCP, policy, helper, mesh, eBPF, join; figures go to docs/benchmarks.md.
 bench:
 	$(CARGO) bench -p coral --bench control_plane
 	$(CARGO) bench -p coral --bench otlp_ingest
+	$(CARGO) bench -p coral --bench freshness
 	$(CARGO) bench -p coral --bench exec
 	$(CARGO) bench -p coral --bench analyze
 	$(CARGO) bench -p coral-policy --bench decide

@@ -253,3 +253,36 @@ fn coral_ask_without_a_provider_answers_with_the_analyzer() {
     let human = env.ok(&["ask", "What's wrong with the API?"]);
     assert!(human.contains("Likely root cause"), "{human}");
 }
+
+/// Issue 11: with an agent offline the analyzer never says "No problem
+/// found": it says what it could not see. Every tool answer carries the
+/// coverage that tells it.
+#[test]
+fn an_offline_agent_is_named_instead_of_no_problem_found() {
+    let env = setup();
+    let quiet = env.json(&["ask", "Are there any issues?", "--json"]);
+    assert!(
+        quiet["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("No problem found"),
+        "{quiet:#}"
+    );
+    let pid = env.pid_of("agent").unwrap();
+    kill(pid, 9);
+    wait_dead(pid, Duration::from_secs(5));
+    env.wait_json(
+        &["colony", "status", "--json"],
+        Duration::from_secs(10),
+        "the agent offline",
+        |c| c["agents"][0]["state"] == "offline",
+    );
+    let v = env.json(&["ask", "Are there any issues?", "--json"]);
+    let answer = v["answer"].as_str().unwrap();
+    assert!(!answer.contains("No problem found"), "{answer}");
+    assert!(answer.contains("agent test-host is offline"), "{answer}");
+    let red: serde_json::Value =
+        serde_json::from_str(&env.ok(&["mcp", "call", "coral_red_metrics", "{}"])).unwrap();
+    assert_eq!(red["coverage"]["complete"], false, "{red:#}");
+    assert_eq!(red["coverage"]["agents"][0]["state"], "offline", "{red:#}");
+}

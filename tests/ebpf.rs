@@ -254,6 +254,16 @@ fn load(port: u16, conns: usize, per_conn: usize, offset: usize) -> Load {
     l
 }
 
+/// The eBPF figures of a RED row (`coral query metrics --json`).
+fn ebpf(row: &Value) -> &Value {
+    &row["ebpf"]["recent"]
+}
+
+/// The OTLP figures of a RED row.
+fn otlp(row: &Value) -> &Value {
+    &row["otlp"]["recent"]
+}
+
 fn route_of<'a>(report: &'a Value, service: &str, route: &str) -> Option<&'a Value> {
     report["routes"]
         .as_array()?
@@ -278,7 +288,7 @@ fn wait_route(env: &Env, service: &str, count: u64) -> Value {
         "RED rows at the colony",
         |r| {
             route_of(r, service, "/api/orders/{id}")
-                .is_some_and(|x| x["count"].as_u64() >= Some(count))
+                .is_some_and(|x| ebpf(x)["count"].as_u64() >= Some(count))
         },
     );
     // Anything late would show as an over-count.
@@ -289,7 +299,9 @@ fn wait_route(env: &Env, service: &str, count: u64) -> Value {
 
 fn check_accuracy(env: &Env, service: &str, l: &Load) {
     let report = wait_route(env, service, l.count - l.count / 100);
-    let r = route_of(&report, service, "/api/orders/{id}").unwrap();
+    let row = route_of(&report, service, "/api/orders/{id}").unwrap();
+    assert_eq!(row["sources"], serde_json::json!(["ebpf"]), "{row}");
+    let r = ebpf(row);
     let count = r["count"].as_u64().unwrap();
     let within = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b;
     assert!(
@@ -385,7 +397,10 @@ fn red_metrics_match_a_counting_client_for_rust_python_and_go_servers() {
         &args,
         Duration::from_secs(30),
         "the pipelined requests",
-        |r| route_of(r, "go-api", "/hello").is_some_and(|x| x["count"] == 20 && x["errors"] == 0),
+        |r| {
+            route_of(r, "go-api", "/hello")
+                .is_some_and(|x| ebpf(x)["count"] == 20 && ebpf(x)["errors"] == 0)
+        },
     );
     // The per-service summary agrees with the route.
     let report = env.json(&["query", "metrics", "--since", "10m", "--json"]);
@@ -393,8 +408,8 @@ fn red_metrics_match_a_counting_client_for_rust_python_and_go_servers() {
     for name in ["rust-api", "py-api", "go-api"] {
         let s = services.iter().find(|s| s["service"] == name).unwrap();
         let extra = if name == "go-api" { 20 } else { 0 };
-        assert_eq!(s["count"].as_u64(), Some(400 + extra), "{s}");
-        assert_eq!(s["errors"].as_u64(), Some(40), "{s}");
+        assert_eq!(ebpf(s)["count"].as_u64(), Some(400 + extra), "{s}");
+        assert_eq!(ebpf(s)["errors"].as_u64(), Some(40), "{s}");
     }
     // Human output and `coral top --once`.
     let text = env.ok(&["query", "metrics", "--since", "10m"]);
@@ -459,7 +474,7 @@ fn map_shows_the_exact_edges_of_a_three_service_chain() {
             let edges = m["edges"].as_array().cloned().unwrap_or_default();
             let done = |src: &str, dst: &str| {
                 edges.iter().any(|e| {
-                    e["src"] == src && e["dst_service"] == dst && e["bytes_sent"].as_u64() > Some(0)
+                    e["from"] == src && e["to"] == dst && e["bytes_sent"].as_u64() > Some(0)
                 })
             };
             done("a", "b") && done("b", "c")
@@ -469,11 +484,11 @@ fn map_shows_the_exact_edges_of_a_three_service_chain() {
     let services = ["a", "b", "c", "down"];
     let mut between: Vec<(String, String)> = edges
         .iter()
-        .filter(|e| services.contains(&e["src"].as_str().unwrap()))
+        .filter(|e| services.contains(&e["from"].as_str().unwrap()))
         .map(|e| {
             (
-                e["src"].as_str().unwrap().to_string(),
-                e["dst_service"].as_str().unwrap_or("-").to_string(),
+                e["from"].as_str().unwrap().to_string(),
+                e["to"].as_str().unwrap().to_string(),
             )
         })
         .collect();
@@ -487,8 +502,9 @@ fn map_shows_the_exact_edges_of_a_three_service_chain() {
         ],
         "{map:#}"
     );
-    let ab = edges.iter().find(|e| e["src"] == "a").unwrap();
-    assert_eq!(ab["dst_addr"], format!("127.0.0.1:{b_port}"));
+    let ab = edges.iter().find(|e| e["from"] == "a").unwrap();
+    assert_eq!(ab["to_addr"], format!("127.0.0.1:{b_port}"));
+    assert_eq!(ab["sources"], serde_json::json!(["ebpf"]), "{ab}");
     assert_eq!(ab["failures"].as_u64(), Some(0));
     assert!(ab["connections"].as_u64() >= Some(1));
     assert!(ab["bytes_received"].as_u64() > Some(0), "{ab}");
@@ -497,7 +513,7 @@ fn map_shows_the_exact_edges_of_a_three_service_chain() {
     let into = |svc: &str| {
         edges
             .iter()
-            .filter(|e| e["dst_service"] == svc && !services.contains(&e["src"].as_str().unwrap()))
+            .filter(|e| e["to"] == svc && !services.contains(&e["from"].as_str().unwrap()))
             .collect::<Vec<_>>()
     };
     assert_eq!(
@@ -582,7 +598,7 @@ fn colony_restart_loses_nothing_and_agent_stop_leaves_no_bpf_objects() {
         "test-colony",
     ]);
     let report = wait_route(&env, "api", first.count + second.count);
-    let r = route_of(&report, "api", "/api/orders/{id}").unwrap();
+    let r = ebpf(route_of(&report, "api", "/api/orders/{id}").unwrap());
     assert_eq!(r["count"].as_u64(), Some(first.count + second.count), "{r}");
     assert_eq!(
         r["errors"].as_u64(),
@@ -672,21 +688,22 @@ fn one_query_shows_ebpf_red_and_otlp_spans_of_the_same_route() {
         "eBPF rows and spans of the route",
         |r| {
             route_of(r, "traced", "/api/orders/{id}").is_some_and(|x| {
-                x["count"].as_u64() >= Some(l.count)
-                    && x["spans"]["count"].as_u64() >= Some(l.count)
+                ebpf(x)["count"].as_u64() >= Some(l.count)
+                    && otlp(x)["count"].as_u64() >= Some(l.count)
             })
         },
     );
     let r = route_of(&report, "traced", "/api/orders/{id}").unwrap();
-    assert_eq!(r["count"].as_u64(), Some(l.count), "{r}");
-    assert_eq!(r["spans"]["count"].as_u64(), Some(l.count), "{r}");
-    assert_eq!(r["errors"].as_u64(), Some(l.errors), "{r}");
-    assert_eq!(r["spans"]["errors"].as_u64(), Some(l.errors), "{r}");
+    assert_eq!(r["sources"], serde_json::json!(["ebpf", "otlp"]), "{r}");
+    assert_eq!(ebpf(r)["count"].as_u64(), Some(l.count), "{r}");
+    assert_eq!(otlp(r)["count"].as_u64(), Some(l.count), "{r}");
+    assert_eq!(ebpf(r)["errors"].as_u64(), Some(l.errors), "{r}");
+    assert_eq!(otlp(r)["errors"].as_u64(), Some(l.errors), "{r}");
     // Both measure the same requests: their medians agree within 2x (the
     // span starts after the request is parsed, eBPF at its first byte).
     let (e, s) = (
-        r["p50_us"].as_f64().unwrap(),
-        r["spans"]["p50_us"].as_f64().unwrap(),
+        ebpf(r)["p50_us"].as_f64().unwrap(),
+        otlp(r)["p50_us"].as_f64().unwrap(),
     );
     assert!(
         s <= e * 2.0 && e <= s * 2.0 + 2000.0,
@@ -698,8 +715,174 @@ fn one_query_shows_ebpf_red_and_otlp_spans_of_the_same_route() {
         .iter()
         .find(|x| x["service"] == "traced")
         .unwrap();
-    assert_eq!(svc["spans"]["count"].as_u64(), Some(l.count), "{svc}");
+    assert_eq!(otlp(svc)["count"].as_u64(), Some(l.count), "{svc}");
     // The human table shows both.
     let text = env.ok(&["query", "metrics", "--service", "traced", "--since", "10m"]);
     assert!(text.contains("SPANS"), "{text}");
+}
+
+/// Drives two keep-alive clients for `how_long`, one on each route, each
+/// request 50 ms after the last answer; returns the requests per route.
+fn drive_shop(port: u16, how_long: Duration) -> (u64, u64) {
+    let until = Instant::now() + how_long;
+    let client = move |path: &'static str| {
+        std::thread::spawn(move || {
+            let mut s = BufReader::new(TcpStream::connect(("127.0.0.1", port)).unwrap());
+            let mut n = 0;
+            while Instant::now() < until {
+                assert_eq!(get(&mut s, path).0, 200);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let (a, b) = (client("/api/checkout"), client("/api/items"));
+    (a.join().unwrap(), b.join().unwrap())
+}
+
+/// Issue 11: a plain HTTP service with no OpenTelemetry, connected and
+/// nothing else; /api/checkout goes from 5 ms to 400 ms. `coral ask` (the
+/// built-in analyzer), asked at once, names the service and the route
+/// from eBPF evidence; the MCP tools return eBPF rows labelled with their
+/// source; `coral query metrics` and the MCP tool agree on the same window.
+#[test]
+fn passive_slowdown_is_explained_by_ask_from_ebpf_alone() {
+    let env = Env::new(&config());
+    if !start(&env, "passive_slowdown_is_explained_by_ask_from_ebpf_alone") {
+        return;
+    }
+    let delay = env.root().join("delay");
+    std::fs::write(&delay, "0.005").unwrap();
+    let port_file = env.root().join("shop.port");
+    let mut child = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/slow_server.py"))
+        .arg(&port_file)
+        .arg(&delay)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run python3");
+    let port = wait_port_file(&port_file, &mut child);
+    let _server = Proc(child);
+    env.ok(&["connect", &format!("api:{port}:tcp")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = drive_shop(port, Duration::from_secs(20));
+    std::fs::write(&delay, "0.4").unwrap();
+    let incident = drive_shop(port, Duration::from_secs(12));
+    eprintln!("baseline {baseline:?}, incident {incident:?} requests (checkout, items)");
+
+    // Asked the moment the incident's traffic ends.
+    let asked = Instant::now();
+    let a = env.json(&["ask", "--json", "Why is checkout slow?"]);
+    eprintln!("ask took {:?}: {a:#}", asked.elapsed());
+    let answer = a["answer"].as_str().unwrap();
+    assert!(!answer.contains("No problem found"), "{answer}");
+    let rc = &a["root_cause"];
+    assert_eq!(rc["service"], "api", "{a:#}");
+    assert_eq!(rc["component"], "GET /api/checkout", "{a:#}");
+    assert_eq!(rc["kind"], "latency_regression", "{a:#}");
+    assert!(answer.contains("/api/checkout"), "{answer}");
+    assert!(answer.contains("eBPF"), "{answer}");
+    // The evidence ids point at the tools that read eBPF rows.
+    let red_ev = a["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["tool"] == "coral_red_metrics"
+                && e["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("moved: api"))
+        })
+        .unwrap_or_else(|| panic!("no RED evidence that api moved: {a:#}"));
+    let id = red_ev["id"].as_str().unwrap();
+    assert!(answer.contains(&format!("[{id}]")), "{answer}");
+
+    // MCP: eBPF rows with their source, and the slow route.
+    let red: Value = serde_json::from_str(&env.ok(&[
+        "mcp",
+        "call",
+        "coral_red_metrics",
+        r#"{"service":"api","window":"20s","baseline":"5m"}"#,
+    ]))
+    .unwrap();
+    let svc = &red["services"][0];
+    assert_eq!(svc["sources"], serde_json::json!(["ebpf"]), "{red:#}");
+    assert_eq!(red["coverage"]["complete"], true, "{red:#}");
+    let checkout = svc["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "GET /api/checkout")
+        .unwrap_or_else(|| panic!("{red:#}"));
+    assert_eq!(checkout["source"], "ebpf");
+    assert!(
+        checkout["recent"]["p95_ms"].as_f64() > Some(300.0),
+        "{checkout}"
+    );
+    assert!(
+        checkout["baseline"]["p95_ms"].as_f64() < Some(50.0),
+        "{checkout}"
+    );
+    assert!(checkout["moved_s_ago"].as_i64().is_some(), "{checkout}");
+    let map: Value =
+        serde_json::from_str(&env.ok(&["mcp", "call", "coral_service_map", "{}"])).unwrap();
+    assert!(
+        map["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["to"] == "api" && e["sources"] == serde_json::json!(["ebpf"])),
+        "{map:#}"
+    );
+
+    // The CLI and MCP read one layer: the same window, the same counts.
+    std::thread::sleep(Duration::from_millis(1000));
+    let cli = env.json(&[
+        "query",
+        "metrics",
+        "--service",
+        "api",
+        "--since",
+        "5m",
+        "--json",
+    ]);
+    let mcp: Value = serde_json::from_str(&env.ok(&[
+        "mcp",
+        "call",
+        "coral_red_metrics",
+        r#"{"service":"api","window":"5m","baseline":"1s"}"#,
+    ]))
+    .unwrap();
+    let total = baseline.0 + baseline.1 + incident.0 + incident.1;
+    assert_eq!(
+        ebpf(&cli["services"][0])["count"].as_u64(),
+        Some(total),
+        "{cli:#}"
+    );
+    assert_eq!(
+        mcp["services"][0]["recent"]["requests"].as_u64(),
+        Some(total),
+        "{mcp:#}"
+    );
+    for route in cli["routes"].as_array().unwrap() {
+        let name = format!(
+            "{} {}",
+            route["method"].as_str().unwrap(),
+            route["route"].as_str().unwrap()
+        );
+        let m = mcp["services"][0]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} missing from MCP: {mcp:#}"));
+        assert_eq!(m["recent"]["requests"], ebpf(route)["count"], "{name}");
+        assert_eq!(
+            m["recent"]["p95_ms"].as_f64().unwrap(),
+            (ebpf(route)["p95_us"].as_f64().unwrap() / 10.0).round() / 100.0,
+            "{name}"
+        );
+    }
 }

@@ -686,3 +686,123 @@ fn many_concurrent_grpc_exports_on_one_connection_all_complete() {
         .unwrap();
     assert_eq!(n as usize, ok * 50, "accepted spans must all be stored");
 }
+
+/// Issue 11: rows queued while the colony was down are forwarded in pushes
+/// capped by bytes, so no push exceeds the 16 MiB frame (2,000 spans of
+/// 9 KB did, and forwarding stalled for good); a single span larger than
+/// any push is cut with a marker at the colony and kept whole on the agent.
+#[test]
+fn large_attributes_are_forwarded_in_byte_capped_pushes() {
+    let env = Env::new(FAST_CONFIG);
+    env.start_colony();
+    env.start_agent();
+    let (_, http) = otlp_addrs(&env);
+    let url = format!("http://{http}/v1/traces");
+    env.ok(&["colony", "stop"]);
+    let mut sent = 0;
+    // 2,500 spans of 9 KB (22 MB) and 200 of 64 KB (13 MB), queued.
+    for (spans, pad, requests) in [(250, 9_000, 10), (50, 64_000, 4)] {
+        for _ in 0..requests {
+            let body = trace_request("big", spans, pad, true).encode_to_vec();
+            assert_eq!(post(&url, "application/x-protobuf", None, body).0, 200);
+            sent += spans;
+        }
+    }
+    // One span of 3 MB of control characters: 18 MB once JSON-escaped.
+    let mut huge = trace_request("huge", 1, 0, true);
+    huge.resource_spans[0].scope_spans[0].spans[0].attributes[0]
+        .value
+        .as_mut()
+        .unwrap()
+        .value = Some(
+        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+            "\u{1}".repeat(3 << 20),
+        ),
+    );
+    let (status, _, body) = post(&url, "application/x-protobuf", None, huge.encode_to_vec());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    sent += 1;
+    env.start_colony();
+    env.wait_json(
+        &["colony", "status", "--json"],
+        Duration::from_secs(60),
+        "every queued span at the colony",
+        |c| c["stored_spans"].as_u64() == Some(sent as u64),
+    );
+    let log = env.log("agent");
+    assert!(log.contains("largest text was cut"), "{log}");
+    assert!(!log.contains("frame"), "a push hit the frame limit: {log}");
+    env.ok(&["agent", "stop"]);
+    env.ok(&["colony", "stop"]);
+    let attrs = |path: std::path::PathBuf| -> String {
+        duckdb::Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT attributes FROM spans WHERE service = 'huge'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let at_colony: Value =
+        serde_json::from_str(&attrs(env.colony_state().join("telemetry.duckdb"))).unwrap();
+    assert!(
+        at_colony["coral.cut"]
+            .as_str()
+            .unwrap()
+            .contains("bytes cut"),
+        "{at_colony}"
+    );
+    assert!(attrs(env.agent_state().join("telemetry.duckdb")).len() > 3 << 20);
+}
+
+/// Issue 11: an absurd window is a one-line usage error (exit 64), never an
+/// overflow; the colony keeps serving queries and agents afterwards.
+#[test]
+fn absurd_windows_are_usage_errors_and_the_colony_keeps_serving() {
+    let env = Env::new(FAST_CONFIG);
+    env.start_colony();
+    env.start_agent();
+    for args in [
+        &["query", "metrics", "--since", "300000years"][..],
+        &[
+            "query",
+            "metrics",
+            "--since",
+            "5m",
+            "--baseline",
+            "300000years",
+        ],
+        &["query", "map", "--since", "300000years"],
+        &["query", "traces", "--since", "300000years"],
+        &["query", "logs", "--since", "300000years"],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("longer than a year"), "{err}");
+    }
+    // Past what a duration can hold: clap's usage error, naming the flag.
+    let out = env.run(&["query", "traces", "--since", "99999999999999999years"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.lines().next().unwrap().contains("--since"), "{err}");
+    let out = env.run(&[
+        "mcp",
+        "call",
+        "coral_red_metrics",
+        r#"{"window":"300000years"}"#,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("between 1s and 30d"),
+        "{out:?}"
+    );
+    // Still serving: queries answer, the agent stays registered.
+    let m = env.json(&["query", "metrics", "--since", "5m", "--json"]);
+    assert_eq!(m["coverage"]["complete"], true, "{m:#}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = env.json(&["colony", "status", "--json"]);
+    assert_eq!(st["agents"][0]["state"], "online", "{st:#}");
+}

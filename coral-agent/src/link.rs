@@ -15,6 +15,11 @@ const SAMPLES_PER_HEARTBEAT: usize = 5_000;
 /// Telemetry rows per push, and pushes per kind per tick.
 const ROWS_PER_PUSH: usize = 2_000;
 const PUSHES_PER_TICK: usize = 10;
+/// Most bytes of rows in one push, as JSON: well under the 16 MiB frame.
+const PUSH_BYTES: usize = 4 << 20;
+/// Most bytes of one row; a larger row has its largest text cut, with a
+/// marker, so it never blocks the rows behind it.
+const ROW_BYTES: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// While a connect over the mesh waits, a fresh WireGuard handshake this often.
@@ -259,26 +264,34 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
     }
     tracing::info!(colony = %addr, colony_id = %registered.colony_id, "registered with colony");
 
-    // The colony sets the pace: it decides when a silent agent is offline.
+    // The colony sets the pace of heartbeats: it decides when a silent
+    // agent is offline. Telemetry goes as soon as it is committed.
     let interval = Duration::from_millis(registered.heartbeat_interval_ms.clamp(100, 60_000));
+    let cut_log = coral_proto::local::RateLimited::new(Duration::from_secs(60));
+    let mut beat = true;
+    let mut next_beat = tokio::time::Instant::now();
     loop {
         let stopping = shared.shutdown.is_cancelled();
-        let (samples, dropped) = shared.pending_batch(SAMPLES_PER_HEARTBEAT);
-        let full = samples.len() == SAMPLES_PER_HEARTBEAT;
-        let hb = Heartbeat {
-            agent_id: shared.agent_id.clone(),
-            services: shared.services_snapshot(),
-            samples,
-            dropped_samples: dropped,
-        };
-        let ack = client
-            .heartbeat(ctx(), hb)
-            .await
-            .map_err(rpc_err)?
-            .map_err(refused)?;
-        shared.acknowledge(ack.last_seq);
-        shared.link.lock().expect("link lock").last_heartbeat_ms = Some(coral_proto::now_ms());
-        let behind = forward(shared, &client, &mut checkpoints)
+        let mut full = false;
+        if beat || stopping || tokio::time::Instant::now() >= next_beat {
+            let (samples, dropped) = shared.pending_batch(SAMPLES_PER_HEARTBEAT);
+            full = samples.len() == SAMPLES_PER_HEARTBEAT;
+            let hb = Heartbeat {
+                agent_id: shared.agent_id.clone(),
+                services: shared.services_snapshot(),
+                samples,
+                dropped_samples: dropped,
+            };
+            let ack = client
+                .heartbeat(ctx(), hb)
+                .await
+                .map_err(rpc_err)?
+                .map_err(refused)?;
+            shared.acknowledge(ack.last_seq);
+            shared.link.lock().expect("link lock").last_heartbeat_ms = Some(coral_proto::now_ms());
+            next_beat = tokio::time::Instant::now() + interval;
+        }
+        let behind = forward(shared, &client, &mut checkpoints, &cut_log)
             .await
             .map_err(|e| match e {
                 ForwardError::Rpc(e) => rpc_err(e),
@@ -293,12 +306,14 @@ async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
             tracing::info!("said goodbye to the colony");
             return Ok(());
         }
+        beat = full;
         if full || behind {
             continue; // more queued: send it now
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shared.changed.notified() => {}
+            _ = tokio::time::sleep_until(next_beat) => {}
+            _ = shared.changed.notified() => beat = true,
+            _ = shared.telemetry.committed() => {}
             _ = shared.shutdown.cancelled() => {}
         }
     }
@@ -310,12 +325,14 @@ enum ForwardError {
     Local(String),
 }
 
-/// Pushes telemetry past the colony's checkpoints, oldest first. Returns
-/// true if more is waiting than one tick sends.
+/// Pushes telemetry past the colony's checkpoints, oldest first, in
+/// batches capped by rows and bytes. Returns true if more is waiting than
+/// one tick sends.
 async fn forward(
     shared: &Shared,
     client: &ColonyClient,
     checkpoints: &mut coral_proto::Checkpoints,
+    cut_log: &coral_proto::local::RateLimited,
 ) -> Result<bool, ForwardError> {
     let mut behind = false;
     for kind in coral_proto::SignalKind::ALL {
@@ -324,7 +341,7 @@ async fn forward(
             continue;
         }
         for push in 0..PUSHES_PER_TICK {
-            let rows = shared
+            let mut rows = shared
                 .telemetry
                 .rows_after(kind, checkpoints.get(kind), ROWS_PER_PUSH)
                 .await
@@ -332,7 +349,19 @@ async fn forward(
             if rows.is_empty() {
                 break;
             }
-            let full = rows.len() == ROWS_PER_PUSH;
+            let read = rows.len();
+            let cut = rows.fit_bytes(PUSH_BYTES, ROW_BYTES);
+            if cut > 0
+                && let Some(more) = cut_log.allow()
+            {
+                tracing::warn!(
+                    kind = ?kind,
+                    rows = cut,
+                    suppressed_warnings = more,
+                    "rows over {ROW_BYTES} bytes: their largest text was cut to forward them"
+                );
+            }
+            let full = read == ROWS_PER_PUSH || rows.len() < read;
             let stored = client
                 .push(ctx(), shared.agent_id.clone(), rows)
                 .await

@@ -10,7 +10,10 @@
 
 use crate::Shared;
 use coral_proto::rpc::AgentRpc;
-use coral_proto::{AuditQuery, ExecAuditRecord, ExecError, ExecPoll, ExecRequest, ExecStarted};
+use coral_proto::{
+    AuditQuery, Checkpoints, ExecAuditRecord, ExecError, ExecPoll, ExecRequest, ExecStarted,
+    SignalKind,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,5 +109,15 @@ impl AgentRpc for Server {
     async fn audit(self, _: Context, q: AuditQuery) -> Result<Vec<ExecAuditRecord>, ExecError> {
         self.check()?;
         self.shared.exec.audit(self.agent(), q).await
+    }
+
+    async fn telemetry_head(self, _: Context) -> Checkpoints {
+        let mut head = Checkpoints::default();
+        if self.check().is_ok() {
+            for kind in SignalKind::ALL {
+                head.set(kind, self.shared.telemetry.last_seq(kind));
+            }
+        }
+        head
     }
 }

@@ -81,8 +81,9 @@ const MIGRATIONS: &[&str] = &[
     );
     -- The last seq given to each kind, so numbering survives retention.
     CREATE TABLE seq_counters (kind VARCHAR PRIMARY KEY, last UBIGINT NOT NULL);",
-    // 3: eBPF HTTP RED aggregates per service, method, route and minute
-    // (partial rows of one minute add up), and connection-map edges.
+    // 3: eBPF HTTP RED aggregates per service, method, route and second
+    // (minutes before version 0.2; partial rows of one bucket add up), and
+    // connection-map edges.
     "CREATE TABLE http_red (
         agent_id      VARCHAR NOT NULL,
         seq           UBIGINT NOT NULL,
@@ -202,6 +203,8 @@ type Job = Box<dyn FnOnce(&duckdb::Connection) + Send>;
 struct Tally {
     rows: [AtomicU64; 6],
     last_seq: [AtomicU64; 5],
+    /// Signalled after each commit of forwarded kinds (not samples).
+    committed: tokio::sync::Notify,
 }
 
 /// Tables in `Tally::rows` order, with their time column.
@@ -393,6 +396,13 @@ impl Telemetry {
             red: n(4),
             edges: n(5),
         }
+    }
+
+    /// Resolves once rows of a forwarded kind were committed since the last
+    /// call resolved (a commit with nobody waiting is remembered). For one
+    /// waiter: the agent's forwarder.
+    pub async fn committed(&self) {
+        self.tally.committed.notified().await
     }
 
     /// The last seq this store gave to a row of `kind` (no query).
@@ -682,6 +692,9 @@ fn writer(
                         tally.rows[i].fetch_add(n as u64, Ordering::Relaxed);
                     }
                     tally.set_seqs(seqs);
+                    if pending.rows > pending.samples.len() {
+                        tally.committed.notify_one();
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, rows = pending.rows, "telemetry append failed")
@@ -778,7 +791,7 @@ pub fn red_row(r: &duckdb::Row<'_>) -> duckdb::Result<RedRecord> {
     Ok(RedRecord {
         agent_id: r.get(0)?,
         seq: r.get(1)?,
-        minute_ms: r.get(2)?,
+        ts_ms: r.get(2)?,
         service: r.get(3)?,
         method: r.get(4)?,
         route: r.get(5)?,
@@ -801,7 +814,7 @@ pub fn edge_row(r: &duckdb::Row<'_>) -> duckdb::Result<EdgeRecord> {
     Ok(EdgeRecord {
         agent_id: r.get(0)?,
         seq: r.get(1)?,
-        minute_ms: r.get(2)?,
+        ts_ms: r.get(2)?,
         src: r.get(3)?,
         src_pid: r.get(4)?,
         dst_addr: r.get(5)?,
@@ -998,7 +1011,7 @@ fn append_red(conn: &duckdb::Connection, rows: &[RedRecord]) -> duckdb::Result<(
         app.append_row(duckdb::params![
             r.agent_id,
             r.seq,
-            Value::Timestamp(TimeUnit::Millisecond, r.minute_ms),
+            Value::Timestamp(TimeUnit::Millisecond, r.ts_ms),
             r.service,
             r.method,
             r.route,
@@ -1021,7 +1034,7 @@ fn append_edges(conn: &duckdb::Connection, rows: &[EdgeRecord]) -> duckdb::Resul
         app.append_row(duckdb::params![
             r.agent_id,
             r.seq,
-            Value::Timestamp(TimeUnit::Millisecond, r.minute_ms),
+            Value::Timestamp(TimeUnit::Millisecond, r.ts_ms),
             r.src,
             r.src_pid,
             r.dst_addr,

@@ -11,9 +11,6 @@
 use coral_agent::telemetry::{Batch, Telemetry};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -25,73 +22,14 @@ mod common;
 use common::{Daemons, EPHEMERAL_OTLP, ms, percentile, write_section};
 const SPANS_PER_REQUEST: usize = 500;
 
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-
 /// A realistic request: HTTP server spans with a handful of attributes.
 fn request(batch: u64) -> ExportTraceServiceRequest {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let spans = (0..SPANS_PER_REQUEST as u64)
-        .map(|i| {
-            let n = batch * SPANS_PER_REQUEST as u64 + i;
-            let mut trace_id = [0u8; 16];
-            trace_id[..8].copy_from_slice(&(n / 4 + 1).to_be_bytes());
-            Span {
-                trace_id: trace_id.to_vec(),
-                span_id: (n + 1).to_be_bytes().to_vec(),
-                parent_span_id: if n.is_multiple_of(4) {
-                    vec![]
-                } else {
-                    ((n / 4) * 4 + 1).to_be_bytes().to_vec()
-                },
-                name: "GET /api/orders/{id}".into(),
-                kind: 2,
-                start_time_unix_nano: now,
-                end_time_unix_nano: now + 1_000_000 + (n % 100) * 10_000,
-                attributes: vec![
-                    kv(
-                        "http.request.method",
-                        any_value::Value::StringValue("GET".into()),
-                    ),
-                    kv(
-                        "http.route",
-                        any_value::Value::StringValue("/api/orders/{id}".into()),
-                    ),
-                    kv("http.response.status_code", any_value::Value::IntValue(200)),
-                    kv("user.id", any_value::Value::IntValue((n % 1000) as i64)),
-                ],
-                status: Some(Status {
-                    code: 0,
-                    message: String::new(),
-                }),
-                ..Default::default()
-            }
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv(
-                    "service.name",
-                    any_value::Value::StringValue("bench-api".into()),
-                )],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    common::server_spans(
+        "bench-api",
+        batch * SPANS_PER_REQUEST as u64,
+        SPANS_PER_REQUEST,
+        0,
+    )
 }
 
 fn rss_kb(pid: u32) -> u64 {

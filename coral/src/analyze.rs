@@ -3,12 +3,16 @@
 //! deterministic: the same data gives the same answer.
 //!
 //! The method: compare recent RED metrics with a baseline to find the
-//! services whose latency or errors moved, walk the service map to separate
-//! cause from symptom (a service is a symptom when something it calls moved
-//! too), break the cause's requests down to the operation that carries the
-//! added time, confirm a slow query with `EXPLAIN` where the exec tool is
-//! enabled, and answer: what changed, when, by how much, where the time
-//! goes, the likely root cause with a confidence, and a recommendation.
+//! services (and their routes) whose latency or errors moved — from eBPF
+//! when the service is only connected, from OTLP spans when it sends them —
+//! walk the service map to separate cause from symptom (a service is a
+//! symptom when something it calls moved too), break the cause's requests
+//! down to the route or operation that carries the added time, confirm a
+//! slow query with `EXPLAIN` where the exec tool is enabled, and answer:
+//! what changed, when, by how much, where the time goes, the likely root
+//! cause with a confidence, and a recommendation. Every tool answer carries
+//! the colony's coverage; when something was out of sight (an agent
+//! offline, rows in flight) the answer says so instead of "no problem".
 
 use crate::mcp::McpTools;
 use serde::Serialize;
@@ -39,6 +43,9 @@ pub struct RootCause {
     /// error_burst or dependency_down.
     pub kind: String,
     pub summary: String,
+    /// The specific part at fault, when known: a route, an operation, a
+    /// statement.
+    pub component: Option<String>,
     /// 0–100.
     pub confidence: u8,
     pub recommendation: String,
@@ -56,6 +63,8 @@ struct Session<'a> {
     tools: &'a McpTools,
     available: BTreeSet<String>,
     evidence: Vec<Evidence>,
+    /// What the colony said it could not see, per tool answer.
+    gaps: BTreeSet<String>,
 }
 
 impl Session<'_> {
@@ -70,6 +79,14 @@ impl Session<'_> {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("error: {e}"),
         };
+        if let Ok(v) = &v
+            && v["coverage"]["complete"] == false
+        {
+            let gap = v["coverage"]["missing"]
+                .as_str()
+                .unwrap_or("some data may be missing");
+            self.gaps.insert(gap.to_string());
+        }
         self.evidence.push(Evidence {
             id: format!("e{}", self.evidence.len() + 1),
             tool: tool.to_string(),
@@ -109,6 +126,11 @@ struct Moved {
     evidence: String,
     window: String,
     baseline: String,
+    /// `ebpf` or `otlp`: where the figures come from.
+    source: String,
+    /// The route that moved most, with its p95 before and now (ms).
+    route: Option<(String, f64, f64)>,
+    moved_s_ago: Option<i64>,
 }
 
 impl Moved {
@@ -125,39 +147,83 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
 
+/// Whether a RED row's latency and errors moved against its baseline.
+fn movement(s: &Value) -> (bool, bool) {
+    let (r, b) = (&s["recent"], &s["baseline"]);
+    let (rn, bn) = (f(&r["requests"]), f(&b["requests"]));
+    if rn < 3.0 {
+        return (false, false);
+    }
+    let (rp, bp) = (f(&r["p95_ms"]), f(&b["p95_ms"]));
+    let (r50, b50) = (f(&r["p50_ms"]), f(&b["p50_ms"]));
+    let (re, be) = (f(&r["error_pct"]), f(&b["error_pct"]));
+    // The tail moved, or the middle did (a baseline that caught the
+    // start of the change has a high p95, but its p50 stays put).
+    let latency = bn >= 5.0
+        && ((bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0)
+            || (b50 > 0.0 && r50 / b50 >= 2.0 && r50 - b50 >= 10.0));
+    let errors = re - be >= 5.0 && f(&r["errors"]) >= 3.0;
+    (latency, errors)
+}
+
 fn moved(red: &Value, evidence: &str, window: &str, baseline: &str) -> Vec<Moved> {
     let mut out = Vec::new();
     for s in red["services"].as_array().into_iter().flatten() {
-        let (r, b) = (&s["recent"], &s["baseline"]);
-        let (rn, bn) = (f(&r["requests"]), f(&b["requests"]));
-        if rn < 3.0 {
+        let (mut latency, mut errors) = movement(s);
+        // The route that moved most: the largest p95 rise (then errors)
+        // among the routes that moved (the tool lists the most moved first).
+        let route = s["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| {
+                let (l, e) = movement(x);
+                l || e
+            })
+            .max_by(|x, y| {
+                let rise = |v: &Value| f(&v["recent"]["p95_ms"]) - f(&v["baseline"]["p95_ms"]);
+                let errs = |v: &Value| f(&v["recent"]["errors"]);
+                (rise(x), errs(x))
+                    .partial_cmp(&(rise(y), errs(y)))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+        // A slow route of a busy service moves the service's figures
+        // little: the service moved when one of its routes did.
+        let mut figures = s;
+        if !latency
+            && !errors
+            && let Some(r) = route
+        {
+            (latency, errors) = movement(r);
+            figures = r;
+        }
+        if !(latency || errors) {
             continue;
         }
-        let (rp, bp) = (f(&r["p95_ms"]), f(&b["p95_ms"]));
-        let (r50, b50) = (f(&r["p50_ms"]), f(&b["p50_ms"]));
-        let (re, be) = (f(&r["error_pct"]), f(&b["error_pct"]));
-        // The tail moved, or the middle did (a baseline that caught the
-        // start of the change has a high p95, but its p50 stays put).
-        let latency = bn >= 5.0
-            && ((bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0)
-                || (b50 > 0.0 && r50 / b50 >= 2.0 && r50 - b50 >= 10.0));
-        let errors = re - be >= 5.0 && f(&r["errors"]) >= 3.0;
-        if latency || errors {
-            out.push(Moved {
-                service: s["service"].as_str().unwrap_or("?").to_string(),
-                base_p95: bp,
-                recent_p95: rp,
-                base_p50: b50,
-                recent_p50: r50,
-                base_err: be,
-                recent_err: re,
-                latency,
-                errors,
-                evidence: evidence.to_string(),
-                window: window.to_string(),
-                baseline: baseline.to_string(),
-            });
-        }
+        let (r, b) = (&figures["recent"], &figures["baseline"]);
+        out.push(Moved {
+            service: s["service"].as_str().unwrap_or("?").to_string(),
+            base_p95: f(&b["p95_ms"]),
+            recent_p95: f(&r["p95_ms"]),
+            base_p50: f(&b["p50_ms"]),
+            recent_p50: f(&r["p50_ms"]),
+            base_err: f(&b["error_pct"]),
+            recent_err: f(&r["error_pct"]),
+            latency,
+            errors,
+            evidence: evidence.to_string(),
+            window: window.to_string(),
+            baseline: baseline.to_string(),
+            source: s["source"].as_str().unwrap_or("otlp").to_string(),
+            route: route.and_then(|x| {
+                Some((
+                    x["route"].as_str()?.to_string(),
+                    f(&x["baseline"]["p95_ms"]),
+                    f(&x["recent"]["p95_ms"]),
+                ))
+            }),
+            moved_s_ago: figures["moved_s_ago"].as_i64(),
+        });
     }
     out
 }
@@ -252,6 +318,7 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
         tools,
         available,
         evidence: Vec::new(),
+        gaps: BTreeSet::new(),
     };
 
     // 1. Health.
@@ -344,10 +411,34 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
         .collect();
     if troubled.is_empty() {
         let n = red["services"].as_array().map_or(0, Vec::len);
-        let answer = format!(
-            "No problem found. {} connected service(s), all up [{health_ev}]; latency and errors of the {n} service(s) with requests are within their baseline (last {win} vs the {base} before) [{red_ev}].",
-            known.len()
+        let sources: BTreeSet<&str> = red["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|x| x["sources"].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .collect();
+        let seen = format!(
+            "{} connected service(s), all up [{health_ev}]; latency and errors of the {n} service(s) with requests{} are within their baseline (last {win} vs the {base} before) [{red_ev}].",
+            known.len(),
+            if sources.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    sources.iter().copied().collect::<Vec<_>>().join(" and ")
+                )
+            }
         );
+        // Never "no problem" about data the colony could not see.
+        let answer = if s.gaps.is_empty() {
+            format!("No problem found. {seen}")
+        } else {
+            format!(
+                "Nothing moved in what the colony could see, but it could not see everything: {}. So far: {seen} Ask again once the missing data has arrived.",
+                s.gaps.iter().cloned().collect::<Vec<_>>().join("; ")
+            )
+        };
         return Ok(Analysis {
             answer,
             root_cause: None,
@@ -414,6 +505,7 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
         };
         Some(RootCause {
             service: d.service.clone(),
+            component: None,
             kind: "dependency_down".into(),
             summary: format!("{} is down ({}).{hit}", d.service, d.error),
             confidence: if dependents.is_empty() { 70 } else { 90 },
@@ -489,6 +581,12 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
             rc.confidence, rc.summary, rc.recommendation
         ));
     }
+    if !s.gaps.is_empty() {
+        answer.push_str(&format!(
+            "Not seen: {}.\n",
+            s.gaps.iter().cloned().collect::<Vec<_>>().join("; ")
+        ));
+    }
     Ok(Analysis {
         answer,
         root_cause: root,
@@ -514,12 +612,25 @@ fn describe_move(m: &Moved) -> String {
             m.base_err, m.recent_err
         ));
     }
+    let route = m
+        .route
+        .as_ref()
+        .map(|(r, b, now)| format!("; most on {r} (p95 {} → {})", fmt_ms(*b), fmt_ms(*now)))
+        .unwrap_or_default();
+    let since = m
+        .moved_s_ago
+        .map(|s| format!(", since about {}", ago(s)))
+        .unwrap_or_default();
     format!(
-        "{}: {} in the last {} against the {} before [{}]",
+        "{}: {}{route}{since} in the last {} against the {} before, from {} [{}]",
         m.service,
         parts.join(", "),
         m.window,
         m.baseline,
+        match m.source.as_str() {
+            "ebpf" => "eBPF (requests on the wire)",
+            _ => "OTLP server spans",
+        },
         m.evidence
     )
 }
@@ -547,38 +658,52 @@ async fn drill(
             None => per * f(&o["mean_ms"]),
         }
     };
-    let top = ops
-        .iter()
-        .filter(|o| {
-            if m.errors && !m.latency {
-                f(&o["errors"]) > 0.0
-            } else {
-                true
-            }
-        })
-        .max_by(|a, b| {
-            added(a)
-                .partial_cmp(&added(b))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
-        .cloned();
+    // Routes (kind "route": where, seen on the wire or in server spans)
+    // and operations under the requests (why: a query, a call, own work)
+    // are picked apart: the deeper one wins when it explains the change.
+    let pick = |routes: bool| {
+        ops.iter()
+            .filter(|o| (o["kind"] == "route") == routes)
+            .filter(|o| !m.errors || m.latency || f(&o["errors"]) > 0.0)
+            .max_by(|a, b| {
+                added(a)
+                    .partial_cmp(&added(b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .cloned()
+    };
+    let (deep, route) = (pick(false), pick(true));
+    let top = deep.clone().or(route.clone());
     let mut where_time = Vec::new();
     for o in ops.iter().take(3) {
-        where_time.push(format!(
-            "{} {}: {}% of {}'s request time, mean {} (baseline {}), {} per request [{hot_ev}]",
-            o["service"].as_str().unwrap_or("?"),
-            o["statement"]
-                .as_str()
-                .or(o["operation"].as_str())
-                .unwrap_or("?"),
-            f(&o["share_pct"]),
-            m.service,
-            fmt_ms(f(&o["mean_ms"])),
-            o["baseline_mean_ms"]
-                .as_f64()
-                .map_or("none".to_string(), fmt_ms),
-            f(&o["per_request"]),
-        ));
+        let baseline = o["baseline_mean_ms"]
+            .as_f64()
+            .map_or("none".to_string(), fmt_ms);
+        where_time.push(if o["kind"] == "route" {
+            format!(
+                "route {}: {}% of {}'s request time, mean {} (baseline {baseline}), p95 {}, {} requests, from {} [{hot_ev}]",
+                o["operation"].as_str().unwrap_or("?"),
+                f(&o["share_pct"]),
+                m.service,
+                fmt_ms(f(&o["mean_ms"])),
+                fmt_ms(f(&o["p95_ms"])),
+                f(&o["count"]),
+                o["source"].as_str().unwrap_or("?"),
+            )
+        } else {
+            format!(
+                "{} {}: {}% of {}'s request time, mean {} (baseline {baseline}), {} per request [{hot_ev}]",
+                o["service"].as_str().unwrap_or("?"),
+                o["statement"]
+                    .as_str()
+                    .or(o["operation"].as_str())
+                    .unwrap_or("?"),
+                f(&o["share_pct"]),
+                m.service,
+                fmt_ms(f(&o["mean_ms"])),
+                f(&o["per_request"]),
+            )
+        });
     }
     s.note(format!(
         "{} operations under {}; top: {}",
@@ -606,13 +731,15 @@ async fn drill(
     let service_added = hot["baseline_mean_request_ms"]
         .as_f64()
         .map(|b| f(&hot["mean_request_ms"]) - b);
-    let top = top.filter(|o| {
+    let explains = |o: &Value| {
         !m.latency || m.errors || service_added.is_none_or(|sa| sa <= 0.0 || added(o) >= sa / 2.0)
-    });
-    let Some(top) = top else {
+    };
+    let route = route.filter(explains);
+    let Some(top) = deep.filter(explains).or(route) else {
         return Ok((
             RootCause {
                 service: m.service.clone(),
+                component: None,
                 kind: if m.latency {
                     "latency_regression"
                 } else {
@@ -636,6 +763,9 @@ async fn drill(
 
     let op_service = top["service"].as_str().unwrap_or("?").to_string();
     let op_name = top["operation"].as_str().unwrap_or("?").to_string();
+    if top["kind"] == "route" {
+        return Ok((route_cause(m, &top, &hot_ev), where_time, when));
+    }
     let peer = top["peer"].as_str().map(str::to_string);
     let statement = top["statement"].as_str().map(str::to_string);
     let is_db = statement.is_some() && top["kind"] == "client";
@@ -658,6 +788,7 @@ async fn drill(
         return Ok((
             RootCause {
                 service: at.clone(),
+                component: Some(op_name.clone()),
                 kind: "error_burst".into(),
                 summary: format!(
                     "the errors come from {op_name} ({} errors) called by {} [{hot_ev}]{}",
@@ -685,6 +816,7 @@ async fn drill(
         let db = peer.clone().unwrap_or_else(|| "the database".into());
         let mut rc = RootCause {
             service: db.clone(),
+            component: Some(statement.clone()),
             kind: "slow_query".into(),
             summary: format!(
                 "the query `{statement}` on {db} now takes {} on average (baseline {}), {:.1}% of {}'s time [{hot_ev}]",
@@ -781,6 +913,7 @@ async fn drill(
         return Ok((
             RootCause {
                 service: op_service.clone(),
+                component: Some(op_name.clone()),
                 kind: "slow_dependency".into(),
                 summary: format!(
                     "{}'s time goes to {op_service} ({op_name}), mean {} (baseline {}) [{hot_ev}]",
@@ -802,6 +935,7 @@ async fn drill(
     Ok((
         RootCause {
             service: m.service.clone(),
+            component: Some(op_name.clone()),
             kind: "latency_regression".into(),
             summary: format!(
                 "{} got slower in its own work ({op_name}, mean {}; baseline {}) [{hot_ev}]",
@@ -820,6 +954,62 @@ async fn drill(
         where_time,
         when,
     ))
+}
+
+/// The cause when the change sits in one of the service's own routes and
+/// nothing under its requests explains it (passive mode: eBPF sees the
+/// requests on the wire, not what the code does inside).
+fn route_cause(m: &Moved, route: &Value, hot_ev: &str) -> RootCause {
+    let name = route["operation"].as_str().unwrap_or("?").to_string();
+    let source = match route["source"].as_str() {
+        Some("ebpf") => "seen by eBPF on the wire",
+        _ => "from its server spans",
+    };
+    let since = route["slow_since_s_ago"]
+        .as_i64()
+        .map(|s| format!(", since about {}", ago(s)))
+        .unwrap_or_default();
+    let baseline = route["baseline_mean_ms"]
+        .as_f64()
+        .map_or("none".to_string(), fmt_ms);
+    if m.errors && !m.latency {
+        return RootCause {
+            service: m.service.clone(),
+            component: Some(name.clone()),
+            kind: "error_burst".into(),
+            summary: format!(
+                "{}'s route {name} answers with errors: {} of {} requests failed{since}, {source} [{hot_ev}]",
+                m.service,
+                f(&route["errors"]),
+                f(&route["count"]),
+            ),
+            confidence: 70,
+            recommendation: format!(
+                "Look at {}'s handler for {name} and its logs ('coral exec {} \"journalctl -n 50\"' where the policy allows, or 'coral query logs --service {}' when it sends logs).",
+                m.service, m.service, m.service
+            ),
+        };
+    }
+    RootCause {
+        service: m.service.clone(),
+        component: Some(name.clone()),
+        kind: "latency_regression".into(),
+        summary: format!(
+            "{}'s route {name} got slower: mean {} (baseline {baseline}), p95 {} (baseline {}), {}% of its request time{since}, {source} [{hot_ev}]; no trace says what inside it is slow",
+            m.service,
+            fmt_ms(f(&route["mean_ms"])),
+            fmt_ms(f(&route["p95_ms"])),
+            route["baseline_p95_ms"]
+                .as_f64()
+                .map_or("none".to_string(), fmt_ms),
+            f(&route["share_pct"]),
+        ),
+        confidence: 70,
+        recommendation: format!(
+            "Look inside {}'s handler for {name}: what changed (deploys, config, data), and what it waits on ('coral query map' shows its connections). Sending OTLP traces from {} would show which call is slow.",
+            m.service, m.service
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! control services ([`rpc::ColonyControl`], [`rpc::AgentControl`]), the types
 //! they carry, and the framing used on the local Unix sockets ([`local`]).
 
+pub mod forward;
 pub mod local;
+pub mod read;
 pub mod rpc;
 pub mod spec;
 pub mod types;
@@ -16,6 +18,7 @@ pub mod reexport {
     pub use tarpc::server::{BaseChannel, Channel};
 }
 
+pub use read::*;
 pub use spec::{ServiceKind, ServiceSpec, SpecError};
 pub use types::*;
 

@@ -1,6 +1,7 @@
 //! tarpc service traits. Each `#[tarpc::service]` generates a `...Client`
 //! and a `serve()` adapter.
 
+use crate::read::*;
 use crate::spec::ServiceSpec;
 use crate::types::*;
 
@@ -50,9 +51,9 @@ pub trait ColonyControl {
     async fn members() -> Result<Vec<Member>, MeshAdminError>;
     /// Removes an agent (by name or id) from the mesh; returns it.
     async fn revoke(agent: String) -> Result<Member, MeshAdminError>;
-    /// eBPF RED metrics per service and route (issue 5).
-    async fn metrics(q: MetricsQuery) -> Result<MetricsReport, QueryError>;
-    /// The connection map (issue 5).
+    /// RED per service and route from every source (the read layer).
+    async fn red(q: RedQuery) -> Result<RedReport, QueryError>;
+    /// The service map from every source (the read layer).
     async fn service_map(q: MapQuery) -> Result<ServiceMap, QueryError>;
 }
 
@@ -98,4 +99,7 @@ pub trait AgentRpc {
     async fn exec_cancel(exec_id: String) -> Result<(), ExecError>;
     /// The agent's exec audit log, newest first.
     async fn audit(q: AuditQuery) -> Result<Vec<ExecAuditRecord>, ExecError>;
+    /// Per kind, the last telemetry `seq` the agent has committed: the
+    /// colony compares it with what it stored to know what is in flight.
+    async fn telemetry_head() -> Checkpoints;
 }

@@ -911,17 +911,17 @@ pub struct ExecStatus {
 
 // ---- eBPF RED metrics and the connection map (issue 5) ----
 
-/// HTTP requests of one service, method and normalised route within one
-/// minute, as seen by the agent's eBPF capture. One minute may have several
-/// rows (the agent flushes partial aggregates); they add up. `hist` is the
+/// HTTP requests of one service, method and normalised route that began
+/// within one second, as seen by the agent's eBPF capture. One second may
+/// have several rows (the agent flushes partial aggregates); they add up. `hist` is the
 /// latency histogram, sparse `bucket:count` pairs joined by commas (buckets
 /// of `coral_agent::ebpf::hist`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RedRecord {
     pub agent_id: String,
     pub seq: u64,
-    /// Start of the minute, ms since the epoch.
-    pub minute_ms: i64,
+    /// Start of the second the requests began in, ms since the epoch.
+    pub ts_ms: i64,
     pub service: String,
     pub method: String,
     pub route: String,
@@ -938,12 +938,13 @@ pub struct RedRecord {
 }
 
 /// Connections from one process (or service) to one peer address within
-/// one minute.
+/// one second.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EdgeRecord {
     pub agent_id: String,
     pub seq: u64,
-    pub minute_ms: i64,
+    /// Start of the second, ms since the epoch.
+    pub ts_ms: i64,
     /// The connecting service's name, or its process name (`comm`).
     pub src: String,
     pub src_pid: u32,
@@ -958,86 +959,6 @@ pub struct EdgeRecord {
     pub rtt_sum_us: u64,
     pub rtt_count: u64,
     pub rtt_max_us: u64,
-}
-
-/// `coral query metrics` / `coral top`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MetricsQuery {
-    pub service: Option<String>,
-    pub since_ms: i64,
-}
-
-/// RED figures over the queried window, for a service (`route` is `None`)
-/// or one of its routes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RedSummary {
-    pub service: String,
-    pub method: Option<String>,
-    pub route: Option<String>,
-    pub count: u64,
-    pub errors: u64,
-    pub client_errors: u64,
-    /// `errors / count * 100`.
-    pub error_pct: f64,
-    /// Requests per second over the window.
-    pub rps: f64,
-    pub p50_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// The same service (and route) over the same window as its OTLP
-    /// server spans report it, when the app sends traces: eBPF and tracing
-    /// side by side (issue 6).
-    #[serde(default)]
-    pub spans: Option<SpanStats>,
-}
-
-/// Server spans of one service (or route) in a window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SpanStats {
-    pub count: u64,
-    pub errors: u64,
-    pub p50_us: u64,
-    pub p95_us: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsReport {
-    pub since_ms: i64,
-    pub until_ms: i64,
-    /// One per service, busiest first.
-    pub services: Vec<RedSummary>,
-    /// One per service, method and route, busiest first.
-    pub routes: Vec<RedSummary>,
-}
-
-/// `coral query map`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MapQuery {
-    pub since_ms: i64,
-}
-
-/// One edge of the service map over the queried window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MapEdge {
-    pub src: String,
-    pub dst_addr: String,
-    pub dst_service: Option<String>,
-    pub connections: u64,
-    pub failures: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    pub rtt_avg_us: u64,
-    pub rtt_max_us: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceMap {
-    pub since_ms: i64,
-    pub until_ms: i64,
-    pub edges: Vec<MapEdge>,
 }
 
 /// The agent's eBPF capture, in `coral agent status`.

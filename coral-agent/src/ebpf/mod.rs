@@ -52,7 +52,7 @@ impl Default for EbpfConfig {
         EbpfConfig {
             enabled: true,
             ring_bytes: 1 << 20,
-            flush_interval: Duration::from_secs(5),
+            flush_interval: Duration::from_secs(1),
             helper_socket: PathBuf::from("/run/coral/privhelper.sock"),
         }
     }

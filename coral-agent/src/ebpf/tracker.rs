@@ -1,5 +1,5 @@
 //! Turns decoded events (in timestamp order) into RED aggregates per
-//! service, method, route and minute, and connection-map edges.
+//! service, method, route and second, and connection-map edges.
 //!
 //! A server-side connection is followed only if it was accepted on the port
 //! of a connected service; the process that accepted it is then known to be
@@ -71,9 +71,11 @@ pub struct Tracker {
     pub requests: u64,
 }
 
-fn minute_ms(wall_ns: i64) -> i64 {
+/// The start of the second holding `wall_ns`, in ms: rows are per second,
+/// so any window the read layer is asked about is resolved to the second.
+fn second_ms(wall_ns: i64) -> i64 {
     let ms = wall_ns.div_euclid(1_000_000);
-    ms - ms.rem_euclid(60_000)
+    ms - ms.rem_euclid(1_000)
 }
 
 fn addr_string(a: Option<(IpAddr, u16)>) -> String {
@@ -178,7 +180,7 @@ impl Tracker {
                     None => return,
                 };
                 let key = (
-                    minute_ms(ts_ns as i64 + self.wall_offset_ns),
+                    second_ms(ts_ns as i64 + self.wall_offset_ns),
                     src,
                     tgid,
                     addr_string(dst),
@@ -205,10 +207,10 @@ impl Tracker {
     fn record(&mut self, service: &Arc<str>, out: &mut Vec<http::Exchange>) {
         for x in out.drain(..) {
             self.requests += 1;
-            let minute = minute_ms(x.start_ns as i64 + self.wall_offset_ns);
+            let second = second_ms(x.start_ns as i64 + self.wall_offset_ns);
             let us = x.duration_us();
             let mut key = (
-                minute,
+                second,
                 service.clone(),
                 x.method,
                 super::route::normalise(&x.target),
@@ -255,10 +257,10 @@ impl Tracker {
         let red = self
             .red
             .drain()
-            .map(|((minute_ms, service, method, route), a)| RedRecord {
+            .map(|((ts_ms, service, method, route), a)| RedRecord {
                 agent_id: self.agent_id.clone(),
                 seq: 0,
-                minute_ms,
+                ts_ms,
                 service: service.to_string(),
                 method,
                 route,
@@ -276,10 +278,10 @@ impl Tracker {
             .edges
             .drain()
             .map(
-                |((minute_ms, src, src_pid, dst_addr, dst_service), e)| EdgeRecord {
+                |((ts_ms, src, src_pid, dst_addr, dst_service), e)| EdgeRecord {
                     agent_id: self.agent_id.clone(),
                     seq: 0,
-                    minute_ms,
+                    ts_ms,
                     src,
                     src_pid,
                     dst_addr,
@@ -336,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn aggregates_per_route_and_minute_with_errors_and_latency() {
+    fn aggregates_per_route_and_second_with_errors_and_latency() {
         let mut t = Tracker::new("a1", 0);
         t.set_services([(8080, "api".to_string())]);
         t.handle(accept(5, 8080));
@@ -426,9 +428,9 @@ mod tests {
     }
 
     #[test]
-    fn minutes_round_down() {
-        assert_eq!(minute_ms(0), 0);
-        assert_eq!(minute_ms(61_000_000_000), 60_000);
-        assert_eq!(minute_ms(119_999_999_999), 60_000);
+    fn seconds_round_down() {
+        assert_eq!(second_ms(0), 0);
+        assert_eq!(second_ms(61_500_000_000), 61_000);
+        assert_eq!(second_ms(119_999_999_999), 119_000);
     }
 }

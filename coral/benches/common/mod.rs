@@ -169,3 +169,80 @@ pub async fn exec_true(client: &coral_proto::rpc::ColonyControlClient) {
         }
     }
 }
+
+fn kv(
+    k: &str,
+    v: opentelemetry_proto::tonic::common::v1::any_value::Value,
+) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    opentelemetry_proto::tonic::common::v1::KeyValue {
+        key: k.into(),
+        value: Some(opentelemetry_proto::tonic::common::v1::AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+/// An OTLP export of `spans` HTTP server spans of `service`, numbered from
+/// `first` (four spans a trace), starting now, each with four attributes
+/// and, when `pad` > 0, a `pad`-byte string attribute.
+pub fn server_spans(
+    service: &str,
+    first: u64,
+    spans: usize,
+    pad: usize,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let spans = (0..spans as u64)
+        .map(|i| {
+            let n = first + i;
+            let mut trace_id = [0u8; 16];
+            trace_id[..8].copy_from_slice(&(n / 4 + 1).to_be_bytes());
+            let mut attributes = vec![
+                kv("http.request.method", V::StringValue("GET".into())),
+                kv("http.route", V::StringValue("/api/orders/{id}".into())),
+                kv("http.response.status_code", V::IntValue(200)),
+                kv("user.id", V::IntValue((n % 1000) as i64)),
+            ];
+            if pad > 0 {
+                attributes.push(kv("pad", V::StringValue("x".repeat(pad))));
+            }
+            Span {
+                trace_id: trace_id.to_vec(),
+                span_id: (n + 1).to_be_bytes().to_vec(),
+                parent_span_id: if n.is_multiple_of(4) {
+                    vec![]
+                } else {
+                    ((n / 4) * 4 + 1).to_be_bytes().to_vec()
+                },
+                name: "GET /api/orders/{id}".into(),
+                kind: 2,
+                start_time_unix_nano: now,
+                end_time_unix_nano: now + 1_000_000 + (n % 100) * 10_000,
+                attributes,
+                status: Some(Status {
+                    code: 0,
+                    message: String::new(),
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", V::StringValue(service.into()))],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}

@@ -49,6 +49,9 @@ pub struct Evidence {
     /// Size of the tool's output before the cap.
     pub output_bytes: usize,
     pub truncated: bool,
+    /// What the built-in analyzer read in the tool's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
     /// The tool error, if it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -66,11 +69,15 @@ pub struct AnswerUsage {
     pub cost_usd: Option<f64>,
 }
 
-/// The `--json` output of `coral ask`: `{answer, evidence, usage}`.
+/// The `--json` output of `coral ask`: `{answer, root_cause, evidence, usage}`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Answer {
     /// The final answer; null if none came (see `error`).
     pub answer: Option<String>,
+    /// The built-in analyzer's structured root cause (service, kind,
+    /// component, confidence), for scripts; absent from LLM answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_cause: Option<crate::analyze::RootCause>,
     pub evidence: Vec<Evidence>,
     pub usage: AnswerUsage,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,6 +189,7 @@ async fn execute<T: Tools>(
         ok: outcome.is_ok(),
         output_bytes: 0,
         truncated: false,
+        summary: None,
         error: None,
     };
     let (content, is_error) = match outcome {

@@ -30,6 +30,7 @@ pub async fn builtin_answer(question: &str) -> anyhow::Result<Answer> {
     let rounds = a.evidence.len() as u32;
     Ok(Answer {
         answer: Some(a.answer),
+        root_cause: a.root_cause,
         evidence: a
             .evidence
             .into_iter()
@@ -43,6 +44,7 @@ pub async fn builtin_answer(question: &str) -> anyhow::Result<Answer> {
                     ok: error.is_none(),
                     output_bytes: e.bytes,
                     truncated: false,
+                    summary: error.is_none().then_some(e.summary),
                     error,
                 }
             })

@@ -469,27 +469,35 @@ Examples:
         #[arg(long)]
         json: bool,
     },
-    /// HTTP RED metrics captured with eBPF: per service, then per route.
+    /// RED metrics per service, then per route: eBPF and OTLP side by side.
     #[command(after_help = "\
 Examples:
   coral query metrics
   coral query metrics --service api --since 1h
+  coral query metrics --since 5m --baseline 1h
   coral query metrics --json
 
-Routes are normalised (/api/orders/123 -> /api/orders/{id}). Errors are 5xx
-responses; 4xx are counted apart. Windows start on a whole minute.")]
+The figures lead with eBPF (every request on the wire of a connected
+service, no code change) and show the app's OTLP server spans beside them
+(SPANS); SOURCE says which saw the row. Routes are normalised
+(/api/orders/123 -> /api/orders/{id}). Errors are 5xx responses (OTLP: error
+status); 4xx are counted apart. Windows are resolved to the second. The same
+read layer answers the MCP tool coral_red_metrics and 'coral ask'.")]
     Metrics {
-        /// Only this service (as connected with 'coral connect').
+        /// Only this service (as connected with 'coral connect', or its OTLP service.name).
         #[arg(long)]
         service: Option<String>,
         /// How far back to look, e.g. 5m, 15m, 2h.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         since: Duration,
+        /// Compare with this long before the window, e.g. 1h (adds BASE P95 and CHANGE).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        baseline: Option<Duration>,
         /// Print JSON (a stable schema) instead of tables.
         #[arg(long)]
         json: bool,
     },
-    /// The service connection map captured with eBPF: who connects to whom.
+    /// The service map: who connects to whom (eBPF) and who calls whom (OTLP).
     #[command(after_help = "\
 Examples:
   coral query map
@@ -688,7 +696,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let c = colony_client().await?;
             let q = coral_proto::AuditQuery {
                 service,
-                since_ms: since_ms(since),
+                since_ms: since_ms(since)?,
                 limit,
             };
             let report = c
@@ -1221,8 +1229,21 @@ fn connect(args: ConnectArgs) -> anyhow::Result<()> {
     })
 }
 
-fn since_ms(since: Duration) -> i64 {
-    coral_proto::now_ms() - since.as_millis().min(i64::MAX as u128) as i64
+/// A `--since` or `--baseline` length in ms, refused (exit 64) past a year:
+/// `--since 300000years` is a usage error, never an overflow.
+fn window_ms(flag: &str, d: Duration) -> Result<i64, Usage> {
+    let ms = d.as_millis();
+    if ms > coral_proto::MAX_WINDOW_MS as u128 {
+        return Err(Usage(format!(
+            "{flag} {} is longer than a year; ask for at most 365d",
+            humantime::format_duration(d)
+        )));
+    }
+    Ok(ms as i64)
+}
+
+fn since_ms(since: Duration) -> Result<i64, Usage> {
+    Ok(coral_proto::now_ms() - window_ms("--since", since)?)
 }
 
 async fn query(q: QueryCmd) -> anyhow::Result<()> {
@@ -1243,7 +1264,7 @@ async fn query(q: QueryCmd) -> anyhow::Result<()> {
         } => {
             let q = coral_proto::TraceQuery {
                 service,
-                since_ms: since_ms(since),
+                since_ms: since_ms(since)?,
                 min_duration_us: min_duration.map(|d| d.as_micros() as u64).unwrap_or(0),
                 limit,
             };
@@ -1277,7 +1298,7 @@ async fn query(q: QueryCmd) -> anyhow::Result<()> {
         } => {
             let q = coral_proto::LogQuery {
                 service,
-                since_ms: since_ms(since),
+                since_ms: since_ms(since)?,
                 trace_id,
                 contains: grep,
                 limit,
@@ -1292,14 +1313,22 @@ async fn query(q: QueryCmd) -> anyhow::Result<()> {
         QueryCmd::Metrics {
             service,
             since,
+            baseline,
             json,
         } => {
-            let q = coral_proto::MetricsQuery {
+            let q = coral_proto::RedQuery {
                 service,
-                since_ms: since_ms(since),
+                window: coral_proto::Window::last(
+                    window_ms("--since", since)?,
+                    baseline
+                        .map(|b| window_ms("--baseline", b))
+                        .transpose()?
+                        .unwrap_or(0),
+                    coral_proto::now_ms(),
+                ),
             };
             let report = c
-                .metrics(ctx(), q)
+                .red(ctx(), q)
                 .await
                 .map_err(|e| colony_gone(&e))?
                 .map_err(usage)?;
@@ -1307,7 +1336,11 @@ async fn query(q: QueryCmd) -> anyhow::Result<()> {
         }
         QueryCmd::Map { since, json, dot } => {
             let q = coral_proto::MapQuery {
-                since_ms: since_ms(since),
+                window: coral_proto::Window::last(
+                    window_ms("--since", since)?,
+                    0,
+                    coral_proto::now_ms(),
+                ),
             };
             let map = c
                 .service_map(ctx(), q)
@@ -1338,12 +1371,12 @@ async fn top(
     let tty = std::io::stdout().is_terminal() && !json;
     let mut n = 0u32;
     loop {
-        let q = coral_proto::MetricsQuery {
+        let q = coral_proto::RedQuery {
             service: service.clone(),
-            since_ms: since_ms(Duration::from_secs(60)),
+            window: coral_proto::Window::last(60_000, 0, coral_proto::now_ms()),
         };
         let report = c
-            .metrics(ctx(), q)
+            .red(ctx(), q)
             .await
             .map_err(|e| colony_gone(&e))?
             .map_err(|e| anyhow!("{e}"))?;

@@ -441,84 +441,145 @@ fn pct(p: f64) -> String {
     format!("{p:.1}%")
 }
 
-fn red_row(r: &coral_proto::RedSummary, first: String) -> Vec<String> {
+/// A name that came from the network (an OTLP service, a route): control
+/// characters escaped so it cannot drive the terminal.
+fn untrusted(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
+fn red_cells(f: &coral_proto::RedFigures) -> Vec<String> {
     vec![
-        first,
-        format!("{:.1}", r.rps),
-        r.count.to_string(),
-        r.errors.to_string(),
-        pct(r.error_pct),
-        latency(Some(r.p50_us)),
-        latency(Some(r.p95_us)),
-        latency(Some(r.p99_us)),
+        format!("{:.1}", f.rps),
+        f.count.to_string(),
+        f.errors.to_string(),
+        pct(f.error_pct),
+        latency(Some(f.p50_us)),
+        latency(Some(f.p95_us)),
+        latency(Some(f.p99_us)),
     ]
 }
 
-const NO_RED: &str = "No HTTP requests seen in that window. Connect a service ('coral connect api:8080'); \
-the agent captures its traffic with eBPF (see 'coral agent status').\n";
-
-pub fn metrics(m: &coral_proto::MetricsReport) -> String {
-    if m.services.is_empty() {
-        return NO_RED.into();
-    }
-    // eBPF's figures, then the same requests as the app's OTLP server
-    // spans report them (when it sends traces).
-    let spans = |s: &coral_proto::RedSummary| -> Vec<String> {
-        match &s.spans {
-            Some(x) => vec![
-                x.count.to_string(),
-                latency(Some(x.p50_us)),
-                latency(Some(x.p95_us)),
-            ],
-            None => vec!["-".into(), "-".into(), "-".into()],
-        }
-    };
-    let mut t = table(&[
-        "SERVICE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99", "SPANS", "SPAN P50",
-        "SPAN P95",
-    ]);
-    for s in &m.services {
-        let mut row = red_row(s, s.service.clone());
-        row.extend(spans(s));
-        t.add_row(row);
-    }
-    let mut r = table(&[
-        "SERVICE", "ROUTE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99", "SPANS",
-        "SPAN P50", "SPAN P95",
-    ]);
-    for s in &m.routes {
-        let mut row = red_row(
-            s,
-            format!(
-                "{} {}",
-                s.method.as_deref().unwrap_or(""),
-                s.route.as_deref().unwrap_or("")
-            ),
-        );
-        row.insert(0, s.service.clone());
-        row.extend(spans(s));
-        r.add_row(row);
-    }
-    format!("{t}\n\n{r}\n")
+fn sources(r: &coral_proto::RedRow) -> String {
+    r.sources
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
-pub fn top(m: &coral_proto::MetricsReport) -> String {
+/// One row: the primary source's figures, the baseline p95 and the change
+/// when a baseline was asked for, and OTLP's figures beside eBPF's.
+fn red_line(r: &coral_proto::RedRow, first: Vec<String>, baseline: bool) -> Vec<String> {
+    let mut row = first;
+    let Some((source, main)) = r.primary() else {
+        return row;
+    };
+    row.push(sources(r));
+    row.extend(red_cells(&main.recent));
+    if baseline {
+        match main.baseline.as_ref().filter(|b| b.count > 0) {
+            Some(b) => {
+                row.push(latency(Some(b.p95_us)));
+                row.push(if b.p95_us > 0 {
+                    format!("{:.1}x", main.recent.p95_us as f64 / b.p95_us as f64)
+                } else {
+                    "-".into()
+                });
+            }
+            None => row.extend(["-".to_string(), "new".to_string()]),
+        }
+    }
+    match (&r.otlp, source) {
+        (Some(o), coral_proto::Source::Ebpf) => row.extend([
+            o.recent.count.to_string(),
+            latency(Some(o.recent.p50_us)),
+            latency(Some(o.recent.p95_us)),
+        ]),
+        _ => row.extend(["-".to_string(), "-".to_string(), "-".to_string()]),
+    }
+    row
+}
+
+const NO_RED: &str = "No requests seen in that window. Connect a service ('coral connect api:8080'); \
+the agent captures its HTTP traffic with eBPF (see 'coral agent status'), and apps that send OTLP \
+traces are counted from their server spans.\n";
+
+fn red_header(first: &[&'static str], baseline: bool) -> Vec<&'static str> {
+    let mut h = first.to_vec();
+    h.extend([
+        "SOURCE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
+    ]);
+    if baseline {
+        h.extend(["BASE P95", "CHANGE"]);
+    }
+    h.extend(["SPANS", "SPAN P50", "SPAN P95"]);
+    h
+}
+
+/// What the colony could not see, as a closing line.
+fn coverage_note(c: &coral_proto::Coverage) -> String {
+    c.gaps()
+        .map(|g| format!("\nIncomplete: {g}.\n"))
+        .unwrap_or_default()
+}
+
+pub fn metrics(m: &coral_proto::RedReport) -> String {
+    if m.services.is_empty() {
+        return NO_RED.to_string() + &coverage_note(&m.coverage);
+    }
+    let baseline = m.window.baseline_ms > 0;
+    let mut t = table(&red_header(&["SERVICE"], baseline));
+    for s in &m.services {
+        t.add_row(red_line(s, vec![untrusted(&s.service)], baseline));
+    }
+    let mut r = table(&red_header(&["SERVICE", "ROUTE"], baseline));
+    for s in &m.routes {
+        let route = format!(
+            "{} {}",
+            s.method.as_deref().unwrap_or(""),
+            s.route.as_deref().unwrap_or("")
+        );
+        r.add_row(red_line(
+            s,
+            vec![untrusted(&s.service), untrusted(route.trim())],
+            baseline,
+        ));
+    }
+    format!("{t}\n\n{r}\n{}", coverage_note(&m.coverage))
+}
+
+pub fn top(m: &coral_proto::RedReport) -> String {
     let mut out = format!(
         "coral top — last {} (refreshing; Ctrl-C to stop)\n\n",
-        span(m.until_ms - m.since_ms)
+        span(m.window.until_ms - m.window.since_ms)
     );
     if m.services.is_empty() {
         out.push_str(NO_RED);
         return out;
     }
     let mut t = table(&[
-        "SERVICE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
+        "SERVICE", "SOURCE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
     ]);
     for s in &m.services {
-        t.add_row(red_row(s, s.service.clone()));
+        let mut row = vec![untrusted(&s.service)];
+        if let Some((_, main)) = s.primary() {
+            row.push(sources(s));
+            row.extend(red_cells(&main.recent));
+        }
+        t.add_row(row);
     }
     out.push_str(&t.to_string());
     out.push('\n');
+    out.push_str(&coverage_note(&m.coverage));
     out
 }
 
@@ -534,26 +595,54 @@ fn bytes(n: u64) -> String {
 pub fn service_map(m: &coral_proto::ServiceMap) -> String {
     if m.edges.is_empty() {
         return "No connections seen in that window. Connect services ('coral connect api:8080'); \
-the agent maps their connections with eBPF.\n"
-            .into();
+the agent maps their connections with eBPF, and OTLP traces add the calls between services.\n"
+            .to_string()
+            + &coverage_note(&m.coverage);
     }
     let mut t = table(&[
-        "FROM", "TO", "ADDRESS", "CONNS", "FAILED", "SENT", "RECEIVED", "RTT AVG", "RTT MAX",
+        "FROM", "TO", "ADDRESS", "SOURCE", "CONNS", "FAILED", "SENT", "RECEIVED", "RTT AVG",
+        "CALLS", "ERRORS", "MEAN",
     ]);
     for e in &m.edges {
+        let ebpf = e.sources.contains(&coral_proto::Source::Ebpf);
+        let otlp = e.sources.contains(&coral_proto::Source::Otlp);
+        let dash = || "-".to_string();
         t.add_row(vec![
-            e.src.clone(),
-            e.dst_service.clone().unwrap_or_else(|| "-".into()),
-            e.dst_addr.clone(),
-            e.connections.to_string(),
-            e.failures.to_string(),
-            bytes(e.bytes_sent),
-            bytes(e.bytes_received),
-            latency(Some(e.rtt_avg_us)),
-            latency(Some(e.rtt_max_us)),
+            untrusted(&e.from),
+            untrusted(&e.to),
+            e.to_addr.clone().unwrap_or_else(dash),
+            e.sources
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            if ebpf {
+                e.connections.to_string()
+            } else {
+                dash()
+            },
+            if ebpf { e.failures.to_string() } else { dash() },
+            if ebpf { bytes(e.bytes_sent) } else { dash() },
+            if ebpf {
+                bytes(e.bytes_received)
+            } else {
+                dash()
+            },
+            if ebpf {
+                latency(Some(e.rtt_avg_us))
+            } else {
+                dash()
+            },
+            if otlp { e.calls.to_string() } else { dash() },
+            if otlp { e.errors.to_string() } else { dash() },
+            if otlp {
+                latency(Some(e.mean_us))
+            } else {
+                dash()
+            },
         ]);
     }
-    t.to_string() + "\n"
+    t.to_string() + "\n" + &coverage_note(&m.coverage)
 }
 
 fn clip(s: &str, max: usize) -> String {
@@ -657,23 +746,33 @@ pub fn audit(now: i64, r: &coral_proto::AuditReport) -> String {
     out
 }
 
-/// A Graphviz digraph: one node per source and destination, one edge per
-/// (source, address).
+/// A Graphviz digraph: one node per caller and callee, one edge per pair.
 pub fn service_map_dot(m: &coral_proto::ServiceMap) -> String {
     let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
     let mut out = String::from("digraph coral {\n  rankdir=LR;\n");
     for e in &m.edges {
-        let dst = e.dst_service.clone().unwrap_or_else(|| e.dst_addr.clone());
-        out.push_str(&format!(
-            "  {} -> {} [label={}];\n",
-            q(&e.src),
-            q(&dst),
-            q(&format!(
+        let mut label = Vec::new();
+        if e.sources.contains(&coral_proto::Source::Ebpf) {
+            label.push(format!(
                 "{} conns, {} failed, rtt {}",
                 e.connections,
                 e.failures,
                 latency(Some(e.rtt_avg_us))
-            ))
+            ));
+        }
+        if e.sources.contains(&coral_proto::Source::Otlp) {
+            label.push(format!(
+                "{} calls, {} errors, mean {}",
+                e.calls,
+                e.errors,
+                latency(Some(e.mean_us))
+            ));
+        }
+        out.push_str(&format!(
+            "  {} -> {} [label={}];\n",
+            q(&e.from),
+            q(&e.to),
+            q(&label.join("; "))
         ));
     }
     out.push_str("}\n");
@@ -729,19 +828,19 @@ mod tests {
     #[test]
     fn dot_quotes_names_and_falls_back_to_the_address() {
         let m = coral_proto::ServiceMap {
-            since_ms: 0,
-            until_ms: 0,
+            window: coral_proto::Window::last(1000, 0, 1000),
             edges: vec![coral_proto::MapEdge {
-                src: "we\"ird".into(),
-                dst_addr: "10.0.0.1:80".into(),
-                dst_service: None,
+                from: "we\"ird".into(),
+                to: "10.0.0.1:80".into(),
+                to_addr: Some("10.0.0.1:80".into()),
+                sources: vec![coral_proto::Source::Ebpf],
                 connections: 2,
                 failures: 1,
-                bytes_sent: 0,
-                bytes_received: 0,
                 rtt_avg_us: 120,
                 rtt_max_us: 300,
+                ..Default::default()
             }],
+            coverage: coral_proto::Coverage::default(),
         };
         let dot = super::service_map_dot(&m);
         assert!(dot.starts_with("digraph coral {"), "{dot}");

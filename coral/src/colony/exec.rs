@@ -83,7 +83,11 @@ fn ago(now: i64, then: i64) -> String {
 
 impl Shared {
     /// A client for an agent's `AgentRpc`, reusing a live connection.
-    async fn agent_client(&self, agent_id: &str, addr: &str) -> Result<AgentRpcClient, String> {
+    pub(crate) async fn agent_client(
+        &self,
+        agent_id: &str,
+        addr: &str,
+    ) -> Result<AgentRpcClient, String> {
         if let Some((a, c)) = self
             .agent_clients
             .lock()

@@ -10,7 +10,7 @@ pub mod config;
 mod exec;
 pub mod mcp;
 pub(crate) mod mesh;
-pub mod query;
+pub mod read;
 pub mod registry;
 mod rpc;
 pub mod tools;

@@ -659,15 +659,15 @@ impl ColonyControl for Control {
     }
 
     async fn traces(self, _: Context, q: TraceQuery) -> Result<Vec<TraceSummary>, QueryError> {
-        super::query::traces(&self.shared.telemetry, q).await
+        super::read::traces(&self.shared.telemetry, q).await
     }
 
     async fn trace(self, _: Context, trace_id: String) -> Result<Vec<SpanRecord>, QueryError> {
-        super::query::trace(&self.shared.telemetry, &trace_id).await
+        super::read::trace(&self.shared.telemetry, &trace_id).await
     }
 
     async fn logs(self, _: Context, q: LogQuery) -> Result<Vec<LogRecord>, QueryError> {
-        super::query::logs(&self.shared.telemetry, q).await
+        super::read::logs(&self.shared.telemetry, q).await
     }
 
     async fn exec_start(self, _: Context, req: ExecStartRequest) -> Result<ExecStarted, ExecError> {
@@ -701,12 +701,12 @@ impl ColonyControl for Control {
         self.shared.audit_report(q).await
     }
 
-    async fn metrics(
+    async fn red(
         self,
         _: Context,
-        q: coral_proto::MetricsQuery,
-    ) -> Result<coral_proto::MetricsReport, QueryError> {
-        super::query::metrics(&self.shared.telemetry, q).await
+        q: coral_proto::RedQuery,
+    ) -> Result<coral_proto::RedReport, QueryError> {
+        super::read::red(&self.shared, q).await
     }
 
     async fn service_map(
@@ -714,7 +714,7 @@ impl ColonyControl for Control {
         _: Context,
         q: coral_proto::MapQuery,
     ) -> Result<coral_proto::ServiceMap, QueryError> {
-        super::query::service_map(&self.shared.telemetry, q).await
+        super::read::service_map(&self.shared, q).await
     }
 
     async fn stop(self, _: Context) -> u32 {

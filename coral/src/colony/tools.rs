@@ -3,15 +3,17 @@
 //!
 //! Each tool takes JSON arguments (typed below, with JSON schemas generated
 //! from the types) and returns compact JSON, capped at [`MAX_OUTPUT`] bytes.
-//! Every tool here only reads the colony's stores.
+//! The tools compute nothing themselves: each is an adapter over one
+//! question of the read layer (`read.rs`), and every answer carries the
+//! read layer's coverage (what the colony could not see).
 
 use super::Shared;
+use super::read;
 use coral_agent::telemetry::TelemetryError;
-use coral_proto::{LogQuery, TraceQuery};
+use coral_proto::{LogQuery, RedFigures, RedRow, Source, SourceRed, TraceQuery, Window};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// Most bytes of JSON one tool call returns.
@@ -154,21 +156,21 @@ pub fn catalog(allow_exec: bool) -> Vec<ToolDef> {
         ToolDef {
             name: "coral_red_metrics",
             title: "RED metrics against a baseline",
-            description: "Per service: request rate, error %, p50/p95/p99 latency in a recent window, the same in a baseline window before it, and the change.",
+            description: "Per service, and per route under it: request rate, error % (5xx; 4xx apart), p50/p95/p99 latency in a recent window, the same in a baseline before it, the change, and since when it moved. From eBPF (every connected service, no code change) and OTLP server spans, side by side; `sources` says which. Start here.",
             schema: schema::<RedArgs>(),
             read_only: true,
         },
         ToolDef {
             name: "coral_service_map",
             title: "Service map",
-            description: "Who calls whom: edges between services (and databases) with call counts, errors and mean latency.",
+            description: "Who calls whom: edges between services, databases and external peers. eBPF edges carry connections, failed connects and RTT (any protocol); OTLP edges carry calls, errors and mean latency. A service whose callee moved too is a symptom.",
             schema: schema::<MapArgs>(),
             read_only: true,
         },
         ToolDef {
             name: "coral_hotspots",
             title: "Where a service's time goes",
-            description: "Breaks down a service's requests into the operations under them (downstream calls, queries with their statements), recent vs baseline: count, mean and p95 time, share of the service's time.",
+            description: "Where one service's request time goes, recent vs baseline: its routes (eBPF or OTLP; count, mean, p95, share of time, since when slow) and, with traces, the operations under its requests (its own spans and downstream calls, queries with their statements).",
             schema: schema::<HotspotArgs>(),
             read_only: true,
         },
@@ -248,7 +250,9 @@ pub(crate) async fn call(
         }
         "coral_services" => {
             parse::<NoArgs>(args)?;
-            services(shared)
+            let mut v = services(shared)?;
+            v["coverage"] = coverage_json(&read::coverage(shared).await);
+            Ok(v)
         }
         "coral_red_metrics" => red(shared, parse(args)?, now_us).await,
         "coral_service_map" => service_map(shared, parse(args)?, now_us).await,
@@ -256,36 +260,82 @@ pub(crate) async fn call(
         "coral_traces" => traces(shared, parse(args)?, now_us).await,
         "coral_trace" => trace(shared, parse(args)?).await,
         "coral_logs" => logs(shared, parse(args)?, now_us).await,
-        "coral_changes" => changes(shared, parse(args)?, now_us),
+        "coral_changes" => changes(shared, parse(args)?, now_us).await,
         other => Err(ToolError::Unknown(other.to_string())),
     }
 }
 
-/// Serialises `v`; if it is over [`MAX_OUTPUT`], drops the tail of its
-/// largest array and says so in `"truncated"`.
+/// Serialises `v` within [`MAX_OUTPUT`] bytes, always as valid JSON: drops
+/// the tail of its largest top-level array, then halves its longest
+/// strings (on a character boundary), saying so in `"truncated"`.
 pub fn capped(mut v: Value) -> String {
     let mut text = v.to_string();
     while text.len() > MAX_OUTPUT {
         let Some(obj) = v.as_object_mut() else { break };
+        obj.insert("truncated".into(), json!(true));
         let biggest = obj
             .iter()
             .filter_map(|(k, x)| x.as_array().map(|a| (k.clone(), a.len())))
-            .max_by_key(|(_, n)| *n);
-        let Some((key, n)) = biggest.filter(|(_, n)| *n > 1) else {
-            text.truncate(MAX_OUTPUT);
-            return text;
-        };
-        if let Some(a) = obj.get_mut(&key).and_then(Value::as_array_mut) {
-            a.truncate(n * 3 / 4);
+            .max_by_key(|(_, n)| *n)
+            .filter(|(_, n)| *n > 1);
+        if let Some((key, n)) = biggest {
+            if let Some(a) = obj.get_mut(&key).and_then(Value::as_array_mut) {
+                a.truncate(n * 3 / 4);
+            }
+        } else if !halve_longest_string(&mut v) {
+            break;
         }
-        obj.insert("truncated".into(), json!(true));
         text = v.to_string();
+    }
+    if text.len() > MAX_OUTPUT {
+        return json!({"error": "the answer was too large to return", "truncated": true})
+            .to_string();
     }
     text
 }
 
+/// Cuts the longest string in `v` to half (at a character boundary, with a
+/// marker); false when no string is long enough to be worth cutting.
+fn halve_longest_string(v: &mut Value) -> bool {
+    fn longest(v: &mut Value) -> Option<&mut String> {
+        match v {
+            Value::String(s) => Some(s),
+            Value::Array(a) => a.iter_mut().filter_map(longest).max_by_key(|s| s.len()),
+            Value::Object(o) => o.values_mut().filter_map(longest).max_by_key(|s| s.len()),
+            _ => None,
+        }
+    }
+    match longest(v) {
+        Some(s) if s.len() >= 64 => {
+            let mut at = s.len() / 2;
+            while !s.is_char_boundary(at) {
+                at -= 1;
+            }
+            let cut = s.len() - at;
+            s.truncate(at);
+            s.push_str(&format!("…[{cut} bytes cut]"));
+            true
+        }
+        _ => false,
+    }
+}
+
 fn ms(us: f64) -> f64 {
     (us / 1000.0 * 100.0).round() / 100.0
+}
+
+fn ago_s(now_ms: i64, ts_ms: i64) -> i64 {
+    (now_ms - ts_ms).max(0) / 1000
+}
+
+fn coverage_json(c: &coral_proto::Coverage) -> Value {
+    json!({
+        "complete": c.complete,
+        "missing": c.gaps(),
+        "agents": c.agents.iter().map(|a| json!({
+            "agent": a.agent, "state": a.state, "rows_behind": a.rows_behind,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn services(shared: &Shared) -> Result<Value, ToolError> {
@@ -319,374 +369,228 @@ fn services(shared: &Shared) -> Result<Value, ToolError> {
     Ok(json!({ "agents": agents }))
 }
 
-/// RED figures of one service in one window.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Red {
-    pub requests: u64,
-    pub errors: u64,
-    pub p50_us: f64,
-    pub p95_us: f64,
-    pub p99_us: f64,
-}
-
-/// Requests of each service: its server spans (or root spans where a
-/// service reports no server kind) between `from_us` and `to_us`.
-async fn red_window(
-    shared: &Shared,
-    service: Option<String>,
-    from_us: i64,
-    to_us: i64,
-) -> Result<BTreeMap<String, Red>, ToolError> {
-    Ok(shared
-        .telemetry
-        .query(move |c| {
-            let mut st = c.prepare(
-                "SELECT service, count(*), count(*) FILTER (WHERE status_code = 'error'),
-                        quantile_cont(duration_us, 0.5), quantile_cont(duration_us, 0.95),
-                        quantile_cont(duration_us, 0.99)
-                 FROM spans
-                 WHERE start_ts >= make_timestamp(?::BIGINT) AND start_ts < make_timestamp(?::BIGINT)
-                   AND (kind = 'server' OR parent_span_id IS NULL)
-                   AND (?::VARCHAR IS NULL OR service = ?::VARCHAR)
-                 GROUP BY service ORDER BY service",
-            )?;
-            st.query_map(
-                duckdb::params![from_us, to_us, service, service],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        Red {
-                            requests: r.get::<_, i64>(1)? as u64,
-                            errors: r.get::<_, i64>(2)? as u64,
-                            p50_us: r.get(3)?,
-                            p95_us: r.get(4)?,
-                            p99_us: r.get(5)?,
-                        },
-                    ))
-                },
-            )?
-            .collect()
-        })
-        .await?)
-}
-
-fn red_json(r: &Red, secs: f64) -> Value {
+fn figures_json(f: &RedFigures) -> Value {
     json!({
-        "requests": r.requests,
-        "rps": (r.requests as f64 / secs * 100.0).round() / 100.0,
-        "errors": r.errors,
-        "error_pct": error_pct(r),
-        "p50_ms": ms(r.p50_us),
-        "p95_ms": ms(r.p95_us),
-        "p99_ms": ms(r.p99_us),
+        "requests": f.count,
+        "rps": f.rps,
+        "errors": f.errors,
+        "error_pct": f.error_pct,
+        "client_errors": f.client_errors,
+        "p50_ms": ms(f.p50_us as f64),
+        "p95_ms": ms(f.p95_us as f64),
+        "p99_ms": ms(f.p99_us as f64),
     })
 }
 
-fn error_pct(r: &Red) -> f64 {
-    if r.requests == 0 {
-        0.0
-    } else {
-        (r.errors as f64 * 10000.0 / r.requests as f64).round() / 100.0
+fn ratio(x: f64, y: f64) -> Option<f64> {
+    (y > 0.0).then(|| (x / y * 100.0).round() / 100.0)
+}
+
+/// One source's window, baseline, change and onset.
+fn side_json(s: &SourceRed, now_ms: i64) -> Value {
+    let b = s.baseline.clone().unwrap_or_default();
+    json!({
+        "recent": figures_json(&s.recent),
+        "baseline": figures_json(&b),
+        "change": {
+            "p50_ratio": ratio(s.recent.p50_us as f64, b.p50_us as f64),
+            "p95_ratio": ratio(s.recent.p95_us as f64, b.p95_us as f64),
+            "error_pct_delta": ((s.recent.error_pct - b.error_pct) * 100.0).round() / 100.0,
+            "rps_ratio": ratio(s.recent.rps, b.rps),
+        },
+        "moved_s_ago": s.onset_ms.map(|t| ago_s(now_ms, t)),
+    })
+}
+
+/// A RED row: its primary source's figures at the top level (what a
+/// reader compares), the other source beside them.
+fn red_row_json(r: &RedRow, now_ms: i64) -> Value {
+    let Some((source, main)) = r.primary() else {
+        return json!({});
+    };
+    let mut v = side_json(main, now_ms);
+    v["service"] = json!(r.service);
+    if let Some(route) = &r.route {
+        v["route"] = json!(format!("{} {route}", r.method.as_deref().unwrap_or("")).trim());
     }
+    v["sources"] = json!(r.sources.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    v["source"] = json!(source.as_str());
+    if let (Source::Ebpf, Some(o)) = (source, &r.otlp) {
+        v["otlp"] = side_json(o, now_ms);
+    }
+    v
+}
+
+/// How much a row moved: the larger of its p95 ratio and its error rise.
+fn movement(r: &RedRow) -> f64 {
+    r.primary().map_or(0.0, |(_, s)| {
+        let b = s.baseline.clone().unwrap_or_default();
+        let lat = ratio(s.recent.p95_us as f64, b.p95_us as f64).unwrap_or(0.0);
+        lat.max(1.0 + (s.recent.error_pct - b.error_pct) / 10.0)
+    })
+}
+
+/// Routes shown per service: the ones that moved most.
+const ROUTES_PER_SERVICE: usize = 8;
+
+fn window_of(a: &Option<String>, b: &Option<String>, now_ms: i64) -> Result<Window, ToolError> {
+    let win = window(a, Duration::from_secs(300))?;
+    let base = window(b, Duration::from_secs(3600))?;
+    Ok(Window::last(
+        win.as_millis() as i64,
+        base.as_millis() as i64,
+        now_ms,
+    ))
+}
+
+fn human(ms: i64) -> String {
+    humantime::format_duration(Duration::from_millis(ms.max(0) as u64)).to_string()
 }
 
 async fn red(shared: &Shared, a: RedArgs, now_us: i64) -> Result<Value, ToolError> {
-    let win = window(&a.window, Duration::from_secs(300))?;
-    let base = window(&a.baseline, Duration::from_secs(3600))?;
-    let split = now_us - win.as_micros() as i64;
-    let start = split - base.as_micros() as i64;
-    let recent = red_window(shared, a.service.clone(), split, now_us).await?;
-    let before = red_window(shared, a.service.clone(), start, split).await?;
-    let mut names: Vec<&String> = recent.keys().chain(before.keys()).collect();
-    names.sort();
-    names.dedup();
-    let services: Vec<Value> = names
-        .into_iter()
-        .map(|name| {
-            let r = recent.get(name).cloned().unwrap_or_default();
-            let b = before.get(name).cloned().unwrap_or_default();
-            let ratio = |x: f64, y: f64| {
-                if y > 0.0 {
-                    Some((x / y * 100.0).round() / 100.0)
-                } else {
-                    None
-                }
-            };
-            json!({
-                "service": name,
-                "source": "otlp",
-                "recent": red_json(&r, win.as_secs_f64()),
-                "baseline": red_json(&b, base.as_secs_f64()),
-                "change": {
-                    "p50_ratio": ratio(r.p50_us, b.p50_us),
-                    "p95_ratio": ratio(r.p95_us, b.p95_us),
-                    "error_pct_delta": ((error_pct(&r) - error_pct(&b)) * 100.0).round() / 100.0,
-                    "rps_ratio": ratio(r.requests as f64 / win.as_secs_f64(), b.requests as f64 / base.as_secs_f64()),
-                },
-            })
-        })
-        .collect();
-    if services.is_empty()
+    let now = now_us / 1000;
+    let w = window_of(&a.window, &a.baseline, now)?;
+    let report = read::red(
+        shared,
+        coral_proto::RedQuery {
+            service: a.service.clone(),
+            window: w,
+        },
+    )
+    .await?;
+    if report.services.is_empty()
         && let Some(s) = &a.service
     {
         return Err(ToolError::Failed(format!(
-            "no requests recorded for service '{s}' in the last {}",
-            humantime::format_duration(win + base)
+            "no requests recorded for service '{s}' in the last {}{}",
+            human(w.until_ms - w.baseline_since_ms()),
+            report
+                .coverage
+                .gaps()
+                .map(|g| format!(" (not seen: {g})"))
+                .unwrap_or_default()
         )));
     }
+    let services: Vec<Value> = report
+        .services
+        .iter()
+        .map(|s| {
+            let mut routes: Vec<&RedRow> = report
+                .routes
+                .iter()
+                .filter(|r| r.service == s.service)
+                .collect();
+            routes.sort_by(|a, b| {
+                movement(b)
+                    .partial_cmp(&movement(a))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let more = routes.len().saturating_sub(ROUTES_PER_SERVICE);
+            let mut v = red_row_json(s, now);
+            v["routes"] = json!(
+                routes
+                    .iter()
+                    .take(ROUTES_PER_SERVICE)
+                    .map(|r| red_row_json(r, now))
+                    .collect::<Vec<_>>()
+            );
+            if more > 0 {
+                v["more_routes"] = json!(more);
+            }
+            v
+        })
+        .collect();
     Ok(json!({
-        "window": humantime::format_duration(win).to_string(),
-        "baseline": humantime::format_duration(base).to_string(),
-        "window_start_ms": split / 1000,
+        "window": human(w.until_ms - w.since_ms),
+        "baseline": human(w.baseline_ms),
+        "window_start_ms": w.since_ms,
         "services": services,
+        "coverage": coverage_json(&report.coverage),
     }))
-}
-
-/// The first of `keys` present as a string attribute.
-pub fn attr(attributes: &str, keys: &[&str]) -> Option<String> {
-    let v: Value = serde_json::from_str(attributes).ok()?;
-    keys.iter()
-        .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_string))
-}
-
-/// The peer a client span calls, from its semantic-convention attributes.
-pub fn peer_of(attributes: &str) -> Option<String> {
-    attr(
-        attributes,
-        &[
-            "peer.service",
-            "db.name",
-            "db.namespace",
-            "db.system",
-            "db.system.name",
-            "server.address",
-            "net.peer.name",
-        ],
-    )
-}
-
-/// The statement or target a span carries, for display.
-pub fn detail_of(attributes: &str) -> Option<String> {
-    attr(
-        attributes,
-        &[
-            "db.statement",
-            "db.query.text",
-            "http.route",
-            "url.full",
-            "http.url",
-        ],
-    )
 }
 
 async fn service_map(shared: &Shared, a: MapArgs, now_us: i64) -> Result<Value, ToolError> {
     let since = window(&a.since, Duration::from_secs(900))?;
-    let from = now_us - since.as_micros() as i64;
-    // Parent → child across services, and client spans to a named peer
-    // (a database, or a service that does not report spans).
-    let rows: Vec<(String, String, Option<String>, i64, i64, f64)> = shared
-        .telemetry
-        .query(move |c| {
-            let mut st = c.prepare(
-                "SELECT p.service, c.service, NULL, count(*), count(*) FILTER (WHERE c.status_code = 'error'), avg(c.duration_us)
-                 FROM spans c JOIN spans p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id
-                 WHERE c.start_ts >= make_timestamp(?::BIGINT) AND p.service <> c.service
-                 GROUP BY p.service, c.service
-                 UNION ALL
-                 SELECT service, '', attributes, count(*), count(*) FILTER (WHERE status_code = 'error'), avg(duration_us)
-                 FROM spans
-                 WHERE start_ts >= make_timestamp(?::BIGINT) AND kind = 'client'
-                 GROUP BY service, attributes",
-            )?;
-            st.query_map(duckdb::params![from, from], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-            })?
-            .collect()
-        })
-        .await?;
-    // (from, to) → (calls, errors, total us); parent→child edges win over
-    // the client spans that produced them.
-    let mut edges: BTreeMap<(String, String), (i64, i64, f64)> = BTreeMap::new();
-    let mut direct: std::collections::HashSet<(String, String)> = Default::default();
-    for (from, to, attrs, n, errs, avg) in rows {
-        let to = match attrs {
-            None => {
-                direct.insert((from.clone(), to.clone()));
-                to
+    let w = Window::last(since.as_millis() as i64, 0, now_us / 1000);
+    let map = read::service_map(shared, coral_proto::MapQuery { window: w }).await?;
+    let edges: Vec<Value> = map
+        .edges
+        .iter()
+        .map(|e| {
+            let mut v = json!({
+                "from": e.from, "to": e.to,
+                "sources": e.sources.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            });
+            if e.sources.contains(&Source::Ebpf) {
+                v["addr"] = json!(e.to_addr);
+                v["connections"] = json!(e.connections);
+                v["failed_connects"] = json!(e.failures);
+                v["rtt_ms"] = json!(ms(e.rtt_avg_us as f64));
             }
-            Some(attrs) => match peer_of(&attrs) {
-                Some(p) => p,
-                None => continue,
-            },
-        };
-        let e = edges.entry((from, to)).or_default();
-        e.0 += n;
-        e.1 += errs;
-        e.2 += avg * n as f64;
-    }
-    let edges: Vec<Value> = edges
-        .into_iter()
-        .filter(|((f, t), _)| f != t)
-        .map(|((from, to), (n, errs, total))| {
-            json!({"from": from, "to": to, "calls": n, "errors": errs, "mean_ms": ms(total / n.max(1) as f64),
-                   "source": if direct.contains(&(from.clone(), to.clone())) { "traces" } else { "client spans" }})
+            if e.sources.contains(&Source::Otlp) {
+                v["calls"] = json!(e.calls);
+                v["errors"] = json!(e.errors);
+                v["mean_ms"] = json!(ms(e.mean_us as f64));
+            }
+            v
         })
         .collect();
-    Ok(json!({ "since": humantime::format_duration(since).to_string(), "edges": edges }))
-}
-
-/// One operation under a service's requests.
-#[derive(Debug, Clone)]
-struct Op {
-    service: String,
-    name: String,
-    kind: String,
-    count: i64,
-    errors: i64,
-    total_us: f64,
-    p95_us: f64,
-    attributes: String,
-}
-
-async fn ops(
-    shared: &Shared,
-    service: String,
-    from_us: i64,
-    to_us: i64,
-) -> Result<(f64, i64, Vec<Op>), ToolError> {
-    Ok(shared
-        .telemetry
-        .query(move |c| {
-            let (total, requests): (f64, i64) = c.query_row(
-                "SELECT coalesce(sum(duration_us), 0)::DOUBLE, count(*) FROM spans
-                 WHERE service = ? AND (kind = 'server' OR parent_span_id IS NULL)
-                   AND start_ts >= make_timestamp(?::BIGINT) AND start_ts < make_timestamp(?::BIGINT)",
-                duckdb::params![service, from_us, to_us],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            // Every span under the service's requests (their descendants),
-            // grouped by operation.
-            let mut st = c.prepare(
-                "WITH RECURSIVE w AS (
-                    SELECT trace_id, span_id, parent_span_id, service, name, kind, duration_us, status_code, attributes
-                    FROM spans
-                    WHERE start_ts >= make_timestamp(?::BIGINT) - INTERVAL 1 MINUTE
-                      AND start_ts < make_timestamp(?::BIGINT) + INTERVAL 1 MINUTE),
-                 req AS (
-                    SELECT trace_id, span_id FROM spans
-                    WHERE service = ? AND (kind = 'server' OR parent_span_id IS NULL)
-                      AND start_ts >= make_timestamp(?::BIGINT) AND start_ts < make_timestamp(?::BIGINT)),
-                 under(trace_id, span_id) AS (
-                    SELECT w.trace_id, w.span_id FROM w JOIN req r ON w.trace_id = r.trace_id AND w.parent_span_id = r.span_id
-                    UNION
-                    SELECT w.trace_id, w.span_id FROM w JOIN under u ON w.trace_id = u.trace_id AND w.parent_span_id = u.span_id)
-                 SELECT s.service, s.name, any_value(s.kind), count(*), count(*) FILTER (WHERE s.status_code = 'error'),
-                        sum(s.duration_us)::DOUBLE, quantile_cont(s.duration_us, 0.95), any_value(s.attributes)
-                 FROM w s JOIN under USING (trace_id, span_id)
-                 GROUP BY s.service, s.name
-                 ORDER BY 6 DESC LIMIT 15",
-            )?;
-            let ops = st
-                .query_map(
-                    duckdb::params![from_us, to_us, service, from_us, to_us],
-                    |r| {
-                        Ok(Op {
-                            service: r.get(0)?,
-                            name: r.get(1)?,
-                            kind: r.get(2)?,
-                            count: r.get(3)?,
-                            errors: r.get(4)?,
-                            total_us: r.get(5)?,
-                            p95_us: r.get(6)?,
-                            attributes: r.get(7)?,
-                        })
-                    },
-                )?
-                .collect::<duckdb::Result<Vec<_>>>()?;
-            Ok((total, requests, ops))
-        })
-        .await?)
+    Ok(json!({
+        "since": humantime::format_duration(since).to_string(),
+        "edges": edges,
+        "coverage": coverage_json(&map.coverage),
+    }))
 }
 
 async fn hotspots(shared: &Shared, a: HotspotArgs, now_us: i64) -> Result<Value, ToolError> {
-    let win = window(&a.window, Duration::from_secs(300))?;
-    let base = window(&a.baseline, Duration::from_secs(3600))?;
-    let split = now_us - win.as_micros() as i64;
-    let start = split - base.as_micros() as i64;
-    let (total, requests, recent) = ops(shared, a.service.clone(), split, now_us).await?;
-    let (base_total, base_requests, before) = ops(shared, a.service.clone(), start, split).await?;
-    if requests == 0 && base_requests == 0 {
-        return Err(ToolError::Failed(format!(
-            "no requests recorded for service '{}' in the last {}",
-            a.service,
-            humantime::format_duration(win + base)
-        )));
-    }
-    // Since when requests are slow: the oldest recent request over 1.5x
-    // the baseline p95 (and at least 10 ms over it).
-    let svc = a.service.clone();
-    let slow: Option<(f64, i64)> = shared
-        .telemetry
-        .query(move |c| {
-            c.query_row(
-                "WITH b AS (
-                    SELECT quantile_cont(duration_us, 0.95) AS p95 FROM spans
-                    WHERE service = ? AND (kind = 'server' OR parent_span_id IS NULL)
-                      AND start_ts >= make_timestamp(?::BIGINT) AND start_ts < make_timestamp(?::BIGINT))
-                 SELECT greatest(b.p95 * 1.5, b.p95 + 10000), min(epoch_us(s.start_ts))
-                 FROM spans s, b
-                 WHERE b.p95 IS NOT NULL AND s.service = ? AND (s.kind = 'server' OR s.parent_span_id IS NULL)
-                   AND s.start_ts >= make_timestamp(?::BIGINT)
-                   AND s.duration_us > greatest(b.p95 * 1.5, b.p95 + 10000)
-                 GROUP BY b.p95",
-                duckdb::params![svc, start, split, svc, split],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                duckdb::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })
-        })
-        .await?;
-    let before: HashMap<(String, String), Op> = before
-        .into_iter()
-        .map(|o| ((o.service.clone(), o.name.clone()), o))
-        .collect();
-    let per_req = |o: &Op, reqs: i64| o.count as f64 / reqs.max(1) as f64;
-    let ops: Vec<Value> = recent
+    let now = now_us / 1000;
+    let w = window_of(&a.window, &a.baseline, now)?;
+    let h = read::hotspots(
+        shared,
+        coral_proto::HotspotQuery {
+            service: a.service.clone(),
+            window: w,
+        },
+    )
+    .await?;
+    let ops: Vec<Value> = h
+        .operations
         .iter()
         .map(|o| {
-            let b = before.get(&(o.service.clone(), o.name.clone()));
             json!({
+                "source": o.source.as_str(),
                 "service": o.service,
                 "operation": o.name,
                 "kind": o.kind,
-                "peer": peer_of(&o.attributes),
-                "statement": detail_of(&o.attributes),
-                "db_name": attr(&o.attributes, &["db.name", "db.namespace"]),
-                "db_user": attr(&o.attributes, &["db.user"]),
+                "peer": o.peer,
+                "statement": o.statement,
+                "db_name": o.db_name,
+                "db_user": o.db_user,
                 "count": o.count,
-                "per_request": (per_req(o, requests) * 100.0).round() / 100.0,
+                "per_request": o.per_request,
                 "errors": o.errors,
-                "mean_ms": ms(o.total_us / o.count.max(1) as f64),
-                "p95_ms": ms(o.p95_us),
-                "share_pct": if total > 0.0 { (o.total_us / total * 1000.0).round() / 10.0 } else { 0.0 },
-                "baseline_mean_ms": b.map(|b| ms(b.total_us / b.count.max(1) as f64)),
-                "baseline_p95_ms": b.map(|b| ms(b.p95_us)),
+                "mean_ms": ms(o.mean_us as f64),
+                "p95_ms": ms(o.p95_us as f64),
+                "share_pct": o.share_pct,
+                "baseline_count": o.baseline_count,
+                "baseline_mean_ms": o.baseline_mean_us.map(|u| ms(u as f64)),
+                "baseline_p95_ms": o.baseline_p95_us.map(|u| ms(u as f64)),
+                "slow_since_s_ago": o.onset_ms.map(|t| ago_s(now, t)),
             })
         })
         .collect();
     Ok(json!({
-        "service": a.service,
-        "window": humantime::format_duration(win).to_string(),
-        "requests": requests,
-        "mean_request_ms": ms(total / requests.max(1) as f64),
-        "baseline_requests": base_requests,
-        "baseline_mean_request_ms": if base_requests > 0 { Some(ms(base_total / base_requests as f64)) } else { None },
+        "service": h.service,
+        "source": h.source.map(Source::as_str),
+        "window": human(w.until_ms - w.since_ms),
+        "requests": h.requests,
+        "mean_request_ms": ms(h.mean_request_us as f64),
+        "baseline_requests": h.baseline_requests,
+        "baseline_mean_request_ms": h.baseline_mean_request_us.map(|u| ms(u as f64)),
         "operations": ops,
-        "slow_threshold_ms": slow.map(|(t, _)| ms(t)),
-        "slow_since_s_ago": slow.map(|(_, first)| (now_us - first) / 1_000_000),
+        "slow_threshold_ms": h.slow_threshold_us.map(|u| ms(u as f64)),
+        "slow_since_s_ago": h.slow_since_ms.map(|t| ago_s(now, t)),
+        "coverage": coverage_json(&h.coverage),
     }))
 }
 
@@ -695,10 +599,11 @@ async fn traces(shared: &Shared, a: TracesArgs, now_us: i64) -> Result<Value, To
     let q = TraceQuery {
         service: a.service,
         since_ms: (now_us - since.as_micros() as i64) / 1000,
-        min_duration_us: a.min_duration_ms.unwrap_or(0) * 1000,
+        min_duration_us: a.min_duration_ms.unwrap_or(0).saturating_mul(1000),
         limit: a.limit.unwrap_or(20).clamp(1, 100),
     };
-    let list = super::query::traces(&shared.telemetry, q).await?;
+    let coverage = read::coverage(shared).await;
+    let list = read::traces(&shared.telemetry, q).await?;
     let traces: Vec<Value> = list
         .iter()
         .map(|t| {
@@ -707,15 +612,20 @@ async fn traces(shared: &Shared, a: TracesArgs, now_us: i64) -> Result<Value, To
                    "services": t.services, "start_s_ago": (now_us - t.start_us) / 1_000_000})
         })
         .collect();
-    Ok(json!({ "traces": traces }))
+    Ok(json!({ "traces": traces, "coverage": coverage_json(&coverage) }))
 }
 
 async fn trace(shared: &Shared, a: TraceArgs) -> Result<Value, ToolError> {
-    let spans = super::query::trace(&shared.telemetry, &a.trace_id).await?;
+    let coverage = read::coverage(shared).await;
+    let spans = read::trace(&shared.telemetry, &a.trace_id).await?;
     if spans.is_empty() {
         return Err(ToolError::Failed(format!(
-            "no spans stored for trace {}",
-            a.trace_id
+            "no spans stored for trace {}{}",
+            a.trace_id,
+            coverage
+                .gaps()
+                .map(|g| format!(" (not seen: {g})"))
+                .unwrap_or_default()
         )));
     }
     let t0 = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
@@ -728,11 +638,13 @@ async fn trace(shared: &Shared, a: TraceArgs) -> Result<Value, ToolError> {
                 "span_id": s.span_id, "parent": s.parent_span_id, "service": s.service, "name": s.name,
                 "kind": s.kind, "offset_ms": ms((s.start_us - t0) as f64), "duration_ms": ms(s.duration_us as f64),
                 "status": s.status_code, "critical": critical.contains(&s.span_id),
-                "detail": detail_of(&s.attributes),
+                "detail": read::detail_of(&s.attributes),
             })
         })
         .collect();
-    Ok(json!({ "trace_id": a.trace_id, "span_count": spans.len(), "spans": list }))
+    Ok(
+        json!({ "trace_id": a.trace_id, "span_count": spans.len(), "spans": list, "coverage": coverage_json(&coverage) }),
+    )
 }
 
 async fn logs(shared: &Shared, a: LogsArgs, now_us: i64) -> Result<Value, ToolError> {
@@ -744,7 +656,8 @@ async fn logs(shared: &Shared, a: LogsArgs, now_us: i64) -> Result<Value, ToolEr
         trace_id: a.trace_id,
         limit: a.limit.unwrap_or(50).clamp(1, 200),
     };
-    let list = super::query::logs(&shared.telemetry, q).await?;
+    let coverage = read::coverage(shared).await;
+    let list = read::logs(&shared.telemetry, q).await?;
     let logs: Vec<Value> = list
         .iter()
         .map(|l| {
@@ -752,25 +665,24 @@ async fn logs(shared: &Shared, a: LogsArgs, now_us: i64) -> Result<Value, ToolEr
                    "body": l.body.chars().take(500).collect::<String>(), "trace_id": l.trace_id})
         })
         .collect();
-    Ok(json!({ "logs": logs }))
+    Ok(json!({ "logs": logs, "coverage": coverage_json(&coverage) }))
 }
 
-fn changes(shared: &Shared, a: ChangesArgs, now_us: i64) -> Result<Value, ToolError> {
+async fn changes(shared: &Shared, a: ChangesArgs, now_us: i64) -> Result<Value, ToolError> {
     let since = window(&a.since, Duration::from_secs(3600))?;
     let now = now_us / 1000;
-    let from = now - since.as_millis() as i64;
-    let reg = shared.registry.lock().expect("registry lock");
-    let c = reg
-        .changes(from)
-        .map_err(|e| ToolError::Failed(e.to_string()))?;
+    let c = read::changes(shared, now - since.as_millis() as i64).await?;
     let events: Vec<Value> = c
+        .changes
         .into_iter()
         .map(|e| {
             json!({"s_ago": (now - e.ts_ms) / 1000, "what": e.what, "agent": e.agent,
                    "service": e.service, "detail": e.detail})
         })
         .collect();
-    Ok(json!({ "since": humantime::format_duration(since).to_string(), "events": events }))
+    Ok(
+        json!({ "since": humantime::format_duration(since).to_string(), "events": events, "coverage": coverage_json(&c.coverage) }),
+    )
 }
 
 async fn exec(
@@ -863,6 +775,21 @@ pub fn cli_equivalent(name: &str, args: &Value) -> String {
             format!("coral query traces{flags}")
         }
         "coral_trace" => format!("coral query trace {}", q(s("trace_id").unwrap_or(""))),
+        "coral_red_metrics" => {
+            let mut f = String::new();
+            if let Some(v) = s("service") {
+                f.push_str(&format!(" --service {}", q(v)));
+            }
+            f.push_str(&format!(
+                " --since {} --baseline {}",
+                q(s("window").unwrap_or("5m")),
+                q(s("baseline").unwrap_or("1h"))
+            ));
+            format!("coral query metrics{f}")
+        }
+        "coral_service_map" => {
+            format!("coral query map --since {}", q(s("since").unwrap_or("15m")))
+        }
         "coral_logs" => format!("coral query logs{flags}"),
         "coral_agent_exec" => format!(
             "coral exec {} {}",
@@ -878,23 +805,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn peers_come_from_semantic_conventions() {
-        assert_eq!(
-            peer_of(r#"{"db.system":"postgresql","peer.service":"db"}"#).as_deref(),
-            Some("db")
-        );
-        assert_eq!(
-            peer_of(r#"{"db.system":"postgresql"}"#).as_deref(),
-            Some("postgresql")
-        );
-        assert_eq!(peer_of(r#"{"http.method":"GET"}"#), None);
-        assert_eq!(
-            detail_of(r#"{"db.statement":"SELECT 1"}"#).as_deref(),
-            Some("SELECT 1")
-        );
-    }
-
-    #[test]
     fn output_is_capped_by_dropping_rows() {
         let rows: Vec<Value> = (0..5000)
             .map(|i| json!({"i": i, "pad": "x".repeat(20)}))
@@ -905,6 +815,19 @@ mod tests {
         assert_eq!(v["truncated"], json!(true));
         assert_eq!(v["name"], json!("n"));
         assert!(v["rows"].as_array().unwrap().len() > 100);
+    }
+
+    #[test]
+    fn output_is_capped_on_character_boundaries() {
+        // Issue 16: a span named "€" x 12000 made `capped` panic mid-character.
+        let text = capped(json!({"name": "€".repeat(12_000), "n": 1}));
+        assert!(text.len() <= MAX_OUTPUT);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["truncated"], json!(true));
+        assert!(v["name"].as_str().unwrap().ends_with("bytes cut]"));
+        let nested = capped(json!({"spans": [{"detail": "é".repeat(40_000)}]}));
+        assert!(nested.len() <= MAX_OUTPUT);
+        serde_json::from_str::<Value>(&nested).unwrap();
     }
 
     #[test]
@@ -930,6 +853,13 @@ mod tests {
         assert!(
             cli_equivalent("coral_hotspots", &json!({"service": "api"}))
                 .starts_with("coral mcp call coral_hotspots")
+        );
+        assert_eq!(
+            cli_equivalent(
+                "coral_red_metrics",
+                &json!({"service": "api", "window": "20s"})
+            ),
+            "coral query metrics --service api --since 20s --baseline 1h"
         );
         assert_eq!(catalog(false).len() + 1, catalog(true).len());
     }
