@@ -84,6 +84,16 @@ impl Shared {
             .clone()
     }
 
+    /// Every agent with its services and state (online, offline, stopped).
+    pub(crate) fn agents(
+        &self,
+    ) -> Result<Vec<coral_proto::AgentSummary>, coral_agent::sqlite::StoreError> {
+        self.registry.lock().expect("registry lock").agents(
+            coral_proto::now_ms(),
+            self.config.agent_timeout.as_millis() as i64,
+        )
+    }
+
     pub(crate) fn agent_seq(&self, agent_id: &str) -> SeqSlot {
         self.agent_seqs
             .lock()

@@ -27,6 +27,11 @@ const CATCH_UP: Duration = Duration::from_secs(1);
 /// How long the colony waits for an agent to say what it holds.
 const HEAD_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The first columns of a row as a tuple: `cols!(r; 0, 1, 2)`.
+macro_rules! cols {
+    ($r:expr; $($i:literal),*) => { ($($r.get($i)?,)*) };
+}
+
 fn storage(e: coral_agent::telemetry::TelemetryError) -> QueryError {
     QueryError::Storage(e.to_string())
 }
@@ -93,13 +98,7 @@ fn behind(head: &Checkpoints, have: &Checkpoints) -> u64 {
 /// missing: rows in flight, agents offline or silent.
 pub(crate) async fn coverage(shared: &Shared) -> Coverage {
     let started = Instant::now();
-    let now = coral_proto::now_ms();
-    let agents = shared
-        .registry
-        .lock()
-        .expect("registry lock")
-        .agents(now, shared.config.agent_timeout.as_millis() as i64)
-        .unwrap_or_default();
+    let agents = shared.agents().unwrap_or_default();
     let heads = futures::future::join_all(agents.iter().map(|a| async move {
         if a.state != AgentState::Online {
             return None;
@@ -298,22 +297,7 @@ async fn ebpf_red(
                     service,
                     service
                 ],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                        r.get(10)?,
-                        r.get(11)?,
-                    ))
-                },
+                |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)),
             )?
             .collect()
         })
@@ -423,20 +407,7 @@ async fn otlp_red(
                      FROM s GROUP BY GROUPING SETS ((service, recent), (service, method, route, recent))"
                 ))?
                 .query_map(duckdb::params![service, service], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                        r.get(10)?,
-                        r.get(11)?,
-                    ))
+                    Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11))
                 })?
                 .collect::<duckdb::Result<Vec<_>>>()?;
             let seconds = c
@@ -449,16 +420,7 @@ async fn otlp_red(
                      GROUP BY GROUPING SETS ((service, sec), (service, method, route, sec))"
                 ))?
                 .query_map(duckdb::params![service, service], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
+                    Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7))
                 })?
                 .collect::<duckdb::Result<Vec<_>>>()?;
             Ok((aggs, seconds))
@@ -637,18 +599,7 @@ pub(crate) async fn service_map(shared: &Shared, q: MapQuery) -> Result<ServiceM
                  ORDER BY src, dst_addr LIMIT 10000",
             )?
             .query_map(duckdb::params![from, until], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                ))
+                Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9))
             })?
             .collect()
         })
@@ -672,7 +623,7 @@ pub(crate) async fn service_map(shared: &Shared, q: MapQuery) -> Result<ServiceM
                  GROUP BY service, attributes",
             )?
             .query_map(duckdb::params![from, until, from, until], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok(cols!(r; 0, 1, 2, 3, 4, 5))
             })?
             .collect()
         })

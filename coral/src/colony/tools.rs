@@ -341,10 +341,7 @@ fn coverage_json(c: &coral_proto::Coverage) -> Value {
 fn services(shared: &Shared) -> Result<Value, ToolError> {
     let now = coral_proto::now_ms();
     let agents = shared
-        .registry
-        .lock()
-        .expect("registry lock")
-        .agents(now, shared.config.agent_timeout.as_millis() as i64)
+        .agents()
         .map_err(|e| ToolError::Failed(e.to_string()))?;
     let agents: Vec<Value> = agents
         .iter()
