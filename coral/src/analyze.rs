@@ -555,6 +555,17 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
             _ => format!("{focus} looks healthy: its latency and errors did not move."),
         };
         answer.push_str(&format!("{line}\n"));
+    } else if let Some(rc) = &root
+        && let Some(component) = &rc.component
+        && component
+            .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
+            .any(|part| part.len() >= 3 && words.contains(&part.to_ascii_lowercase()))
+    {
+        // "Why is checkout slow?" names a route, not a service.
+        answer.push_str(&format!(
+            "{component} of {} is where the problem is.\n",
+            rc.service
+        ));
     }
     answer.push_str("What changed:\n");
     for w in &what {
