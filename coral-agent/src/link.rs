@@ -12,11 +12,12 @@ use tarpc::context;
 
 /// Samples sent per heartbeat; the rest follow right after.
 const SAMPLES_PER_HEARTBEAT: usize = 5_000;
-/// Telemetry rows per push, and pushes per kind per tick.
-const ROWS_PER_PUSH: usize = 2_000;
+/// Telemetry rows per push (the colony takes at most 10,000), and pushes
+/// per kind per tick.
+const ROWS_PER_PUSH: usize = 10_000;
 const PUSHES_PER_TICK: usize = 10;
-/// Most bytes of rows in one push, as JSON: well under the 16 MiB frame.
-const PUSH_BYTES: usize = 4 << 20;
+/// Most bytes of rows in one push, as JSON: half the 16 MiB frame.
+const PUSH_BYTES: usize = 8 << 20;
 /// Most bytes of one row; a larger row has its largest text cut, with a
 /// marker, so it never blocks the rows behind it.
 const ROW_BYTES: usize = 1 << 20;

@@ -122,6 +122,9 @@ const MIGRATIONS: &[&str] = &[
 const MAX_BATCH_ROWS: usize = 10_000;
 /// How long the writer waits for more rows before committing a batch.
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// An insert at least this large is a batch already (a forwarded push):
+/// it commits without waiting for more.
+const BATCH_ALREADY: usize = 1_000;
 /// How often rows past the retention window are deleted.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
@@ -659,8 +662,10 @@ fn writer(
         let deadline = Instant::now() + BATCH_WINDOW;
         let mut next = first;
         while let Some(cmd) = next.take() {
+            let mut big = false;
             match cmd {
                 Cmd::Insert(batch, done) => {
+                    big = batch.len() >= BATCH_ALREADY;
                     pending.add(batch);
                     waiters.push(done);
                 }
@@ -670,7 +675,7 @@ fn writer(
                     break;
                 }
             }
-            if pending.rows >= MAX_BATCH_ROWS || pending.rows == 0 {
+            if pending.rows >= MAX_BATCH_ROWS || pending.rows == 0 || big {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -391,7 +391,7 @@ went with the heartbeat.\n\n\
     section.push_str(&row(single, "50,000 spans/s from one agent"));
     section.push_str(&row(four, "4 × 15,000 spans/s from four agents"));
     section.push_str(&format!(
-        "| 2,000 spans with 64 KB attributes (128 MB) queued while the colony was down: all at the colony after its restart | {:.1} s (pushes of at most 4 MiB) | everything forwarded |\n",
+        "| 2,000 spans with 64 KB attributes (128 MB) queued while the colony was down: all at the colony after its restart | {:.1} s (pushes of at most 8 MiB) | everything forwarded |\n",
         big_secs.as_secs_f64()
     ));
     print!("{section}");
