@@ -5,9 +5,10 @@
 //! Memory is bounded: a request is admitted only if its size fits in the
 //! in-flight budget, else it is refused with 429 / RESOURCE_EXHAUSTED and a
 //! retry hint. OTLP/HTTP admits on Content-Length before reading the body;
-//! OTLP/gRPC (whose messages tonic decodes first) admits on the encoded size
-//! and caps open HTTP/2 streams per connection, so a client queues excess
-//! requests before sending them instead of the agent holding them decoded. An admitted request is answered only after its rows are
+//! OTLP/gRPC admits on the length in the message's gRPC frame header, before
+//! tonic buffers or decodes anything (a compressed message is charged
+//! `max_request_bytes`, what it may inflate to), and caps open HTTP/2 streams
+//! per connection, so a client queues excess requests before sending them. An admitted request is answered only after its rows are
 //! committed to DuckDB: what is accepted is stored, what is refused is
 //! refused explicitly.
 //!
@@ -118,9 +119,9 @@ impl OtlpConfig {
 
 /// A body must arrive at least this fast (bytes per second) once
 /// [`BODY_GRACE`] has passed: a client that trickles is cut off.
-pub const MIN_BODY_RATE: f64 = 256.0 * 1024.0;
+pub const MIN_BODY_RATE: f64 = 64.0 * 1024.0;
 /// Time a body may take before [`MIN_BODY_RATE`] applies.
-pub const BODY_GRACE: Duration = Duration::from_secs(2);
+pub const BODY_GRACE: Duration = Duration::from_secs(5);
 
 /// The deadline of a request body that is being received: all of it within
 /// `body_timeout`, and byte `n` no later than `BODY_GRACE + n / MIN_BODY_RATE`
@@ -374,7 +375,7 @@ impl Receiver {
     pub async fn accept<S: Signal>(
         &self,
         req: S,
-        _admitted: Admission,
+        _admitted: impl Send,
     ) -> Result<S::Response, Refusal> {
         let (batch, rejected, message) = req.convert(&self.agent_id);
         drop(req);
