@@ -590,7 +590,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
         return *code;
     }
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", render::esc(&format!("{e:#}")));
     if let Some(c) = e.downcast_ref::<Coded>() {
         return c.code;
     }
