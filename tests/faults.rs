@@ -482,3 +482,82 @@ fn issue16_grpc_burst_is_admitted_before_decoding_and_rss_stays_bounded() {
     });
     assert_eq!(stored["stored_spans"].as_u64(), Some(ok as u64 * 400));
 }
+
+/// A message whose field 1 (`resource_spans`, a message) holds bytes that
+/// are not a message: valid framing, malformed protobuf.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbage {
+    #[prost(bytes = "vec", tag = "1")]
+    resource_spans: Vec<u8>,
+}
+
+/// Sends `msg` to TraceService/Export on a new connection, optionally
+/// gzip-compressed; the status code of the answer.
+fn grpc_raw<M: prost::Message + Default + Send + Sync + 'static>(
+    addr: SocketAddr,
+    msg: M,
+    gzip: bool,
+) -> tonic::Code {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::new(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(16 << 20);
+        if gzip {
+            grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        grpc.ready().await.unwrap();
+        let codec: tonic_prost::ProstCodec<M, ExportTraceServiceResponse> = Default::default();
+        let r = grpc
+            .unary(
+                tonic::Request::new(msg),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                ),
+                codec,
+            )
+            .await;
+        match r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        }
+    })
+}
+
+/// Issue 16 item 9: a malformed message got INTERNAL (the README promises
+/// INVALID_ARGUMENT), and an oversize one OUT_OF_RANGE, which OTLP clients
+/// retry. Now: INVALID_ARGUMENT, and RESOURCE_EXHAUSTED without RetryInfo
+/// (not retryable), like HTTP's 400 and 413.
+#[test]
+fn issue16_grpc_bad_input_gets_the_specified_status_codes() {
+    let env = Env::new(FAST_CONFIG);
+    env.start_agent();
+    let (grpc, _) = otlp_addrs(&env);
+    let garbage = Garbage {
+        resource_spans: vec![0xff, 0xff, 0xff, 0x01],
+    };
+    assert_eq!(
+        grpc_raw(grpc, garbage.clone(), false),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(grpc_raw(grpc, garbage, true), tonic::Code::InvalidArgument);
+    let big = trace_request("big", 1, 5 << 20);
+    assert_eq!(
+        grpc_raw(grpc, big.clone(), false),
+        tonic::Code::ResourceExhausted
+    );
+    // A gzip bomb: small on the wire, over the limit once inflated.
+    assert_eq!(grpc_raw(grpc, big, true), tonic::Code::ResourceExhausted);
+    // Still serving.
+    assert_eq!(
+        grpc_raw(grpc, trace_request("fine", 2, 10), false),
+        tonic::Code::Ok
+    );
+}

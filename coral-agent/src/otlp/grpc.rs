@@ -108,7 +108,9 @@ where
                 Ok((bytes, admission)) => {
                     parts.extensions.insert(Admitted(Arc::new(admission)));
                     let body = Body::new(http_body_util::Full::new(bytes));
-                    inner.call(http::Request::from_parts(parts, body)).await
+                    let mut resp = inner.call(http::Request::from_parts(parts, body)).await?;
+                    client_error_is_invalid_argument(&mut resp);
+                    Ok(resp)
                 }
                 Err(status) => Ok(status.into_http()),
             }
@@ -172,6 +174,21 @@ async fn receive(r: &Receiver, mut body: Body) -> Result<(bytes::Bytes, Admissio
         None => r.admit(buf.len()).map_err(refused)?,
     };
     Ok((buf.into(), admission))
+}
+
+/// tonic answers a message it cannot decode (malformed protobuf, a corrupt
+/// gzip stream) with INTERNAL; our handlers never return INTERNAL, so on
+/// these services it always means the client's bytes were bad: the OTLP
+/// specification's INVALID_ARGUMENT (not retryable). Issue 16 item 9.
+fn client_error_is_invalid_argument(resp: &mut http::Response<Body>) {
+    const INTERNAL: &str = "13";
+    let headers = resp.headers_mut();
+    if headers.get("grpc-status").is_some_and(|v| v == INTERNAL) {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(Code::InvalidArgument as i32),
+        );
+    }
 }
 
 /// An oversize message: not retryable (RESOURCE_EXHAUSTED without RetryInfo,
