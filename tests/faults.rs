@@ -157,6 +157,12 @@ name = "echo"
 callers = ["uid:0", "user:root"]
 program = "/usr/bin/echo"
 rest = "any"
+
+[[rule]]
+name = "sleep"
+callers = ["uid:0", "user:root"]
+program = "/usr/bin/sleep"
+rest = "any"
 "#;
 
 /// A colony and an agent hosting service `api` with an exec policy that
@@ -560,4 +566,64 @@ fn issue16_grpc_bad_input_gets_the_specified_status_codes() {
         grpc_raw(grpc, trace_request("fine", 2, 10), false),
         tonic::Code::Ok
     );
+}
+
+/// The agent's audit records of exactly this argv.
+fn audit_records(env: &Env, argv: &[&str]) -> Vec<serde_json::Value> {
+    let audit = env.json(&["audit", "--json", "--since", "1h"]);
+    audit["exec"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["argv"].as_array().is_some_and(|a| {
+                a.iter()
+                    .map(|v| v.as_str().unwrap_or(""))
+                    .eq(argv.iter().copied())
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Issue 16 item 7: with `max_running = 16`, concurrent requests let 19-21
+/// commands run: the running count was read before the audit record was
+/// written (fsync), and only grew once the command started. A slot is now
+/// taken with the decision.
+#[test]
+fn issue16_exec_max_running_is_exact_under_concurrent_requests() {
+    let host = Host::start("");
+    let env = &host.env;
+    let _guard = KillOnPanic(host.agent_pid());
+    let children: Vec<_> = (0..64)
+        .map(|_| {
+            env.command(&["exec", "api", "sleep 6"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let records = audit_records(env, &["sleep", "6"]);
+    let allowed = records.iter().filter(|r| r["decision"] == "allow").count();
+    let full = records
+        .iter()
+        .filter(|r| {
+            r["decision"] == "deny"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|x| x.contains("agent.exec.max_running"))
+        })
+        .count();
+    eprintln!("64 concurrent requests: {allowed} ran, {full} refused as over max_running");
+    assert_eq!(records.len(), 64, "{records:#?}");
+    assert_eq!(allowed + full, 64, "{records:#?}");
+    assert!(
+        allowed <= 16,
+        "{allowed} commands ran with max_running = 16"
+    );
+    assert!(allowed >= 1);
 }

@@ -61,6 +61,8 @@ pub(crate) struct Exec {
     /// The binary that runs the shim (the `coral` executable), when known.
     shim: Option<PathBuf>,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
+    /// `agent.exec.max_running` permits; a command holds one while it runs.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The policy's view of a caller the colony vouches for.
@@ -204,6 +206,7 @@ impl Exec {
             isolation,
             shim,
             jobs: Mutex::new(HashMap::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_running)),
         })
     }
 
@@ -302,6 +305,10 @@ impl Exec {
         let mut verdict = ExecVerdict::Denied;
         let mut rule = None;
         let mut limits = None;
+        // A running slot, taken with the decision (issue 16: counting the
+        // running jobs here let concurrent requests pass together while the
+        // audit record of each was being written); held until it ends.
+        let mut slot = None;
         let reason;
         let program = resolved.as_ref().ok().cloned();
         match &resolved {
@@ -322,19 +329,15 @@ impl Exec {
                     args,
                 });
                 rule = d.rule.as_ref().map(|r| r.name.to_string());
-                let running = self
-                    .jobs
-                    .lock()
-                    .expect("jobs lock")
-                    .values()
-                    .filter(|j| !j.output.idle().1)
-                    .count();
+                if d.is_allowed() {
+                    slot = self.slots.clone().try_acquire_owned().ok();
+                }
                 if !d.is_allowed() {
                     reason = d.to_string();
-                } else if running >= self.config.max_running {
+                } else if slot.is_none() {
                     reason = format!(
                         "{} commands are running (agent.exec.max_running); try again later",
-                        running
+                        self.config.max_running
                     );
                 } else if self.config.isolation == Isolation::Cgroup
                     && !self.cgroups.as_ref().is_some_and(Cgroups::complete)
@@ -343,6 +346,7 @@ impl Exec {
                         "agent.exec.isolation = cgroup but this agent has {}",
                         self.isolation
                     );
+                    slot = None;
                 } else {
                     verdict = ExecVerdict::Allowed;
                     reason = d.to_string();
@@ -429,6 +433,7 @@ impl Exec {
         let argv0 = req.argv[0].clone();
         let args = req.argv[1..].to_vec();
         tokio::spawn(async move {
+            let _slot = slot;
             let outcome = me
                 .run(
                     &exec_id, &program, &argv0, &args, &limits, timeout, cap, &job,
