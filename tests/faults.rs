@@ -627,3 +627,47 @@ fn issue16_exec_max_running_is_exact_under_concurrent_requests() {
     );
     assert!(allowed >= 1);
 }
+
+/// Issue 16 item 8: requests the agent refused as invalid (a NUL byte, more
+/// than 1024 arguments, more than 256 KiB) were missing from its audit log.
+#[test]
+fn issue16_invalid_exec_requests_are_audited() {
+    let host = Host::start("\n[colony.mcp]\nallow_exec = true\n");
+    let env = &host.env;
+    // More than 1024 arguments, through the CLI.
+    let many = format!("echo{}", " a".repeat(1100));
+    let out = env.run(&["exec", "api", &many]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("more than 1024 arguments"),
+        "{}",
+        stderr(&out)
+    );
+    // A NUL byte, through the MCP exec tool (a command line cannot hold one).
+    let out = env.run(&[
+        "mcp",
+        "call",
+        "coral_agent_exec",
+        r#"{"service":"api","command":"echo a\u0000b"}"#,
+    ]);
+    assert!(
+        !out.status.success() || String::from_utf8_lossy(&out.stdout).contains("NUL"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let audit = env.json(&["audit", "--json", "--since", "1h"]);
+    let exec = audit["exec"].as_array().unwrap();
+    let find = |what: &str| {
+        exec.iter()
+            .find(|r| r["reason"].as_str().is_some_and(|x| x.contains(what)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no audit record for '{what}' in {audit:#}"))
+    };
+    let r = find("more than 1024 arguments");
+    assert_eq!(r["decision"], "deny");
+    assert_eq!(r["argv"].as_array().unwrap().len(), 33, "{r:#}");
+    assert_eq!(r["argv"][32], "… 1069 more arguments");
+    let r = find("NUL byte");
+    assert_eq!(r["decision"], "deny");
+    assert_eq!(r["argv"][1], "a\u{0}b");
+}

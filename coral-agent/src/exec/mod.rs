@@ -121,6 +121,25 @@ fn resolve(cmd: &str) -> Result<String, String> {
     ))
 }
 
+/// At most `max` characters of `s` (never cut inside one), `…` if cut.
+fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The first 32 arguments, each cut to 256 characters, and how many more:
+/// what the audit keeps of a request too large to run.
+fn summarise_argv(argv: &[String]) -> Vec<String> {
+    const KEEP: usize = 32;
+    let mut out: Vec<String> = argv.iter().take(KEEP).map(|a| cut(a, 256)).collect();
+    if argv.len() > KEEP {
+        out.push(format!("… {} more arguments", argv.len() - KEEP));
+    }
+    out
+}
+
 fn check_request(req: &ExecRequest) -> Result<(), ExecError> {
     let invalid = |m: &str| Err(ExecError::Invalid(m.to_string()));
     if req.argv.is_empty() || req.argv[0].is_empty() {
@@ -291,7 +310,12 @@ impl Exec {
         services: &[String],
         peer: &str,
     ) -> Result<ExecStarted, ExecError> {
-        check_request(&req)?;
+        if let Err(e) = check_request(&req) {
+            if let Err(store) = self.audit_invalid(&req, &e.to_string(), peer).await {
+                tracing::error!(error = %store, "cannot write the exec audit record of an invalid request");
+            }
+            return Err(e);
+        }
         let exec_id = uuid::Uuid::new_v4().simple().to_string();
         let caller = policy_caller(&req.caller);
         let mut caller_text = caller.to_string();
@@ -453,6 +477,45 @@ impl Exec {
         Ok(started)
     }
 
+    /// Records a request refused before the policy saw it (malformed: a NUL
+    /// byte, too many or too long arguments, bad caller text), with a
+    /// bounded copy of what it asked. Issue 16: these were missing from the
+    /// audit log.
+    async fn audit_invalid(
+        &self,
+        req: &ExecRequest,
+        why: &str,
+        peer: &str,
+    ) -> Result<(), ExecError> {
+        let audit = self.audit.clone();
+        let exec_id = uuid::Uuid::new_v4().simple().to_string();
+        let caller = cut(&policy_caller(&req.caller).to_string(), 1024);
+        let origin = cut(&format!("{} via {peer}", req.origin), 1024);
+        let service = cut(&req.service, 256);
+        let argv = summarise_argv(&req.argv);
+        let reason = format!("invalid request: {why}");
+        tracing::info!(exec_id = %exec_id, caller = %caller, origin = %origin, service = %service, reason = %reason, "exec");
+        tokio::task::spawn_blocking(move || {
+            audit.begin(&Begin {
+                exec_id: &exec_id,
+                ts_ms: coral_proto::now_ms(),
+                caller: &caller,
+                origin: &origin,
+                service: &service,
+                argv: &argv,
+                program: None,
+                allowed: false,
+                rule: None,
+                reason: &reason,
+                timeout_ms: 0,
+                max_output_bytes: 0,
+            })
+        })
+        .await
+        .map_err(|e| ExecError::Storage(e.to_string()))?
+        .map_err(|e| ExecError::Storage(e.to_string()))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
@@ -594,6 +657,16 @@ impl Exec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_copies_of_huge_requests_are_bounded_and_cut_on_characters() {
+        let argv: Vec<String> = (0..2000).map(|_| "€".repeat(1000)).collect();
+        let s = summarise_argv(&argv);
+        assert_eq!(s.len(), 33);
+        assert_eq!(s[0].chars().count(), 257);
+        assert_eq!(s[32], "… 1968 more arguments");
+        assert_eq!(cut("ab", 2), "ab");
+    }
 
     #[test]
     fn programs_resolve_along_the_fixed_path_only() {
