@@ -671,3 +671,53 @@ fn issue16_invalid_exec_requests_are_audited() {
     assert_eq!(r["decision"], "deny");
     assert_eq!(r["argv"][1], "a\u{0}b");
 }
+
+/// Issue 16 item 4: an agent accepted a 1,001st service, and the colony
+/// then refused every registration of it (its samples were dropped). The
+/// limit is one constant, enforced by `coral connect` too.
+#[test]
+fn issue16_the_1001st_service_is_refused_where_it_is_added() {
+    let env = Env::new(
+        r#"
+[colony]
+heartbeat_interval = "200ms"
+agent_timeout = "2s"
+
+[colony.mesh]
+enabled = false
+
+[agent]
+name = "many-services"
+probe_interval = "60s"
+probe_timeout = "150ms"
+
+[agent.otlp]
+enabled = false
+"#,
+    );
+    env.start_colony();
+    env.start_agent();
+    let specs: Vec<String> = (0..1000)
+        .map(|i| format!("s{i}:{}:tcp", 20000 + i))
+        .collect();
+    let mut args = vec!["connect"];
+    args.extend(specs.iter().map(String::as_str));
+    env.ok(&args);
+    let out = env.run(&["connect", "one-more:31000:tcp"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("at most 1000"), "{}", stderr(&out));
+    // The agent stays registered with all 1000.
+    env.wait_json(
+        &["colony", "status", "--json"],
+        T,
+        "the agent online with 1000 services",
+        |s| {
+            s["agents"].as_array().is_some_and(|a| {
+                a.iter().any(|a| {
+                    a["state"] == "online"
+                        && a["services"].as_array().is_some_and(|v| v.len() == 1000)
+                })
+            })
+        },
+    );
+}

@@ -292,6 +292,10 @@ pub enum ControlError {
     UnknownService(String),
     #[error("agent storage failed: {0}")]
     Storage(String),
+    #[error(
+        "this agent watches {have} services and may watch at most {max}; disconnect some first"
+    )]
+    TooManyServices { have: usize, max: usize },
 }
 
 /// One OTLP span as stored, flattened. Ids are lowercase hex; attributes,
