@@ -1062,6 +1062,15 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
                     use coral_agent::meshnode::JoinFailure as F;
                     match e {
                         F::Token(_) => Usage(e.to_string()).into(),
+                        // Expired, used, unknown or for another colony:
+                        // EX_NOPERM, with what to do (issue 16).
+                        F::Refused { .. } => Coded {
+                            code: 77,
+                            msg: format!(
+                                "{e} (create a new token with 'coral colony token create' on the colony)"
+                            ),
+                        }
+                        .into(),
                         F::Unreachable { .. } => Unavailable(e.to_string()).into(),
                         _ => anyhow!("{e}"),
                     }
