@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use prost::Message;
+use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
@@ -766,4 +767,56 @@ fn issue16_refused_http_requests_get_their_429_not_a_reset() {
     assert!(busy > 0, "no request was refused: {codes:?}");
     assert_eq!(reset, 0, "refusals reached clients as resets: {codes:?}");
     assert_eq!(ok + busy, codes.len(), "{codes:?}");
+}
+
+/// Issue 16 item 13: a malformed line on the colony's MCP socket got no
+/// answer at all; it now gets a JSON-RPC parse error and the session goes
+/// on. Garbage on the control sockets leaves both daemons serving.
+#[test]
+fn issue16_local_sockets_answer_or_survive_malformed_input() {
+    use std::io::BufRead;
+    use std::os::unix::net::UnixStream;
+    let env = Env::new(FAST_CONFIG);
+    env.start_colony();
+    env.start_agent();
+    let mcp = UnixStream::connect(env.runtime_coral().join("colony-mcp.sock")).unwrap();
+    mcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = std::io::BufReader::new(mcp.try_clone().unwrap());
+    let mut ask = |line: &str| -> Value {
+        (&mcp).write_all(line.as_bytes()).unwrap();
+        let mut reply = String::new();
+        reader
+            .read_line(&mut reply)
+            .unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"));
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
+    };
+    for bad in ["this is not json\n", "{\"jsonrpc\": \"2.0\", \"id\": 1,\n"] {
+        let r = ask(bad);
+        assert_eq!(r["error"]["code"], -32700, "{r}");
+        assert!(r["id"].is_null(), "{r}");
+    }
+    // The same session still speaks MCP.
+    let r = ask(
+        "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"initialize\",\"params\":{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{},\"clientInfo\":{\"name\":\"faults\",\"version\":\"0\"}}}\n",
+    );
+    assert_eq!(r["id"], 7, "{r}");
+    assert!(r["result"]["serverInfo"].is_object(), "{r}");
+
+    // Garbage and an absurd frame length on the tarpc control sockets.
+    for sock in ["colony.sock", "agent.sock"] {
+        for junk in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            &[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..],
+            &[0, 0, 0, 8, b'{', b'"', b'x', 0xff, 0, 1, 2, 3][..],
+        ] {
+            let mut s = UnixStream::connect(env.runtime_coral().join(sock)).unwrap();
+            let _ = s.write_all(junk);
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.read(&mut [0u8; 64]);
+        }
+    }
+    env.ok(&["colony", "status"]);
+    env.ok(&["agent", "status"]);
+    let tools = env.json(&["mcp", "tools", "--json"]);
+    assert!(tools.to_string().contains("coral_traces"), "{tools}");
 }
