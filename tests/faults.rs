@@ -17,6 +17,13 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(15);
 
+/// The load tests run one at a time: each measures the agent under its own
+/// fault (figures, timeouts), not under the others' on a 2-core machine.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOAD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Runs `cmd` and gives it `limit` to finish; `None` (and the child killed,
 /// by its pid) if it did not.
 fn run_within(mut cmd: Command, limit: Duration) -> Option<Output> {
@@ -253,6 +260,7 @@ fn control_and_exec_answer(env: &Env, limit: Duration) -> Result<(), String> {
 /// connection cap.
 #[test]
 fn issue16_otlp_slow_bodies_and_connection_floods_leave_ingest_control_and_exec_working() {
+    let _load = one_at_a_time();
     // The defaults: 256 connections per listener, header_timeout 10 s.
     let host = Host::start("");
     let env = &host.env;
@@ -396,6 +404,7 @@ fn issue16_otlp_slow_bodies_and_connection_floods_leave_ingest_control_and_exec_
 /// budget, what is accepted is stored, and RSS stays bounded.
 #[test]
 fn issue16_grpc_burst_is_admitted_before_decoding_and_rss_stays_bounded() {
+    let _load = one_at_a_time();
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
     let env = Env::new(FAST_CONFIG); // the default 64 MiB budget, 4 MiB requests
     env.start_agent();
@@ -421,7 +430,7 @@ fn issue16_grpc_burst_is_admitted_before_decoding_and_rss_stays_bounded() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = Instant::now();
-    let (ok, refused, other) = rt.block_on(async {
+    let (ok, refused, slow, other) = rt.block_on(async {
         let mut calls = Vec::new();
         for _ in 0..16 {
             // One HTTP/2 connection per client.
@@ -445,20 +454,33 @@ fn issue16_grpc_burst_is_admitted_before_decoding_and_rss_stays_bounded() {
             );
         }
         let ok = results.iter().filter(|r| r.is_ok()).count();
+        // Refused: over the budget, or (on a loaded machine) an admitted
+        // stream that fell below the body clock's minimum rate. Both are
+        // retryable, and neither is stored.
+        let refusal = |s: &tonic::Status| {
+            matches!(
+                s.code(),
+                tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
+            )
+        };
         let refused = results
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(refusal))
+            .count();
+        let slow = results
             .iter()
             .filter(|r| {
                 r.as_ref()
-                    .is_err_and(|s| s.code() == tonic::Code::ResourceExhausted)
+                    .is_err_and(|s| s.code() == tonic::Code::DeadlineExceeded)
             })
             .count();
         let other: Vec<String> = results
             .iter()
             .filter_map(|r| r.as_ref().err())
-            .filter(|s| s.code() != tonic::Code::ResourceExhausted)
+            .filter(|s| !refusal(s))
             .map(|s| format!("{:?}: {}", s.code(), s.message()))
             .collect();
-        (ok, refused, other)
+        (ok, refused, slow, other)
     });
     let burst = t.elapsed();
     std::thread::sleep(Duration::from_secs(3));
@@ -466,7 +488,7 @@ fn issue16_grpc_burst_is_admitted_before_decoding_and_rss_stays_bounded() {
     let peak = sampler.join().unwrap();
     let after = rss_kb(pid);
     eprintln!(
-        "gRPC burst of 256 × {size} B in {burst:?}: {ok} accepted, {refused} refused; agent RSS {} MB before, peak {} MB, {} MB 3 s after",
+        "gRPC burst of 256 × {size} B in {burst:?}: {ok} accepted, {refused} refused ({slow} of them too slow); agent RSS {} MB before, peak {} MB, {} MB 3 s after",
         before / 1024,
         peak / 1024,
         after / 1024
@@ -593,6 +615,7 @@ fn audit_records(env: &Env, argv: &[&str]) -> Vec<serde_json::Value> {
 /// taken with the decision.
 #[test]
 fn issue16_exec_max_running_is_exact_under_concurrent_requests() {
+    let _load = one_at_a_time();
     let host = Host::start("");
     let env = &host.env;
     let _guard = KillOnPanic(host.agent_pid());
@@ -728,6 +751,7 @@ enabled = false
 /// body. It now drains a refused body first.
 #[test]
 fn issue16_refused_http_requests_get_their_429_not_a_reset() {
+    let _load = one_at_a_time();
     let env = Env::new(&format!(
         "{FAST_CONFIG}max_request_bytes = 65536\nmax_inflight_bytes = 65536\n"
     ));
@@ -819,4 +843,85 @@ fn issue16_local_sockets_answer_or_survive_malformed_input() {
     env.ok(&["agent", "status"]);
     let tools = env.json(&["mcp", "tools", "--json"]);
     assert!(tools.to_string().contains("coral_traces"), "{tools}");
+}
+
+/// Issue 16 (the suite): `kill -9` of the agent while 4 clients export.
+/// Every span the agent answered 200 for is in its store after the restart,
+/// and the colony ends with exactly the agent's rows: none lost, none twice.
+#[test]
+fn kill_9_of_the_agent_under_ingest_loses_and_duplicates_nothing() {
+    let _load = one_at_a_time();
+    let env = Env::new(FAST_CONFIG);
+    env.start_colony();
+    env.start_agent();
+    let (_, http) = otlp_addrs(&env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut accepted = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    match http_export_n(http, &format!("crash-{i}"), 50) {
+                        200 => accepted += 1,
+                        0 => break, // the agent is gone
+                        _ => {}
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = env.pid_of("agent").unwrap();
+    kill(pid, 9);
+    wait_dead(pid, Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    let accepted: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(accepted > 0);
+    let _ = std::fs::remove_file(env.runtime_coral().join("agent.pid"));
+    env.start_agent();
+    let agent = env.wait_json(
+        &["agent", "status", "--json"],
+        T,
+        "the accepted spans in the restarted agent's store",
+        |a| a["stored_spans"].as_u64() >= Some(accepted as u64 * 50),
+    );
+    let stored = agent["stored_spans"].as_u64().unwrap();
+    env.wait_json(
+        &["colony", "status", "--json"],
+        T,
+        "the colony to hold exactly the agent's spans",
+        |c| c["stored_spans"].as_u64() == Some(stored),
+    );
+    eprintln!(
+        "kill -9 under 4 exporting clients: {accepted} requests ({} spans) acknowledged, {stored} stored by the agent and forwarded once",
+        accepted * 50
+    );
+    env.ok(&["agent", "stop"]);
+    env.ok(&["colony", "stop"]);
+    let db = duckdb::Connection::open(env.colony_state().join("telemetry.duckdb")).unwrap();
+    let (n, distinct): (i64, i64) = db
+        .query_row(
+            "SELECT count(*), count(DISTINCT (agent_id, seq)) FROM spans",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((n as u64, distinct as u64), (stored, stored));
+}
+
+/// POSTs a trace of `spans` spans; the status, or 0 on a connection error.
+fn http_export_n(addr: SocketAddr, service: &str, spans: usize) -> u16 {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    client
+        .post(format!("http://{addr}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(trace_request(service, spans, 10).encode_to_vec())
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
