@@ -308,7 +308,11 @@ fn refuses_damaged(env: &Env, role: &str, file: &std::path::Path) {
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     let junk = b"definitely not a database ".repeat(400);
     std::fs::write(file, &junk).unwrap();
-    let out = env.run(&[role, "start", "--daemon"]);
+    // Never the default port: a colony may be running on this machine.
+    let out = match role {
+        "colony" => env.run(&[role, "start", "--daemon", "--port", "0"]),
+        _ => env.run(&[role, "start", "--daemon"]),
+    };
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -324,8 +328,12 @@ fn refuses_damaged(env: &Env, role: &str, file: &std::path::Path) {
     assert!(env.pid_of(role).is_none());
 }
 
+/// Also issue 16 item 14: this test started a colony on the default port
+/// 9000, so it failed on a machine where a colony runs. It holds 9000 (or
+/// finds it taken) to prove it no longer needs it.
 #[test]
 fn damaged_state_files_are_refused_and_never_overwritten() {
+    let _default_port = std::net::TcpListener::bind("127.0.0.1:9000");
     let env = Env::new(FAST_CONFIG);
     refuses_damaged(&env, "colony", &env.colony_state().join("colony.db"));
     let env = Env::new(FAST_CONFIG);

@@ -48,6 +48,24 @@ fn make_demo_finds_the_missing_index_and_cleans_up() {
     // The helper was stopped after the set-up, and the mesh, telemetry and
     // exec all went on working without it.
     assert!(stdout.contains("stopping it changes nothing"), "{stdout}");
+    // Issue 16 item 14: the shop's python processes outlived the demo.
+    let shop = std::fs::canonicalize(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/demo/shop.py"
+    ))
+    .unwrap();
+    let shop = shop.to_string_lossy();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid = e.ok()?.file_name().into_string().ok()?;
+            pid.parse::<u32>().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(shop.as_ref()).then(|| format!("{pid}: {cmd}"))
+        })
+        .collect();
+    assert!(left.is_empty(), "the demo left processes running: {left:?}");
     // Nothing left behind: no namespace, no mesh interface.
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&netns.stdout).contains("cdemo"));

@@ -204,10 +204,11 @@ fn connected(agent: &Node) -> bool {
 }
 
 /// `coral agent start --join` must fail with one line containing `want`.
-fn join_fails(agent: &Node, token: &str, want: &str) {
+fn join_fails(agent: &Node, token: &str, want: &str, code: i32) {
     let out = agent.run(&["agent", "start", "--daemon", "--join", token]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "join with a bad token succeeded");
+    assert_eq!(out.status.code(), Some(code), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "want one error line, got: {err}");
     assert!(lines[0].contains(want), "want '{want}' in: {err}");
@@ -263,17 +264,29 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     assert!(local[0]["mesh_ip"].is_null() && local[0]["name"] == "local");
 
     // Bad tokens: one clear line each, nothing joined.
-    join_fails(a1, "hello", "not a Coral join token");
-    join_fails(a1, "coral-join-v1.AAAA", "damaged");
+    // Issue 16 item 13: a refused token exited 1 (now EX_NOPERM, 77), and
+    // the wrong-colony reply named the colony to an unauthenticated caller.
+    join_fails(a1, "hello", "not a Coral join token", 64);
+    join_fails(a1, "coral-join-v1.AAAA", "damaged", 64);
     let short = token(colony, &["--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
-    join_fails(a1, &short, "expired");
+    join_fails(a1, &short, "expired", 77);
     let mut other = coral_agent::membership::decode_token(&token(colony, &[])).unwrap();
+    let real_id = other.colony_id.clone();
     other.colony_id = "other-colony".into();
-    join_fails(
-        a1,
+    let out = a1.run(&[
+        "agent",
+        "start",
+        "--daemon",
+        "--join",
         &coral_agent::membership::encode_token(&other),
-        "not 'other-colony'",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    assert!(err.contains("not 'other-colony'"), "{err}");
+    assert!(
+        !err.contains(&format!("'{real_id}'")),
+        "the colony named itself to an unauthenticated caller: {err}"
     );
     assert_eq!(members(colony).len(), 1);
 
@@ -300,7 +313,7 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     }
     eprintln!("join times: {join_times:?}");
     // A used token is refused.
-    join_fails(a4, &tokens[0], "already used");
+    join_fails(a4, &tokens[0], "already used", 77);
 
     let ms = members(colony);
     assert_eq!(ms.len(), 4, "{ms:#?}");

@@ -530,6 +530,13 @@ impl Shared {
             if let Some(s) = specs.iter().find(|s| services.contains_key(&s.name)) {
                 return Err(ControlError::AlreadyConnected(s.name.clone()));
             }
+            let max = coral_proto::spec::MAX_SERVICES_PER_AGENT;
+            if services.len() + specs.len() > max {
+                return Err(ControlError::TooManyServices {
+                    have: services.len(),
+                    max,
+                });
+            }
             self.state
                 .lock()
                 .expect("state lock")

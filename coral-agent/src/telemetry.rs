@@ -434,13 +434,28 @@ impl Telemetry {
     }
 
     /// Up to `limit` rows of `kind` with `seq > after`, in seq order.
+    ///
+    /// Seqs are dense, so the next `limit` rows are those up to
+    /// `after + limit`: bounding the range lets DuckDB skip every row group
+    /// outside it, so a long backlog is not scanned and sorted again for
+    /// each push. Only past a gap that wide (rows retention deleted before
+    /// they were forwarded) is the open range read.
     pub async fn rows_after(
         &self,
         kind: SignalKind,
         after: u64,
         limit: usize,
     ) -> Result<coral_proto::Signals, TelemetryError> {
-        self.query(move |c| read_after(c, kind, after, limit)).await
+        let last = self.last_seq(kind);
+        self.query(move |c| {
+            let upper = after.saturating_add(limit as u64);
+            let rows = read_after(c, kind, after, Some(upper), limit)?;
+            if rows.is_empty() && last > upper {
+                return read_after(c, kind, after, None, limit);
+            }
+            Ok(rows)
+        })
+        .await
     }
 
     /// Per kind, the highest seq stored for `agent_id`.
@@ -834,17 +849,19 @@ pub fn edge_row(r: &duckdb::Row<'_>) -> duckdb::Result<EdgeRecord> {
     })
 }
 
-/// Rows of `kind` past `after`, in seq order: what forwarding sends.
+/// Rows of `kind` past `after` (and at most `upper`), in seq order: what
+/// forwarding sends.
 fn read_after(
     c: &duckdb::Connection,
     kind: SignalKind,
     after: u64,
+    upper: Option<u64>,
     limit: usize,
 ) -> duckdb::Result<coral_proto::Signals> {
     use coral_proto::Signals;
-    let params = duckdb::params![after, limit as u64];
+    let params = duckdb::params![after, upper.unwrap_or(u64::MAX), limit as u64];
     let sql = |columns: &str, table: &str| {
-        format!("SELECT {columns} FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?")
+        format!("SELECT {columns} FROM {table} WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?")
     };
     Ok(match kind {
         SignalKind::Spans => Signals::Spans(

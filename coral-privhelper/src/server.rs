@@ -5,6 +5,13 @@
 //! slow or stuck allowed caller would block every other caller. Each
 //! connection has an idle timeout, so a stuck caller frees its slot. Key
 //! generation is serialised by a mutex.
+//!
+//! A caller is checked before it gets a slot (issue 16): a refused caller,
+//! and an allowed one that finds every slot taken (`Busy`), is answered by
+//! one of `MAX_REPLIES` short-lived reply threads, which close only after the
+//! caller could read the answer; when those are busy too the connection is
+//! closed at once. Either way the slots of allowed callers are never held by
+//! a refused one, and every refusal is logged (at most once a second).
 
 use std::fs;
 use std::io;
@@ -30,6 +37,8 @@ pub const DEFAULT_SOCKET: &str = "/run/coral/privhelper.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/coral-privhelper";
 /// Concurrent connections served.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Refusals and `Busy` answers being sent at once.
+pub const MAX_REPLIES: usize = 4;
 /// Interface names the helper creates must start with this.
 pub const IFNAME_PREFIX: &str = "coral";
 
@@ -44,8 +53,10 @@ pub struct ServerConfig {
 struct Shared {
     cfg: ServerConfig,
     conns: AtomicUsize,
+    replies: AtomicUsize,
     key_lock: Mutex<()>,
     refused_log: Mutex<RateLimit>,
+    busy_log: Mutex<RateLimit>,
 }
 
 /// Logs at most once a second, counting what it suppressed.
@@ -115,8 +126,13 @@ pub fn run(listener: UnixListener, cfg: ServerConfig) -> io::Result<()> {
     let shared = Arc::new(Shared {
         cfg,
         conns: AtomicUsize::new(0),
+        replies: AtomicUsize::new(0),
         key_lock: Mutex::new(()),
         refused_log: Mutex::new(RateLimit {
+            last: None,
+            suppressed: 0,
+        }),
+        busy_log: Mutex::new(RateLimit {
             last: None,
             suppressed: 0,
         }),
@@ -139,12 +155,38 @@ pub fn run(listener: UnixListener, cfg: ServerConfig) -> io::Result<()> {
                 continue;
             }
         };
+        let (uid, pid) = match getsockopt(&stream, PeerCredentials) {
+            Ok(c) => (c.uid(), c.pid()),
+            Err(e) => {
+                log(&format!("cannot read peer credentials: {e}"));
+                continue;
+            }
+        };
+        if shared.cfg.allow.check(uid) == Verdict::Denied {
+            let why = format!(
+                "uid {uid} is not allowed to use coral-privhelper (add the user to group 'coral' with 'sudo usermod -aG coral USER' and log in again, or add 'allow_uid = {uid}' to its config)"
+            );
+            answer_and_close(
+                &shared,
+                stream,
+                error(ErrorCode::Refused, why),
+                (
+                    &shared.refused_log,
+                    format!("uid={uid} pid={pid} refused: not in the allowed set"),
+                ),
+            );
+            continue;
+        }
         if shared.conns.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             shared.conns.fetch_sub(1, Ordering::SeqCst);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = reply(
-                &stream,
-                &error(ErrorCode::Busy, "too many connections; retry"),
+            answer_and_close(
+                &shared,
+                stream,
+                error(ErrorCode::Busy, "too many connections; retry"),
+                (
+                    &shared.busy_log,
+                    format!("uid={uid} pid={pid} busy: all {MAX_CONNECTIONS} connections in use"),
+                ),
             );
             continue;
         }
@@ -152,12 +194,41 @@ pub fn run(listener: UnixListener, cfg: ServerConfig) -> io::Result<()> {
         let spawned = std::thread::Builder::new()
             .name("conn".into())
             .spawn(move || {
-                serve_conn(stream, &sh);
+                serve_conn(stream, &sh, uid, pid);
                 sh.conns.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
             shared.conns.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// Answers a caller that gets no slot (refused, or busy) on a reply thread,
+/// and logs why (rate-limited); closes at once if `MAX_REPLIES` answers are
+/// already being sent.
+fn answer_and_close(
+    shared: &Arc<Shared>,
+    stream: UnixStream,
+    answer: Response,
+    (limit, line): (&Mutex<RateLimit>, String),
+) {
+    limit.lock().unwrap_or_else(|p| p.into_inner()).log(&line);
+    if shared.replies.fetch_add(1, Ordering::SeqCst) >= MAX_REPLIES {
+        shared.replies.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let sh = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name("reply".into())
+        .spawn(move || {
+            let mut stream = stream;
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = reply(&stream, &answer);
+            linger(&mut stream);
+            sh.replies.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        shared.replies.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -189,35 +260,8 @@ fn linger(stream: &mut UnixStream) {
     }
 }
 
-fn serve_conn(mut stream: UnixStream, sh: &Shared) {
-    let (uid, pid) = match getsockopt(&stream, PeerCredentials) {
-        Ok(c) => (c.uid(), c.pid()),
-        Err(e) => {
-            log(&format!("cannot read peer credentials: {e}"));
-            return;
-        }
-    };
-    let verdict = sh.cfg.allow.check(uid);
-    if verdict == Verdict::Denied {
-        sh.refused_log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .log(&format!(
-                "uid={uid} pid={pid} refused: not in the allowed set"
-            ));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = reply(
-            &stream,
-            &error(
-                ErrorCode::Refused,
-                format!(
-                    "uid {uid} is not allowed to use coral-privhelper (add the user to group 'coral' with 'sudo usermod -aG coral USER' and log in again, or add 'allow_uid = {uid}' to its config)"
-                ),
-            ),
-        );
-        linger(&mut stream);
-        return;
-    }
+/// Serves an allowed caller (checked before it got its slot).
+fn serve_conn(mut stream: UnixStream, sh: &Shared, uid: u32, pid: i32) {
     let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let mut version: Option<u8> = None;

@@ -594,3 +594,79 @@ fn socket_activation_and_inherited_fds_are_handled() {
     );
     assert!(status.contains("Umask:\t0077"), "{status}");
 }
+
+/// Issue 16 item 6: a refused local user held the same 16 slots as allowed
+/// callers (root got 32 of 200 Hellos through while it flooded), and a
+/// caller that found every slot taken was closed without reading its `Busy`
+/// reply, unlogged. Refusals now take no slot, and `Busy` is answered (after
+/// the caller could read it) and logged.
+#[test]
+fn issue16_refused_callers_take_no_slot_and_busy_is_answered() {
+    if !root_or_skip("issue16_refused_callers_take_no_slot_and_busy_is_answered") {
+        return;
+    }
+    // No config file: group coral (+ root). Nobody is not in it.
+    let helper = Helper::start(None, None);
+    let flood = r#"
+import socket, sys, threading, time
+path, end = sys.argv[1], time.time() + float(sys.argv[2])
+def run():
+    while time.time() < end:
+        held = []
+        for _ in range(32):
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(path)
+                held.append(s)
+            except OSError:
+                pass
+        time.sleep(0.05)
+        for s in held:
+            s.close()
+ts = [threading.Thread(target=run) for _ in range(4)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+"#;
+    let mut flooder = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(flood)
+        .arg(&helper.socket)
+        .arg("60")
+        .spawn()
+        .expect("run the flood as nobody");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let ok = (0..200)
+        .filter(|_| Client::connect(&helper.socket).is_ok())
+        .count();
+    let took = t.elapsed();
+    let flooding = flooder.try_wait().unwrap().is_none();
+    let _ = flooder.kill();
+    let _ = flooder.wait();
+    eprintln!("root: {ok}/200 Hellos answered in {took:?} while nobody flooded");
+    assert!(flooding, "the flood ended before root's Hellos were done");
+    assert_eq!(ok, 200, "a refused user's flood starved root");
+
+    // Every slot held by allowed callers: the next one reads Busy.
+    let held: Vec<Client> = (0..16)
+        .map(|_| Client::connect(&helper.socket).unwrap())
+        .collect();
+    let hello = protocol::encode_request(&protocol::Request::Hello {
+        min_version: 1,
+        max_version: 1,
+    });
+    assert_eq!(
+        code_of(raw(&helper.socket, &hello, false)),
+        protocol::ErrorCode::Busy
+    );
+    drop(held);
+    let log = helper.stop(&["busy: all 16 connections in use", "uid=65534"]);
+    assert!(log.contains("busy: all 16 connections in use"), "{log}");
+    assert!(log.contains("uid=65534 pid="), "{log}");
+}

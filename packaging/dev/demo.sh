@@ -42,6 +42,9 @@ cleanup() {
   "$CORAL" colony stop >/dev/null 2>&1
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   [[ -f $WORK/pg/postmaster.pid ]] && ip netns exec "$NS" runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null 2>&1
+  # Whatever still runs in the demo's own namespace was started by it
+  # (issue 16: the shop's processes outlived the namespace's name).
+  for p in $(ip netns pids "$NS" 2>/dev/null); do kill "$p" 2>/dev/null; done
   ip netns del "$NS" 2>/dev/null
   ip link del "$NS-h" 2>/dev/null
   rm -rf "$WORK"
@@ -150,8 +153,11 @@ kill "$helper_pid"; wait "$helper_pid" 2>/dev/null || true
 
 say "the shop: api and frontend, sending traces to the agent"
 export OTLP_HTTP=http://127.0.0.1:4318
-in_ns "$PY" "$HERE/packaging/demo/shop.py" api 8080 "host=127.0.0.1 port=5432 user=shop dbname=shop" >"$WORK/api.log" 2>&1 & pids+=($!)
-in_ns "$PY" "$HERE/packaging/demo/shop.py" frontend 3000 http://127.0.0.1:8080 >"$WORK/frontend.log" 2>&1 & pids+=($!)
+# Not through in_ns: '$!' of a backgrounded function is its subshell, and
+# killing that left python running (issue 16). 'ip netns exec' execs the
+# command, so '$!' is the shop's own pid.
+ip netns exec "$NS" "$PY" "$HERE/packaging/demo/shop.py" api 8080 "host=127.0.0.1 port=5432 user=shop dbname=shop" >"$WORK/api.log" 2>&1 & pids+=($!)
+ip netns exec "$NS" "$PY" "$HERE/packaging/demo/shop.py" frontend 3000 http://127.0.0.1:8080 >"$WORK/frontend.log" 2>&1 & pids+=($!)
 for port in 8080 3000; do
   for _ in $(seq 100); do in_ns "$PY" -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break; sleep 0.1; done
 done

@@ -6,6 +6,11 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Services one agent may watch: `coral connect` refuses more, and the
+/// colony refuses a registration or heartbeat that reports more (issue 16:
+/// the agent accepted the 1,001st, and the colony then refused it forever).
+pub const MAX_SERVICES_PER_AGENT: usize = 1_000;
+
 /// What kind of traffic a service speaks; later layers use it to decode the
 /// traffic they observe. Probing: a health path means HTTP GET (http only),
 /// none means TCP connect. gRPC health is probed by TCP connect: an HTTP/1.1

@@ -120,7 +120,10 @@ pub struct HeartbeatAck {
 pub enum ColonyError {
     #[error("agent {0} is not registered with this colony")]
     UnknownAgent(String),
-    #[error("this colony is '{actual}', not '{wanted}'")]
+    /// `actual` is empty in the colony's reply: an unauthenticated caller
+    /// does not learn the colony's id (issue 16); the agent's own check
+    /// (its configured colony against the token) fills it in.
+    #[error("this colony is not '{wanted}'{}", actual_colony(.actual))]
     WrongColony { wanted: String, actual: String },
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -292,6 +295,10 @@ pub enum ControlError {
     UnknownService(String),
     #[error("agent storage failed: {0}")]
     Storage(String),
+    #[error(
+        "this agent watches {have} services and may watch at most {max}; disconnect some first"
+    )]
+    TooManyServices { have: usize, max: usize },
 }
 
 /// One OTLP span as stored, flattened. Ids are lowercase hex; attributes,
@@ -586,7 +593,10 @@ pub enum JoinError {
     Expired,
     #[error("the join token was already used")]
     Used,
-    #[error("this colony is '{actual}', not '{wanted}'")]
+    /// `actual` is empty in the colony's reply: an unauthenticated caller
+    /// does not learn the colony's id (issue 16); the agent's own check
+    /// (its configured colony against the token) fills it in.
+    #[error("this colony is not '{wanted}'{}", actual_colony(.actual))]
     WrongColony { wanted: String, actual: String },
     #[error("invalid join request: {0}")]
     Invalid(String),
@@ -594,6 +604,13 @@ pub enum JoinError {
     Full,
     #[error("colony storage failed: {0}")]
     Storage(String),
+}
+
+fn actual_colony(actual: &str) -> String {
+    match actual {
+        "" => String::new(),
+        a => format!(" (it is '{a}')"),
+    }
 }
 
 /// `coral colony token create`.

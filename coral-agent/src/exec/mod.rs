@@ -61,6 +61,8 @@ pub(crate) struct Exec {
     /// The binary that runs the shim (the `coral` executable), when known.
     shim: Option<PathBuf>,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
+    /// `agent.exec.max_running` permits; a command holds one while it runs.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The policy's view of a caller the colony vouches for.
@@ -117,6 +119,25 @@ fn resolve(cmd: &str) -> Result<String, String> {
         "program {cmd:?} is not found on this host (looked in {})",
         SEARCH_PATH.join(":")
     ))
+}
+
+/// At most `max` characters of `s` (never cut inside one), `…` if cut.
+fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The first 32 arguments, each cut to 256 characters, and how many more:
+/// what the audit keeps of a request too large to run.
+fn summarise_argv(argv: &[String]) -> Vec<String> {
+    const KEEP: usize = 32;
+    let mut out: Vec<String> = argv.iter().take(KEEP).map(|a| cut(a, 256)).collect();
+    if argv.len() > KEEP {
+        out.push(format!("… {} more arguments", argv.len() - KEEP));
+    }
+    out
 }
 
 fn check_request(req: &ExecRequest) -> Result<(), ExecError> {
@@ -204,6 +225,7 @@ impl Exec {
             isolation,
             shim,
             jobs: Mutex::new(HashMap::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_running)),
         })
     }
 
@@ -288,7 +310,12 @@ impl Exec {
         services: &[String],
         peer: &str,
     ) -> Result<ExecStarted, ExecError> {
-        check_request(&req)?;
+        if let Err(e) = check_request(&req) {
+            if let Err(store) = self.audit_invalid(&req, &e.to_string(), peer).await {
+                tracing::error!(error = %store, "cannot write the exec audit record of an invalid request");
+            }
+            return Err(e);
+        }
         let exec_id = uuid::Uuid::new_v4().simple().to_string();
         let caller = policy_caller(&req.caller);
         let mut caller_text = caller.to_string();
@@ -302,6 +329,10 @@ impl Exec {
         let mut verdict = ExecVerdict::Denied;
         let mut rule = None;
         let mut limits = None;
+        // A running slot, taken with the decision (issue 16: counting the
+        // running jobs here let concurrent requests pass together while the
+        // audit record of each was being written); held until it ends.
+        let mut slot = None;
         let reason;
         let program = resolved.as_ref().ok().cloned();
         match &resolved {
@@ -322,19 +353,15 @@ impl Exec {
                     args,
                 });
                 rule = d.rule.as_ref().map(|r| r.name.to_string());
-                let running = self
-                    .jobs
-                    .lock()
-                    .expect("jobs lock")
-                    .values()
-                    .filter(|j| !j.output.idle().1)
-                    .count();
+                if d.is_allowed() {
+                    slot = self.slots.clone().try_acquire_owned().ok();
+                }
                 if !d.is_allowed() {
                     reason = d.to_string();
-                } else if running >= self.config.max_running {
+                } else if slot.is_none() {
                     reason = format!(
                         "{} commands are running (agent.exec.max_running); try again later",
-                        running
+                        self.config.max_running
                     );
                 } else if self.config.isolation == Isolation::Cgroup
                     && !self.cgroups.as_ref().is_some_and(Cgroups::complete)
@@ -343,6 +370,7 @@ impl Exec {
                         "agent.exec.isolation = cgroup but this agent has {}",
                         self.isolation
                     );
+                    slot = None;
                 } else {
                     verdict = ExecVerdict::Allowed;
                     reason = d.to_string();
@@ -429,6 +457,7 @@ impl Exec {
         let argv0 = req.argv[0].clone();
         let args = req.argv[1..].to_vec();
         tokio::spawn(async move {
+            let _slot = slot;
             let outcome = me
                 .run(
                     &exec_id, &program, &argv0, &args, &limits, timeout, cap, &job,
@@ -446,6 +475,45 @@ impl Exec {
             output.finish(outcome);
         });
         Ok(started)
+    }
+
+    /// Records a request refused before the policy saw it (malformed: a NUL
+    /// byte, too many or too long arguments, bad caller text), with a
+    /// bounded copy of what it asked. Issue 16: these were missing from the
+    /// audit log.
+    async fn audit_invalid(
+        &self,
+        req: &ExecRequest,
+        why: &str,
+        peer: &str,
+    ) -> Result<(), ExecError> {
+        let audit = self.audit.clone();
+        let exec_id = uuid::Uuid::new_v4().simple().to_string();
+        let caller = cut(&policy_caller(&req.caller).to_string(), 1024);
+        let origin = cut(&format!("{} via {peer}", req.origin), 1024);
+        let service = cut(&req.service, 256);
+        let argv = summarise_argv(&req.argv);
+        let reason = format!("invalid request: {why}");
+        tracing::info!(exec_id = %exec_id, caller = %caller, origin = %origin, service = %service, reason = %reason, "exec");
+        tokio::task::spawn_blocking(move || {
+            audit.begin(&Begin {
+                exec_id: &exec_id,
+                ts_ms: coral_proto::now_ms(),
+                caller: &caller,
+                origin: &origin,
+                service: &service,
+                argv: &argv,
+                program: None,
+                allowed: false,
+                rule: None,
+                reason: &reason,
+                timeout_ms: 0,
+                max_output_bytes: 0,
+            })
+        })
+        .await
+        .map_err(|e| ExecError::Storage(e.to_string()))?
+        .map_err(|e| ExecError::Storage(e.to_string()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -589,6 +657,16 @@ impl Exec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_copies_of_huge_requests_are_bounded_and_cut_on_characters() {
+        let argv: Vec<String> = (0..2000).map(|_| "€".repeat(1000)).collect();
+        let s = summarise_argv(&argv);
+        assert_eq!(s.len(), 33);
+        assert_eq!(s[0].chars().count(), 257);
+        assert_eq!(s[32], "… 1968 more arguments");
+        assert_eq!(cut("ab", 2), "ab");
+    }
 
     #[test]
     fn programs_resolve_along_the_fixed_path_only() {

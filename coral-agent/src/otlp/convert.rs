@@ -1,7 +1,9 @@
-//! OTLP requests → telemetry rows. Pure: no I/O. Items that cannot be
-//! stored (a span without a valid trace or span id, a data point without a
-//! value, a log with a malformed trace id) are counted as rejected and named
-//! in the partial-success message; everything else is kept.
+//! OTLP requests → telemetry rows. Pure: no I/O (`spans` reads the clock;
+//! `spans_at` takes it). Items that cannot be stored (a span without a valid
+//! trace or span id, a span that ends more than [`MAX_FUTURE`] ahead of the
+//! agent's clock, a data point without a value, a log with a malformed trace
+//! id) are counted as rejected and named in the partial-success message;
+//! everything else is kept.
 
 use coral_proto::{LogRecord, MetricRecord, SpanRecord};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -132,7 +134,26 @@ fn status_code(c: i32) -> &'static str {
     }
 }
 
+/// How far ahead of the agent's clock a span may end (clock skew between
+/// hosts); a span dated later would sit at the top of every trace list with
+/// an absurd duration (issue 16), so it is refused.
+pub const MAX_FUTURE: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub fn spans(agent_id: &str, req: &ExportTraceServiceRequest) -> Converted<SpanRecord> {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+        .unwrap_or(0);
+    spans_at(agent_id, req, now_ns)
+}
+
+/// [`spans`] with the agent's clock (ns since the Unix epoch) given.
+pub fn spans_at(
+    agent_id: &str,
+    req: &ExportTraceServiceRequest,
+    now_ns: u64,
+) -> Converted<SpanRecord> {
+    let latest_end = now_ns.saturating_add(MAX_FUTURE.as_nanos() as u64);
     let mut out = Converted::default();
     for rs in &req.resource_spans {
         let service = service_name(rs.resource.as_ref());
@@ -168,6 +189,16 @@ pub fn spans(agent_id: &str, req: &ExportTraceServiceRequest) -> Converted<SpanR
                 }
                 if span.end_time_unix_nano < span.start_time_unix_nano {
                     out.reject(|| format!("span '{}' ends before it starts", span.name));
+                    continue;
+                }
+                if span.end_time_unix_nano > latest_end {
+                    out.reject(|| {
+                        format!(
+                            "span '{}' ends more than {}s after the agent's clock (check the sender's clock)",
+                            span.name,
+                            MAX_FUTURE.as_secs()
+                        )
+                    });
                     continue;
                 }
                 let events: Vec<Value> = span
@@ -329,4 +360,61 @@ pub fn logs(agent_id: &str, req: &ExportLogsServiceRequest) -> Converted<LogReco
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn request(times: &[(u64, u64)]) -> ExportTraceServiceRequest {
+        let spans = times
+            .iter()
+            .enumerate()
+            .map(|(i, &(start, end))| Span {
+                trace_id: [7u8; 16].to_vec(),
+                span_id: ((i as u64) + 1).to_be_bytes().to_vec(),
+                name: format!("op-{i}"),
+                start_time_unix_nano: start,
+                end_time_unix_nano: end,
+                ..Default::default()
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// Issue 16 item 10: spans dated in the year 2500 (or at u64::MAX) sat at
+    /// the top of every `coral query traces` forever with absurd durations.
+    #[test]
+    fn issue16_future_dated_spans_are_refused_with_a_reason() {
+        let now: u64 = 1_760_000_000_000_000_000;
+        let y2500: u64 = 16_725_225_600_000_000_000;
+        let c = spans_at(
+            "a",
+            &request(&[
+                (now - 5_000_000, now),                     // ordinary
+                (now + 1_000_000_000, now + 2_000_000_000), // 2 s ahead: skew
+                (y2500, y2500 + 1_000),
+                (u64::MAX - 10, u64::MAX),
+                (now, y2500), // starts now, ends in 2500
+            ]),
+            now,
+        );
+        assert_eq!(c.rows.len(), 2, "{:?}", c.rows);
+        assert_eq!(c.rejected, 3);
+        assert!(
+            c.message().contains("after the agent's clock"),
+            "{}",
+            c.message()
+        );
+        assert!(c.rows.iter().all(|r| r.duration_us <= 2_000_000));
+    }
 }

@@ -2,7 +2,10 @@
 //! JSON bodies, optionally gzip-compressed. Replies use the request's
 //! encoding; errors carry a `google.rpc.Status` body.
 
-use super::{Admission, RETRY_AFTER, Receiver, Refusal, Signal};
+use super::{
+    Admission, BodyClock, BodyError, ConnectionCap, RETRY_AFTER, Receiver, Refusal, Signal,
+    read_body,
+};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
@@ -210,15 +213,52 @@ async fn prepare(r: &Receiver, req: Request) -> Result<(Encoding, Bytes, Admissi
     if declared > r.max_request_bytes {
         return Err(too_large(enc, r.max_request_bytes).into_response());
     }
-    let admitted = r
-        .admit(declared)
-        .map_err(|e| refusal(enc, e).into_response())?;
-    let raw = axum::body::to_bytes(body, r.max_request_bytes)
+    let clock = BodyClock::start(r.body_timeout);
+    let admitted = match r.admit(declared) {
+        Ok(a) => a,
+        Err(e) => {
+            // Read (and drop) what the client is sending before answering:
+            // closing with unread data resets the connection, and the
+            // client saw a reset instead of the 429 (issue 16 item 13).
+            drain(body, r.max_request_bytes, clock).await;
+            return Err(refusal(enc, e).into_response());
+        }
+    };
+    let raw = read_body(body, r.max_request_bytes, declared, clock)
         .await
-        .map_err(|_| too_large(enc, r.max_request_bytes).into_response())?;
+        .map_err(|e| match e {
+            BodyError::TooLarge => too_large(enc, r.max_request_bytes).into_response(),
+            BodyError::Slow => error(
+                enc,
+                StatusCode::REQUEST_TIMEOUT,
+                UNAVAILABLE,
+                "the request body arrived too slowly".into(),
+            )
+            .into_response(),
+            BodyError::Read(e) => error(
+                enc,
+                StatusCode::BAD_REQUEST,
+                INVALID_ARGUMENT,
+                format!("cannot read the request body: {e}"),
+            )
+            .into_response(),
+        })?;
     let bytes =
         self::body(enc, headers, raw, r.max_request_bytes).map_err(IntoResponse::into_response)?;
     Ok((enc, bytes, admitted))
+}
+
+/// Reads and drops a body, at most `max` bytes, on `clock` (draining a
+/// refused request costs no memory).
+async fn drain(mut body: axum::body::Body, max: usize, clock: BodyClock) {
+    use http_body_util::BodyExt;
+    let mut seen = 0usize;
+    while seen <= max {
+        match tokio::time::timeout_at(clock.deadline(seen), body.frame()).await {
+            Ok(Some(Ok(f))) => seen += f.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
 }
 
 fn too_large(enc: Encoding, max: usize) -> HttpError {
@@ -247,17 +287,47 @@ async fn export<S: Signal>(State(r): State<Receiver>, req: Request) -> Response 
     }
 }
 
+/// Serves OTLP/HTTP (HTTP/1.1) with its own accept loop: at most
+/// `max_connections` connections, each request's headers within
+/// `header_timeout` (also the keep-alive idle limit). Waits for open
+/// connections to finish (at most `body_timeout`) after `shutdown`.
 pub(super) async fn serve(
     r: Receiver,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let (max, header_timeout, body_timeout) = (r.max_connections, r.header_timeout, r.body_timeout);
     let app = Router::new()
         .route("/v1/traces", post(export::<ExportTraceServiceRequest>))
         .route("/v1/metrics", post(export::<ExportMetricsServiceRequest>))
         .route("/v1/logs", post(export::<ExportLogsServiceRequest>))
         .with_state(r);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let cap = ConnectionCap::new(max, "OTLP/HTTP");
+    while let Some(stream) = super::accept(&listener, &shutdown).await {
+        let Some(permit) = cap.admit() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    // Every connection holds a permit: once all are back, all are closed.
+    let _ = tokio::time::timeout(body_timeout, cap.drained(max)).await;
+    Ok(())
 }

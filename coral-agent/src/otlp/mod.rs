@@ -5,11 +5,22 @@
 //! Memory is bounded: a request is admitted only if its size fits in the
 //! in-flight budget, else it is refused with 429 / RESOURCE_EXHAUSTED and a
 //! retry hint. OTLP/HTTP admits on Content-Length before reading the body;
-//! OTLP/gRPC (whose messages tonic decodes first) admits on the encoded size
-//! and caps open HTTP/2 streams per connection, so a client queues excess
-//! requests before sending them instead of the agent holding them decoded. An admitted request is answered only after its rows are
+//! OTLP/gRPC admits on the length in the message's gRPC frame header, before
+//! tonic buffers or decodes anything (a compressed message is charged
+//! `max_request_bytes`, what it may inflate to), and caps open HTTP/2 streams
+//! per connection, so a client queues excess requests before sending them. An admitted request is answered only after its rows are
 //! committed to DuckDB: what is accepted is stored, what is refused is
 //! refused explicitly.
+//!
+//! Slow and idle clients are bounded too (issue 16): each listener serves at
+//! most `max_connections` connections (beyond, new ones are closed at once),
+//! a request's headers (HTTP) or connection preface (gRPC) must arrive within
+//! `header_timeout`, and an admitted body must arrive within `body_timeout`
+//! and keep up a minimum rate ([`BodyClock`]), so a client that declares a
+//! large body and trickles it holds its share of the budget for seconds, not
+//! for as long as it likes. So a flood of the OTLP ports can use at most
+//! `2 × max_connections` file descriptors, and the control socket and
+//! `coral exec` keep working.
 
 pub mod convert;
 mod grpc;
@@ -43,6 +54,16 @@ pub struct OtlpConfig {
     /// Encoded bytes of requests being stored at once; beyond this, requests
     /// are refused with a retry hint.
     pub max_inflight_bytes: usize,
+    /// Open connections per listener; beyond, new ones are closed at once.
+    pub max_connections: usize,
+    /// A request's headers (HTTP/1) or the connection preface (gRPC) must
+    /// arrive within this time; an idle keep-alive connection is closed
+    /// after it.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// An admitted request's whole body must arrive within this time.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 impl Default for OtlpConfig {
@@ -53,6 +74,9 @@ impl Default for OtlpConfig {
             http_listen: "127.0.0.1:4318".into(),
             max_request_bytes: 4 * 1024 * 1024,
             max_inflight_bytes: 64 * 1024 * 1024,
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -76,7 +100,152 @@ impl OtlpConfig {
                     .into(),
             );
         }
+        if !(1..=65536).contains(&self.max_connections) {
+            return Err("agent.otlp.max_connections must be between 1 and 65536".into());
+        }
+        for (key, d) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+                return Err(format!(
+                    "agent.otlp.{key} must be between 100ms and 10m, e.g. \"10s\""
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// A body must arrive at least this fast (bytes per second) once
+/// [`BODY_GRACE`] has passed: a client that trickles is cut off.
+pub const MIN_BODY_RATE: f64 = 64.0 * 1024.0;
+/// Time a body may take before [`MIN_BODY_RATE`] applies.
+pub const BODY_GRACE: Duration = Duration::from_secs(5);
+
+/// The deadline of a request body that is being received: all of it within
+/// `body_timeout`, and byte `n` no later than `BODY_GRACE + n / MIN_BODY_RATE`
+/// after the headers.
+#[derive(Clone, Copy)]
+pub(crate) struct BodyClock {
+    start: tokio::time::Instant,
+    total: Duration,
+}
+
+impl BodyClock {
+    pub(crate) fn start(total: Duration) -> Self {
+        BodyClock {
+            start: tokio::time::Instant::now(),
+            total,
+        }
+    }
+
+    /// When the next piece must have arrived, `received` bytes in.
+    pub(crate) fn deadline(&self, received: usize) -> tokio::time::Instant {
+        let by_rate = BODY_GRACE + Duration::from_secs_f64(received as f64 / MIN_BODY_RATE);
+        self.start + by_rate.min(self.total)
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// It did not keep up with the [`BodyClock`].
+    Slow,
+    /// It is longer than allowed.
+    TooLarge,
+    /// The connection failed.
+    Read(String),
+}
+
+/// Reads a whole body, at most `max` bytes, on the clock of `clock`.
+pub(crate) async fn read_body<B>(
+    mut body: B,
+    max: usize,
+    capacity: usize,
+    clock: BodyClock,
+) -> Result<bytes::Bytes, BodyError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let mut buf = Vec::with_capacity(capacity.min(max));
+    loop {
+        let frame = tokio::time::timeout_at(clock.deadline(buf.len()), body.frame())
+            .await
+            .map_err(|_| BodyError::Slow)?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(BodyError::TooLarge);
+            }
+            if buf.is_empty() && body.is_end_stream() {
+                return Ok(data);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.into())
+}
+
+/// Open connections of one listener: a permit per connection.
+#[derive(Clone)]
+pub(crate) struct ConnectionCap {
+    slots: Arc<Semaphore>,
+    refusals: Arc<coral_proto::local::RateLimited>,
+    what: &'static str,
+}
+
+impl ConnectionCap {
+    pub(crate) fn new(max: usize, what: &'static str) -> Self {
+        ConnectionCap {
+            slots: Arc::new(Semaphore::new(max)),
+            refusals: Arc::new(coral_proto::local::RateLimited::new(Duration::from_secs(1))),
+            what,
+        }
+    }
+
+    /// A slot for a new connection, or `None` (logged at most once a second)
+    /// when all are taken: the caller closes the connection.
+    pub(crate) fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        if permit.is_none()
+            && let Some(suppressed) = self.refusals.allow()
+        {
+            tracing::warn!(
+                listener = self.what,
+                suppressed,
+                "OTLP connection limit reached; closing new connections (agent.otlp.max_connections)"
+            );
+        }
+        permit
+    }
+
+    /// Resolves once no connection is open.
+    pub(crate) async fn drained(&self, max: usize) {
+        let _ = self.slots.acquire_many(max as u32).await;
+    }
+}
+
+/// Accepts a connection, backing off on errors such as EMFILE instead of
+/// spinning; `None` once `shutdown` is cancelled.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "OTLP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
     }
 }
 
@@ -167,6 +336,9 @@ pub struct Receiver {
     telemetry: Telemetry,
     budget: Arc<Semaphore>,
     max_request_bytes: usize,
+    max_connections: usize,
+    header_timeout: Duration,
+    body_timeout: Duration,
 }
 
 impl Receiver {
@@ -176,6 +348,9 @@ impl Receiver {
             telemetry,
             budget: Arc::new(Semaphore::new(config.max_inflight_bytes)),
             max_request_bytes: config.max_request_bytes,
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
         }
     }
 
@@ -200,7 +375,7 @@ impl Receiver {
     pub async fn accept<S: Signal>(
         &self,
         req: S,
-        _admitted: Admission,
+        _admitted: impl Send,
     ) -> Result<S::Response, Refusal> {
         let (batch, rejected, message) = req.convert(&self.agent_id);
         drop(req);

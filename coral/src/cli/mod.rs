@@ -598,7 +598,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
         return *code;
     }
-    eprintln!("error: {e:#}");
+    eprintln!("error: {}", render::esc(&format!("{e:#}")));
     if let Some(c) = e.downcast_ref::<Coded>() {
         return c.code;
     }
@@ -1070,6 +1070,15 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
                     use coral_agent::meshnode::JoinFailure as F;
                     match e {
                         F::Token(_) => Usage(e.to_string()).into(),
+                        // Expired, used, unknown or for another colony:
+                        // EX_NOPERM, with what to do (issue 16).
+                        F::Refused { .. } => Coded {
+                            code: 77,
+                            msg: format!(
+                                "{e} (create a new token with 'coral colony token create' on the colony)"
+                            ),
+                        }
+                        .into(),
                         F::Unreachable { .. } => Unavailable(e.to_string()).into(),
                         _ => anyhow!("{e}"),
                     }

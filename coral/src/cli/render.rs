@@ -1,12 +1,46 @@
-//! Human output: aligned tables and short relative times.
+//! Human output: aligned tables and short relative times. Every string a
+//! peer supplied (service, span and route names, log bodies, error messages)
+//! goes through [`esc`] before it reaches the terminal: every table cell via
+//! [`add_row`], and the text around the tables by hand.
 
 use comfy_table::{Table, presets};
 use coral_proto::{
     AgentStatus, ColonyStatus, LogRecord, Member, ServiceHealth, SpanRecord, TokenCreated,
     TraceSummary,
 };
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+/// Untrusted text made safe for a terminal (issue 16): control characters
+/// (C0 such as ESC, BEL, CR and backspace; DEL; C1) are shown escaped
+/// (`\u{1b}`), so no OTLP client, agent or captured request can move the
+/// cursor, set the window title or clear the screen. `coral audit` escapes
+/// the same way.
+pub fn esc(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Adds a row with every cell escaped.
+pub fn add_row(t: &mut Table, cells: Vec<String>) {
+    t.add_row(
+        cells
+            .iter()
+            .map(|c| esc(c).into_owned())
+            .collect::<Vec<_>>(),
+    );
+}
 
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -74,12 +108,12 @@ pub fn colony_status(s: &ColonyStatus) -> String {
     let now = s.now_ms;
     let mut out = format!(
         "Colony {}  (coral {}, pid {}, up {})\nListening on {}, state in {}\nStored: {} health samples, {} spans, {} metric points, {} log records\n",
-        s.colony_id,
+        esc(&s.colony_id),
         s.version,
         s.pid,
         span(now - s.started_at_ms),
-        s.rpc_addr,
-        s.state_dir,
+        esc(&s.rpc_addr),
+        esc(&s.state_dir),
         s.stored_samples,
         s.stored_spans,
         s.stored_metric_points,
@@ -121,19 +155,22 @@ pub fn colony_status(s: &ColonyStatus) -> String {
             .iter()
             .filter(|x| x.health == coral_proto::Health::Up)
             .count();
-        agents.add_row(vec![
-            a.name.clone(),
-            a.id.chars().take(8).collect(),
-            a.state.as_str().to_string(),
-            a.addr.clone(),
-            ago(now, Some(a.last_seen_ms)),
-            if a.state == coral_proto::AgentState::Online {
-                span(now - a.started_at_ms)
-            } else {
-                "-".into()
-            },
-            format!("{up}/{} up", a.services.len()),
-        ]);
+        add_row(
+            &mut agents,
+            vec![
+                a.name.clone(),
+                a.id.chars().take(8).collect(),
+                a.state.as_str().to_string(),
+                a.addr.clone(),
+                ago(now, Some(a.last_seen_ms)),
+                if a.state == coral_proto::AgentState::Online {
+                    span(now - a.started_at_ms)
+                } else {
+                    "-".into()
+                },
+                format!("{up}/{} up", a.services.len()),
+            ],
+        );
     }
     out.push('\n');
     out.push_str(&agents.to_string());
@@ -147,7 +184,7 @@ pub fn colony_status(s: &ColonyStatus) -> String {
             any = true;
             let mut row = vec![a.name.clone()];
             row.extend(service_row(now, svc));
-            services.add_row(row);
+            add_row(&mut services, row);
         }
     }
     if any {
@@ -166,8 +203,8 @@ pub fn agent_status(s: &AgentStatus) -> String {
     let link_line = match link.state {
         coral_proto::LinkState::Connected => format!(
             "connected to colony {} at {} for {} (last heartbeat {})",
-            link.colony_id.as_deref().unwrap_or("?"),
-            link.addr,
+            esc(link.colony_id.as_deref().unwrap_or("?")),
+            esc(&link.addr),
             span(now - link.since_ms),
             ago(now, link.last_heartbeat_ms)
         ),
@@ -175,7 +212,7 @@ pub fn agent_status(s: &AgentStatus) -> String {
             "connecting to the colony for {} ({} attempts; last error: {})",
             span(now - link.since_ms),
             link.attempts,
-            link.last_error.as_deref().unwrap_or("none")
+            esc(link.last_error.as_deref().unwrap_or("none"))
         ),
     };
     let mesh = match (&s.mesh_ip, &s.mesh_interface) {
@@ -184,8 +221,8 @@ pub fn agent_status(s: &AgentStatus) -> String {
     };
     let mut out = format!(
         "Agent {}  (id {}, coral {}, pid {}, up {})\nColony: {}\n{mesh}Samples: {} stored, {} waiting for the colony, {} dropped\nOTLP: {}; stored {} spans, {} metric points, {} log records\n",
-        s.name,
-        s.agent_id,
+        esc(&s.name),
+        esc(&s.agent_id),
         s.version,
         s.pid,
         span(now - s.started_at_ms),
@@ -211,10 +248,11 @@ pub fn agent_status(s: &AgentStatus) -> String {
         } else {
             format!("{} rules, loaded {}", p.rules, ago(now, p.loaded_at_ms))
         };
-        out.push_str(&format!("Exec policy: {} ({state})\n", p.path));
+        out.push_str(&format!("Exec policy: {} ({state})\n", esc(&p.path)));
         if let Some(err) = &p.error {
             out.push_str(&format!(
-                "Exec policy NOT reloaded, the previous one stays in force: {err}\n"
+                "Exec policy NOT reloaded, the previous one stays in force: {}\n",
+                esc(err)
             ));
         }
         out.push_str(&format!(
@@ -227,7 +265,10 @@ pub fn agent_status(s: &AgentStatus) -> String {
             "eBPF: running via {}; {} events, {} requests, {} dropped\n",
             e.path, e.events, e.requests, e.dropped
         ),
-        Some(e) => format!("eBPF: off ({})\n", e.error.as_deref().unwrap_or("stopped")),
+        Some(e) => format!(
+            "eBPF: off ({})\n",
+            esc(e.error.as_deref().unwrap_or("stopped"))
+        ),
         None => "eBPF: off\n".to_string(),
     });
     if s.services.is_empty() {
@@ -236,7 +277,7 @@ pub fn agent_status(s: &AgentStatus) -> String {
     }
     let mut t = table(&SERVICE_HEADER);
     for svc in &s.services {
-        t.add_row(service_row(now, svc));
+        add_row(&mut t, service_row(now, svc));
     }
     out.push('\n');
     out.push_str(&t.to_string());
@@ -256,15 +297,18 @@ pub fn traces(now_ms: i64, traces: &[TraceSummary]) -> String {
         "TRACE", "ROOT", "SERVICES", "SPANS", "ERRORS", "DURATION", "STARTED",
     ]);
     for tr in traces {
-        t.add_row(vec![
-            tr.trace_id.clone(),
-            format!("{}: {}", tr.service, tr.name),
-            tr.services.join(","),
-            tr.spans.to_string(),
-            tr.errors.to_string(),
-            micros(tr.duration_us),
-            ago(now_ms, Some(tr.start_us / 1000)),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                tr.trace_id.clone(),
+                format!("{}: {}", tr.service, tr.name),
+                tr.services.join(","),
+                tr.spans.to_string(),
+                tr.errors.to_string(),
+                micros(tr.duration_us),
+                ago(now_ms, Some(tr.start_us / 1000)),
+            ],
+        );
     }
     t.to_string() + "\n"
 }
@@ -321,7 +365,7 @@ pub fn trace_tree(spans: &[SpanRecord]) -> String {
     let errors = spans.iter().filter(|s| s.status_code == "error").count();
     let out = format!(
         "Trace {}  ({} spans, {}, {} error{})\n\n",
-        spans[0].trace_id,
+        esc(&spans[0].trace_id),
         spans.len(),
         micros(end - start),
         errors,
@@ -353,19 +397,22 @@ pub fn trace_tree(spans: &[SpanRecord]) -> String {
             ("error", false) => format!("error: {}", s.status_message),
             (code, _) => code.to_string(),
         };
-        t.add_row(vec![
-            if path.contains(&s.span_id) {
-                "*".into()
-            } else {
-                String::new()
-            },
-            format!("{}{}", "  ".repeat(depth), s.name),
-            s.service.clone(),
-            s.kind.clone(),
-            format!("+{}", micros(s.start_us - start)),
-            micros(s.duration_us),
-            status,
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                if path.contains(&s.span_id) {
+                    "*".into()
+                } else {
+                    String::new()
+                },
+                format!("{}{}", "  ".repeat(depth), s.name),
+                s.service.clone(),
+                s.kind.clone(),
+                format!("+{}", micros(s.start_us - start)),
+                micros(s.duration_us),
+                status,
+            ],
+        );
     }
     out + &t.to_string()
         + "\n\n* critical path: from the root, the child that ends last, down to a leaf.\n"
@@ -378,17 +425,20 @@ pub fn logs(logs: &[LogRecord]) -> String {
     let mut t = table(&["TIME", "SERVICE", "SEVERITY", "TRACE", "BODY"]);
     for l in logs {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(l.ts_us.max(0) as u64);
-        t.add_row(vec![
-            humantime::format_rfc3339_millis(time).to_string(),
-            l.service.clone(),
-            if l.severity_text.is_empty() {
-                l.severity_number.to_string()
-            } else {
-                l.severity_text.clone()
-            },
-            l.trace_id.clone().unwrap_or_else(|| "-".into()),
-            l.body.clone(),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                humantime::format_rfc3339_millis(time).to_string(),
+                l.service.clone(),
+                if l.severity_text.is_empty() {
+                    l.severity_number.to_string()
+                } else {
+                    l.severity_text.clone()
+                },
+                l.trace_id.clone().unwrap_or_else(|| "-".into()),
+                l.body.clone(),
+            ],
+        );
     }
     t.to_string() + "\n"
 }
@@ -421,39 +471,27 @@ pub fn members(now: i64, members: &[Member]) -> String {
         "ONLINE",
     ]);
     for m in members {
-        t.add_row(vec![
-            m.name.clone(),
-            m.agent_id.chars().take(8).collect(),
-            m.mesh_ip.clone().unwrap_or_else(|| "local".into()),
-            m.endpoint.clone().unwrap_or_else(|| "-".into()),
-            match (&m.mesh_ip, m.last_handshake_ms) {
-                (None, _) => "-".into(),
-                (_, h) => ago(now, h),
-            },
-            ago(now, m.last_seen_ms),
-            if m.online { "yes" } else { "no" }.into(),
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                m.name.clone(),
+                m.agent_id.chars().take(8).collect(),
+                m.mesh_ip.clone().unwrap_or_else(|| "local".into()),
+                m.endpoint.clone().unwrap_or_else(|| "-".into()),
+                match (&m.mesh_ip, m.last_handshake_ms) {
+                    (None, _) => "-".into(),
+                    (_, h) => ago(now, h),
+                },
+                ago(now, m.last_seen_ms),
+                if m.online { "yes" } else { "no" }.into(),
+            ],
+        );
     }
     t.to_string() + "\n"
 }
 
 fn pct(p: f64) -> String {
     format!("{p:.1}%")
-}
-
-/// A name that came from the network (an OTLP service, a route): control
-/// characters escaped so it cannot drive the terminal.
-fn untrusted(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
 }
 
 fn red_cells(f: &coral_proto::RedFigures) -> Vec<String> {
@@ -539,7 +577,7 @@ pub fn metrics(m: &coral_proto::RedReport) -> String {
     let baseline = m.window.baseline_ms > 0;
     let mut t = table(&red_header(&["SERVICE"], baseline));
     for s in &m.services {
-        t.add_row(red_line(s, vec![untrusted(&s.service)], baseline));
+        add_row(&mut t, red_line(s, vec![s.service.clone()], baseline));
     }
     let mut r = table(&red_header(&["SERVICE", "ROUTE"], baseline));
     for s in &m.routes {
@@ -548,11 +586,14 @@ pub fn metrics(m: &coral_proto::RedReport) -> String {
             s.method.as_deref().unwrap_or(""),
             s.route.as_deref().unwrap_or("")
         );
-        r.add_row(red_line(
-            s,
-            vec![untrusted(&s.service), untrusted(route.trim())],
-            baseline,
-        ));
+        add_row(
+            &mut r,
+            red_line(
+                s,
+                vec![s.service.clone(), route.trim().to_string()],
+                baseline,
+            ),
+        );
     }
     format!("{t}\n\n{r}\n{}", coverage_note(&m.coverage))
 }
@@ -570,12 +611,12 @@ pub fn top(m: &coral_proto::RedReport) -> String {
         "SERVICE", "SOURCE", "RPS", "REQUESTS", "ERRORS", "ERR%", "P50", "P95", "P99",
     ]);
     for s in &m.services {
-        let mut row = vec![untrusted(&s.service)];
+        let mut row = vec![s.service.clone()];
         if let Some((_, main)) = s.primary() {
             row.push(sources(s));
             row.extend(red_cells(&main.recent));
         }
-        t.add_row(row);
+        add_row(&mut t, row);
     }
     out.push_str(&t.to_string());
     out.push('\n');
@@ -607,48 +648,51 @@ the agent maps their connections with eBPF, and OTLP traces add the calls betwee
         let ebpf = e.sources.contains(&coral_proto::Source::Ebpf);
         let otlp = e.sources.contains(&coral_proto::Source::Otlp);
         let dash = || "-".to_string();
-        t.add_row(vec![
-            untrusted(&e.from),
-            untrusted(&e.to),
-            e.to_addr.clone().unwrap_or_else(dash),
-            e.sources
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("+"),
-            if ebpf {
-                e.connections.to_string()
-            } else {
-                dash()
-            },
-            if ebpf { e.failures.to_string() } else { dash() },
-            if ebpf { bytes(e.bytes_sent) } else { dash() },
-            if ebpf {
-                bytes(e.bytes_received)
-            } else {
-                dash()
-            },
-            if ebpf {
-                latency(Some(e.rtt_avg_us))
-            } else {
-                dash()
-            },
-            if otlp { e.calls.to_string() } else { dash() },
-            if otlp { e.errors.to_string() } else { dash() },
-            if otlp {
-                latency(Some(e.mean_us))
-            } else {
-                dash()
-            },
-        ]);
+        add_row(
+            &mut t,
+            vec![
+                e.from.clone(),
+                e.to.clone(),
+                e.to_addr.clone().unwrap_or_else(dash),
+                e.sources
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+                if ebpf {
+                    e.connections.to_string()
+                } else {
+                    dash()
+                },
+                if ebpf { e.failures.to_string() } else { dash() },
+                if ebpf { bytes(e.bytes_sent) } else { dash() },
+                if ebpf {
+                    bytes(e.bytes_received)
+                } else {
+                    dash()
+                },
+                if ebpf {
+                    latency(Some(e.rtt_avg_us))
+                } else {
+                    dash()
+                },
+                if otlp { e.calls.to_string() } else { dash() },
+                if otlp { e.errors.to_string() } else { dash() },
+                if otlp {
+                    latency(Some(e.mean_us))
+                } else {
+                    dash()
+                },
+            ],
+        );
     }
     t.to_string() + "\n" + &coverage_note(&m.coverage)
 }
 
 fn clip(s: &str, max: usize) -> String {
-    let s = untrusted(s);
+    let s = esc(s);
     if s.chars().count() <= max {
-        return s;
+        return s.into_owned();
     }
     let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
     t.push('…');
@@ -700,16 +744,19 @@ pub fn audit(now: i64, r: &coral_proto::AuditReport) -> String {
                 .iter()
                 .map(|a| a.escape_debug().to_string())
                 .collect();
-            t.add_row(vec![
-                ago(now, Some(e.ts_ms)),
-                e.agent_name.clone(),
-                clip(&e.caller, 28),
-                e.service.clone(),
-                clip(&cmd.join(" "), 40),
-                e.decision.clone(),
-                e.rule.clone().unwrap_or_else(|| "-".into()),
-                exec_result(e),
-            ]);
+            add_row(
+                &mut t,
+                vec![
+                    ago(now, Some(e.ts_ms)),
+                    e.agent_name.clone(),
+                    clip(&e.caller, 28),
+                    e.service.clone(),
+                    clip(&cmd.join(" "), 40),
+                    e.decision.clone(),
+                    e.rule.clone().unwrap_or_else(|| "-".into()),
+                    exec_result(e),
+                ],
+            );
         }
         out.push_str("Exec on agents:\n");
         out.push_str(&t.to_string());
@@ -718,13 +765,16 @@ pub fn audit(now: i64, r: &coral_proto::AuditReport) -> String {
     if !r.colony.is_empty() {
         let mut t = table(&["WHEN", "ACTOR", "ACTION", "DETAIL", "CLI"]);
         for c in &r.colony {
-            t.add_row(vec![
-                ago(now, Some(c.ts_ms)),
-                clip(&c.actor, 28),
-                c.action.clone(),
-                clip(&c.detail, 50),
-                clip(c.cli_equivalent.as_deref().unwrap_or("-"), 40),
-            ]);
+            add_row(
+                &mut t,
+                vec![
+                    ago(now, Some(c.ts_ms)),
+                    clip(&c.actor, 28),
+                    c.action.clone(),
+                    clip(&c.detail, 50),
+                    clip(c.cli_equivalent.as_deref().unwrap_or("-"), 40),
+                ],
+            );
         }
         if !r.exec.is_empty() {
             out.push('\n');
@@ -738,7 +788,7 @@ pub fn audit(now: i64, r: &coral_proto::AuditReport) -> String {
 
 /// A Graphviz digraph: one node per caller and callee, one edge per pair.
 pub fn service_map_dot(m: &coral_proto::ServiceMap) -> String {
-    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let q = |s: &str| format!("\"{}\"", esc(s).replace('\\', "\\\\").replace('"', "\\\""));
     let mut out = String::from("digraph coral {\n  rankdir=LR;\n");
     for e in &m.edges {
         let mut label = Vec::new();
@@ -791,6 +841,69 @@ mod tests {
             events: "[]".into(),
             resource: "{}".into(),
             scope: String::new(),
+        }
+    }
+
+    /// Issue 16 item 5: `coral query traces|trace|logs` printed OTLP-supplied
+    /// names and bodies raw; a span name set the terminal title and a log
+    /// body cleared the screen.
+    #[test]
+    fn issue16_human_output_escapes_terminal_control_sequences() {
+        let evil = "x\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\r\u{8}";
+        let mut s = span("root", None, 0, 100);
+        s.name = evil.into();
+        s.service = evil.into();
+        s.status_code = "error".into();
+        s.status_message = evil.into();
+        s.trace_id = evil.into();
+        let summary = TraceSummary {
+            trace_id: evil.into(),
+            service: evil.into(),
+            name: evil.into(),
+            start_us: 0,
+            duration_us: 1,
+            spans: 1,
+            errors: 0,
+            services: vec![evil.into()],
+        };
+        let log = LogRecord {
+            agent_id: "a".into(),
+            seq: 1,
+            service: evil.into(),
+            ts_us: 0,
+            severity_number: 9,
+            severity_text: evil.into(),
+            body: evil.into(),
+            trace_id: Some(evil.into()),
+            span_id: None,
+            attributes: "{}".into(),
+        };
+        let m = coral_proto::ServiceMap {
+            window: coral_proto::Window::last(1000, 0, 1000),
+            edges: vec![coral_proto::MapEdge {
+                from: evil.into(),
+                to: evil.into(),
+                to_addr: Some(evil.into()),
+                sources: vec![coral_proto::Source::Ebpf, coral_proto::Source::Otlp],
+                connections: 1,
+                rtt_avg_us: 1,
+                rtt_max_us: 1,
+                ..Default::default()
+            }],
+            coverage: coral_proto::Coverage::default(),
+        };
+        for out in [
+            traces(0, &[summary]),
+            trace_tree(&[s]),
+            logs(&[log]),
+            service_map(&m),
+            service_map_dot(&m),
+        ] {
+            assert!(
+                !out.chars().any(|c| c.is_control() && c != '\n'),
+                "control characters reach the terminal: {out:?}"
+            );
+            assert!(out.contains("\\u{1b}]0;pwned"), "{out}");
         }
     }
 

@@ -115,6 +115,96 @@ impl ServerHandler for Gateway {
     }
 }
 
+/// Longest JSON-RPC line accepted from a client.
+const MAX_LINE: usize = 4 << 20;
+
+/// The client's stream as rmcp sees it: every line the client sends must be
+/// a JSON value (at most `MAX_LINE` bytes) to reach rmcp; any other line is
+/// answered with a JSON-RPC parse error (-32700, id null) and dropped, where
+/// rmcp answered nothing (issue 16). A longer line ends the session.
+fn screened(stream: tokio::net::UnixStream) -> tokio::io::DuplexStream {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (ours, theirs) = tokio::io::duplex(64 << 10);
+    let (client_rd, mut client_wr) = stream.into_split();
+    let (rmcp_rd, mut rmcp_wr) = tokio::io::split(ours);
+    let (errors_tx, mut errors_rx) = tokio::sync::mpsc::channel::<String>(16);
+    // Client → rmcp, screening each line.
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(client_rd);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = match (&mut lines)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if n > MAX_LINE {
+                let _ = errors_tx.send(parse_error("line too long")).await;
+                break;
+            }
+            let text = line.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<serde_json::Value>(text) {
+                Ok(_) => {
+                    if rmcp_wr.write_all(&line).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if errors_tx.send(parse_error(&e.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = rmcp_wr.shutdown().await;
+    });
+    // rmcp and the parse errors → client, a whole line at a time.
+    tokio::spawn(async move {
+        let mut out = BufReader::new(rmcp_rd);
+        // Kept across turns of the loop: a read interrupted by an error line
+        // has appended what it read so far (read_until's cancel contract).
+        let mut line = Vec::new();
+        loop {
+            tokio::select! {
+                r = out.read_until(b'\n', &mut line) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if client_wr.write_all(&line).await.is_err() {
+                            break;
+                        }
+                        line.clear();
+                    }
+                },
+                Some(e) = errors_rx.recv() => {
+                    if client_wr.write_all(e.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = client_wr.shutdown().await;
+    });
+    theirs
+}
+
+fn parse_error(why: &str) -> String {
+    let mut line = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32700, "message": format!("Parse error: {why}") },
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
 /// Serves MCP clients on `listener` until the task is aborted.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
     let me = nix::unistd::getuid().as_raw();
@@ -141,6 +231,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
             caller: format!("uid {} pid {}", cred.uid(), cred.pid().unwrap_or(0)),
         };
         tokio::spawn(async move {
+            let stream = screened(stream);
             match gateway.serve(stream).await {
                 Ok(running) => {
                     let _ = running.waiting().await;

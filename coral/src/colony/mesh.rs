@@ -279,9 +279,10 @@ impl ColonyMesh {
         req: JoinRequest,
     ) -> Result<SignedGrant, JoinError> {
         if req.colony_id != colony_id {
+            // Not named: the caller is not authenticated yet (issue 16).
             return Err(JoinError::WrongColony {
                 wanted: req.colony_id,
-                actual: colony_id.to_string(),
+                actual: String::new(),
             });
         }
         super::rpc::check_id(&req.agent_id).map_err(|e| JoinError::Invalid(e.to_string()))?;

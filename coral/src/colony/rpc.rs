@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 
 /// Limits on what one agent may send in one call.
-const MAX_SERVICES: usize = 1_000;
+const MAX_SERVICES: usize = coral_proto::spec::MAX_SERVICES_PER_AGENT;
 const MAX_SAMPLES: usize = 10_000;
 const MAX_ID: usize = 128;
 const MAX_PUSH_ROWS: usize = 10_000;

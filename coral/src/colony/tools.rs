@@ -741,6 +741,7 @@ async fn exec(
         "program": started.program,
         "rule": started.rule,
         "exit_code": outcome.exit_code,
+        "error": outcome.error,
         "signal": outcome.signal,
         "timed_out": outcome.timed_out,
         "truncated": outcome.truncated || stdout.len() >= EXEC_OUTPUT || stderr.len() >= EXEC_OUTPUT,
