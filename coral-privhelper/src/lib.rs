@@ -12,6 +12,7 @@
 pub mod bpf;
 pub mod client;
 pub mod config;
+pub mod elfcode;
 pub mod keys;
 pub mod protocol;
 pub mod server;
