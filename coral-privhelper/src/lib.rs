@@ -18,7 +18,10 @@ pub mod protocol;
 pub mod server;
 pub mod startup;
 pub mod tun;
+pub mod uprobe;
 pub mod wire;
 
-pub use client::{BpfFds, BpfPath, Client, ClientError, OpenBpfError, TunPath, open_bpf, open_tun};
-pub use protocol::{IfName, TunParams};
+pub use client::{
+    BpfFds, BpfPath, Client, ClientError, OpenBpfError, TunPath, UprobeObject, open_bpf, open_tun,
+};
+pub use protocol::{IfName, TunParams, UprobePoint};

@@ -2,38 +2,13 @@
 //! stripped (`-s -w`, functions only from `.gopclntab`) and PIE, and C from
 //! gcc. Skips with a message when `go` or `gcc` is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use coral_privhelper::elfcode::{Binary, CodeError, PointKind, Runtime};
 
-const GO_SRC: &str = include_str!("../../tests/targets/debugee.go");
-const C_SRC: &str = include_str!("../../tests/targets/debugee.c");
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("version").output().is_ok()
-        || Command::new(tool).arg("--version").output().is_ok()
-}
-
-fn go_build(dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
-    let src = dir.join("debugee.go");
-    std::fs::write(&src, GO_SRC).unwrap();
-    let bin = dir.join(out);
-    let st = Command::new("go")
-        .arg("build")
-        .args(extra)
-        .arg("-o")
-        .arg(&bin)
-        .arg(&src)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GO111MODULE", "off")
-        .env("CGO_ENABLED", "0")
-        .status()
-        .unwrap();
-    assert!(st.success(), "go build {extra:?}");
-    bin
-}
+mod support;
+use support::{C_SRC, go_build, have};
 
 fn check_go(bin: &Path, want_pie: bool) {
     let data = std::fs::read(bin).unwrap();
