@@ -8,6 +8,7 @@
 
 pub mod config;
 mod control;
+pub mod debug;
 pub mod ebpf;
 pub mod exec;
 mod link;
