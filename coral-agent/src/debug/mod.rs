@@ -4,6 +4,9 @@
 //! argument is.
 
 pub mod index;
+pub mod session;
+
+pub use session::{Debugger, Limits};
 
 #[cfg(test)]
 mod tests;

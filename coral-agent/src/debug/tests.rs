@@ -128,3 +128,235 @@ fn c_with_dwarf_uses_sysv_registers() {
         }
     );
 }
+
+mod live {
+    //! Sessions on a running Go program (root, uprobe PMU; skipped
+    //! otherwise): calls with arguments, results and durations, recursion,
+    //! TTL expiry that closes the links, detach, limits.
+
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use coral_proto::debug::{DebugAttachRequest, DebugLogsRequest, DebugTarget};
+
+    use super::go_build;
+    use crate::debug::{Debugger, Limits};
+
+    /// The tests count this process's BPF links: one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn root_or_skip(test: &str) -> bool {
+        let ok = nix::unistd::geteuid().is_root()
+            && Path::new("/sys/bus/event_source/devices/uprobe/type").exists()
+            && super::have("go");
+        if !ok {
+            eprintln!("SKIP {test}: needs root, the uprobe PMU and go");
+        }
+        ok
+    }
+
+    struct App(Child);
+
+    impl App {
+        fn start(bin: &Path, period_ms: u32) -> Self {
+            let mut c = Command::new(bin)
+                .args([period_ms.to_string(), "60".into()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(c.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.starts_with("ready"));
+            App(c)
+        }
+    }
+
+    impl Drop for App {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn link_ids() -> Vec<u64> {
+        let mut ids = Vec::new();
+        for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+            let info = std::fs::read_to_string(e.path()).unwrap_or_default();
+            ids.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("link_id:"))
+                    .filter_map(|v| v.trim().parse::<u64>().ok()),
+            );
+        }
+        ids
+    }
+
+    fn req(functions: &[&str], ttl_ms: u64) -> DebugAttachRequest {
+        DebugAttachRequest {
+            target: DebugTarget::Pid(0),
+            functions: functions.iter().map(|s| s.to_string()).collect(),
+            ttl_ms,
+            capture_args: true,
+        }
+    }
+
+    #[test]
+    fn go_session_sees_calls_with_args_results_durations_then_expires() {
+        if !root_or_skip("go_session_sees_calls_with_args_results_durations_then_expires") {
+            return;
+        }
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let bin = go_build(dir.path(), "debugee", &[]);
+        let app = App::start(&bin, 10);
+        let pid = app.0.id();
+        let d = Debugger::new("/nonexistent/cdebug.sock".into(), Limits::default());
+        let before = link_ids();
+        let t0 = Instant::now();
+        let s = d
+            .attach(pid, &req(&["Greet", "Classify", "Fib", "Nap"], 3_000))
+            .unwrap();
+        let attach_ms = t0.elapsed().as_millis();
+        assert_eq!(s.lang, "go");
+        assert_eq!(s.probes.len(), 4);
+        assert!(s.attach_points >= 8, "{s:?}");
+        assert!(link_ids().len() >= before.len() + s.attach_points as usize);
+        std::thread::sleep(Duration::from_millis(800));
+        let logs = d
+            .logs(&DebugLogsRequest {
+                session: Some(s.id.clone()),
+                after_seq: 0,
+                limit: 10_000,
+            })
+            .unwrap();
+        let of = |f: &str| {
+            logs.calls
+                .iter()
+                .filter(|c| c.function == f)
+                .collect::<Vec<_>>()
+        };
+        let greets = of("main.Greet");
+        assert!(greets.len() >= 5, "{} Greet calls", greets.len());
+        for c in &greets {
+            assert_eq!(c.args[0].value, "\"coral\"", "{c:?}");
+            let times: u64 = c.args[1].value.parse().unwrap();
+            assert!(times < 3);
+            assert!(c.args[2].value == "true" || c.args[2].value == "false");
+            assert_eq!(
+                c.results[0].value,
+                format!(
+                    "{:?}",
+                    "coral".repeat(times as usize)
+                        + if c.args[2].value == "true" { "!" } else { "" }
+                )
+            );
+            assert_eq!(c.results[1].value, "nil");
+            assert!(c.goroutine != 0);
+        }
+        let naps = of("main.Nap");
+        assert!(!naps.is_empty());
+        for c in &naps {
+            let ns = c.duration_ns.unwrap();
+            assert!(
+                (10_000_000..1_000_000_000).contains(&ns),
+                "Nap(10ms) took {ns} ns"
+            );
+            assert_eq!(c.args[0].value, "10");
+        }
+        // Fib(5) recurses: 15 calls per Fib(5), each paired at its depth.
+        let fibs = of("main.Fib");
+        assert!(fibs.len() >= 15, "{}", fibs.len());
+        assert!(fibs.iter().any(|c| c.args[0].value == "5"));
+        assert!(fibs.iter().any(|c| c.args[0].value == "0"));
+        let classify = of("main.Classify");
+        assert!(classify.iter().all(|c| {
+            ["\"negative\"", "\"zero\"", "\"even\"", "\"odd\""]
+                .contains(&c.results[0].value.as_str())
+        }));
+        // Wall clock: within a few seconds of now.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        assert!((now - greets[0].start_unix_ns).abs() < 5_000_000_000);
+        // Expiry closes the links.
+        std::thread::sleep(Duration::from_millis(2_500));
+        d.poll();
+        let listed = d.list();
+        assert_eq!(listed[0].state, "expired");
+        assert!(listed[0].probes.iter().all(|p| p.hits > 0));
+        let after = link_ids();
+        assert!(
+            after.len() <= before.len(),
+            "links left: {after:?} (before {before:?})"
+        );
+        eprintln!(
+            "attach of 4 functions ({} points): {attach_ms} ms",
+            s.attach_points
+        );
+        drop(app);
+    }
+
+    #[test]
+    fn stripped_go_durations_detach_and_limits() {
+        if !root_or_skip("stripped_go_durations_detach_and_limits") {
+            return;
+        }
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let bin = go_build(dir.path(), "stripped", &["-ldflags=-s -w"]);
+        let app = App::start(&bin, 5);
+        let pid = app.0.id();
+        let limits = Limits {
+            max_sessions: 1,
+            ..Limits::default()
+        };
+        let d = Debugger::new("/nonexistent/cdebug.sock".into(), limits);
+        let before = link_ids();
+        let s = d.attach(pid, &req(&["Nap", "Add"], 60_000)).unwrap();
+        let e = d.attach(pid, &req(&["Add"], 1_000)).unwrap_err();
+        assert!(e.to_string().contains("at most 1"), "{e}");
+        let e = d.attach(pid, &req(&["NoSuchFunction"], 1_000)).unwrap_err();
+        assert!(e.to_string().contains("at most 1") || e.to_string().contains("no function"));
+        std::thread::sleep(Duration::from_millis(500));
+        let logs = d
+            .logs(&DebugLogsRequest {
+                session: None,
+                after_seq: 0,
+                limit: 100,
+            })
+            .unwrap();
+        let naps: Vec<_> = logs
+            .calls
+            .iter()
+            .filter(|c| c.function == "main.Nap")
+            .collect();
+        assert!(!naps.is_empty());
+        assert!(naps.iter().all(|c| c.duration_ns.unwrap() >= 5_000_000));
+        assert!(naps.iter().all(|c| c.args.is_empty()), "no DWARF, no args");
+        let ended = d.detach(Some(&s.id)).unwrap();
+        assert_eq!(ended[0].state, "detached");
+        assert!(d.detach(Some(&s.id)).is_err());
+        assert!(link_ids().len() <= before.len());
+        // A Python process is refused, naming what is supported.
+        // (Debian's, not a version manager's shell shim.)
+        if Path::new("/usr/bin/python3").exists() {
+            let mut py = Command::new("/usr/bin/python3")
+                .args(["-c", "import time; time.sleep(30)"])
+                .spawn()
+                .unwrap();
+            let e = d.attach(py.id(), &req(&["main"], 1_000)).unwrap_err();
+            let _ = py.kill();
+            let _ = py.wait();
+            assert!(
+                e.to_string().contains("Python programs cannot be probed"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("Go (1.17 or newer)"), "{e}");
+        }
+    }
+}
