@@ -127,6 +127,9 @@ pub struct DebugFunctions {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum DebugError {
+    /// The caller may not do this.
+    #[error("{0}")]
+    Refused(String),
     /// The request itself is wrong (exit 64 in the CLI).
     #[error("{0}")]
     Invalid(String),
@@ -140,4 +143,41 @@ pub enum DebugError {
     NotFound(String),
     #[error("{0}")]
     Failed(String),
+}
+
+/// One `coral debug` operation on a service, as the colony forwards it to
+/// the agent hosting the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DebugOp {
+    Attach(DebugAttachRequest),
+    List,
+    Logs(DebugLogsRequest),
+    /// One session, or all of the agent's with `None`.
+    Detach(Option<String>),
+    Functions {
+        pattern: String,
+        limit: u32,
+    },
+}
+
+impl DebugOp {
+    /// Short name for the audit log.
+    pub fn action(&self) -> &'static str {
+        match self {
+            DebugOp::Attach(_) => "debug_attach",
+            DebugOp::List => "debug_list",
+            DebugOp::Logs(_) => "debug_logs",
+            DebugOp::Detach(_) => "debug_detach",
+            DebugOp::Functions { .. } => "debug_functions",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DebugReply {
+    Sessions(Vec<DebugSession>),
+    Logs(DebugLogs),
+    Functions(DebugFunctions),
 }

@@ -54,6 +54,12 @@ pub trait ColonyControl {
     async fn metrics(q: MetricsQuery) -> Result<MetricsReport, QueryError>;
     /// The connection map (issue 5).
     async fn service_map(q: MapQuery) -> Result<ServiceMap, QueryError>;
+    /// `coral debug` (issue 12): forwarded to the agent hosting `service`
+    /// after the colony's audit record is written.
+    async fn debug(
+        service: String,
+        op: crate::debug::DebugOp,
+    ) -> Result<crate::debug::DebugReply, crate::debug::DebugError>;
 }
 
 /// The join exchange, served on the colony's public endpoint (TCP, the
@@ -98,4 +104,9 @@ pub trait AgentRpc {
     async fn exec_cancel(exec_id: String) -> Result<(), ExecError>;
     /// The agent's exec audit log, newest first.
     async fn audit(q: AuditQuery) -> Result<Vec<ExecAuditRecord>, ExecError>;
+    /// Live debugging (issue 12) on the process serving `service`.
+    async fn debug(
+        service: String,
+        op: crate::debug::DebugOp,
+    ) -> Result<crate::debug::DebugReply, crate::debug::DebugError>;
 }

@@ -1,6 +1,8 @@
 // A Go program for Coral's live-debugging tests (issue 12): functions with
 // arguments of each kind, several return instructions, recursion and a
-// sleep, called in a loop until the deadline given on the command line.
+// sleep, called in a loop until the deadline given on the command line. It
+// also listens on a loopback TCP port (accepting and closing), so that it can
+// be connected as a service; it prints "ready PID PORT".
 //
 //	debugee <period_ms> <seconds>
 package main
@@ -8,6 +10,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"time"
@@ -75,7 +78,20 @@ func main() {
 		period, _ = strconv.Atoi(os.Args[1])
 		seconds, _ = strconv.Atoi(os.Args[2])
 	}
-	fmt.Println("ready", os.Getpid())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	fmt.Println("ready", os.Getpid(), ln.Addr().(*net.TCPAddr).Port)
 	deadline := time.Now().Add(time.Duration(seconds) * time.Second)
 	total := 0
 	for i := 0; time.Now().Before(deadline); i++ {

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod config;
+mod debug;
 mod exec;
 pub mod mcp;
 pub(crate) mod mesh;
