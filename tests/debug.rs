@@ -138,13 +138,17 @@ fn assert_links_gone(ids: &[u64]) {
 }
 
 fn setup() -> (Env, App) {
+    setup_with("")
+}
+
+fn setup_with(extra: &str) -> (Env, App) {
     let env = Env::new("");
     let policy = env.root().join("policy.toml");
     std::fs::write(&policy, "version = 1\n").unwrap();
     std::fs::write(
         env.config_dir().join("config.toml"),
         format!(
-            "{FAST_CONFIG}\n[agent.exec]\npolicy = \"{}\"\n\n[agent.mesh]\nhelper_socket = \"{}\"\n",
+            "{FAST_CONFIG}\n[agent.exec]\npolicy = \"{}\"\n\n[agent.mesh]\nhelper_socket = \"{}\"\n{extra}",
             policy.display(),
             env.root().join("no-helper.sock").display()
         ),
@@ -323,5 +327,56 @@ fn kill_9_of_the_agent_leaves_no_probe() {
     assert!(
         app.child.try_wait().unwrap().is_none(),
         "the Go program died"
+    );
+}
+
+#[test]
+fn mcp_debug_tools_round_trip_only_with_allow_debug() {
+    if !root_or_skip("mcp_debug_tools_round_trip_only_with_allow_debug") {
+        return;
+    }
+    // FAST_CONFIG has [colony] and its tables; a second [colony.mcp] table
+    // is its own section.
+    let (env, _app) = setup_with("\n[colony.mcp]\nallow_debug = true\n");
+    let call = |name: &str, args: &str| -> Value {
+        let out = env.ok(&["mcp", "call", name, args]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{name}: {e}: {out}"))
+    };
+    let f = call(
+        "coral_debug_functions",
+        r#"{"service": "api", "pattern": "main.Classify"}"#,
+    );
+    assert_eq!(f["functions"][0]["name"], "main.Classify", "{f}");
+    let a = call(
+        "coral_debug_attach",
+        r#"{"service": "api", "functions": ["Classify"], "duration": "20s", "capture_args": true}"#,
+    );
+    let id = a["sessions"][0]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + T;
+    loop {
+        let l = call("coral_debug_logs", r#"{"service": "api"}"#);
+        let calls = l["calls"].as_array().unwrap();
+        if calls.len() >= 3 {
+            let r = calls[0]["results"][0]["value"].as_str().unwrap();
+            assert!(
+                ["\"negative\"", "\"zero\"", "\"even\"", "\"odd\""].contains(&r),
+                "{r}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no calls: {l}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let d = call(
+        "coral_debug_detach",
+        &format!(r#"{{"service": "api", "session": "{id}"}}"#),
+    );
+    assert_eq!(d["sessions"][0]["state"], "detached");
+    // Every call is in the colony's audit log with its CLI equivalent.
+    let audit = env.json(&["audit", "--json", "--since", "1h"]).to_string();
+    assert!(audit.contains("mcp coral_debug_attach"), "{audit}");
+    assert!(
+        audit.contains("coral debug attach api --function Classify --duration 20s --args"),
+        "{audit}"
     );
 }
