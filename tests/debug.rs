@@ -142,6 +142,12 @@ fn setup() -> (Env, App) {
 }
 
 fn setup_with(extra: &str) -> (Env, App) {
+    setup_full(extra, None)
+}
+
+/// With `helper`, the agent uses that coral-privhelper socket and keeps its
+/// default sandbox; without, it has no helper and runs unsandboxed.
+fn setup_full(extra: &str, helper: Option<&Path>) -> (Env, App) {
     let env = Env::new("");
     let policy = env.root().join("policy.toml");
     std::fs::write(&policy, "version = 1\n").unwrap();
@@ -150,7 +156,10 @@ fn setup_with(extra: &str) -> (Env, App) {
         format!(
             "{FAST_CONFIG}\n[agent.exec]\npolicy = \"{}\"\n\n[agent.mesh]\nhelper_socket = \"{}\"\n{extra}",
             policy.display(),
-            env.root().join("no-helper.sock").display()
+            helper
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| env.root().join("no-helper.sock"))
+                .display()
         ),
     )
     .unwrap();
@@ -158,11 +167,11 @@ fn setup_with(extra: &str) -> (Env, App) {
     let app = App::start(&bin);
     env.start_colony();
     // Landlock scopes ptrace-class access (/proc/PID/exe, fd, maps) to the
-    // agent's own domain, so a sandboxed agent cannot yet find or read
-    // another process's binary (that moves into coral-privhelper next);
-    // until then the agent runs here with --sandbox off.
+    // agent's own domain: a sandboxed agent finds and reads another
+    // process's binary only through coral-privhelper (OpenTarget).
+    let sandbox = if helper.is_some() { "enforce" } else { "off" };
     let out = env
-        .command(&["agent", "start", "--daemon", "--sandbox", "off"])
+        .command(&["agent", "start", "--daemon", "--sandbox", sandbox])
         .output()
         .unwrap();
     assert!(out.status.success(), "agent start: {}", stderr(&out));
@@ -379,4 +388,118 @@ fn mcp_debug_tools_round_trip_only_with_allow_debug() {
         audit.contains("coral debug attach api --function Classify --duration 20s --args"),
         "{audit}"
     );
+}
+
+struct Helper {
+    child: Child,
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real coral-privhelper next to the coral binary (`cargo test
+/// --workspace` builds it), on a private socket.
+fn start_helper(test: &str) -> Option<Helper> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = Path::new(CORAL).with_file_name("coral-privhelper");
+    if !bin.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: {} is not built (CI=true: failing instead of skipping)",
+            bin.display()
+        );
+        eprintln!("SKIP {test}: build coral-privhelper first (cargo build -p coral-privhelper)");
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("cdebug-helper")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("privhelper.sock");
+    let conf = dir.path().join("privhelper.conf");
+    std::fs::write(&conf, "allow_uid = 65534\n").unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = dir.path().join("helper.log");
+    let child = Command::new(bin)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&conf)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "helper did not bind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Helper {
+        child,
+        _dir: dir,
+        socket,
+        log,
+    })
+}
+
+#[test]
+fn a_sandboxed_agent_debugs_through_the_helper() {
+    if !root_or_skip("a_sandboxed_agent_debugs_through_the_helper") {
+        return;
+    }
+    let Some(helper) = start_helper("a_sandboxed_agent_debugs_through_the_helper") else {
+        return;
+    };
+    let (env, app) = setup_full("", Some(&helper.socket));
+    let agent = env.pid_of("agent").expect("agent pid");
+    let status = std::fs::read_to_string(format!("/proc/{agent}/status")).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "the agent is not sandboxed");
+    let f = env.json(&["debug", "functions", "api", "main.Greet", "--json"]);
+    assert_eq!(f["pid"], app.child.id());
+    let s = env.json(&[
+        "debug",
+        "attach",
+        "api",
+        "--function",
+        "Greet",
+        "--duration",
+        "20s",
+        "--args",
+        "--json",
+    ]);
+    assert_eq!(s["attached_via"], "coral-privhelper", "{s}");
+    let id = s["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + T;
+    loop {
+        let out = env.ok(&["debug", "logs", "api", "--session", &id, "--json"]);
+        if out.lines().count() >= 3 {
+            let c: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+            assert_eq!(c["args"][0]["value"], "\"coral\"", "{c}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no calls");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let held = link_ids(agent);
+    assert_eq!(held.len() as u64, s["attach_points"].as_u64().unwrap());
+    assert!(
+        link_ids(helper.child.id() as i32).is_empty(),
+        "the helper keeps no link"
+    );
+    env.ok(&["debug", "detach", "api", "--all"]);
+    assert_links_gone(&held);
+    let log = std::fs::read_to_string(&helper.log).unwrap();
+    assert!(log.contains("req=open_target"), "{log}");
+    assert!(log.contains("function=\"main.Greet\" outcome=ok"), "{log}");
 }

@@ -161,6 +161,24 @@ impl Client {
 }
 
 impl Client {
+    /// `OpenTarget`: the process `pid` (or, with 0, the one listening on
+    /// TCP `port`), its executable's path and a read-only fd of it.
+    pub fn open_target(
+        &mut self,
+        pid: u32,
+        port: u16,
+    ) -> Result<(u32, String, OwnedFd), ClientError> {
+        match self.call(&Request::OpenTarget { pid, port })? {
+            (Response::TargetOpened { pid, path }, mut fds) => Ok((
+                pid,
+                path,
+                fds.pop()
+                    .ok_or_else(|| ClientError::Protocol("no fd".into()))?,
+            )),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
     /// Asks the helper to load its embedded object `name` (with the hash
     /// this build embeds) and attach every program; releases the helper's
     /// copies before returning, so the fds returned are the only ones.

@@ -49,6 +49,7 @@ const T_BPF_LOAD: u8 = 0x10;
 const T_BPF_ATTACH: u8 = 0x11;
 const T_BPF_RELEASE: u8 = 0x12;
 const T_UPROBE_ATTACH: u8 = 0x13;
+const T_OPEN_TARGET: u8 = 0x14;
 // Response types.
 const T_HELLO_OK: u8 = 0x81;
 const T_TUN_CREATED: u8 = 0x82;
@@ -57,6 +58,7 @@ const T_BPF_LOADED: u8 = 0x90;
 const T_BPF_ATTACHED: u8 = 0x91;
 const T_BPF_RELEASED: u8 = 0x92;
 const T_UPROBE_ATTACHED: u8 = 0x93;
+const T_TARGET_OPENED: u8 = 0x94;
 const T_ERROR: u8 = 0xFF;
 
 /// Why a frame was rejected. The server answers each with an error response
@@ -188,6 +190,12 @@ pub enum Request {
     /// Go return instructions) and checks the file is mapped in `pid`. The
     /// reply carries the BPF link fd: closing it detaches.
     UprobeAttach(UprobePoint),
+    /// Find the process to probe (`pid`, or with `pid` 0 the process
+    /// listening on TCP `port`) and open its executable read-only: a
+    /// sandboxed caller cannot look into other processes itself. Only a
+    /// process of the caller's own uid (any, for root). The reply carries
+    /// the executable's fd.
+    OpenTarget { pid: u32, port: u16 },
 }
 
 /// Where `UprobeAttach` puts a probe.
@@ -213,6 +221,7 @@ impl Request {
             Request::BpfAttach { .. } => "bpf_attach",
             Request::BpfRelease => "bpf_release",
             Request::UprobeAttach(_) => "uprobe_attach",
+            Request::OpenTarget { .. } => "open_target",
         }
     }
 }
@@ -293,6 +302,11 @@ pub enum Response {
     UprobeAttached {
         probe_id: u32,
     },
+    /// Carries the executable's fd; `path` is where it is mapped from.
+    TargetOpened {
+        pid: u32,
+        path: String,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -306,7 +320,8 @@ impl Response {
             Response::TunCreated { .. }
             | Response::Key { .. }
             | Response::BpfAttached { .. }
-            | Response::UprobeAttached { .. } => 1,
+            | Response::UprobeAttached { .. }
+            | Response::TargetOpened { .. } => 1,
             Response::BpfLoaded { maps, progs } => usize::from(*maps) + usize::from(*progs),
             _ => 0,
         }
@@ -481,6 +496,16 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
             offset: c.u64()?,
             path: c.path()?,
         }),
+        T_OPEN_TARGET => {
+            let pid = c.u32()?;
+            let port = c.u16()?;
+            if pid == 0 && port == 0 {
+                return Err(DecodeError::InvalidField(
+                    "open_target: give a pid or a port",
+                ));
+            }
+            Request::OpenTarget { pid, port }
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     c.finish()?;
@@ -521,6 +546,10 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
         T_BPF_ATTACHED => Response::BpfAttached { prog: c.u8()? },
         T_BPF_RELEASED => Response::BpfReleased,
         T_UPROBE_ATTACHED => Response::UprobeAttached { probe_id: c.u32()? },
+        T_TARGET_OPENED => Response::TargetOpened {
+            pid: c.u32()?,
+            path: c.path()?,
+        },
         T_ERROR => {
             let code = ErrorCode::from_u8(c.u8()?);
             let len = usize::from(c.u16()?);
@@ -596,6 +625,11 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
             pl.extend_from_slice(path);
             frame(T_UPROBE_ATTACH, &pl)
         }
+        Request::OpenTarget { pid, port } => {
+            let mut pl = pid.to_be_bytes().to_vec();
+            pl.extend_from_slice(&port.to_be_bytes());
+            frame(T_OPEN_TARGET, &pl)
+        }
     }
 }
 
@@ -615,6 +649,13 @@ pub fn encode_response(resp: &Response) -> Vec<u8> {
         Response::BpfAttached { prog } => frame(T_BPF_ATTACHED, &[*prog]),
         Response::BpfReleased => frame(T_BPF_RELEASED, &[]),
         Response::UprobeAttached { probe_id } => frame(T_UPROBE_ATTACHED, &probe_id.to_be_bytes()),
+        Response::TargetOpened { pid, path } => {
+            let path = &path.as_bytes()[..path.len().min(MAX_PATH)];
+            let mut pl = pid.to_be_bytes().to_vec();
+            pl.push(path.len() as u8);
+            pl.extend_from_slice(path);
+            frame(T_TARGET_OPENED, &pl)
+        }
         Response::Error { code, message } => {
             let mut end = message.len().min(MAX_MESSAGE);
             while !message.is_char_boundary(end) {
@@ -666,6 +707,8 @@ mod tests {
                 offset: 0x4a_5b6c,
                 path: "/usr/bin/app".into(),
             }),
+            Request::OpenTarget { pid: 0, port: 8080 },
+            Request::OpenTarget { pid: 42, port: 0 },
         ] {
             let f = encode_request(&req);
             assert_eq!(decode_request_frame(&f), Ok((req, f.len())));
@@ -685,6 +728,10 @@ mod tests {
             Response::BpfAttached { prog: 19 },
             Response::BpfReleased,
             Response::UprobeAttached { probe_id: 9 },
+            Response::TargetOpened {
+                pid: 7,
+                path: "/srv/app".into(),
+            },
             Response::Error {
                 code: ErrorCode::Refused,
                 message: "no".into(),

@@ -514,6 +514,35 @@ fn handle(
                 }
             }
         }
+        Request::OpenTarget { pid: want, port } => {
+            let what = format!("pid={want} port={port}");
+            match uprobe::open_target(want, port, uid) {
+                Ok((found, path, file)) => {
+                    let r = Response::TargetOpened { pid: found, path };
+                    let res = wire::send_frame(
+                        stream,
+                        &protocol::encode_response(&r),
+                        Some(file.as_fd()),
+                    );
+                    let Response::TargetOpened { path, .. } = r else {
+                        unreachable!()
+                    };
+                    sent(
+                        res,
+                        format!("{what} outcome=ok target={found} path={path:?}"),
+                    )
+                }
+                Err(e) => {
+                    let code = match e {
+                        bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
+                        _ => ErrorCode::Failed,
+                    };
+                    let msg = e.to_string();
+                    let _ = reply(stream, &error(code, msg.clone()));
+                    (format!("{what} outcome=failed ({msg})"), true)
+                }
+            }
+        }
         Request::BpfRelease => {
             let had = session.take().is_some();
             sent(

@@ -168,6 +168,77 @@ impl Checker {
     }
 }
 
+/// The pid of the process listening on TCP `port` on loopback or any
+/// address (IPv4 or IPv6): the socket inode from `/proc/net/tcp{,6}`, then
+/// the first process holding it among those whose fds can be read.
+pub fn find_listener(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(s) = fs::read_to_string(table) else {
+            continue;
+        };
+        for l in s.lines().skip(1) {
+            let f: Vec<_> = l.split_whitespace().collect();
+            // local_address is "ADDR:PORT" in hex; st 0A is LISTEN.
+            if f.len() > 9
+                && f[3] == "0A"
+                && f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+            {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for p in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(l) = fs::read_link(fd.path())
+                && inodes.iter().any(|i| l.as_os_str() == i.as_str())
+            {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// `OpenTarget`: the process (`pid`, or the listener on `port` when `pid`
+/// is 0) if it belongs to `caller_uid` (any process for root), its
+/// executable's path as `/proc/PID/exe` names it, and the executable opened
+/// read-only.
+pub fn open_target(pid: u32, port: u16, caller_uid: u32) -> Result<(u32, String, File), BpfError> {
+    let pid = match pid {
+        0 => find_listener(port)
+            .ok_or_else(|| invalid(format!("no process listens on TCP port {port}")))?,
+        p => p,
+    };
+    let owner = process_uid(pid)?;
+    if caller_uid != 0 && caller_uid != owner {
+        return Err(invalid(format!(
+            "process {pid} belongs to uid {owner}; uid {caller_uid} may only probe its own processes"
+        )));
+    }
+    let exe = format!("/proc/{pid}/exe");
+    let path = fs::read_link(&exe)
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .filter(|p| p.starts_with('/') && p.len() <= crate::protocol::MAX_PATH && !p.contains('\0'))
+        .unwrap_or_else(|| exe.clone());
+    let file = File::open(&exe).map_err(|e| invalid(format!("cannot open {exe}: {e}")))?;
+    Ok((pid, path, file))
+}
+
 fn read_sysfs(path: &str) -> Result<String, BpfError> {
     fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
@@ -278,6 +349,23 @@ pub fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_is_found_and_opened() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = std::process::id();
+        assert_eq!(find_listener(port), Some(me));
+        let uid = nix::unistd::getuid().as_raw();
+        let (pid, path, mut f) = open_target(0, port, uid).unwrap();
+        assert_eq!(pid, me);
+        assert_eq!(Path::new(&path), fs::read_link("/proc/self/exe").unwrap());
+        let mut head = [0u8; 4];
+        f.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"\x7fELF");
+        drop(l);
+        assert!(open_target(0, port, uid).is_err());
+    }
 
     #[test]
     fn devices_split_like_the_kernel() {

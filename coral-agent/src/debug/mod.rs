@@ -34,7 +34,7 @@ pub(crate) async fn handle(
         let d = &shared.debug;
         let pid = || {
             let services = shared.services_snapshot();
-            Debugger::target_pid(&DebugTarget::Service(service.clone()), |name| {
+            d.target_pid(&DebugTarget::Service(service.clone()), |name| {
                 services
                     .iter()
                     .find(|s| s.spec.name == name)

@@ -118,50 +118,6 @@ fn realtime_minus_monotonic_ns() -> i128 {
     r - (m1 + m2) / 2
 }
 
-/// The pid of the process listening on TCP `port` (IPv4 or IPv6), among
-/// the processes whose fds this agent may read.
-pub fn find_listener(port: u16) -> Option<u32> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(s) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for l in s.lines().skip(1) {
-            let f: Vec<_> = l.split_whitespace().collect();
-            // local_address is "ADDR:PORT" in hex; st 0A is LISTEN.
-            if f.len() > 9
-                && f[3] == "0A"
-                && f[1]
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-                    == Some(port)
-            {
-                inodes.push(format!("socket:[{}]", f[9]));
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return None;
-    }
-    for p in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(l) = std::fs::read_link(fd.path())
-                && inodes.iter().any(|i| l.as_os_str() == i.as_str())
-            {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
-
 /// Refuses runtimes the probes cannot follow, naming what is supported.
 fn check_runtime(exe: &Path) -> Result<(), DebugError> {
     let name = exe
@@ -310,8 +266,11 @@ impl Debugger {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The pid of a target; `port_of` maps a service name to its port.
+    /// The pid of a target; `port_of` maps a service name to its port. A
+    /// sandboxed agent cannot see other processes' sockets (landlock scopes
+    /// `/proc/PID/fd`), so then coral-privhelper finds the listener.
     pub fn target_pid(
+        &self,
         target: &DebugTarget,
         port_of: impl Fn(&str) -> Option<u16>,
     ) -> Result<u32, DebugError> {
@@ -321,23 +280,58 @@ impl Debugger {
                 let port = port_of(s).ok_or_else(|| {
                     DebugError::NotFound(format!("no service '{s}' on this agent"))
                 })?;
-                find_listener(port).ok_or_else(|| {
-                    DebugError::NotFound(format!(
-                        "no process of this user listens on port {port} (service '{s}')"
-                    ))
-                })
+                if let Some(pid) = coral_privhelper::uprobe::find_listener(port) {
+                    return Ok(pid);
+                }
+                let helper = coral_privhelper::Client::connect(&self.helper_socket)
+                    .and_then(|mut c| c.open_target(0, port));
+                match helper {
+                    Ok((pid, _, _)) => Ok(pid),
+                    Err(e) => Err(DebugError::NotFound(format!(
+                        "cannot find the process listening on port {port} (service '{s}'): {e}"
+                    ))),
+                }
             }
         }
     }
 
-    fn index_of(pid: u32) -> Result<(PathBuf, Index), DebugError> {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| {
-            DebugError::NotFound(format!("cannot read process {pid}'s binary: {e}"))
-        })?;
-        check_runtime(&exe)?;
-        let idx = Index::open(Path::new(&format!("/proc/{pid}/exe")))
-            .map_err(|e| DebugError::Unsupported(e.to_string()))?;
-        Ok((exe, idx))
+    /// The binary of `pid`, indexed: read directly, or (a sandboxed agent
+    /// cannot open another process's `/proc/PID/exe`) from the fd
+    /// coral-privhelper opens.
+    fn index_of(&self, pid: u32) -> Result<(PathBuf, Index), DebugError> {
+        let exe = format!("/proc/{pid}/exe");
+        let direct = std::fs::read_link(&exe)
+            .map_err(|e| e.to_string())
+            .and_then(|path| {
+                check_runtime(&path).map_err(|e| format!("refused: {e}"))?;
+                std::fs::read(&exe)
+                    .map(|data| (path, data))
+                    .map_err(|e| e.to_string())
+            });
+        let (path, data) = match direct {
+            Ok(x) => x,
+            Err(e) if e.starts_with("refused: ") => {
+                return Err(DebugError::Unsupported(e["refused: ".len()..].to_string()));
+            }
+            Err(direct) => {
+                let (_, path, fd) = coral_privhelper::Client::connect(&self.helper_socket)
+                    .and_then(|mut c| c.open_target(pid, 0))
+                    .map_err(|e| {
+                        DebugError::NotFound(format!(
+                            "cannot read process {pid}'s binary ({direct}), nor through coral-privhelper: {e}"
+                        ))
+                    })?;
+                let path = PathBuf::from(path);
+                check_runtime(&path)?;
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut data)
+                    .map_err(|e| DebugError::Failed(format!("read {}: {e}", path.display())))?;
+                (path, data)
+            }
+        };
+        let idx =
+            Index::from_bytes(&path, data).map_err(|e| DebugError::Unsupported(e.to_string()))?;
+        Ok((path, idx))
     }
 
     /// `coral debug functions`: what can be probed in `pid`'s binary.
@@ -347,7 +341,7 @@ impl Debugger {
         pattern: &str,
         limit: usize,
     ) -> Result<DebugFunctions, DebugError> {
-        let (exe, idx) = Self::index_of(pid)?;
+        let (exe, idx) = self.index_of(pid)?;
         let all: Vec<_> = idx.matching(pattern).collect();
         Ok(DebugFunctions {
             pid,
@@ -403,7 +397,7 @@ impl Debugger {
                 )));
             }
         }
-        let (exe, idx) = Self::index_of(pid)?;
+        let (exe, idx) = self.index_of(pid)?;
         let mut probes = Vec::new();
         for name in &req.functions {
             let f = idx.resolve(name).map_err(DebugError::NotFound)?.clone();
@@ -444,6 +438,10 @@ impl Debugger {
                 .map_err(|e| DebugError::Failed(e.to_string()))?;
         let go = idx.lang == Lang::Go;
         let base = if go { CFG_GO } else { 0 } | if req.capture_args { CFG_ARGS } else { 0 };
+        // The helper (or this process) opens the binary through the
+        // process itself, so a deleted or replaced file is still the one
+        // mapped.
+        let attach_path = format!("/proc/{pid}/exe");
         let path = exe.display().to_string();
         let mut links = Vec::with_capacity(points);
         for (i, p) in probes.iter().enumerate() {
@@ -459,7 +457,7 @@ impl Debugger {
                 kind,
                 pid,
                 offset,
-                path: path.clone(),
+                path: attach_path.clone(),
             };
             let attach = |obj: &mut UprobeObject, pt: UprobePoint| {
                 obj.attach(&pt).map_err(|e| {
