@@ -39,6 +39,11 @@ pub struct DebugProbe {
     /// Arguments as `name type` (from DWARF; empty without it).
     pub params: Vec<String>,
     pub hits: u64,
+    /// Its measured cost over the last window: hits × the cost of one hit,
+    /// in µs of CPU per second.
+    pub cost_us_per_s: u64,
+    /// `attached`, or why it was detached (`detached: over budget ...`).
+    pub state: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

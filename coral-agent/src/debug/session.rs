@@ -41,6 +41,12 @@ pub struct Limits {
     pub max_calls_kept: usize,
     /// Ended sessions kept for `debug logs`.
     pub max_ended_kept: usize,
+    /// What one probe hit costs the traced program (the uprobe trap and
+    /// the program), in ns; about 15 µs on the VMs Coral is tested on.
+    pub hit_cost_ns: u64,
+    /// A probe whose hits cost more than this many µs of CPU per second
+    /// (1,000 = 0.1 % of one CPU) over a window is detached.
+    pub budget_us_per_s: u64,
 }
 
 impl Default for Limits {
@@ -52,6 +58,8 @@ impl Default for Limits {
             ring_bytes: 1 << 20,
             max_calls_kept: 10_000,
             max_ended_kept: 16,
+            hit_cost_ns: 15_000,
+            budget_us_per_s: 20_000,
         }
     }
 }
@@ -72,7 +80,8 @@ struct Open {
 
 /// The kernel side of an active session; dropping it detaches.
 struct Live {
-    _links: Vec<OwnedFd>,
+    /// Each attach point's link, with the index of its probe.
+    links: Vec<(usize, OwnedFd)>,
     ring: RingBuf<MapData>,
     hits: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
@@ -89,6 +98,8 @@ struct Session {
     go_open: HashMap<(u64, u64, usize), Open>,
     native_open: HashMap<(u32, usize), Vec<Open>>,
     calls: VecDeque<DebugCall>,
+    /// The budget window: when it started and each probe's hits then.
+    window: (Instant, Vec<u64>),
 }
 
 /// The agent's debug sessions.
@@ -464,18 +475,18 @@ impl Debugger {
                     DebugError::Failed(format!("attach {} at {:#x}: {e}", p.func.name, pt.offset))
                 })
             };
-            links.push(attach(
-                &mut obj,
-                point(entry_id, KIND_ENTRY, p.func.offset),
-            )?);
+            links.push((
+                i,
+                attach(&mut obj, point(entry_id, KIND_ENTRY, p.func.offset))?,
+            ));
             let kind = if go { KIND_RET_INSN } else { KIND_URETPROBE };
             for off in &p.return_offsets {
-                links.push(attach(&mut obj, point(ret_id, kind, *off))?);
+                links.push((i, attach(&mut obj, point(ret_id, kind, *off))?));
             }
         }
         obj.release();
         let live = Live {
-            _links: links,
+            links,
             ring: RingBuf::try_from(Map::RingBuf(open_map(&obj.maps[0])?))
                 .map_err(|e| DebugError::Failed(e.to_string()))?,
             hits: Array::try_from(Map::Array(open_map(&obj.maps[2])?))
@@ -501,6 +512,8 @@ impl Debugger {
                     return_offsets: p.return_offsets.clone(),
                     params: p.func.params.iter().map(describe).collect(),
                     hits: 0,
+                    cost_us_per_s: 0,
+                    state: "attached".into(),
                 })
                 .collect(),
             attach_points: points as u32,
@@ -521,6 +534,7 @@ impl Debugger {
             go_open: HashMap::new(),
             native_open: HashMap::new(),
             calls: VecDeque::new(),
+            window: (Instant::now(), vec![0; req.functions.len()]),
         });
         Ok(info)
     }
@@ -534,6 +548,7 @@ impl Debugger {
         let now = Instant::now();
         for s in sessions.iter_mut() {
             s.drain(seq, self.limits.max_calls_kept);
+            s.check_budget(&self.limits);
             if s.live.is_some() && now >= s.expires {
                 s.end("expired");
             }
@@ -620,6 +635,36 @@ fn lang_name(l: Lang) -> &'static str {
 }
 
 impl Session {
+    /// Detaches every probe whose cost over the last window (at least
+    /// 500 ms) is above the budget: hits × the cost of one hit.
+    fn check_budget(&mut self, limits: &Limits) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let elapsed = self.window.0.elapsed();
+        if elapsed < Duration::from_millis(500) {
+            return;
+        }
+        for (i, p) in self.info.probes.iter_mut().enumerate() {
+            let before = self.window.1.get(i).copied().unwrap_or(0);
+            let hits = p.hits.saturating_sub(before);
+            let cost_us = hits.saturating_mul(limits.hit_cost_ns) / 1000;
+            p.cost_us_per_s = (cost_us as f64 / elapsed.as_secs_f64()) as u64;
+            if p.state == "attached" && p.cost_us_per_s > limits.budget_us_per_s {
+                live.links.retain(|(probe, _)| *probe != i);
+                p.state = format!(
+                    "detached: over budget ({} µs/s of CPU > {} µs/s)",
+                    p.cost_us_per_s, limits.budget_us_per_s
+                );
+                tracing::info!(session = %self.info.id, function = %p.function, cost_us_per_s = p.cost_us_per_s, "debug probe over budget; detached");
+            }
+        }
+        self.window = (
+            Instant::now(),
+            self.info.probes.iter().map(|p| p.hits).collect(),
+        );
+    }
+
     fn end(&mut self, why: &str) {
         // Dropping the links removes every probe of the session.
         self.live = None;

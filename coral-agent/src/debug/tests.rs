@@ -145,7 +145,7 @@ mod live {
     use crate::debug::{Debugger, Limits};
 
     /// The tests count this process's BPF links: one at a time.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    pub(super) static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     fn root_or_skip(test: &str) -> bool {
         let ok = nix::unistd::geteuid().is_root()
@@ -214,7 +214,14 @@ mod live {
         let bin = go_build(dir.path(), "debugee", &[]);
         let app = App::start(&bin, 10);
         let pid = app.0.id();
-        let d = Debugger::new("/nonexistent/cdebug.sock".into(), Limits::default());
+        // Fib(5) runs ~1,500 times a second here: no budget in this test.
+        let d = Debugger::new(
+            "/nonexistent/cdebug.sock".into(),
+            Limits {
+                budget_us_per_s: u64::MAX,
+                ..Limits::default()
+            },
+        );
         let before = link_ids();
         let t0 = Instant::now();
         let s = d
@@ -358,5 +365,79 @@ mod live {
             );
             assert!(e.to_string().contains("Go (1.17 or newer)"), "{e}");
         }
+    }
+}
+
+mod budget {
+    //! Issue 12: the CPU budget breaker detaches a probe whose measured
+    //! cost is over budget, within 2 s, and says so.
+
+    use std::time::{Duration, Instant};
+
+    use coral_proto::debug::{DebugAttachRequest, DebugTarget};
+
+    use crate::debug::{Debugger, Limits};
+
+    #[test]
+    fn a_probe_over_its_budget_is_detached_within_two_seconds() {
+        if !nix::unistd::geteuid().is_root()
+            || !std::path::Path::new("/sys/bus/event_source/devices/uprobe/type").exists()
+            || !super::have("go")
+        {
+            eprintln!("SKIP: needs root, the uprobe PMU and go");
+            return;
+        }
+        let _serial = super::live::SERIAL
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let bin = super::go_build(dir.path(), "debugee", &[]);
+        let mut app = std::process::Command::new(&bin)
+            .args(["2", "60"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // Nap runs ~400 times a second here (entry + return hits): at
+        // 15 µs a hit that is ~6 ms/s, over a 1 ms/s budget. Classify
+        // has fewer points per call but the same rate.
+        let d = Debugger::new(
+            "/nonexistent/cdebug.sock".into(),
+            Limits {
+                budget_us_per_s: 1_000,
+                ..Limits::default()
+            },
+        );
+        let s = d
+            .attach(
+                app.id(),
+                &DebugAttachRequest {
+                    target: DebugTarget::Pid(app.id()),
+                    functions: vec!["Nap".into()],
+                    ttl_ms: 30_000,
+                    capture_args: false,
+                },
+            )
+            .unwrap();
+        let t0 = Instant::now();
+        let tripped = loop {
+            d.poll();
+            let l = d.list();
+            let p = &l.iter().find(|x| x.id == s.id).unwrap().probes[0];
+            if p.state.starts_with("detached: over budget") {
+                break t0.elapsed();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(2), "not tripped: {p:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        eprintln!("budget breaker tripped after {tripped:?}");
+        // Its links are closed: hits stop growing.
+        let hits = |d: &Debugger| d.list()[0].probes[0].hits;
+        let h1 = hits(&d);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(hits(&d), h1, "hits grow after the breaker tripped");
+        assert_eq!(d.list()[0].state, "active");
+        let _ = app.kill();
+        let _ = app.wait();
     }
 }

@@ -132,7 +132,13 @@ fn session_table(list: &[DebugSession]) -> String {
         let funcs: Vec<String> = s
             .probes
             .iter()
-            .map(|p| format!("{} ({})", p.function, p.hits))
+            .map(|p| {
+                if p.state == "attached" {
+                    format!("{} ({})", p.function, p.hits)
+                } else {
+                    format!("{} ({}; {})", p.function, p.hits, p.state)
+                }
+            })
             .collect();
         let left = if s.state == "active" {
             format!("{}s", secs_left(s))
@@ -196,6 +202,25 @@ fn call_line(c: &DebugCall) -> String {
     line
 }
 
+/// Appends, once each, a note for every probe that was detached early
+/// (over its CPU budget); returns whether any was added.
+fn after_printed_notes(
+    done: &mut std::collections::HashSet<(String, String)>,
+    sessions: &[DebugSession],
+    text: &mut String,
+) -> bool {
+    let mut any = false;
+    for s in sessions {
+        for p in s.probes.iter().filter(|p| p.state != "attached") {
+            if done.insert((s.id.clone(), p.function.clone())) {
+                text.push_str(&format!("note: {} {}: {}\n", s.id, p.function, p.state));
+                any = true;
+            }
+        }
+    }
+    any
+}
+
 pub(super) async fn run(cmd: DebugCmd) -> anyhow::Result<()> {
     match cmd {
         DebugCmd::Attach(a) => {
@@ -248,6 +273,7 @@ pub(super) async fn run(cmd: DebugCmd) -> anyhow::Result<()> {
             json,
         } => {
             let mut after = 0;
+            let mut notes_done = std::collections::HashSet::new();
             loop {
                 let r = call(
                     &service,
@@ -270,6 +296,9 @@ pub(super) async fn run(cmd: DebugCmd) -> anyhow::Result<()> {
                     } else {
                         text.push_str(&call_line(c));
                     }
+                }
+                if !json {
+                    after_printed_notes(&mut notes_done, &logs.sessions, &mut text);
                 }
                 out(&text)?;
                 let active = logs.sessions.iter().any(|s| s.state == "active");
