@@ -75,6 +75,8 @@ struct Probe {
 
 struct Open {
     start_ns: u64,
+    /// The session's event count when it opened (see `go_last`).
+    at: u64,
     ev: UprobeEvent,
 }
 
@@ -96,6 +98,13 @@ struct Session {
     expires: Instant,
     clock_offset_ns: i128,
     go_open: HashMap<(u64, u64, usize), Open>,
+    /// Per goroutine, the session's event count at its last event: an
+    /// entry at an open key right after that key's own entry, on a moved
+    /// stack, is the prologue re-run after `morestack`; otherwise the open
+    /// call was left by a panic (or its goroutine ended and `g` was reused)
+    /// and the new entry replaces it.
+    go_last: HashMap<u64, u64>,
+    events_seen: u64,
     native_open: HashMap<(u32, usize), Vec<Open>>,
     calls: VecDeque<DebugCall>,
     /// The budget window: when it started and each probe's hits then.
@@ -532,6 +541,8 @@ impl Debugger {
             expires: Instant::now() + Duration::from_millis(ttl),
             clock_offset_ns: realtime_minus_monotonic_ns(),
             go_open: HashMap::new(),
+            go_last: HashMap::new(),
+            events_seen: 0,
             native_open: HashMap::new(),
             calls: VecDeque::new(),
             window: (Instant::now(), vec![0; req.functions.len()]),
@@ -670,6 +681,7 @@ impl Session {
         self.live = None;
         self.info.state = why.into();
         self.go_open.clear();
+        self.go_last.clear();
         self.native_open.clear();
     }
 
@@ -709,16 +721,34 @@ impl Session {
             return;
         }
         let entry = ev.kind == KIND_ENTRY;
+        self.events_seen += 1;
+        let at = self.events_seen;
         let opened = match self.lang {
             Lang::Go => {
                 let key = (ev.g, ev.go_depth(), fi);
+                let last = self.go_last.insert(ev.g, at);
                 if entry {
-                    // Seen again at an open key: the prologue re-ran after
-                    // morestack; keep the first.
-                    self.go_open.entry(key).or_insert(Open {
-                        start_ns: ev.ktime_ns,
-                        ev,
-                    });
+                    match self.go_open.get(&key) {
+                        // The prologue re-ran after morestack: the stack
+                        // moved (a new stack top) and nothing happened on
+                        // the goroutine in between. Keep the call.
+                        Some(open) if Some(open.at) == last && open.ev.stack_hi != ev.stack_hi => {
+                            if let Some(o) = self.go_open.get_mut(&key) {
+                                o.at = at;
+                            }
+                        }
+                        // New, or the open one was abandoned by a panic.
+                        _ => {
+                            self.go_open.insert(
+                                key,
+                                Open {
+                                    start_ns: ev.ktime_ns,
+                                    at,
+                                    ev,
+                                },
+                            );
+                        }
+                    }
                     return;
                 }
                 self.go_open.remove(&key)
@@ -728,6 +758,7 @@ impl Session {
                 if entry {
                     self.native_open.entry(key).or_default().push(Open {
                         start_ns: ev.ktime_ns,
+                        at,
                         ev,
                     });
                     return;

@@ -441,3 +441,138 @@ mod budget {
         let _ = app.wait();
     }
 }
+
+mod pairing {
+    //! Issue 12: entry/return pairing under 1,000 goroutines whose stacks
+    //! grow (copied by the runtime mid-call, the entry probe firing twice),
+    //! and calls abandoned by a panic that must not swallow the next call.
+
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use coral_proto::debug::{DebugAttachRequest, DebugLogsRequest, DebugTarget};
+
+    use crate::debug::{Debugger, Limits};
+
+    #[test]
+    fn thousand_goroutines_with_stack_growth_and_panics_pair_right() {
+        if !nix::unistd::geteuid().is_root()
+            || !std::path::Path::new("/sys/bus/event_source/devices/uprobe/type").exists()
+            || !super::have("go")
+        {
+            eprintln!("SKIP: needs root, the uprobe PMU and go");
+            return;
+        }
+        let _serial = super::live::SERIAL
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("goroutines.go");
+        std::fs::write(&src, include_str!("../../../tests/targets/goroutines.go")).unwrap();
+        let bin = dir.path().join("goroutines");
+        assert!(
+            Command::new("go")
+                .args(["build", "-o"])
+                .arg(&bin)
+                .arg(&src)
+                .env("GOCACHE", dir.path().join("gocache"))
+                .env("GOPATH", dir.path().join("gopath"))
+                .env("GO111MODULE", "off")
+                .env("CGO_ENABLED", "0")
+                .status()
+                .unwrap()
+                .success()
+        );
+        const ROUNDS: u64 = 3;
+        let mut app = Command::new(&bin)
+            .args([ROUNDS.to_string(), "1500".into()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(app.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let d = Debugger::new(
+            "/nonexistent/cdebug.sock".into(),
+            Limits {
+                budget_us_per_s: u64::MAX,
+                ring_bytes: 16 << 20,
+                ..Limits::default()
+            },
+        );
+        let s = d
+            .attach(
+                app.id(),
+                &DebugAttachRequest {
+                    target: DebugTarget::Pid(app.id()),
+                    functions: vec!["Work".into(), "Risky".into()],
+                    ttl_ms: 60_000,
+                    capture_args: true,
+                },
+            )
+            .unwrap();
+        // Poll while the rounds run, until the program says done.
+        line.clear();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let reader = std::thread::spawn(move || {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            l
+        });
+        while !reader.is_finished() {
+            assert!(Instant::now() < deadline, "the program did not finish");
+            d.poll();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(reader.join().unwrap().starts_with("done"));
+        d.poll();
+        let logs = d
+            .logs(&DebugLogsRequest {
+                session: Some(s.id.clone()),
+                after_seq: 0,
+                limit: 10_000,
+            })
+            .unwrap();
+        let sess = &logs.sessions[0];
+        assert_eq!(sess.dropped, 0, "ring too small for the test");
+        let work: Vec<_> = logs
+            .calls
+            .iter()
+            .filter(|c| c.function == "main.Work")
+            .collect();
+        let risky: Vec<_> = logs
+            .calls
+            .iter()
+            .filter(|c| c.function == "main.Risky")
+            .collect();
+        let want = ROUNDS * 1000;
+        eprintln!(
+            "Work: {} paired of {want}; Risky: {} returned of {} calls (1/3 panic)",
+            work.len(),
+            risky.len(),
+            want * 3
+        );
+        // Every Work call paired, once, with its own argument.
+        assert_eq!(work.len() as u64, want);
+        let mut ids: Vec<i64> = work
+            .iter()
+            .map(|c| c.args[0].value.parse().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 1000);
+        // Risky returns only when i % 3 != 0; the panicked calls never
+        // pair, and never swallow the next call on their goroutine.
+        assert_eq!(risky.len() as u64, want * 2);
+        for c in &risky {
+            let i: i64 = c.args[0].value.parse().unwrap();
+            assert_ne!(i % 3, 0, "a panicked call paired: {c:?}");
+            assert_eq!(c.results[0].value, i.to_string(), "{c:?}");
+            // Wall time: 1,000 goroutines on 2 cores can wait long.
+            assert!(c.duration_ns.unwrap() < 5_000_000_000, "{c:?}");
+        }
+        let _ = app.kill();
+        let _ = app.wait();
+    }
+}
