@@ -576,3 +576,162 @@ mod pairing {
         let _ = app.wait();
     }
 }
+
+mod measure {
+    //! Issue 12's figures, side by side with bpftrace in the same run (run
+    //! by hand: `cargo test -p coral-agent --lib debug::tests::measure --
+    //! --ignored --nocapture`; needs root, go and bpftrace). Debug build.
+
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use coral_proto::debug::{DebugAttachRequest, DebugTarget};
+
+    use crate::debug::index::Index;
+    use crate::debug::{Debugger, Limits};
+
+    struct Bench {
+        child: Child,
+        stdin: ChildStdin,
+        stdout: BufReader<ChildStdout>,
+    }
+
+    impl Bench {
+        fn ns_per_call(&mut self, runs: usize) -> f64 {
+            let mut v = Vec::new();
+            for _ in 0..runs {
+                writeln!(self.stdin, "go").unwrap();
+                let mut l = String::new();
+                self.stdout.read_line(&mut l).unwrap();
+                v.push(l.split_whitespace().next().unwrap().parse::<f64>().unwrap());
+            }
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn figures() {
+        let _serial = super::live::SERIAL
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("bigbench.go");
+        std::fs::write(&src, include_str!("../../../tests/targets/bigbench.go")).unwrap();
+        let bin = dir.path().join("bigbench");
+        assert!(
+            Command::new("go")
+                .args(["build", "-o"])
+                .arg(&bin)
+                .arg(&src)
+                .env("GOCACHE", dir.path().join("gocache"))
+                .env("GOPATH", dir.path().join("gopath"))
+                .env("GO111MODULE", "off")
+                .env("CGO_ENABLED", "0")
+                .status()
+                .unwrap()
+                .success()
+        );
+        let size = std::fs::metadata(&bin).unwrap().len();
+        let mut child = Command::new(&bin)
+            .arg("20000")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut l = String::new();
+        stdout.read_line(&mut l).unwrap();
+        let mut b = Bench {
+            child,
+            stdin,
+            stdout,
+        };
+        let pid = b.child.id();
+        let base = b.ns_per_call(7);
+
+        let t = Instant::now();
+        let idx = Index::open(&bin).unwrap();
+        let index_ms = t.elapsed().as_secs_f64() * 1e3;
+        let add = idx.resolve("main.Add").unwrap().clone();
+        let rets = idx.return_offsets(&add);
+
+        let d = Debugger::new(
+            "/nonexistent/cdebug.sock".into(),
+            Limits {
+                budget_us_per_s: u64::MAX,
+                ..Limits::default()
+            },
+        );
+        let req = DebugAttachRequest {
+            target: DebugTarget::Pid(pid),
+            functions: vec!["Add".into()],
+            ttl_ms: 600_000,
+            capture_args: true,
+        };
+        let mut attach_ms = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            d.attach(pid, &req).unwrap();
+            attach_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            d.detach(None).unwrap();
+        }
+        attach_ms.sort_by(f64::total_cmp);
+        d.attach(pid, &req).unwrap();
+        let coral = b.ns_per_call(7);
+        d.detach(None).unwrap();
+
+        // bpftrace on the entry (Debian's 0.17 is built without uprobe
+        // offset support: it cannot probe the return instruction), so the
+        // comparison is per hit.
+        let prog = format!("uprobe:{}:main.Add {{ @ = count(); }}", bin.display());
+        let bt_err = dir.path().join("bpftrace.err");
+        let mut bt = Command::new("bpftrace")
+            .args(["-e", &prog])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&bt_err).unwrap())
+            .spawn()
+            .expect("bpftrace");
+        let mut bt_out = BufReader::new(bt.stdout.take().unwrap());
+        let mut line = String::new();
+        bt_out.read_line(&mut line).unwrap();
+        assert!(line.contains("Attaching"), "bpftrace: {line}");
+        // It prints that line before it attaches: wait until the calls
+        // slow down (or 10 s).
+        let t = Instant::now();
+        while b.ns_per_call(1) < base * 4.0 + 100.0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let bpftrace = b.ns_per_call(7);
+        eprintln!(
+            "bpftrace stderr: {}",
+            std::fs::read_to_string(&bt_err).unwrap_or_default()
+        );
+        let _ = bt.kill();
+        let _ = bt.wait();
+        let after = b.ns_per_call(7);
+        eprintln!(
+            "FIGURES binary {:.1} MB, {} functions, index {index_ms:.0} ms; attach (index + {} points) min {:.0} / median {:.0} / max {:.0} ms (5 runs)",
+            size as f64 / 1e6,
+            idx.functions.len(),
+            1 + rets.len(),
+            attach_ms[0],
+            attach_ms[2],
+            attach_ms[4]
+        );
+        let hits = (1 + rets.len()) as f64;
+        eprintln!(
+            "FIGURES ns per call of main.Add (median of 7 x 20,000 calls): unprobed {base:.0} (after: {after:.0}); coral, entry with args + {} return point(s): {coral:.0} (+{:.0}, +{:.0} per hit); bpftrace 0.17 uprobe count() on the entry: {bpftrace:.0} (+{:.0} per hit); per-hit ratio coral/bpftrace {:.2}",
+            rets.len(),
+            coral - base,
+            (coral - base) / hits,
+            bpftrace - base,
+            (coral - base) / hits / (bpftrace - base)
+        );
+        let _ = b.child.kill();
+        let _ = b.child.wait();
+    }
+}
