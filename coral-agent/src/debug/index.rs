@@ -299,6 +299,14 @@ fn dwarf_params(data: &[u8], lang: Lang) -> Option<ParamsByAddr> {
                 gimli::DW_TAG_subprogram => {
                     if let Some(AttributeValue::Addr(a)) = entry.attr_value(gimli::DW_AT_low_pc) {
                         current = Some((a, depth));
+                        // A native function's return type: its value is
+                        // in RAX at the uretprobe.
+                        if lang == Lang::Native
+                            && let Some((u, o)) = type_ref(&units, ui, entry)
+                        {
+                            let (type_name, kind) = type_of(&dwarf, &units, u, o, 0);
+                            raw.push(("return".into(), type_name, kind, true));
+                        }
                     }
                 }
                 gimli::DW_TAG_formal_parameter if current.is_some_and(|(_, d)| depth == d + 1) => {
@@ -453,7 +461,9 @@ fn locate(raw: Vec<(String, String, ValueKind, bool)>, lang: Lang) -> (Vec<Param
         let (regs, next): (&[u8], &mut usize) = match (lang, output) {
             (Lang::Go, false) => (&GO_INT_REGS, &mut next_in),
             (Lang::Go, true) => (&GO_INT_REGS, &mut next_out),
-            (Lang::Native, _) => (&SYSV_INT_REGS, &mut next_in),
+            (Lang::Native, false) => (&SYSV_INT_REGS, &mut next_in),
+            // The return value: RAX.
+            (Lang::Native, true) => (&[0u8][..], &mut next_out),
         };
         let location = match (lang, kind.go_words()) {
             (_, None) => Location::Unavailable(match kind {

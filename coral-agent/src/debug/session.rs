@@ -783,7 +783,7 @@ impl Session {
         };
         let (args, results) = if self.capture {
             let mut results = values(&p.func.results, &p.res_slots, &ev);
-            if self.lang == Lang::Native {
+            if self.lang == Lang::Native && p.func.results.is_empty() {
                 results.push(DebugValue {
                     name: "return".into(),
                     type_name: "rax".into(),
