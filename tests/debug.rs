@@ -150,7 +150,12 @@ fn setup_with(extra: &str) -> (Env, App) {
 fn setup_full(extra: &str, helper: Option<&Path>) -> (Env, App) {
     let env = Env::new("");
     let policy = env.root().join("policy.toml");
-    std::fs::write(&policy, "version = 1\n").unwrap();
+    // Who may probe what: the host's policy (`[[debug]]`).
+    std::fs::write(
+        &policy,
+        "version = 1\n\n[[debug]]\nname = \"debugee\"\nservices = [\"api\"]\nfunctions = [\"main.*\"]\nargs = true\n\n[[debug]]\nname = \"runtime-no-args\"\nservices = [\"api\"]\nfunctions = [\"runtime.nanotime*\"]\n",
+    )
+    .unwrap();
     std::fs::write(
         env.config_dir().join("config.toml"),
         format!(

@@ -51,7 +51,16 @@ pub(crate) async fn handle(
                     DebugTarget::Pid(p) => p,
                     DebugTarget::Service(_) => pid()?,
                 };
-                d.attach(pid, &req).map(|s| DebugReply::Sessions(vec![s]))
+                let policy = shared.exec.policy();
+                let allow = |function: &str| match policy.decide_debug(&service, function) {
+                    coral_policy::DebugDecision::Allowed { args, .. } => Ok(args),
+                    coral_policy::DebugDecision::Denied => Err(DebugError::Refused(format!(
+                        "no [[debug]] rule in the host's policy ({}) allows probing {function} of '{service}'",
+                        policy.path()
+                    ))),
+                };
+                d.attach_checked(pid, &req, &allow)
+                    .map(|s| DebugReply::Sessions(vec![s]))
             }
             DebugOp::List => Ok(DebugReply::Sessions(of_service(d.list()))),
             DebugOp::Logs(req) => d.logs(&req).map(DebugReply::Logs),

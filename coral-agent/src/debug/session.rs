@@ -384,7 +384,21 @@ impl Debugger {
 
     /// Starts a session on `pid`: indexes its binary, loads a uprobe object,
     /// attaches every point (each re-checked by whoever attaches it).
+    /// [`Debugger::attach_checked`] with every function allowed (tests and
+    /// direct library use).
     pub fn attach(&self, pid: u32, req: &DebugAttachRequest) -> Result<DebugSession, DebugError> {
+        self.attach_checked(pid, req, &|_| Ok(true))
+    }
+
+    /// Starts a session; `allow` says for each resolved function name
+    /// whether it may be probed (an error refuses the whole session) and
+    /// whether argument values may be captured.
+    pub fn attach_checked(
+        &self,
+        pid: u32,
+        req: &DebugAttachRequest,
+        allow: &dyn Fn(&str) -> Result<bool, DebugError>,
+    ) -> Result<DebugSession, DebugError> {
         if req.functions.is_empty() {
             return Err(DebugError::Invalid("name at least one function".into()));
         }
@@ -421,6 +435,13 @@ impl Debugger {
         let mut probes = Vec::new();
         for name in &req.functions {
             let f = idx.resolve(name).map_err(DebugError::NotFound)?.clone();
+            let args_ok = allow(&f.name)?;
+            if req.capture_args && !args_ok {
+                return Err(DebugError::Refused(format!(
+                    "the host's policy allows probing {} but not capturing its arguments (attach without --args)",
+                    f.name
+                )));
+            }
             let return_offsets = match idx.lang {
                 Lang::Go => idx.return_offsets(&f),
                 Lang::Native => vec![f.offset],
