@@ -229,6 +229,7 @@ fn debug_attach_logs_detach_through_the_colony_and_nothing_is_left() {
         "--duration",
         "30s",
         "--args",
+        "--stack",
         "--json",
     ]);
     eprintln!(
@@ -276,6 +277,7 @@ fn debug_attach_logs_detach_through_the_colony_and_nothing_is_left() {
     }
     let human = env.ok(&["debug", "logs", "api", "--session", &id]);
     assert!(human.contains("main.Greet(name=\"coral\""), "{human}");
+    assert!(human.contains("      at main.main+0x"), "{human}");
 
     let list = env.json(&["debug", "list", "api", "--json"]);
     let row = &list.as_array().unwrap()[0];
@@ -297,7 +299,7 @@ fn debug_attach_logs_detach_through_the_colony_and_nothing_is_left() {
     assert!(text.contains("debug_attach"), "{text}");
     assert!(
         text.contains(
-            "coral debug attach api --function Greet --function Nap --duration 30s --args"
+            "coral debug attach api --function Greet --function Nap --duration 30s --args --stack"
         ),
         "{text}"
     );

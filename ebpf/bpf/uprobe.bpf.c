@@ -37,6 +37,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define CFG_ARGS 1 /* capture argument registers and strings */
 #define CFG_GO 2   /* read g (R14) and g->stack.hi */
+#define CFG_STACK 4 /* at entries: the return address and the user stack */
+
+#define MAX_STACK 32
 
 #define REG_NONE 0xff
 #define LEN_CSTR 0xfe /* the pointer is a NUL-terminated C string */
@@ -71,6 +74,13 @@ struct event {
 	__u64 bp;
 	__u16 str_len[MAX_STRS]; /* bytes copied, 0xffff: unreadable */
 	__u8 str[MAX_STRS][STR_CAP];
+	/* CFG_STACK, entries only: the return address at the stack pointer
+	 * (the frame-pointer walk skips the immediate caller at an entry) and
+	 * the user stack (frame pointers), stack_len frames. */
+	__u64 ret_addr;
+	__u32 stack_len;
+	__u32 _pad;
+	__u64 stack[MAX_STACK];
 };
 
 struct {
@@ -180,6 +190,15 @@ int coral_uprobe(struct pt_regs *ctx)
 			e->str_len[i] = 0xffff;
 		else
 			e->str_len[i] = (__u16)len;
+	}
+	e->ret_addr = 0;
+	e->stack_len = 0;
+	e->_pad = 0;
+	if ((cfg->flags & CFG_STACK) && (cookie & 0xff) == KIND_ENTRY) {
+		if (bpf_probe_read_user(&e->ret_addr, sizeof(e->ret_addr), (void *)ctx->sp))
+			e->ret_addr = 0;
+		long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), BPF_F_USER_STACK);
+		e->stack_len = n > 0 ? (__u32)((__u64)n >> 3) : 0;
 	}
 	bpf_ringbuf_submit(e, 0);
 	count(ST_EVENTS);

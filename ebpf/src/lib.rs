@@ -144,7 +144,12 @@ pub const UPROBE_EVENT_BYTES: usize = 8
     + 8 * UPROBE_NREGS
     + 5 * 8
     + 2 * UPROBE_MAX_STRS
-    + UPROBE_MAX_STRS * UPROBE_STR_CAP;
+    + UPROBE_MAX_STRS * UPROBE_STR_CAP
+    + 8
+    + 8
+    + 8 * UPROBE_MAX_STACK;
+/// User stack frames captured at an entry (`MAX_STACK`).
+pub const UPROBE_MAX_STACK: usize = 32;
 /// Attach-point kinds, the low byte of the cookie (`KIND_*`).
 pub const KIND_ENTRY: u8 = 0;
 pub const KIND_RET_INSN: u8 = 1;
@@ -152,6 +157,7 @@ pub const KIND_URETPROBE: u8 = 2;
 /// `probe_cfg.flags` bits (`CFG_*`).
 pub const CFG_ARGS: u32 = 1;
 pub const CFG_GO: u32 = 2;
+pub const CFG_STACK: u32 = 4;
 /// `probe_cfg` string slots: no string, and "the pointer is a C string".
 pub const REG_NONE: u8 = 0xff;
 pub const LEN_CSTR: u8 = 0xfe;
@@ -186,6 +192,10 @@ pub struct UprobeEvent {
     pub bp: u64,
     /// Captured strings: `None` for an unreadable one.
     pub strs: [Option<Vec<u8>>; UPROBE_MAX_STRS],
+    /// With `CFG_STACK`, at an entry: the return address and the user
+    /// stack (frame pointers; its first frame is the probed function).
+    pub ret_addr: u64,
+    pub stack: Vec<u64>,
 }
 
 fn le64(b: &[u8], at: usize) -> u64 {
@@ -218,7 +228,14 @@ impl UprobeEvent {
             let at = data + i * UPROBE_STR_CAP;
             Some(b[at..at + usize::from(n).min(UPROBE_STR_CAP)].to_vec())
         });
+        let tail = data + UPROBE_MAX_STRS * UPROBE_STR_CAP;
+        let n = u32::from_le_bytes([b[tail + 8], b[tail + 9], b[tail + 10], b[tail + 11]]) as usize;
+        let stack = (0..n.min(UPROBE_MAX_STACK))
+            .map(|i| le64(b, tail + 16 + 8 * i))
+            .collect();
         Some(UprobeEvent {
+            ret_addr: le64(b, tail),
+            stack,
             ktime_ns: le64(b, 0),
             probe_id: (cookie >> 8) as u32,
             kind: cookie as u8,
@@ -280,7 +297,7 @@ mod tests {
 
     #[test]
     fn uprobe_events_decode() {
-        assert_eq!(UPROBE_EVENT_BYTES, 664);
+        assert_eq!(UPROBE_EVENT_BYTES, 936);
         let mut b = vec![0u8; UPROBE_EVENT_BYTES];
         b[0..8].copy_from_slice(&5u64.to_le_bytes());
         b[8..16].copy_from_slice(&uprobe_cookie(7, KIND_RET_INSN).to_le_bytes());

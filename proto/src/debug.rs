@@ -26,6 +26,9 @@ pub struct DebugAttachRequest {
     pub ttl_ms: u64,
     /// Capture argument and result values (they can hold secrets).
     pub capture_args: bool,
+    /// Capture each call's user stack at its entry (up to 32 frames).
+    #[serde(default)]
+    pub stack: bool,
 }
 
 /// One probed function of a session.
@@ -91,6 +94,11 @@ pub struct DebugCall {
     pub duration_ns: Option<u64>,
     pub args: Vec<DebugValue>,
     pub results: Vec<DebugValue>,
+    /// With `stack`: the frames at the entry, innermost first, as
+    /// `function+0xoffset` (`0x…` outside the binary); empty when the
+    /// stack was not asked for or is unavailable (no frame pointers).
+    #[serde(default)]
+    pub stack: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
 use coral_ebpf::{
-    CFG_ARGS, CFG_GO, KIND_ENTRY, KIND_RET_INSN, KIND_URETPROBE, LEN_CSTR, UPROBE_CFG_BYTES,
-    UprobeEvent, uprobe_config,
+    CFG_ARGS, CFG_GO, CFG_STACK, KIND_ENTRY, KIND_RET_INSN, KIND_URETPROBE, LEN_CSTR,
+    UPROBE_CFG_BYTES, UprobeEvent, uprobe_config,
 };
 use coral_privhelper::{UprobeObject, UprobePoint};
 use coral_proto::debug::{
@@ -94,6 +94,10 @@ struct Session {
     live: Option<Live>,
     lang: Lang,
     capture: bool,
+    stack: bool,
+    /// (address, size, name) of the binary's functions, by address: stacks
+    /// are symbolized with it.
+    symbols: Vec<(u64, u64, String)>,
     probes: Vec<Probe>,
     expires: Instant,
     clock_offset_ns: i128,
@@ -478,7 +482,9 @@ impl Debugger {
             BpfHashMap::try_from(Map::HashMap(open_map(&obj.maps[1])?))
                 .map_err(|e| DebugError::Failed(e.to_string()))?;
         let go = idx.lang == Lang::Go;
-        let base = if go { CFG_GO } else { 0 } | if req.capture_args { CFG_ARGS } else { 0 };
+        let base = if go { CFG_GO } else { 0 }
+            | if req.capture_args { CFG_ARGS } else { 0 }
+            | if req.stack { CFG_STACK } else { 0 };
         // The helper (or this process) opens the binary through the
         // process itself, so a deleted or replaced file is still the one
         // mapped.
@@ -558,6 +564,15 @@ impl Debugger {
             live: Some(live),
             lang: idx.lang,
             capture: req.capture_args,
+            stack: req.stack,
+            symbols: if req.stack {
+                idx.functions
+                    .iter()
+                    .map(|f| (f.addr, f.size, f.name.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             probes,
             expires: Instant::now() + Duration::from_millis(ttl),
             clock_offset_ns: realtime_minus_monotonic_ns(),
@@ -706,6 +721,39 @@ impl Session {
         self.native_open.clear();
     }
 
+    /// The entry's stack as names: the probed function, its caller (the
+    /// return address at the stack pointer), then the frame-pointer walk
+    /// past them. Addresses are relocated by the load bias the entry's own
+    /// ip gives (it is the function's entry).
+    fn symbolize(&self, ev: &UprobeEvent, entry_addr: u64) -> Vec<String> {
+        if ev.stack.is_empty() {
+            return Vec::new();
+        }
+        let bias = ev.ip.wrapping_sub(entry_addr);
+        let name = |addr: u64| {
+            let v = addr.wrapping_sub(bias);
+            let i = self.symbols.partition_point(|s| s.0 <= v);
+            match i.checked_sub(1).map(|i| &self.symbols[i]) {
+                Some((a, size, n)) if v - a < (*size).max(1) => format!("{n}+{:#x}", v - a),
+                _ => format!("{addr:#x}"),
+            }
+        };
+        let mut out = vec![name(ev.stack[0])];
+        if ev.ret_addr != 0 {
+            out.push(name(ev.ret_addr));
+        }
+        // The walk from the caller's frame pointer: its first frame past
+        // the ip is the caller's caller (skip a duplicate of the caller).
+        for (i, a) in ev.stack.iter().enumerate().skip(1) {
+            if i == 1 && *a == ev.ret_addr {
+                continue;
+            }
+            out.push(name(*a));
+        }
+        out.truncate(coral_ebpf::UPROBE_MAX_STACK);
+        out
+    }
+
     fn wall_ns(&self, ktime: u64) -> i64 {
         (i128::from(ktime) + self.clock_offset_ns) as i64
     }
@@ -815,6 +863,11 @@ impl Session {
         } else {
             (Vec::new(), Vec::new())
         };
+        let stack = if self.stack {
+            self.symbolize(&open.ev, p.func.addr)
+        } else {
+            Vec::new()
+        };
         *seq += 1;
         self.info.calls += 1;
         self.calls.push_back(DebugCall {
@@ -827,6 +880,7 @@ impl Session {
             duration_ns: Some(ev.ktime_ns.saturating_sub(open.start_ns)),
             args,
             results,
+            stack,
         });
         while self.calls.len() > keep {
             self.calls.pop_front();

@@ -201,6 +201,7 @@ mod live {
             functions: functions.iter().map(|s| s.to_string()).collect(),
             ttl_ms,
             capture_args: true,
+            stack: true,
         }
     }
 
@@ -249,6 +250,14 @@ mod live {
         let greets = of("main.Greet");
         assert!(greets.len() >= 5, "{} Greet calls", greets.len());
         for c in &greets {
+            // The stack: Greet itself, its caller, and on to the runtime.
+            assert!(c.stack[0].starts_with("main.Greet+0x0"), "{:?}", c.stack);
+            assert!(c.stack[1].starts_with("main.main+"), "{:?}", c.stack);
+            assert!(
+                c.stack.iter().any(|f| f.starts_with("runtime.main+")),
+                "{:?}",
+                c.stack
+            );
             assert_eq!(c.args[0].value, "\"coral\"", "{c:?}");
             let times: u64 = c.args[1].value.parse().unwrap();
             assert!(times < 3);
@@ -416,6 +425,7 @@ mod budget {
                     functions: vec!["Nap".into()],
                     ttl_ms: 30_000,
                     capture_args: false,
+                    stack: false,
                 },
             )
             .unwrap();
@@ -509,6 +519,7 @@ mod pairing {
                     functions: vec!["Work".into(), "Risky".into()],
                     ttl_ms: 60_000,
                     capture_args: true,
+                    stack: false,
                 },
             )
             .unwrap();
@@ -671,6 +682,7 @@ mod measure {
             functions: vec!["Add".into()],
             ttl_ms: 600_000,
             capture_args: true,
+            stack: false,
         };
         let mut attach_ms = Vec::new();
         for _ in 0..5 {
@@ -791,6 +803,7 @@ mod native {
                     functions: vec!["add".into(), "greet".into(), "classify".into()],
                     ttl_ms: 30_000,
                     capture_args: true,
+                    stack: false,
                 },
             )
             .unwrap();

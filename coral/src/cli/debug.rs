@@ -83,6 +83,10 @@ pub struct AttachArgs {
     /// Capture argument and result values (they can hold secrets).
     #[arg(long)]
     args: bool,
+    /// Capture each call's stack at its entry (up to 32 frames; needs frame
+    /// pointers, which Go always has).
+    #[arg(long)]
+    stack: bool,
     #[arg(long)]
     json: bool,
 }
@@ -199,6 +203,9 @@ fn call_line(c: &DebugCall) -> String {
         line.push_str(&format!(" -> {}", res.join(", ")));
     }
     line.push('\n');
+    for f in &c.stack {
+        line.push_str(&format!("      at {f}\n"));
+    }
     line
 }
 
@@ -232,6 +239,7 @@ pub(super) async fn run(cmd: DebugCmd) -> anyhow::Result<()> {
                 functions: a.functions,
                 ttl_ms: a.duration.as_millis().min(u128::from(u64::MAX)) as u64,
                 capture_args: a.args,
+                stack: a.stack,
             };
             let s = sessions(call(&a.service, DebugOp::Attach(req)).await?)?;
             let s = s

@@ -31,6 +31,9 @@ pub(crate) fn cli_equivalent(service: &str, op: &DebugOp) -> String {
             if r.capture_args {
                 out.push_str(" --args");
             }
+            if r.stack {
+                out.push_str(" --stack");
+            }
             out
         }
         DebugOp::List => format!("coral debug list {s}"),

@@ -27,6 +27,8 @@ pub struct AttachArgs {
     pub duration: Option<String>,
     /// Capture argument and result values (they can hold secrets).
     pub capture_args: Option<bool>,
+    /// Capture each call's stack (up to 32 frames).
+    pub stack: Option<bool>,
 }
 
 #[derive(Deserialize, JsonSchema, Default)]
@@ -161,6 +163,7 @@ pub(crate) async fn call(
                             functions: a.functions,
                             ttl_ms: (ttl.as_millis() as u64).min(MAX_DEBUG_TTL_MS),
                             capture_args: a.capture_args.unwrap_or(false),
+                            stack: a.stack.unwrap_or(false),
                         });
                         run(shared, a.service, op, caller).await
                     }
