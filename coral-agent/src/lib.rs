@@ -8,6 +8,7 @@
 
 pub mod config;
 mod control;
+pub mod debug;
 pub mod ebpf;
 pub mod exec;
 mod link;
@@ -87,6 +88,8 @@ pub(crate) struct Shared {
     /// `AgentRpc` accepts (until the mesh identity replaces this check).
     pub(crate) colony_peer: Mutex<Option<std::net::IpAddr>>,
     pub(crate) exec: Arc<exec::Exec>,
+    /// Live-debugging sessions (issue 12).
+    pub(crate) debug: Arc<debug::Debugger>,
     prober: probe::Prober,
     /// The eBPF capture's state, once it started.
     pub(crate) ebpf: Arc<Mutex<Option<coral_proto::EbpfStatus>>>,
@@ -242,6 +245,10 @@ impl Agent {
             rpc_addr,
             colony_peer: Mutex::new(None),
             exec: Arc::new(exec),
+            debug: Arc::new(debug::Debugger::new(
+                config.mesh.helper_socket.clone(),
+                debug::Limits::default(),
+            )),
             ebpf: Arc::new(Mutex::new(None)),
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -341,6 +348,7 @@ impl Agent {
         let exec_stop = CancellationToken::new();
         let exec_task = tokio::spawn(shared.exec.clone().background(exec_stop.clone()));
         let link_task = tokio::spawn(link::run(shared.clone()));
+        let debug_task = tokio::spawn(debug::run(shared.debug.clone()));
         tracing::info!(agent_id = %shared.agent_id, name = %shared.name, "agent running");
         tokio::select! {
             _ = shutdown => {}
@@ -354,6 +362,8 @@ impl Agent {
             let _ = tokio::task::spawn_blocking(move || c.stop()).await;
         }
         shared.shutdown.cancel();
+        debug_task.abort();
+        let _ = shared.debug.detach(None);
         control_task.abort();
         if let Some(t) = rpc_task {
             t.abort();

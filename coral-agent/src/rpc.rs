@@ -120,4 +120,15 @@ impl AgentRpc for Server {
         }
         head
     }
+
+    async fn debug(
+        self,
+        _: Context,
+        service: String,
+        op: coral_proto::debug::DebugOp,
+    ) -> Result<coral_proto::debug::DebugReply, coral_proto::debug::DebugError> {
+        self.check()
+            .map_err(|e| coral_proto::debug::DebugError::Refused(e.to_string()))?;
+        crate::debug::handle(self.shared.clone(), service, op).await
+    }
 }

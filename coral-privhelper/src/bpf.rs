@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use aya::Btf;
 use aya::maps::{ArrayOfMaps, Map, MapData};
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, TracePoint, UProbe};
 use coral_ebpf::Attach;
 use coral_ebpf::{Object, Program};
 use thiserror::Error;
@@ -41,7 +41,7 @@ pub enum BpfError {
     Failed { what: String, reason: String },
 }
 
-fn failed(what: impl Into<String>, e: impl std::fmt::Display) -> BpfError {
+pub(crate) fn failed(what: impl Into<String>, e: impl std::fmt::Display) -> BpfError {
     // aya errors nest their cause; keep the whole chain on one line.
     BpfError::Failed {
         what: what.into(),
@@ -74,7 +74,11 @@ impl Loaded {
 
 /// The program table of an embedded object.
 pub fn programs_of(name: &str) -> Option<&'static [Program]> {
-    (name == coral_ebpf::RED).then_some(coral_ebpf::RED_PROGRAMS)
+    match name {
+        coral_ebpf::RED => Some(coral_ebpf::RED_PROGRAMS),
+        coral_ebpf::UPROBE => Some(coral_ebpf::UPROBE_PROGRAMS),
+        _ => None,
+    }
 }
 
 /// Number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-1`).
@@ -117,6 +121,9 @@ pub fn load(
     }
     let programs = programs_of(name).ok_or_else(|| BpfError::UnknownObject(name.to_string()))?;
     coral_ebpf::check_ring_bytes(ring_bytes).map_err(BpfError::Invalid)?;
+    if name == coral_ebpf::UPROBE {
+        return load_uprobe(object, programs, ring_bytes);
+    }
     let cpus = possible_cpus()?;
     if cpus > coral_ebpf::MAX_CPUS {
         return Err(BpfError::Invalid(format!(
@@ -217,6 +224,51 @@ pub fn load(
     })
 }
 
+/// Loads the live-debugging object (issue 12): one event ring of
+/// `ring_bytes`, its maps in [`coral_ebpf::UPROBE_MAPS`] order, and its one
+/// program. Nothing is attached: attach points come one by one through
+/// [`crate::uprobe::attach`].
+fn load_uprobe(
+    object: &'static Object,
+    programs: &'static [Program],
+    ring_bytes: u32,
+) -> Result<Loaded, BpfError> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .map_max_entries("events", ring_bytes)
+        .load(object.bytes)
+        .map_err(|e| failed("load BPF object 'uprobe'", chain(&e)))?;
+    let mut maps = Vec::with_capacity(coral_ebpf::UPROBE_MAPS.len());
+    for name in coral_ebpf::UPROBE_MAPS {
+        let fd = match ebpf.map(name) {
+            Some(Map::RingBuf(m) | Map::HashMap(m) | Map::Array(m) | Map::PerCpuArray(m)) => {
+                m.fd().as_fd().try_clone_to_owned()
+            }
+            _ => return Err(BpfError::Invalid(format!("object has no map {name}"))),
+        };
+        maps.push(fd.map_err(|e| failed("dup map fd", e))?);
+    }
+    let prog: &mut UProbe = ebpf
+        .program_mut(coral_ebpf::UPROBE_PROGRAM)
+        .ok_or_else(|| BpfError::Invalid("object has no uprobe program".into()))?
+        .try_into()
+        .map_err(|e| failed("uprobe program", chain(&e)))?;
+    prog.load()
+        .map_err(|e| failed("verify program coral_uprobe", chain(&e)))?;
+    let fd = prog
+        .fd()
+        .map_err(|e| failed("uprobe program", chain(&e)))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| failed("dup program fd", e))?;
+    Ok(Loaded {
+        object,
+        programs,
+        maps,
+        progs: vec![fd],
+        _ebpf: ebpf,
+    })
+}
+
 /// Every cause of an error, joined, so "verify program" shows the
 /// verifier's reason.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -264,28 +316,28 @@ pub fn tracefs(may_mount: bool) -> Result<PathBuf, BpfError> {
 /// the fields a tracepoint event needs are named.
 #[repr(C)]
 #[derive(Default)]
-struct PerfEventAttr {
-    type_: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    rest: [u64; 10],
+pub(crate) struct PerfEventAttr {
+    pub(crate) type_: u32,
+    pub(crate) size: u32,
+    pub(crate) config: u64,
+    pub(crate) sample_period: u64,
+    pub(crate) sample_type: u64,
+    pub(crate) read_format: u64,
+    pub(crate) flags: u64,
+    pub(crate) wakeup_events: u32,
+    pub(crate) bp_type: u32,
+    pub(crate) rest: [u64; 10],
 }
 
 /// The `link_create` member of `union bpf_attr` (the rest must be zero).
 #[repr(C)]
 #[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    rest: [u64; 4],
+pub(crate) struct LinkCreateAttr {
+    pub(crate) prog_fd: u32,
+    pub(crate) target_fd: u32,
+    pub(crate) attach_type: u32,
+    pub(crate) flags: u32,
+    pub(crate) rest: [u64; 4],
 }
 
 /// The `raw_tracepoint` member of `union bpf_attr`.
@@ -300,9 +352,9 @@ struct RawTracepointAttr {
 
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PERF_EVENT: u32 = 41;
+pub(crate) const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+pub(crate) const BPF_LINK_CREATE: libc::c_long = 28;
+pub(crate) const BPF_PERF_EVENT: u32 = 41;
 
 /// Attaches program `index` of `loaded` to its tracepoint from the embedded
 /// table; returns the BPF link fd (closing it detaches).
@@ -312,6 +364,11 @@ pub fn attach(loaded: &Loaded, index: usize, may_mount: bool) -> Result<OwnedFd,
         .get(index)
         .ok_or_else(|| BpfError::Invalid(format!("program index {index} out of range")))?;
     let prog_fd = &loaded.progs[index];
+    if p.attach == Attach::Uprobe {
+        return Err(BpfError::Invalid(
+            "uprobe programs attach with UprobeAttach".into(),
+        ));
+    }
     if p.attach == Attach::BtfRawTracepoint {
         return attach_raw(p, prog_fd);
     }

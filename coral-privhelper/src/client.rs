@@ -161,6 +161,24 @@ impl Client {
 }
 
 impl Client {
+    /// `OpenTarget`: the process `pid` (or, with 0, the one listening on
+    /// TCP `port`), its executable's path and a read-only fd of it.
+    pub fn open_target(
+        &mut self,
+        pid: u32,
+        port: u16,
+    ) -> Result<(u32, String, OwnedFd), ClientError> {
+        match self.call(&Request::OpenTarget { pid, port })? {
+            (Response::TargetOpened { pid, path }, mut fds) => Ok((
+                pid,
+                path,
+                fds.pop()
+                    .ok_or_else(|| ClientError::Protocol("no fd".into()))?,
+            )),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
     /// Asks the helper to load its embedded object `name` (with the hash
     /// this build embeds) and attach every program; releases the helper's
     /// copies before returning, so the fds returned are the only ones.
@@ -202,6 +220,132 @@ impl Client {
             (other, _) => return Err(unexpected(&other)),
         }
         Ok(BpfFds { maps, progs, links })
+    }
+}
+
+/// Coral's uprobe object (issue 12), loaded for one debug session: its maps
+/// (`coral_ebpf::UPROBE_MAPS` order) and the means to attach points, through
+/// the helper or directly. Call [`UprobeObject::release`] once every point
+/// is attached: the links and maps the caller holds keep everything alive,
+/// and dropping them detaches and frees it.
+pub struct UprobeObject {
+    pub maps: Vec<OwnedFd>,
+    via: Option<UprobeVia>,
+}
+
+enum UprobeVia {
+    Helper(Client),
+    Direct(Box<(crate::bpf::Loaded, crate::uprobe::Checker)>),
+}
+
+impl std::fmt::Debug for UprobeObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UprobeObject")
+            .field("maps", &self.maps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UprobeObject {
+    /// Loads the object with an event ring of `ring_bytes`: through the
+    /// helper at `socket`, or directly (root or `CAP_BPF` + `CAP_PERFMON`)
+    /// when the helper cannot be reached or refuses this caller.
+    pub fn open(socket: &Path, ring_bytes: u32) -> Result<(Self, BpfPath), OpenBpfError> {
+        let name = coral_ebpf::UPROBE;
+        let object = coral_ebpf::object(name)
+            .ok_or_else(|| OpenBpfError::Helper(ClientError::Invalid("no uprobe object".into())))?;
+        let via_helper = Client::connect(socket).and_then(|mut c| {
+            let obj_name = protocol::ObjectName::new(name)
+                .ok_or_else(|| ClientError::Invalid("bad object name".into()))?;
+            match c.call(&Request::BpfLoad {
+                name: obj_name,
+                sha256: object.sha256,
+                ring_bytes,
+            })? {
+                (Response::BpfLoaded { maps, .. }, mut fds) => {
+                    fds.truncate(usize::from(maps));
+                    Ok((c, fds))
+                }
+                (other, _) => Err(unexpected(&other)),
+            }
+        });
+        let helper_err = match via_helper {
+            Ok((c, maps)) => {
+                return Ok((
+                    UprobeObject {
+                        maps,
+                        via: Some(UprobeVia::Helper(c)),
+                    },
+                    BpfPath::Helper,
+                ));
+            }
+            Err(e @ (ClientError::Unreachable { .. } | ClientError::Refused(_))) => e,
+            Err(e) => return Err(OpenBpfError::Helper(e)),
+        };
+        let both = |direct| OpenBpfError::Both {
+            name: name.to_string(),
+            helper: Box::new(helper_err),
+            direct: Box::new(direct),
+        };
+        let loaded = crate::bpf::load(name, &object.sha256, ring_bytes, std::process::id())
+            .and_then(|l| {
+                let maps = l
+                    .maps
+                    .iter()
+                    .map(|f| f.try_clone())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| crate::bpf::failed("dup map fd", e))?;
+                Ok((l, maps))
+            });
+        let (loaded, maps) = loaded.map_err(both)?;
+        Ok((
+            UprobeObject {
+                maps,
+                via: Some(UprobeVia::Direct(Box::new((
+                    loaded,
+                    crate::uprobe::Checker::default(),
+                )))),
+            },
+            BpfPath::Direct,
+        ))
+    }
+
+    /// Attaches one point (the helper, or this process, re-checks it against
+    /// its own decode of the binary); returns the BPF link fd.
+    pub fn attach(&mut self, p: &protocol::UprobePoint) -> Result<OwnedFd, ClientError> {
+        match self.via.as_mut() {
+            None => Err(ClientError::Invalid(
+                "the uprobe object was released".into(),
+            )),
+            Some(UprobeVia::Helper(c)) => match c.call(&Request::UprobeAttach(p.clone()))? {
+                (Response::UprobeAttached { probe_id }, mut fds) if probe_id == p.probe_id => fds
+                    .pop()
+                    .ok_or_else(|| ClientError::Protocol("no fd".into())),
+                (other, _) => Err(unexpected(&other)),
+            },
+            Some(UprobeVia::Direct(d)) => {
+                let (loaded, checker) = &mut **d;
+                let t = crate::uprobe::Target {
+                    probe_id: p.probe_id,
+                    kind: p.kind,
+                    pid: p.pid,
+                    path: Path::new(&p.path),
+                    offset: p.offset,
+                };
+                crate::uprobe::attach(loaded, checker, &t, nix::unistd::getuid().as_raw())
+                    .map(|(fd, _)| fd)
+                    .map_err(|e| match e {
+                        crate::bpf::BpfError::Invalid(m) => ClientError::Invalid(m),
+                        e => ClientError::Failed(e.to_string()),
+                    })
+            }
+        }
+    }
+
+    /// Closes the helper connection (or this process's loader copies):
+    /// no more points can be attached.
+    pub fn release(&mut self) {
+        self.via = None;
     }
 }
 

@@ -12,12 +12,16 @@
 pub mod bpf;
 pub mod client;
 pub mod config;
+pub mod elfcode;
 pub mod keys;
 pub mod protocol;
 pub mod server;
 pub mod startup;
 pub mod tun;
+pub mod uprobe;
 pub mod wire;
 
-pub use client::{BpfFds, BpfPath, Client, ClientError, OpenBpfError, TunPath, open_bpf, open_tun};
-pub use protocol::{IfName, TunParams};
+pub use client::{
+    BpfFds, BpfPath, Client, ClientError, OpenBpfError, TunPath, UprobeObject, open_bpf, open_tun,
+};
+pub use protocol::{IfName, TunParams, UprobePoint};

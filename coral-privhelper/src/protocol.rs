@@ -36,6 +36,8 @@ pub const MAX_IFNAME: usize = 15;
 pub const MAX_MESSAGE: usize = 400;
 /// Longest BPF object name.
 pub const MAX_OBJECT_NAME: usize = 32;
+/// Longest binary path in `UprobeAttach`.
+pub const MAX_PATH: usize = 255;
 /// Most fds one response carries (the kernel's SCM_MAX_FD is 253).
 pub const MAX_FDS: usize = 253;
 
@@ -46,6 +48,8 @@ const T_GET_KEY: u8 = 0x03;
 const T_BPF_LOAD: u8 = 0x10;
 const T_BPF_ATTACH: u8 = 0x11;
 const T_BPF_RELEASE: u8 = 0x12;
+const T_UPROBE_ATTACH: u8 = 0x13;
+const T_OPEN_TARGET: u8 = 0x14;
 // Response types.
 const T_HELLO_OK: u8 = 0x81;
 const T_TUN_CREATED: u8 = 0x82;
@@ -53,6 +57,8 @@ const T_KEY: u8 = 0x83;
 const T_BPF_LOADED: u8 = 0x90;
 const T_BPF_ATTACHED: u8 = 0x91;
 const T_BPF_RELEASED: u8 = 0x92;
+const T_UPROBE_ATTACHED: u8 = 0x93;
+const T_TARGET_OPENED: u8 = 0x94;
 const T_ERROR: u8 = 0xFF;
 
 /// Why a frame was rejected. The server answers each with an error response
@@ -177,6 +183,31 @@ pub enum Request {
     BpfAttach { prog: u8 },
     /// Close the helper's copies of the loaded object.
     BpfRelease,
+    /// Attach the loaded `uprobe` object's program at file `offset` of the
+    /// binary `path`, for process `pid` only, with the BPF cookie
+    /// `probe_id << 8 | kind`. The helper re-derives the point from its own
+    /// decode of the file (a function entry, or an instruction boundary for
+    /// Go return instructions) and checks the file is mapped in `pid`. The
+    /// reply carries the BPF link fd: closing it detaches.
+    UprobeAttach(UprobePoint),
+    /// Find the process to probe (`pid`, or with `pid` 0 the process
+    /// listening on TCP `port`) and open its executable read-only: a
+    /// sandboxed caller cannot look into other processes itself. Only a
+    /// process of the caller's own uid (any, for root). The reply carries
+    /// the executable's fd.
+    OpenTarget { pid: u32, port: u16 },
+}
+
+/// Where `UprobeAttach` puts a probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UprobePoint {
+    pub probe_id: u32,
+    /// `coral_ebpf::KIND_*`.
+    pub kind: u8,
+    pub pid: u32,
+    pub offset: u64,
+    /// Absolute, 1 to `MAX_PATH` bytes of UTF-8 without NUL.
+    pub path: String,
 }
 
 impl Request {
@@ -189,6 +220,8 @@ impl Request {
             Request::BpfLoad { .. } => "bpf_load",
             Request::BpfAttach { .. } => "bpf_attach",
             Request::BpfRelease => "bpf_release",
+            Request::UprobeAttach(_) => "uprobe_attach",
+            Request::OpenTarget { .. } => "open_target",
         }
     }
 }
@@ -265,6 +298,15 @@ pub enum Response {
         prog: u8,
     },
     BpfReleased,
+    /// Carries the link fd.
+    UprobeAttached {
+        probe_id: u32,
+    },
+    /// Carries the executable's fd; `path` is where it is mapped from.
+    TargetOpened {
+        pid: u32,
+        path: String,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -275,7 +317,11 @@ impl Response {
     /// How many fds come beside this response.
     pub fn fd_count(&self) -> usize {
         match self {
-            Response::TunCreated { .. } | Response::Key { .. } | Response::BpfAttached { .. } => 1,
+            Response::TunCreated { .. }
+            | Response::Key { .. }
+            | Response::BpfAttached { .. }
+            | Response::UprobeAttached { .. }
+            | Response::TargetOpened { .. } => 1,
             Response::BpfLoaded { maps, progs } => usize::from(*maps) + usize::from(*progs),
             _ => 0,
         }
@@ -304,6 +350,30 @@ impl<'a> Cursor<'a> {
     fn u16(&mut self) -> Result<u16, DecodeError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn path(&mut self) -> Result<String, DecodeError> {
+        let len = usize::from(self.u8()?);
+        if len == 0 || len > MAX_PATH {
+            return Err(DecodeError::InvalidField(
+                "uprobe_attach: path must be 1..=255 bytes",
+            ));
+        }
+        let s = std::str::from_utf8(self.take(len)?)
+            .map_err(|_| DecodeError::InvalidField("uprobe_attach: path is not UTF-8"))?;
+        if !s.starts_with('/') || s.contains('\0') {
+            return Err(DecodeError::InvalidField(
+                "uprobe_attach: path must be absolute, without NUL",
+            ));
+        }
+        Ok(s.to_owned())
     }
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
@@ -419,6 +489,23 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
         },
         T_BPF_ATTACH => Request::BpfAttach { prog: c.u8()? },
         T_BPF_RELEASE => Request::BpfRelease,
+        T_UPROBE_ATTACH => Request::UprobeAttach(UprobePoint {
+            probe_id: c.u32()?,
+            kind: c.u8()?,
+            pid: c.u32()?,
+            offset: c.u64()?,
+            path: c.path()?,
+        }),
+        T_OPEN_TARGET => {
+            let pid = c.u32()?;
+            let port = c.u16()?;
+            if pid == 0 && port == 0 {
+                return Err(DecodeError::InvalidField(
+                    "open_target: give a pid or a port",
+                ));
+            }
+            Request::OpenTarget { pid, port }
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     c.finish()?;
@@ -458,6 +545,11 @@ pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {
         },
         T_BPF_ATTACHED => Response::BpfAttached { prog: c.u8()? },
         T_BPF_RELEASED => Response::BpfReleased,
+        T_UPROBE_ATTACHED => Response::UprobeAttached { probe_id: c.u32()? },
+        T_TARGET_OPENED => Response::TargetOpened {
+            pid: c.u32()?,
+            path: c.path()?,
+        },
         T_ERROR => {
             let code = ErrorCode::from_u8(c.u8()?);
             let len = usize::from(c.u16()?);
@@ -520,6 +612,24 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
         }
         Request::BpfAttach { prog } => frame(T_BPF_ATTACH, &[*prog]),
         Request::BpfRelease => frame(T_BPF_RELEASE, &[]),
+        Request::UprobeAttach(p) => {
+            // Decoding checks the path; an over-long one is cut here so the
+            // frame stays within MAX_BODY (and is then refused).
+            let path = &p.path.as_bytes()[..p.path.len().min(MAX_PATH)];
+            let mut pl = Vec::with_capacity(18 + path.len());
+            pl.extend_from_slice(&p.probe_id.to_be_bytes());
+            pl.push(p.kind);
+            pl.extend_from_slice(&p.pid.to_be_bytes());
+            pl.extend_from_slice(&p.offset.to_be_bytes());
+            pl.push(path.len() as u8);
+            pl.extend_from_slice(path);
+            frame(T_UPROBE_ATTACH, &pl)
+        }
+        Request::OpenTarget { pid, port } => {
+            let mut pl = pid.to_be_bytes().to_vec();
+            pl.extend_from_slice(&port.to_be_bytes());
+            frame(T_OPEN_TARGET, &pl)
+        }
     }
 }
 
@@ -538,6 +648,14 @@ pub fn encode_response(resp: &Response) -> Vec<u8> {
         Response::BpfLoaded { maps, progs } => frame(T_BPF_LOADED, &[*maps, *progs]),
         Response::BpfAttached { prog } => frame(T_BPF_ATTACHED, &[*prog]),
         Response::BpfReleased => frame(T_BPF_RELEASED, &[]),
+        Response::UprobeAttached { probe_id } => frame(T_UPROBE_ATTACHED, &probe_id.to_be_bytes()),
+        Response::TargetOpened { pid, path } => {
+            let path = &path.as_bytes()[..path.len().min(MAX_PATH)];
+            let mut pl = pid.to_be_bytes().to_vec();
+            pl.push(path.len() as u8);
+            pl.extend_from_slice(path);
+            frame(T_TARGET_OPENED, &pl)
+        }
         Response::Error { code, message } => {
             let mut end = message.len().min(MAX_MESSAGE);
             while !message.is_char_boundary(end) {
@@ -582,6 +700,15 @@ mod tests {
             },
             Request::BpfAttach { prog: 3 },
             Request::BpfRelease,
+            Request::UprobeAttach(UprobePoint {
+                probe_id: 7,
+                kind: 1,
+                pid: 4242,
+                offset: 0x4a_5b6c,
+                path: "/usr/bin/app".into(),
+            }),
+            Request::OpenTarget { pid: 0, port: 8080 },
+            Request::OpenTarget { pid: 42, port: 0 },
         ] {
             let f = encode_request(&req);
             assert_eq!(decode_request_frame(&f), Ok((req, f.len())));
@@ -600,6 +727,11 @@ mod tests {
             Response::BpfLoaded { maps: 3, progs: 20 },
             Response::BpfAttached { prog: 19 },
             Response::BpfReleased,
+            Response::UprobeAttached { probe_id: 9 },
+            Response::TargetOpened {
+                pid: 7,
+                path: "/srv/app".into(),
+            },
             Response::Error {
                 code: ErrorCode::Refused,
                 message: "no".into(),
@@ -608,6 +740,32 @@ mod tests {
             let f = encode_response(&resp);
             assert_eq!(decode_response(&f[HEADER_LEN..]), Ok(resp));
         }
+    }
+
+    #[test]
+    fn uprobe_paths_are_checked() {
+        for bad in ["", "rel/path", "/a\0b"] {
+            let f = encode_request(&Request::UprobeAttach(UprobePoint {
+                probe_id: 1,
+                kind: 0,
+                pid: 1,
+                offset: 0,
+                path: bad.into(),
+            }));
+            assert!(
+                matches!(decode_request_frame(&f), Err(DecodeError::InvalidField(_))),
+                "{bad:?}"
+            );
+        }
+        let long = format!("/{}", "a".repeat(300));
+        let f = encode_request(&Request::UprobeAttach(UprobePoint {
+            probe_id: 1,
+            kind: 0,
+            pid: 1,
+            offset: 0,
+            path: long,
+        }));
+        assert!(f.len() <= HEADER_LEN + MAX_BODY);
     }
 
     #[test]

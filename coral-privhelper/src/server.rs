@@ -29,7 +29,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use crate::config::{Allow, Verdict};
 use crate::protocol::{self, DecodeError, ErrorCode, Request, Response, TunParams};
 use crate::wire::{self, WireError};
-use crate::{bpf, keys, tun};
+use crate::{bpf, keys, tun, uprobe};
 
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/coral/privhelper.sock";
@@ -268,6 +268,8 @@ fn serve_conn(mut stream: UnixStream, sh: &Shared, uid: u32, pid: i32) {
     // A BPF object loaded on this connection, kept for BpfAttach; dropped
     // (the helper's fds closed) on BpfRelease or when the caller goes away.
     let mut session: Option<bpf::Loaded> = None;
+    // The last target binary decoded for UprobeAttach.
+    let mut checker = uprobe::Checker::default();
     loop {
         let body = match wire::read_body(&mut stream) {
             Ok(b) => b,
@@ -283,7 +285,14 @@ fn serve_conn(mut stream: UnixStream, sh: &Shared, uid: u32, pid: i32) {
             Err(e) => return bad_frame(&mut stream, uid, pid, &e),
         };
         let kind = req.kind();
-        let (outcome, keep) = handle(&stream, sh, req, &mut version, &mut session, pid);
+        let (outcome, keep) = handle(
+            &stream,
+            sh,
+            req,
+            &mut version,
+            (&mut session, &mut checker),
+            (uid, pid),
+        );
         log(&format!("uid={uid} pid={pid} req={kind} {outcome}"));
         if !keep {
             return;
@@ -337,8 +346,8 @@ fn handle(
     sh: &Shared,
     req: Request,
     version: &mut Option<u8>,
-    session: &mut Option<bpf::Loaded>,
-    pid: i32,
+    (session, checker): (&mut Option<bpf::Loaded>, &mut uprobe::Checker),
+    (uid, pid): (u32, i32),
 ) -> (String, bool) {
     let sent = |r: io::Result<()>, ok: String| match r {
         Ok(()) => (ok, true),
@@ -481,6 +490,7 @@ fn handle(
                     match p.attach {
                         coral_ebpf::Attach::BtfRawTracepoint => "tp_btf",
                         coral_ebpf::Attach::Tracepoint => "tracepoint",
+                        coral_ebpf::Attach::Uprobe => "uprobe",
                     },
                     p.category,
                     p.tracepoint
@@ -497,6 +507,74 @@ fn handle(
                     );
                     // The helper keeps no copy: the caller's fd is the link.
                     sent(res, format!("{what} outcome=ok"))
+                }
+                Err(e) => {
+                    let code = match e {
+                        bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
+                        _ => ErrorCode::Failed,
+                    };
+                    let msg = e.to_string();
+                    let _ = reply(stream, &error(code, msg.clone()));
+                    (format!("{what} outcome=failed ({msg})"), true)
+                }
+            }
+        }
+        Request::UprobeAttach(p) => {
+            let what = format!(
+                "probe={} kind={} pid={} path={:?} offset={:#x}",
+                p.probe_id, p.kind, p.pid, p.path, p.offset
+            );
+            let Some(loaded) = session.as_ref() else {
+                return fail(ErrorCode::BadSequence, "send BpfLoad uprobe first".into());
+            };
+            let target = uprobe::Target {
+                probe_id: p.probe_id,
+                kind: p.kind,
+                pid: p.pid,
+                path: std::path::Path::new(&p.path),
+                offset: p.offset,
+            };
+            match uprobe::attach(loaded, checker, &target, uid) {
+                Ok((link, function)) => {
+                    let r = Response::UprobeAttached {
+                        probe_id: p.probe_id,
+                    };
+                    let res = wire::send_frame(
+                        stream,
+                        &protocol::encode_response(&r),
+                        Some(link.as_fd()),
+                    );
+                    // The helper keeps no copy: the caller's fd is the link.
+                    sent(res, format!("{what} function={function:?} outcome=ok"))
+                }
+                Err(e) => {
+                    let code = match e {
+                        bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
+                        _ => ErrorCode::Failed,
+                    };
+                    let msg = e.to_string();
+                    let _ = reply(stream, &error(code, msg.clone()));
+                    (format!("{what} outcome=failed ({msg})"), true)
+                }
+            }
+        }
+        Request::OpenTarget { pid: want, port } => {
+            let what = format!("pid={want} port={port}");
+            match uprobe::open_target(want, port, uid) {
+                Ok((found, path, file)) => {
+                    let r = Response::TargetOpened { pid: found, path };
+                    let res = wire::send_frame(
+                        stream,
+                        &protocol::encode_response(&r),
+                        Some(file.as_fd()),
+                    );
+                    let Response::TargetOpened { path, .. } = r else {
+                        unreachable!()
+                    };
+                    sent(
+                        res,
+                        format!("{what} outcome=ok target={found} path={path:?}"),
+                    )
                 }
                 Err(e) => {
                     let code = match e {

@@ -51,6 +51,12 @@ const PINNED: &[&str] = &[
     "object",
     "once_cell",
     "scopeguard",
+    // Issue 12: uprobe attach. The helper re-derives every uprobe offset
+    // from its own decode of the target binary (src/elfcode.rs): object
+    // (already above, now also used directly) reads the ELF and iced-x86
+    // decodes x86 instructions (lazy_static is its table init).
+    "iced-x86",
+    "lazy_static",
 ];
 
 #[test]

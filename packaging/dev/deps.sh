@@ -26,7 +26,9 @@ PACKAGES=(
   libbpf-dev        # bpf_helpers.h, bpf_core_read.h for the BPF C code
   bpftool           # dumps vmlinux.h from the kernel BTF at build time; BPF tests
   wrk               # load generator for the eBPF accuracy tests and benchmark
-  golang-go         # the Go net/http server of the eBPF accuracy tests
+  golang-go         # the Go net/http server of the eBPF accuracy tests; Go targets of coral debug tests
+  gcc               # C targets of the coral debug tests (gcc -O0 -g, -O2)
+  bpftrace          # the peer in the live-debugging figures (docs/benchmarks.md)
 )
 
 if ! command -v cargo >/dev/null; then

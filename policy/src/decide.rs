@@ -403,7 +403,7 @@ pub(crate) enum ServicePattern {
 }
 
 impl ServicePattern {
-    fn matches(&self, service: &str) -> bool {
+    pub(crate) fn matches(&self, service: &str) -> bool {
         match self {
             ServicePattern::Exact(s) => s == service,
             ServicePattern::Glob(g) => g.is_match(service),

@@ -65,6 +65,17 @@ pub struct Policy {
     rules: Vec<decide::Rule>,
     index: decide::Index,
     tests: Vec<testrun::TestCase>,
+    debug: Vec<parse::DebugRule>,
+}
+
+/// What the policy says about probing one function live (issue 12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DebugDecision {
+    /// Allowed by the named `[[debug]]` rule; `args`: argument values may
+    /// be captured.
+    Allowed { rule: String, args: bool },
+    /// No `[[debug]]` rule matches (the default: nothing may be probed).
+    Denied,
 }
 
 /// A rule as listed by [`Policy::rules`].
@@ -92,6 +103,7 @@ impl Policy {
             rules: parsed.rules,
             index: parsed.index,
             tests: parsed.tests,
+            debug: parsed.debug,
         })
     }
 
@@ -151,6 +163,22 @@ impl Policy {
         decide::decide_linear(&self.rules, request)
     }
 
+    /// May `function` (its display name) of `service` be probed live? The
+    /// first `[[debug]]` rule, in file order, whose services and functions
+    /// match decides; none matching denies.
+    pub fn decide_debug(&self, service: &str, function: &str) -> DebugDecision {
+        for r in &self.debug {
+            let service_ok = r.services.is_empty() || r.services.iter().any(|p| p.matches(service));
+            if service_ok && r.functions.iter().any(|g| g.is_match(function)) {
+                return DebugDecision::Allowed {
+                    rule: r.name.clone(),
+                    args: r.args,
+                };
+            }
+        }
+        DebugDecision::Denied
+    }
+
     /// Run the file's `[[test]]` entries, in file order.
     pub fn run_tests(&self) -> Vec<TestOutcome> {
         self.tests.iter().map(|t| testrun::run(self, t)).collect()
@@ -183,5 +211,70 @@ impl Policy {
                 description: r.description.clone(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_rules_decide_in_file_order_and_deny_by_default() {
+        let p = Policy::parse(
+            "t.toml",
+            r#"
+[[debug]]
+name = "api-handlers"
+services = ["api"]
+functions = ["main.handle*", "main.(*Server).*"]
+args = true
+
+[[debug]]
+name = "anything-else-no-args"
+services = ["web-*"]
+functions = ["*"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.decide_debug("api", "main.handleCheckout"),
+            DebugDecision::Allowed {
+                rule: "api-handlers".into(),
+                args: true
+            }
+        );
+        assert_eq!(
+            p.decide_debug("api", "main.(*Server).Serve"),
+            DebugDecision::Allowed {
+                rule: "api-handlers".into(),
+                args: true
+            }
+        );
+        assert_eq!(
+            p.decide_debug("api", "runtime.mallocgc"),
+            DebugDecision::Denied
+        );
+        assert_eq!(
+            p.decide_debug("web-1", "github.com/x/y.F"),
+            DebugDecision::Allowed {
+                rule: "anything-else-no-args".into(),
+                args: false
+            }
+        );
+        assert_eq!(p.decide_debug("db", "main.main"), DebugDecision::Denied);
+        assert_eq!(
+            Policy::parse("e.toml", "")
+                .unwrap()
+                .decide_debug("api", "main.x"),
+            DebugDecision::Denied
+        );
+        let e = Policy::parse("b.toml", "[[debug]]\nname = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("functions"), "{e}");
+        let e = Policy::parse(
+            "b.toml",
+            "[[debug]]\nname = \"x\"\nfunctions = [\"*\"]\nbogus = 1\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
     }
 }

@@ -52,6 +52,19 @@ impl Glob {
     pub(crate) fn is_match(&self, text: &str) -> bool {
         self.matcher.is_match(text)
     }
+
+    /// A glob whose `*` also crosses `/` (function names such as
+    /// `github.com/org/pkg.(*T).Serve` are not paths).
+    pub(crate) fn new_name(pattern: &str) -> Result<Glob, globset::Error> {
+        let glob = GlobBuilder::new(pattern)
+            .backslash_escape(true)
+            .empty_alternates(true)
+            .build()?;
+        Ok(Glob {
+            pattern: pattern.to_owned(),
+            matcher: glob.compile_matcher(),
+        })
+    }
 }
 
 /// True when the text has characters a glob treats specially.

@@ -23,7 +23,8 @@ type Value<'i> = Spanned<DeValue<'i>>;
 /// Strings with their spans.
 type Spans<'a> = Vec<(&'a str, Range<usize>)>;
 
-const TOP_KEYS: &[&str] = &["version", "defaults", "rule", "test"];
+const TOP_KEYS: &[&str] = &["version", "defaults", "rule", "test", "debug"];
+const DEBUG_KEYS: &[&str] = &["name", "services", "functions", "args"];
 const DEFAULT_KEYS: &[&str] = &["timeout", "max_output_bytes", "env", "cwd"];
 const LIMIT_KEYS: &[&str] = &["timeout", "max_output_bytes", "env", "cwd", "shell"];
 const RULE_KEYS: &[&str] = &[
@@ -53,6 +54,55 @@ pub(crate) struct Parsed {
     pub(crate) rules: Vec<Rule>,
     pub(crate) index: Index,
     pub(crate) tests: Vec<TestCase>,
+    pub(crate) debug: Vec<DebugRule>,
+}
+
+/// A `[[debug]]` rule (issue 12): which services' functions may be probed
+/// live, and whether argument values may be captured.
+#[derive(Debug)]
+pub(crate) struct DebugRule {
+    pub(crate) name: String,
+    /// Empty: every service.
+    pub(crate) services: Vec<ServicePattern>,
+    /// Globs over the function's display name; at least one.
+    pub(crate) functions: Vec<Glob>,
+    pub(crate) args: bool,
+}
+
+fn debug_rule(src: &Source<'_>, item: &Value<'_>) -> Result<DebugRule> {
+    let t = Table::of(src, item, "a [[debug]] rule".to_owned())?;
+    t.check_keys(DEBUG_KEYS)?;
+    let name = match t.str("name")? {
+        Some((n, _)) if !n.is_empty() => n.to_owned(),
+        _ => return Err(t.missing("name", "name the rule, e.g. name = \"api-handlers\"")),
+    };
+    let mut services = Vec::new();
+    for (s, span) in t.str_list("services")?.unwrap_or_default() {
+        if s.is_empty() {
+            return Err(t.bad_value(span, "empty service name".to_owned(), None));
+        }
+        services.push(if has_glob_meta(s) {
+            ServicePattern::Glob(Glob::new(s).map_err(|e| glob_error(src, span, &e))?)
+        } else {
+            ServicePattern::Exact(s.to_owned())
+        });
+    }
+    let mut functions = Vec::new();
+    for (f, span) in t.str_list("functions")?.unwrap_or_default() {
+        functions.push(Glob::new_name(f).map_err(|e| glob_error(src, span, &e))?);
+    }
+    if functions.is_empty() {
+        return Err(t.missing(
+            "functions",
+            "list the functions that may be probed, e.g. functions = [\"main.handle*\"] (\"*\" for all)",
+        ));
+    }
+    Ok(DebugRule {
+        name,
+        services,
+        functions,
+        args: t.bool("args")?.unwrap_or(false),
+    })
 }
 
 pub(crate) fn parse(path: &str, text: &str) -> Result<Parsed> {
@@ -121,11 +171,18 @@ pub(crate) fn parse(path: &str, text: &str) -> Result<Parsed> {
             tests.push(test(&src, item, &rules)?);
         }
     }
+    let mut debug = Vec::new();
+    if let Some(v) = top.get("debug") {
+        for item in top.array_of_tables(v, "debug")? {
+            debug.push(debug_rule(&src, item)?);
+        }
+    }
     let index = Index::build(&rules);
     Ok(Parsed {
         rules,
         index,
         tests,
+        debug,
     })
 }
 

@@ -5,6 +5,7 @@
 //! control services ([`rpc::ColonyControl`], [`rpc::AgentControl`]), the types
 //! they carry, and the framing used on the local Unix sockets ([`local`]).
 
+pub mod debug;
 pub mod forward;
 pub mod local;
 pub mod read;

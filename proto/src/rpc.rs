@@ -55,6 +55,12 @@ pub trait ColonyControl {
     async fn red(q: RedQuery) -> Result<RedReport, QueryError>;
     /// The service map from every source (the read layer).
     async fn service_map(q: MapQuery) -> Result<ServiceMap, QueryError>;
+    /// `coral debug` (issue 12): forwarded to the agent hosting `service`
+    /// after the colony's audit record is written.
+    async fn debug(
+        service: String,
+        op: crate::debug::DebugOp,
+    ) -> Result<crate::debug::DebugReply, crate::debug::DebugError>;
 }
 
 /// The join exchange, served on the colony's public endpoint (TCP, the
@@ -102,4 +108,9 @@ pub trait AgentRpc {
     /// Per kind, the last telemetry `seq` the agent has committed: the
     /// colony compares it with what it stored to know what is in flight.
     async fn telemetry_head() -> Checkpoints;
+    /// Live debugging (issue 12) on the process serving `service`.
+    async fn debug(
+        service: String,
+        op: crate::debug::DebugOp,
+    ) -> Result<crate::debug::DebugReply, crate::debug::DebugError>;
 }

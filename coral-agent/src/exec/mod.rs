@@ -178,6 +178,12 @@ fn check_request(req: &ExecRequest) -> Result<(), ExecError> {
 }
 
 impl Exec {
+    /// The exec policy in force (its `[[debug]]` rules decide live
+    /// debugging, issue 12).
+    pub(crate) fn policy(&self) -> std::sync::Arc<coral_policy::Policy> {
+        self.policy.current()
+    }
+
     /// Loads the policy, opens the audit log and sets up containment.
     pub(crate) fn open(
         config: &ExecConfig,

@@ -8,6 +8,7 @@
 
 mod ask;
 mod daemon;
+mod debug;
 mod mcp_cmd;
 pub(crate) mod render;
 
@@ -116,6 +117,9 @@ service, 69 colony or agent unreachable, 77 denied by policy, 124 timed out,
 126 cannot run, 127 not found on the host, 128+N killed by signal N, 130
 cancelled.")]
     Exec(ExecArgs),
+    /// Live debugging: attach uprobes to a service's functions, read the calls, detach.
+    #[command(subcommand)]
+    Debug(debug::DebugCmd),
     /// Show the exec audit log: every attempt on every agent, and the colony's own records.
     #[command(after_help = "\
 Examples:
@@ -687,6 +691,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Mcp(cmd) => mcp_cmd::run(cmd),
         Command::SandboxCheck { role, action } => sandbox_check(&role, &action),
         Command::Exec(args) => client(exec(args)),
+        Command::Debug(cmd) => client(debug::run(cmd)),
         Command::Audit {
             service,
             since,

@@ -39,6 +39,9 @@ pub struct McpConfig {
     /// Offer `coral_agent_exec` (run a diagnostic command under the
     /// agent's exec policy) to MCP clients, `coral ask` and the analyzer.
     pub allow_exec: bool,
+    /// Offer the live-debugging tools (`coral_debug_attach`, `_logs`,
+    /// `_detach`, `_functions`: uprobes on running code, issue 12).
+    pub allow_debug: bool,
 }
 
 /// `[colony.mesh]`. With `enabled` (the default) agents join with tokens and

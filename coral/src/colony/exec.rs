@@ -22,7 +22,7 @@ fn ctx(extra: Duration) -> context::Context {
 
 /// A word for the audit's `cli_equivalent`: quoted when the shell would
 /// otherwise read it differently.
-fn quote(w: &str) -> String {
+pub(crate) fn quote(w: &str) -> String {
     let plain = !w.is_empty()
         && w.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
@@ -111,7 +111,7 @@ impl Shared {
         Ok(client)
     }
 
-    fn forget_client(&self, agent_id: &str) {
+    pub(crate) fn forget_client(&self, agent_id: &str) {
         self.agent_clients
             .lock()
             .expect("agent_clients lock")

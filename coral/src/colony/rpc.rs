@@ -675,6 +675,16 @@ impl ColonyControl for Control {
         self.shared.exec_start(req, caller).await
     }
 
+    async fn debug(
+        self,
+        _: Context,
+        service: String,
+        op: coral_proto::debug::DebugOp,
+    ) -> Result<coral_proto::debug::DebugReply, coral_proto::debug::DebugError> {
+        let caller = super::exec::caller_from_cred(self.cred.as_ref(), &self.shared.colony_id);
+        self.shared.debug(service, op, caller).await
+    }
+
     async fn exec_poll(
         self,
         _: Context,

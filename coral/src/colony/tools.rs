@@ -203,6 +203,7 @@ pub fn catalog(allow_exec: bool) -> Vec<ToolDef> {
             read_only: true,
         },
     ];
+    list.extend(super::debug_tools::catalog()); // issue 12; gated in mcp.rs by debug_tools::listed
     if allow_exec {
         list.push(ToolDef {
             name: "coral_agent_exec",
@@ -244,6 +245,9 @@ pub(crate) async fn call(
     caller: &coral_proto::ExecCaller,
 ) -> Result<Value, ToolError> {
     let now_us = coral_proto::now_ms() * 1000;
+    if let Some(r) = super::debug_tools::call(shared, name, args.clone(), caller).await {
+        return r;
+    }
     match name {
         "coral_agent_exec" if shared.config.mcp.allow_exec => {
             exec(shared, parse(args)?, caller.clone()).await

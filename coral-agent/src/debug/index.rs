@@ -1,0 +1,556 @@
+//! What can be probed in a binary (issue 12): its functions (from
+//! [`coral_privhelper::elfcode`], the same decode the helper re-checks
+//! offsets with), their display names (Go as is, Rust and C++ demangled),
+//! and, when DWARF is present, each parameter's name, type and where its
+//! value is at the entry (Go register ABI or SysV) and, for Go results, at
+//! the return instructions.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use coral_privhelper::elfcode::{Binary, CodeError, MAX_BINARY_BYTES, Runtime};
+use gimli::{AttributeValue, EndianSlice, LittleEndian};
+use object::{Object, ObjectSection};
+
+/// The language runtime, as the probes care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lang {
+    /// Go ≥ 1.17 register ABI: entries and return instructions, never
+    /// uretprobes.
+    Go,
+    /// C, C++, Rust: SysV ABI, entry uprobe + uretprobe.
+    Native,
+}
+
+/// What a value is, enough to read it from registers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ValueKind {
+    Int {
+        signed: bool,
+        bytes: u8,
+    },
+    Bool,
+    Pointer,
+    /// A C `char *` (read up to NUL).
+    CString,
+    /// Go string: (ptr, len).
+    String,
+    /// Go slice: (ptr, len, cap); `bytes` for `[]byte`.
+    Slice {
+        bytes: bool,
+    },
+    /// Go interface (`error` included): (type, data).
+    Interface,
+    Float,
+    /// Anything else (structs, arrays): not read.
+    Other,
+}
+
+impl ValueKind {
+    /// Integer registers it takes under the Go ABI (`None`: float or not
+    /// register-assignable here).
+    fn go_words(&self) -> Option<usize> {
+        match self {
+            ValueKind::Int { .. } | ValueKind::Bool | ValueKind::Pointer | ValueKind::CString => {
+                Some(1)
+            }
+            ValueKind::String | ValueKind::Interface => Some(2),
+            ValueKind::Slice { .. } => Some(3),
+            ValueKind::Float | ValueKind::Other => None,
+        }
+    }
+}
+
+/// Where a value is when the probe fires.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Location {
+    /// Indices into the event's registers (`coral_ebpf::UprobeEvent::regs`).
+    Regs(Vec<u8>),
+    /// Float registers, the stack or a layout not followed: not captured.
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Param {
+    pub name: String,
+    pub type_name: String,
+    pub kind: ValueKind,
+    pub location: Location,
+}
+
+/// One probe-able function.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionInfo {
+    /// Display name: Go's as is, C++ and Rust demangled (Rust without hash).
+    pub name: String,
+    /// The symbol as stored.
+    pub symbol: String,
+    pub addr: u64,
+    pub size: u64,
+    /// File offset of the entry.
+    pub offset: u64,
+    /// Arguments (from DWARF; empty without it).
+    pub params: Vec<Param>,
+    /// Go results, located at the return instructions (from DWARF).
+    pub results: Vec<Param>,
+}
+
+/// An indexed binary.
+#[derive(Debug)]
+pub struct Index {
+    pub path: PathBuf,
+    pub lang: Lang,
+    pub pie: bool,
+    pub has_dwarf: bool,
+    pub functions: Vec<FunctionInfo>,
+    code: Binary,
+    data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Code { path: String, source: CodeError },
+}
+
+/// Integer argument registers, as indices into the event's registers.
+/// Go: RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11 (indices 0..9).
+const GO_INT_REGS: [u8; 9] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+/// SysV: RDI, RSI, RDX, RCX, R8, R9.
+const SYSV_INT_REGS: [u8; 6] = [3, 4, 9, 2, 5, 6];
+
+/// Display name of a symbol: Rust demangled without its hash, C++
+/// demangled, anything else as is.
+pub fn display_name(sym: &str) -> String {
+    if let Ok(d) = rustc_demangle::try_demangle(sym) {
+        return format!("{d:#}");
+    }
+    if sym.starts_with("_Z")
+        && let Ok(s) = cpp_demangle::Symbol::new(sym)
+        && let Ok(d) = s.demangle(&cpp_demangle::DemangleOptions::default())
+    {
+        return d;
+    }
+    sym.to_owned()
+}
+
+impl Index {
+    /// Reads and indexes the binary at `path`.
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        let read_err = |reason: String| IndexError::Read {
+            path: path.display().to_string(),
+            reason,
+        };
+        let md = std::fs::metadata(path).map_err(|e| read_err(e.to_string()))?;
+        if md.len() > MAX_BINARY_BYTES {
+            return Err(read_err(format!("larger than {MAX_BINARY_BYTES} bytes")));
+        }
+        let data = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
+        Self::from_bytes(path, data)
+    }
+
+    pub fn from_bytes(path: &Path, data: Vec<u8>) -> Result<Self, IndexError> {
+        let code = Binary::parse(&data).map_err(|source| IndexError::Code {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let lang = match code.runtime {
+            Runtime::Go { .. } => Lang::Go,
+            Runtime::Native => Lang::Native,
+        };
+        let dwarf = dwarf_params(&data, lang).unwrap_or_default();
+        let functions = code
+            .functions
+            .iter()
+            .map(|f| {
+                let (params, results) = dwarf.get(&f.addr).cloned().unwrap_or_default();
+                FunctionInfo {
+                    name: display_name(&f.name),
+                    symbol: f.name.clone(),
+                    addr: f.addr,
+                    size: f.size,
+                    offset: f.offset,
+                    params,
+                    results,
+                }
+            })
+            .collect();
+        Ok(Index {
+            path: path.to_owned(),
+            lang,
+            pie: code.pie,
+            has_dwarf: !dwarf.is_empty(),
+            functions,
+            code,
+            data,
+        })
+    }
+
+    /// Functions whose display name contains `pattern` (all when empty).
+    pub fn matching<'a>(&'a self, pattern: &'a str) -> impl Iterator<Item = &'a FunctionInfo> {
+        self.functions
+            .iter()
+            .filter(move |f| pattern.is_empty() || f.name.contains(pattern))
+    }
+
+    /// The function called `name`: exactly, or as the last path element
+    /// (`handleCheckout` finds `main.handleCheckout`,
+    /// `main.(*Server).handleCheckout` and `shop::handle_checkout`'s kin).
+    /// Ambiguous short names are an error listing the candidates.
+    pub fn resolve(&self, name: &str) -> Result<&FunctionInfo, String> {
+        if let Some(f) = self.functions.iter().find(|f| f.name == name) {
+            return Ok(f);
+        }
+        let hits: Vec<_> = self
+            .functions
+            .iter()
+            .filter(|f| {
+                f.name
+                    .strip_suffix(name)
+                    .is_some_and(|head| head.ends_with('.') || head.ends_with("::"))
+            })
+            .collect();
+        // A short Go name found in several packages: the program's own
+        // (package main) wins.
+        let main: Vec<_> = hits
+            .iter()
+            .filter(|f| f.name.starts_with("main."))
+            .copied()
+            .collect();
+        let hits = if hits.len() > 1 && main.len() == 1 {
+            main
+        } else {
+            hits
+        };
+        match hits.as_slice() {
+            [f] => Ok(f),
+            [] => Err(format!(
+                "no function '{name}' in {} (see 'coral debug functions')",
+                self.path.display()
+            )),
+            many => Err(format!(
+                "'{name}' is ambiguous in {}: {}",
+                self.path.display(),
+                many.iter()
+                    .take(5)
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// File offsets of `f`'s return instructions (linear sweep).
+    pub fn return_offsets(&self, f: &FunctionInfo) -> Vec<u64> {
+        match self.code.functions.iter().find(|c| c.addr == f.addr) {
+            Some(c) => self.code.return_offsets(&self.data, c),
+            None => Vec::new(),
+        }
+    }
+}
+
+type ParamsByAddr = HashMap<u64, (Vec<Param>, Vec<Param>)>;
+
+/// Parameters of every DWARF subprogram with a `low_pc`, by address.
+fn dwarf_params(data: &[u8], lang: Lang) -> Option<ParamsByAddr> {
+    let elf = object::File::parse(data).ok()?;
+    elf.section_by_name(".debug_info")?;
+    let sections = gimli::DwarfSections::load(|id| -> Result<Cow<'_, [u8]>, gimli::Error> {
+        Ok(elf
+            .section_by_name(id.name())
+            .and_then(|s| s.uncompressed_data().ok())
+            .unwrap_or(Cow::Borrowed(&[])))
+    })
+    .ok()?;
+    let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
+    let mut out = HashMap::new();
+    let mut headers = dwarf.units();
+    let mut units = Vec::new();
+    while let Ok(Some(header)) = headers.next() {
+        if let Ok(unit) = dwarf.unit(header) {
+            units.push(unit);
+        }
+    }
+    for (ui, unit) in units.iter().enumerate() {
+        let mut cursor = unit.entries();
+        // (address, depth) of the subprogram whose children are being read.
+        let mut current: Option<(u64, isize)> = None;
+        let mut raw: Vec<(String, String, ValueKind, bool)> = Vec::new();
+        let mut flush = |addr: Option<(u64, isize)>, raw: &mut Vec<_>| {
+            if let Some((a, _)) = addr {
+                out.insert(a, locate(std::mem::take(raw), lang));
+            }
+            raw.clear();
+        };
+        while let Ok(Some(entry)) = cursor.next_dfs() {
+            let depth = entry.depth();
+            if let Some((_, d)) = current
+                && depth <= d
+            {
+                flush(current.take(), &mut raw);
+            }
+            match entry.tag() {
+                gimli::DW_TAG_subprogram => {
+                    if let Some(AttributeValue::Addr(a)) = entry.attr_value(gimli::DW_AT_low_pc) {
+                        current = Some((a, depth));
+                        // A native function's return type: its value is
+                        // in RAX at the uretprobe.
+                        if lang == Lang::Native
+                            && let Some((u, o)) = type_ref(&units, ui, entry)
+                        {
+                            let (type_name, kind) = type_of(&dwarf, &units, u, o, 0);
+                            raw.push(("return".into(), type_name, kind, true));
+                        }
+                    }
+                }
+                gimli::DW_TAG_formal_parameter if current.is_some_and(|(_, d)| depth == d + 1) => {
+                    let name = entry
+                        .attr_value(gimli::DW_AT_name)
+                        .and_then(|v| dwarf.attr_string(unit, v).ok())
+                        .and_then(|s| s.to_string().ok().map(str::to_owned))
+                        .unwrap_or_else(|| format!("arg{}", raw.len()));
+                    let output = matches!(
+                        entry.attr_value(gimli::DW_AT_variable_parameter),
+                        Some(AttributeValue::Flag(true))
+                    );
+                    let (type_name, kind) = match type_ref(&units, ui, entry) {
+                        Some((u, o)) => type_of(&dwarf, &units, u, o, 0),
+                        None => ("?".into(), ValueKind::Other),
+                    };
+                    raw.push((name, type_name, kind, output));
+                }
+                _ => {}
+            }
+        }
+        flush(current.take(), &mut raw);
+    }
+    Some(out)
+}
+
+type Dw<'a> = gimli::Dwarf<EndianSlice<'a, LittleEndian>>;
+type Unit<'a> = gimli::Unit<EndianSlice<'a, LittleEndian>>;
+type Die<'a> = gimli::DebuggingInformationEntry<EndianSlice<'a, LittleEndian>>;
+
+/// The unit and offset `DW_AT_type` of `e` points to: in its own unit, or
+/// (Go puts types in their own unit) anywhere in `.debug_info`.
+fn type_ref(units: &[Unit<'_>], cur: usize, e: &Die<'_>) -> Option<(usize, gimli::UnitOffset)> {
+    match e.attr_value(gimli::DW_AT_type)? {
+        AttributeValue::UnitRef(o) => Some((cur, o)),
+        AttributeValue::DebugInfoRef(g) => units
+            .iter()
+            .enumerate()
+            .find_map(|(i, u)| g.to_unit_offset(&u.header).map(|o| (i, o))),
+        _ => None,
+    }
+}
+
+/// The name and kind of the type at `off` of unit `ui` (typedefs and
+/// qualifiers followed a few levels).
+fn type_of(
+    dwarf: &Dw<'_>,
+    units: &[Unit<'_>],
+    ui: usize,
+    off: gimli::UnitOffset,
+    depth: u8,
+) -> (String, ValueKind) {
+    let unit = &units[ui];
+    let Ok(e) = unit.entry(off) else {
+        return ("?".into(), ValueKind::Other);
+    };
+    let name = e
+        .attr_value(gimli::DW_AT_name)
+        .and_then(|v| dwarf.attr_string(unit, v).ok())
+        .and_then(|s| s.to_string().ok().map(str::to_owned));
+    let target = if depth < 8 {
+        type_ref(units, ui, &e)
+    } else {
+        None
+    };
+    let bytes = match e.attr_value(gimli::DW_AT_byte_size) {
+        Some(AttributeValue::Udata(n)) => n,
+        Some(AttributeValue::Data1(n)) => u64::from(n),
+        Some(AttributeValue::Data2(n)) => u64::from(n),
+        Some(AttributeValue::Data4(n)) => u64::from(n),
+        Some(AttributeValue::Data8(n)) => n,
+        _ => 8,
+    } as u8;
+    let n = name.clone().unwrap_or_default();
+    let kind = match e.tag() {
+        gimli::DW_TAG_base_type => match e.attr_value(gimli::DW_AT_encoding) {
+            Some(AttributeValue::Encoding(gimli::DW_ATE_boolean)) => ValueKind::Bool,
+            Some(AttributeValue::Encoding(gimli::DW_ATE_float)) => ValueKind::Float,
+            Some(AttributeValue::Encoding(gimli::DW_ATE_signed | gimli::DW_ATE_signed_char)) => {
+                ValueKind::Int {
+                    signed: true,
+                    bytes,
+                }
+            }
+            Some(AttributeValue::Encoding(_)) if n.starts_with("complex") => ValueKind::Other,
+            Some(AttributeValue::Encoding(_)) => ValueKind::Int {
+                signed: false,
+                bytes,
+            },
+            _ => ValueKind::Other,
+        },
+        gimli::DW_TAG_pointer_type => {
+            let pointee = target.map(|(u, o)| type_of(dwarf, units, u, o, depth + 1));
+            match pointee {
+                Some((p, ValueKind::Int { bytes: 1, .. }))
+                    if p == "char" || p == "const char" || p == "unsigned char" =>
+                {
+                    ValueKind::CString
+                }
+                _ => ValueKind::Pointer,
+            }
+        }
+        gimli::DW_TAG_structure_type if n == "string" => ValueKind::String,
+        gimli::DW_TAG_structure_type if n.starts_with("[]") => ValueKind::Slice {
+            bytes: n == "[]uint8",
+        },
+        gimli::DW_TAG_structure_type
+            if n == "runtime.iface" || n == "runtime.eface" || n.starts_with("interface") =>
+        {
+            ValueKind::Interface
+        }
+        gimli::DW_TAG_typedef if n == "error" || n.starts_with("interface") => ValueKind::Interface,
+        // Go maps, channels and funcs are pointers in DWARF typedefs.
+        gimli::DW_TAG_typedef
+            if n.starts_with("map[") || n.starts_with("chan ") || n.starts_with("func(") =>
+        {
+            ValueKind::Pointer
+        }
+        gimli::DW_TAG_typedef | gimli::DW_TAG_const_type | gimli::DW_TAG_volatile_type
+            if depth < 8 =>
+        {
+            let inner = target.map(|(u, o)| type_of(dwarf, units, u, o, depth + 1));
+            let (inner_name, kind) = inner.unwrap_or(("void".into(), ValueKind::Other));
+            let shown = match (e.tag(), name) {
+                (gimli::DW_TAG_const_type, _) => format!("const {inner_name}"),
+                (_, Some(n)) => n,
+                (_, None) => inner_name,
+            };
+            return (shown, kind);
+        }
+        _ => ValueKind::Other,
+    };
+    let shown = match (e.tag(), name) {
+        (_, Some(n)) => n,
+        (gimli::DW_TAG_pointer_type, None) => {
+            let p = target
+                .map(|(u, o)| type_of(dwarf, units, u, o, depth + 1).0)
+                .unwrap_or_else(|| "void".into());
+            format!("{p} *")
+        }
+        _ => "?".into(),
+    };
+    (shown, kind)
+}
+
+/// Assigns registers: Go's ABI for arguments (at the entry) and results
+/// (at the returns, restarting at RAX); SysV for native arguments.
+fn locate(raw: Vec<(String, String, ValueKind, bool)>, lang: Lang) -> (Vec<Param>, Vec<Param>) {
+    let (mut params, mut results) = (Vec::new(), Vec::new());
+    let (mut next_in, mut next_out) = (0usize, 0usize);
+    for (name, type_name, kind, output) in raw {
+        let (regs, next): (&[u8], &mut usize) = match (lang, output) {
+            (Lang::Go, false) => (&GO_INT_REGS, &mut next_in),
+            (Lang::Go, true) => (&GO_INT_REGS, &mut next_out),
+            (Lang::Native, false) => (&SYSV_INT_REGS, &mut next_in),
+            // The return value: RAX.
+            (Lang::Native, true) => (&[0u8][..], &mut next_out),
+        };
+        let location = match (lang, kind.go_words()) {
+            (_, None) => Location::Unavailable(match kind {
+                ValueKind::Float => "float register (not captured)".into(),
+                _ => "layout not followed".into(),
+            }),
+            (Lang::Native, Some(_))
+                if !matches!(
+                    kind,
+                    ValueKind::String | ValueKind::Slice { .. } | ValueKind::Interface
+                ) =>
+            {
+                match regs.get(*next) {
+                    Some(r) => {
+                        *next += 1;
+                        Location::Regs(vec![*r])
+                    }
+                    None => Location::Unavailable("on the stack".into()),
+                }
+            }
+            (Lang::Native, Some(_)) => Location::Unavailable("layout not followed".into()),
+            (Lang::Go, Some(w)) => {
+                if *next + w <= regs.len() {
+                    let v = regs[*next..*next + w].to_vec();
+                    *next += w;
+                    Location::Regs(v)
+                } else {
+                    // Go: an argument that does not fit goes to the stack;
+                    // the following ones may still use registers.
+                    Location::Unavailable("on the stack".into())
+                }
+            }
+        };
+        let p = Param {
+            name,
+            type_name,
+            kind,
+            location,
+        };
+        if output {
+            results.push(p);
+        } else {
+            params.push(p);
+        }
+    }
+    (params, results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_demangle() {
+        assert_eq!(
+            display_name("_ZN4core3fmt5write17h0123456789abcdefE"),
+            "core::fmt::write"
+        );
+        assert_eq!(display_name("_ZN3foo3barEv"), "foo::bar()");
+        assert_eq!(display_name("main.Add"), "main.Add");
+    }
+
+    #[test]
+    fn go_abi_assigns_registers_and_spills() {
+        let s = |n: &str, k| (n.to_owned(), "t".to_owned(), k, false);
+        let (p, _) = locate(
+            vec![
+                s("name", ValueKind::String),
+                s(
+                    "n",
+                    ValueKind::Int {
+                        signed: true,
+                        bytes: 8,
+                    },
+                ),
+                s("data", ValueKind::Slice { bytes: true }),
+                s("err", ValueKind::Interface),
+                s("x", ValueKind::Float),
+                s("ok", ValueKind::Bool),
+            ],
+            Lang::Go,
+        );
+        assert_eq!(p[0].location, Location::Regs(vec![0, 1]));
+        assert_eq!(p[1].location, Location::Regs(vec![2]));
+        assert_eq!(p[2].location, Location::Regs(vec![3, 4, 5]));
+        assert_eq!(p[3].location, Location::Regs(vec![6, 7]));
+        assert!(matches!(p[4].location, Location::Unavailable(_)));
+        assert_eq!(p[5].location, Location::Regs(vec![8]));
+    }
+}

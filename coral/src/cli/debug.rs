@@ -1,0 +1,411 @@
+//! `coral debug attach | logs | detach | list | functions` (issue 12): thin
+//! adapters over `ColonyControl::debug`, which the colony routes to the
+//! agent hosting the service.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use coral_proto::debug::{
+    DebugAttachRequest, DebugCall, DebugError, DebugLogsRequest, DebugOp, DebugReply, DebugSession,
+    DebugTarget,
+};
+
+use super::{Coded, EX_NOPERM, Unavailable, Usage, colony_client, colony_gone, out};
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCmd {
+    /// Attach uprobes to functions of a service's process for a while.
+    #[command(after_help = "\
+Examples:
+  coral debug attach api --function handleCheckout --duration 60s --args
+  coral debug attach api --function main.Fib --function main.Nap
+
+Go (1.17 or newer, with or without DWARF, PIE or not) gets a probe at the
+entry and at every return instruction (never a uretprobe); C, C++ and Rust an
+entry probe and a uretprobe. The session ends by itself after --duration
+(at most 10m); its probes are then removed from the kernel.")]
+    Attach(AttachArgs),
+    /// Show the calls the probes saw: arguments, results, durations.
+    Logs {
+        service: String,
+        /// Only this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Keep printing new calls until the sessions end (or Ctrl-C).
+        #[arg(long)]
+        follow: bool,
+        /// Most calls per read.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Print JSON lines (one call each; a stable schema).
+        #[arg(long)]
+        json: bool,
+    },
+    /// End sessions now: their probes are removed.
+    Detach {
+        service: String,
+        /// Every session on the service.
+        #[arg(long, conflicts_with = "session")]
+        all: bool,
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Active and recently ended sessions on a service.
+    List {
+        service: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The functions that can be probed in a service's binary.
+    Functions {
+        service: String,
+        /// Only names containing this.
+        pattern: Option<String>,
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    service: String,
+    /// A function: its full name or its last element (repeat for several).
+    #[arg(long = "function", short = 'f', required = true)]
+    functions: Vec<String>,
+    /// How long the probes stay (at most 10m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Capture argument and result values (they can hold secrets).
+    #[arg(long)]
+    args: bool,
+    /// Capture each call's stack at its entry (up to 32 frames; needs frame
+    /// pointers, which Go always has).
+    #[arg(long)]
+    stack: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn debug_error(e: DebugError) -> anyhow::Error {
+    match e {
+        DebugError::Invalid(m)
+        | DebugError::NotFound(m)
+        | DebugError::Unsupported(m)
+        | DebugError::Limit(m) => Usage(m).into(),
+        DebugError::Refused(m) => Coded {
+            code: EX_NOPERM,
+            msg: m,
+        }
+        .into(),
+        DebugError::Failed(m) => Unavailable(m).into(),
+    }
+}
+
+async fn call(service: &str, op: DebugOp) -> anyhow::Result<DebugReply> {
+    let c = colony_client().await?;
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = Instant::now() + Duration::from_secs(40);
+    c.debug(ctx, service.to_string(), op)
+        .await
+        .map_err(|e| colony_gone(&e))?
+        .map_err(debug_error)
+}
+
+fn sessions(r: DebugReply) -> anyhow::Result<Vec<DebugSession>> {
+    match r {
+        DebugReply::Sessions(s) => Ok(s),
+        other => Err(anyhow!("unexpected reply from the agent: {other:?}")),
+    }
+}
+
+fn secs_left(s: &DebugSession) -> i64 {
+    ((s.expires_ms - coral_proto::now_ms()).max(0) + 999) / 1000
+}
+
+fn session_table(list: &[DebugSession]) -> String {
+    let mut t = format!(
+        "{:<8} {:>7} {:<6} {:<9} {:>6} {:>8} {:>7} {:>9}  {}\n",
+        "SESSION", "PID", "LANG", "STATE", "POINTS", "CALLS", "DROPPED", "LEFT", "FUNCTIONS (hits)"
+    );
+    for s in list {
+        let funcs: Vec<String> = s
+            .probes
+            .iter()
+            .map(|p| {
+                if p.state == "attached" {
+                    format!("{} ({})", p.function, p.hits)
+                } else {
+                    format!("{} ({}; {})", p.function, p.hits, p.state)
+                }
+            })
+            .collect();
+        let left = if s.state == "active" {
+            format!("{}s", secs_left(s))
+        } else {
+            "-".into()
+        };
+        t.push_str(&format!(
+            "{:<8} {:>7} {:<6} {:<9} {:>6} {:>8} {:>7} {:>9}  {}\n",
+            s.id,
+            s.pid,
+            s.lang,
+            s.state,
+            s.attach_points,
+            s.calls,
+            s.dropped,
+            left,
+            funcs.join(", ")
+        ));
+    }
+    t
+}
+
+fn fmt_duration(ns: Option<u64>) -> String {
+    match ns {
+        None => "-".into(),
+        Some(n) if n < 1_000 => format!("{n}ns"),
+        Some(n) if n < 1_000_000 => format!("{:.1}µs", n as f64 / 1e3),
+        Some(n) if n < 1_000_000_000 => format!("{:.2}ms", n as f64 / 1e6),
+        Some(n) => format!("{:.2}s", n as f64 / 1e9),
+    }
+}
+
+fn call_line(c: &DebugCall) -> String {
+    let secs = c.start_unix_ns.div_euclid(1_000_000_000);
+    let nanos = c.start_unix_ns.rem_euclid(1_000_000_000);
+    let t = humantime::format_rfc3339_micros(
+        std::time::UNIX_EPOCH + Duration::new(secs.max(0) as u64, nanos as u32),
+    );
+    let args: Vec<String> = c
+        .args
+        .iter()
+        .map(|a| format!("{}={}", a.name, a.value))
+        .collect();
+    let res: Vec<String> = c.results.iter().map(|a| a.value.clone()).collect();
+    let who = if c.goroutine != 0 {
+        format!("g={:#x}", c.goroutine)
+    } else {
+        format!("tid={}", c.tid)
+    };
+    let mut line = format!(
+        "{t} {:>10} {} {}({})",
+        fmt_duration(c.duration_ns),
+        who,
+        c.function,
+        args.join(", ")
+    );
+    if !res.is_empty() {
+        line.push_str(&format!(" -> {}", res.join(", ")));
+    }
+    line.push('\n');
+    for f in &c.stack {
+        line.push_str(&format!("      at {f}\n"));
+    }
+    line
+}
+
+/// Appends, once each, a note for every probe that was detached early
+/// (over its CPU budget); returns whether any was added.
+fn after_printed_notes(
+    done: &mut std::collections::HashSet<(String, String)>,
+    sessions: &[DebugSession],
+    text: &mut String,
+) -> bool {
+    let mut any = false;
+    for s in sessions {
+        for p in s.probes.iter().filter(|p| p.state != "attached") {
+            if done.insert((s.id.clone(), p.function.clone())) {
+                text.push_str(&format!("note: {} {}: {}\n", s.id, p.function, p.state));
+                any = true;
+            }
+        }
+    }
+    any
+}
+
+pub(super) async fn run(cmd: DebugCmd) -> anyhow::Result<()> {
+    match cmd {
+        DebugCmd::Attach(a) => {
+            if a.duration.is_zero() {
+                return Err(Usage("--duration must be above 0".into()).into());
+            }
+            let req = DebugAttachRequest {
+                target: DebugTarget::Service(a.service.clone()),
+                functions: a.functions,
+                ttl_ms: a.duration.as_millis().min(u128::from(u64::MAX)) as u64,
+                capture_args: a.args,
+                stack: a.stack,
+            };
+            let s = sessions(call(&a.service, DebugOp::Attach(req)).await?)?;
+            let s = s
+                .first()
+                .ok_or_else(|| anyhow!("the agent returned no session"))?;
+            if a.json {
+                return out(&(serde_json::to_string_pretty(s)? + "\n"));
+            }
+            let mut msg = format!(
+                "Attached {} to {} (pid {}, {}, {} attach points via {}), for {}s\n",
+                s.id,
+                a.service,
+                s.pid,
+                s.lang,
+                s.attach_points,
+                s.attached_via,
+                secs_left(s)
+            );
+            for p in &s.probes {
+                msg.push_str(&format!(
+                    "  {}({}): entry {:#x}, {} return point(s)\n",
+                    p.function,
+                    p.params.join(", "),
+                    p.entry_offset,
+                    p.return_offsets.len()
+                ));
+            }
+            msg.push_str(&format!(
+                "See the calls with 'coral debug logs {} --session {}'\n",
+                a.service, s.id
+            ));
+            out(&msg)
+        }
+        DebugCmd::Logs {
+            service,
+            session,
+            follow,
+            limit,
+            json,
+        } => {
+            let mut after = 0;
+            let mut notes_done = std::collections::HashSet::new();
+            loop {
+                let r = call(
+                    &service,
+                    DebugOp::Logs(DebugLogsRequest {
+                        session: session.clone(),
+                        after_seq: after,
+                        limit,
+                    }),
+                )
+                .await?;
+                let DebugReply::Logs(logs) = r else {
+                    return Err(anyhow!("unexpected reply from the agent"));
+                };
+                let mut text = String::new();
+                for c in &logs.calls {
+                    after = after.max(c.seq);
+                    if json {
+                        text.push_str(&serde_json::to_string(c)?);
+                        text.push('\n');
+                    } else {
+                        text.push_str(&call_line(c));
+                    }
+                }
+                if !json {
+                    after_printed_notes(&mut notes_done, &logs.sessions, &mut text);
+                }
+                out(&text)?;
+                let active = logs.sessions.iter().any(|s| s.state == "active");
+                if !follow || (!active && logs.calls.len() < limit as usize) {
+                    if !json && !follow && logs.calls.is_empty() {
+                        out("No calls yet.\n")?;
+                    }
+                    return Ok(());
+                }
+                if logs.calls.len() < limit as usize {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
+                }
+            }
+        }
+        DebugCmd::Detach {
+            service,
+            all,
+            session,
+            json,
+        } => {
+            if !all && session.is_none() {
+                return Err(Usage("say which: --all or --session ID".into()).into());
+            }
+            let ended = sessions(call(&service, DebugOp::Detach(session)).await?)?;
+            if json {
+                return out(&(serde_json::to_string_pretty(&ended)? + "\n"));
+            }
+            if ended.is_empty() {
+                return out("No active session.\n");
+            }
+            let mut msg = String::new();
+            for s in &ended {
+                msg.push_str(&format!(
+                    "Detached {} ({} attach points removed, {} calls seen)\n",
+                    s.id, s.attach_points, s.calls
+                ));
+            }
+            out(&msg)
+        }
+        DebugCmd::List { service, json } => {
+            let list = sessions(call(&service, DebugOp::List).await?)?;
+            if json {
+                return out(&(serde_json::to_string_pretty(&list)? + "\n"));
+            }
+            if list.is_empty() {
+                return out("No sessions.\n");
+            }
+            out(&session_table(&list))
+        }
+        DebugCmd::Functions {
+            service,
+            pattern,
+            limit,
+            json,
+        } => {
+            let r = call(
+                &service,
+                DebugOp::Functions {
+                    pattern: pattern.unwrap_or_default(),
+                    limit,
+                },
+            )
+            .await?;
+            let DebugReply::Functions(f) = r else {
+                return Err(anyhow!("unexpected reply from the agent"));
+            };
+            if json {
+                return out(&(serde_json::to_string_pretty(&f)? + "\n"));
+            }
+            let mut t = format!(
+                "{} (pid {}, {}, {})\n",
+                f.binary,
+                f.pid,
+                f.lang,
+                if f.has_dwarf {
+                    "with DWARF: arguments known"
+                } else {
+                    "no DWARF: names only"
+                }
+            );
+            for func in &f.functions {
+                t.push_str(&format!(
+                    "  {:#010x} {:>7}  {}({})\n",
+                    func.offset,
+                    func.size,
+                    func.name,
+                    func.params.join(", ")
+                ));
+            }
+            if f.total as usize > f.functions.len() {
+                t.push_str(&format!(
+                    "  … {} more (narrow with a pattern or raise --limit)\n",
+                    f.total as usize - f.functions.len()
+                ));
+            }
+            out(&t)
+        }
+    }
+}
