@@ -181,17 +181,7 @@ fn setup_full(extra: &str, helper: Option<&Path>) -> (Env, App) {
         .unwrap();
     assert!(out.status.success(), "agent start: {}", stderr(&out));
     env.ok(&["connect", &format!("api:{}:tcp", app.port)]);
-    env.wait_json(
-        &["colony", "status", "--json"],
-        T,
-        "api known to the colony",
-        |s| {
-            s["agents"].as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|a| a["state"] == "online" && service(a, "api").is_some())
-            })
-        },
-    );
+    wait_service_known(&env, "api", T);
     (env, app)
 }
 

@@ -57,20 +57,7 @@ impl Exec {
         assert!(out.status.success(), "agent start: {}", stderr(&out));
         let svc = TcpService::start();
         env.ok(&["connect", &format!("api:{}:tcp", svc.port)]);
-        env.wait_json(
-            &["colony", "status", "--json"],
-            T,
-            "api known to the colony",
-            |s| {
-                s["agents"].as_array().is_some_and(|a| {
-                    a.iter().any(|a| {
-                        a["state"] == "online"
-                            && a["rpc_addr"].is_string()
-                            && service(a, "api").is_some()
-                    })
-                })
-            },
-        );
+        wait_service_known(&env, "api", T);
         Exec { env, _svc: svc }
     }
 

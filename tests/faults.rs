@@ -70,53 +70,6 @@ fn rss_kb(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A small, valid trace export request.
-fn trace_request(
-    service: &str,
-    spans: usize,
-    pad: usize,
-) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-    let kv = |k: &str, v: &str| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let spans = (0..spans)
-        .map(|i| Span {
-            trace_id: [7u8; 16].to_vec(),
-            span_id: ((i as u64) + 1).to_be_bytes().to_vec(),
-            name: format!("op-{i}"),
-            start_time_unix_nano: now - 5_000_000,
-            end_time_unix_nano: now,
-            attributes: vec![kv("pad", &"x".repeat(pad))],
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", service)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 /// POSTs a small trace over OTLP/HTTP; the status code, or 0 if the
 /// connection failed.
 fn http_export(addr: SocketAddr, service: &str) -> u16 {
@@ -127,7 +80,7 @@ fn http_export(addr: SocketAddr, service: &str) -> u16 {
     client
         .post(format!("http://{addr}/v1/traces"))
         .header("content-type", "application/x-protobuf")
-        .body(trace_request(service, 3, 10).encode_to_vec())
+        .body(trace_request(service, 3, 10, true).encode_to_vec())
         .send()
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
@@ -150,7 +103,7 @@ fn grpc_export(addr: SocketAddr, service: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         tokio::time::timeout(
             Duration::from_secs(10),
-            c.export(trace_request(service, 3, 10)),
+            c.export(trace_request(service, 3, 10, true)),
         )
         .await
         .map_err(|_| "export timed out".to_string())?
@@ -197,20 +150,7 @@ impl Host {
         env.start_agent();
         let svc = TcpService::start();
         env.ok(&["connect", &format!("api:{}:tcp", svc.port)]);
-        env.wait_json(
-            &["colony", "status", "--json"],
-            T,
-            "api known to the colony",
-            |s| {
-                s["agents"].as_array().is_some_and(|a| {
-                    a.iter().any(|a| {
-                        a["state"] == "online"
-                            && a["rpc_addr"].is_string()
-                            && service(a, "api").is_some()
-                    })
-                })
-            },
-        );
+        wait_service_known(&env, "api", T);
         Host { env, _svc: svc }
     }
 
@@ -413,7 +353,7 @@ fn issue16_grpc_burst_is_admitted_before_decoding_and_rss_stays_bounded() {
     let (grpc, _) = otlp_addrs(&env);
     let before = rss_kb(pid);
     // ~4.1 MB encoded: 400 spans of 10 KB.
-    let req = trace_request("burst", 400, 10_000);
+    let req = trace_request("burst", 400, 10_000, true);
     let size = req.encoded_len();
     assert!(size > 4_000_000 && size < 4 * 1024 * 1024, "{size}");
     let stop = Arc::new(AtomicBool::new(false));
@@ -577,7 +517,7 @@ fn issue16_grpc_bad_input_gets_the_specified_status_codes() {
         tonic::Code::InvalidArgument
     );
     assert_eq!(grpc_raw(grpc, garbage, true), tonic::Code::InvalidArgument);
-    let big = trace_request("big", 1, 5 << 20);
+    let big = trace_request("big", 1, 5 << 20, true);
     assert_eq!(
         grpc_raw(grpc, big.clone(), false),
         tonic::Code::ResourceExhausted
@@ -586,7 +526,7 @@ fn issue16_grpc_bad_input_gets_the_specified_status_codes() {
     assert_eq!(grpc_raw(grpc, big, true), tonic::Code::ResourceExhausted);
     // Still serving.
     assert_eq!(
-        grpc_raw(grpc, trace_request("fine", 2, 10), false),
+        grpc_raw(grpc, trace_request("fine", 2, 10, true), false),
         tonic::Code::Ok
     );
 }
@@ -757,7 +697,7 @@ fn issue16_refused_http_requests_get_their_429_not_a_reset() {
     ));
     env.start_agent();
     let (_, http) = otlp_addrs(&env);
-    let body = trace_request("burst", 50, 900).encode_to_vec();
+    let body = trace_request("burst", 50, 900, true).encode_to_vec();
     assert!(body.len() > 40_000 && body.len() < 65_536, "{}", body.len());
     let codes: Vec<u16> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..32)
@@ -920,7 +860,7 @@ fn http_export_n(addr: SocketAddr, service: &str, spans: usize) -> u16 {
     client
         .post(format!("http://{addr}/v1/traces"))
         .header("content-type", "application/x-protobuf")
-        .body(trace_request(service, spans, 10).encode_to_vec())
+        .body(trace_request(service, spans, 10, true).encode_to_vec())
         .send()
         .map(|r| r.status().as_u16())
         .unwrap_or(0)

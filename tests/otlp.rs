@@ -300,54 +300,6 @@ max_request_bytes = 65536
 max_inflight_bytes = 65536
 "#;
 
-/// A trace request of `spans` spans of ~`pad` bytes of attributes each.
-fn trace_request(
-    service: &str,
-    spans: usize,
-    pad: usize,
-    valid: bool,
-) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-    let kv = |k: &str, v: &str| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    };
-    let spans = (0..spans)
-        .map(|i| Span {
-            trace_id: if valid {
-                [7u8; 16].to_vec()
-            } else {
-                vec![1, 2, 3]
-            },
-            span_id: ((i as u64) + 1).to_be_bytes().to_vec(),
-            name: format!("op-{i}"),
-            start_time_unix_nano: 1_700_000_000_000_000_000,
-            end_time_unix_nano: 1_700_000_000_005_000_000,
-            attributes: vec![kv("pad", &"x".repeat(pad))],
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", service)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 fn post(
     url: &str,
     content_type: &str,

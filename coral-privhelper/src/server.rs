@@ -243,6 +243,11 @@ fn reply(s: &UnixStream, r: &Response) -> io::Result<()> {
     wire::send_frame(s, &protocol::encode_response(r), None)
 }
 
+/// A reply that carries one fd (SCM_RIGHTS).
+fn reply_with_fd(s: &UnixStream, r: &Response, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    wire::send_frame(s, &protocol::encode_response(r), Some(fd))
+}
+
 /// Closes after the peer has read our last reply: closing a Unix socket with
 /// unread data resets the peer, which would then see a broken pipe instead
 /// of the refusal. Reads (and drops) at most 4 KiB for at most 200 ms.
@@ -356,6 +361,17 @@ fn handle(
     let fail = |code: ErrorCode, msg: String| {
         let _ = reply(stream, &error(code, msg.clone()));
         (format!("outcome=refused ({msg})"), false)
+    };
+    // A BPF, uprobe or target request that failed: the caller hears why,
+    // and the connection stays.
+    let bpf_failed = |e: bpf::BpfError, what: String| {
+        let code = match e {
+            bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
+            _ => ErrorCode::Failed,
+        };
+        let msg = e.to_string();
+        let _ = reply(stream, &error(code, msg.clone()));
+        (format!("{what} outcome=failed ({msg})"), true)
     };
     match req {
         Request::Hello {
@@ -499,24 +515,11 @@ fn handle(
             };
             match bpf::attach(loaded, usize::from(prog), true) {
                 Ok(link) => {
-                    let r = Response::BpfAttached { prog };
-                    let res = wire::send_frame(
-                        stream,
-                        &protocol::encode_response(&r),
-                        Some(link.as_fd()),
-                    );
                     // The helper keeps no copy: the caller's fd is the link.
+                    let res = reply_with_fd(stream, &Response::BpfAttached { prog }, link.as_fd());
                     sent(res, format!("{what} outcome=ok"))
                 }
-                Err(e) => {
-                    let code = match e {
-                        bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
-                        _ => ErrorCode::Failed,
-                    };
-                    let msg = e.to_string();
-                    let _ = reply(stream, &error(code, msg.clone()));
-                    (format!("{what} outcome=failed ({msg})"), true)
-                }
+                Err(e) => bpf_failed(e, what),
             }
         }
         Request::UprobeAttach(p) => {
@@ -536,55 +539,25 @@ fn handle(
             };
             match uprobe::attach(loaded, checker, &target, uid) {
                 Ok((link, function)) => {
+                    // The helper keeps no copy: the caller's fd is the link.
                     let r = Response::UprobeAttached {
                         probe_id: p.probe_id,
                     };
-                    let res = wire::send_frame(
-                        stream,
-                        &protocol::encode_response(&r),
-                        Some(link.as_fd()),
-                    );
-                    // The helper keeps no copy: the caller's fd is the link.
+                    let res = reply_with_fd(stream, &r, link.as_fd());
                     sent(res, format!("{what} function={function:?} outcome=ok"))
                 }
-                Err(e) => {
-                    let code = match e {
-                        bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
-                        _ => ErrorCode::Failed,
-                    };
-                    let msg = e.to_string();
-                    let _ = reply(stream, &error(code, msg.clone()));
-                    (format!("{what} outcome=failed ({msg})"), true)
-                }
+                Err(e) => bpf_failed(e, what),
             }
         }
         Request::OpenTarget { pid: want, port } => {
             let what = format!("pid={want} port={port}");
             match uprobe::open_target(want, port, uid) {
                 Ok((found, path, file)) => {
+                    let logged = format!("{what} outcome=ok target={found} path={path:?}");
                     let r = Response::TargetOpened { pid: found, path };
-                    let res = wire::send_frame(
-                        stream,
-                        &protocol::encode_response(&r),
-                        Some(file.as_fd()),
-                    );
-                    let Response::TargetOpened { path, .. } = r else {
-                        unreachable!()
-                    };
-                    sent(
-                        res,
-                        format!("{what} outcome=ok target={found} path={path:?}"),
-                    )
+                    sent(reply_with_fd(stream, &r, file.as_fd()), logged)
                 }
-                Err(e) => {
-                    let code = match e {
-                        bpf::BpfError::Invalid(_) => ErrorCode::InvalidArgument,
-                        _ => ErrorCode::Failed,
-                    };
-                    let msg = e.to_string();
-                    let _ = reply(stream, &error(code, msg.clone()));
-                    (format!("{what} outcome=failed ({msg})"), true)
-                }
+                Err(e) => bpf_failed(e, what),
             }
         }
         Request::BpfRelease => {

@@ -287,9 +287,82 @@ pub fn services(agent: &Value) -> Vec<Value> {
     agent["services"].as_array().cloned().unwrap_or_default()
 }
 
+/// Waits until an online agent that the colony can call (`rpc_addr`)
+/// serves `name`.
+pub fn wait_service_known(env: &Env, name: &str, timeout: Duration) {
+    env.wait_json(
+        &["colony", "status", "--json"],
+        timeout,
+        &format!("{name} known to the colony"),
+        |s| {
+            s["agents"].as_array().is_some_and(|a| {
+                a.iter().any(|a| {
+                    a["state"] == "online"
+                        && a["rpc_addr"].is_string()
+                        && service(a, name).is_some()
+                })
+            })
+        },
+    );
+}
+
 pub fn service<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
     list["services"]
         .as_array()?
         .iter()
         .find(|s| s["name"] == name)
+}
+
+/// An OTLP trace request of `spans` spans of `service` that ended just now,
+/// each with a `pad`-byte attribute; `valid = false` gives them a malformed
+/// trace id.
+pub fn trace_request(
+    service: &str,
+    spans: usize,
+    pad: usize,
+    valid: bool,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let spans = (0..spans)
+        .map(|i| Span {
+            trace_id: if valid {
+                [7u8; 16].to_vec()
+            } else {
+                vec![1, 2, 3]
+            },
+            span_id: ((i as u64) + 1).to_be_bytes().to_vec(),
+            name: format!("op-{i}"),
+            start_time_unix_nano: now - 5_000_000,
+            end_time_unix_nano: now,
+            attributes: vec![kv("pad", &"x".repeat(pad))],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
 }
