@@ -96,6 +96,7 @@ pub fn log(line: &str) {
 /// Binds the listening socket: creates the parent dir (0755) if needed,
 /// replaces a stale socket file (never any other kind of file), and makes
 /// the socket 0666 — every connection is authenticated by `SO_PEERCRED`.
+/// The path appears only when the socket is ready to accept.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     if let Some(parent) = path
         .parent()
@@ -115,8 +116,19 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let l = UnixListener::bind(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o666))?;
+    // Bound, listening and 0666 under a temporary name, then renamed: the
+    // socket path appears only once a client can connect to it.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = Path::new(&tmp);
+    let _ = fs::remove_file(tmp);
+    let l = UnixListener::bind(tmp)?;
+    let ready = fs::set_permissions(tmp, fs::Permissions::from_mode(0o666))
+        .and_then(|()| fs::rename(tmp, path));
+    if let Err(e) = ready {
+        let _ = fs::remove_file(tmp);
+        return Err(e);
+    }
     Ok(l)
 }
 

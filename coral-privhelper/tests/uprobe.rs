@@ -285,6 +285,10 @@ fn helper_attaches_checked_points_and_keeps_nothing() {
     let t = target();
     let mut app = Running::start(&t.bin, 5, 60);
     let helper = start_helper();
+    if let Err(e) = coral_privhelper::client::Client::connect(&helper.socket) {
+        let log = fs::read_to_string(&helper.log).unwrap_or_default();
+        panic!("the helper does not answer: {e}\n{log}");
+    }
     let (mut obj, path) = UprobeObject::open(&helper.socket, 1 << 16).unwrap();
     assert_eq!(path, BpfPath::Helper);
     let links = attach_and_check(&mut obj, &t, &mut app);
