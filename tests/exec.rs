@@ -681,12 +681,20 @@ timeout = "60s"
         // them (when commands run in the root cgroup, another test's agent
         // may get there first), so the check is on the tree, not one log.
         let stale = format!("coral-exec-{agent_pid}");
-        let left: Vec<String> = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids"]
-            .iter()
-            .flat_map(|root| walk_dirs(Path::new(root), 3))
-            .filter(|d| d.ends_with(&stale))
-            .collect();
-        assert!(left.is_empty(), "left behind: {left:?}\n{}", x.env.log("agent"));
+        let left: Vec<String> = [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/pids",
+        ]
+        .iter()
+        .flat_map(|root| walk_dirs(Path::new(root), 3))
+        .filter(|d| d.ends_with(&stale))
+        .collect();
+        assert!(
+            left.is_empty(),
+            "left behind: {left:?}\n{}",
+            x.env.log("agent")
+        );
     } else {
         for p in processes_with("sleep 987659") {
             kill(p.split(':').next().unwrap().parse().unwrap(), 9);
