@@ -13,7 +13,11 @@ pub struct ProbeResult {
 }
 
 pub struct Prober {
-    http: reqwest::Client,
+    /// `Err` when the client cannot be built: with TLS compiled in (the
+    /// `coral` binary enables it for LLM providers), a host with no CA
+    /// store cannot build one. Health probes then say so instead of the
+    /// agent panicking.
+    http: Result<reqwest::Client, String>,
     timeout: Duration,
 }
 
@@ -25,7 +29,10 @@ impl Prober {
             .no_proxy()
             .user_agent(concat!("coral-agent/", env!("CARGO_PKG_VERSION")))
             .build()
-            .expect("a plain-HTTP client with no TLS always builds");
+            .map_err(|e| {
+                tracing::warn!(error = %e, "HTTP health probes are off: cannot build an HTTP client (is the ca-certificates package installed?)");
+                format!("cannot build an HTTP client: {e}")
+            });
         Prober { http, timeout }
     }
 
@@ -65,7 +72,8 @@ impl Prober {
 
     async fn http_get(&self, port: u16, path: &str) -> Result<(), String> {
         let url = format!("http://127.0.0.1:{port}{path}");
-        match self.http.get(&url).send().await {
+        let http = self.http.as_ref().map_err(Clone::clone)?;
+        match http.get(&url).send().await {
             Ok(resp) if resp.status().as_u16() < 400 => Ok(()),
             Ok(resp) => Err(format!("GET {path}: HTTP {}", resp.status().as_u16())),
             Err(e) if e.is_timeout() => {
