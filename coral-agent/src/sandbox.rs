@@ -11,17 +11,29 @@
 //!   synchronised to all threads, so `/proc/<pid>/task/*/status` shows
 //!   `Seccomp: 2` everywhere.
 //!
-//! Children inherit both: commands run by `coral exec` get the agent's
-//! landlock set and syscall list (the reason the agent's list carries what
-//! `ps`, `ss` or `psql` need). `--sandbox=log` logs would-be violations of
-//! the syscall list to the kernel log instead of killing, and skips
-//! landlock; `--sandbox=off` applies nothing. Both are for debugging.
+//! The agent never runs a program itself (issue 16): `coral exec` commands
+//! start in the exec spawner (`exec::spawner`), a process the agent starts
+//! before it confines itself. The agent's list has no `execve`, no `fork`,
+//! and `clone` only with `CLONE_THREAD` (threads, not processes); `clone3`,
+//! whose flags a filter cannot see, fails with `ENOSYS` so the C library
+//! falls back to `clone`. The spawner has its own role: it may read
+//! everything, write nothing but the commands' cgroups, and its syscall list
+//! carries what the commands need (they inherit it). Each command is then
+//! confined on its own by [`confine_command`]: the system paths plus the
+//! paths its allowed arguments name.
+//!
+//! `--sandbox=log` logs would-be violations of the syscall list to the
+//! kernel log instead of killing, and skips landlock; `--sandbox=off`
+//! applies nothing. Both are for debugging.
 
 use landlock::{
     ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
     path_beneath_rules,
 };
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +64,8 @@ impl std::str::FromStr for Mode {
 pub enum Role {
     Colony,
     Agent,
+    /// The agent's exec spawner (and, inherited, the commands it runs).
+    Spawner,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,13 +128,13 @@ pub fn apply(role: Role, mode: Mode, paths: &Paths) -> Result<Applied, SandboxEr
         });
     }
     let landlock = if mode == Mode::Enforce {
-        landlock(paths)?
+        landlock(paths, DEVICES)?
     } else {
         "off"
     };
     let list = allowlist(role);
     let syscalls = list.len();
-    seccomp(&list, mode)?;
+    seccomp(role, &list, mode)?;
     Ok(Applied {
         mode,
         landlock,
@@ -128,7 +142,24 @@ pub fn apply(role: Role, mode: Mode, paths: &Paths) -> Result<Applied, SandboxEr
     })
 }
 
-fn landlock(paths: &Paths) -> Result<&'static str, SandboxError> {
+/// Confines a command `coral exec` is about to `execve` (called by the
+/// shim, a single-threaded process): it may read and execute the system
+/// paths, read `reads` (the paths its allowed arguments name), write the
+/// null device, and nothing else. Returns how fully the kernel enforces it.
+pub fn confine_command(reads: &[PathBuf]) -> Result<&'static str, SandboxError> {
+    landlock(
+        &Paths {
+            writable: Vec::new(),
+            readable: reads.to_vec(),
+        },
+        COMMAND_DEVICES,
+    )
+}
+
+/// Devices a command may use: the null device, randomness, zeros.
+const COMMAND_DEVICES: &[&str] = &["/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"];
+
+fn landlock(paths: &Paths, devices: &[&str]) -> Result<&'static str, SandboxError> {
     let abi = ABI::V3;
     let err = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
     let existing =
@@ -140,7 +171,7 @@ fn landlock(paths: &Paths) -> Result<&'static str, SandboxError> {
             .chain(paths.readable.iter().cloned())
             .collect(),
     );
-    let devices = existing(DEVICES.iter().map(PathBuf::from).collect());
+    let devices = existing(devices.iter().map(PathBuf::from).collect());
     let writable = existing(paths.writable.clone());
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
@@ -165,21 +196,72 @@ fn landlock(paths: &Paths) -> Result<&'static str, SandboxError> {
     })
 }
 
-fn seccomp(list: &[i64], mode: Mode) -> Result<(), SandboxError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = list.iter().map(|s| (*s, Vec::new())).collect();
+fn seccomp(role: Role, list: &[i64], mode: Mode) -> Result<(), SandboxError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = list
+        .iter()
+        .map(|s| Ok((*s, conditions(role, *s)?)))
+        .collect::<Result<_, SandboxError>>()?;
     let mismatch = match mode {
         Mode::Log => SeccompAction::Log,
         _ => SeccompAction::KillProcess,
     };
+    // `clone3` passes its flags in memory, where a filter cannot look:
+    // refuse it with ENOSYS (the C library then uses `clone`, whose flags
+    // the list checks). A filter of its own, because an allowlist filter
+    // has one action for every rule; the kernel runs every filter and
+    // takes the strictest answer. Installed first: installing a filter
+    // needs `seccomp`, which the allowlist does not have.
+    if role != Role::Spawner {
+        let clone3 = compile(
+            BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+        )?;
+        seccompiler::apply_filter_all_threads(&clone3)
+            .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    }
+    let allow = compile(rules, mismatch, SeccompAction::Allow)?;
+    seccompiler::apply_filter_all_threads(&allow)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    Ok(())
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SandboxError> {
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| SandboxError::Seccomp(format!("{e:?}")))?;
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
+    let filter = SeccompFilter::new(rules, mismatch, matched, arch)
         .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    let prog: BpfProgram = filter
+    filter
         .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))?;
-    seccompiler::apply_filter_all_threads(&prog).map_err(|e| SandboxError::Seccomp(e.to_string()))
+        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+}
+
+/// The argument conditions of one allowed call (any rule matching allows
+/// it; no rule: allowed with any arguments).
+fn conditions(role: Role, sys: i64) -> Result<Vec<SeccompRule>, SandboxError> {
+    let err = |e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string());
+    let masked = |arg: u8, mask: u64, value: u64| {
+        SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(mask),
+            value,
+        )
+        .map_err(err)
+    };
+    Ok(match (role, sys) {
+        // Threads only: a clone without CLONE_THREAD is a new process.
+        (Role::Colony | Role::Agent, libc::SYS_clone) => {
+            let thread = libc::CLONE_THREAD as u64;
+            vec![SeccompRule::new(vec![masked(0, thread, thread)?]).map_err(err)?]
+        }
+        _ => Vec::new(),
+    })
 }
 
 /// The system calls each role may make. Reviewed data: add a call only with
@@ -356,11 +438,19 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_wait4,
         SYS_waitid,
     ];
-    if role == Role::Agent {
-        v.extend([
-            // `coral exec`: spawn the command in its own process group,
-            // with its limits, and kill the group on timeout. The command
-            // inherits this list; its own needs follow.
+    match role {
+        Role::Colony => {}
+        Role::Agent => v.extend([
+            // The eBPF reader: map and ring-buffer operations on fds the
+            // helper (or the agent itself, with the privilege) created.
+            SYS_bpf,
+            SYS_perf_event_open,
+        ]),
+        Role::Spawner => v.extend([
+            // `coral exec` (issue 16): the spawner starts each command in
+            // its own process group through the shim, kills the group on
+            // the agent's word or when the command ends, and reaps it. The
+            // command inherits this list; its own needs follow.
             SYS_fork,
             SYS_vfork,
             SYS_execve,
@@ -377,6 +467,10 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             SYS_pause,
             SYS_setitimer,
             SYS_getitimer,
+            // The shim confines the command with landlock before `execve`.
+            SYS_landlock_create_ruleset,
+            SYS_landlock_add_rule,
+            SYS_landlock_restrict_self,
             // Diagnostic commands: ps/top read /proc, ss uses netlink
             // sockets (allowed above), psql, and terminal handling.
             SYS_sched_getparam,
@@ -398,11 +492,7 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             SYS_inotify_init1,
             SYS_inotify_add_watch,
             SYS_inotify_rm_watch,
-            // The eBPF reader: map and ring-buffer operations on fds the
-            // helper (or the agent itself, with the privilege) created.
-            SYS_bpf,
-            SYS_perf_event_open,
-        ]);
+        ]),
     }
     v.sort_unstable();
     v.dedup();
@@ -416,9 +506,22 @@ pub fn paths(role: Role, state_dir: &Path, runtime_dir: &Path, readable: &[PathB
     if role == Role::Agent {
         writable.push(PathBuf::from("/sys/fs/cgroup"));
     }
+    if role == Role::Spawner {
+        return spawner_paths();
+    }
     Paths {
         writable,
         readable: readable.to_vec(),
+    }
+}
+
+/// The exec spawner reads everything (each command's own landlock set,
+/// which it cannot widen, decides what the command reads) and writes only
+/// the commands' `cgroup.procs` files (the shim joins the cgroup).
+pub fn spawner_paths() -> Paths {
+    Paths {
+        writable: vec![PathBuf::from("/sys/fs/cgroup")],
+        readable: vec![PathBuf::from("/")],
     }
 }
 
@@ -446,5 +549,15 @@ mod tests {
             assert!(!agent.contains(&forbidden), "{forbidden}");
         }
         assert!(!colony.contains(&libc::SYS_execve));
+        // Issue 16: the agent runs nothing itself; its spawner does.
+        for process in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+        ] {
+            assert!(!agent.contains(&process), "{process}");
+        }
+        assert!(allowlist(Role::Spawner).contains(&libc::SYS_execve));
     }
 }
