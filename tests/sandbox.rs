@@ -177,3 +177,27 @@ fn landlock_refuses_paths_outside_the_roles_set() {
         assert_eq!(r, "written\n", "{role}");
     }
 }
+
+/// Issue 16: ioctl, socket and prctl are on the colony's and agent's lists
+/// only with listed arguments: a raw packet socket, or an ioctl no daemon
+/// needs, fails with EPERM (the process lives on).
+#[test]
+fn ioctl_and_socket_with_arguments_off_the_list_are_refused_issue_16() {
+    let env = Env::new(FAST_CONFIG);
+    for role in ["colony", "agent"] {
+        for action in ["socket:packet", "ioctl:/etc/hostname"] {
+            let out = env.run(&["sandbox-check", "--role", role, "--try", action]);
+            assert!(
+                out.status.success(),
+                "{role} {action}: {:?} {}",
+                out.status,
+                stderr(&out)
+            );
+            let said = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                said.starts_with("denied") && said.contains("Operation not permitted"),
+                "{role} {action}: {said}"
+            );
+        }
+    }
+}

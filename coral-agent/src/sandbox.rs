@@ -11,6 +11,11 @@
 //!   synchronised to all threads, so `/proc/<pid>/task/*/status` shows
 //!   `Seccomp: 2` everywhere.
 //!
+//! `ioctl`, `socket` and `prctl` are allowed to the colony and the agent
+//! only with the arguments [`DAEMON_IOCTLS`], [`DAEMON_SOCKET_FAMILIES`] and
+//! [`DAEMON_PRCTLS`] list (others fail with `EPERM`); the filters are built
+//! by `coral_privhelper::sandbox::Policy`, which the helper uses for its own.
+//!
 //! The agent never runs a program itself (issue 16): `coral exec` commands
 //! start in the exec spawner (`exec::spawner`), a process the agent starts
 //! before it confines itself. The agent's list has no `execve`, no `fork`,
@@ -30,11 +35,6 @@ use landlock::{
     ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
     path_beneath_rules,
 };
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule,
-};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// How the sandbox is applied.
@@ -197,71 +197,88 @@ fn landlock(paths: &Paths, devices: &[&str]) -> Result<&'static str, SandboxErro
 }
 
 fn seccomp(role: Role, list: &[i64], mode: Mode) -> Result<(), SandboxError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = list
-        .iter()
-        .map(|s| Ok((*s, conditions(role, *s)?)))
-        .collect::<Result<_, SandboxError>>()?;
-    let mismatch = match mode {
-        Mode::Log => SeccompAction::Log,
-        _ => SeccompAction::KillProcess,
-    };
-    // `clone3` passes its flags in memory, where a filter cannot look:
-    // refuse it with ENOSYS (the C library then uses `clone`, whose flags
-    // the list checks). A filter of its own, because an allowlist filter
-    // has one action for every rule; the kernel runs every filter and
-    // takes the strictest answer. Installed first: installing a filter
-    // needs `seccomp`, which the allowlist does not have.
-    if role != Role::Spawner {
-        let clone3 = compile(
-            BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-        )?;
-        seccompiler::apply_filter_all_threads(&clone3)
-            .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    }
-    let allow = compile(rules, mismatch, SeccompAction::Allow)?;
-    seccompiler::apply_filter_all_threads(&allow)
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    Ok(())
-}
-
-fn compile(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram, SandboxError> {
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| SandboxError::Seccomp(format!("{e:?}")))?;
-    let filter = SeccompFilter::new(rules, mismatch, matched, arch)
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
-}
-
-/// The argument conditions of one allowed call (any rule matching allows
-/// it; no rule: allowed with any arguments).
-fn conditions(role: Role, sys: i64) -> Result<Vec<SeccompRule>, SandboxError> {
-    let err = |e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string());
-    let masked = |arg: u8, mask: u64, value: u64| {
-        SeccompCondition::new(
-            arg,
-            SeccompCmpArgLen::Qword,
-            SeccompCmpOp::MaskedEq(mask),
-            value,
-        )
-        .map_err(err)
-    };
-    Ok(match (role, sys) {
-        // Threads only: a clone without CLONE_THREAD is a new process.
-        (Role::Colony | Role::Agent, libc::SYS_clone) => {
-            let thread = libc::CLONE_THREAD as u64;
-            vec![SeccompRule::new(vec![masked(0, thread, thread)?]).map_err(err)?]
+    // The colony and the agent: threads only, and the arguments of ioctl,
+    // socket and prctl limited to the lists below (EPERM otherwise). The
+    // spawner's commands make whatever calls diagnostic tools make.
+    let daemon = role != Role::Spawner;
+    let pick = |list: &[(u64, &str)]| -> Vec<u64> {
+        if daemon {
+            list.iter().map(|(v, _)| *v).collect()
+        } else {
+            Vec::new()
         }
-        _ => Vec::new(),
-    })
+    };
+    coral_privhelper::sandbox::Policy {
+        allowed: list.to_vec(),
+        threads_only: daemon,
+        ioctls: pick(DAEMON_IOCTLS),
+        socket_families: pick(DAEMON_SOCKET_FAMILIES),
+        prctls: pick(DAEMON_PRCTLS),
+        mount_flags: None,
+        log_only: mode == Mode::Log,
+    }
+    .apply()
+    .map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+/// `ioctl` requests the colony and the agent make; any other fails with
+/// `EPERM` (issue 16).
+pub const DAEMON_IOCTLS: &[(u64, &str)] = &[
+    (libc::FIONBIO as u64, "non-blocking sockets (std, tokio)"),
+    (libc::FIOCLEX as u64, "close-on-exec (std)"),
+    (libc::FIONCLEX as u64, "clear close-on-exec (std)"),
+    (libc::FIONREAD as u64, "bytes waiting on a socket"),
+    (libc::TCGETS as u64, "is the log a terminal (colours)"),
+    (libc::TIOCGWINSZ as u64, "terminal width of the log"),
+    (
+        libc::TUNSETIFF as u64,
+        "a TUN device made without the helper (CAP_NET_ADMIN)",
+    ),
+    (libc::SIOCSIFMTU as u64, "its MTU"),
+    (libc::SIOCSIFADDR as u64, "its address"),
+    (libc::SIOCSIFNETMASK as u64, "its netmask"),
+    (libc::SIOCGIFFLAGS as u64, "its flags"),
+    (libc::SIOCSIFFLAGS as u64, "bring it up"),
+    (libc::SIOCGIFINDEX as u64, "its index"),
+    (
+        0x2400,
+        "PERF_EVENT_IOC_ENABLE: BPF loaded without the helper (aya)",
+    ),
+    (0x2401, "PERF_EVENT_IOC_DISABLE: the same"),
+    (
+        0x4004_2408,
+        "PERF_EVENT_IOC_SET_BPF: the same, older kernels",
+    ),
+];
+
+/// Socket families the colony and the agent open; any other fails with
+/// `EPERM`: no raw packets, no kernel crypto, no Bluetooth...
+pub const DAEMON_SOCKET_FAMILIES: &[(u64, &str)] = &[
+    (libc::AF_UNIX as u64, "control, MCP and helper sockets"),
+    (
+        libc::AF_INET as u64,
+        "OTLP, the control plane, the mesh's UDP",
+    ),
+    (libc::AF_INET6 as u64, "the same over IPv6"),
+    (
+        libc::AF_NETLINK as u64,
+        "the C library's address lookups (getaddrinfo)",
+    ),
+];
+
+/// `prctl` options the colony and the agent use; others fail with `EPERM`.
+pub const DAEMON_PRCTLS: &[(u64, &str)] = &[
+    (libc::PR_SET_NAME as u64, "thread names (tokio, DuckDB)"),
+    (libc::PR_GET_NAME as u64, "thread names"),
+];
+
+/// Tries one ioctl the colony and the agent may not make
+/// (`FS_IOC_GETFLAGS` on `path`), for `coral sandbox-check`.
+pub fn try_refused_ioctl(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    rustix::fs::ioctl_getflags(&f)
+        .map(|_| ())
+        .map_err(std::io::Error::from)
 }
 
 /// The system calls each role may make. Reviewed data: add a call only with
@@ -310,11 +327,9 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_clock_gettime,
         SYS_clock_getres,
         SYS_gettimeofday,
-        SYS_time,
         // Files: stores, logs, sockets' paths, /proc and /sys reads (landlock
         // decides which paths).
         SYS_openat,
-        SYS_open,
         SYS_close,
         SYS_close_range,
         SYS_read,
@@ -327,40 +342,29 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_pwritev,
         SYS_lseek,
         SYS_fstat,
-        SYS_stat,
-        SYS_lstat,
         SYS_newfstatat,
         SYS_statx,
         SYS_statfs,
         SYS_fstatfs,
-        SYS_access,
         SYS_faccessat,
         SYS_faccessat2,
-        SYS_readlink,
         SYS_readlinkat,
         SYS_getdents64,
         SYS_fsync,
         SYS_fdatasync,
         SYS_ftruncate,
         SYS_fallocate,
-        SYS_rename,
         SYS_renameat,
         SYS_renameat2,
-        SYS_unlink,
         SYS_unlinkat,
-        SYS_mkdir,
         SYS_mkdirat,
-        SYS_rmdir,
         SYS_fchmod,
         SYS_fchmodat,
-        SYS_chmod,
         SYS_flock,
         SYS_fcntl,
         SYS_ioctl,
         SYS_dup,
-        SYS_dup2,
         SYS_dup3,
-        SYS_pipe,
         SYS_pipe2,
         SYS_getcwd,
         SYS_chdir,
@@ -372,9 +376,7 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_memfd_create,
         SYS_fadvise64,
         SYS_sync_file_range,
-        SYS_symlink,
         SYS_symlinkat,
-        SYS_link,
         SYS_linkat,
         // SQLite, when running as root, gives new journal and WAL files the
         // owner of their database.
@@ -383,13 +385,10 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         // Event loops: tokio (epoll, eventfd), timers.
         SYS_epoll_create1,
         SYS_epoll_ctl,
-        SYS_epoll_wait,
         SYS_epoll_pwait,
         SYS_epoll_pwait2,
         SYS_eventfd2,
-        SYS_poll,
         SYS_ppoll,
-        SYS_select,
         SYS_pselect6,
         SYS_timerfd_create,
         SYS_timerfd_settime,
@@ -429,7 +428,6 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_sysinfo,
         SYS_getrandom,
         SYS_prctl,
-        SYS_arch_prctl,
         SYS_getcpu,
         SYS_getpriority,
         SYS_setpriority,
@@ -451,8 +449,6 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             // its own process group through the shim, kills the group on
             // the agent's word or when the command ends, and reaps it. The
             // command inherits this list; its own needs follow.
-            SYS_fork,
-            SYS_vfork,
             SYS_execve,
             SYS_execveat,
             SYS_setpgid,
@@ -462,9 +458,6 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             SYS_pidfd_open,
             SYS_pidfd_send_signal,
             SYS_setrlimit,
-            SYS_getpgrp,
-            SYS_alarm,
-            SYS_pause,
             SYS_setitimer,
             SYS_getitimer,
             // The shim confines the command with landlock before `execve`.
@@ -481,8 +474,6 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             SYS_fgetxattr,
             SYS_listxattr,
             SYS_llistxattr,
-            SYS_chown,
-            SYS_lchown,
             SYS_mincore,
             SYS_msync,
             SYS_shmget,
@@ -493,6 +484,43 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             SYS_inotify_add_watch,
             SYS_inotify_rm_watch,
         ]),
+    }
+    // x86_64 also has the older calls the *at forms replaced; aarch64 has
+    // only the *at forms, so these exist on x86_64 alone.
+    #[cfg(target_arch = "x86_64")]
+    {
+        v.extend([
+            SYS_open,       // files (older callers), as openat
+            SYS_stat,       // metadata, as newfstatat
+            SYS_lstat,      // metadata, as newfstatat
+            SYS_access,     // as faccessat
+            SYS_readlink,   // as readlinkat
+            SYS_rename,     // as renameat
+            SYS_unlink,     // as unlinkat
+            SYS_mkdir,      // as mkdirat
+            SYS_rmdir,      // as unlinkat
+            SYS_chmod,      // as fchmodat
+            SYS_symlink,    // as symlinkat
+            SYS_link,       // as linkat
+            SYS_dup2,       // as dup3
+            SYS_pipe,       // as pipe2
+            SYS_epoll_wait, // as epoll_pwait
+            SYS_poll,       // as ppoll
+            SYS_select,     // as pselect6
+            SYS_time,       // the vDSO's fallback
+            SYS_arch_prctl, // thread-local storage of new threads
+        ]);
+        if role == Role::Spawner {
+            v.extend([
+                SYS_fork,    // commands' own children (shells)
+                SYS_vfork,   // posix_spawn in commands
+                SYS_getpgrp, // shells' job control
+                SYS_alarm,   // commands' timers
+                SYS_pause,   // commands' waits
+                SYS_chown,   // commands (as fchownat)
+                SYS_lchown,  // commands (as fchownat)
+            ]);
+        }
     }
     v.sort_unstable();
     v.dedup();
@@ -550,12 +578,7 @@ mod tests {
         }
         assert!(!colony.contains(&libc::SYS_execve));
         // Issue 16: the agent runs nothing itself; its spawner does.
-        for process in [
-            libc::SYS_execve,
-            libc::SYS_execveat,
-            libc::SYS_fork,
-            libc::SYS_vfork,
-        ] {
+        for process in [libc::SYS_execve, libc::SYS_execveat] {
             assert!(!agent.contains(&process), "{process}");
         }
         assert!(allowlist(Role::Spawner).contains(&libc::SYS_execve));

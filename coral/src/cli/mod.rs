@@ -964,6 +964,22 @@ fn sandbox_check(role: &str, action: &str) -> anyhow::Result<()> {
             use std::os::unix::process::CommandExt as _;
             Err(std::process::Command::new("/bin/true").exec())
         }
+        Some(("socket", "packet")) => {
+            // socket is on the lists, AF_PACKET is not (issue 16): EPERM.
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                None,
+            )
+            .map(|_| "allowed".to_string())
+            .map_err(std::io::Error::from)
+        }
+        Some(("ioctl", path)) => {
+            // ioctl is on the lists, FS_IOC_GETFLAGS is not: EPERM.
+            sandbox::try_refused_ioctl(Path::new(path)).map(|()| "allowed".to_string())
+        }
         Some(("syscall", "fork")) => {
             // A clone without CLONE_THREAD: killed in the colony and agent.
             std::process::Command::new("/bin/true")
