@@ -223,6 +223,9 @@ fn seccomp(role: Role, list: &[i64], mode: Mode) -> Result<(), SandboxError> {
 
 /// `ioctl` requests the colony and the agent make; any other fails with
 /// `EPERM` (issue 16).
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
 pub const DAEMON_IOCTLS: &[(u64, &str)] = &[
     (libc::FIONBIO as u64, "non-blocking sockets (std, tokio)"),
     (libc::FIOCLEX as u64, "close-on-exec (std)"),
@@ -253,6 +256,9 @@ pub const DAEMON_IOCTLS: &[(u64, &str)] = &[
 
 /// Socket families the colony and the agent open; any other fails with
 /// `EPERM`: no raw packets, no kernel crypto, no Bluetooth...
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
 pub const DAEMON_SOCKET_FAMILIES: &[(u64, &str)] = &[
     (libc::AF_UNIX as u64, "control, MCP and helper sockets"),
     (
@@ -267,6 +273,9 @@ pub const DAEMON_SOCKET_FAMILIES: &[(u64, &str)] = &[
 ];
 
 /// `prctl` options the colony and the agent use; others fail with `EPERM`.
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
 pub const DAEMON_PRCTLS: &[(u64, &str)] = &[
     (libc::PR_SET_NAME as u64, "thread names (tokio, DuckDB)"),
     (libc::PR_GET_NAME as u64, "thread names"),

@@ -159,7 +159,6 @@ pub const ALLOWED: &[(i64, &str)] = &[
         libc::SYS_shutdown,
         "a connection is closed after its answer",
     ),
-    (libc::SYS_poll, "the name service"),
     (libc::SYS_ppoll, "the name service"),
     // BPF and perf: the helper's job.
     (libc::SYS_bpf, "load the compiled-in objects, maps, links"),
@@ -186,12 +185,16 @@ pub const ARCH_ONLY: &[(i64, &str)] = &[
     (libc::SYS_mkdir, "the state dir"),
     (libc::SYS_chmod, "the state dir's mode"),
     (libc::SYS_arch_prctl, "thread-local storage of new threads"),
+    (libc::SYS_poll, "the name service (as ppoll)"),
 ];
 #[cfg(target_arch = "aarch64")]
 pub const ARCH_ONLY: &[(i64, &str)] = &[];
 
 /// `ioctl` requests the helper makes: TUN set-up (`tun.rs`) and BPF
 /// attach to perf events (aya, `bpf.rs`).
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
 pub const IOCTLS: &[(u64, &str)] = &[
     (libc::TUNSETIFF as u64, "name the TUN device"),
     (libc::SIOCSIFMTU as u64, "its MTU"),
@@ -216,12 +219,18 @@ const PERF_EVENT_IOC_SET_BPF: u64 = 0x4004_2408;
 /// Socket families: `AF_UNIX` (the name service), `AF_INET` (interface
 /// ioctls), `AF_NETLINK` (aya's netlink attach paths are not used, but the
 /// C library's interface queries are).
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
 pub const SOCKET_FAMILIES: &[(u64, &str)] = &[
     (libc::AF_UNIX as u64, "the name service"),
     (libc::AF_INET as u64, "interface ioctls on the TUN device"),
 ];
 
 /// `prctl` options.
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
 pub const PRCTLS: &[(u64, &str)] = &[(libc::PR_SET_NAME as u64, "thread names")];
 
 /// Why the filter could not be set.
@@ -369,6 +378,7 @@ impl Policy {
 }
 
 /// The helper's policy.
+#[allow(clippy::unnecessary_cast)] // c_ulong on 64-bit targets only
 pub fn helper_policy() -> Policy {
     Policy {
         allowed: ALLOWED.iter().chain(ARCH_ONLY).map(|(s, _)| *s).collect(),
