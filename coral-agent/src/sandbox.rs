@@ -145,7 +145,7 @@ pub fn apply(role: Role, mode: Mode, paths: &Paths) -> Result<Applied, SandboxEr
 /// Confines a command `coral exec` is about to `execve` (called by the
 /// shim, a single-threaded process): it may read and execute the system
 /// paths, read `reads` (the paths its allowed arguments name), write the
-/// null device, and nothing else. Returns how fully the kernel enforces it.
+/// null, zero and random devices, and no file. Returns how fully the kernel enforces it.
 pub fn confine_command(reads: &[PathBuf]) -> Result<&'static str, SandboxError> {
     landlock(
         &Paths {
