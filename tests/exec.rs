@@ -963,3 +963,160 @@ fn walk_dirs(root: &Path, depth: u32) -> Vec<String> {
     }
     out
 }
+
+/// A directory under /var/log for one test, removed at the end.
+struct VarLogDir(std::path::PathBuf);
+
+impl VarLogDir {
+    /// `None` (after saying why) when this user cannot write /var/log;
+    /// CI runs as root, so there it must work.
+    fn new(test: &str) -> Option<VarLogDir> {
+        let dir = std::path::PathBuf::from(format!(
+            "/var/log/coral-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Some(VarLogDir(dir)),
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "{test}: cannot create {}: {e}",
+                    dir.display()
+                );
+                eprintln!("SKIP {test}: cannot create {}: {e}", dir.display());
+                None
+            }
+        }
+    }
+}
+
+impl Drop for VarLogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Issue 16: commands inherited the agent's landlock set, so the policy
+/// doc's own `tail` of a log under /var/log failed with EACCES. Now the
+/// spawner runs them, each confined to the system paths and the paths its
+/// allowed arguments name: the log reads, through `coral exec` and MCP;
+/// a symlink the rule's glob lets through, and a shell reading a file no
+/// argument names, are refused by the command's own landlock.
+#[test]
+fn the_policy_docs_tail_of_var_log_runs_and_each_command_is_confined_issue_16() {
+    let Some(logs) = VarLogDir::new("tail_of_var_log") else {
+        return;
+    };
+    let dir = logs.0.display().to_string();
+    // docs/policy.md's rule, with this test's directory.
+    let policy = format!(
+        r#"
+[[rule]]
+name = "tail-app-logs"
+callers = ["role:oncall", "uid:0"]
+program = "/usr/bin/tail"
+args = ["-n", {{ range = [1, 5000] }}, {{ path = "{dir}/*.log" }}]
+
+[[rule]]
+name = "sh-cat"
+callers = ["uid:0"]
+program = {{ glob = "/usr/bin/*sh" }}
+shell = true
+args = ["-c", {{ regex = 'cat [^;&|$`]*' }}]
+"#
+    );
+    let x = Exec::start(&policy, "\n[colony.mcp]\nallow_exec = true\n");
+    let root = x.root();
+    std::fs::write(format!("{dir}/app.log"), "one\ntwo\nthree\n").unwrap();
+    std::fs::write(format!("{root}/secret.txt"), "SECRET\n").unwrap();
+    std::os::unix::fs::symlink(format!("{root}/secret.txt"), format!("{dir}/evil.log")).unwrap();
+
+    let out = x.exec(&format!("tail -n 2 {dir}/app.log"));
+    assert_eq!(
+        (code(&out), stdout(&out).as_str()),
+        (0, "two\nthree\n"),
+        "{}",
+        stderr(&out)
+    );
+    let v: Value = serde_json::from_str(
+        &x.env.ok(&[
+            "mcp",
+            "call",
+            "coral_agent_exec",
+            &serde_json::json!({"service": "api", "command": format!("tail -n 1 {dir}/app.log")})
+                .to_string(),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (v["exit_code"].as_i64(), v["stdout"].as_str()),
+        (Some(0), Some("three\n")),
+        "{v}"
+    );
+    assert_eq!(v["rule"], "tail-app-logs");
+
+    // The policy allows the name; the command's landlock refuses where the
+    // symlink leads, even though the command runs as root.
+    let out = x.exec(&format!("tail -n 1 {dir}/evil.log"));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(!stdout(&out).contains("SECRET"));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    let r = x.record(&["tail", "-n", "1", &format!("{dir}/evil.log")]);
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["outcome"]["exit_code"], 1, "{r}");
+
+    // A shell's script names no path argument: it reads system files only.
+    let out = x.exec(&format!("sh -c 'cat {root}/secret.txt'"));
+    assert_ne!(code(&out), 0);
+    assert!(!stdout(&out).contains("SECRET"));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    let out = x.exec("sh -c 'cat /etc/hostname'");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // The agent's status says how commands are confined.
+    let iso = x.agent_status()["exec"]["isolation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(iso.contains("landlock: system paths"), "{iso}");
+}
+
+/// Issue 16: a policy file the agent's sandbox cannot read (here replaced
+/// by a symlink to a file outside the directory it was in at start) said
+/// "make it readable by the user the agent runs as", although it was. The
+/// error now names the sandbox, and the previous policy stays in force.
+#[test]
+fn a_policy_the_sandbox_cannot_read_says_so_issue_16() {
+    let x = Exec::start(ECHO, "");
+    let policy = x.env.root().join("policy.toml");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("policy.toml");
+    std::fs::write(&target, ECHO).unwrap();
+    std::fs::remove_file(&policy).unwrap();
+    std::os::unix::fs::symlink(&target, &policy).unwrap();
+    let st = x
+        .env
+        .wait_json(&["agent", "status", "--json"], T, "the error shown", |s| {
+            s["exec"]["policy"]["error"].is_string()
+        });
+    let err = st["exec"]["policy"]["error"].as_str().unwrap();
+    assert!(err.contains("sandbox (landlock)"), "{err}");
+    assert!(!err.contains("make it readable"), "{err}");
+    assert_eq!(
+        code(&x.exec("echo still")),
+        0,
+        "the old policy stays in force"
+    );
+}

@@ -67,6 +67,13 @@ fn every_thread_of_the_colony_and_agent_is_under_seccomp() {
             env.log(role)
         );
     }
+    // The agent's exec spawner (issue 16) is confined too, on every thread.
+    let agent = env.pid_of("agent").unwrap();
+    let spawner = spawner_of(agent).expect("the agent has an exec spawner");
+    for e in std::fs::read_dir(format!("/proc/{spawner}/task")).unwrap() {
+        let tid = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert_eq!(status_field(spawner, &tid, "Seccomp"), "2", "spawner {tid}");
+    }
     // Sandboxed, they still do their jobs.
     let web = HttpService::start();
     env.ok(&["connect", &format!("web:{}:/health", web.port)]);
@@ -91,6 +98,47 @@ fn a_syscall_outside_the_list_kills_with_sigsys() {
             stderr(&out)
         );
     }
+}
+
+/// The agent's child running the exec spawner.
+fn spawner_of(agent: i32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(agent) && String::from_utf8_lossy(&cmd).contains("__coral-exec-spawner") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Issue 16: the agent runs no program itself (its exec spawner does), so
+/// its list has no `execve`, and `clone` only for threads: executing or
+/// forking kills it, as it does the colony.
+#[test]
+fn the_agent_and_colony_cannot_exec_or_fork_issue_16() {
+    let env = Env::new(FAST_CONFIG);
+    for role in ["colony", "agent"] {
+        for action in ["syscall:execve", "syscall:fork"] {
+            let out = env.run(&["sandbox-check", "--role", role, "--try", action]);
+            assert_eq!(
+                out.status.signal(),
+                Some(SIGSYS),
+                "{role} {action}: {:?} {} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                stderr(&out)
+            );
+        }
+    }
+    // Threads are still allowed: a sandboxed daemon starts its runtime
+    // (every_thread_of_the_colony_and_agent_is_under_seccomp).
 }
 
 /// SIGSYS on x86_64 and aarch64.
@@ -127,5 +175,29 @@ fn landlock_refuses_paths_outside_the_roles_set() {
         };
         let r = check(format!("write:{}", state.join("probe.txt").display()));
         assert_eq!(r, "written\n", "{role}");
+    }
+}
+
+/// Issue 16: ioctl, socket and prctl are on the colony's and agent's lists
+/// only with listed arguments: a raw packet socket, or an ioctl no daemon
+/// needs, fails with EPERM (the process lives on).
+#[test]
+fn ioctl_and_socket_with_arguments_off_the_list_are_refused_issue_16() {
+    let env = Env::new(FAST_CONFIG);
+    for role in ["colony", "agent"] {
+        for action in ["socket:packet", "ioctl:/etc/hostname"] {
+            let out = env.run(&["sandbox-check", "--role", role, "--try", action]);
+            assert!(
+                out.status.success(),
+                "{role} {action}: {:?} {}",
+                out.status,
+                stderr(&out)
+            );
+            let said = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                said.starts_with("denied") && said.contains("Operation not permitted"),
+                "{role} {action}: {said}"
+            );
+        }
     }
 }

@@ -135,18 +135,18 @@ impl Agent {
     /// Validates the config and opens the agent's state and telemetry files.
     /// With a cached mesh membership it also brings the mesh up, which must
     /// happen inside a tokio runtime.
-    /// Commands for `coral exec` run without the cgroup shim (see
-    /// [`Agent::open_with_shim`]).
+    /// Commands for `coral exec` are started by the agent itself, without
+    /// cgroup or landlock (see [`Agent::open_with_spawner`]).
     pub fn open(config: AgentConfig) -> Result<Agent, AgentError> {
-        Self::open_with_shim(config, None)
+        Self::open_with_spawner(config, None)
     }
 
-    /// Like [`Agent::open`]; `exec_shim` is a binary that runs
-    /// [`exec::shim_main`] when given [`exec::SHIM_ARG`] (the `coral`
-    /// executable), through which commands join their cgroup before they run.
-    pub fn open_with_shim(
+    /// Like [`Agent::open`]; commands for `coral exec` run through
+    /// `spawner` ([`exec::Spawner::start`], before the agent confines
+    /// itself), which confines each one and joins it to its cgroup.
+    pub fn open_with_spawner(
         config: AgentConfig,
-        exec_shim: Option<PathBuf>,
+        spawner: Option<std::sync::Arc<exec::Spawner>>,
     ) -> Result<Agent, AgentError> {
         config.validate().map_err(AgentError::Config)?;
         let state_dir = config.state_dir();
@@ -172,7 +172,7 @@ impl Agent {
             true => Some(otlp::Listeners::bind(&config.otlp).map_err(AgentError::Otlp)?),
             false => None,
         };
-        let exec = exec::Exec::open(&config.exec, &state_dir.join("agent.db"), exec_shim)?;
+        let exec = exec::Exec::open(&config.exec, &state_dir.join("agent.db"), spawner)?;
         let (telemetry, guard) = Telemetry::open_with(
             &state_dir.join("telemetry.duckdb"),
             config.retention,

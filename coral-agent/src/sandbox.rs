@@ -11,18 +11,30 @@
 //!   synchronised to all threads, so `/proc/<pid>/task/*/status` shows
 //!   `Seccomp: 2` everywhere.
 //!
-//! Children inherit both: commands run by `coral exec` get the agent's
-//! landlock set and syscall list (the reason the agent's list carries what
-//! `ps`, `ss` or `psql` need). `--sandbox=log` logs would-be violations of
-//! the syscall list to the kernel log instead of killing, and skips
-//! landlock; `--sandbox=off` applies nothing. Both are for debugging.
+//! `ioctl`, `socket` and `prctl` are allowed to the colony and the agent
+//! only with the arguments [`DAEMON_IOCTLS`], [`DAEMON_SOCKET_FAMILIES`] and
+//! [`DAEMON_PRCTLS`] list (others fail with `EPERM`); the filters are built
+//! by `coral_privhelper::sandbox::Policy`, which the helper uses for its own.
+//!
+//! The agent never runs a program itself (issue 16): `coral exec` commands
+//! start in the exec spawner (`exec::spawner`), a process the agent starts
+//! before it confines itself. The agent's list has no `execve`, no `fork`,
+//! and `clone` only with `CLONE_THREAD` (threads, not processes); `clone3`,
+//! whose flags a filter cannot see, fails with `ENOSYS` so the C library
+//! falls back to `clone`. The spawner has its own role: it may read
+//! everything, write nothing but the commands' cgroups, and its syscall list
+//! carries what the commands need (they inherit it). Each command is then
+//! confined on its own by [`confine_command`]: the system paths plus the
+//! paths its allowed arguments name.
+//!
+//! `--sandbox=log` logs would-be violations of the syscall list to the
+//! kernel log instead of killing, and skips landlock; `--sandbox=off`
+//! applies nothing. Both are for debugging.
 
 use landlock::{
     ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
     path_beneath_rules,
 };
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// How the sandbox is applied.
@@ -52,6 +64,8 @@ impl std::str::FromStr for Mode {
 pub enum Role {
     Colony,
     Agent,
+    /// The agent's exec spawner (and, inherited, the commands it runs).
+    Spawner,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,13 +128,13 @@ pub fn apply(role: Role, mode: Mode, paths: &Paths) -> Result<Applied, SandboxEr
         });
     }
     let landlock = if mode == Mode::Enforce {
-        landlock(paths)?
+        landlock(paths, DEVICES)?
     } else {
         "off"
     };
     let list = allowlist(role);
     let syscalls = list.len();
-    seccomp(&list, mode)?;
+    seccomp(role, &list, mode)?;
     Ok(Applied {
         mode,
         landlock,
@@ -128,7 +142,24 @@ pub fn apply(role: Role, mode: Mode, paths: &Paths) -> Result<Applied, SandboxEr
     })
 }
 
-fn landlock(paths: &Paths) -> Result<&'static str, SandboxError> {
+/// Confines a command `coral exec` is about to `execve` (called by the
+/// shim, a single-threaded process): it may read and execute the system
+/// paths, read `reads` (the paths its allowed arguments name), write the
+/// null, zero and random devices, and no file. Returns how fully the kernel enforces it.
+pub fn confine_command(reads: &[PathBuf]) -> Result<&'static str, SandboxError> {
+    landlock(
+        &Paths {
+            writable: Vec::new(),
+            readable: reads.to_vec(),
+        },
+        COMMAND_DEVICES,
+    )
+}
+
+/// Devices a command may use: the null device, randomness, zeros.
+const COMMAND_DEVICES: &[&str] = &["/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"];
+
+fn landlock(paths: &Paths, devices: &[&str]) -> Result<&'static str, SandboxError> {
     let abi = ABI::V3;
     let err = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
     let existing =
@@ -140,7 +171,7 @@ fn landlock(paths: &Paths) -> Result<&'static str, SandboxError> {
             .chain(paths.readable.iter().cloned())
             .collect(),
     );
-    let devices = existing(DEVICES.iter().map(PathBuf::from).collect());
+    let devices = existing(devices.iter().map(PathBuf::from).collect());
     let writable = existing(paths.writable.clone());
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
@@ -165,21 +196,98 @@ fn landlock(paths: &Paths) -> Result<&'static str, SandboxError> {
     })
 }
 
-fn seccomp(list: &[i64], mode: Mode) -> Result<(), SandboxError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = list.iter().map(|s| (*s, Vec::new())).collect();
-    let mismatch = match mode {
-        Mode::Log => SeccompAction::Log,
-        _ => SeccompAction::KillProcess,
+fn seccomp(role: Role, list: &[i64], mode: Mode) -> Result<(), SandboxError> {
+    // The colony and the agent: threads only, and the arguments of ioctl,
+    // socket and prctl limited to the lists below (EPERM otherwise). The
+    // spawner's commands make whatever calls diagnostic tools make.
+    let daemon = role != Role::Spawner;
+    let pick = |list: &[(u64, &str)]| -> Vec<u64> {
+        if daemon {
+            list.iter().map(|(v, _)| *v).collect()
+        } else {
+            Vec::new()
+        }
     };
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| SandboxError::Seccomp(format!("{e:?}")))?;
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
-        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    let prog: BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))?;
-    seccompiler::apply_filter_all_threads(&prog).map_err(|e| SandboxError::Seccomp(e.to_string()))
+    coral_privhelper::sandbox::Policy {
+        allowed: list.to_vec(),
+        threads_only: daemon,
+        ioctls: pick(DAEMON_IOCTLS),
+        socket_families: pick(DAEMON_SOCKET_FAMILIES),
+        prctls: pick(DAEMON_PRCTLS),
+        mount_flags: None,
+        log_only: mode == Mode::Log,
+    }
+    .apply()
+    .map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+/// `ioctl` requests the colony and the agent make; any other fails with
+/// `EPERM` (issue 16).
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
+pub const DAEMON_IOCTLS: &[(u64, &str)] = &[
+    (libc::FIONBIO as u64, "non-blocking sockets (std, tokio)"),
+    (libc::FIOCLEX as u64, "close-on-exec (std)"),
+    (libc::FIONCLEX as u64, "clear close-on-exec (std)"),
+    (libc::FIONREAD as u64, "bytes waiting on a socket"),
+    (libc::TCGETS as u64, "is the log a terminal (colours)"),
+    (libc::TIOCGWINSZ as u64, "terminal width of the log"),
+    (
+        libc::TUNSETIFF as u64,
+        "a TUN device made without the helper (CAP_NET_ADMIN)",
+    ),
+    (libc::SIOCSIFMTU as u64, "its MTU"),
+    (libc::SIOCSIFADDR as u64, "its address"),
+    (libc::SIOCSIFNETMASK as u64, "its netmask"),
+    (libc::SIOCGIFFLAGS as u64, "its flags"),
+    (libc::SIOCSIFFLAGS as u64, "bring it up"),
+    (libc::SIOCGIFINDEX as u64, "its index"),
+    (
+        0x2400,
+        "PERF_EVENT_IOC_ENABLE: BPF loaded without the helper (aya)",
+    ),
+    (0x2401, "PERF_EVENT_IOC_DISABLE: the same"),
+    (
+        0x4004_2408,
+        "PERF_EVENT_IOC_SET_BPF: the same, older kernels",
+    ),
+];
+
+/// Socket families the colony and the agent open; any other fails with
+/// `EPERM`: no raw packets, no kernel crypto, no Bluetooth...
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
+pub const DAEMON_SOCKET_FAMILIES: &[(u64, &str)] = &[
+    (libc::AF_UNIX as u64, "control, MCP and helper sockets"),
+    (
+        libc::AF_INET as u64,
+        "OTLP, the control plane, the mesh's UDP",
+    ),
+    (libc::AF_INET6 as u64, "the same over IPv6"),
+    (
+        libc::AF_NETLINK as u64,
+        "the C library's address lookups (getaddrinfo)",
+    ),
+];
+
+/// `prctl` options the colony and the agent use; others fail with `EPERM`.
+// The casts: libc's request and constant types differ by target (c_ulong
+// on glibc, c_int on musl).
+#[allow(clippy::unnecessary_cast)]
+pub const DAEMON_PRCTLS: &[(u64, &str)] = &[
+    (libc::PR_SET_NAME as u64, "thread names (tokio, DuckDB)"),
+    (libc::PR_GET_NAME as u64, "thread names"),
+];
+
+/// Tries one ioctl the colony and the agent may not make
+/// (`FS_IOC_GETFLAGS` on `path`), for `coral sandbox-check`.
+pub fn try_refused_ioctl(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    rustix::fs::ioctl_getflags(&f)
+        .map(|_| ())
+        .map_err(std::io::Error::from)
 }
 
 /// The system calls each role may make. Reviewed data: add a call only with
@@ -228,11 +336,9 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_clock_gettime,
         SYS_clock_getres,
         SYS_gettimeofday,
-        SYS_time,
         // Files: stores, logs, sockets' paths, /proc and /sys reads (landlock
         // decides which paths).
         SYS_openat,
-        SYS_open,
         SYS_close,
         SYS_close_range,
         SYS_read,
@@ -245,40 +351,29 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_pwritev,
         SYS_lseek,
         SYS_fstat,
-        SYS_stat,
-        SYS_lstat,
         SYS_newfstatat,
         SYS_statx,
         SYS_statfs,
         SYS_fstatfs,
-        SYS_access,
         SYS_faccessat,
         SYS_faccessat2,
-        SYS_readlink,
         SYS_readlinkat,
         SYS_getdents64,
         SYS_fsync,
         SYS_fdatasync,
         SYS_ftruncate,
         SYS_fallocate,
-        SYS_rename,
         SYS_renameat,
         SYS_renameat2,
-        SYS_unlink,
         SYS_unlinkat,
-        SYS_mkdir,
         SYS_mkdirat,
-        SYS_rmdir,
         SYS_fchmod,
         SYS_fchmodat,
-        SYS_chmod,
         SYS_flock,
         SYS_fcntl,
         SYS_ioctl,
         SYS_dup,
-        SYS_dup2,
         SYS_dup3,
-        SYS_pipe,
         SYS_pipe2,
         SYS_getcwd,
         SYS_chdir,
@@ -290,9 +385,7 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_memfd_create,
         SYS_fadvise64,
         SYS_sync_file_range,
-        SYS_symlink,
         SYS_symlinkat,
-        SYS_link,
         SYS_linkat,
         // SQLite, when running as root, gives new journal and WAL files the
         // owner of their database.
@@ -301,13 +394,10 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         // Event loops: tokio (epoll, eventfd), timers.
         SYS_epoll_create1,
         SYS_epoll_ctl,
-        SYS_epoll_wait,
         SYS_epoll_pwait,
         SYS_epoll_pwait2,
         SYS_eventfd2,
-        SYS_poll,
         SYS_ppoll,
-        SYS_select,
         SYS_pselect6,
         SYS_timerfd_create,
         SYS_timerfd_settime,
@@ -347,7 +437,6 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_sysinfo,
         SYS_getrandom,
         SYS_prctl,
-        SYS_arch_prctl,
         SYS_getcpu,
         SYS_getpriority,
         SYS_setpriority,
@@ -356,13 +445,19 @@ pub fn allowlist(role: Role) -> Vec<i64> {
         SYS_wait4,
         SYS_waitid,
     ];
-    if role == Role::Agent {
-        v.extend([
-            // `coral exec`: spawn the command in its own process group,
-            // with its limits, and kill the group on timeout. The command
-            // inherits this list; its own needs follow.
-            SYS_fork,
-            SYS_vfork,
+    match role {
+        Role::Colony => {}
+        Role::Agent => v.extend([
+            // The eBPF reader: map and ring-buffer operations on fds the
+            // helper (or the agent itself, with the privilege) created.
+            SYS_bpf,
+            SYS_perf_event_open,
+        ]),
+        Role::Spawner => v.extend([
+            // `coral exec` (issue 16): the spawner starts each command in
+            // its own process group through the shim, kills the group on
+            // the agent's word or when the command ends, and reaps it. The
+            // command inherits this list; its own needs follow.
             SYS_execve,
             SYS_execveat,
             SYS_setpgid,
@@ -372,11 +467,12 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             SYS_pidfd_open,
             SYS_pidfd_send_signal,
             SYS_setrlimit,
-            SYS_getpgrp,
-            SYS_alarm,
-            SYS_pause,
             SYS_setitimer,
             SYS_getitimer,
+            // The shim confines the command with landlock before `execve`.
+            SYS_landlock_create_ruleset,
+            SYS_landlock_add_rule,
+            SYS_landlock_restrict_self,
             // Diagnostic commands: ps/top read /proc, ss uses netlink
             // sockets (allowed above), psql, and terminal handling.
             SYS_sched_getparam,
@@ -387,8 +483,6 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             SYS_fgetxattr,
             SYS_listxattr,
             SYS_llistxattr,
-            SYS_chown,
-            SYS_lchown,
             SYS_mincore,
             SYS_msync,
             SYS_shmget,
@@ -398,11 +492,44 @@ pub fn allowlist(role: Role) -> Vec<i64> {
             SYS_inotify_init1,
             SYS_inotify_add_watch,
             SYS_inotify_rm_watch,
-            // The eBPF reader: map and ring-buffer operations on fds the
-            // helper (or the agent itself, with the privilege) created.
-            SYS_bpf,
-            SYS_perf_event_open,
+        ]),
+    }
+    // x86_64 also has the older calls the *at forms replaced; aarch64 has
+    // only the *at forms, so these exist on x86_64 alone.
+    #[cfg(target_arch = "x86_64")]
+    {
+        v.extend([
+            SYS_open,       // files (older callers), as openat
+            SYS_stat,       // metadata, as newfstatat
+            SYS_lstat,      // metadata, as newfstatat
+            SYS_access,     // as faccessat
+            SYS_readlink,   // as readlinkat
+            SYS_rename,     // as renameat
+            SYS_unlink,     // as unlinkat
+            SYS_mkdir,      // as mkdirat
+            SYS_rmdir,      // as unlinkat
+            SYS_chmod,      // as fchmodat
+            SYS_symlink,    // as symlinkat
+            SYS_link,       // as linkat
+            SYS_dup2,       // as dup3
+            SYS_pipe,       // as pipe2
+            SYS_epoll_wait, // as epoll_pwait
+            SYS_poll,       // as ppoll
+            SYS_select,     // as pselect6
+            SYS_time,       // the vDSO's fallback
+            SYS_arch_prctl, // thread-local storage of new threads
         ]);
+        if role == Role::Spawner {
+            v.extend([
+                SYS_fork,    // commands' own children (shells)
+                SYS_vfork,   // posix_spawn in commands
+                SYS_getpgrp, // shells' job control
+                SYS_alarm,   // commands' timers
+                SYS_pause,   // commands' waits
+                SYS_chown,   // commands (as fchownat)
+                SYS_lchown,  // commands (as fchownat)
+            ]);
+        }
     }
     v.sort_unstable();
     v.dedup();
@@ -416,9 +543,22 @@ pub fn paths(role: Role, state_dir: &Path, runtime_dir: &Path, readable: &[PathB
     if role == Role::Agent {
         writable.push(PathBuf::from("/sys/fs/cgroup"));
     }
+    if role == Role::Spawner {
+        return spawner_paths();
+    }
     Paths {
         writable,
         readable: readable.to_vec(),
+    }
+}
+
+/// The exec spawner reads everything (each command's own landlock set,
+/// which it cannot widen, decides what the command reads) and writes only
+/// the commands' `cgroup.procs` files (the shim joins the cgroup).
+pub fn spawner_paths() -> Paths {
+    Paths {
+        writable: vec![PathBuf::from("/sys/fs/cgroup")],
+        readable: vec![PathBuf::from("/")],
     }
 }
 
@@ -446,5 +586,10 @@ mod tests {
             assert!(!agent.contains(&forbidden), "{forbidden}");
         }
         assert!(!colony.contains(&libc::SYS_execve));
+        // Issue 16: the agent runs nothing itself; its spawner does.
+        for process in [libc::SYS_execve, libc::SYS_execveat] {
+            assert!(!agent.contains(&process), "{process}");
+        }
+        assert!(allowlist(Role::Spawner).contains(&libc::SYS_execve));
     }
 }

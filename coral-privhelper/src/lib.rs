@@ -15,6 +15,7 @@ pub mod config;
 pub mod elfcode;
 pub mod keys;
 pub mod protocol;
+pub mod sandbox;
 pub mod server;
 pub mod startup;
 pub mod tun;

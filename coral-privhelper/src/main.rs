@@ -1,16 +1,17 @@
-//! `coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH]`
+//! `coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH] [--sandbox MODE]`
 //!
-//! Thin main: process hygiene, arguments, config, listener, then
-//! `server::run`. See docs/privhelper.md for every privileged step.
+//! Thin main: process hygiene, arguments, config, listener, its own seccomp
+//! filter (`sandbox`), then `server::run`. See docs/privhelper.md for every
+//! privileged step.
 #![allow(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use coral_privhelper::{config, server, startup};
+use coral_privhelper::{config, sandbox, server, startup};
 
-const USAGE: &str = "usage: coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH]";
+const USAGE: &str = "usage: coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH] [--sandbox enforce|log|off]";
 const EX_USAGE: u8 = 64;
 const EX_CONFIG: u8 = 78;
 
@@ -26,9 +27,11 @@ fn main() -> ExitCode {
     let mut socket = PathBuf::from(server::DEFAULT_SOCKET);
     let mut config_path = PathBuf::from(config::DEFAULT_CONFIG);
     let mut state_dir = PathBuf::from(server::DEFAULT_STATE_DIR);
+    let mut mode = PathBuf::from("enforce");
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         let slot = match a.to_str() {
+            Some("--sandbox") => &mut mode,
             Some("--socket") => &mut socket,
             Some("--config") => &mut config_path,
             Some("--state-dir") => &mut state_dir,
@@ -53,6 +56,16 @@ fn main() -> ExitCode {
             }
         }
     }
+    let mut filter = sandbox::helper_policy();
+    match mode.to_str() {
+        Some("enforce") => {}
+        Some("log") => filter.log_only = true,
+        Some("off") => {}
+        _ => {
+            eprintln!("error: --sandbox must be enforce, log or off\n{USAGE}");
+            return ExitCode::from(EX_USAGE);
+        }
+    }
     let allow = match config::load(&config_path) {
         Ok(a) => a,
         Err(e) => {
@@ -73,6 +86,23 @@ fn main() -> ExitCode {
             }
         },
     };
+    // Its own seccomp filter, on every thread, before the first request
+    // (issue 16). The socket is bound: bind and listen are not on the list.
+    if mode.to_str() == Some("off") {
+        server::log("sandbox: off (--sandbox off)");
+    } else {
+        match filter.apply() {
+            Ok(()) => server::log(&format!(
+                "sandbox: seccomp{}, {} calls allowed",
+                if filter.log_only { " (log only)" } else { "" },
+                filter.allowed.len()
+            )),
+            Err(e) => {
+                server::log(&format!("error: {e}"));
+                return ExitCode::from(1);
+            }
+        }
+    }
     let cfg = server::ServerConfig {
         allow,
         state_dir,

@@ -1,16 +1,20 @@
 //! `coral exec` on the agent: decide under the host's policy, write the
-//! audit record (fsync) before anything runs, run argv directly (no shell
-//! unless a rule allows one) in its own process group and cgroup, with the
-//! rule's environment allowlist, working directory, timeout and output cap,
-//! then record how it ended.
+//! audit record (fsync) before anything runs, have the exec spawner run
+//! argv directly (no shell unless a rule allows one) in its own process
+//! group, cgroup and landlock domain, with the rule's environment
+//! allowlist, working directory, timeout and output cap, then record how
+//! it ended. The agent itself cannot run programs (issue 16): see
+//! [`spawner`].
 
 mod audit;
 mod cgroup;
 mod policy;
 mod run;
 mod shim;
+pub mod spawner;
 
 pub use shim::{SHIM_ARG, shim_main};
+pub use spawner::{SPAWNER_ARG, Spawner, spawner_main};
 
 use crate::config::{ExecConfig, Isolation};
 use audit::{AuditLog, Begin};
@@ -23,7 +27,7 @@ use coral_proto::{
 use policy::PolicyHolder;
 use run::Output;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -52,14 +56,29 @@ struct Job {
     cancel: CancellationToken,
 }
 
+/// What runs, once judged.
+struct Launch {
+    id: String,
+    caller: ExecCaller,
+    service: String,
+    /// As resolved (judged).
+    program: String,
+    /// The path executed.
+    launch: String,
+    argv0: String,
+    args: Vec<String>,
+    rule: String,
+}
+
 pub(crate) struct Exec {
     config: ExecConfig,
     policy: PolicyHolder,
     audit: Arc<AuditLog>,
     cgroups: Option<Cgroups>,
     isolation: String,
-    /// The binary that runs the shim (the `coral` executable), when known.
-    shim: Option<PathBuf>,
+    /// The process that runs commands; without one (the library used on
+    /// its own, in tests) the agent starts them itself, unconfined.
+    spawner: Option<Arc<Spawner>>,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     /// `agent.exec.max_running` permits; a command holds one while it runs.
     slots: Arc<tokio::sync::Semaphore>,
@@ -188,7 +207,7 @@ impl Exec {
     pub(crate) fn open(
         config: &ExecConfig,
         agent_db: &Path,
-        shim: Option<PathBuf>,
+        spawner: Option<Arc<Spawner>>,
     ) -> Result<Exec, crate::AgentError> {
         let (audit, interrupted) = AuditLog::open(agent_db)?;
         if interrupted > 0 {
@@ -202,14 +221,14 @@ impl Exec {
                 None,
                 "process group only (agent.exec.isolation = none)".to_string(),
             ),
-            _ => match (shim.is_some(), Cgroups::detect(config.max_pids)) {
+            _ => match (spawner.is_some(), Cgroups::detect(config.max_pids)) {
                 (true, Ok(cg)) => {
                     let d = cg.describe();
                     (Some(cg), d)
                 }
                 (false, Ok(cg)) => {
                     cg.remove();
-                    (None, "process group only (no exec shim binary)".to_string())
+                    (None, "process group only (no exec spawner)".to_string())
                 }
                 (_, Err(why)) => (None, format!("process group only (no cgroup: {why})")),
             },
@@ -223,13 +242,20 @@ impl Exec {
                 "exec containment is partial: a fork bomb is bounded only by its timeout"
             ),
         }
+        let isolation = match spawner.as_ref().map(|s| s.mode()) {
+            Some(crate::sandbox::Mode::Enforce) => {
+                format!("{isolation}; landlock: system paths and the paths the arguments name")
+            }
+            Some(_) => format!("{isolation}; no landlock (agent sandbox not enforced)"),
+            None => format!("{isolation}; no landlock (no exec spawner)"),
+        };
         Ok(Exec {
             config: config.clone(),
             policy: PolicyHolder::open(config.policy.clone()),
             audit: Arc::new(audit),
             cgroups,
             isolation,
-            shim,
+            spawner,
             jobs: Mutex::new(HashMap::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_running)),
         })
@@ -262,8 +288,11 @@ impl Exec {
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading the exec policy");
                     self.policy.reload("SIGHUP");
+                    self.spawner_reload("SIGHUP");
                 }
-                _ = watch.tick() => self.policy.reload_if_changed(),
+                _ = watch.tick() => if self.policy.reload_if_changed() {
+                    self.spawner_reload("file changed");
+                },
                 _ = reap.tick() => self.reap(),
             }
         }
@@ -286,6 +315,14 @@ impl Exec {
         }
         if let Some(cg) = &self.cgroups {
             cg.remove();
+        }
+    }
+
+    /// The spawner judges requests again under its own copy of the policy
+    /// file, which it reads again when the agent does.
+    fn spawner_reload(&self, why: &str) {
+        if let Some(s) = &self.spawner {
+            s.reload(why);
         }
     }
 
@@ -460,15 +497,19 @@ impl Exec {
         // The program runs as resolved (checked) but sees the name it was
         // asked by, as from a shell: multi-call programs (Debian's psql
         // wrapper, busybox) dispatch on it.
-        let argv0 = req.argv[0].clone();
-        let args = req.argv[1..].to_vec();
+        let launch = Launch {
+            id: exec_id.clone(),
+            caller: req.caller.clone(),
+            service: req.service.clone(),
+            program: started.program.clone().unwrap_or_default(),
+            launch: program,
+            argv0: req.argv[0].clone(),
+            args: req.argv[1..].to_vec(),
+            rule: started.rule.clone().unwrap_or_default(),
+        };
         tokio::spawn(async move {
             let _slot = slot;
-            let outcome = me
-                .run(
-                    &exec_id, &program, &argv0, &args, &limits, timeout, cap, &job,
-                )
-                .await;
+            let outcome = me.run(&launch, &limits, timeout, cap, &job).await;
             let audit = me.audit.clone();
             let (id, o) = (exec_id.clone(), outcome.clone());
             let stored =
@@ -522,20 +563,16 @@ impl Exec {
         .map_err(|e| ExecError::Storage(e.to_string()))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
-        exec_id: &str,
-        program: &str,
-        argv0: &str,
-        args: &[String],
+        l: &Launch,
         limits: &coral_policy::Limits,
         timeout: Duration,
         cap: u64,
         job: &Job,
     ) -> ExecOutcome {
         let cg = match &self.cgroups {
-            Some(c) => match c.create(exec_id) {
+            Some(c) => match c.create(&l.id) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
                     return ExecOutcome {
@@ -546,29 +583,83 @@ impl Exec {
             },
             None => None,
         };
-        let mut cmd = match (&self.shim, &cg) {
-            (Some(shim), Some(cg)) => {
-                let files = cg.procs_files();
-                let mut c = tokio::process::Command::new(shim);
-                c.arg(SHIM_ARG)
-                    .arg(files.len().to_string())
-                    .args(&files)
-                    .arg("--")
-                    .arg(program)
-                    .arg(argv0);
-                c
+        let outcome = match &self.spawner {
+            Some(spawner) => {
+                let req = spawner::RunRequest {
+                    id: l.id.clone(),
+                    caller: l.caller.clone(),
+                    service: l.service.clone(),
+                    program: l.program.clone(),
+                    launch: l.launch.clone(),
+                    argv0: l.argv0.clone(),
+                    args: l.args.clone(),
+                    rule: l.rule.clone(),
+                    cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+                };
+                match spawner.run(req).await {
+                    Ok(r) => {
+                        tracing::debug!(exec_id = %l.id, pid = r.pid, "command started");
+                        let exited = r.exited;
+                        let started = run::Started {
+                            stdout: Some(Box::new(r.stdout)),
+                            stderr: Some(Box::new(r.stderr)),
+                            exit: Box::pin(async move {
+                                exited
+                                    .await
+                                    .unwrap_or_else(|_| Err("the exec spawner has stopped".into()))
+                            }),
+                        };
+                        let kill = || {
+                            if let Some(cg) = &cg {
+                                cg.kill();
+                            }
+                            spawner.kill(&l.id);
+                        };
+                        run::supervise(
+                            &job.output,
+                            started,
+                            &kill,
+                            timeout,
+                            cap,
+                            job.cancel.clone(),
+                        )
+                        .await
+                    }
+                    Err(e) => ExecOutcome {
+                        error: Some(format!("cannot start {}: {e}", l.launch)),
+                        ..Default::default()
+                    },
+                }
             }
-            _ => {
-                let mut c = tokio::process::Command::new(program);
-                c.arg0(argv0);
-                c
+            None => {
+                self.run_here(l, limits, cg.as_ref(), timeout, cap, job)
+                    .await
             }
         };
+        if let Some(cg) = cg {
+            cg.remove().await;
+        }
+        outcome
+    }
+
+    /// Without a spawner (the agent library used on its own): the agent
+    /// starts the command itself, in its process group, without landlock.
+    async fn run_here(
+        &self,
+        l: &Launch,
+        limits: &coral_policy::Limits,
+        cg: Option<&cgroup::ExecCgroup>,
+        timeout: Duration,
+        cap: u64,
+        job: &Job,
+    ) -> ExecOutcome {
         let env = limits.filter_env(
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
         );
-        cmd.args(args)
+        let mut cmd = tokio::process::Command::new(&l.launch);
+        cmd.arg0(&l.argv0)
+            .args(&l.args)
             .env_clear()
             .envs(env)
             .current_dir(&limits.cwd)
@@ -577,27 +668,48 @@ impl Exec {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let outcome = match cmd.spawn() {
-            Ok(child) => {
-                run::supervise(
-                    &job.output,
-                    child,
-                    cg.as_ref(),
-                    timeout,
-                    cap,
-                    job.cancel.clone(),
-                )
-                .await
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return ExecOutcome {
+                    error: Some(format!("cannot start {}: {e}", l.launch)),
+                    ..Default::default()
+                };
             }
-            Err(e) => ExecOutcome {
-                error: Some(format!("cannot start {program}: {e}")),
-                ..Default::default()
-            },
         };
-        if let Some(cg) = cg {
-            cg.remove().await;
-        }
-        outcome
+        let pgid = child.id();
+        let started = run::Started {
+            stdout: child.stdout.take().map(|s| Box::new(s) as run::Reader),
+            stderr: child.stderr.take().map(|s| Box::new(s) as run::Reader),
+            exit: Box::pin(async move {
+                use std::os::unix::process::ExitStatusExt as _;
+                child
+                    .wait()
+                    .await
+                    .map(|st| (st.code(), st.signal()))
+                    .map_err(|e| e.to_string())
+            }),
+        };
+        let kill = || {
+            if let Some(cg) = cg {
+                cg.kill();
+            }
+            if let Some(pgid) = pgid {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        };
+        run::supervise(
+            &job.output,
+            started,
+            &kill,
+            timeout,
+            cap,
+            job.cancel.clone(),
+        )
+        .await
     }
 
     fn job(&self, exec_id: &str) -> Result<Arc<Job>, ExecError> {

@@ -64,12 +64,15 @@ impl PolicyHolder {
         self.status.lock().expect("policy status lock").clone()
     }
 
-    /// Reloads if the file changed since it was last looked at.
-    pub(crate) fn reload_if_changed(&self) {
+    /// Reloads if the file changed since it was last looked at; says
+    /// whether it read the file.
+    pub(crate) fn reload_if_changed(&self) -> bool {
         let now = stamp(&self.path);
-        if *self.seen.lock().expect("policy seen lock") != Some(now) {
+        let changed = *self.seen.lock().expect("policy seen lock") != Some(now);
+        if changed {
             self.reload("file changed");
         }
+        changed
     }
 
     /// Reads the file again, whatever its stamp.
@@ -118,7 +121,7 @@ impl PolicyHolder {
                 *self.current.write().expect("policy lock") = Arc::new(policy);
             }
             Some(Err(e)) => {
-                let msg = e.to_string();
+                let msg = sandbox_hint(&self.path, e).to_string();
                 if st.error.as_deref() != Some(msg.as_str()) {
                     tracing::error!(
                         error = %msg,
@@ -129,6 +132,32 @@ impl PolicyHolder {
                 st.error = Some(msg);
             }
         }
+    }
+}
+
+/// A read refused although the file's permissions allow it was refused by
+/// the agent's sandbox. Issue 16: the message then said to make the file
+/// readable, which it was; it says what the sandbox allows instead.
+fn sandbox_hint(path: &Path, e: coral_policy::PolicyError) -> coral_policy::PolicyError {
+    match e {
+        coral_policy::PolicyError::Read {
+            path: shown,
+            message,
+            source,
+            ..
+        } if source
+            .as_ref()
+            .is_some_and(|s| s.kind() == std::io::ErrorKind::PermissionDenied)
+            && nix::unistd::access(path, nix::unistd::AccessFlags::R_OK).is_ok() =>
+        {
+            coral_policy::PolicyError::Read {
+                path: shown,
+                message: format!("{message}, although its permissions allow reading"),
+                hint: "the agent's sandbox (landlock) reads policy files only in the directory the file was in when the agent started, and where its symlink pointed then; keep it there, or restart the agent to follow it".into(),
+                source,
+            }
+        }
+        e => e,
     }
 }
 

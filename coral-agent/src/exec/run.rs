@@ -2,13 +2,13 @@
 //! poller's offset) and the task that pumps output, enforces the timeout
 //! and kills the whole process group (and cgroup) at the end.
 
-use super::cgroup::ExecCgroup;
 use coral_proto::{ExecChunk, ExecOutcome, OutputStream};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::process::Child;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -209,8 +209,8 @@ async fn read_opt<R: AsyncRead + Unpin>(
 /// on its next write) and a marker is added.
 async fn pump(
     out: &Output,
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
+    stdout: Option<Reader>,
+    stderr: Option<Reader>,
     cap: u64,
     cancel: CancellationToken,
 ) {
@@ -258,34 +258,32 @@ async fn pump(
     }
 }
 
-/// Kills the process group, and the cgroup if there is one.
-pub(crate) fn kill_all(pgid: Option<u32>, cg: Option<&ExecCgroup>) {
-    if let Some(cg) = cg {
-        cg.kill();
-    }
-    if let Some(pgid) = pgid {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+/// One of a command's output pipes.
+pub(crate) type Reader = Box<dyn AsyncRead + Unpin + Send>;
+
+/// A command that has started: its output pipes and how it ends.
+pub(crate) struct Started {
+    pub stdout: Option<Reader>,
+    pub stderr: Option<Reader>,
+    /// Resolves when the command has ended: (exit code, signal).
+    pub exit: Pin<Box<dyn Future<Output = super::spawner::Exit> + Send>>,
 }
 
-/// Supervises a started command until it ends; returns how.
+/// Supervises a started command until it ends; returns how. `kill` kills
+/// its process group and cgroup.
 pub(crate) async fn supervise(
     out: &Output,
-    mut child: Child,
-    cg: Option<&ExecCgroup>,
+    cmd: Started,
+    kill: &(dyn Fn() + Sync),
     timeout: Duration,
     cap: u64,
     cancel: CancellationToken,
 ) -> ExecOutcome {
     let started = Instant::now();
-    let pgid = child.id();
     let stop_pump = CancellationToken::new();
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let pump_fut = pump(out, stdout, stderr, cap, stop_pump.clone());
+    let pump_fut = pump(out, cmd.stdout, cmd.stderr, cap, stop_pump.clone());
     tokio::pin!(pump_fut);
+    let mut exit = cmd.exit;
     let mut pump_done = false;
     let mut timed_out = false;
     let mut cancelled = false;
@@ -293,15 +291,15 @@ pub(crate) async fn supervise(
     tokio::pin!(deadline);
     let status = loop {
         tokio::select! {
-            s = child.wait() => break s,
+            s = &mut exit => break s,
             _ = &mut pump_fut, if !pump_done => pump_done = true,
             _ = &mut deadline, if !timed_out && !cancelled => {
                 timed_out = true;
-                kill_all(pgid, cg);
+                kill();
             }
             _ = cancel.cancelled(), if !timed_out && !cancelled => {
                 cancelled = true;
-                kill_all(pgid, cg);
+                kill();
             }
         }
     };
@@ -309,7 +307,7 @@ pub(crate) async fn supervise(
     // pipes close and the pump ends. A process that escaped both (no
     // cgroup, and it changed its process group) only keeps a pipe open
     // until the grace period ends.
-    kill_all(pgid, cg);
+    kill();
     // The grace restarts while output still flows or waits for the poller.
     while !pump_done {
         let before = out.progress();
@@ -335,10 +333,9 @@ pub(crate) async fn supervise(
         ..Default::default()
     };
     match status {
-        Ok(st) => {
-            use std::os::unix::process::ExitStatusExt as _;
-            outcome.exit_code = st.code();
-            outcome.signal = st.signal();
+        Ok((code, signal)) => {
+            outcome.exit_code = code;
+            outcome.signal = signal;
         }
         Err(e) => outcome.error = Some(format!("cannot wait for the command: {e}")),
     }

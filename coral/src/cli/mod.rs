@@ -578,6 +578,13 @@ pub fn main() -> i32 {
     {
         return coral_agent::exec::shim_main(std::env::args_os().skip(2).collect());
     }
+    // The agent's exec spawner (issue 16): it runs commands so the agent
+    // never does; see coral_agent::exec::spawner.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(coral_agent::exec::SPAWNER_ARG))
+    {
+        return coral_agent::exec::spawner_main(std::env::args_os().skip(2).collect());
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -951,6 +958,34 @@ fn sandbox_check(role: &str, action: &str) -> anyhow::Result<()> {
             // Not on any role's list: the kernel kills the process here.
             std::os::unix::fs::chroot("/").map(|_| "allowed".to_string())
         }
+        Some(("syscall", "execve")) => {
+            // Not on the colony's or the agent's list (issue 16): this
+            // process is replaced by `true`, or killed.
+            use std::os::unix::process::CommandExt as _;
+            Err(std::process::Command::new("/bin/true").exec())
+        }
+        Some(("socket", "packet")) => {
+            // socket is on the lists, AF_PACKET is not (issue 16): EPERM.
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                None,
+            )
+            .map(|_| "allowed".to_string())
+            .map_err(std::io::Error::from)
+        }
+        Some(("ioctl", path)) => {
+            // ioctl is on the lists, FS_IOC_GETFLAGS is not: EPERM.
+            sandbox::try_refused_ioctl(Path::new(path)).map(|()| "allowed".to_string())
+        }
+        Some(("syscall", "fork")) => {
+            // A clone without CLONE_THREAD: killed in the colony and agent.
+            std::process::Command::new("/bin/true")
+                .status()
+                .map(|s| format!("ran: {s}"))
+        }
         Some(("read", path)) => std::fs::read(path).map(|b| format!("read {} bytes", b.len())),
         Some(("write", path)) => std::fs::write(path, b"x").map(|_| "written".to_string()),
         _ => return Err(Usage(format!("unknown action '{action}'")).into()),
@@ -1111,17 +1146,26 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
     }
     init_daemon();
     let (_pid, sock) = claim("agent")?;
-    // The agent runs this binary as the cgroup shim of `coral exec`, and
-    // reads its policy file: both stay reachable in the sandbox.
-    let exe = std::env::current_exe().ok();
-    let mut readable: Vec<PathBuf> = exe.iter().cloned().collect();
-    readable.extend(config.exec.policy.parent().map(Path::to_path_buf));
+    // `coral exec` commands run in the exec spawner, started from this
+    // binary before the agent confines itself and gives up execve.
+    let exe = std::env::current_exe().context("cannot find the coral binary")?;
+    let spawner = coral_agent::exec::Spawner::start(&exe, sandbox, &config.exec.policy)
+        .context("cannot start the exec spawner")?;
+    // The agent reads its policy file (where it is named and, through a
+    // symlink, where it lives): it stays readable in the sandbox.
+    let policy = &config.exec.policy;
+    let mut readable: Vec<PathBuf> = policy.parent().map(Path::to_path_buf).into_iter().collect();
+    readable.extend(
+        std::fs::canonicalize(policy)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+    );
     confine(Role::Agent, sandbox, &config.state_dir(), &readable)?;
     let rt = daemon_runtime()?;
     // A joined agent's mesh device registers with the runtime.
     let agent = {
         let _enter = rt.enter();
-        Agent::open_with_shim(config, exe)?
+        Agent::open_with_spawner(config, Some(spawner))?
     };
     rt.block_on(async move {
         let control = bind_control(&sock)?;
