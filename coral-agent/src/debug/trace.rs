@@ -280,7 +280,7 @@ pub fn trees(reqs: &[TappedRequest], calls: &[DebugCall], anchor: &str) -> Vec<D
 mod tests {
     use super::*;
 
-    fn call(seq: u64, f: &str, g: u64, start: i64, dur: u64) -> DebugCall {
+    fn call(seq: u64, f: &str, g: u64, start: i64, dur: i64) -> DebugCall {
         DebugCall {
             seq,
             session: "dbg-1".into(),
@@ -288,7 +288,7 @@ mod tests {
             tid: 1,
             goroutine: g,
             start_unix_ns: start,
-            duration_ns: Some(dur),
+            duration_ns: Some(dur as u64),
             args: Vec::new(),
             results: Vec::new(),
             stack: Vec::new(),
