@@ -11,7 +11,6 @@
 //! that anchor's goroutine within it, nested by time. Other runtimes, and
 //! Go programs that are not net/http servers, get the requests alone.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use coral_proto::debug::{
@@ -217,28 +216,45 @@ fn end_ns(c: &DebugCall) -> Option<i64> {
     Some(c.start_unix_ns + c.duration_ns? as i64)
 }
 
-/// Each request with the call tree of the anchor call that served it.
+/// Each request with the call tree of the anchor call that served it: of
+/// the anchor calls inside a request, the one whose start and end are
+/// closest to the request's (another connection's shorter request can sit
+/// inside it too); pairs are taken best first, each call at most once.
 pub fn trees(reqs: &[TappedRequest], calls: &[DebugCall], anchor: &str) -> Vec<DebugRequest> {
     let mut anchors: Vec<&DebugCall> = calls
         .iter()
         .filter(|c| c.function == anchor && c.duration_ns.is_some())
         .collect();
     anchors.sort_by_key(|c| c.start_unix_ns);
-    let mut used = HashSet::new();
+    let mut pairs: Vec<(i64, usize, usize)> = Vec::new();
+    for (ri, r) in reqs.iter().enumerate() {
+        let from = anchors.partition_point(|a| a.start_unix_ns < r.start_wall_ns - SLACK_NS);
+        for (ai, a) in anchors.iter().enumerate().skip(from) {
+            if a.start_unix_ns > r.end_wall_ns {
+                break;
+            }
+            if let Some(e) = end_ns(a)
+                && e <= r.end_wall_ns + SLACK_NS
+            {
+                let score = (a.start_unix_ns - r.start_wall_ns).abs() + (r.end_wall_ns - e).abs();
+                pairs.push((score, ri, ai));
+            }
+        }
+    }
+    pairs.sort_unstable();
+    let mut served: Vec<Option<&DebugCall>> = vec![None; reqs.len()];
+    let mut used = vec![false; anchors.len()];
+    for (_, ri, ai) in pairs {
+        if served[ri].is_none() && !used[ai] {
+            served[ri] = Some(anchors[ai]);
+            used[ai] = true;
+        }
+    }
     reqs.iter()
-        .map(|r| {
-            let served = anchors
-                .iter()
-                .filter(|a| !used.contains(&a.seq))
-                .filter(|a| {
-                    a.start_unix_ns >= r.start_wall_ns - SLACK_NS
-                        && end_ns(a).is_some_and(|e| e <= r.end_wall_ns + SLACK_NS)
-                })
-                .min_by_key(|a| (a.start_unix_ns - r.start_wall_ns).abs())
-                .copied();
+        .zip(served)
+        .map(|(r, served)| {
             let mut tree = Vec::new();
             if let Some(a) = served {
-                used.insert(a.seq);
                 let a_end = end_ns(a).unwrap_or(a.start_unix_ns);
                 let mut inside: Vec<&DebugCall> = calls
                     .iter()
@@ -340,6 +356,21 @@ mod tests {
         assert_eq!(shape(&t[1]), want);
         assert_eq!(t[1].calls[2].duration_ns, Some(5 * ms as u64));
         assert_eq!(t[0].calls[0].offset_ns, ms);
+        // Issue 12: a short request on another connection inside a long
+        // one, its anchor starting closer to the long one's start: each
+        // still gets its own (start and end both count).
+        let mut more = calls.clone();
+        more.push(call(7, ANCHOR, 11, 9 * ms + 50_000, 3 * ms));
+        let t = trees(
+            &[
+                req(9 * ms, 91 * ms),
+                req(9 * ms + 40_000, 12 * ms + 100_000),
+            ],
+            &more,
+            ANCHOR,
+        );
+        assert_eq!(t[0].goroutine, Some(7));
+        assert_eq!(t[1].goroutine, Some(11));
         // A request no anchor fits has no tree.
         let none = trees(&[req(100 * ms, 101 * ms)], &calls, ANCHOR);
         assert!(none[0].calls.is_empty() && none[0].goroutine.is_none());
