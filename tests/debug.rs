@@ -35,9 +35,13 @@ fn root_or_skip(test: &str) -> bool {
 /// Builds tests/targets/debugee.go into `dir` (which the agent may read:
 /// its policy file lives there too).
 fn build_debugee(dir: &Path) -> PathBuf {
-    let src = dir.join("debugee.go");
-    std::fs::write(&src, include_str!("targets/debugee.go")).unwrap();
-    let bin = dir.join("debugee");
+    build_go(dir, "debugee", include_str!("targets/debugee.go"))
+}
+
+fn build_go(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.go"));
+    std::fs::write(&src, source).unwrap();
+    let bin = dir.join(name);
     let st = Command::new("go")
         .args(["build", "-o"])
         .arg(&bin)
@@ -59,8 +63,13 @@ struct App {
 
 impl App {
     fn start(bin: &Path) -> App {
+        App::spawn(bin, &["5", "120"])
+    }
+
+    /// Runs `bin` and reads its "ready PID PORT" line.
+    fn spawn(bin: &Path, args: &[&str]) -> App {
         let mut child = Command::new(bin)
-            .args(["5", "120"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -148,12 +157,23 @@ fn setup_with(extra: &str) -> (Env, App) {
 /// With `helper`, the agent uses that coral-privhelper socket and keeps its
 /// default sandbox; without, it has no helper and runs unsandboxed.
 fn setup_full(extra: &str, helper: Option<&Path>) -> (Env, App) {
+    let env = setup_env(extra, helper, |dir| App::start(&build_debugee(dir)));
+    (env.0, env.1)
+}
+
+/// The colony and the agent, with `start` (given the test's directory)
+/// starting the program connected as service `api`.
+fn setup_env<A: Port>(
+    extra: &str,
+    helper: Option<&Path>,
+    start: impl FnOnce(&Path) -> A,
+) -> (Env, A) {
     let env = Env::new("");
     let policy = env.root().join("policy.toml");
     // Who may probe what: the host's policy (`[[debug]]`).
     std::fs::write(
         &policy,
-        "version = 1\n\n[[debug]]\nname = \"debugee\"\nservices = [\"api\"]\nfunctions = [\"main.*\"]\nargs = true\n\n[[debug]]\nname = \"runtime-no-args\"\nservices = [\"api\"]\nfunctions = [\"runtime.nanotime*\"]\n",
+        "version = 1\n\n[[debug]]\nname = \"debugee\"\nservices = [\"api\"]\nfunctions = [\"main.*\"]\nargs = true\n\n[[debug]]\nname = \"runtime-no-args\"\nservices = [\"api\"]\nfunctions = [\"runtime.nanotime*\"]\n\n[[debug]]\nname = \"trace-anchor\"\nservices = [\"api\"]\nfunctions = [\"net/http.serverHandler.ServeHTTP\"]\n",
     )
     .unwrap();
     std::fs::write(
@@ -168,8 +188,7 @@ fn setup_full(extra: &str, helper: Option<&Path>) -> (Env, App) {
         ),
     )
     .unwrap();
-    let bin = build_debugee(env.root());
-    let app = App::start(&bin);
+    let app = start(env.root());
     env.start_colony();
     // Landlock scopes ptrace-class access (/proc/PID/exe, fd, maps) to the
     // agent's own domain: a sandboxed agent finds and reads another
@@ -180,9 +199,20 @@ fn setup_full(extra: &str, helper: Option<&Path>) -> (Env, App) {
         .output()
         .unwrap();
     assert!(out.status.success(), "agent start: {}", stderr(&out));
-    env.ok(&["connect", &format!("api:{}:tcp", app.port)]);
+    env.ok(&["connect", &format!("api:{}:tcp", app.port())]);
     wait_service_known(&env, "api", T);
     (env, app)
+}
+
+/// A program under test, listening on a port.
+trait Port {
+    fn port(&self) -> u16;
+}
+
+impl Port for App {
+    fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 #[test]
@@ -499,4 +529,595 @@ fn a_sandboxed_agent_debugs_through_the_helper() {
     let log = std::fs::read_to_string(&helper.log).unwrap();
     assert!(log.contains("req=open_target"), "{log}");
     assert!(log.contains("function=\"main.Greet\" outcome=ok"), "{log}");
+}
+
+/// Issue 12: calls are telemetry. The agent stores each session's calls in
+/// its DuckDB store and forwards them to the colony: `coral debug logs`
+/// shows them after the session ended and after an agent restart (which
+/// goes on numbering sessions), and the colony answers "the probe calls of
+/// service api" from its own store (`coral_debug_calls`).
+#[test]
+fn calls_outlive_their_session_and_the_agent_and_reach_the_colony() {
+    if !root_or_skip("calls_outlive_their_session_and_the_agent_and_reach_the_colony") {
+        return;
+    }
+    let (env, _app) =
+        setup_with("\n[colony.mcp]\nallow_debug = true\n\n[agent.debug]\nmax_sessions = 3\n");
+    let s = env.json(&[
+        "debug",
+        "attach",
+        "api",
+        "--function",
+        "Nap",
+        "--function",
+        "Add",
+        "--duration",
+        "2s",
+        "--args",
+        "--json",
+    ]);
+    let id = s["id"].as_str().unwrap().to_string();
+    // The session expires by itself; its calls stay.
+    let deadline = Instant::now() + T;
+    loop {
+        let list = env.json(&["debug", "list", "api", "--json"]);
+        if list[0]["state"] == "expired" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not expire: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = |env: &Env| -> Vec<Value> {
+        env.ok(&[
+            "debug",
+            "logs",
+            "api",
+            "--session",
+            &id,
+            "--limit",
+            "10000",
+            "--json",
+        ])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+    };
+    let before = logs(&env);
+    assert!(
+        before.iter().any(|c| c["function"] == "main.Nap"),
+        "{before:?}"
+    );
+    assert!(before.iter().any(|c| c["function"] == "main.Add"));
+
+    env.ok(&["agent", "stop"]);
+    let out = env
+        .command(&["agent", "start", "--daemon", "--sandbox", "off"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "agent start: {}", stderr(&out));
+    wait_service_known(&env, "api", T);
+    let after = logs(&env);
+    assert_eq!(after, before, "the calls read back from the store differ");
+    let human = env.ok(&["debug", "logs", "api", "--session", &id]);
+    assert!(human.contains("main.Nap(ms=5"), "{human}");
+    // Session ids go on after the stored ones.
+    let s2 = env.json(&[
+        "debug",
+        "attach",
+        "api",
+        "--function",
+        "Add",
+        "--duration",
+        "5s",
+        "--json",
+    ]);
+    let (n1, n2) = (
+        id.trim_start_matches("dbg-").parse::<u64>().unwrap(),
+        s2["id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("dbg-")
+            .parse::<u64>()
+            .unwrap(),
+    );
+    assert!(n2 > n1, "{id} then {}", s2["id"]);
+    // `coral agent status`: the session, its attach points, each probe's
+    // events per second, and the limits (max_sessions from the config).
+    let st = env.wait_json(&["agent", "status", "--json"], T, "events/s of Add", |st| {
+        st["debug"]["sessions"][0]["probes"][0]["events_per_s"].as_u64() > Some(0)
+    });
+    let d = &st["debug"];
+    assert_eq!(d["active_sessions"], 1, "{d}");
+    assert_eq!(d["attach_points"], s2["attach_points"], "{d}");
+    assert_eq!(d["limits"]["max_sessions"], 3, "{d}");
+    assert_eq!(d["limits"]["max_functions_per_session"], 8, "{d}");
+    assert!(
+        d["stored_calls"].as_u64().unwrap() >= before.len() as u64,
+        "{d}"
+    );
+    let human = env.ok(&["agent", "status"]);
+    assert!(human.contains("Debug: 1/3 sessions"), "{human}");
+    assert!(human.contains(" main.Add (pid "), "{human}");
+    env.ok(&["debug", "detach", "api", "--all"]);
+
+    // The colony holds them too: figures per function and the calls.
+    let deadline = Instant::now() + T;
+    let stored = loop {
+        let out = env.ok(&[
+            "mcp",
+            "call",
+            "coral_debug_calls",
+            &format!(r#"{{"service": "api", "session": "{id}", "since": "10m"}}"#),
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let nap = v["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["function"] == "main.Nap")
+            .cloned();
+        if let Some(nap) = nap
+            && nap["calls"].as_u64()
+                == Some(
+                    before
+                        .iter()
+                        .filter(|c| c["function"] == "main.Nap")
+                        .count() as u64,
+                )
+        {
+            break (v, nap);
+        }
+        assert!(Instant::now() < deadline, "not at the colony: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (v, nap) = stored;
+    assert!(nap["p50_us"].as_f64().unwrap() >= 5_000.0, "{nap}");
+    assert_eq!(nap["sessions"], serde_json::json!([id]), "{nap}");
+    assert_eq!(v["calls"][0]["session"], id.as_str(), "{v}");
+    assert_eq!(v["coverage"]["complete"], true, "{v}");
+}
+
+/// tests/targets/slowapi.go, running with its delay file.
+struct SlowApi {
+    app: App,
+    delay: PathBuf,
+}
+
+impl Port for SlowApi {
+    fn port(&self) -> u16 {
+        self.app.port
+    }
+}
+
+impl SlowApi {
+    fn start(dir: &Path) -> SlowApi {
+        let bin = build_go(dir, "slowapi", include_str!("targets/slowapi.go"));
+        let delay = dir.join("delay_ms");
+        std::fs::write(&delay, "2").unwrap();
+        let app = App::spawn(&bin, &[delay.to_str().unwrap()]);
+        SlowApi { app, delay }
+    }
+}
+
+/// One keep-alive GET; the status.
+fn get(s: &mut BufReader<std::net::TcpStream>, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    s.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut line = String::new();
+    s.read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        s.read_line(&mut h).unwrap();
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    status
+}
+
+/// Keep-alive clients on `paths`, each request 50 ms after the last
+/// answer, until dropped.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl Traffic {
+    fn start(port: u16, paths: &[&'static str]) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = paths
+            .iter()
+            .map(|&path| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut s =
+                        BufReader::new(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        assert_eq!(get(&mut s, path), 200);
+                        n += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    n
+                })
+            })
+            .collect();
+        Traffic { stop, threads }
+    }
+
+    fn stop(mut self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads.drain(..).map(|t| t.join().unwrap()).collect()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A fake OpenAI-compatible provider (a real HTTP server, Chat Completions
+/// JSON): `reply(n, request)` answers the n-th request, reading the tool
+/// results the client sent, as a model would.
+struct FakeLlm {
+    url: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl FakeLlm {
+    fn start(reply: impl Fn(usize, &Value) -> Value + Send + Sync + 'static) -> FakeLlm {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reply = std::sync::Arc::new(reply);
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let (n, reply) = (n.clone(), reply.clone());
+            async move {
+                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                axum::response::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from((*reply)(i, &req).to_string()))
+                    .unwrap()
+            }
+        });
+        rt.spawn(async move { axum::serve(listener, app).await });
+        FakeLlm { url, _rt: rt }
+    }
+}
+
+fn llm_reply(text: Option<&str>, calls: &[(&str, &str, Value)]) -> Value {
+    let mut msg = serde_json::json!({"role": "assistant", "content": text});
+    if !calls.is_empty() {
+        msg["tool_calls"] = calls
+            .iter()
+            .map(|(id, name, args)| {
+                serde_json::json!({"id": id, "type": "function",
+                       "function": {"name": name, "arguments": args.to_string()}})
+            })
+            .collect();
+    }
+    serde_json::json!({
+        "id": "chatcmpl-dbg", "object": "chat.completion", "created": 1_700_000_000,
+        "model": "gpt-4.1",
+        "choices": [{"index": 0, "message": msg,
+                     "finish_reason": if calls.is_empty() { "stop" } else { "tool_calls" }}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+    })
+}
+
+/// The output of the tool call `id` in a Chat Completions request.
+fn tool_output(req: &Value, id: &str) -> Value {
+    req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool" && m["tool_call_id"] == id)
+        .and_then(|m| serde_json::from_str(m["content"].as_str()?).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Issue 12: a Go net/http service (standard library only, connected with
+/// no code change) whose /api/inventory got slow inside its own
+/// `main.lookupStock`. eBPF sees the route slow down and nothing explains
+/// it; `coral ask` — the built-in analyzer, then a model through the fake
+/// provider — probes the service's functions for a few seconds, detaches,
+/// and names `main.lookupStock` with its measured durations. Nothing stays
+/// attached, and the colony audited every attach and detach.
+#[test]
+fn ask_escalates_to_probes_and_names_the_slow_go_function() {
+    if !root_or_skip("ask_escalates_to_probes_and_names_the_slow_go_function") {
+        return;
+    }
+    let (env, api) = setup_env(
+        "\n[colony.mcp]\nallow_debug = true\n\n[agent.ebpf]\nflush_interval = \"300ms\"\n",
+        None,
+        SlowApi::start,
+    );
+    let agent = env.pid_of("agent").expect("agent pid");
+    env.wait_json(
+        &["agent", "status", "--json"],
+        T,
+        "the eBPF capture",
+        |st| st["ebpf"]["running"] == true,
+    );
+    let traffic = Traffic::start(api.port(), &["/api/inventory?item=bolt", "/api/items"]);
+    std::thread::sleep(Duration::from_secs(20));
+    std::fs::write(&api.delay, "150").unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+
+    // The built-in analyzer (no provider configured).
+    let asked = Instant::now();
+    let a = env.json(&["ask", "--json", "Why is /api/inventory slow?"]);
+    eprintln!("ask took {:?}: {a:#}", asked.elapsed());
+    let answer = a["answer"].as_str().unwrap();
+    let rc = &a["root_cause"];
+    assert_eq!(rc["service"], "api", "{a:#}");
+    assert_eq!(rc["kind"], "latency_regression", "{a:#}");
+    assert_eq!(
+        rc["component"], "main.lookupStock (in GET /api/inventory)",
+        "{a:#}"
+    );
+    let probe = a["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["tool"] == "coral_debug_probe")
+        .unwrap_or_else(|| panic!("no probe evidence: {a:#}"));
+    assert_eq!(probe["ok"], true, "{probe}");
+    let probe_id = probe["id"].as_str().unwrap();
+    assert!(
+        answer.contains(&format!(
+            "live probes for 5 s [{probe_id}] show the time is spent in main.lookupStock"
+        )),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("main.lookupStock (live probes):"),
+        "{answer}"
+    );
+    // The measured mean is the delay (150 ms), give or take scheduling.
+    let mean: f64 = answer
+        .split("main.lookupStock (live probes):")
+        .nth(1)
+        .and_then(|t| t.split("mean ").nth(1))
+        .and_then(|t| t.split(" ms").next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no mean in {answer}"));
+    assert!((145.0..400.0).contains(&mean), "{mean} in {answer}");
+
+    // A model through the fake provider: it lists the functions, probes
+    // those of package main, and cites what the probe measured.
+    let fake = FakeLlm::start(|i, req| match i {
+        0 => llm_reply(
+            None,
+            &[(
+                "call_fns",
+                "coral_debug_functions",
+                serde_json::json!({"service": "api", "pattern": "main."}),
+            )],
+        ),
+        1 => {
+            let fns: Vec<String> = tool_output(req, "call_fns")["functions"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|f| f["name"].as_str())
+                        .filter(|n| n.starts_with("main.") && *n != "main.main")
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            llm_reply(
+                None,
+                &[(
+                    "call_probe",
+                    "coral_debug_probe",
+                    serde_json::json!({"service": "api", "functions": fns, "seconds": 3}),
+                )],
+            )
+        }
+        _ => {
+            let p = tool_output(req, "call_probe");
+            let top = &p["functions"][0];
+            llm_reply(
+                Some(&format!(
+                    "The time goes to {}: mean {} ms over {} calls [call_probe].",
+                    top["function"].as_str().unwrap_or("nothing"),
+                    top["mean_ms"],
+                    top["calls"]
+                )),
+                &[],
+            )
+        }
+    });
+    env.ok(&[
+        "ask",
+        "config",
+        "--model",
+        "openai:gpt-4.1",
+        "--api-key-env",
+        "CDEBUG_KEY",
+        "--base-url",
+        &fake.url,
+    ]);
+    let out = env
+        .command(&[
+            "ask",
+            "Why is /api/inventory slow?",
+            "--json",
+            "--no-stream",
+        ])
+        .env("CDEBUG_KEY", "sk-test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let said = v["answer"].as_str().unwrap();
+    assert!(
+        said.starts_with("The time goes to main.lookupStock: mean 1"),
+        "{v:#}"
+    );
+    let counts = traffic.stop();
+    eprintln!("requests (inventory, items): {counts:?}");
+
+    // Nothing stays attached; every attach and detach was audited.
+    let list = env.json(&["debug", "list", "api", "--json"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "detached"),
+        "{list:#}"
+    );
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list:#}");
+    assert!(link_ids(agent).is_empty(), "the agent holds debug links");
+    let audit = env.json(&["audit", "--json", "--since", "1h"]).to_string();
+    assert_eq!(audit.matches("\"debug_attach\"").count(), 2, "{audit}");
+    assert_eq!(audit.matches("\"debug_detach\"").count(), 2, "{audit}");
+    assert!(audit.contains("--function main.lookupStock"), "{audit}");
+}
+
+/// Issue 12: `coral debug trace api --path /api/inventory` on a Go
+/// net/http server: each request on the path (from the eBPF HTTP capture),
+/// none from other paths, each with the calls that ran on the goroutine
+/// serving it, nested as they ran; the same through MCP; nothing stays
+/// attached.
+#[test]
+fn debug_trace_gives_each_request_its_goroutine_call_tree() {
+    if !root_or_skip("debug_trace_gives_each_request_its_goroutine_call_tree") {
+        return;
+    }
+    let (env, api) = setup_env(
+        "\n[colony.mcp]\nallow_debug = true\n\n[agent.ebpf]\nflush_interval = \"300ms\"\n",
+        None,
+        SlowApi::start,
+    );
+    std::fs::write(&api.delay, "20").unwrap();
+    let agent = env.pid_of("agent").expect("agent pid");
+    env.wait_json(
+        &["agent", "status", "--json"],
+        T,
+        "the eBPF capture",
+        |st| st["ebpf"]["running"] == true,
+    );
+    let traffic = Traffic::start(
+        api.port(),
+        &[
+            "/api/inventory?item=bolt",
+            "/api/items",
+            "/api/inventory?item=nut",
+        ],
+    );
+    let out = env.ok(&[
+        "debug",
+        "trace",
+        "api",
+        "--path",
+        "/api/inventory",
+        "--function",
+        "handleInventory",
+        "--function",
+        "lookupStock",
+        "--function",
+        "renderStock",
+        "--duration",
+        "4s",
+        "--json",
+    ]);
+    let reqs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(reqs.len() >= 10, "{out}");
+    let mut goroutines = std::collections::BTreeSet::new();
+    let mut full = 0;
+    for r in &reqs {
+        assert!(
+            r["target"]
+                .as_str()
+                .unwrap()
+                .starts_with("/api/inventory?item="),
+            "{r}"
+        );
+        assert_eq!(r["status"], 200);
+        let shape: Vec<(String, u64)> = r["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["function"].as_str().unwrap().to_string(),
+                    c["depth"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if shape.is_empty() {
+            continue; // a request whose probes were not yet attached
+        }
+        full += 1;
+        goroutines.insert(r["goroutine"].as_u64().unwrap());
+        assert_eq!(
+            shape,
+            vec![
+                ("net/http.serverHandler.ServeHTTP".to_string(), 0),
+                ("main.handleInventory".to_string(), 1),
+                ("main.lookupStock".to_string(), 2),
+                ("main.renderStock".to_string(), 2),
+            ],
+            "{r}"
+        );
+        let lookup = &r["calls"][2];
+        assert!(lookup["duration_ns"].as_u64().unwrap() >= 20_000_000, "{r}");
+        assert!(
+            r["duration_ns"].as_u64().unwrap() >= lookup["duration_ns"].as_u64().unwrap(),
+            "{r}"
+        );
+    }
+    assert!(full >= reqs.len() - 2, "{full} of {}: {out}", reqs.len());
+    // Two keep-alive clients: two serving goroutines.
+    assert_eq!(goroutines.len(), 2, "{goroutines:?}");
+    assert!(link_ids(agent).is_empty(), "the agent holds debug links");
+
+    // The same through MCP, bounded.
+    let v: Value = serde_json::from_str(&env.ok(&[
+        "mcp",
+        "call",
+        "coral_debug_trace",
+        r#"{"service": "api", "path": "/api/inventory", "functions": ["lookupStock"], "seconds": 2}"#,
+    ]))
+    .unwrap();
+    let rs = v["requests"].as_array().unwrap();
+    assert!(
+        rs.iter()
+            .any(|r| r["calls"][1]["function"] == "main.lookupStock"),
+        "{v:#}"
+    );
+    assert_eq!(v["detached"], true, "{v:#}");
+    traffic.stop();
+    assert!(link_ids(agent).is_empty(), "the agent holds debug links");
+    let audit = env.json(&["audit", "--json", "--since", "1h"]).to_string();
+    assert!(
+        audit.contains("coral debug trace api --path /api/inventory --function handleInventory"),
+        "{audit}"
+    );
 }

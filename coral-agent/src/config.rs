@@ -43,6 +43,64 @@ pub struct AgentConfig {
     pub exec: ExecConfig,
     /// eBPF RED metrics and the connection map.
     pub ebpf: crate::ebpf::EbpfConfig,
+    /// Live debugging's limits (`coral debug`).
+    pub debug: DebugConfig,
+}
+
+/// `[agent.debug]`: limits on live debugging on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Sessions active at once.
+    pub max_sessions: usize,
+    /// Functions one session probes.
+    pub max_functions_per_session: usize,
+    /// Attach points (entries and returns) on this host at once.
+    pub max_points_per_agent: usize,
+    /// A probe whose hits cost more than this many µs of CPU per second is
+    /// detached (20,000 = 2 % of a CPU; about 1,300 calls/s at 15 µs a hit).
+    pub budget_us_per_s: u64,
+}
+
+impl Default for DebugConfig {
+    fn default() -> Self {
+        let l = crate::debug::Limits::default();
+        DebugConfig {
+            max_sessions: l.max_sessions,
+            max_functions_per_session: l.max_functions_per_session,
+            max_points_per_agent: l.max_points_per_agent,
+            budget_us_per_s: l.budget_us_per_s,
+        }
+    }
+}
+
+impl DebugConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=64).contains(&self.max_sessions) {
+            return Err("agent.debug.max_sessions must be between 1 and 64".into());
+        }
+        if !(1..=64).contains(&self.max_functions_per_session) {
+            return Err("agent.debug.max_functions_per_session must be between 1 and 64".into());
+        }
+        if !(2..=4096).contains(&self.max_points_per_agent) {
+            return Err("agent.debug.max_points_per_agent must be between 2 and 4096".into());
+        }
+        if !(100..=1_000_000).contains(&self.budget_us_per_s) {
+            return Err("agent.debug.budget_us_per_s must be between 100 and 1000000".into());
+        }
+        Ok(())
+    }
+
+    /// The debugger's limits with these values.
+    pub fn limits(&self) -> crate::debug::Limits {
+        crate::debug::Limits {
+            max_sessions: self.max_sessions,
+            max_functions_per_session: self.max_functions_per_session,
+            max_points_per_agent: self.max_points_per_agent,
+            budget_us_per_s: self.budget_us_per_s,
+            ..crate::debug::Limits::default()
+        }
+    }
 }
 
 /// `[agent.mesh]`.
@@ -164,6 +222,7 @@ impl Default for AgentConfig {
             rpc_listen: "127.0.0.1:0".into(),
             exec: ExecConfig::default(),
             ebpf: crate::ebpf::EbpfConfig::default(),
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -198,6 +257,7 @@ impl AgentConfig {
             })?;
         }
         self.otlp.validate()?;
+        self.debug.validate()?;
         let m = &self.mesh;
         m.listen
             .parse::<std::net::SocketAddr>()

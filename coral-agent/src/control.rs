@@ -50,6 +50,7 @@ impl AgentControl for Control {
             rpc_addr: Some(s.rpc_addr.clone()),
             exec: Some(s.exec.status()),
             ebpf: s.ebpf.lock().expect("ebpf status").clone(),
+            debug: Some(s.debug.status(stored.calls)),
         }
     }
 

@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) exec: Arc<exec::Exec>,
     /// Live-debugging sessions (issue 12).
     pub(crate) debug: Arc<debug::Debugger>,
+    /// Requests copied from the eBPF capture for `coral debug trace`.
+    pub(crate) requests: Arc<ebpf::tap::RequestTap>,
     prober: probe::Prober,
     /// The eBPF capture's state, once it started.
     pub(crate) ebpf: Arc<Mutex<Option<coral_proto::EbpfStatus>>>,
@@ -247,9 +249,10 @@ impl Agent {
             exec: Arc::new(exec),
             debug: Arc::new(debug::Debugger::new(
                 config.mesh.helper_socket.clone(),
-                debug::Limits::default(),
+                config.debug.limits(),
             )),
             ebpf: Arc::new(Mutex::new(None)),
+            requests: Arc::default(),
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
             mesh_ip: mesh.as_ref().map(|m| m.mesh_ip),
@@ -334,6 +337,7 @@ impl Agent {
                 services,
                 shared.ebpf.clone(),
                 tokio::runtime::Handle::current(),
+                shared.requests.clone(),
             )
         });
         let control_task = tokio::spawn(control::serve(shared.clone(), control));
@@ -348,7 +352,7 @@ impl Agent {
         let exec_stop = CancellationToken::new();
         let exec_task = tokio::spawn(shared.exec.clone().background(exec_stop.clone()));
         let link_task = tokio::spawn(link::run(shared.clone()));
-        let debug_task = tokio::spawn(debug::run(shared.debug.clone()));
+        let debug_task = tokio::spawn(debug::run(shared.clone()));
         tracing::info!(agent_id = %shared.agent_id, name = %shared.name, "agent running");
         tokio::select! {
             _ = shutdown => {}
@@ -364,6 +368,7 @@ impl Agent {
         shared.shutdown.cancel();
         debug_task.abort();
         let _ = shared.debug.detach(None);
+        debug::save(&shared).await;
         control_task.abort();
         if let Some(t) = rpc_task {
             t.abort();

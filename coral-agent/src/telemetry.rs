@@ -116,6 +116,26 @@ const MIGRATIONS: &[&str] = &[
         rtt_count      UBIGINT NOT NULL,
         rtt_max_us     UBIGINT NOT NULL
     );",
+    // 4: calls seen by live-debugging probes (issue 12). `ts` is the entry
+    // (for retention and time ranges); `start_ns` keeps its nanoseconds.
+    // Values and stacks are JSON text.
+    "CREATE TABLE debug_calls (
+        agent_id    VARCHAR NOT NULL,
+        seq         UBIGINT NOT NULL,
+        ts          TIMESTAMP NOT NULL,
+        service     VARCHAR NOT NULL,
+        session     VARCHAR NOT NULL,
+        call_seq    UBIGINT NOT NULL,
+        pid         UINTEGER NOT NULL,
+        function    VARCHAR NOT NULL,
+        tid         UINTEGER NOT NULL,
+        goroutine   UBIGINT NOT NULL,
+        start_ns    BIGINT NOT NULL,
+        duration_ns UBIGINT,
+        args        VARCHAR NOT NULL,
+        results     VARCHAR NOT NULL,
+        stack       VARCHAR NOT NULL
+    );",
 ];
 
 /// Rows gathered into one append before committing.
@@ -155,7 +175,9 @@ pub struct SampleRow {
     pub sample: HealthSample,
 }
 
-pub use coral_proto::{EdgeRecord, LogRecord, MetricRecord, RedRecord, SignalKind, SpanRecord};
+pub use coral_proto::{
+    EdgeRecord, LogRecord, MetricRecord, ProbeCallRecord, RedRecord, SignalKind, SpanRecord,
+};
 
 /// Rows of one kind, appended together.
 #[derive(Debug, Clone)]
@@ -166,6 +188,7 @@ pub enum Batch {
     Logs(Vec<LogRecord>),
     Red(Vec<RedRecord>),
     Edges(Vec<EdgeRecord>),
+    Calls(Vec<ProbeCallRecord>),
 }
 
 impl From<coral_proto::Signals> for Batch {
@@ -176,6 +199,7 @@ impl From<coral_proto::Signals> for Batch {
             coral_proto::Signals::Logs(v) => Batch::Logs(v),
             coral_proto::Signals::Red(v) => Batch::Red(v),
             coral_proto::Signals::Edges(v) => Batch::Edges(v),
+            coral_proto::Signals::Calls(v) => Batch::Calls(v),
         }
     }
 }
@@ -189,6 +213,7 @@ impl Batch {
             Batch::Logs(v) => v.len(),
             Batch::Red(v) => v.len(),
             Batch::Edges(v) => v.len(),
+            Batch::Calls(v) => v.len(),
         }
     }
 
@@ -200,24 +225,25 @@ impl Batch {
 type Job = Box<dyn FnOnce(&duckdb::Connection) + Send>;
 
 /// Kept by the writer, read without a query: rows per table (samples,
-/// spans, metric points, logs, RED rows, edges) and the last seq given out
-/// per kind (in `SignalKind::ALL` order).
+/// spans, metric points, logs, RED rows, edges, debug calls) and the last
+/// seq given out per kind (in `SignalKind::ALL` order).
 #[derive(Default)]
 struct Tally {
-    rows: [AtomicU64; 6],
-    last_seq: [AtomicU64; 5],
+    rows: [AtomicU64; 7],
+    last_seq: [AtomicU64; 6],
     /// Signalled after each commit of forwarded kinds (not samples).
     committed: tokio::sync::Notify,
 }
 
 /// Tables in `Tally::rows` order, with their time column.
-const TABLES: [(&str, &str); 6] = [
+const TABLES: [(&str, &str); 7] = [
     ("health_samples", "ts"),
     ("spans", "start_ts"),
     ("metric_points", "ts"),
     ("log_records", "ts"),
     ("http_red", "ts"),
     ("conn_edges", "ts"),
+    ("debug_calls", "ts"),
 ];
 
 impl Tally {
@@ -233,7 +259,7 @@ impl Tally {
     }
 
     fn set_seqs(&self, s: Seqs) {
-        for (i, v) in [s.spans, s.metrics, s.logs, s.red, s.edges]
+        for (i, v) in [s.spans, s.metrics, s.logs, s.red, s.edges, s.calls]
             .into_iter()
             .enumerate()
         {
@@ -398,6 +424,7 @@ impl Telemetry {
             logs: n(3),
             red: n(4),
             edges: n(5),
+            calls: n(6),
         }
     }
 
@@ -416,6 +443,7 @@ impl Telemetry {
             SignalKind::Logs => 2,
             SignalKind::Red => 3,
             SignalKind::Edges => 4,
+            SignalKind::Calls => 5,
         };
         self.tally.last_seq[i].load(Ordering::Relaxed)
     }
@@ -478,6 +506,7 @@ impl Telemetry {
                 logs: max("log_records")?,
                 red: max("http_red")?,
                 edges: max("conn_edges")?,
+                calls: max("debug_calls")?,
             })
         })
         .await
@@ -537,6 +566,7 @@ struct Pending {
     logs: Vec<LogRecord>,
     red: Vec<RedRecord>,
     edges: Vec<EdgeRecord>,
+    calls: Vec<ProbeCallRecord>,
     rows: usize,
 }
 
@@ -550,6 +580,7 @@ impl Pending {
             Batch::Logs(mut v) => self.logs.append(&mut v),
             Batch::Red(mut v) => self.red.append(&mut v),
             Batch::Edges(mut v) => self.edges.append(&mut v),
+            Batch::Calls(mut v) => self.calls.append(&mut v),
         }
     }
 
@@ -562,6 +593,7 @@ impl Pending {
         number(&mut self.logs, &mut next.logs, |r| &mut r.seq);
         number(&mut self.red, &mut next.red, |r| &mut r.seq);
         number(&mut self.edges, &mut next.edges, |r| &mut r.seq);
+        number(&mut self.calls, &mut next.calls, |r| &mut r.seq);
         conn.execute_batch("BEGIN TRANSACTION")?;
         let result = (|| {
             if !self.samples.is_empty() {
@@ -582,12 +614,16 @@ impl Pending {
             if !self.edges.is_empty() {
                 append_edges(conn, &self.edges)?;
             }
+            if !self.calls.is_empty() {
+                append_calls(conn, &self.calls)?;
+            }
             for (kind, last, was) in [
                 ("spans", next.spans, seqs.spans),
                 ("metrics", next.metrics, seqs.metrics),
                 ("logs", next.logs, seqs.logs),
                 ("red", next.red, seqs.red),
                 ("edges", next.edges, seqs.edges),
+                ("calls", next.calls, seqs.calls),
             ] {
                 if last != was {
                     conn.prepare_cached(
@@ -619,6 +655,7 @@ struct Seqs {
     logs: u64,
     red: u64,
     edges: u64,
+    calls: u64,
 }
 
 impl Seqs {
@@ -642,6 +679,7 @@ impl Seqs {
             logs: last("logs", "log_records")?,
             red: last("red", "http_red")?,
             edges: last("edges", "conn_edges")?,
+            calls: last("calls", "debug_calls")?,
         })
     }
 }
@@ -707,6 +745,7 @@ fn writer(
                         pending.logs.len(),
                         pending.red.len(),
                         pending.edges.len(),
+                        pending.calls.len(),
                     ];
                     for (i, n) in added.into_iter().enumerate() {
                         tally.rows[i].fetch_add(n as u64, Ordering::Relaxed);
@@ -849,6 +888,29 @@ pub fn edge_row(r: &duckdb::Row<'_>) -> duckdb::Result<EdgeRecord> {
     })
 }
 
+/// The columns [`call_row`] reads, in order.
+pub const CALL_COLUMNS: &str = "agent_id, seq, service, session, call_seq, pid, function, tid, \
+     goroutine, start_ns, duration_ns, args, results, stack";
+
+pub fn call_row(r: &duckdb::Row<'_>) -> duckdb::Result<ProbeCallRecord> {
+    Ok(ProbeCallRecord {
+        agent_id: r.get(0)?,
+        seq: r.get(1)?,
+        service: r.get(2)?,
+        session: r.get(3)?,
+        call_seq: r.get(4)?,
+        pid: r.get(5)?,
+        function: r.get(6)?,
+        tid: r.get(7)?,
+        goroutine: r.get(8)?,
+        start_ns: r.get(9)?,
+        duration_ns: r.get(10)?,
+        args: r.get(11)?,
+        results: r.get(12)?,
+        stack: r.get(13)?,
+    })
+}
+
 /// Rows of `kind` past `after` (and at most `upper`), in seq order: what
 /// forwarding sends.
 fn read_after(
@@ -887,6 +949,11 @@ fn read_after(
         SignalKind::Edges => Signals::Edges(
             c.prepare(&sql(EDGE_COLUMNS, "conn_edges"))?
                 .query_map(params, edge_row)?
+                .collect::<Result<_, _>>()?,
+        ),
+        SignalKind::Calls => Signals::Calls(
+            c.prepare(&sql(CALL_COLUMNS, "debug_calls"))?
+                .query_map(params, call_row)?
                 .collect::<Result<_, _>>()?,
         ),
     })
@@ -1068,6 +1135,30 @@ fn append_edges(conn: &duckdb::Connection, rows: &[EdgeRecord]) -> duckdb::Resul
             r.rtt_sum_us,
             r.rtt_count,
             r.rtt_max_us,
+        ])?;
+    }
+    app.flush()
+}
+
+fn append_calls(conn: &duckdb::Connection, rows: &[ProbeCallRecord]) -> duckdb::Result<()> {
+    let mut app = conn.appender("debug_calls")?;
+    for r in rows {
+        app.append_row(duckdb::params![
+            r.agent_id,
+            r.seq,
+            Value::Timestamp(TimeUnit::Microsecond, r.start_ns / 1000),
+            r.service,
+            r.session,
+            r.call_seq,
+            r.pid,
+            r.function,
+            r.tid,
+            r.goroutine,
+            r.start_ns,
+            r.duration_ns,
+            r.args,
+            r.results,
+            r.stack,
         ])?;
     }
     app.flush()

@@ -490,7 +490,8 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
 
     let mut where_time = Vec::new();
     let mut when = None;
-    let root = if let Some(d) = cause_down.filter(|_| cause_moved.is_none() || !symptoms.is_empty())
+    let mut root = if let Some(d) =
+        cause_down.filter(|_| cause_moved.is_none() || !symptoms.is_empty())
     {
         let dependents: Vec<String> = calls
             .iter()
@@ -522,6 +523,8 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
     } else {
         None
     };
+    // Live probes when the data points into the service's own code (issue 12).
+    crate::analyze_probe::escalate(tools, &mut s.evidence, &mut root, &mut where_time).await;
 
     // 5. The answer, led by the service the question names, if any.
     let mut answer = String::new();

@@ -1,6 +1,7 @@
 //! The `coral` CLI and the colony daemon.
 
 pub mod analyze;
+pub mod analyze_probe;
 pub mod ask;
 pub mod cli;
 pub mod colony;

@@ -47,6 +47,9 @@ pub struct DebugProbe {
     pub cost_us_per_s: u64,
     /// `attached`, or why it was detached (`detached: over budget ...`).
     pub state: String,
+    /// Hits per second over the last budget window.
+    #[serde(default)]
+    pub events_per_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +70,9 @@ pub struct DebugSession {
     pub dropped: u64,
     /// `active`, or why it ended (`detached`, `expired`).
     pub state: String,
+    /// The service the session probes (empty for a pid target).
+    #[serde(default)]
+    pub service: String,
 }
 
 /// One argument or result value as captured.
@@ -172,6 +178,71 @@ pub enum DebugOp {
         pattern: String,
         limit: u32,
     },
+    /// `coral debug trace`: follow the requests on a path.
+    Trace(DebugTraceRequest),
+    /// The requests a trace saw, ended after `after_ns`.
+    TraceRequests {
+        trace: String,
+        after_ns: i64,
+    },
+}
+
+/// `coral debug trace SERVICE --path PATH`: the requests on `path` from the
+/// HTTP capture and, for Go, the calls of the probed functions on the
+/// goroutine that served each (the trace probes
+/// `net/http.serverHandler.ServeHTTP` to find that goroutine).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugTraceRequest {
+    /// The request path (without the query); a trailing `*` matches a prefix.
+    pub path: String,
+    /// Functions to probe; empty: those whose name matches a word of the path.
+    pub functions: Vec<String>,
+    pub ttl_ms: u64,
+}
+
+/// A trace as started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugTrace {
+    pub id: String,
+    pub service: String,
+    pub path: String,
+    pub expires_ms: i64,
+    /// The probe session (Go); `None`: request level only, with why.
+    pub session: Option<DebugSession>,
+    pub note: Option<String>,
+}
+
+/// One call in a request's call tree, depth first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugTreeCall {
+    pub function: String,
+    /// 0 for the outermost call.
+    pub depth: u32,
+    /// From the request's start.
+    pub offset_ns: i64,
+    pub duration_ns: Option<u64>,
+}
+
+/// One request on the traced path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugRequest {
+    pub method: String,
+    pub target: String,
+    pub status: u16,
+    pub start_unix_ns: i64,
+    pub duration_ns: u64,
+    /// The goroutine (`g`) that served it, when a probe found it.
+    pub goroutine: Option<u64>,
+    pub calls: Vec<DebugTreeCall>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugRequests {
+    pub trace: DebugTrace,
+    /// Ended requests after the asked time, oldest first.
+    pub requests: Vec<DebugRequest>,
+    /// True while the trace runs.
+    pub active: bool,
 }
 
 impl DebugOp {
@@ -183,6 +254,8 @@ impl DebugOp {
             DebugOp::Logs(_) => "debug_logs",
             DebugOp::Detach(_) => "debug_detach",
             DebugOp::Functions { .. } => "debug_functions",
+            DebugOp::Trace(_) => "debug_trace",
+            DebugOp::TraceRequests { .. } => "debug_trace_requests",
         }
     }
 }
@@ -193,4 +266,76 @@ pub enum DebugReply {
     Sessions(Vec<DebugSession>),
     Logs(DebugLogs),
     Functions(DebugFunctions),
+    Trace(DebugTrace),
+    Requests(DebugRequests),
+}
+
+impl DebugCall {
+    /// The row the agent stores and forwards for this call.
+    pub fn record(&self, service: &str, pid: u32) -> crate::ProbeCallRecord {
+        fn json<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+        }
+        crate::ProbeCallRecord {
+            agent_id: String::new(),
+            seq: 0,
+            service: service.to_string(),
+            session: self.session.clone(),
+            call_seq: self.seq,
+            pid,
+            function: self.function.clone(),
+            tid: self.tid,
+            goroutine: self.goroutine,
+            start_ns: self.start_unix_ns,
+            duration_ns: self.duration_ns,
+            args: json(&self.args),
+            results: json(&self.results),
+            stack: json(&self.stack),
+        }
+    }
+
+    /// The call a stored row holds (values that do not parse are dropped).
+    pub fn from_record(r: &crate::ProbeCallRecord) -> DebugCall {
+        DebugCall {
+            seq: r.call_seq,
+            session: r.session.clone(),
+            function: r.function.clone(),
+            tid: r.tid,
+            goroutine: r.goroutine,
+            start_unix_ns: r.start_ns,
+            duration_ns: r.duration_ns,
+            args: serde_json::from_str(&r.args).unwrap_or_default(),
+            results: serde_json::from_str(&r.results).unwrap_or_default(),
+            stack: serde_json::from_str(&r.stack).unwrap_or_default(),
+        }
+    }
+}
+
+/// The agent's limits on live debugging (`[agent.debug]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugLimits {
+    pub max_sessions: u32,
+    pub max_functions_per_session: u32,
+    pub max_points_per_agent: u32,
+    /// A probe costing more CPU than this (hits × the cost of one hit) is
+    /// detached, in µs of CPU per second.
+    pub budget_us_per_s: u64,
+    /// The cost of one hit the budget counts, in ns.
+    pub hit_cost_ns: u64,
+    /// The events per second per probe that budget allows.
+    pub max_events_per_s_per_probe: u64,
+    pub default_ttl_s: u64,
+    pub max_ttl_s: u64,
+}
+
+/// Live debugging in `coral agent status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugStatus {
+    pub active_sessions: u32,
+    pub attach_points: u32,
+    /// Calls held in the agent's telemetry store.
+    pub stored_calls: u64,
+    /// The active sessions.
+    pub sessions: Vec<DebugSession>,
+    pub limits: DebugLimits,
 }

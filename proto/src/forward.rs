@@ -3,7 +3,9 @@
 //! any batch has its largest text cut, with a marker, rather than block
 //! the queue behind it.
 
-use crate::types::{EdgeRecord, LogRecord, MetricRecord, RedRecord, Signals, SpanRecord};
+use crate::types::{
+    EdgeRecord, LogRecord, MetricRecord, ProbeCallRecord, RedRecord, Signals, SpanRecord,
+};
 
 /// JSON keys, numbers and punctuation of one row, beyond its text.
 const ROW_OVERHEAD: usize = 320;
@@ -140,6 +142,19 @@ impl Row for EdgeRecord {
     }
 }
 
+impl Row for ProbeCallRecord {
+    fn fields(&mut self) -> Vec<Field<'_>> {
+        vec![
+            Field::Text(&mut self.service),
+            Field::Text(&mut self.session),
+            Field::Text(&mut self.function),
+            Field::Json(&mut self.args),
+            Field::Json(&mut self.results),
+            Field::Json(&mut self.stack),
+        ]
+    }
+}
+
 /// Keeps the longest prefix of `rows` within `max_batch` bytes (at least
 /// one row), after cutting any row over `max_row`. Returns the rows cut.
 fn fit_rows<R: Row>(rows: &mut Vec<R>, max_batch: usize, max_row: usize) -> usize {
@@ -168,6 +183,7 @@ impl Signals {
             Signals::Logs(v) => fit_rows(v, max_batch, max_row),
             Signals::Red(v) => fit_rows(v, max_batch, max_row),
             Signals::Edges(v) => fit_rows(v, max_batch, max_row),
+            Signals::Calls(v) => fit_rows(v, max_batch, max_row),
         }
     }
 }

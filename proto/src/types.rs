@@ -282,6 +282,9 @@ pub struct AgentStatus {
     /// The eBPF capture (issue 5).
     #[serde(default)]
     pub ebpf: Option<EbpfStatus>,
+    /// Live debugging (issue 12): sessions, attach points, limits.
+    #[serde(default)]
+    pub debug: Option<crate::debug::DebugStatus>,
 }
 
 /// Errors the agent's local control service returns to the CLI.
@@ -366,6 +369,8 @@ pub enum Signals {
     Red(Vec<RedRecord>),
     /// eBPF connection-map edges (issue 5).
     Edges(Vec<EdgeRecord>),
+    /// Calls seen by live-debugging probes (issue 12).
+    Calls(Vec<ProbeCallRecord>),
 }
 
 /// The three kinds of forwarded telemetry.
@@ -377,15 +382,17 @@ pub enum SignalKind {
     Logs,
     Red,
     Edges,
+    Calls,
 }
 
 impl SignalKind {
-    pub const ALL: [SignalKind; 5] = [
+    pub const ALL: [SignalKind; 6] = [
         SignalKind::Spans,
         SignalKind::Metrics,
         SignalKind::Logs,
         SignalKind::Red,
         SignalKind::Edges,
+        SignalKind::Calls,
     ];
 }
 
@@ -397,6 +404,7 @@ impl Signals {
             Signals::Logs(_) => SignalKind::Logs,
             Signals::Red(_) => SignalKind::Red,
             Signals::Edges(_) => SignalKind::Edges,
+            Signals::Calls(_) => SignalKind::Calls,
         }
     }
 
@@ -407,6 +415,7 @@ impl Signals {
             Signals::Logs(v) => v.len(),
             Signals::Red(v) => v.len(),
             Signals::Edges(v) => v.len(),
+            Signals::Calls(v) => v.len(),
         }
     }
 
@@ -422,6 +431,7 @@ impl Signals {
             Signals::Logs(v) => v.iter().map(|r| r.seq).max(),
             Signals::Red(v) => v.iter().map(|r| r.seq).max(),
             Signals::Edges(v) => v.iter().map(|r| r.seq).max(),
+            Signals::Calls(v) => v.iter().map(|r| r.seq).max(),
         }
         .unwrap_or(0)
     }
@@ -437,6 +447,8 @@ pub struct Checkpoints {
     pub red: u64,
     #[serde(default)]
     pub edges: u64,
+    #[serde(default)]
+    pub calls: u64,
 }
 
 impl Checkpoints {
@@ -447,6 +459,7 @@ impl Checkpoints {
             SignalKind::Logs => self.logs,
             SignalKind::Red => self.red,
             SignalKind::Edges => self.edges,
+            SignalKind::Calls => self.calls,
         }
     }
 
@@ -457,6 +470,7 @@ impl Checkpoints {
             SignalKind::Logs => self.logs = seq,
             SignalKind::Red => self.red = seq,
             SignalKind::Edges => self.edges = seq,
+            SignalKind::Calls => self.calls = seq,
         }
     }
 }
@@ -472,6 +486,9 @@ pub struct StoredCounts {
     pub red: u64,
     #[serde(default)]
     pub edges: u64,
+    /// Calls seen by live-debugging probes (issue 12).
+    #[serde(default)]
+    pub calls: u64,
 }
 
 /// `coral query traces`: traces that touch `service` (any span), started
@@ -976,6 +993,31 @@ pub struct EdgeRecord {
     pub rtt_sum_us: u64,
     pub rtt_count: u64,
     pub rtt_max_us: u64,
+}
+
+/// One call a live-debugging probe saw (issue 12), as the agent stores it
+/// and forwards it to the colony. Argument and result values and the stack
+/// are JSON text (`DebugValue` lists, a list of frames).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeCallRecord {
+    pub agent_id: String,
+    pub seq: u64,
+    /// The service whose process was probed.
+    pub service: String,
+    pub session: String,
+    /// The call's order among the agent's debug calls (`DebugCall::seq`).
+    pub call_seq: u64,
+    pub pid: u32,
+    pub function: String,
+    pub tid: u32,
+    pub goroutine: u64,
+    /// Wall clock of the entry, ns since the Unix epoch.
+    pub start_ns: i64,
+    /// `None` when the return was not seen.
+    pub duration_ns: Option<u64>,
+    pub args: String,
+    pub results: String,
+    pub stack: String,
 }
 
 /// The agent's eBPF capture, in `coral agent status`.

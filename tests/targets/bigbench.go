@@ -1,7 +1,8 @@
 // Issue 12's measurement target: a large Go binary (many standard packages
 // linked in) with a hot function. It prints "ready PID", waits for a line
 // on stdin, then calls Add `calls` times and prints the ns per call; it
-// repeats for each line until stdin closes.
+// repeats for each line until stdin closes. A line "nap US" calls Nap(US)
+// once instead and prints how long it took, in ns, as Go measured it.
 //
 //	bigbench <calls>
 package main
@@ -46,6 +47,11 @@ func Add(a, b int) int {
 	return a + b
 }
 
+//go:noinline
+func Nap(us int) {
+	time.Sleep(time.Duration(us) * time.Microsecond)
+}
+
 var sink = []interface{}{
 	tls.Client, sql.Open, json.Marshal, xml.Marshal, parser.ParseFile, token.NewFileSet,
 	types.NewPackage, template.New, png.Decode, http.ListenAndServe, httptest.NewServer,
@@ -59,6 +65,13 @@ func main() {
 	fmt.Println("ready", os.Getpid(), len(sink))
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
+		var us int
+		if _, err := fmt.Sscanf(in.Text(), "nap %d", &us); err == nil {
+			t := time.Now()
+			Nap(us)
+			fmt.Println(time.Since(t).Nanoseconds(), 0)
+			continue
+		}
 		t := time.Now()
 		s := 0
 		for i := 0; i < calls; i++ {

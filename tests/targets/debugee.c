@@ -5,9 +5,9 @@
 #include <time.h>
 #include <unistd.h>
 
-__attribute__((noinline)) long add(long a, long b) { return a + b; }
+__attribute__((noipa)) long add(long a, long b) { return a + b; }
 
-__attribute__((noinline)) int classify(int n) {
+__attribute__((noipa)) int classify(int n) {
 	if (n < 0)
 		return -1;
 	if (n == 0)
@@ -15,7 +15,7 @@ __attribute__((noinline)) int classify(int n) {
 	return n % 2 ? 1 : 2;
 }
 
-__attribute__((noinline)) size_t greet(const char *name, int times) {
+__attribute__((noipa)) size_t greet(const char *name, int times) {
 	size_t n = 0;
 	for (int i = 0; i < times; i++)
 		n += strlen(name);

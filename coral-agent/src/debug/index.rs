@@ -106,6 +106,9 @@ pub struct Index {
     pub lang: Lang,
     pub pie: bool,
     pub has_dwarf: bool,
+    /// A native binary without a symbol table (`strip`): only exported
+    /// functions have names.
+    pub stripped: bool,
     pub functions: Vec<FunctionInfo>,
     code: Binary,
     data: Vec<u8>,
@@ -165,6 +168,12 @@ impl Index {
             Runtime::Native => Lang::Native,
         };
         let dwarf = dwarf_params(&data, lang).unwrap_or_default();
+        let stripped = lang == Lang::Native && {
+            use object::{Object, ObjectSection};
+            object::File::parse(&*data)
+                .map(|f| f.section_by_name(".symtab").is_none_or(|s| s.size() == 0))
+                .unwrap_or(false)
+        };
         let functions = code
             .functions
             .iter()
@@ -186,6 +195,7 @@ impl Index {
             lang,
             pie: code.pie,
             has_dwarf: !dwarf.is_empty(),
+            stripped,
             functions,
             code,
             data,
@@ -230,6 +240,10 @@ impl Index {
         };
         match hits.as_slice() {
             [f] => Ok(f),
+            [] if self.stripped => Err(format!(
+                "no function '{name}' in {}: the binary is stripped (no symbol table), so only its exported functions have names; probe a build that keeps its symbols (no 'strip' or '-s')",
+                self.path.display()
+            )),
             [] => Err(format!(
                 "no function '{name}' in {} (see 'coral debug functions')",
                 self.path.display()

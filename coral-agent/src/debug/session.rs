@@ -111,6 +111,8 @@ struct Session {
     events_seen: u64,
     native_open: HashMap<(u32, usize), Vec<Open>>,
     calls: VecDeque<DebugCall>,
+    /// Calls not yet handed to the telemetry store ([`Debugger::take_unsaved`]).
+    unsaved: Vec<DebugCall>,
     /// The budget window: when it started and each probe's hits then.
     window: (Instant, Vec<u64>),
 }
@@ -123,10 +125,12 @@ pub struct Debugger {
 }
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     sessions: Vec<Session>,
     next_id: u64,
     seq: u64,
+    pub(super) next_trace: u64,
+    pub(super) traces: Vec<coral_proto::debug::DebugTrace>,
 }
 
 fn realtime_minus_monotonic_ns() -> i128 {
@@ -286,7 +290,7 @@ impl Debugger {
         &self.limits
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -322,7 +326,7 @@ impl Debugger {
     /// The binary of `pid`, indexed: read directly, or (a sandboxed agent
     /// cannot open another process's `/proc/PID/exe`) from the fd
     /// coral-privhelper opens.
-    fn index_of(&self, pid: u32) -> Result<(PathBuf, Index), DebugError> {
+    pub(super) fn index_of(&self, pid: u32) -> Result<(PathBuf, Index), DebugError> {
         let exe = format!("/proc/{pid}/exe");
         let direct = std::fs::read_link(&exe)
             .map_err(|e| e.to_string())
@@ -550,6 +554,7 @@ impl Debugger {
                     hits: 0,
                     cost_us_per_s: 0,
                     state: "attached".into(),
+                    events_per_s: 0,
                 })
                 .collect(),
             attach_points: points as u32,
@@ -558,6 +563,10 @@ impl Debugger {
             calls: 0,
             dropped: 0,
             state: "active".into(),
+            service: match &req.target {
+                DebugTarget::Service(s) => s.clone(),
+                DebugTarget::Pid(_) => String::new(),
+            },
         };
         st.sessions.push(Session {
             info: info.clone(),
@@ -581,6 +590,7 @@ impl Debugger {
             events_seen: 0,
             native_open: HashMap::new(),
             calls: VecDeque::new(),
+            unsaved: Vec::new(),
             window: (Instant::now(), vec![0; req.functions.len()]),
         });
         Ok(info)
@@ -621,6 +631,67 @@ impl Debugger {
             return Err(DebugError::NotFound(format!("no active session '{i}'")));
         }
         Ok(out)
+    }
+
+    /// The calls paired since the last call, as rows for the telemetry
+    /// store (which numbers them and forwards them to the colony).
+    pub fn take_unsaved(&self) -> Vec<coral_proto::ProbeCallRecord> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        for s in st.sessions.iter_mut() {
+            for c in s.unsaved.drain(..) {
+                out.push(c.record(&s.info.service, s.info.pid));
+            }
+        }
+        out
+    }
+
+    /// Continues session ids and call numbers after those already stored
+    /// (by an earlier run of the agent), so stored calls keep their
+    /// identity across restarts.
+    pub fn resume_after(&self, last_session: u64, last_call_seq: u64) {
+        let mut st = self.lock();
+        st.next_id = st.next_id.max(last_session);
+        st.seq = st.seq.max(last_call_seq);
+    }
+
+    /// The calls a session holds in memory.
+    pub(super) fn session_calls(&self, session: &str) -> Vec<DebugCall> {
+        self.lock()
+            .sessions
+            .iter()
+            .find(|s| s.info.id == session)
+            .map(|s| s.calls.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sessions, attach points and limits, for `coral agent status`.
+    pub fn status(&self, stored_calls: u64) -> coral_proto::debug::DebugStatus {
+        let l = &self.limits;
+        let sessions: Vec<DebugSession> = self
+            .lock()
+            .sessions
+            .iter()
+            .filter(|s| s.live.is_some())
+            .map(|s| s.info.clone())
+            .collect();
+        coral_proto::debug::DebugStatus {
+            active_sessions: sessions.len() as u32,
+            attach_points: sessions.iter().map(|s| s.attach_points).sum(),
+            stored_calls,
+            sessions,
+            limits: coral_proto::debug::DebugLimits {
+                max_sessions: l.max_sessions as u32,
+                max_functions_per_session: l.max_functions_per_session as u32,
+                max_points_per_agent: l.max_points_per_agent as u32,
+                budget_us_per_s: l.budget_us_per_s,
+                hit_cost_ns: l.hit_cost_ns,
+                max_events_per_s_per_probe: l.budget_us_per_s.saturating_mul(1000)
+                    / l.hit_cost_ns.max(1),
+                default_ttl_s: DEFAULT_DEBUG_TTL_MS / 1000,
+                max_ttl_s: MAX_DEBUG_TTL_MS / 1000,
+            },
+        }
     }
 
     /// Active and recently ended sessions.
@@ -665,7 +736,7 @@ fn trim_ended(sessions: &mut Vec<Session>, keep: usize) {
     let ended = sessions.iter().filter(|s| s.live.is_none()).count();
     let mut extra = ended.saturating_sub(keep);
     sessions.retain(|s| {
-        if extra > 0 && s.live.is_none() {
+        if extra > 0 && s.live.is_none() && s.unsaved.is_empty() {
             extra -= 1;
             false
         } else {
@@ -697,6 +768,7 @@ impl Session {
             let hits = p.hits.saturating_sub(before);
             let cost_us = hits.saturating_mul(limits.hit_cost_ns) / 1000;
             p.cost_us_per_s = (cost_us as f64 / elapsed.as_secs_f64()) as u64;
+            p.events_per_s = (hits as f64 / elapsed.as_secs_f64()) as u64;
             if p.state == "attached" && p.cost_us_per_s > limits.budget_us_per_s {
                 live.links.retain(|(probe, _)| *probe != i);
                 p.state = format!(
@@ -882,6 +954,9 @@ impl Session {
             results,
             stack,
         });
+        if let Some(c) = self.calls.back() {
+            self.unsaved.push(c.clone());
+        }
         while self.calls.len() > keep {
             self.calls.pop_front();
         }

@@ -18,6 +18,7 @@ pub mod event;
 pub mod hist;
 pub mod http;
 pub mod route;
+pub mod tap;
 pub mod tracker;
 
 use crate::telemetry::{Batch, Telemetry};
@@ -112,6 +113,7 @@ impl Capture {
         services: Services,
         status: Arc<Mutex<Option<EbpfStatus>>>,
         rt: tokio::runtime::Handle,
+        tap: Arc<tap::RequestTap>,
     ) -> Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -148,7 +150,7 @@ impl Capture {
                     requests: 0,
                 };
                 set(st.clone());
-                if let Err(e) = read_loop(&config, &agent_id, &telemetry, &services, &fds, &stop2, &rt, &mut st, &set) {
+                if let Err(e) = read_loop(&config, &agent_id, &telemetry, &services, &fds, &stop2, &rt, &mut st, &set, tap) {
                     tracing::error!(error = %e, "eBPF capture stopped");
                     st.running = false;
                     st.error = Some(e);
@@ -190,6 +192,7 @@ fn read_loop(
     rt: &tokio::runtime::Handle,
     st: &mut EbpfStatus,
     set: &dyn Fn(EbpfStatus),
+    tap: Arc<tap::RequestTap>,
 ) -> Result<(), String> {
     let open = |i: usize| -> Result<MapData, String> {
         let fd = fds.maps[i].try_clone().map_err(|e| e.to_string())?;
@@ -221,6 +224,7 @@ fn read_loop(
         rings.push(RingBuf::try_from(Map::RingBuf(open(i)?)).map_err(|e| e.to_string())?);
     }
     let mut tracker = tracker::Tracker::new(agent_id, wall_offset_ns());
+    tracker.tap = Some(tap);
     let svcs = services();
     follow(&svcs)?;
     tracker.set_services(svcs);

@@ -69,6 +69,8 @@ pub struct Tracker {
     exchanges: Vec<http::Exchange>,
     /// Requests paired since start.
     pub requests: u64,
+    /// Where `coral debug trace` reads individual requests (issue 12).
+    pub tap: Option<Arc<super::tap::RequestTap>>,
 }
 
 /// The start of the second holding `wall_ns`, in ms: rows are per second,
@@ -99,6 +101,7 @@ impl Tracker {
             wall_offset_ns,
             exchanges: Vec::new(),
             requests: 0,
+            tap: None,
         }
     }
 
@@ -207,6 +210,16 @@ impl Tracker {
     fn record(&mut self, service: &Arc<str>, out: &mut Vec<http::Exchange>) {
         for x in out.drain(..) {
             self.requests += 1;
+            if let Some(t) = &self.tap {
+                t.offer(
+                    service,
+                    &x.method,
+                    &x.target,
+                    x.status,
+                    x.start_ns as i64 + self.wall_offset_ns,
+                    x.end_ns as i64 + self.wall_offset_ns,
+                );
+            }
             let second = second_ms(x.start_ns as i64 + self.wall_offset_ns);
             let us = x.duration_us();
             let mut key = (

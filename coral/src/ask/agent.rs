@@ -19,7 +19,10 @@ RED metrics, the service map, traces, logs and recent changes. Ground every \
 claim in tool output; call tools before answering and never guess values. \
 Answer concisely, in this form: what changed, when, by how much; where the \
 time goes; the likely root cause with a confidence; a recommendation. Cite the \
-tool call ids you rely on.";
+tool call ids you rely on. When a service got slower in its own code and no \
+span or operation says which function, and coral_debug_probe is offered, probe \
+its candidate functions (coral_debug_functions lists them) and cite the \
+measured durations.";
 
 pub struct Options {
     pub max_steps: u32,

@@ -1,4 +1,4 @@
-//! `coral debug attach | logs | detach | list | functions` (issue 12): thin
+//! `coral debug attach | logs | trace | detach | list | functions` (issue 12): thin
 //! adapters over `ColonyControl::debug`, which the colony routes to the
 //! agent hosting the service.
 
@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use coral_proto::debug::{
-    DebugAttachRequest, DebugCall, DebugError, DebugLogsRequest, DebugOp, DebugReply, DebugSession,
-    DebugTarget,
+    DebugAttachRequest, DebugCall, DebugError, DebugLogsRequest, DebugOp, DebugReply, DebugRequest,
+    DebugSession, DebugTarget, DebugTraceRequest,
 };
 
 use super::{Coded, EX_NOPERM, Unavailable, Usage, colony_client, colony_gone, out};
@@ -39,6 +39,33 @@ entry probe and a uretprobe. The session ends by itself after --duration
         #[arg(long, default_value_t = 1000)]
         limit: u32,
         /// Print JSON lines (one call each; a stable schema).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the requests on a path, each with the probed functions' calls
+    /// on the goroutine that served it (Go net/http), as a call tree.
+    #[command(after_help = "\
+Examples:
+  coral debug trace api --path /api/checkout --duration 5m
+  coral debug trace api --path '/api/*' --function lookupStock --json
+
+The requests come from the eBPF HTTP capture (any runtime). For a Go net/http
+server the trace also probes net/http.serverHandler.ServeHTTP, to find the
+goroutine serving each request, and the functions named with --function
+(default: those of package main whose name matches a word of the path); the
+host's [[debug]] policy must allow them. Ctrl-C ends the trace early.")]
+    Trace {
+        service: String,
+        /// The request path; a trailing '*' matches a prefix.
+        #[arg(long)]
+        path: String,
+        /// A function to probe (repeat for several).
+        #[arg(long = "function", short = 'f')]
+        functions: Vec<String>,
+        /// How long to follow (at most 10m).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Print JSON lines (one request each).
         #[arg(long)]
         json: bool,
     },
@@ -349,6 +376,13 @@ pub(super) async fn run(cmd: DebugCmd) -> anyhow::Result<()> {
             }
             out(&msg)
         }
+        DebugCmd::Trace {
+            service,
+            path,
+            functions,
+            duration,
+            json,
+        } => trace(service, path, functions, duration, json).await,
         DebugCmd::List { service, json } => {
             let list = sessions(call(&service, DebugOp::List).await?)?;
             if json {
@@ -408,4 +442,114 @@ pub(super) async fn run(cmd: DebugCmd) -> anyhow::Result<()> {
             out(&t)
         }
     }
+}
+
+/// One request and its call tree, as `coral debug trace` prints it.
+fn request_lines(r: &DebugRequest) -> String {
+    let ms = |ns: u64| format!("{:.1} ms", ns as f64 / 1e6);
+    let mut out = format!(
+        "{} {} {} {}{}\n",
+        r.method,
+        r.target,
+        r.status,
+        ms(r.duration_ns),
+        match r.goroutine {
+            Some(g) => format!("  (goroutine {g:#x})"),
+            None => String::new(),
+        }
+    );
+    for c in &r.calls {
+        out.push_str(&format!(
+            "  {}{} +{} {}\n",
+            "  ".repeat(c.depth as usize),
+            c.function,
+            ms(c.offset_ns.max(0) as u64),
+            c.duration_ns.map_or("(no return seen)".into(), ms)
+        ));
+    }
+    out
+}
+
+async fn trace(
+    service: String,
+    path: String,
+    functions: Vec<String>,
+    duration: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    if duration.is_zero() {
+        return Err(Usage("--duration must be above 0".into()).into());
+    }
+    let r = call(
+        &service,
+        DebugOp::Trace(DebugTraceRequest {
+            path: path.clone(),
+            functions,
+            ttl_ms: duration.as_millis().min(u128::from(u64::MAX)) as u64,
+        }),
+    )
+    .await?;
+    let DebugReply::Trace(t) = r else {
+        return Err(anyhow!("unexpected reply from the agent"));
+    };
+    if !json {
+        let probes = match &t.session {
+            Some(s) => format!(
+                "probing {} ({} attach points, session {})",
+                s.probes
+                    .iter()
+                    .map(|p| p.function.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                s.attach_points,
+                s.id
+            ),
+            None => t.note.clone().unwrap_or_default(),
+        };
+        out(&format!(
+            "Tracing requests on {path} of {service} for {} ({}); {probes}. Ctrl-C ends it.\n",
+            humantime::format_duration(duration),
+            t.id
+        ))?;
+    }
+    let mut after = 0i64;
+    let mut last = false;
+    loop {
+        let r = call(
+            &service,
+            DebugOp::TraceRequests {
+                trace: t.id.clone(),
+                after_ns: after,
+            },
+        )
+        .await?;
+        let DebugReply::Requests(rs) = r else {
+            return Err(anyhow!("unexpected reply from the agent"));
+        };
+        let mut text = String::new();
+        for q in &rs.requests {
+            after = after.max(q.start_unix_ns + q.duration_ns as i64);
+            if json {
+                text.push_str(&serde_json::to_string(q)?);
+                text.push('\n');
+            } else {
+                text.push_str(&request_lines(q));
+            }
+        }
+        out(&text)?;
+        if last {
+            break;
+        }
+        // One more read after the end, for the requests still settling.
+        last = !rs.active;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(if last { 600 } else { 1000 })) => {}
+            _ = tokio::signal::ctrl_c() => {
+                last = true;
+            }
+        }
+    }
+    // Ends the trace's probes (they would go at the end of --duration).
+    let _ = call(&service, DebugOp::Detach(Some(t.id.clone()))).await;
+    Ok(())
 }

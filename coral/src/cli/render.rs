@@ -271,6 +271,37 @@ pub fn agent_status(s: &AgentStatus) -> String {
         ),
         None => "eBPF: off\n".to_string(),
     });
+    if let Some(d) = &s.debug {
+        let l = &d.limits;
+        out.push_str(&format!(
+            "Debug: {}/{} sessions, {}/{} attach points, {} calls stored; per session at most {} functions and {} s; per probe at most {} µs/s of CPU (about {} events/s at {} µs a hit)\n",
+            d.active_sessions,
+            l.max_sessions,
+            d.attach_points,
+            l.max_points_per_agent,
+            d.stored_calls,
+            l.max_functions_per_session,
+            l.max_ttl_s,
+            l.budget_us_per_s,
+            l.max_events_per_s_per_probe,
+            l.hit_cost_ns / 1000,
+        ));
+        for sess in &d.sessions {
+            for p in &sess.probes {
+                out.push_str(&format!(
+                    "  {} {} (pid {}): {} hits, {} events/s, {} µs/s of CPU, {}, {} left\n",
+                    esc(&sess.id),
+                    esc(&p.function),
+                    sess.pid,
+                    p.hits,
+                    p.events_per_s,
+                    p.cost_us_per_s,
+                    esc(&p.state),
+                    span((sess.expires_ms - now).max(0)),
+                ));
+            }
+        }
+    }
     if s.services.is_empty() {
         out.push_str("\nNo services: add one with 'coral connect NAME:PORT[:HEALTH]'.\n");
         return out;

@@ -43,6 +43,19 @@ pub(crate) fn cli_equivalent(service: &str, op: &DebugOp) -> String {
         },
         DebugOp::Detach(Some(id)) => format!("coral debug detach {s} --session {}", quote(id)),
         DebugOp::Detach(None) => format!("coral debug detach {s} --all"),
+        DebugOp::Trace(r) => {
+            let mut out = format!("coral debug trace {s} --path {}", quote(&r.path));
+            for f in &r.functions {
+                out.push_str(&format!(" --function {}", quote(f)));
+            }
+            if r.ttl_ms > 0 {
+                out.push_str(&format!(" --duration {}s", r.ttl_ms.div_ceil(1000)));
+            }
+            out
+        }
+        DebugOp::TraceRequests { trace, .. } => {
+            format!("coral debug trace {s} (reading {})", quote(trace))
+        }
         DebugOp::Functions { pattern, .. } => {
             format!("coral debug functions {s} {}", quote(pattern))
                 .trim_end()
@@ -107,7 +120,10 @@ impl Shared {
                 t.name
             )));
         };
-        if matches!(op, DebugOp::Attach(_) | DebugOp::Detach(_)) {
+        if matches!(
+            op,
+            DebugOp::Attach(_) | DebugOp::Detach(_) | DebugOp::Trace(_)
+        ) {
             let actor = match (caller.user.as_deref(), caller.uid, caller.pid) {
                 (Some(u), _, Some(p)) => format!("user:{u} pid:{p}"),
                 (Some(u), _, None) => format!("user:{u}"),

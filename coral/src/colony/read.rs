@@ -1064,3 +1064,147 @@ mod tests {
         assert_eq!(onset(&s, &RedFigures::default()), None);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Live-debugging calls (issue 12): what the probes saw, as the agents
+// forward it, so it outlives the sessions and the agents' restarts.
+
+/// `probe_calls`: calls probes saw on `service` since `since_ms`, of one
+/// function (`function`: full name or its last element) or all.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProbeCallQuery {
+    pub service: String,
+    pub since_ms: i64,
+    pub function: Option<String>,
+    /// Session id (`dbg-N`), or all sessions.
+    pub session: Option<String>,
+    /// Most recent calls returned (the figures cover every call).
+    pub limit: u32,
+}
+
+/// One probed function's calls.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeFunctionFigures {
+    pub function: String,
+    pub calls: u64,
+    /// Calls whose return was seen (the duration figures are theirs).
+    pub completed: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p95_us: f64,
+    pub max_us: f64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub sessions: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProbeCalls {
+    pub service: String,
+    /// By total time, largest first.
+    pub functions: Vec<ProbeFunctionFigures>,
+    /// The latest calls, newest first.
+    pub calls: Vec<coral_proto::debug::DebugCall>,
+    pub coverage: Coverage,
+}
+
+pub(crate) async fn probe_calls(
+    shared: &Shared,
+    q: ProbeCallQuery,
+) -> Result<ProbeCalls, QueryError> {
+    use coral_agent::telemetry::{CALL_COLUMNS, call_row};
+    check_since(q.since_ms)?;
+    coral_proto::spec::validate_name(&q.service).map_err(QueryError::Invalid)?;
+    let coverage = coverage(shared).await;
+    let limit = q.limit.clamp(1, MAX_LIMIT);
+    // `main.work` matches `main.work` and `work` matches `pkg.work`.
+    let function = q.function.clone().map(|f| {
+        let like = f
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        (f, format!("%.{like}"))
+    });
+    let (fname, flike) = match function {
+        Some((f, l)) => (Some(f), Some(l)),
+        None => (None, None),
+    };
+    let service = q.service.clone();
+    let session = q.session.clone();
+    let since_us = q.since_ms * 1000;
+    let (functions, calls) = shared
+        .telemetry
+        .query(move |c| {
+            let filter = "service = ?::VARCHAR AND ts >= make_timestamp(?::BIGINT)
+                AND (?::VARCHAR IS NULL OR function = ?::VARCHAR OR function LIKE ?::VARCHAR ESCAPE '\\')
+                AND (?::VARCHAR IS NULL OR session = ?::VARCHAR)";
+            let p = duckdb::params![
+                service,
+                since_us,
+                fname,
+                fname,
+                flike,
+                session,
+                session
+            ];
+            let functions = c
+                .prepare(&format!(
+                    "SELECT function, count(*), count(duration_ns),
+                        coalesce(avg(duration_ns), 0) / 1000.0,
+                        coalesce(quantile_cont(duration_ns, 0.5), 0) / 1000.0,
+                        coalesce(quantile_cont(duration_ns, 0.95), 0) / 1000.0,
+                        coalesce(max(duration_ns), 0) / 1000.0,
+                        epoch_ms(min(ts)), epoch_ms(max(ts)),
+                        string_agg(DISTINCT session, ',' ORDER BY session)
+                     FROM debug_calls WHERE {filter}
+                     GROUP BY function ORDER BY coalesce(sum(duration_ns), 0) DESC, function"
+                ))?
+                .query_map(p, |r| {
+                    let sessions: String = r.get(9)?;
+                    Ok(ProbeFunctionFigures {
+                        function: r.get(0)?,
+                        calls: r.get(1)?,
+                        completed: r.get(2)?,
+                        mean_us: r.get(3)?,
+                        p50_us: r.get(4)?,
+                        p95_us: r.get(5)?,
+                        max_us: r.get(6)?,
+                        first_ms: r.get(7)?,
+                        last_ms: r.get(8)?,
+                        sessions: sessions.split(',').map(str::to_string).collect(),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let calls = c
+                .prepare(&format!(
+                    "SELECT {CALL_COLUMNS} FROM debug_calls WHERE {filter}
+                     ORDER BY ts DESC, agent_id, call_seq DESC LIMIT ?"
+                ))?
+                .query_map(
+                    duckdb::params![
+                        service,
+                        since_us,
+                        fname,
+                        fname,
+                        flike,
+                        session,
+                        session,
+                        limit
+                    ],
+                    call_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((functions, calls))
+        })
+        .await
+        .map_err(storage)?;
+    Ok(ProbeCalls {
+        service: q.service,
+        functions,
+        calls: calls
+            .iter()
+            .map(coral_proto::debug::DebugCall::from_record)
+            .collect(),
+        coverage,
+    })
+}

@@ -64,6 +64,9 @@ fn only_after(signals: Signals, stored: u64, agent_id: &str) -> Signals {
         Signals::Edges(v) => {
             Signals::Edges(keep(v, stored, agent_id, |r| (&mut r.seq, &mut r.agent_id)))
         }
+        Signals::Calls(v) => {
+            Signals::Calls(keep(v, stored, agent_id, |r| (&mut r.seq, &mut r.agent_id)))
+        }
     }
 }
 

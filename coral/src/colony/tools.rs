@@ -332,7 +332,7 @@ fn ago_s(now_ms: i64, ts_ms: i64) -> i64 {
     (now_ms - ts_ms).max(0) / 1000
 }
 
-fn coverage_json(c: &coral_proto::Coverage) -> Value {
+pub(crate) fn coverage_json(c: &coral_proto::Coverage) -> Value {
     json!({
         "complete": c.complete,
         "missing": c.gaps(),
