@@ -494,13 +494,13 @@ impl Conn {
                         self.pending.pop_front();
                         self.unparsed += 1;
                     }
-                    match self.pending.pop_front() {
-                        Some(Item::Query {
-                            sql,
-                            start_ns,
-                            error,
-                        }) => out.push(exchange(sql, start_ns, ts_ns, error)),
-                        Some(_) | None => {}
+                    if let Some(Item::Query {
+                        sql,
+                        start_ns,
+                        error,
+                    }) = self.pending.pop_front()
+                    {
+                        out.push(exchange(sql, start_ns, ts_ns, error));
                     }
                 }
                 _ => {}
