@@ -10,8 +10,9 @@
 # that serves no followed port (dd doing 1-byte reads and writes), and per
 # request of the followed Go server (tests/ebpf/server.go, GET /hello under
 # wrk -t1 -c32), with wrk's throughput; and the throughput with no program
-# attached. Ring buffers are filled by the loader (64 MiB per CPU) and not
-# read, so the figures are the programs' cost alone, not the agent's.
+# attached. The loader fills the rings (4 MiB per CPU) and drains them every
+# 100 ms like the agent (counting records, not parsing them), so the figures
+# are the programs' cost, not the agent's.
 #
 # Needs root, clang, libbpf-dev, bpftool, go, wrk, gcc.
 # usage: ebpf/bench/cost.sh [BASE] [ROUNDS]
@@ -43,24 +44,25 @@ with() {
   read -r ready <&"${L[0]}"
   "$@" >"$W/out" 2>&1
   eval "exec ${L[1]}>&-"
-  read -r cnt ns <&"${L[0]}"
+  read -r cnt ns recs <&"${L[0]}"
   wait "$L_PID" || true
-  echo "$cnt $ns"
+  echo "$cnt $ns $recs"
 }
 rps() { awk '/Requests\/sec/ {print $2}' "$W/out"; }
 reqs() { awk '/requests in/ {print $1}' "$W/out"; }
 dd_run() { dd if=/dev/zero of=/dev/null bs=1 count=1000000 status=none; }
 wrk_run() { wrk -t1 -c32 -d5s "http://127.0.0.1:$PORT/hello"; }
 
-printf "round design unrelated_ns_per_syscall ns_per_request req_per_s\n"
+printf "round design unrelated_ns_per_syscall ns_per_request req_per_s records_per_request\n"
 for r in $(seq "$ROUNDS"); do
   wrk_run >"$W/out" 2>&1
   printf "%s none - - %s\n" "$r" "$(rps)"
   for d in base new; do
-    read -r c1 n1 < <(with "$W/$d.o" dd_run)
-    read -r c2 n2 < <(with "$W/$d.o" wrk_run)
-    printf "%s %s %s %s %s\n" "$r" "$d" \
+    read -r c1 n1 _ < <(with "$W/$d.o" dd_run)
+    read -r c2 n2 recs < <(with "$W/$d.o" wrk_run)
+    printf "%s %s %s %s %s %s\n" "$r" "$d" \
       "$(awk -v n="$n1" -v c="$c1" 'BEGIN{printf "%.1f", n/c}')" \
-      "$(awk -v n="$n2" -v q="$(reqs)" 'BEGIN{printf "%.0f", n/q}')" "$(rps)"
+      "$(awk -v n="$n2" -v q="$(reqs)" 'BEGIN{printf "%.0f", n/q}')" "$(rps)" \
+      "$(awk -v n="$recs" -v q="$(reqs)" 'BEGIN{printf "%.2f", n/q}')"
   done
 done
