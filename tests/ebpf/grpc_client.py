@@ -5,8 +5,9 @@ as JSON: the calls, their status codes and latencies (µs).
 
 usage: grpc_client.py PORT MODE N CONCURRENCY
   MODE get:  unary calls; call i asks for INTERNAL if i % 10 == 0,
-             NOT_FOUND if i % 10 == 1, else OK, after 60 ms if
-             i % 10 == 9, else 20 ms.
+             NOT_FOUND if i % 10 == 1, else OK, after 100 ms if
+             i % 10 == 9, else 40 ms (long against the client's own
+             overhead, so its timings compare with the server's).
   MODE list: server-streaming calls; every 5th ends UNAVAILABLE.
   MODE pay:  unary calls to Pay (all UNAVAILABLE).
 """
@@ -34,7 +35,7 @@ async def main():
             try:
                 if mode == "get":
                     outcome = 1 if i % 10 == 0 else 2 if i % 10 == 1 else 0
-                    delay = 60 if i % 10 == 9 else 20
+                    delay = 100 if i % 10 == 9 else 40
                     await get(bytes([outcome, delay]), timeout=30)
                 elif mode == "list":
                     async for _ in list_(bytes([1 if i % 5 == 0 else 0]), timeout=30):
