@@ -145,6 +145,17 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+/* fds of following processes known not to be followed connections (files,
+ * pipes, client sockets), keyed like conns, with the port-set generation
+ * they were checked under: their reads and writes skip the fd-table walk.
+ * close() removes an entry (the number may come back as a connection). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, __u32);
+} notconn SEC(".maps");
+
 /* A client socket in SYN_SENT or later, keyed by its struct sock address. */
 struct owner {
 	__u32 tgid;
@@ -485,21 +496,28 @@ static __always_inline void on_accept_exit(__u64 pid_tgid, long ret)
  * programs were attached), picked up now; NULL for any other fd. */
 static __always_inline struct conn *adopt(__u64 pid_tgid, __u32 fd)
 {
-	struct sock *sk = sock_of_fd(fd);
-	if (!sk)
-		return NULL;
 	struct port_set *p = port_set();
+	if (!p)
+		return NULL;
+	__u32 gen = (__u32)p->gen;
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	__u32 *known = bpf_map_lookup_elem(&notconn, &key);
+	if (known && *known == gen)
+		return NULL;
+	struct sock *sk = sock_of_fd(fd);
 	__u16 lport, family;
-	if (!p || !followed_tcp(sk, p, &lport, &family))
+	if (!sk || !followed_tcp(sk, p, &lport, &family) ||
+	    BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN_STATE) {
+		bpf_map_update_elem(&notconn, &key, &gen, BPF_ANY);
 		return NULL;
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN_STATE)
-		return NULL;
+	}
 	return follow_conn(pid_tgid, fd, sk, lport, family, CONN_EXISTING);
 }
 
 static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 {
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	bpf_map_delete_elem(&notconn, &key);
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 	if (!c)
 		return;
