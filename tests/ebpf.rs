@@ -1589,3 +1589,70 @@ fn redis_commands_are_counted_with_pipelining_and_errors() {
     assert_eq!(codes("LPUSH"), serde_json::json!({"WRONGTYPE": 4}));
     assert_eq!(codes("NOSUCHCOMMAND"), serde_json::json!({"ERR": 1}));
 }
+
+/// Issue 14: a gRPC channel (one HTTP/2 connection) opened before `coral
+/// connect` is picked up at its next call, but its HPACK tables' history
+/// is unknown: every call is counted, under `{unparsed}`, never under a
+/// method it might not be, and never as an error.
+#[test]
+fn a_grpc_channel_open_before_connect_is_counted_as_unparsed() {
+    let Some(py) = grpc_python() else {
+        return;
+    };
+    let env = Env::new(&config());
+    if !start(
+        &env,
+        "a_grpc_channel_open_before_connect_is_counted_as_unparsed",
+    ) {
+        return;
+    }
+    let port_file = env.root().join("grpc.port");
+    let mut child = Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/grpc_server.py"))
+        .arg(&port_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = wait_port_file(&port_file, &mut child);
+    let _server = Proc(child);
+    let mut client = Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/grpc_client.py"))
+        .args([&port.to_string(), "hold", "100", "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    env.ok(&["connect", &format!("rpc:{port}:grpc")]);
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_to_string(&mut line).unwrap();
+    assert!(client.wait().unwrap().success());
+    let seen: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(seen["calls"], 100, "{seen}");
+    let args = [
+        "query",
+        "metrics",
+        "--service",
+        "rpc",
+        "--since",
+        "10m",
+        "--json",
+    ];
+    env.wait_json(&args, Duration::from_secs(30), "the calls", |r| {
+        route_row(r, "rpc", "?", "{unparsed}")
+            .is_some_and(|x| ebpf(x)["count"].as_u64() >= Some(100))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = env.json(&args);
+    let routes = report["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{report:#}");
+    let r = ebpf(&routes[0]);
+    assert_eq!(r["count"].as_u64(), Some(100), "{report:#}");
+    assert_eq!(r["errors"].as_u64(), Some(0), "{report:#}");
+    assert_eq!(r["client_errors"].as_u64(), Some(0), "{report:#}");
+}

@@ -10,6 +10,9 @@ usage: grpc_client.py PORT MODE N CONCURRENCY
              overhead, so its timings compare with the server's).
   MODE list: server-streaming calls; every 5th ends UNAVAILABLE.
   MODE pay:  unary calls to Pay (all UNAVAILABLE).
+  MODE hold: one OK Get, then prints "ready" and waits for a line on stdin
+             before the N calls of MODE get (the channel, one HTTP/2
+             connection, was open before).
 """
 import asyncio
 import json
@@ -50,6 +53,11 @@ async def main():
             while work:
                 await one(work.pop())
 
+        if mode == "hold":
+            await get(bytes([0, 1]), timeout=30)
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            mode = "get"
         await asyncio.gather(*(worker() for _ in range(conc)))
     codes = {}
     for c, _ in results:
