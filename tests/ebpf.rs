@@ -899,3 +899,760 @@ fn passive_slowdown_is_explained_by_ask_from_ebpf_alone() {
         );
     }
 }
+
+/// `n` requests on an open keep-alive connection, ids from `offset`.
+fn drive(mut s: BufReader<TcpStream>, n: usize, offset: usize) -> Load {
+    let mut l = Load {
+        count: 0,
+        errors: 0,
+        latencies: Vec::new(),
+    };
+    for j in 0..n {
+        let (status, us) = get(&mut s, &format!("/api/orders/{}", offset + j));
+        l.count += 1;
+        l.errors += u64::from(status >= 500);
+        l.latencies.push(us);
+    }
+    l
+}
+
+fn keep_alive(port: u16) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    BufReader::new(s)
+}
+
+/// Issue 14: a keep-alive connection opened before the agent started, one
+/// opened before `coral connect` and one opened the moment it returned
+/// each send 500 requests: all 1,500 are counted, with their errors
+/// (before the fix, connections not accepted while the port was followed
+/// were never parsed, and the port was followed only at the next flush).
+#[test]
+fn connections_open_before_connect_or_the_agent_are_counted() {
+    let env = Env::new(&config());
+    let (_rt, port) = start_rust();
+    // Open before the agent starts, with a request already answered.
+    let mut before_agent = keep_alive(port);
+    assert_eq!(get(&mut before_agent, "/api/orders/2").0, 200);
+    if !start(
+        &env,
+        "connections_open_before_connect_or_the_agent_are_counted",
+    ) {
+        return;
+    }
+    let mut before_connect = keep_alive(port);
+    assert_eq!(get(&mut before_connect, "/api/orders/2").0, 200);
+    env.ok(&["connect", &format!("api:{port}:tcp")]);
+    // No wait: `coral connect` has taken effect when it returns.
+    let after_connect = keep_alive(port);
+    let clients: Vec<_> = [before_agent, before_connect, after_connect]
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| std::thread::spawn(move || drive(s, 500, i * 500)))
+        .collect();
+    let loads: Vec<Load> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    let (count, errors) = loads
+        .iter()
+        .fold((0, 0), |(c, e), l| (c + l.count, e + l.errors));
+    assert_eq!(count, 1500);
+    let report = wait_route(&env, "api", count);
+    let r = ebpf(route_of(&report, "api", "/api/orders/{id}").unwrap());
+    assert_eq!(r["count"].as_u64(), Some(count), "{r}");
+    assert_eq!(r["errors"].as_u64(), Some(errors), "{r}");
+    let st = env.json(&["agent", "status", "--json"]);
+    assert_eq!(st["ebpf"]["dropped"].as_u64(), Some(0), "{st:#}");
+}
+
+/// The row of `route` with `method` (`coral query metrics --json`).
+fn route_row<'a>(report: &'a Value, service: &str, method: &str, route: &str) -> Option<&'a Value> {
+    report["routes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["service"] == service && r["route"] == route && r["method"] == method)
+}
+
+/// The Python with grpcio (`CORAL_PYTHON`, packaging/dev/deps.sh), or
+/// `None` (a skip, which fails under CI).
+fn grpc_python() -> Option<String> {
+    let py = std::env::var("CORAL_PYTHON").unwrap_or_default();
+    let ok = !py.is_empty()
+        && Command::new(&py)
+            .args(["-c", "import grpc"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            !ci(),
+            "CORAL_PYTHON has no grpcio (run packaging/dev/deps.sh)"
+        );
+        eprintln!("SKIP: no grpcio in CORAL_PYTHON");
+        return None;
+    }
+    Some(py)
+}
+
+/// What tests/ebpf/grpc_client.py saw.
+fn grpc_client(py: &str, port: u16, mode: &str, n: usize, concurrency: usize) -> (Value, Load) {
+    let out = Command::new(py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/grpc_client.py"))
+        .args([
+            &port.to_string(),
+            mode,
+            &n.to_string(),
+            &concurrency.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpc_client.py {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let latencies: Vec<u64> = v["latencies_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(latencies.len(), n, "{v}");
+    let l = Load {
+        count: n as u64,
+        errors: 0,
+        latencies,
+    };
+    (v["codes"].clone(), l)
+}
+
+/// Issue 14: gRPC over cleartext HTTP/2, zero config. A Python grpcio
+/// server connected as `rpc:PORT:grpc`; one client channel (one HTTP/2
+/// connection) carries 16 concurrent unary streams, then server-streaming
+/// calls, then calls that all fail. Coral counts every call per method
+/// (`:path`), with gRPC status codes as errors (INTERNAL, UNAVAILABLE) or
+/// client errors (NOT_FOUND), latencies within 10 % of the client's, and
+/// the same figures reach `coral_red_metrics` (MCP) and `coral ask`.
+#[test]
+fn grpc_calls_are_counted_per_method_with_status_and_latency() {
+    let Some(py) = grpc_python() else {
+        return;
+    };
+    let _quiet = timing();
+    let env = Env::new(&config());
+    if !start(
+        &env,
+        "grpc_calls_are_counted_per_method_with_status_and_latency",
+    ) {
+        return;
+    }
+    let port_file = env.root().join("grpc.port");
+    let mut child = Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/grpc_server.py"))
+        .arg(&port_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = wait_port_file(&port_file, &mut child);
+    let _server = Proc(child);
+    env.ok(&["connect", &format!("rpc:{port}:grpc")]);
+    let (codes, get) = grpc_client(&py, port, "get", 400, 16);
+    assert_eq!(codes, serde_json::json!({"0": 320, "13": 40, "5": 40}));
+    let (codes, _) = grpc_client(&py, port, "list", 50, 8);
+    assert_eq!(codes, serde_json::json!({"0": 40, "14": 10}));
+    let (codes, _) = grpc_client(&py, port, "pay", 20, 4);
+    assert_eq!(codes, serde_json::json!({"14": 20}));
+
+    let args = [
+        "query",
+        "metrics",
+        "--service",
+        "rpc",
+        "--since",
+        "10m",
+        "--json",
+    ];
+    let count = |r: &Value, route: &str| {
+        route_row(r, "rpc", "GRPC", route).and_then(|x| ebpf(x)["count"].as_u64())
+    };
+    env.wait_json(&args, Duration::from_secs(30), "the gRPC calls", |r| {
+        count(r, "/shop.Orders/Get") >= Some(400)
+            && count(r, "/shop.Orders/List") >= Some(50)
+            && count(r, "/shop.Orders/Pay") >= Some(20)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = env.json(&args);
+    let figures = |route: &str| {
+        let r = ebpf(route_row(&report, "rpc", "GRPC", route).unwrap()).clone();
+        (
+            r["count"].as_u64().unwrap(),
+            r["errors"].as_u64().unwrap(),
+            r["client_errors"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(figures("/shop.Orders/Get"), (400, 40, 40), "{report:#}");
+    assert_eq!(figures("/shop.Orders/List"), (50, 10, 0), "{report:#}");
+    assert_eq!(figures("/shop.Orders/Pay"), (20, 20, 0), "{report:#}");
+    // The failures by gRPC status code.
+    let codes = |route: &str| {
+        ebpf(route_row(&report, "rpc", "GRPC", route).unwrap())["error_codes"].clone()
+    };
+    assert_eq!(
+        codes("/shop.Orders/Get"),
+        serde_json::json!({"13": 40, "5": 40})
+    );
+    assert_eq!(codes("/shop.Orders/List"), serde_json::json!({"14": 10}));
+    assert_eq!(codes("/shop.Orders/Pay"), serde_json::json!({"14": 20}));
+    // Nothing else: no stream went unparsed or to another route.
+    let routes = report["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 3, "{report:#}");
+    let r = ebpf(route_row(&report, "rpc", "GRPC", "/shop.Orders/Get").unwrap());
+    for (q, field) in [(0.5, "p50_us"), (0.95, "p95_us")] {
+        let coral = r[field].as_u64().unwrap() as f64;
+        let client = get.quantile(q) as f64;
+        assert!(
+            (coral - client).abs() <= 0.10 * client,
+            "{field} coral {coral} µs, client {client} µs ({r})"
+        );
+    }
+    eprintln!(
+        "gRPC Get: client p50 {} µs, p95 {} µs; coral {r}",
+        get.quantile(0.5),
+        get.quantile(0.95)
+    );
+
+    // The map: the client's edges into rpc carry the protocol and the
+    // calls made on them, with the failed ones.
+    let map = env.json(&["query", "map", "--since", "10m", "--json"]);
+    let into: Vec<&Value> = map["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["to"] == "rpc")
+        .collect();
+    assert!(!into.is_empty(), "{map:#}");
+    assert!(into.iter().all(|e| e["protocol"] == "grpc"), "{map:#}");
+    let sum = |f: &str| into.iter().map(|e| e[f].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("requests"), 470, "{map:#}");
+    assert_eq!(sum("request_errors"), 40 + 10 + 20, "{map:#}");
+
+    // MCP: the same rows, named as gRPC methods.
+    let red: Value = serde_json::from_str(&env.ok(&[
+        "mcp",
+        "call",
+        "coral_red_metrics",
+        r#"{"service":"rpc","window":"10m"}"#,
+    ]))
+    .unwrap();
+    let pay = red["services"][0]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "GRPC /shop.Orders/Pay")
+        .unwrap_or_else(|| panic!("{red:#}"));
+    assert_eq!(pay["recent"]["requests"].as_u64(), Some(20), "{pay}");
+    assert_eq!(pay["recent"]["errors"].as_u64(), Some(20), "{pay}");
+
+    // `coral ask` names a failing gRPC method of the service.
+    let a = env.json(&["ask", "--json", "Why are rpc calls failing?"]);
+    let rc = &a["root_cause"];
+    assert_eq!(rc["service"], "rpc", "{a:#}");
+    let component = rc["component"].as_str().unwrap_or_default();
+    assert!(component.starts_with("GRPC /shop.Orders/"), "{a:#}");
+    assert!(a["answer"].as_str().unwrap().contains(component), "{a:#}");
+}
+
+/// Issue 14: a second HTTP/2 implementation, nghttp2's `nghttpd --no-tls`
+/// (it writes its SETTINGS before reading the client preface), driven by
+/// `h2load` with 10 concurrent streams on each of 2 connections: every
+/// request counted per path, the 404s as client errors.
+#[test]
+fn nghttpd_requests_are_counted_per_path() {
+    if Command::new("nghttpd").arg("--version").output().is_err()
+        || Command::new("h2load").arg("--version").output().is_err()
+    {
+        assert!(!ci(), "nghttpd/h2load missing (packaging/dev/deps.sh)");
+        eprintln!("SKIP: nghttpd/h2load missing");
+        return;
+    }
+    let env = Env::new(&config());
+    if !start(&env, "nghttpd_requests_are_counted_per_path") {
+        return;
+    }
+    let docroot = env.root().join("www");
+    std::fs::create_dir_all(&docroot).unwrap();
+    // Small bodies: nghttpd writes up to 16 KiB of frames at once, and
+    // frame headers beyond the first 4 KiB of a write are not captured
+    // (its later streams would be counted as unparsed).
+    std::fs::write(docroot.join("hello.txt"), "hello\n".repeat(10)).unwrap();
+    let child = Command::new("nghttpd")
+        .args(["--no-tls", "-a", "127.0.0.1", "-d"])
+        .arg(&docroot)
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let server = Proc(child);
+    // Its port, from ss.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let port: u16 = loop {
+        let ss = Command::new("ss").args(["-ltnpH"]).output().unwrap();
+        let text = String::from_utf8_lossy(&ss.stdout).into_owned();
+        if let Some(p) = text
+            .lines()
+            .find(|l| l.contains(&format!("pid={pid},")))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(3)?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "nghttpd did not listen: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    env.ok(&["connect", &format!("h2:{port}:http")]);
+    let out = Command::new("h2load")
+        .args(["-n", "600", "-c", "2", "-m", "10"])
+        .arg(format!("http://127.0.0.1:{port}/hello.txt"))
+        .arg(format!("http://127.0.0.1:{port}/missing"))
+        .arg(format!("http://127.0.0.1:{port}/hello.txt"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("status codes: 400 2xx, 0 3xx, 200 4xx, 0 5xx"),
+        "{text}"
+    );
+    let args = [
+        "query",
+        "metrics",
+        "--service",
+        "h2",
+        "--since",
+        "10m",
+        "--json",
+    ];
+    let count = |r: &Value, route: &str| {
+        route_row(r, "h2", "GET", route).and_then(|x| ebpf(x)["count"].as_u64())
+    };
+    env.wait_json(&args, Duration::from_secs(30), "the h2load requests", |r| {
+        count(r, "/hello.txt") >= Some(400) && count(r, "/missing") >= Some(200)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = env.json(&args);
+    let hello = ebpf(route_row(&report, "h2", "GET", "/hello.txt").unwrap());
+    let missing = ebpf(route_row(&report, "h2", "GET", "/missing").unwrap());
+    assert_eq!(hello["count"].as_u64(), Some(400), "{report:#}");
+    assert_eq!(hello["client_errors"].as_u64(), Some(0), "{report:#}");
+    assert_eq!(missing["count"].as_u64(), Some(200), "{report:#}");
+    assert_eq!(missing["client_errors"].as_u64(), Some(200), "{report:#}");
+    assert_eq!(report["routes"].as_array().unwrap().len(), 2, "{report:#}");
+    drop(server);
+}
+
+/// A free loopback port for a server that cannot bind port 0 and say
+/// which port it got (the kernel may hand it out again, rarely).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A PostgreSQL cluster of Debian's postgresql, run as user postgres in a
+/// directory of its own; stopped (by pg_ctl) and removed when dropped.
+struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists())
+            .max()?;
+        let uid = nix::unistd::User::from_name("postgres").ok()??.uid;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "coral-pg-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        for p in [dir.clone(), dir.join("data")] {
+            std::os::unix::fs::chown(&p, Some(uid.as_raw()), None).unwrap();
+        }
+        let port = free_port();
+        let run = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let data = dir.join("data");
+        run(&[
+            bin.join("initdb").as_os_str(),
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-A".as_ref(),
+            "trust".as_ref(),
+            "-U".as_ref(),
+            "postgres".as_ref(),
+        ]);
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={} -c fsync=off",
+            dir.display()
+        );
+        run(&[
+            bin.join("pg_ctl").as_os_str(),
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-l".as_ref(),
+            dir.join("log").as_os_str(),
+            "-w".as_ref(),
+            "-o".as_ref(),
+            opts.as_ref(),
+            "start".as_ref(),
+        ]);
+        Some(Postgres { dir, bin, port })
+    }
+
+    /// Runs psql with `sql`; returns whether it succeeded.
+    fn psql(&self, sql: &str) -> bool {
+        Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-c", sql])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    fn pgbench(&self, args: &[&str]) -> String {
+        let out = Command::new(self.bin.join("pgbench"))
+            .args(["-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .arg("postgres")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The eBPF figures of every route of `service` with `method`, by route.
+fn routes_of(report: &Value, service: &str, method: &str) -> Vec<(String, u64, u64)> {
+    let mut v: Vec<_> = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["service"] == service && r["method"] == method)
+        .map(|r| {
+            (
+                r["route"].as_str().unwrap().to_string(),
+                ebpf(r)["count"].as_u64().unwrap_or(0),
+                ebpf(r)["errors"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 14: PostgreSQL seen from the database side. Debian's postgresql
+/// (pre-fork: each connection is served by a child that never accepted it)
+/// connected as `db:PORT`, driven by pgbench (simple and extended query
+/// protocol, 2 connections) and by psql sessions that fail on purpose:
+/// every statement is counted under its normalised SQL, the failing ones
+/// as errors.
+#[test]
+fn postgres_statements_are_counted_per_normalised_sql_with_errors() {
+    if Command::new("runuser").arg("--help").output().is_err() {
+        assert!(!ci(), "runuser missing");
+        return;
+    }
+    let Some(pg) = Postgres::start() else {
+        assert!(!ci(), "PostgreSQL missing (packaging/dev/deps.sh)");
+        eprintln!("SKIP: no PostgreSQL");
+        return;
+    };
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    let env = Env::new(&config());
+    if !start(
+        &env,
+        "postgres_statements_are_counted_per_normalised_sql_with_errors",
+    ) {
+        return;
+    }
+    env.ok(&["connect", &format!("db:{}:tcp", pg.port)]);
+    pg.pgbench(&["-n", "-c", "2", "-t", "50", "-M", "simple"]);
+    pg.pgbench(&["-n", "-c", "2", "-t", "25", "-M", "extended"]);
+    for _ in 0..5 {
+        assert!(!pg.psql("SELECT * FROM no_such_table"));
+    }
+    for _ in 0..3 {
+        assert!(!pg.psql("SELECT 1/0"));
+    }
+    let args = [
+        "query",
+        "metrics",
+        "--service",
+        "db",
+        "--since",
+        "10m",
+        "--json",
+    ];
+    let update = "UPDATE pgbench_accounts SET abalance = abalance + ? WHERE aid = ?";
+    let update_x = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2";
+    env.wait_json(&args, Duration::from_secs(30), "the statements", |r| {
+        let rs = routes_of(r, "db", "SQL");
+        let n = |name: &str| rs.iter().find(|x| x.0 == name).map_or(0, |x| x.1);
+        n(update) >= 100 && n(update_x) >= 50 && n("SELECT ?/?") >= 3
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = env.json(&args);
+    let rs = routes_of(&report, "db", "SQL");
+    let get = |name: &str| {
+        rs.iter()
+            .find(|x| x.0 == name)
+            .map(|x| (x.1, x.2))
+            .unwrap_or_else(|| panic!("no route {name:?}: {rs:#?}"))
+    };
+    assert_eq!(get(update), (100, 0), "{rs:#?}");
+    assert_eq!(
+        get("SELECT abalance FROM pgbench_accounts WHERE aid = ?"),
+        (100, 0),
+        "{rs:#?}"
+    );
+    assert_eq!(get(update_x), (50, 0), "{rs:#?}");
+    assert_eq!(
+        get(
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)"
+        ),
+        (50, 0),
+        "{rs:#?}"
+    );
+    assert_eq!(get("SELECT * FROM no_such_table"), (5, 5), "{rs:#?}");
+    assert_eq!(get("SELECT ?/?"), (3, 3), "{rs:#?}");
+    // The failures by SQLSTATE.
+    let codes =
+        |route: &str| ebpf(route_row(&report, "db", "SQL", route).unwrap())["error_codes"].clone();
+    assert_eq!(
+        codes("SELECT * FROM no_such_table"),
+        serde_json::json!({"42P01": 5})
+    );
+    assert_eq!(codes("SELECT ?/?"), serde_json::json!({"22012": 3}));
+    assert_eq!(codes(update), Value::Null);
+    // Nothing went unparsed.
+    assert!(
+        rs.iter().all(|x| x.0 != "?" && x.0 != "{unparsed}"),
+        "{rs:#?}"
+    );
+}
+
+/// Issue 14: Redis (Debian's redis-server) driven by redis-benchmark with
+/// 16 commands pipelined per connection, and by redis-cli commands that
+/// fail: every command counted, errors (`-ERR`, `-WRONGTYPE`) as errors.
+#[test]
+fn redis_commands_are_counted_with_pipelining_and_errors() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(!ci(), "redis-server missing (packaging/dev/deps.sh)");
+        eprintln!("SKIP: no redis-server");
+        return;
+    }
+    let env = Env::new(&config());
+    if !start(
+        &env,
+        "redis_commands_are_counted_with_pipelining_and_errors",
+    ) {
+        return;
+    }
+    let port = free_port();
+    let _redis = Proc(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--port")
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let cli = |args: &[&str]| {
+        Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&cli(&["PING"]).stdout).contains("PONG") {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.ok(&["connect", &format!("cache:{port}:tcp")]);
+    let out = Command::new("redis-benchmark")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-n", "2000", "-c", "4", "-P", "16", "-t", "set,get", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cli(&["SET", "s", "x"]);
+    for _ in 0..4 {
+        let o = cli(&["LPUSH", "s", "y"]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("WRONGTYPE"));
+    }
+    cli(&["NOSUCHCOMMAND"]);
+    let args = [
+        "query",
+        "metrics",
+        "--service",
+        "cache",
+        "--since",
+        "10m",
+        "--json",
+    ];
+    env.wait_json(&args, Duration::from_secs(30), "the commands", |r| {
+        let rs = routes_of(r, "cache", "REDIS");
+        let n = |name: &str| rs.iter().find(|x| x.0 == name).map_or(0, |x| x.1);
+        n("GET") >= 2000 && n("SET") >= 2001 && n("LPUSH") >= 4
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = env.json(&args);
+    let rs = routes_of(&report, "cache", "REDIS");
+    let get = |name: &str| rs.iter().find(|x| x.0 == name).map(|x| (x.1, x.2));
+    assert_eq!(get("GET"), Some((2000, 0)), "{rs:#?}");
+    assert_eq!(get("SET"), Some((2001, 0)), "{rs:#?}");
+    assert_eq!(get("LPUSH"), Some((4, 4)), "{rs:#?}");
+    assert_eq!(get("NOSUCHCOMMAND"), Some((1, 1)), "{rs:#?}");
+    let codes = |route: &str| {
+        ebpf(route_row(&report, "cache", "REDIS", route).unwrap())["error_codes"].clone()
+    };
+    assert_eq!(codes("LPUSH"), serde_json::json!({"WRONGTYPE": 4}));
+    assert_eq!(codes("NOSUCHCOMMAND"), serde_json::json!({"ERR": 1}));
+}
+
+/// Issue 14: a gRPC channel (one HTTP/2 connection) opened before `coral
+/// connect` is picked up at its next call, but its HPACK tables' history
+/// is unknown: every call is counted, under `{unparsed}`, never under a
+/// method it might not be, and never as an error.
+#[test]
+fn a_grpc_channel_open_before_connect_is_counted_as_unparsed() {
+    let Some(py) = grpc_python() else {
+        return;
+    };
+    let env = Env::new(&config());
+    if !start(
+        &env,
+        "a_grpc_channel_open_before_connect_is_counted_as_unparsed",
+    ) {
+        return;
+    }
+    let port_file = env.root().join("grpc.port");
+    let mut child = Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/grpc_server.py"))
+        .arg(&port_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = wait_port_file(&port_file, &mut child);
+    let _server = Proc(child);
+    let mut client = Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/grpc_client.py"))
+        .args([&port.to_string(), "hold", "100", "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    env.ok(&["connect", &format!("rpc:{port}:grpc")]);
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_to_string(&mut line).unwrap();
+    assert!(client.wait().unwrap().success());
+    let seen: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(seen["calls"], 100, "{seen}");
+    let args = [
+        "query",
+        "metrics",
+        "--service",
+        "rpc",
+        "--since",
+        "10m",
+        "--json",
+    ];
+    env.wait_json(&args, Duration::from_secs(30), "the calls", |r| {
+        route_row(r, "rpc", "?", "{unparsed}")
+            .is_some_and(|x| ebpf(x)["count"].as_u64() >= Some(100))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let report = env.json(&args);
+    let routes = report["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{report:#}");
+    let r = ebpf(&routes[0]);
+    assert_eq!(r["count"].as_u64(), Some(100), "{report:#}");
+    assert_eq!(r["errors"].as_u64(), Some(0), "{report:#}");
+    assert_eq!(r["client_errors"].as_u64(), Some(0), "{report:#}");
+}

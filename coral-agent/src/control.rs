@@ -59,11 +59,15 @@ impl AgentControl for Control {
         _: Context,
         specs: Vec<ServiceSpec>,
     ) -> Result<Vec<ServiceSpec>, ControlError> {
-        self.shared.connect(specs)
+        let specs = self.shared.connect(specs)?;
+        self.shared.follow_services().await;
+        Ok(specs)
     }
 
     async fn disconnect(self, _: Context, name: String) -> Result<ServiceSpec, ControlError> {
-        self.shared.disconnect(&name)
+        let spec = self.shared.disconnect(&name)?;
+        self.shared.follow_services().await;
+        Ok(spec)
     }
 
     async fn stop(self, _: Context) -> u32 {

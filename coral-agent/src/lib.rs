@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     prober: probe::Prober,
     /// The eBPF capture's state, once it started.
     pub(crate) ebpf: Arc<Mutex<Option<coral_proto::EbpfStatus>>>,
+    /// Tells the eBPF capture that the connected services changed.
+    pub(crate) follow: Arc<ebpf::Follow>,
     /// Wakes the link to send a heartbeat now (services changed).
     pub(crate) changed: Notify,
     pub(crate) shutdown: CancellationToken,
@@ -253,6 +255,11 @@ impl Agent {
             )),
             ebpf: Arc::new(Mutex::new(None)),
             requests: Arc::default(),
+            follow: Arc::new(ebpf::Follow::new().map_err(|e| {
+                AgentError::Config(format!(
+                    "cannot create the eBPF capture's wakeup socket: {e}"
+                ))
+            })?),
             changed: Notify::new(),
             shutdown: CancellationToken::new(),
             mesh_ip: mesh.as_ref().map(|m| m.mesh_ip),
@@ -335,6 +342,7 @@ impl Agent {
                 shared.agent_id.clone(),
                 shared.telemetry.clone(),
                 services,
+                shared.follow.clone(),
                 shared.ebpf.clone(),
                 tokio::runtime::Handle::current(),
                 shared.requests.clone(),
@@ -494,6 +502,26 @@ impl Shared {
         }
         if changed {
             self.changed.notify_one();
+        }
+    }
+
+    /// Waits (briefly) until the eBPF capture follows the connected
+    /// services as they are now: `coral connect` takes effect before it
+    /// returns. A capture that is off or slow is not waited for.
+    pub(crate) async fn follow_services(&self) {
+        let ticket = self.follow.request();
+        if !self
+            .follow
+            .applied(ticket, std::time::Duration::from_secs(2))
+            .await
+            && self
+                .ebpf
+                .lock()
+                .expect("ebpf status")
+                .as_ref()
+                .is_some_and(|s| s.running)
+        {
+            tracing::warn!("the eBPF capture did not update its followed ports within 2 s");
         }
     }
 

@@ -136,6 +136,15 @@ const MIGRATIONS: &[&str] = &[
         results     VARCHAR NOT NULL,
         stack       VARCHAR NOT NULL
     );",
+    // 5: failed requests by the protocol's own code (gRPC status,
+    // SQLSTATE), issue 14.
+    // Edges gain the parsed protocol and the requests on them.
+    "ALTER TABLE http_red ADD COLUMN error_codes VARCHAR NOT NULL DEFAULT '';
+    ALTER TABLE conn_edges ADD COLUMN protocol VARCHAR NOT NULL DEFAULT '';
+    ALTER TABLE conn_edges ADD COLUMN requests UBIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE conn_edges ADD COLUMN request_errors UBIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE conn_edges ADD COLUMN request_sum_us UBIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE conn_edges ADD COLUMN request_max_us UBIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// Rows gathered into one append before committing.
@@ -844,7 +853,7 @@ pub fn log_row(r: &duckdb::Row<'_>) -> duckdb::Result<LogRecord> {
 
 /// The columns [`red_row`] reads, in order.
 pub const RED_COLUMNS: &str = "agent_id, seq, epoch_ms(ts), service, method, route, count, errors, \
-     client_errors, bytes_in, bytes_out, sum_us, max_us, hist";
+     client_errors, bytes_in, bytes_out, sum_us, max_us, hist, error_codes";
 
 pub fn red_row(r: &duckdb::Row<'_>) -> duckdb::Result<RedRecord> {
     Ok(RedRecord {
@@ -862,12 +871,14 @@ pub fn red_row(r: &duckdb::Row<'_>) -> duckdb::Result<RedRecord> {
         sum_us: r.get(11)?,
         max_us: r.get(12)?,
         hist: r.get(13)?,
+        error_codes: r.get(14)?,
     })
 }
 
 /// The columns [`edge_row`] reads, in order.
 pub const EDGE_COLUMNS: &str = "agent_id, seq, epoch_ms(ts), src, src_pid, dst_addr, dst_service, \
-     connections, failures, bytes_sent, bytes_received, rtt_sum_us, rtt_count, rtt_max_us";
+     connections, failures, bytes_sent, bytes_received, rtt_sum_us, rtt_count, rtt_max_us, \
+     protocol, requests, request_errors, request_sum_us, request_max_us";
 
 pub fn edge_row(r: &duckdb::Row<'_>) -> duckdb::Result<EdgeRecord> {
     Ok(EdgeRecord {
@@ -885,6 +896,11 @@ pub fn edge_row(r: &duckdb::Row<'_>) -> duckdb::Result<EdgeRecord> {
         rtt_sum_us: r.get(11)?,
         rtt_count: r.get(12)?,
         rtt_max_us: r.get(13)?,
+        protocol: r.get(14)?,
+        requests: r.get(15)?,
+        request_errors: r.get(16)?,
+        request_sum_us: r.get(17)?,
+        request_max_us: r.get(18)?,
     })
 }
 
@@ -1112,6 +1128,7 @@ fn append_red(conn: &duckdb::Connection, rows: &[RedRecord]) -> duckdb::Result<(
             r.sum_us,
             r.max_us,
             r.hist,
+            r.error_codes,
         ])?;
     }
     app.flush()
@@ -1135,6 +1152,11 @@ fn append_edges(conn: &duckdb::Connection, rows: &[EdgeRecord]) -> duckdb::Resul
             r.rtt_sum_us,
             r.rtt_count,
             r.rtt_max_us,
+            r.protocol,
+            r.requests,
+            r.request_errors,
+            r.request_sum_us,
+            r.request_max_us,
         ])?;
     }
     app.flush()

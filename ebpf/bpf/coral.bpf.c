@@ -2,13 +2,17 @@
 //
 // Coral's RED + connection-map programs.
 //
-// * HTTP/1.x capture: the BTF raw tracepoint sys_exit (tp_btf), filtered to
+// * Request capture (HTTP/1.x, HTTP/2, gRPC, PostgreSQL, Redis are parsed
+//   in userspace): the BTF raw tracepoint sys_exit (tp_btf), filtered to
 //   accept, read, recvfrom, readv, recvmsg, write, sendto, writev, sendmsg
-//   and close, follows the server side of every TCP connection accepted,
-//   while the programs are attached, on a port in the `ports` set (the
-//   agent's connected services). Each successful
-//   read/write-like syscall on such a socket sends one event with the byte
-//   count and the first CAP bytes; userspace parses and pairs them.
+//   and close, follows the server side of every TCP connection whose local
+//   port is in the `ports` set (the agent's connected services): accepted
+//   while followed, or found open at its first read or write (connections
+//   open before `coral connect` or before the agent started). Only
+//   processes that hold such a socket are looked at (`procs`, decided once
+//   per process and port-set generation). Each successful read/write-like
+//   syscall on a followed socket sends one event with the byte count and
+//   the first CAP bytes (across iovecs); userspace parses and pairs them.
 // * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
 //   (inside connect(), so in the caller's process context) is remembered with
 //   its process; its ESTABLISHED / CLOSE transitions become edge events with
@@ -31,10 +35,12 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define MAX_CPUS 128
-#define CAP 4096   /* bytes captured per read (pipelined requests fit); a power of two */
-#define CAP_OUT 512 /* bytes captured per write: the response head */
+#define CAP 4096     /* bytes captured per read (pipelined requests fit); a power of two */
+#define CAP_OUT 4096 /* bytes captured per write: response heads, HTTP/2 frame headers */
+#define MAX_IOV 128  /* iovecs of a readv/writev/recvmsg/sendmsg captured */
 #define MAX_CONNS 65536
-#define HOT_SLOTS 4096 /* tgid filter slots; a power of two */
+#define PROC_SLOTS 65536 /* per-process filter slots; a power of two */
+#define SCAN_MAX_FDS 65536 /* fds looked at when a process is first seen */
 
 #define EV_DATA 1
 #define EV_ACCEPT 2
@@ -57,6 +63,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define TCP_LISTEN_STATE 10
+
+/* conn_event.flags */
+#define CONN_EXISTING 1 /* open before it was followed: found at a read or write */
 
 /* Stats slots (per CPU, summed by the agent). */
 #define ST_EVENTS 0
@@ -86,9 +96,12 @@ struct {
 } stats SEC(".maps");
 
 /* Listening ports to follow (the agent's connected services), one bit
- * each; the agent rewrites it when services change. */
+ * each, and a generation the agent bumps after every change (written in a
+ * second update, so a program that sees the new generation sees the new
+ * bits). */
 struct port_set {
 	__u64 bits[1024];
+	__u64 gen;
 };
 
 struct {
@@ -98,19 +111,30 @@ struct {
 	__type(value, struct port_set);
 } ports SEC(".maps");
 
-/* Followed connections per tgid slot: a syscall of a process with none
- * returns after one array lookup (the verifier inlines it). */
+/* Per-process filter, one slot per tgid (modulo PROC_SLOTS): whether the
+ * process holds a TCP socket (listening or accepted) on a followed port,
+ * decided once per process and port-set generation by looking at its fd
+ * table. A syscall of a process that holds none returns after this
+ * lookup and two compares. */
+struct proc_state {
+	__u32 tgid;
+	__u32 gen;
+	__u32 follow;
+	__u32 _pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, HOT_SLOTS);
+	__uint(max_entries, PROC_SLOTS);
 	__type(key, __u32);
-	__type(value, __u32);
-} hot SEC(".maps");
+	__type(value, struct proc_state);
+} procs SEC(".maps");
 
-/* An accepted (server-side) TCP connection, keyed by tgid << 32 | fd.
+/* A followed (server-side) TCP connection, keyed by tgid << 32 | fd:
+ * accepted while followed, or found open at its first read or write.
  * LRU: entries of processes that exit without close() age out. */
 struct conn {
-	__u64 start_ns; /* accept time: with tgid and fd, the connection's identity */
+	__u64 start_ns; /* accept (or discovery) time: with tgid and fd, the connection's identity */
 	__u16 lport;
 };
 
@@ -120,6 +144,17 @@ struct {
 	__type(key, __u64);
 	__type(value, struct conn);
 } conns SEC(".maps");
+
+/* fds of following processes known not to be followed connections (files,
+ * pipes, client sockets), keyed like conns, with the port-set generation
+ * they were checked under: their reads and writes skip the fd-table walk.
+ * close() removes an entry (the number may come back as a connection). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, __u64);
+	__type(value, __u32);
+} notconn SEC(".maps");
 
 /* A client socket in SYN_SENT or later, keyed by its struct sock address. */
 struct owner {
@@ -146,7 +181,9 @@ struct data_event {
 	__u64 ts_ns;
 	__u32 cap; /* bytes captured below */
 	__u32 _pad;
-	__u8 data[CAP];
+	/* CAP bytes at most are sent; twice that so the verifier can bound
+	 * a copy of up to CAP bytes at any offset below CAP. */
+	__u8 data[2 * CAP];
 };
 
 struct conn_event {
@@ -156,7 +193,7 @@ struct conn_event {
 	__u32 tgid;
 	__u32 fd;
 	__u16 rport;
-	__u16 _pad;
+	__u16 flags; /* CONN_EXISTING */
 	__u64 conn_start_ns;
 	__u64 ts_ns;
 	__u8 raddr[16];
@@ -228,42 +265,20 @@ static __always_inline int traced(__u64 pid_tgid)
 	return (__u32)(pid_tgid >> 32) != coral_self_tgid;
 }
 
-static __always_inline __u32 *hot_slot(__u64 pid_tgid)
-{
-	__u32 k = (__u32)(pid_tgid >> 32) & (HOT_SLOTS - 1);
-	return bpf_map_lookup_elem(&hot, &k);
-}
-
-static __always_inline int is_hot(__u64 pid_tgid)
-{
-	__u32 *v = hot_slot(pid_tgid);
-	return v && *v;
-}
-
-static __always_inline int port_wanted(__u16 port)
+static __always_inline struct port_set *port_set(void)
 {
 	__u32 zero = 0;
-	struct port_set *p = bpf_map_lookup_elem(&ports, &zero);
-	if (!p)
-		return 0;
+	return bpf_map_lookup_elem(&ports, &zero);
+}
+
+static __always_inline int port_in(struct port_set *p, __u16 port)
+{
 	return (p->bits[(port >> 6) & 1023] >> (port & 63)) & 1;
 }
 
-/* The struct sock behind fd in the current task, or NULL. */
-static __always_inline struct sock *sock_of_fd(__u32 fd)
+/* The struct sock behind a file, or NULL if it is not a socket. */
+static __always_inline struct sock *sock_of_file(struct file *file)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct files_struct *files = BPF_CORE_READ(task, files);
-	if (!files)
-		return NULL;
-	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
-	if (!fdt)
-		return NULL;
-	if (fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *file = NULL;
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
 	if (!file)
 		return NULL;
 	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
@@ -273,6 +288,114 @@ static __always_inline struct sock *sock_of_fd(__u32 fd)
 	if (!sock)
 		return NULL;
 	return BPF_CORE_READ(sock, sk);
+}
+
+/* The current task's fd table: its array and size. */
+static __always_inline struct file **fd_array(__u32 *max)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct files_struct *files = BPF_CORE_READ(task, files);
+	if (!files)
+		return NULL;
+	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	if (!fdt)
+		return NULL;
+	*max = BPF_CORE_READ(fdt, max_fds);
+	return BPF_CORE_READ(fdt, fd);
+}
+
+/* The struct sock behind fd in the current task, or NULL. */
+static __always_inline struct sock *sock_of_fd(__u32 fd)
+{
+	__u32 max = 0;
+	struct file **fds = fd_array(&max);
+	if (!fds || fd >= max)
+		return NULL;
+	struct file *file = NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	return sock_of_file(file);
+}
+
+/* An IPv4/IPv6 TCP socket whose local port is followed: a followed
+ * service's listener or one of its server-side connections (a client
+ * socket's local port is an ephemeral one, never a listening port). */
+static __always_inline int followed_tcp(struct sock *sk, struct port_set *p, __u16 *lport, __u16 *family)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (fam != AF_INET && fam != AF_INET6)
+		return 0;
+	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!port_in(p, port))
+		return 0;
+	*lport = port;
+	*family = fam;
+	return 1;
+}
+
+struct scan_ctx {
+	struct file **fds;
+	__u32 max;
+	__u32 found;
+};
+
+static long scan_fd(__u64 i, void *data)
+{
+	struct scan_ctx *c = data;
+	if (i >= c->max)
+		return 1;
+	struct file *file = NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &c->fds[i]);
+	struct sock *sk = sock_of_file(file);
+	if (!sk)
+		return 0;
+	struct port_set *p = port_set();
+	__u16 lport, family;
+	if (p && followed_tcp(sk, p, &lport, &family)) {
+		c->found = 1;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline struct proc_state *proc_slot(__u32 tgid)
+{
+	__u32 k = tgid & (PROC_SLOTS - 1);
+	return bpf_map_lookup_elem(&procs, &k);
+}
+
+static __always_inline void set_proc(struct proc_state *s, __u32 tgid, __u32 gen, __u32 follow)
+{
+	s->tgid = tgid;
+	s->gen = gen;
+	s->follow = follow;
+}
+
+/* Whether the current process holds a socket on a followed port: read
+ * from its slot, or decided now (once per process and port-set
+ * generation) by walking its fd table until one is found. */
+static __always_inline int proc_follows(__u64 pid_tgid)
+{
+	__u32 tgid = pid_tgid >> 32;
+	struct proc_state *s = proc_slot(tgid);
+	if (!s)
+		return 0;
+	struct port_set *p = port_set();
+	if (!p)
+		return 0;
+	__u32 gen = (__u32)p->gen;
+	if (s->tgid == tgid && s->gen == gen)
+		return s->follow;
+	struct scan_ctx c = {};
+	if (gen != 0 && tgid != coral_self_tgid)
+		c.fds = fd_array(&c.max);
+	if (c.fds) {
+		__u32 n = c.max < SCAN_MAX_FDS ? c.max : SCAN_MAX_FDS;
+		bpf_loop(n, scan_fd, &c, 0);
+	}
+	set_proc(s, tgid, gen, c.found);
+	return c.found;
 }
 
 /* ---- syscalls: the BTF raw tracepoint sys_exit ----
@@ -314,36 +437,24 @@ static __always_inline struct sock *sock_of_fd(__u32 fd)
 #error "syscall numbers for this architecture"
 #endif
 
-static __always_inline void on_accept_exit(__u64 pid_tgid, long ret)
+/* Follows fd (a socket on a followed port) from now on and tells the
+ * agent; `flags` says whether it was just accepted or found open. */
+static __always_inline struct conn *follow_conn(__u64 pid_tgid, __u32 fd, struct sock *sk, __u16 lport,
+						 __u16 family, __u16 flags)
 {
-	if (ret < 0)
-		return;
-	__u32 fd = (__u32)ret;
-	struct sock *sk = sock_of_fd(fd);
-	if (!sk)
-		return;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (family != AF_INET && family != AF_INET6)
-		return;
 	struct conn c = {};
 	c.start_ns = bpf_ktime_get_ns();
-	c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	if (!port_wanted(c.lport))
-		return;
+	c.lport = lport;
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
 	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY)) {
 		count(ST_CONNS_FULL);
-		return;
+		return NULL;
 	}
-	__u32 *h = hot_slot(pid_tgid);
-	if (h)
-		__sync_fetch_and_add(h, 1);
 	struct conn_event e = {};
 	e.kind = EV_ACCEPT;
 	e.family = family;
-	e.lport = c.lport;
+	e.lport = lport;
+	e.flags = flags;
 	e.tgid = pid_tgid >> 32;
 	e.fd = fd;
 	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
@@ -355,11 +466,58 @@ static __always_inline void on_accept_exit(__u64 pid_tgid, long ret)
 		BPF_CORE_READ_INTO(&e.raddr, sk, __sk_common.skc_v6_daddr);
 	bpf_get_current_comm(&e.comm, sizeof(e.comm));
 	emit(&e, sizeof(e));
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+static __always_inline void on_accept_exit(__u64 pid_tgid, long ret)
+{
+	if (ret < 0)
+		return;
+	__u32 fd = (__u32)ret;
+	struct sock *sk = sock_of_fd(fd);
+	if (!sk)
+		return;
+	struct port_set *p = port_set();
+	__u16 lport, family;
+	if (!p || !followed_tcp(sk, p, &lport, &family))
+		return;
+	if (!follow_conn(pid_tgid, fd, sk, lport, family, 0))
+		return;
+	/* The process serves a followed port: its reads and writes are
+	 * looked at from now on. */
+	__u32 tgid = pid_tgid >> 32;
+	struct proc_state *s = proc_slot(tgid);
+	if (s)
+		set_proc(s, tgid, (__u32)p->gen, 1);
+}
+
+/* A read or write on an fd of a following process that is not followed
+ * yet: a connection open before its port was followed (or before the
+ * programs were attached), picked up now; NULL for any other fd. */
+static __always_inline struct conn *adopt(__u64 pid_tgid, __u32 fd)
+{
+	struct port_set *p = port_set();
+	if (!p)
+		return NULL;
+	__u32 gen = (__u32)p->gen;
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	__u32 *known = bpf_map_lookup_elem(&notconn, &key);
+	if (known && *known == gen)
+		return NULL;
+	struct sock *sk = sock_of_fd(fd);
+	__u16 lport, family;
+	if (!sk || !followed_tcp(sk, p, &lport, &family) ||
+	    BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN_STATE) {
+		bpf_map_update_elem(&notconn, &key, &gen, BPF_ANY);
+		return NULL;
+	}
+	return follow_conn(pid_tgid, fd, sk, lport, family, CONN_EXISTING);
 }
 
 static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 {
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	bpf_map_delete_elem(&notconn, &key);
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 	if (!c)
 		return;
@@ -370,11 +528,7 @@ static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 	e.fd = fd;
 	e.conn_start_ns = c->start_ns;
 	e.ts_ns = bpf_ktime_get_ns();
-	if (bpf_map_delete_elem(&conns, &key) == 0) {
-		__u32 *h = hot_slot(pid_tgid);
-		if (h && *h)
-			__sync_fetch_and_add(h, -1);
-	}
+	bpf_map_delete_elem(&conns, &key);
 	emit(&e, sizeof(e));
 }
 
@@ -387,10 +541,12 @@ static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 #define SYSCALL_NR(regs) ((regs)->orig_ax)
 #define SYSCALL_ARG1(regs) ((regs)->di)
 #define SYSCALL_ARG2(regs) ((regs)->si)
+#define SYSCALL_ARG3(regs) ((regs)->dx)
 #elif defined(__TARGET_ARCH_arm64)
 #define SYSCALL_NR(regs) ((regs)->syscallno)
 #define SYSCALL_ARG1(regs) ((regs)->orig_x0)
 #define SYSCALL_ARG2(regs) ((regs)->regs[1])
+#define SYSCALL_ARG3(regs) ((regs)->regs[2])
 #endif
 
 SEC("tp_btf/sys_exit")
@@ -437,7 +593,7 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	}
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_hot(pid_tgid))
+	if (!proc_follows(pid_tgid))
 		return 0;
 	if (kind == ARG_CLOSE) {
 		if (ret == 0)
@@ -449,6 +605,8 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	__u32 fd = (__u32)SYSCALL_ARG1(regs);
 	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c)
+		c = adopt(pid_tgid, fd);
 	if (!c)
 		return 0;
 	__u32 zero = 0;
@@ -464,32 +622,61 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	e->conn_start_ns = c->start_ns;
 	e->ts_ns = bpf_ktime_get_ns();
 	__u64 src = SYSCALL_ARG2(regs);
-	__u64 avail = ret;
-	if (kind != ARG_BUF) {
-		/* msghdr -> msg_iov; then the first iovec only. */
+	__u32 limit = dir == DIR_IN ? CAP : CAP_OUT;
+	__u32 off = 0;
+	if (kind == ARG_BUF) {
+		__u32 cap = (__u64)ret > limit ? limit : (__u32)ret;
+		barrier_var(cap);
+		if (cap > CAP) /* restated after the barrier so the verifier sees the bound */
+			cap = CAP;
+		if (bpf_probe_read_user(e->data, cap, (void *)src))
+			goto nocap;
+		off = cap;
+	} else {
+		/* The iovecs in order (HTTP/2 stacks write a frame header and
+		 * its payload as separate iovecs), up to CAP bytes of those
+		 * the syscall filled. */
 		__u64 iov = src;
+		__u64 iovcnt = SYSCALL_ARG3(regs);
 		if (kind == ARG_MSG) {
 			struct user_msghdr msg = {};
 			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)src))
 				goto nocap;
 			iov = (__u64)msg.msg_iov;
+			iovcnt = msg.msg_iovlen;
 		}
-		struct iovec v = {};
-		if (bpf_probe_read_user(&v, sizeof(v), (void *)iov))
-			goto nocap;
-		src = (__u64)v.iov_base;
-		if (v.iov_len < avail)
-			avail = v.iov_len;
+		__u64 left = ret;
+		for (int i = 0; i < MAX_IOV; i++) {
+			if (i >= iovcnt || left == 0 || off >= limit)
+				break;
+			struct iovec v = {};
+			if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(struct iovec))))
+				break;
+			__u64 n = v.iov_len < left ? v.iov_len : left;
+			left -= n;
+			if (n > limit - off)
+				n = limit - off;
+			barrier_var(n);
+			if (n > CAP)
+				n = CAP;
+			/* off < limit <= CAP: the mask changes nothing but
+			 * shows the verifier the bound (the barrier keeps
+			 * clang from dropping it). */
+			__u32 at = off;
+			barrier_var(at);
+			if (bpf_probe_read_user(&e->data[at & (CAP - 1)], n, v.iov_base))
+				break;
+			off += n;
+		}
 	}
-	__u32 limit = dir == DIR_IN ? CAP : CAP_OUT;
-	__u32 cap = avail > limit ? limit : avail;
-	barrier_var(cap);
-	if (cap > CAP) /* restated after the barrier so the verifier sees the bound */
-		cap = CAP;
-	if (bpf_probe_read_user(e->data, cap, (void *)src))
-		goto nocap;
-	e->cap = cap;
-	emit(e, offsetof(struct data_event, data) + cap);
+	if (off > CAP)
+		off = CAP;
+	/* The mask changes nothing (off <= CAP) but bounds the size for the
+	 * verifier on every path. */
+	barrier_var(off);
+	off &= 2 * CAP - 1;
+	e->cap = off;
+	emit(e, offsetof(struct data_event, data) + off);
 	return 0;
 nocap:
 	e->cap = 0;

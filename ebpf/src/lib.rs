@@ -75,12 +75,21 @@ pub const RED_PROGRAMS: &[Program] = &[
 pub const RINGS_MAP: &str = "rings";
 /// Per-CPU counters, slots below.
 pub const STATS_MAP: &str = "stats";
-/// The set of listening ports to follow: one `[u64; 1024]` bitmap at key 0.
+/// The set of listening ports to follow, one [`PortSet`] at key 0.
 pub const PORTS_MAP: &str = "ports";
 
-/// Sets `port` in a [`PORTS_MAP`] bitmap.
-pub fn set_port(bits: &mut [u64; 1024], port: u16) {
-    bits[usize::from(port >> 6)] |= 1 << (port & 63);
+/// A [`PORTS_MAP`] value (`struct port_set`): a bitmap of 1024 words, one
+/// bit per port, then a generation word ([`PORT_SET_GEN`]). Writers bump
+/// the generation after every change, in a second update after the one
+/// that changed the bits: each process's "does it serve a followed port"
+/// verdict is kept until the generation changes.
+pub type PortSet = [u64; 1025];
+/// Index of the generation word in a [`PortSet`].
+pub const PORT_SET_GEN: usize = 1024;
+
+/// Sets `port` in a [`PortSet`].
+pub fn set_port(set: &mut PortSet, port: u16) {
+    set[usize::from(port >> 6)] |= 1 << (port & 63);
 }
 /// The global the loader sets to the agent's pid (its events are skipped).
 pub const SELF_TGID_GLOBAL: &str = "coral_self_tgid";
@@ -89,8 +98,11 @@ pub const MAX_CPUS: usize = 128;
 /// Bytes captured per read (`CAP` in the C source): enough for a burst of
 /// pipelined requests.
 pub const CAPTURE_IN_BYTES: usize = 4096;
-/// Bytes captured per write (`CAP_OUT`): the response head.
-pub const CAPTURE_OUT_BYTES: usize = 512;
+/// Bytes captured per write (`CAP_OUT`): response heads, and the frame
+/// headers of an HTTP/2 write.
+pub const CAPTURE_OUT_BYTES: usize = 4096;
+/// iovecs of a vectored read or write captured, in order (`MAX_IOV`).
+pub const CAPTURE_IOVECS: usize = 128;
 
 /// Slots of [`STATS_MAP`].
 pub const STAT_EVENTS: u32 = 0;

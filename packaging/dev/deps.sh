@@ -29,6 +29,10 @@ PACKAGES=(
   golang-go         # the Go net/http server of the eBPF accuracy tests; Go targets of coral debug tests
   gcc               # C targets of the coral debug tests (gcc -O0 -g, -O2)
   bpftrace          # the peer in the live-debugging figures (docs/benchmarks.md)
+  nghttp2-server    # nghttpd --no-tls: the second HTTP/2 server of the eBPF protocol tests
+  nghttp2-client    # h2load: multiplexed HTTP/2 load for those tests
+  redis-server      # the Redis of the eBPF protocol tests
+  redis-tools       # redis-cli, redis-benchmark
 )
 
 if ! command -v cargo >/dev/null; then

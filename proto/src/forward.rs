@@ -132,13 +132,18 @@ impl Row for RedRecord {
             Field::Text(&mut self.method),
             Field::Text(&mut self.route),
             Field::Text(&mut self.hist),
+            Field::Text(&mut self.error_codes),
         ]
     }
 }
 
 impl Row for EdgeRecord {
     fn fields(&mut self) -> Vec<Field<'_>> {
-        vec![Field::Text(&mut self.src), Field::Text(&mut self.dst_addr)]
+        vec![
+            Field::Text(&mut self.src),
+            Field::Text(&mut self.dst_addr),
+            Field::Text(&mut self.protocol),
+        ]
     }
 }
 

@@ -96,6 +96,10 @@ pub struct RedFigures {
     pub sum_us: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// eBPF: failed requests by the protocol's own code (gRPC status
+    /// code, PostgreSQL SQLSTATE); absent when there are none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub error_codes: std::collections::BTreeMap<String, u64>,
 }
 
 /// One source's view of a service or route: the window, the baseline, and
@@ -176,6 +180,20 @@ pub struct MapEdge {
     pub calls: u64,
     pub errors: u64,
     pub mean_us: u64,
+    /// eBPF, where the agent parsed the destination service's protocol:
+    /// which (`http`, `http2`, `grpc`, `postgres`, `redis`), and the
+    /// requests this caller made on the edge's connections, failed ones,
+    /// mean and max latency, as the server side saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub request_errors: u64,
+    #[serde(default)]
+    pub request_mean_us: u64,
+    #[serde(default)]
+    pub request_max_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -969,6 +969,12 @@ pub struct RedRecord {
     pub sum_us: u64,
     pub max_us: u64,
     pub hist: String,
+    /// Failed requests by the protocol's own code, as `code:count` pairs
+    /// joined by commas, codes sorted: gRPC status codes (`13:4,14:1`),
+    /// PostgreSQL SQLSTATEs (`42P01:5`); empty when there are none (and
+    /// for HTTP, whose status classes are `errors` and `client_errors`).
+    #[serde(default)]
+    pub error_codes: String,
 }
 
 /// Connections from one process (or service) to one peer address within
@@ -993,6 +999,22 @@ pub struct EdgeRecord {
     pub rtt_sum_us: u64,
     pub rtt_count: u64,
     pub rtt_max_us: u64,
+    /// Where the destination is a connected service whose protocol the
+    /// agent parsed (`http`, `http2`, `grpc`, `postgres`, `redis`): the
+    /// requests this client made on these connections, as the server side
+    /// saw them, that began within the second; empty and zero otherwise.
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub requests: u64,
+    /// Of them, failed (5xx, a gRPC server-error code, an SQL or Redis
+    /// error).
+    #[serde(default)]
+    pub request_errors: u64,
+    #[serde(default)]
+    pub request_sum_us: u64,
+    #[serde(default)]
+    pub request_max_us: u64,
 }
 
 /// One call a live-debugging probe saw (issue 12), as the agent stores it

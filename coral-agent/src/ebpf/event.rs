@@ -10,6 +10,8 @@ const EV_CLOSE: u8 = 3;
 const EV_EDGE_OPEN: u8 = 4;
 const EV_EDGE_FAIL: u8 = 5;
 const EV_EDGE_CLOSE: u8 = 6;
+/// `conn_event.flags`: found open, not accepted.
+const CONN_EXISTING: u16 = 1;
 const DATA_HEADER: usize = 40;
 const CONN_SIZE: usize = 64;
 const EDGE_SIZE: usize = 88;
@@ -41,9 +43,12 @@ pub enum EdgeKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A connection followed from now on: just accepted, or (`existing`)
+    /// open before its port was followed and found at a read or write.
     Accept {
         conn: ConnId,
         lport: u16,
+        existing: bool,
         peer: Option<(IpAddr, u16)>,
         comm: String,
         ts_ns: u64,
@@ -155,6 +160,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 Event::Accept {
                     conn,
                     lport: u16_at(b, 2),
+                    existing: u16_at(b, 14) & CONN_EXISTING != 0,
                     peer: addr(b[1], &b[32..48], u16_at(b, 12)),
                     comm: comm(&b[48..64]),
                     ts_ns,
@@ -229,10 +235,17 @@ mod tests {
         c[0] = EV_ACCEPT;
         c[1] = AF_INET;
         c[12..14].copy_from_slice(&5555u16.to_ne_bytes());
+        c[14..16].copy_from_slice(&CONN_EXISTING.to_ne_bytes());
         c[32..36].copy_from_slice(&[127, 0, 0, 1]);
         c[48..53].copy_from_slice(b"curl\0");
         match decode(&c).unwrap() {
-            Event::Accept { peer, comm, .. } => {
+            Event::Accept {
+                peer,
+                comm,
+                existing,
+                ..
+            } => {
+                assert!(existing);
                 assert_eq!(peer, Some(("127.0.0.1".parse().unwrap(), 5555)));
                 assert_eq!(comm, "curl");
             }

@@ -31,11 +31,18 @@ pub struct Exchange {
     pub end_ns: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The protocol's own error code, when it failed: a gRPC status code,
+    /// a PostgreSQL SQLSTATE.
+    pub error_code: Option<String>,
 }
 
 impl Exchange {
     pub fn duration_us(&self) -> u64 {
-        self.end_ns.saturating_sub(self.start_ns) / 1000
+        self.duration_ns() / 1000
+    }
+
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
     }
 }
 
@@ -457,6 +464,7 @@ impl Conn {
                 end_ns: r.end_ns,
                 bytes_in: r.req.bytes,
                 bytes_out: r.bytes,
+                error_code: None,
             });
         }
     }

@@ -9,14 +9,20 @@
 //!
 //! One thread reads the per-CPU ring buffers every 100 ms, or sooner when
 //! the programs wake it (a ring is a quarter full), merges the records by
-//! timestamp, and feeds the [`tracker::Tracker`];
+//! timestamp, and feeds the [`tracker::Tracker`]. It rewrites the kernel's
+//! set of followed ports when [`Follow::request`] wakes it (`coral connect`
+//! and `coral disconnect` wait for that, so they take effect before they
+//! return) and at every flush;
 //! every `ebpf.flush_interval` the aggregates go to the telemetry store as
 //! `http_red` and `conn_edges` rows, which the link forwards to the colony
 //! with the same seq checkpoints as OTLP rows.
 
 pub mod event;
+pub mod h2;
 pub mod hist;
 pub mod http;
+pub mod pg;
+pub mod redis;
 pub mod route;
 pub mod tap;
 pub mod tracker;
@@ -26,9 +32,11 @@ use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use coral_proto::EbpfStatus;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,6 +105,60 @@ fn wall_offset_ns() -> i64 {
 /// Connected services as (port, name).
 pub type Services = Arc<dyn Fn() -> Vec<(u16, String)> + Send + Sync>;
 
+/// Wakes the capture to re-read the connected services now, and lets the
+/// caller wait until the kernel follows them.
+pub struct Follow {
+    wake_tx: UnixStream,
+    wake_rx: UnixStream,
+    requested: AtomicU64,
+    applied: tokio::sync::watch::Sender<u64>,
+    running: AtomicBool,
+}
+
+impl Follow {
+    pub fn new() -> std::io::Result<Self> {
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        Ok(Follow {
+            wake_tx,
+            wake_rx,
+            requested: AtomicU64::new(0),
+            applied: tokio::sync::watch::Sender::new(0),
+            running: AtomicBool::new(false),
+        })
+    }
+
+    /// Asks the capture to follow the current services; returns the ticket
+    /// [`Follow::applied`] waits for.
+    pub fn request(&self) -> u64 {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        // A full socket buffer means a wakeup is already pending.
+        let _ = (&self.wake_tx).write(&[1]);
+        ticket
+    }
+
+    /// Waits until the ports map reflects request `ticket`; false when the
+    /// capture is not running or did not get to it in `timeout`.
+    pub async fn applied(&self, ticket: u64, timeout: Duration) -> bool {
+        if !self.running.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut rx = self.applied.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|a| *a >= ticket)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The requests made so far, after draining the wakeups.
+    fn take(&self) -> u64 {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+        self.requested.load(Ordering::SeqCst)
+    }
+}
+
 /// The running capture; stopping it (or dropping it) closes every fd.
 pub struct Capture {
     stop: Arc<AtomicBool>,
@@ -111,6 +173,7 @@ impl Capture {
         agent_id: String,
         telemetry: Telemetry,
         services: Services,
+        follow: Arc<Follow>,
         status: Arc<Mutex<Option<EbpfStatus>>>,
         rt: tokio::runtime::Handle,
         tap: Arc<tap::RequestTap>,
@@ -150,7 +213,9 @@ impl Capture {
                     requests: 0,
                 };
                 set(st.clone());
-                if let Err(e) = read_loop(&config, &agent_id, &telemetry, &services, &fds, &stop2, &rt, &mut st, &set, tap) {
+                let r = read_loop(&config, &agent_id, &telemetry, &services, &follow, &fds, &stop2, &rt, &mut st, &set, tap);
+                follow.running.store(false, Ordering::SeqCst);
+                if let Err(e) = r {
                     tracing::error!(error = %e, "eBPF capture stopped");
                     st.running = false;
                     st.error = Some(e);
@@ -187,6 +252,7 @@ fn read_loop(
     agent_id: &str,
     telemetry: &Telemetry,
     services: &Services,
+    wake: &Follow,
     fds: &coral_privhelper::BpfFds,
     stop: &AtomicBool,
     rt: &tokio::runtime::Handle,
@@ -200,22 +266,31 @@ fn read_loop(
     };
     let stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(open(0)?)).map_err(|e| e.to_string())?;
-    let mut ports: Array<MapData, [u64; 1024]> =
+    let mut ports: Array<MapData, coral_ebpf::PortSet> =
         Array::try_from(Map::Array(open(1)?)).map_err(|e| e.to_string())?;
-    let mut followed: Vec<u16> = Vec::new();
+    let mut followed: Option<Vec<u16>> = None;
+    let mut generation = 0u64;
     let mut follow = |services: &[(u16, String)]| -> Result<(), String> {
         let mut want: Vec<u16> = services.iter().map(|(p, _)| *p).collect();
         want.sort_unstable();
         want.dedup();
-        if want != followed {
-            let mut bits = [0u64; 1024];
+        if followed.as_ref() != Some(&want) {
+            let mut set = [0u64; 1025];
             for p in &want {
-                coral_ebpf::set_port(&mut bits, *p);
+                coral_ebpf::set_port(&mut set, *p);
             }
+            // The bits first, then the generation: a process re-checked
+            // under the new generation sees the new bits.
+            set[coral_ebpf::PORT_SET_GEN] = generation;
             ports
-                .set(0, bits, 0)
+                .set(0, set, 0)
                 .map_err(|e| format!("update the ports map: {e}"))?;
-            followed = want;
+            generation += 1;
+            set[coral_ebpf::PORT_SET_GEN] = generation;
+            ports
+                .set(0, set, 0)
+                .map_err(|e| format!("update the ports map: {e}"))?;
+            followed = Some(want);
         }
         Ok(())
     };
@@ -225,9 +300,12 @@ fn read_loop(
     }
     let mut tracker = tracker::Tracker::new(agent_id, wall_offset_ns());
     tracker.tap = Some(tap);
+    let ticket = wake.take();
     let svcs = services();
     follow(&svcs)?;
     tracker.set_services(svcs);
+    wake.running.store(true, Ordering::SeqCst);
+    wake.applied.send_replace(ticket);
     let mut held: Vec<event::Event> = Vec::new();
     let mut last_flush = Instant::now();
     let mut dropped_logged = 0;
@@ -250,6 +328,14 @@ fn read_loop(
         };
         for ev in held.drain(..ready) {
             tracker.handle(ev);
+        }
+        let requested = wake.requested.load(Ordering::SeqCst);
+        if requested > *wake.applied.borrow() {
+            let ticket = wake.take();
+            let svcs = services();
+            follow(&svcs)?;
+            tracker.set_services(svcs);
+            wake.applied.send_replace(ticket);
         }
         if stopping || last_flush.elapsed() >= config.flush_interval {
             last_flush = Instant::now();
@@ -296,6 +382,7 @@ fn read_loop(
             .iter()
             .map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN))
             .collect();
+        ready.push(PollFd::new(wake.wake_rx.as_fd(), PollFlags::POLLIN));
         let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
         match nix::poll::poll(&mut ready, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}

@@ -1,14 +1,25 @@
 //! Turns decoded events (in timestamp order) into RED aggregates per
 //! service, method, route and second, and connection-map edges.
 //!
-//! A server-side connection is followed only if it was accepted on the port
+//! Each followed connection's protocol is told from the first bytes the
+//! client sent: the HTTP/2 client preface ([`h2`]; also a server that
+//! speaks first with a SETTINGS frame), a PostgreSQL startup or SSLRequest
+//! message ([`pg`]), a RESP array of bulk strings ([`redis`]); for a
+//! connection picked up mid-stream, a plausible HTTP/2 frame or PostgreSQL
+//! message. Anything else is parsed as HTTP/1.x ([`http`]), which skips
+//! what it cannot parse.
+//!
+//! A server-side connection is followed only if its local port is the port
 //! of a connected service; the process that accepted it is then known to be
 //! that service, which names the source of its outgoing connections. Edges
-//! are kept when either end is a connected service.
+//! are kept when either end is a connected service. When the client end of
+//! a followed connection is an edge seen opening on this host (its address
+//! is the accepted socket's peer), the requests parsed on the server side
+//! are added to that edge, with their protocol.
 
 use super::event::{ConnId, Dir, EdgeKind, Event};
 use super::hist::Hist;
-use super::http;
+use super::{h2, http, pg, redis};
 use coral_proto::{EdgeRecord, RedRecord};
 use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
@@ -20,6 +31,8 @@ const MAX_CONNS: usize = 65_536;
 const MAX_ROUTES: usize = 500;
 /// Most processes remembered as services.
 const MAX_PROCS: usize = 4_096;
+/// Distinct error codes kept per row; the rest are counted as `other`.
+const MAX_CODES: usize = 16;
 /// A response of unknown length ends after this long without writes.
 const OPEN_IDLE_NS: u64 = 2_000_000_000;
 
@@ -33,6 +46,8 @@ struct RedAgg {
     sum_us: u64,
     max_us: u64,
     hist: Hist,
+    /// Failed requests by the protocol's own code (at most `MAX_CODES`).
+    codes: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -44,14 +59,78 @@ struct EdgeAgg {
     rtt_sum_us: u64,
     rtt_count: u64,
     rtt_max_us: u64,
+    protocol: &'static str,
+    requests: u64,
+    request_errors: u64,
+    request_sum_us: u64,
+    request_max_us: u64,
 }
+
+/// An edge without its second: source, its pid, peer address, service.
+type EdgeId = (String, u32, String, Option<String>);
 
 type RedKey = (i64, Arc<str>, String, String);
 type EdgeKey = (i64, String, u32, String, Option<String>);
 
 struct Followed {
     service: Arc<str>,
-    http: http::Conn,
+    /// The client's edge, when its connect was seen on this host.
+    edge: Option<Arc<EdgeId>>,
+    /// Open before it was followed (picked up at a read or write).
+    existing: bool,
+    /// `None` until the first bytes tell the protocol.
+    proto: Option<Proto>,
+}
+
+enum Proto {
+    Http1(http::Conn),
+    Http2(Box<h2::Conn>),
+    Postgres(Box<pg::Conn>),
+    Redis(Box<redis::Conn>),
+}
+
+/// A PostgreSQL frontend message an established session sends first.
+fn pg_message(data: &[u8]) -> bool {
+    data.len() >= 5
+        && matches!(
+            data[0],
+            b'Q' | b'P' | b'B' | b'E' | b'S' | b'D' | b'C' | b'H' | b'X' | b'F'
+        )
+        && (4..=1 << 20).contains(&u32::from_be_bytes([data[1], data[2], data[3], data[4]]))
+}
+
+impl Proto {
+    /// The protocol's name on edges (`grpc` is decided per request).
+    fn name(&self) -> &'static str {
+        match self {
+            Proto::Http1(_) => "http",
+            Proto::Http2(_) => "http2",
+            Proto::Postgres(_) => "postgres",
+            Proto::Redis(_) => "redis",
+        }
+    }
+
+    /// The protocol of a connection, from the first bytes seen on it.
+    fn detect(existing: bool, dir: Dir, data: &[u8]) -> Option<Proto> {
+        let n = data.len().min(h2::PREFACE.len());
+        let h2 = |from_start| Some(Proto::Http2(Box::new(h2::Conn::new(from_start))));
+        match dir {
+            Dir::In if n >= 3 && data[..n] == h2::PREFACE[..n] => h2(true),
+            // Also for an "existing" connection: a pre-fork server's child
+            // (PostgreSQL's backend) finds it open and reads the startup.
+            Dir::In if pg::looks_like(data) => Some(Proto::Postgres(Box::new(pg::Conn::new(true)))),
+            Dir::In if redis::looks_like(data) => Some(Proto::Redis(Box::default())),
+            Dir::In if existing && h2::plausible_frame(data) => h2(false),
+            Dir::In if existing && pg_message(data) => {
+                Some(Proto::Postgres(Box::new(pg::Conn::new(false))))
+            }
+            // An HTTP/2 server may send its SETTINGS first.
+            Dir::Out if h2::plausible_frame(data) => h2(!existing),
+            // Wait for the client's first bytes.
+            Dir::Out => None,
+            Dir::In => Some(Proto::Http1(http::Conn::default())),
+        }
+    }
 }
 
 pub struct Tracker {
@@ -64,6 +143,8 @@ pub struct Tracker {
     red: HashMap<RedKey, RedAgg>,
     routes: HashMap<Arc<str>, usize>,
     edges: HashMap<EdgeKey, EdgeAgg>,
+    /// Client sockets of open edges, by local address.
+    clients: HashMap<(IpAddr, u16), Arc<EdgeId>>,
     /// Wall clock minus the BPF clock (CLOCK_MONOTONIC), ns.
     wall_offset_ns: i64,
     exchanges: Vec<http::Exchange>,
@@ -98,6 +179,7 @@ impl Tracker {
             red: HashMap::default(),
             routes: HashMap::default(),
             edges: HashMap::default(),
+            clients: HashMap::default(),
             wall_offset_ns,
             exchanges: Vec::new(),
             requests: 0,
@@ -119,7 +201,13 @@ impl Tracker {
 
     pub fn handle(&mut self, ev: Event) {
         match ev {
-            Event::Accept { conn, lport, .. } => {
+            Event::Accept {
+                conn,
+                lport,
+                existing,
+                peer,
+                ..
+            } => {
                 let Some(service) = self.ports.get(&lport).cloned() else {
                     return;
                 };
@@ -131,7 +219,9 @@ impl Tracker {
                         conn,
                         Followed {
                             service,
-                            http: http::Conn::default(),
+                            edge: peer.and_then(|p| self.clients.get(&p).cloned()),
+                            existing,
+                            proto: None,
                         },
                     );
                 }
@@ -147,20 +237,36 @@ impl Tracker {
                 let Some(f) = self.conns.get_mut(&conn) else {
                     return;
                 };
-                let mut out = std::mem::take(&mut self.exchanges);
-                match dir {
-                    Dir::In => f.http.on_read(ts_ns, len, &data, &mut out),
-                    Dir::Out => f.http.on_write(ts_ns, len, &data, &mut out),
+                if f.proto.is_none() {
+                    f.proto = Proto::detect(f.existing, dir, &data);
                 }
-                let service = f.service.clone();
-                self.record(&service, &mut out);
+                let mut out = std::mem::take(&mut self.exchanges);
+                match (&mut f.proto, dir) {
+                    (Some(Proto::Http1(c)), Dir::In) => c.on_read(ts_ns, len, &data, &mut out),
+                    (Some(Proto::Http1(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
+                    (Some(Proto::Http2(c)), Dir::In) => c.on_read(ts_ns, len, &data, &mut out),
+                    (Some(Proto::Http2(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
+                    (Some(Proto::Postgres(c)), Dir::In) => c.on_read(ts_ns, len, &data),
+                    (Some(Proto::Postgres(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
+                    (Some(Proto::Redis(c)), Dir::In) => c.on_read(ts_ns, len, &data),
+                    (Some(Proto::Redis(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
+                    (None, _) => {}
+                }
+                let (service, edge) = (f.service.clone(), f.edge.clone());
+                let proto = f.proto.as_ref().map_or("", Proto::name);
+                self.record(&service, edge.as_deref(), proto, &mut out);
                 self.exchanges = out;
             }
             Event::Close { conn, .. } => {
                 if let Some(mut f) = self.conns.remove(&conn) {
                     let mut out = std::mem::take(&mut self.exchanges);
-                    f.http.on_close(&mut out);
-                    self.record(&f.service, &mut out);
+                    match &mut f.proto {
+                        Some(Proto::Http1(c)) => c.on_close(&mut out),
+                        Some(Proto::Http2(c)) => c.on_close(),
+                        Some(Proto::Postgres(_) | Proto::Redis(_)) | None => {}
+                    }
+                    let proto = f.proto.as_ref().map_or("", Proto::name);
+                    self.record(&f.service, f.edge.as_deref(), proto, &mut out);
                     self.exchanges = out;
                 }
             }
@@ -168,12 +274,12 @@ impl Tracker {
                 kind,
                 tgid,
                 comm,
+                src: client,
                 dst,
                 srtt_us,
                 bytes_acked,
                 bytes_received,
                 ts_ns,
-                ..
             } => {
                 let dst_service =
                     dst.and_then(|(_, port)| Some(self.ports.get(&port)?.to_string()));
@@ -182,6 +288,16 @@ impl Tracker {
                     None if dst_service.is_some() => comm,
                     None => return,
                 };
+                if let Some(c) = client {
+                    if kind == EdgeKind::Open && dst_service.is_some() {
+                        if self.clients.len() < MAX_CONNS {
+                            let id = (src.clone(), tgid, addr_string(dst), dst_service.clone());
+                            self.clients.insert(c, Arc::new(id));
+                        }
+                    } else if kind != EdgeKind::Open {
+                        self.clients.remove(&c);
+                    }
+                }
                 let key = (
                     second_ms(ts_ns as i64 + self.wall_offset_ns),
                     src,
@@ -207,7 +323,13 @@ impl Tracker {
         }
     }
 
-    fn record(&mut self, service: &Arc<str>, out: &mut Vec<http::Exchange>) {
+    fn record(
+        &mut self,
+        service: &Arc<str>,
+        edge: Option<&EdgeId>,
+        proto: &'static str,
+        out: &mut Vec<http::Exchange>,
+    ) {
         for x in out.drain(..) {
             self.requests += 1;
             if let Some(t) = &self.tap {
@@ -222,12 +344,23 @@ impl Tracker {
             }
             let second = second_ms(x.start_ns as i64 + self.wall_offset_ns);
             let us = x.duration_us();
-            let mut key = (
-                second,
-                service.clone(),
-                x.method,
-                super::route::normalise(&x.target),
-            );
+            if let Some((src, pid, addr, dst)) = edge {
+                let key = (second, src.clone(), *pid, addr.clone(), dst.clone());
+                let e = self.edges.entry(key).or_default();
+                e.protocol = if x.method == "GRPC" { "grpc" } else { proto };
+                e.requests += 1;
+                e.request_errors += u64::from(x.status >= 500);
+                e.request_sum_us += us;
+                e.request_max_us = e.request_max_us.max(us);
+            }
+            // HTTP targets are normalised here; the other protocols'
+            // parsers give their route (gRPC method, normalised SQL, Redis
+            // command) ready.
+            let route = match x.method.as_str() {
+                "GRPC" | "SQL" | "REDIS" | "?" => x.target,
+                _ => super::route::normalise(&x.target),
+            };
+            let mut key = (second, service.clone(), x.method, route);
             if !self.red.contains_key(&key) {
                 let n = self.routes.entry(service.clone()).or_default();
                 if *n >= MAX_ROUTES {
@@ -245,21 +378,32 @@ impl Tracker {
             a.sum_us += us;
             a.max_us = a.max_us.max(us);
             a.hist.record(us);
+            if let Some(code) = x.error_code {
+                let code = if a.codes.len() < MAX_CODES || a.codes.contains_key(&code) {
+                    code
+                } else {
+                    "other".into()
+                };
+                *a.codes.entry(code).or_default() += 1;
+            }
         }
     }
 
     /// Ends responses of unknown length that went idle.
     pub fn expire(&mut self, now_ns: u64) {
         let mut out = std::mem::take(&mut self.exchanges);
-        let mut done: Vec<(Arc<str>, Vec<http::Exchange>)> = Vec::new();
+        type Done = (Arc<str>, Option<Arc<EdgeId>>, Vec<http::Exchange>);
+        let mut done: Vec<Done> = Vec::new();
         for f in self.conns.values_mut() {
-            f.http.expire(now_ns, OPEN_IDLE_NS, &mut out);
+            if let Some(Proto::Http1(c)) = &mut f.proto {
+                c.expire(now_ns, OPEN_IDLE_NS, &mut out);
+            }
             if !out.is_empty() {
-                done.push((f.service.clone(), std::mem::take(&mut out)));
+                done.push((f.service.clone(), f.edge.clone(), std::mem::take(&mut out)));
             }
         }
-        for (service, mut xs) in done {
-            self.record(&service, &mut xs);
+        for (service, edge, mut xs) in done {
+            self.record(&service, edge.as_deref(), "http", &mut xs);
         }
         self.exchanges = out;
     }
@@ -285,6 +429,12 @@ impl Tracker {
                 sum_us: a.sum_us,
                 max_us: a.max_us,
                 hist: a.hist.encode(),
+                error_codes: a
+                    .codes
+                    .iter()
+                    .map(|(c, n)| format!("{c}:{n}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             })
             .collect();
         let edges = self
@@ -306,6 +456,11 @@ impl Tracker {
                     rtt_sum_us: e.rtt_sum_us,
                     rtt_count: e.rtt_count,
                     rtt_max_us: e.rtt_max_us,
+                    protocol: e.protocol.to_string(),
+                    requests: e.requests,
+                    request_errors: e.request_errors,
+                    request_sum_us: e.request_sum_us,
+                    request_max_us: e.request_max_us,
                 },
             )
             .collect();
@@ -344,6 +499,7 @@ mod tests {
         Event::Accept {
             conn: conn(fd),
             lport,
+            existing: false,
             peer: None,
             comm: "api".into(),
             ts_ns: 0,

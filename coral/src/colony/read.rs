@@ -163,6 +163,8 @@ struct Acc {
     /// eBPF: the merged histogram. OTLP: exact quantiles from the store.
     hist: Hist,
     quantiles: Option<(u64, u64, u64)>,
+    /// eBPF: failed requests by the protocol's own code.
+    error_codes: BTreeMap<String, u64>,
     /// Recent window only: per second, (count, errors, sum_us).
     seconds: BTreeMap<i64, (u64, u64, u64)>,
 }
@@ -189,6 +191,7 @@ impl Acc {
             sum_us: self.sum_us,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
+            error_codes: self.error_codes.clone(),
         }
     }
 }
@@ -274,7 +277,18 @@ type EbpfRow = (
     u64,
     u64,
     String,
+    String,
 );
+
+/// `code:count` pairs joined by commas (`RedRecord::error_codes`).
+fn parse_error_codes(s: &str) -> Vec<(String, u64)> {
+    s.split(',')
+        .filter_map(|p| {
+            let (c, n) = p.rsplit_once(':')?;
+            Some((c.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
 
 async fn ebpf_red(
     t: &Telemetry,
@@ -285,7 +299,7 @@ async fn ebpf_red(
         .query(move |c| {
             c.prepare(
                 "SELECT epoch_ms(ts), service, method, route, count, errors, client_errors,
-                        bytes_in, bytes_out, sum_us, max_us, hist
+                        bytes_in, bytes_out, sum_us, max_us, hist, error_codes
                  FROM http_red
                  WHERE ts >= make_timestamp(?::BIGINT) AND ts < make_timestamp(?::BIGINT)
                    AND (?::VARCHAR IS NULL OR service = ?::VARCHAR)",
@@ -297,15 +311,16 @@ async fn ebpf_red(
                     service,
                     service
                 ],
-                |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)),
+                |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)),
             )?
             .collect()
         })
         .await
         .map_err(storage)?;
     let mut out: HashMap<Key, Sides> = HashMap::new();
-    for (ts, svc, method, route, n, e, ce, bi, bo, sum, max, hist) in rows {
+    for (ts, svc, method, route, n, e, ce, bi, bo, sum, max, hist, codes) in rows {
         let h = Hist::decode(&hist);
+        let codes = parse_error_codes(&codes);
         let recent = ts >= w.since_ms;
         for key in [
             (svc.clone(), None, None),
@@ -325,6 +340,9 @@ async fn ebpf_red(
             a.sum_us += sum;
             a.max_us = a.max_us.max(max);
             a.hist.merge(&h);
+            for (code, k) in &codes {
+                *a.error_codes.entry(code.clone()).or_default() += k;
+            }
             if recent {
                 let s = a.seconds.entry(ts - ts.rem_euclid(1000)).or_default();
                 s.0 += n;
@@ -578,6 +596,11 @@ type EdgeRow = (
     u64,
     u64,
     u64,
+    String,
+    u64,
+    u64,
+    u64,
+    u64,
 );
 
 /// Who calls whom over the window: eBPF connections and OTLP calls, merged
@@ -593,13 +616,15 @@ pub(crate) async fn service_map(shared: &Shared, q: MapQuery) -> Result<ServiceM
             c.prepare(
                 "SELECT src, dst_addr, dst_service, sum(connections)::UBIGINT, sum(failures)::UBIGINT,
                         sum(bytes_sent)::UBIGINT, sum(bytes_received)::UBIGINT,
-                        sum(rtt_sum_us)::UBIGINT, sum(rtt_count)::UBIGINT, max(rtt_max_us)
+                        sum(rtt_sum_us)::UBIGINT, sum(rtt_count)::UBIGINT, max(rtt_max_us),
+                        max(protocol), sum(requests)::UBIGINT, sum(request_errors)::UBIGINT,
+                        sum(request_sum_us)::UBIGINT, max(request_max_us)
                  FROM conn_edges WHERE ts >= make_timestamp(?::BIGINT) AND ts < make_timestamp(?::BIGINT)
                  GROUP BY src, dst_addr, dst_service
                  ORDER BY src, dst_addr LIMIT 10000",
             )?
             .query_map(duckdb::params![from, until], |r| {
-                Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9))
+                Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14))
             })?
             .collect()
         })
@@ -632,7 +657,25 @@ pub(crate) async fn service_map(shared: &Shared, q: MapQuery) -> Result<ServiceM
     let mut edges: BTreeMap<(String, String), MapEdge> = BTreeMap::new();
     // Several peer addresses may serve one connected service: RTTs add up.
     let mut rtt: HashMap<(String, String), (u64, u64)> = HashMap::new();
-    for (src, addr, dst, conns, fails, sent, recv, rtt_sum, rtt_n, rtt_max) in ebpf {
+    let mut req_sum: HashMap<(String, String), u64> = HashMap::new();
+    for (
+        src,
+        addr,
+        dst,
+        conns,
+        fails,
+        sent,
+        recv,
+        rtt_sum,
+        rtt_n,
+        rtt_max,
+        protocol,
+        requests,
+        request_errors,
+        request_sum,
+        request_max,
+    ) in ebpf
+    {
         let to = dst.unwrap_or_else(|| addr.clone());
         let key = (src.clone(), to.clone());
         let e = edges.entry(key.clone()).or_insert_with(|| MapEdge {
@@ -647,6 +690,15 @@ pub(crate) async fn service_map(shared: &Shared, q: MapQuery) -> Result<ServiceM
         e.bytes_sent += sent;
         e.bytes_received += recv;
         e.rtt_max_us = e.rtt_max_us.max(rtt_max);
+        if !protocol.is_empty() {
+            e.protocol = Some(protocol);
+        }
+        e.requests += requests;
+        e.request_errors += request_errors;
+        e.request_max_us = e.request_max_us.max(request_max);
+        let s = req_sum.entry(key.clone()).or_default();
+        *s += request_sum;
+        e.request_mean_us = s.checked_div(e.requests).unwrap_or(0);
         let r = rtt.entry(key).or_default();
         r.0 += rtt_sum;
         r.1 += rtt_n;

@@ -371,7 +371,7 @@ fn services(shared: &Shared) -> Result<Value, ToolError> {
 }
 
 fn figures_json(f: &RedFigures) -> Value {
-    json!({
+    let mut v = json!({
         "requests": f.count,
         "rps": f.rps,
         "errors": f.errors,
@@ -380,7 +380,12 @@ fn figures_json(f: &RedFigures) -> Value {
         "p50_ms": ms(f.p50_us as f64),
         "p95_ms": ms(f.p95_us as f64),
         "p99_ms": ms(f.p99_us as f64),
-    })
+    });
+    if !f.error_codes.is_empty() {
+        // gRPC status codes, SQLSTATEs, Redis error codes (issue 14).
+        v["error_codes"] = json!(f.error_codes);
+    }
+    v
 }
 
 fn ratio(x: f64, y: f64) -> Option<f64> {
@@ -527,6 +532,13 @@ async fn service_map(shared: &Shared, a: MapArgs, now_us: i64) -> Result<Value, 
                 v["connections"] = json!(e.connections);
                 v["failed_connects"] = json!(e.failures);
                 v["rtt_ms"] = json!(ms(e.rtt_avg_us as f64));
+                if let Some(p) = &e.protocol {
+                    // Requests on the edge, parsed on the server side.
+                    v["protocol"] = json!(p);
+                    v["requests"] = json!(e.requests);
+                    v["request_errors"] = json!(e.request_errors);
+                    v["request_mean_ms"] = json!(ms(e.request_mean_us as f64));
+                }
             }
             if e.sources.contains(&Source::Otlp) {
                 v["calls"] = json!(e.calls);

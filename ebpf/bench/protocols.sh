@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Per protocol (issue 14): a real server and its own load generator, with
+# and without Coral's BPF programs following the server's port, alternated
+# in one run: the load generator's throughput, and the sys_exit program's
+# run time per request (kernel BPF stats). The programs are loaded by
+# ebpf/bench/loader.c (rings drained every 100 ms, records counted, not
+# parsed): this is the kernel side's cost; the agent's parsing is not in it.
+#
+#   redis:    redis-server, redis-benchmark -P 16 -c 4 -t set,get
+#   postgres: postgresql (user postgres), pgbench -M simple -c 2 -T 5 (TPC-B
+#             like; 7 statements per transaction)
+#   http2:    nghttpd --no-tls, h2load -c 2 -m 10 -D 5
+#
+# Needs root, clang, libbpf-dev, bpftool, gcc, redis-server, redis-tools,
+# postgresql, nghttp2-server, nghttp2-client.
+# usage: ebpf/bench/protocols.sh [ROUNDS]
+set -euo pipefail
+ROUNDS=${1:-3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+W=$(mktemp -d)
+chmod 755 "$W"
+PIDS=()
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$W/pg/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/pg" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$W/vmlinux.h"
+clang -target bpf -O2 -g -D__TARGET_ARCH_x86 -I "$W" -I /usr/include/x86_64-linux-gnu -c "$REPO/ebpf/bpf/coral.bpf.c" -o "$W/coral.o"
+gcc -O2 -o "$W/loader" "$HERE/loader.c" -lbpf
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sysctl -qw kernel.bpf_stats_enabled=1
+
+RPORT=$(free_port)
+redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no >/dev/null &
+PIDS+=($!)
+PPORT=$(free_port)
+mkdir -p "$W/pg" && chown postgres: "$W/pg"
+runuser -u postgres -- "$PGBIN/initdb" -D "$W/pg" -A trust -U postgres >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg/log" -w \
+  -o "-c listen_addresses=127.0.0.1 -p $PPORT -c unix_socket_directories=$W/pg -c fsync=off" start >/dev/null
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$PPORT" -U postgres -i -q -s 1 postgres >/dev/null 2>&1
+HPORT=$(free_port)
+mkdir -p "$W/www" && printf 'hello\n%.0s' {1..10} > "$W/www/hello.txt"
+nghttpd --no-tls -a 127.0.0.1 -d "$W/www" "$HPORT" >/dev/null 2>&1 &
+PIDS+=($!)
+sleep 1
+
+redis_run() { redis-benchmark -p "$RPORT" -n 200000 -c 4 -P 16 -t set,get -q --csv; }
+redis_reqs() { echo 400000; }
+redis_rate() { awk -F'"' '/"SET"|"GET"/ {s += $4} END {printf "%.0f", s/2}' "$W/out"; }
+pg_run() { "$PGBIN/pgbench" -h 127.0.0.1 -p "$PPORT" -U postgres -n -M simple -c 2 -T 5 postgres; }
+pg_reqs() { awk '/number of transactions actually processed/ {print $NF * 7}' "$W/out" | cut -d/ -f1; }
+pg_rate() { awk '/^tps/ {printf "%.0f", $3 * 7}' "$W/out"; }
+h2_run() { h2load -c 2 -m 10 -D 5 "http://127.0.0.1:$HPORT/hello.txt"; }
+h2_reqs() { awk '/^requests:/ {print $8}' "$W/out"; }
+h2_rate() { awk '/^finished in/ {print $4}' "$W/out" | tr -d ','; }
+
+with() {
+  local port=$1; shift
+  coproc L { "$W/loader" "$W/coral.o" "$port"; }
+  read -r ready <&"${L[0]}"
+  "$@" >"$W/out" 2>&1
+  eval "exec ${L[1]}>&-"
+  read -r cnt ns recs <&"${L[0]}"
+  wait "$L_PID" || true
+  echo "$ns $recs"
+}
+
+printf "| protocol | round | requests/s without | requests/s with | BPF ns per request | records per request |\n|---|---|---|---|---|---|\n"
+for r in $(seq "$ROUNDS"); do
+  for p in redis pg h2; do
+    port=$RPORT; [ "$p" = pg ] && port=$PPORT; [ "$p" = h2 ] && port=$HPORT
+    "${p}_run" >"$W/out" 2>&1
+    without=$("${p}_rate")
+    read -r ns recs < <(with "$port" "${p}_run")
+    n=$("${p}_reqs")
+    printf "| %s | %s | %s | %s | %s | %s |\n" "$p" "$r" "$without" "$("${p}_rate")" \
+      "$(awk -v a="$ns" -v n="$n" 'BEGIN{printf "%.0f", a/n}')" \
+      "$(awk -v a="$recs" -v n="$n" 'BEGIN{printf "%.2f", a/n}')"
+  done
+done
