@@ -19,9 +19,10 @@ else
 fi
 pids=""
 for p in /proc/[0-9]*; do
-  if [ "$(readlink "$p/exe" 2>/dev/null)" = /usr/bin/coral ]; then
-    pids="$pids ${p#/proc/}"
-  fi
+  # A daemon started before an upgrade runs the replaced file: "(deleted)".
+  case "$(readlink "$p/exe" 2>/dev/null)" in
+    "/usr/bin/coral" | "/usr/bin/coral (deleted)") pids="$pids ${p#/proc/}" ;;
+  esac
 done
 if [ -n "$pids" ]; then
   echo "coral: stopping colony/agent processes:$pids"
