@@ -9,8 +9,9 @@ suite=bookworm
 mirror=${CORAL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # systemd boots it; dbus for logind; iproute2 to look for TUN devices;
 # python3 serves HTTP for the eBPF check; curl is the client;
-# ca-certificates is a dependency of the coral package.
-include=systemd,systemd-sysv,dbus,iproute2,python3,curl,ca-certificates
+# ca-certificates is a dependency of the coral package; rpm upgrades and
+# erases the .rpm from inside the booted container.
+include=systemd,systemd-sysv,dbus,iproute2,python3,curl,ca-certificates,rpm
 cache=${CORAL_ROOTFS_CACHE:-/var/cache/coral}
 key=$(printf '%s %s minbase\n' "$suite" "$include" | sha256sum | cut -c1-12)
 tarball=$cache/rootfs-$suite-$key.tar
@@ -27,5 +28,7 @@ if [[ ! -s $tarball ]]; then
   rm -rf "$tmp/root/var/cache/apt/archives/"*.deb "$tmp/root/var/lib/apt/lists/"*
   tar -C "$tmp/root" -cf "$tarball.tmp" .
   mv "$tarball.tmp" "$tarball"
+  # Older package lists' images are not used again.
+  find "$cache" -maxdepth 1 -name "rootfs-$suite-*.tar*" ! -name "$(basename "$tarball")*" -delete
 fi
 echo "$tarball"
