@@ -80,6 +80,7 @@ grep -q ' 0 errors, 0 warnings' <<<"$out" || fail "rpmlint: $out"
 step "rpmlint: 0 errors, 0 warnings (reviewed filters: packaging/linux/rpmlintrc)"
 
 tarball=$("$here/rootfs.sh")
+bin_dir=${BIN_DIR:-$CARGO_TARGET_DIR/${PKG_PROFILE:-debug}}
 
 # ------------------------------------------------------------- the container
 ROOT="" NSPAWN_PID="" LEADER=""
@@ -324,6 +325,27 @@ assert d["ok"] and not bad and len(d["checks"]) >= 12, d' || fail "coral doctor 
     bpftool prog show id "$id" >/dev/null 2>&1 && fail "BPF program $id left"
   done
   step "$kind: $([[ $kind == deb ]] && echo 'dpkg --purge' || echo 'rpm -e'): no unit, socket, state, process, TUN device or BPF program ($(wc -w <<<"$progs") programs freed) left"
+
+  if [[ $kind == deb ]]; then
+    # make build-dev's script on the now clean system: the units from the
+    # tree, the helper from the build, socket-activated as with the package.
+    mkdir -p "$ROOT/var/tmp/tree/packaging" "$ROOT/var/tmp/target/debug"
+    cp -r "$root/packaging/linux" "$root/packaging/dev" "$ROOT/var/tmp/tree/packaging/"
+    cp "$bin_dir/coral-privhelper" "$ROOT/var/tmp/target/debug/"
+    out=$(in_ct env CARGO_TARGET_DIR=/var/tmp/target SUDO_USER=bob bash /var/tmp/tree/packaging/dev/build-dev.sh 2>&1) ||
+      fail "build-dev.sh: $out"
+    [[ $(in_ct stat -c '%F %U:%G %a' /run/coral/privhelper.sock) == "socket root:coral 660" ]] ||
+      fail "build-dev: socket is not root:coral 0660"
+    out=$(in_ct python3 -c '
+import socket, struct
+s = socket.socket(socket.AF_UNIX)
+s.connect("/run/coral/privhelper.sock")
+s.sendall(struct.pack(">I", 4) + bytes([1, 0x01, 1, 1]))
+print(s.recv(16).hex())')
+    [[ $out == 00000003018101 ]] || fail "build-dev: the helper answered Hello with '$out'"
+    [[ $(in_ct systemctl show -p MainPID --value coral-privhelper.service) != 0 ]] || fail "build-dev: no helper"
+    step "$kind: packaging/dev/build-dev.sh (make build-dev) on the clean system: units from the tree, helper answers Hello through the socket"
+  fi
 
   cleanup
   note "$kind: $((SECONDS - t0)) s"

@@ -590,6 +590,8 @@ pub(crate) fn subnet_check(configured: Option<&str>, routes: &str) -> Check {
     )
 }
 
+/// Issue 13: the checks' parsing and verdicts. `make package-test` runs the
+/// whole command in a booted Debian with the package installed.
 #[cfg(test)]
 mod tests {
     use super::*;
