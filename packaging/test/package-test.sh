@@ -96,6 +96,7 @@ cleanup() {
     umount -R "$ROOT" 2>/dev/null || true
     rm -rf --one-file-system "$ROOT"
   fi
+  [[ -z $ROOT ]] || rm -f "$ROOT.log"
   ROOT=""
 }
 trap cleanup EXIT
