@@ -9,7 +9,7 @@ export CORAL_PYTHON ?= $(CORAL_VENV)/bin/python
 PREFIX ?= /usr/local
 CARGO ?= cargo
 
-.PHONY: all deps build test fmt lint install demo bench fuzz clean
+.PHONY: all deps build test fmt lint install demo bench fuzz clean package package-test build-dev
 
 all: build
 
@@ -59,3 +59,17 @@ bench:
 
 clean:
 	$(CARGO) clean
+
+## Linux packages (.deb, .rpm) from packaging/linux/nfpm.yaml into $(CARGO_TARGET_DIR)/package. PKG_PROFILE=release packages a release build (default: the debug build).
+PKG_PROFILE ?= debug
+package: deps
+	$(CARGO) build $(if $(filter release,$(PKG_PROFILE)),--release) -p coral -p coral-privhelper --bins
+	PKG_PROFILE=$(PKG_PROFILE) bash packaging/linux/build.sh
+
+## Root: installs the packages into a Debian rootfs booted with systemd-nspawn and runs Coral there without sudo (packaging/test/package-test.sh).
+package-test: package
+	PKG_PROFILE=$(PKG_PROFILE) bash packaging/test/package-test.sh
+
+## Builds, then installs and starts coral-privhelper's systemd units from the tree (sudo; no setcap).
+build-dev: build
+	bash packaging/dev/build-dev.sh

@@ -14,7 +14,10 @@ use crate::protocol::{self, ErrorCode, IfName, Request, Response, TunParams};
 use crate::tun::{self, Tun, TunError};
 use crate::wire::{self, WireError};
 
-const FIX: &str = "install the package or run 'sudo coral-privhelper'; or grant CAP_NET_ADMIN with 'sudo setcap cap_net_admin+ep $(which coral)'";
+/// What to do when the helper cannot be reached (issue 13): the packaged
+/// helper is started by systemd's `coral-privhelper.socket` and serves the
+/// members of group `coral`; `coral doctor` says which step is missing.
+const FIX: &str = "run 'coral doctor'; the coral package's coral-privhelper.socket serves members of group 'coral'";
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -40,10 +43,74 @@ impl From<WireError> for ClientError {
 
 fn describe(e: &io::Error) -> String {
     match e.kind() {
-        io::ErrorKind::NotFound => "no such file".into(),
-        io::ErrorKind::ConnectionRefused => "connection refused (is it running?)".into(),
-        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        io::ErrorKind::NotFound => {
+            "no such file (not installed, or 'sudo systemctl enable --now coral-privhelper.socket')"
+                .into()
+        }
+        io::ErrorKind::ConnectionRefused => {
+            "connection refused (is coral-privhelper.socket active?)".into()
+        }
+        io::ErrorKind::PermissionDenied => format!(
+            "permission denied: {}",
+            group_membership(crate::config::DEFAULT_GROUP).hint()
+        ),
         _ => e.to_string(),
+    }
+}
+
+/// Whether this process may use a socket that is `root:GROUP 0660`: the
+/// kernel checks the groups of the process (fixed at login), while
+/// `/etc/group` may already list a user added since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// Root, or the group is among this process's groups.
+    Active,
+    /// `/etc/group` lists the user, but this login session predates it.
+    NotInSession(String),
+    /// The user is not a member.
+    NotMember(String),
+    /// The group does not exist (the package is not installed).
+    NoGroup(String),
+}
+
+impl Membership {
+    /// One sentence saying what to do.
+    pub fn hint(&self) -> String {
+        match self {
+            Membership::Active => "this process is in the helper's group".into(),
+            Membership::NotInSession(g) => format!(
+                "you were added to group '{g}' after this login: log in again or run 'newgrp {g}'"
+            ),
+            Membership::NotMember(g) => format!(
+                "you are not in group '{g}': run 'sudo usermod -aG {g} $USER', then log in again"
+            ),
+            Membership::NoGroup(g) => format!(
+                "group '{g}' does not exist: install the coral package (or 'make build-dev' in a source tree)"
+            ),
+        }
+    }
+}
+
+/// This process's standing towards `group` (see [`Membership`]).
+pub fn group_membership(group: &str) -> Membership {
+    use nix::unistd::{Group, User, getegid, geteuid, getgroups};
+    if geteuid().is_root() {
+        return Membership::Active;
+    }
+    let Ok(Some(g)) = Group::from_name(group) else {
+        return Membership::NoGroup(group.to_owned());
+    };
+    if getegid() == g.gid || getgroups().is_ok_and(|gs| gs.contains(&g.gid)) {
+        return Membership::Active;
+    }
+    let listed = User::from_uid(geteuid())
+        .ok()
+        .flatten()
+        .is_some_and(|u| u.gid == g.gid || g.mem.contains(&u.name));
+    if listed {
+        Membership::NotInSession(group.to_owned())
+    } else {
+        Membership::NotMember(group.to_owned())
     }
 }
 

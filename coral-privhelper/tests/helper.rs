@@ -539,8 +539,32 @@ fn unreachable_helper_error_says_what_to_run() {
         ),
         "{msg}"
     );
-    assert!(msg.contains("sudo coral-privhelper"), "{msg}");
-    assert!(msg.contains("setcap cap_net_admin+ep"), "{msg}");
+    // Issue 13: the hint names the doctor and the group, never setcap
+    // (which would undo the privilege separation and grants no BPF).
+    assert!(msg.contains("coral doctor"), "{msg}");
+    assert!(msg.contains("group 'coral'"), "{msg}");
+    assert!(!msg.contains("setcap"), "{msg}");
+}
+
+#[test]
+fn group_hints_say_what_to_do() {
+    use coral_privhelper::client::Membership;
+    let g = "coral".to_string();
+    assert!(
+        Membership::NotInSession(g.clone())
+            .hint()
+            .contains("log in again or run 'newgrp coral'")
+    );
+    assert!(
+        Membership::NotMember(g.clone())
+            .hint()
+            .contains("sudo usermod -aG coral $USER")
+    );
+    assert!(
+        Membership::NoGroup(g)
+            .hint()
+            .contains("install the coral package")
+    );
 }
 
 #[test]

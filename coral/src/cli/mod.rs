@@ -9,6 +9,7 @@
 mod ask;
 mod daemon;
 mod debug;
+mod doctor;
 mod mcp_cmd;
 pub(crate) mod render;
 
@@ -200,6 +201,9 @@ are sent to the provider.")]
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Check this machine: kernel features, the helper's socket and group, ports, mesh subnet.
+    #[command(after_help = "Examples:\n  coral doctor\n  coral doctor --json")]
+    Doctor(doctor::DoctorArgs),
     /// Show version, git commit, build date and features.
     #[command(after_help = "Examples:\n  coral version\n  coral version --json")]
     Version {
@@ -744,6 +748,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             command,
         }) => policy_explain(&file, &service, &callers, &command),
         Command::Version { json } => version(json),
+        Command::Doctor(args) => doctor::run(args),
     }
 }
 
