@@ -340,12 +340,14 @@ impl Agent {
             ebpf::Capture::start(
                 shared.config.ebpf.clone(),
                 shared.agent_id.clone(),
-                shared.telemetry.clone(),
                 services,
                 shared.follow.clone(),
-                shared.ebpf.clone(),
+                ebpf::Sinks {
+                    telemetry: shared.telemetry.clone(),
+                    status: shared.ebpf.clone(),
+                    tap: shared.requests.clone(),
+                },
                 tokio::runtime::Handle::current(),
-                shared.requests.clone(),
             )
         });
         let control_task = tokio::spawn(control::serve(shared.clone(), control));

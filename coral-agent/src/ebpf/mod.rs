@@ -159,6 +159,14 @@ impl Follow {
     }
 }
 
+/// Where the reader thread's results go: the store, the status that
+/// `coral agent status` shows, and the request tap of `coral debug trace`.
+pub struct Sinks {
+    pub telemetry: Telemetry,
+    pub status: Arc<Mutex<Option<EbpfStatus>>>,
+    pub tap: Arc<tap::RequestTap>,
+}
+
 /// The running capture; stopping it (or dropping it) closes every fd.
 pub struct Capture {
     stop: Arc<AtomicBool>,
@@ -171,18 +179,21 @@ impl Capture {
     pub fn start(
         config: EbpfConfig,
         agent_id: String,
-        telemetry: Telemetry,
         services: Services,
         follow: Arc<Follow>,
-        status: Arc<Mutex<Option<EbpfStatus>>>,
+        sinks: Sinks,
         rt: tokio::runtime::Handle,
-        tap: Arc<tap::RequestTap>,
     ) -> Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ebpf-reader".into())
             .spawn(move || {
+                let Sinks {
+                    telemetry,
+                    status,
+                    tap,
+                } = sinks;
                 let set = |s: EbpfStatus| *status.lock().expect("ebpf status") = Some(s);
                 let (fds, path) = match coral_privhelper::open_bpf(
                     &config.helper_socket,
