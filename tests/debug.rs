@@ -1051,6 +1051,10 @@ fn debug_trace_gives_each_request_its_goroutine_call_tree() {
     assert!(reqs.len() >= 10, "{out}");
     let mut goroutines = std::collections::BTreeSet::new();
     let mut full = 0;
+    // Requests served before the probes were attached have no calls;
+    // once one has its tree, every later one must (but one in flight when
+    // the probes detach at the end).
+    let mut late_empty = 0;
     for r in &reqs {
         assert!(
             r["target"]
@@ -1072,7 +1076,8 @@ fn debug_trace_gives_each_request_its_goroutine_call_tree() {
             })
             .collect();
         if shape.is_empty() {
-            continue; // a request whose probes were not yet attached
+            late_empty += usize::from(full > 0);
+            continue;
         }
         full += 1;
         goroutines.insert(r["goroutine"].as_u64().unwrap());
@@ -1093,7 +1098,11 @@ fn debug_trace_gives_each_request_its_goroutine_call_tree() {
             "{r}"
         );
     }
-    assert!(full >= reqs.len() - 2, "{full} of {}: {out}", reqs.len());
+    assert!(
+        late_empty <= 1 && full >= reqs.len() / 2,
+        "{full} of {} with calls, {late_empty} without after the first: {out}",
+        reqs.len()
+    );
     // Two keep-alive clients: two serving goroutines.
     assert_eq!(goroutines.len(), 2, "{goroutines:?}");
     assert!(link_ids(agent).is_empty(), "the agent holds debug links");
