@@ -2,11 +2,13 @@
 #
 # Linux: the coral CLI, colony and agent, plus coral-privhelper and its
 # systemd units under the keg (the helper must run as root from systemd;
-# the caveats say the three commands). macOS: the colony, the agent and the
-# helper are Linux-only today (TUN, eBPF, landlock, seccomp), so what
-# installs is the CLI for 'coral ask', 'coral mcp' and commands against a
-# remote colony. packaging/homebrew/dev.coral.privhelper.plist is the launchd
-# job for the helper once it runs on macOS.
+# the caveats say the three commands). macOS: not installable yet. The
+# colony, the agent and the helper are Linux-only (TUN, eBPF, landlock,
+# seccomp), and the `coral` crate still builds them into the one binary, so
+# a CLI-only build ('coral ask', 'coral mcp', commands against a remote
+# colony) needs those dependencies gated first; until then the formula
+# says `depends_on :linux`. packaging/homebrew/dev.coral.privhelper.plist is
+# the launchd job for the helper once it runs on macOS.
 #
 # There is no published release tarball yet: install from the tree with
 # 'brew install --HEAD ./packaging/homebrew/coral.rb' after pointing `head`
@@ -19,6 +21,7 @@ class Coral < Formula
   head "https://coral.invalid/coral.git", branch: "main"
 
   depends_on "rust" => :build
+  depends_on :linux # see the header: the macOS CLI-only build is not there yet
 
   on_linux do
     depends_on "llvm" => :build # clang -target bpf compiles ebpf/bpf/*.bpf.c
@@ -54,9 +57,9 @@ class Coral < Formula
       EOS
     else
       <<~EOS
-        On macOS only the CLI installs: 'coral ask', 'coral mcp' and commands
-        against a colony on another machine. The colony, the agent and
-        coral-privhelper are Linux-only today.
+        Coral is Linux-only today: the colony, the agent and coral-privhelper
+        need TUN, eBPF, landlock and seccomp, and the macOS CLI-only build
+        ('coral ask', 'coral mcp' against a remote colony) is not there yet.
       EOS
     end
   end
