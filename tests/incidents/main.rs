@@ -91,6 +91,8 @@ fn post(client: &reqwest::blocking::Client, http: &str, path: &str, body: &Value
 /// The answer to one case.
 struct Outcome {
     answer: String,
+    /// The tool calls, one line each.
+    evidence: Vec<String>,
     root_cause: Value,
     ask_ms: u128,
 }
@@ -155,6 +157,12 @@ fn run_case(case: &Case) -> Outcome {
     let v = env.json(&["ask", "What is wrong?", "--json"]);
     let ask_ms = started.elapsed().as_millis();
     Outcome {
+        evidence: v["evidence"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| format!("{} {} {} {}B: {}{}", e["id"].as_str().unwrap_or(""), e["tool"].as_str().unwrap_or(""), e["args"], e["output_bytes"], e["summary"].as_str().unwrap_or(""), e["error"].as_str().unwrap_or("")))
+            .collect(),
         answer: v["answer"].as_str().unwrap_or("").to_string(),
         root_cause: v["root_cause"].clone(),
         ask_ms,
@@ -411,10 +419,11 @@ fn run_all(cases: Vec<Case>, jobs: usize) -> Vec<(Case, Score, Outcome)> {
                         o.ask_ms,
                         if sc.rank1 == 0 || sc.detail == 0 {
                             format!(
-                                "\n    truth: {:?}\n    root_cause: {}\n    {}",
+                                "\n    truth: {:?}\n    root_cause: {}\n    {}\n    {}",
                                 case.truth,
                                 o.root_cause,
-                                o.answer.replace('\n', "\n    ")
+                                o.answer.replace('\n', "\n    "),
+                                o.evidence.join("\n    ")
                             )
                         } else {
                             String::new()
