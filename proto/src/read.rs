@@ -272,6 +272,9 @@ pub struct Changes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BreakdownQuery {
     pub window: Window,
+    /// Facets of this service along every dimension; without it, only
+    /// the node of each service's requests.
+    pub service: Option<String>,
 }
 
 /// Spans of one group in one window.

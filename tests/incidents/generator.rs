@@ -578,7 +578,7 @@ pub const BASE_TO: i64 = 5 * 60_000_000 + 30_000_000;
 pub const INC_FROM: i64 = 4 * 60_000_000 + 20_000_000;
 pub const INC_TO: i64 = 8_000_000;
 /// Gateway requests per minute.
-pub const RATE: f64 = 11.0;
+pub const RATE: f64 = 20.0;
 
 /// The incident classes (issue 15's taxonomy).
 pub const CLASSES: &[&str] = &[
@@ -1077,10 +1077,17 @@ fn fault(g: &mut Gen<'_>, n: &mut Node, ctx: &FaultCtx) {
     let lang = w.svcs.iter().find(|s| s.name == n.service).unwrap().lang;
     let class = g.class;
     match class {
-        "cpu_saturation" if n.service == name_of(ctx.role) && n.kind != 3 => n.self_us *= 6.0,
+        "cpu_saturation" if n.service == name_of(ctx.role) && n.kind != 3 => {
+            // Every span waits for a CPU: more own time, and run-queue
+            // waits on each request.
+            n.self_us *= 6.0;
+            if n.kind == 2 {
+                n.self_us += g.rng.jitter(60_000.0);
+            }
+        }
         "memory_leak_oom" if n.service == name_of(ctx.role) && n.kind == 2 => {
             // GC thrash before each kill, and requests that die with the pod.
-            n.self_us *= 3.0;
+            n.self_us = n.self_us * 3.0 + g.rng.jitter(50_000.0);
             if g.rng.chance(0.25) {
                 n.fail = Some(Fail {
                     status: Some(503),
@@ -1325,7 +1332,7 @@ fn fault(g: &mut Gen<'_>, n: &mut Node, ctx: &FaultCtx) {
             n.self_us = g.rng.jitter(300_000.0);
         }
         "partial_rollout"
-            if n.service == name_of(ctx.role) && n.pod == 0 && n.kind == 2 && g.rng.chance(0.6) =>
+            if n.service == name_of(ctx.role) && n.pod == 0 && n.kind == 2 && g.rng.chance(0.9) =>
         {
             let (t, m) = lang.bug();
             n.fail = Some(Fail {
@@ -1925,7 +1932,9 @@ impl Case {
                 }]);
                 span["status"]["message"] = json!(m);
             }
-            by.entry((s.service.clone(), s.pod.name.clone()))
+            // One resource per service, pod and version (a pod that is
+            // redeployed is another resource).
+            by.entry((s.service.clone(), format!("{}/{}", s.pod.name, s.pod.version)))
                 .or_insert_with(|| (resource(&s.service, &s.pod, s.lang), Vec::new()))
                 .1
                 .push(span);

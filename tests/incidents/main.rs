@@ -615,3 +615,20 @@ fn two_cases_end_to_end() {
         assert!(o.ask_ms < 10_000, "{}: ask took {} ms", c.name(), o.ask_ms);
     }
 }
+
+#[test]
+#[ignore]
+fn debug_case() {
+    let class = std::env::var("DBG_CLASS").unwrap();
+    let c = generator::case(Box::leak(class.into_boxed_str()), Form::Otlp, 1);
+    let mut by: BTreeMap<(String, String, bool), (u64, i64, u64)> = BTreeMap::new();
+    for s in &c.spans {
+        let e = by.entry((s.service.clone(), s.name.clone(), s.start_ago_us < generator::INC_FROM)).or_default();
+        e.0 += 1;
+        e.1 += s.dur_us;
+        e.2 += s.error as u64;
+    }
+    for (k, v) in by {
+        println!("{k:?} n={} mean={} err={}", v.0, v.1 / v.0 as i64, v.2);
+    }
+}

@@ -98,6 +98,8 @@ pub struct Facet {
     pub calls: (f64, f64),
     pub errors: (f64, f64),
     pub mean: (Option<f64>, Option<f64>),
+    /// Own time per span (without children).
+    pub self_mean: (Option<f64>, Option<f64>),
 }
 
 impl Facet {
@@ -110,6 +112,7 @@ impl Facet {
             calls: pair(&v["calls"]),
             errors: pair(&v["errors"]),
             mean: opt_pair(&v["mean_ms"]),
+            self_mean: opt_pair(&v["self_mean_ms"]),
         }
     }
 }
@@ -188,8 +191,10 @@ fn bad_node(b: &Breakdown) -> Option<(String, Vec<String>)> {
         by_service.entry(&f.service).or_default().push(f);
     }
     for (svc, facets) in by_service {
-        let moved = |f: &&&Facet| match f.mean {
-            (Some(r), Some(base)) => f.calls.0 >= 3.0 && r >= base * 2.0 && r - base >= 20.0,
+        // Own time: a caller that waits on a slow node elsewhere is not
+        // slow on its own node.
+        let moved = |f: &&&Facet| match f.self_mean {
+            (Some(r), Some(base)) => f.calls.0 >= 2.0 && r >= base * 2.0 && r - base >= 20.0,
             _ => false,
         };
         let bad: Vec<&&Facet> = facets.iter().filter(moved).collect();
@@ -332,6 +337,56 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
         )
     };
 
+    // A new operation on a shared dependency, while the calls that were
+    // there before slowed: the new workload is the cause.
+    let victim = |o: &Op| {
+        o.service != op.service
+            && o.is_call()
+            && (o.peer == op.peer || (o.db.is_some() && o.db == op.db))
+            && o.calls.1 > 0.0
+            && o.added_time() > 0.0
+            && matches!(o.mean, (Some(r), Some(base)) if r >= base * 1.5 && r - base >= 5.0)
+    };
+    if call
+        && !errors
+        && op.calls.1 == 0.0
+        && let Some(v) = b.ops.iter().filter(|o| victim(o)).max_by(|x, y| x.added_time().total_cmp(&y.added_time()))
+    {
+        let what = op.statement.as_deref().map_or(op.name.clone(), |s| format!("`{s}`"));
+        lines.push(format!(
+            "{} is new in this window on {peer}: {what} ({:.0} calls, mean {}) [{ev}]",
+            op.service,
+            op.calls.0,
+            op.mean.0.map_or("?".into(), fmt_ms)
+        ));
+        lines.push(format!(
+            "meanwhile {} slowed from {} to {} per call [{ev}]",
+            v.label(),
+            v.mean.1.map_or("?".into(), fmt_ms),
+            v.mean.0.map_or("?".into(), fmt_ms)
+        ));
+        return Some(Finding {
+            root: RootCause {
+                service: op.service.clone(),
+                kind: "contention".into(),
+                summary: format!(
+                    "{} started working on {peer}{} in this window ({what}), and {} on the same database slowed from {} to {} per call: they contend for {peer} [{ev}]",
+                    op.service,
+                    op.db.as_ref().map(|d| format!(" (database {d})")).unwrap_or_default(),
+                    v.label(),
+                    v.mean.1.map_or("?".into(), fmt_ms),
+                    v.mean.0.map_or("?".into(), fmt_ms),
+                ),
+                component: Some(op.statement.clone().unwrap_or_else(|| op.name.clone())),
+                confidence: 75,
+                recommendation: format!(
+                    "Move {} out of peak hours or make it take smaller locks and batches; check {peer} for lock waits.",
+                    op.service
+                ),
+            },
+            lines,
+        });
+    }
     if call && !errors && calls_grew && cost_same {
         // The caller changed: more calls per request at the same cost.
         entity = op.service.clone();

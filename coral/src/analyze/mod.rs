@@ -168,11 +168,12 @@ fn movement(s: &Value) -> (bool, bool) {
     // eight requests is noise, not an incident).
     let (rm, bm) = (r["mean_ms"].as_f64(), b["mean_ms"].as_f64());
     let mean_moved = match (rm, bm) {
-        (Some(rm), Some(bm)) => bm > 0.0 && rm / bm >= 1.3 && rm - bm >= 5.0,
+        (Some(rm), Some(bm)) => bm > 0.0 && rm / bm >= 1.5 && rm - bm >= 10.0,
         _ => true,
     };
     let latency = bn >= 5.0
-        && ((bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0 && (rn >= 20.0 || mean_moved))
+        && (rn >= 20.0 || mean_moved)
+        && ((bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0)
             || (b50 > 0.0 && r50 / b50 >= 2.0 && r50 - b50 >= 10.0));
     let errors = re - be >= 5.0 && f(&r["errors"]) >= 3.0;
     (latency, errors)

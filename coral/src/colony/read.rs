@@ -1035,6 +1035,7 @@ pub(crate) async fn breakdown(
 ) -> Result<coral_proto::Breakdown, QueryError> {
     checked(&q.window)?;
     let w = q.window;
+    let service = q.service.clone();
     let coverage = coverage(shared).await;
     let (from, split, until) = (
         w.baseline_since_ms() * 1000,
@@ -1077,12 +1078,18 @@ pub(crate) async fn breakdown(
                     Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11))
                 })?
                 .collect::<duckdb::Result<_>>()?;
+            // One service: every dimension; all: the node of requests.
+            let only = match &service {
+                Some(svc) => format!("WHERE service = '{}'", svc.replace('\'', "''")),
+                None => "WHERE kind IN ('server', 'consumer')".to_string(),
+            };
             let union: Vec<String> = dimensions()
                 .into_iter()
                 .chain(std::iter::once(("peer", peer_sql())))
+                .filter(|(d, _)| service.is_some() || *d == "node")
                 .map(|(d, e)| {
                     format!(
-                        "SELECT service, kind, '{d}' AS dim, {e} AS val, recent, err, own_err, duration_us, self_us FROM x"
+                        "SELECT service, kind, '{d}' AS dim, {e} AS val, recent, err, own_err, duration_us, self_us FROM x {only}"
                     )
                 })
                 .collect();

@@ -625,6 +625,9 @@ fn tally_json(r: &coral_proto::SpanTally, b: &coral_proto::SpanTally, per: (f64,
     let mean = |t: &coral_proto::SpanTally| {
         (t.count > 0).then(|| ms(t.sum_us as f64 / t.count as f64))
     };
+    let self_mean = |t: &coral_proto::SpanTally| {
+        (t.count > 0).then(|| ms(t.self_us as f64 / t.count as f64))
+    };
     json!({
         "calls": [r.count, b.count],
         "calls_per_request": [r2(r.count as f64 / per.0), r2(b.count as f64 / per.1)],
@@ -632,6 +635,7 @@ fn tally_json(r: &coral_proto::SpanTally, b: &coral_proto::SpanTally, per: (f64,
         "own_errors": [r.own_errors, b.own_errors],
         "self_ms_per_request": [ms(r.self_us as f64 / per.0), ms(b.self_us as f64 / per.1)],
         "mean_ms": [mean(r), mean(b)],
+        "self_mean_ms": [self_mean(r), self_mean(b)],
     })
 }
 
@@ -649,7 +653,14 @@ const BREAKDOWN_OPS: usize = 40;
 
 async fn breakdown(shared: &Shared, a: BreakdownArgs, now_us: i64) -> Result<Value, ToolError> {
     let w = window_of(&a.window, &a.baseline, now_us / 1000)?;
-    let b = read::breakdown(shared, coral_proto::BreakdownQuery { window: w }).await?;
+    let b = read::breakdown(
+        shared,
+        coral_proto::BreakdownQuery {
+            window: w,
+            service: a.service.clone(),
+        },
+    )
+    .await?;
     let per = (b.requests.max(1) as f64, b.baseline_requests.max(1) as f64);
     let mine = |s: &str| a.service.as_deref().is_none_or(|x| x == s);
     let mut ops: Vec<&coral_proto::OpChange> =
@@ -682,10 +693,7 @@ async fn breakdown(shared: &Shared, a: BreakdownArgs, now_us: i64) -> Result<Val
     let facets: Vec<Value> = b
         .facets
         .iter()
-        .filter(|f| match &a.service {
-            Some(s) => &f.service == s,
-            None => f.dimension == "node" && matches!(f.kind.as_str(), "server" | "consumer"),
-        })
+        .filter(|f| a.service.as_ref().is_none_or(|s| &f.service == s))
         .map(|f| {
             let mut v = tally_json(&f.recent, &f.baseline, per);
             v["service"] = json!(f.service);
