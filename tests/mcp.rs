@@ -84,6 +84,7 @@ fn python_mcp_client_lists_and_calls_every_tool_over_stdio() {
             "coral_red_metrics",
             "coral_service_map",
             "coral_hotspots",
+            "coral_breakdown",
             "coral_traces",
             "coral_trace",
             "coral_logs",

@@ -1934,10 +1934,13 @@ impl Case {
             }
             // One resource per service, pod and version (a pod that is
             // redeployed is another resource).
-            by.entry((s.service.clone(), format!("{}/{}", s.pod.name, s.pod.version)))
-                .or_insert_with(|| (resource(&s.service, &s.pod, s.lang), Vec::new()))
-                .1
-                .push(span);
+            by.entry((
+                s.service.clone(),
+                format!("{}/{}", s.pod.name, s.pod.version),
+            ))
+            .or_insert_with(|| (resource(&s.service, &s.pod, s.lang), Vec::new()))
+            .1
+            .push(span);
         }
         by.into_values()
             .flat_map(|(res, spans)| {

@@ -161,7 +161,17 @@ fn run_case(case: &Case) -> Outcome {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|e| format!("{} {} {} {}B: {}{}", e["id"].as_str().unwrap_or(""), e["tool"].as_str().unwrap_or(""), e["args"], e["output_bytes"], e["summary"].as_str().unwrap_or(""), e["error"].as_str().unwrap_or("")))
+            .map(|e| {
+                format!(
+                    "{} {} {} {}B: {}{}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["tool"].as_str().unwrap_or(""),
+                    e["args"],
+                    e["output_bytes"],
+                    e["summary"].as_str().unwrap_or(""),
+                    e["error"].as_str().unwrap_or("")
+                )
+            })
             .collect(),
         answer: v["answer"].as_str().unwrap_or("").to_string(),
         root_cause: v["root_cause"].clone(),
@@ -613,22 +623,5 @@ fn two_cases_end_to_end() {
     for (c, s, o) in &results {
         assert_eq!(s.rank1, 1, "{}: {}\n{}", c.name(), o.root_cause, o.answer);
         assert!(o.ask_ms < 10_000, "{}: ask took {} ms", c.name(), o.ask_ms);
-    }
-}
-
-#[test]
-#[ignore]
-fn debug_case() {
-    let class = std::env::var("DBG_CLASS").unwrap();
-    let c = generator::case(Box::leak(class.into_boxed_str()), Form::Otlp, 1);
-    let mut by: BTreeMap<(String, String, bool), (u64, i64, u64)> = BTreeMap::new();
-    for s in &c.spans {
-        let e = by.entry((s.service.clone(), s.name.clone(), s.start_ago_us < generator::INC_FROM)).or_default();
-        e.0 += 1;
-        e.1 += s.dur_us;
-        e.2 += s.error as u64;
-    }
-    for (k, v) in by {
-        println!("{k:?} n={} mean={} err={}", v.0, v.1 / v.0 as i64, v.2);
     }
 }

@@ -350,9 +350,16 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
     if call
         && !errors
         && op.calls.1 == 0.0
-        && let Some(v) = b.ops.iter().filter(|o| victim(o)).max_by(|x, y| x.added_time().total_cmp(&y.added_time()))
+        && let Some(v) = b
+            .ops
+            .iter()
+            .filter(|o| victim(o))
+            .max_by(|x, y| x.added_time().total_cmp(&y.added_time()))
     {
-        let what = op.statement.as_deref().map_or(op.name.clone(), |s| format!("`{s}`"));
+        let what = op
+            .statement
+            .as_deref()
+            .map_or(op.name.clone(), |s| format!("`{s}`"));
         lines.push(format!(
             "{} is new in this window on {peer}: {what} ({:.0} calls, mean {}) [{ev}]",
             op.service,
@@ -372,7 +379,10 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
                 summary: format!(
                     "{} started working on {peer}{} in this window ({what}), and {} on the same database slowed from {} to {} per call: they contend for {peer} [{ev}]",
                     op.service,
-                    op.db.as_ref().map(|d| format!(" (database {d})")).unwrap_or_default(),
+                    op.db
+                        .as_ref()
+                        .map(|d| format!(" (database {d})"))
+                        .unwrap_or_default(),
                     v.label(),
                     v.mean.1.map_or("?".into(), fmt_ms),
                     v.mean.0.map_or("?".into(), fmt_ms),
@@ -889,4 +899,109 @@ pub fn passive(b: &Breakdown, moved: &BTreeSet<String>, ev: &str) -> Option<Find
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn op(
+        service: &str,
+        kind: &str,
+        name: &str,
+        peer: Option<&str>,
+        calls: [f64; 2],
+        own: [f64; 2],
+        self_pr: [f64; 2],
+        mean: [f64; 2],
+    ) -> Value {
+        let mut v = json!({
+            "service": service, "kind": kind, "name": name,
+            "calls": calls, "calls_per_request": [calls[0] / 100.0, calls[1] / 1000.0],
+            "errors": own, "own_errors": own, "self_ms_per_request": self_pr, "mean_ms": mean,
+        });
+        if let Some(p) = peer {
+            v["peer"] = json!(p);
+            v["statement"] = json!("SELECT * FROM t WHERE id = $1");
+        }
+        v
+    }
+
+    fn facet(dimension: &str, value: &str, calls: [f64; 2], mean: [f64; 2]) -> Facet {
+        Facet::parse(&json!({
+            "service": "api", "kind": "server", "dimension": dimension, "value": value,
+            "calls": calls, "errors": [0, 0], "mean_ms": mean, "self_mean_ms": mean,
+        }))
+    }
+
+    /// Issue 15: more calls per request at the same cost per call is the
+    /// caller's change (N+1), not the database's.
+    #[test]
+    fn more_calls_at_the_same_cost_blame_the_caller() {
+        let b = Breakdown::parse(
+            &json!({"requests": [100, 1000], "operations": [
+                op("api", "client", "SELECT t", Some("db"), [4000.0, 1000.0], [0.0, 0.0], [120.0, 3.0], [3.0, 3.0]),
+                op("api", "server", "GET /x", None, [100.0, 1000.0], [0.0, 0.0], [2.0, 2.0], [125.0, 6.0]),
+            ]}),
+            (5.0, 60.0),
+        );
+        let f = diagnose(&b, &[], "e1", "e2").unwrap();
+        assert_eq!(f.root.service, "api");
+        assert_eq!(f.root.kind, "n_plus_one");
+        assert!(
+            f.root.summary.contains("40.0 times per request"),
+            "{}",
+            f.root.summary
+        );
+    }
+
+    /// A slow database call with the same number of calls blames the
+    /// database; one instance carrying the change is named.
+    #[test]
+    fn own_time_names_the_deepest_component_and_the_instance_that_carries_it() {
+        let b = Breakdown::parse(
+            &json!({"requests": [100, 1000], "operations": [
+                op("api", "client", "SELECT t", Some("db"), [100.0, 1000.0], [0.0, 0.0], [300.0, 3.0], [300.0, 3.0]),
+            ]}),
+            (5.0, 60.0),
+        );
+        let f = diagnose(&b, &[], "e1", "e2").unwrap();
+        assert_eq!(
+            (f.root.service.as_str(), f.root.kind.as_str()),
+            ("db", "slow_query")
+        );
+
+        let b = Breakdown::parse(
+            &json!({"requests": [100, 1000], "operations": [
+                op("api", "server", "GET /x", None, [100.0, 1000.0], [0.0, 0.0], [90.0, 5.0], [90.0, 5.0]),
+            ]}),
+            (5.0, 60.0),
+        );
+        let drill = [
+            facet("instance", "api-a", [33.0, 330.0], [250.0, 5.0]),
+            facet("instance", "api-b", [33.0, 330.0], [5.0, 5.0]),
+            facet("instance", "api-c", [34.0, 340.0], [5.0, 5.0]),
+            facet("version", "1.2.0", [100.0, 1000.0], [90.0, 5.0]),
+        ];
+        let f = diagnose(&b, &drill, "e1", "e2").unwrap();
+        assert_eq!(f.root.service, "api");
+        assert_eq!(f.root.kind, "bad_instance");
+        assert_eq!(f.root.component.as_deref(), Some("api-a"));
+    }
+
+    /// eBPF only: failed connects name the peer.
+    #[test]
+    fn failed_connects_name_the_peer() {
+        let b = Breakdown::parse(
+            &json!({"requests": [0, 0], "operations": [], "edges": [
+                {"from": "api", "to": "10.0.0.9:5432", "addr": "10.0.0.9:5432",
+                 "connections": [50, 500], "failed_connects": [40, 0], "rtt_ms": [0.3, 0.3]},
+            ]}),
+            (5.0, 60.0),
+        );
+        let f = passive(&b, &BTreeSet::new(), "e1").unwrap();
+        assert_eq!(f.root.service, "10.0.0.9:5432");
+        assert_eq!(f.root.kind, "connect_failures");
+    }
 }

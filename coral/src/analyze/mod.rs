@@ -161,20 +161,21 @@ fn movement(s: &Value) -> (bool, bool) {
     let (rp, bp) = (f(&r["p95_ms"]), f(&b["p95_ms"]));
     let (r50, b50) = (f(&r["p50_ms"]), f(&b["p50_ms"]));
     let (re, be) = (f(&r["error_pct"]), f(&b["error_pct"]));
-    // The tail moved, or the middle did (a baseline that caught the
-    // start of the change has a high p95, but its p50 stays put).
     // With few requests the p95 is one request's latency: the tail counts
     // only when the mean moved with it (issue 15: one slow outlier among
     // eight requests is noise, not an incident).
     let (rm, bm) = (r["mean_ms"].as_f64(), b["mean_ms"].as_f64());
     let mean_moved = match (rm, bm) {
+        (Some(rm), Some(bm)) if bm > 0.0 && rn >= 20.0 => rm / bm >= 1.2 && rm - bm >= 5.0,
         (Some(rm), Some(bm)) => bm > 0.0 && rm / bm >= 1.5 && rm - bm >= 10.0,
         _ => true,
     };
-    let latency = bn >= 5.0
-        && (rn >= 20.0 || mean_moved)
-        && ((bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0)
-            || (b50 > 0.0 && r50 / b50 >= 2.0 && r50 - b50 >= 10.0));
+    // The tail moved with the mean (or over many requests), or the middle
+    // did (a baseline that caught the start of the change has a high p95,
+    // but its p50 stays put) over enough requests not to be the route mix.
+    let tail = bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0 && (rn >= 50.0 || mean_moved);
+    let middle = b50 > 0.0 && r50 / b50 >= 2.0 && r50 - b50 >= 10.0 && rn >= 20.0 && mean_moved;
+    let latency = bn >= 5.0 && (tail || middle);
     let errors = re - be >= 5.0 && f(&r["errors"]) >= 3.0;
     (latency, errors)
 }

@@ -953,7 +953,10 @@ fn dimensions() -> Vec<(&'static str, String)> {
                 &["service.instance.id", "k8s.pod.name", "host.name"],
             ),
         ),
-        ("node", json_first("resource", &["k8s.node.name", "host.name"])),
+        (
+            "node",
+            json_first("resource", &["k8s.node.name", "host.name"]),
+        ),
         ("version", json_first("resource", &["service.version"])),
         (
             "status",
@@ -979,7 +982,11 @@ fn dimensions() -> Vec<(&'static str, String)> {
             "resend",
             json_first(
                 "attributes",
-                &["http.request.resend_count", "http.resend_count", "retry.attempt"],
+                &[
+                    "http.request.resend_count",
+                    "http.resend_count",
+                    "retry.attempt",
+                ],
             ),
         ),
     ]
@@ -1024,7 +1031,18 @@ type OpRow = (
     f64,
     f64,
 );
-type FacetRow = (String, String, String, String, bool, i64, i64, i64, f64, f64);
+type FacetRow = (
+    String,
+    String,
+    String,
+    String,
+    bool,
+    i64,
+    i64,
+    i64,
+    f64,
+    f64,
+);
 type MetricRow = (String, String, String, bool, f64, f64);
 type EdgeChangeRow = (String, String, String, bool, u64, u64, u64, u64, u64);
 

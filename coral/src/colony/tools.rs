@@ -622,12 +622,10 @@ fn r2(v: f64) -> f64 {
 }
 
 fn tally_json(r: &coral_proto::SpanTally, b: &coral_proto::SpanTally, per: (f64, f64)) -> Value {
-    let mean = |t: &coral_proto::SpanTally| {
-        (t.count > 0).then(|| ms(t.sum_us as f64 / t.count as f64))
-    };
-    let self_mean = |t: &coral_proto::SpanTally| {
-        (t.count > 0).then(|| ms(t.self_us as f64 / t.count as f64))
-    };
+    let mean =
+        |t: &coral_proto::SpanTally| (t.count > 0).then(|| ms(t.sum_us as f64 / t.count as f64));
+    let self_mean =
+        |t: &coral_proto::SpanTally| (t.count > 0).then(|| ms(t.self_us as f64 / t.count as f64));
     json!({
         "calls": [r.count, b.count],
         "calls_per_request": [r2(r.count as f64 / per.0), r2(b.count as f64 / per.1)],
