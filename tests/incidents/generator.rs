@@ -679,7 +679,7 @@ impl Gen<'_> {
         let new = w.svc(from).lang.new_semconv();
         let to_svc = w.svc(to);
         let (method, path) = server.http.clone().unwrap_or_default();
-        let mut c = self.svc_node(from, &format!("{method}"), 3, 0.2);
+        let mut c = self.svc_node(from, &method, 3, 0.2);
         c.name = method.clone();
         c.attrs.push(kv(
             if new {
@@ -1217,18 +1217,18 @@ fn fault(g: &mut Gen<'_>, n: &mut Node, ctx: &FaultCtx) {
         "timeout_too_short"
             if n.kind == 3
                 && n.service == name_of(Role::Checkout)
-                && n.peer.as_deref() == Some(name_of(Role::Payments).as_str()) =>
+                && n.peer.as_deref() == Some(name_of(Role::Payments).as_str())
+                && (n.children.first().is_some_and(|c| c.self_us > 5_000.0)
+                    || g.rng.chance(0.6)) =>
         {
             // The payments call takes ~50 ms; the new timeout is 40 ms.
-            if n.children.first().is_some_and(|c| c.self_us > 5_000.0) || g.rng.chance(0.6) {
-                let (t, m) = lang.timeout();
-                n.self_us = 40_000.0;
-                n.children.clear();
-                n.fail = Some(Fail {
-                    status: None,
-                    exception: Some((t.into(), m.into())),
-                });
-            }
+            let (t, m) = lang.timeout();
+            n.self_us = 40_000.0;
+            n.children.clear();
+            n.fail = Some(Fail {
+                status: None,
+                exception: Some((t.into(), m.into())),
+            });
         }
         "slow_external_api" if n.peer.as_deref() == Some("ext") => n.self_us *= 12.0,
         "cache_down" if n.peer.as_deref() == Some("cache") => {
@@ -1982,8 +1982,8 @@ impl Case {
     }
 
     pub fn otlp_metrics(&self, now_ns: i64) -> Vec<Value> {
-        let mut by: BTreeMap<(String, String), (Value, BTreeMap<(String, &str), Vec<Value>>)> =
-            BTreeMap::new();
+        type Points<'a> = BTreeMap<(String, &'a str), Vec<Value>>;
+        let mut by: BTreeMap<(String, String), (Value, Points<'_>)> = BTreeMap::new();
         for m in &self.metrics {
             by.entry((m.service.clone(), m.pod.name.clone()))
                 .or_insert_with(|| (resource(&m.service, &m.pod, Lang::Go), BTreeMap::new()))
@@ -2015,10 +2015,8 @@ impl Case {
             .filter(|s| s.http.is_some())
             .map(|s| s.service.as_str())
             .collect();
-        let mut edges: BTreeMap<
-            (i64, String, u32, String, Option<String>),
-            (u64, u64, u64, u64, u64),
-        > = BTreeMap::new();
+        type EdgeKey = (i64, String, u32, String, Option<String>);
+        let mut edges: BTreeMap<EdgeKey, (u64, u64, u64, u64, u64)> = BTreeMap::new();
         for s in &self.spans {
             let ts = now_ms - s.start_ago_us / 1000;
             let sec = ts - ts.rem_euclid(1000);
@@ -2051,8 +2049,7 @@ impl Case {
                 let _ = &c.rtt_us;
             }
         }
-        let mut rtt: BTreeMap<(i64, String, u32, String, Option<String>), (u64, u64)> =
-            BTreeMap::new();
+        let mut rtt: BTreeMap<EdgeKey, (u64, u64)> = BTreeMap::new();
         for s in &self.spans {
             if let Some(c) = &s.conn
                 && !c.failed

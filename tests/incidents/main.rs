@@ -93,6 +93,8 @@ struct Outcome {
     answer: String,
     /// The tool calls, one line each.
     evidence: Vec<String>,
+    /// Bytes of tool output the answer read (what a model would read).
+    tool_bytes: u64,
     root_cause: Value,
     ask_ms: u128,
 }
@@ -173,6 +175,12 @@ fn run_case(case: &Case) -> Outcome {
                 )
             })
             .collect(),
+        tool_bytes: v["evidence"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["output_bytes"].as_u64())
+            .sum(),
         answer: v["answer"].as_str().unwrap_or("").to_string(),
         root_cause: v["root_cause"].clone(),
         ask_ms,
@@ -219,6 +227,7 @@ struct Score {
     naive_detail: u32,
     ask_ms_sum: u128,
     ask_ms_max: u128,
+    tool_bytes: u64,
 }
 
 impl Score {
@@ -231,6 +240,7 @@ impl Score {
         self.naive_detail += o.naive_detail;
         self.ask_ms_sum += o.ask_ms_sum;
         self.ask_ms_max = self.ask_ms_max.max(o.ask_ms_max);
+        self.tool_bytes += o.tool_bytes;
     }
     fn pct(n: u32, d: u32) -> f64 {
         if d == 0 {
@@ -257,6 +267,7 @@ fn score(case: &Case, o: &Outcome) -> Score {
         cases: 1,
         ask_ms_sum: o.ask_ms,
         ask_ms_max: o.ask_ms,
+        tool_bytes: o.tool_bytes,
         ..Score::default()
     };
     match &case.truth {
@@ -529,7 +540,7 @@ fn eval() {
             });
     let no_fault = total.cases - faulty;
     let summary = format!(
-        "{} cases ({} with a fault, {} without), seeds {:?}: root cause at rank 1 {:.0} %, detail {:.0} %, no-fault false positives {}/{}; naive baseline rank 1 {:.0} %, detail {:.0} %; ask mean {:.0} ms, max {} ms; suite took {:.0} s",
+        "{} cases ({} with a fault, {} without), seeds {:?}: root cause at rank 1 {:.0} %, detail {:.0} %, no-fault false positives {}/{}; naive baseline rank 1 {:.0} %, detail {:.0} %; ask mean {:.0} ms, max {} ms; tool output read per ask {:.1} KB (about {:.0} tokens at 4 bytes a token); suite took {:.0} s",
         total.cases,
         faulty,
         no_fault,
@@ -542,6 +553,8 @@ fn eval() {
         Score::pct(faulty_score.naive_detail, faulty),
         total.ask_ms_sum as f64 / total.cases.max(1) as f64,
         total.ask_ms_max,
+        total.tool_bytes as f64 / 1024.0 / total.cases.max(1) as f64,
+        total.tool_bytes as f64 / 4.0 / total.cases.max(1) as f64,
         started.elapsed().as_secs_f64(),
     );
     println!("{t}\n{summary}");

@@ -425,7 +425,7 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
     } else if call && !peer_instrumented {
         entity = peer.clone();
         if errors {
-            kind = "dependency_errors".into();
+            kind = "error_burst".into();
             summary = format!(
                 "calls from {} to {peer} fail: {} [{ev}]",
                 op.service,
@@ -710,7 +710,12 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
         let (m_r, m_b) = b.minutes;
         if m_r > 0.0 && m_b > 0.0 && op.calls.1 > 0.0 {
             let (rate, base) = (op.calls.0 / m_r, op.calls.1 / m_b);
-            if rate >= base * 2.0 && rate - base >= 2.0 {
+            // A surge is traffic to this operation growing faster than the
+            // rest (its share per request grew), not the whole system busier.
+            if rate >= base * 2.0
+                && rate - base >= 2.0
+                && op.per_request.0 >= op.per_request.1 * 1.5
+            {
                 lines.push(format!(
                     "{} {} gets {rate:.0} requests/min (baseline {base:.0}) [{ev}]",
                     op.service, op.name
@@ -906,6 +911,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[allow(clippy::too_many_arguments)]
     fn op(
         service: &str,
         kind: &str,
