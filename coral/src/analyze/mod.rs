@@ -327,7 +327,7 @@ pub fn seq_scan(plan: &str) -> Option<(String, Option<String>)> {
 
 /// Answers `question` from the colony's tools.
 pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Analysis> {
-    let available = tools.names().await?.into_iter().collect();
+    let available = tools.list().await?.into_iter().map(|t| t.name).collect();
     let mut s = Session {
         tools,
         available,
@@ -1114,6 +1114,50 @@ fn route_cause(m: &Moved, route: &Value, hot_ev: &str) -> RootCause {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(tool: &str, args: Value, out: Value) -> Recorded {
+        Recorded {
+            tool: tool.into(),
+            args,
+            output: Ok(out.to_string()),
+        }
+    }
+
+    /// Issue 15: the analyzer runs on recorded tool output, no process.
+    #[tokio::test]
+    async fn replayed_quiet_tools_give_no_problem() {
+        let ok = json!({"complete": true});
+        let mut calls = vec![
+            rec(
+                "coral_services",
+                json!({}),
+                json!({"agents": [], "coverage": ok}),
+            ),
+            rec(
+                "coral_service_map",
+                json!({"since": "1h"}),
+                json!({"edges": [], "coverage": ok}),
+            ),
+        ];
+        for (w, b) in WINDOWS {
+            calls.push(rec(
+                "coral_red_metrics",
+                json!({"window": w, "baseline": b}),
+                json!({"services": [], "coverage": ok}),
+            ));
+        }
+        let tools = Replay {
+            names: vec![
+                "coral_services".into(),
+                "coral_red_metrics".into(),
+                "coral_service_map".into(),
+            ],
+            calls,
+        };
+        let a = analyze(&tools, "anything wrong?").await.unwrap();
+        assert!(a.answer.starts_with("No problem found"), "{}", a.answer);
+        assert!(a.root_cause.is_none());
+    }
 
     #[test]
     fn statements_become_explainable() {

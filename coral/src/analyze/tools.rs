@@ -1,28 +1,13 @@
-//! The analyzer's tools behind a trait: the colony's MCP tools in
-//! production, recorded tool output in tests (issue 15), so the analyzer's
-//! reasoning is tested without processes.
+//! The analyzer takes its tools through `crate::ask::Tools`, the seam
+//! `coral ask` uses too: the colony's MCP tools in production, recorded
+//! tool output in tests (issue 15), so the analyzer's reasoning is tested
+//! without processes.
 
-use crate::mcp::McpTools;
+use crate::ask::ToolSpec;
+pub use crate::ask::Tools;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::future::Future;
+use serde_json::{Value, json};
 use std::sync::Mutex;
-
-/// What the analyzer calls: the names of the tools on offer and one call
-/// (its JSON text answer).
-pub trait Tools {
-    fn names(&self) -> impl Future<Output = anyhow::Result<Vec<String>>>;
-    fn call(&self, name: &str, args: Value) -> impl Future<Output = anyhow::Result<String>>;
-}
-
-impl Tools for McpTools {
-    async fn names(&self) -> anyhow::Result<Vec<String>> {
-        Ok(self.list().await?.into_iter().map(|t| t.name).collect())
-    }
-    async fn call(&self, name: &str, args: Value) -> anyhow::Result<String> {
-        McpTools::call(self, name, args).await
-    }
-}
 
 /// One recorded tool call.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -39,9 +24,9 @@ pub struct Recorder<'a, T: Tools> {
     pub calls: Mutex<Vec<Recorded>>,
 }
 
-impl<T: Tools> Tools for Recorder<'_, T> {
-    async fn names(&self) -> anyhow::Result<Vec<String>> {
-        self.inner.names().await
+impl<T: Tools + Sync> Tools for Recorder<'_, T> {
+    async fn list(&self) -> anyhow::Result<Vec<ToolSpec>> {
+        self.inner.list().await
     }
     async fn call(&self, name: &str, args: Value) -> anyhow::Result<String> {
         let out = self.inner.call(name, args.clone()).await;
@@ -62,8 +47,16 @@ pub struct Replay {
 }
 
 impl Tools for Replay {
-    async fn names(&self) -> anyhow::Result<Vec<String>> {
-        Ok(self.names.clone())
+    async fn list(&self) -> anyhow::Result<Vec<ToolSpec>> {
+        Ok(self
+            .names
+            .iter()
+            .map(|n| ToolSpec {
+                name: n.clone(),
+                description: String::new(),
+                input_schema: json!({"type": "object"}),
+            })
+            .collect())
     }
     async fn call(&self, name: &str, args: Value) -> anyhow::Result<String> {
         let hit = self
