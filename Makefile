@@ -9,7 +9,7 @@ export CORAL_PYTHON ?= $(CORAL_VENV)/bin/python
 PREFIX ?= /usr/local
 CARGO ?= cargo
 
-.PHONY: all deps build test fmt lint install demo bench fuzz clean package package-test build-dev
+.PHONY: all deps build test fmt lint install demo bench eval fuzz clean package package-test build-dev
 
 all: build
 
@@ -42,6 +42,20 @@ fuzz: deps
 ## Coral's main job end to end on one machine, then clean up.
 demo: build
 	bash packaging/dev/demo.sh
+
+## The incident suite (issue 15): every incident class in both forms (OTLP,
+## passive eBPF) on a real colony and agent, answered by `coral ask --json`
+## and scored against ground truth and a naive baseline. EVAL_SEEDS picks
+## the seeds, EVAL_MIN_RANK1/EVAL_MIN_DETAIL the thresholds (percent),
+## EVAL_WRITE=1 writes the figures to docs/benchmarks.md, EVAL_FLAGS=--release
+## measures the release build.
+EVAL_SEEDS ?= 1
+EVAL_MIN_RANK1 ?= 0
+EVAL_MIN_DETAIL ?= 0
+EVAL_FLAGS ?=
+eval: deps
+	EVAL_SEEDS=$(EVAL_SEEDS) EVAL_MIN_RANK1=$(EVAL_MIN_RANK1) EVAL_MIN_DETAIL=$(EVAL_MIN_DETAIL) \
+	  $(CARGO) test $(EVAL_FLAGS) -p coral --test incidents -- --ignored --nocapture eval
 
 ## Benchmarks (release build): control plane, OTLP, freshness, exec, analyzer and MCP, policy, helper, mesh, eBPF, join; figures go to docs/benchmarks.md.
 bench:

@@ -84,6 +84,7 @@ fn python_mcp_client_lists_and_calls_every_tool_over_stdio() {
             "coral_red_metrics",
             "coral_service_map",
             "coral_hotspots",
+            "coral_breakdown",
             "coral_traces",
             "coral_trace",
             "coral_logs",
@@ -102,6 +103,16 @@ fn python_mcp_client_lists_and_calls_every_tool_over_stdio() {
         assert!(body.is_object(), "{name}");
     }
     assert_eq!(v["calls"].as_object().unwrap().len(), names.len());
+    // Issue 15: the breakdown drills into the api's spans over MCP.
+    let bd: Value =
+        serde_json::from_str(v["calls"]["coral_breakdown"]["text"].as_str().unwrap()).unwrap();
+    assert!(
+        bd["operations"].as_array().is_some_and(|o| !o.is_empty())
+            && bd["facets"]
+                .as_array()
+                .is_some_and(|f| f.iter().all(|x| x["service"] == "api")),
+        "{bd:#}"
+    );
     // Real data came through: the map has the recorded edges and the
     // trace has all its spans.
     let map: Value =

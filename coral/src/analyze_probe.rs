@@ -13,8 +13,7 @@
 //! aside), then those matching an operation the hotspots named, then the
 //! rest of its own code (Go: package `main`), at most [`MAX_CANDIDATES`].
 
-use crate::analyze::{Evidence, RootCause};
-use crate::mcp::McpTools;
+use crate::analyze::{Evidence, RootCause, Tools};
 use serde_json::{Value, json};
 
 /// Functions probed at once (the agent's default per-session limit).
@@ -24,7 +23,7 @@ pub const PROBE_SECONDS: u64 = 5;
 
 /// Calls `tool` and keeps the evidence (ids continue the analyzer's).
 async fn call(
-    tools: &McpTools,
+    tools: &impl Tools,
     evidence: &mut Vec<Evidence>,
     tool: &str,
     args: Value,
@@ -134,7 +133,7 @@ fn ms(v: &Value) -> String {
 /// enabled, policy refusal, unsupported runtime) becomes a line of the
 /// answer, never an error of the analysis.
 pub async fn escalate(
-    tools: &McpTools,
+    tools: &impl Tools,
     evidence: &mut Vec<Evidence>,
     root: &mut Option<RootCause>,
     where_time: &mut Vec<String>,

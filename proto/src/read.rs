@@ -280,6 +280,107 @@ pub struct Changes {
     pub coverage: Coverage,
 }
 
+/// What moved between a window and its baseline, along every dimension
+/// the telemetry carries (issue 15): per operation (service, span kind,
+/// name, peer and statement) the time spent in it (its own, without its
+/// children), its calls and the errors it originated; per value of each
+/// dimension of the spans (instance, node, version, status code,
+/// exception type and message, route, retry count) the same; per metric
+/// its level; per eBPF connection edge its connects, failures and RTT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakdownQuery {
+    pub window: Window,
+    /// Facets of this service along every dimension; without it, only
+    /// the node of each service's requests.
+    pub service: Option<String>,
+}
+
+/// Spans of one group in one window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpanTally {
+    pub count: u64,
+    /// Spans with status error.
+    pub errors: u64,
+    /// Errors the span originated: failed with no failed child.
+    pub own_errors: u64,
+    pub sum_us: u64,
+    /// Time in the span itself, without its children.
+    pub self_us: u64,
+}
+
+/// One operation: window against baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpChange {
+    pub service: String,
+    /// Span kind: `server`, `client`, `internal`, `producer`, `consumer`.
+    pub kind: String,
+    pub name: String,
+    /// What a client span calls (peer.service, server.address, ...).
+    pub peer: Option<String>,
+    /// The database a client span queries (db.namespace / db.name).
+    pub db_name: Option<String>,
+    pub statement: Option<String>,
+    pub recent: SpanTally,
+    pub baseline: SpanTally,
+}
+
+/// One value of one dimension of a service's spans of one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Facet {
+    pub service: String,
+    pub kind: String,
+    /// `instance`, `node`, `version`, `status`, `exception`, `message`,
+    /// `route`, `peer`, `resend`.
+    pub dimension: String,
+    pub value: String,
+    pub recent: SpanTally,
+    pub baseline: SpanTally,
+}
+
+/// One metric of one service: its mean and max in each window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricChange {
+    pub service: String,
+    pub name: String,
+    pub unit: String,
+    pub recent_mean: Option<f64>,
+    pub recent_max: Option<f64>,
+    pub baseline_mean: Option<f64>,
+    pub baseline_max: Option<f64>,
+}
+
+/// eBPF connections from one process or service to one peer in one window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EdgeTally {
+    pub connections: u64,
+    pub failures: u64,
+    pub rtt_avg_us: u64,
+    pub rtt_max_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeChange {
+    pub from: String,
+    /// The connected service, else `ip:port`.
+    pub to: String,
+    pub to_addr: String,
+    pub recent: EdgeTally,
+    pub baseline: EdgeTally,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Breakdown {
+    pub window: Window,
+    /// Requests (root spans) in the window and the baseline.
+    pub requests: u64,
+    pub baseline_requests: u64,
+    pub operations: Vec<OpChange>,
+    pub facets: Vec<Facet>,
+    pub metrics: Vec<MetricChange>,
+    pub edges: Vec<EdgeChange>,
+    pub coverage: Coverage,
+}
+
 /// How much of what the agents hold the colony had when it answered.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Coverage {

@@ -35,6 +35,7 @@ async def main(coral: str) -> None:
             await call("coral_red_metrics", {"window": "5m", "baseline": "1h"})
             await call("coral_service_map", {"since": "1h"})
             await call("coral_hotspots", {"service": "api"})
+            await call("coral_breakdown", {"service": "api", "window": "5m", "baseline": "1h"})
             traces = json.loads(await call("coral_traces", {"since": "1h"}))
             trace_id = traces["traces"][0]["trace_id"] if traces["traces"] else "0" * 32
             await call("coral_trace", {"trace_id": trace_id})

@@ -951,6 +951,387 @@ pub(crate) async fn hotspots(shared: &Shared, q: HotspotQuery) -> Result<Hotspot
 }
 
 // ---------------------------------------------------------------------------
+// What moved, along every dimension (issue 15).
+
+/// `coalesce` of the first of `keys` present in the JSON text column
+/// `col` (compact JSON as the store writes it; DuckDB's JSON extension is
+/// not bundled): a string value (still JSON-escaped, see [`unescape`]),
+/// else a number or boolean as text.
+fn json_first(col: &str, keys: &[&str]) -> String {
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            let k = k.replace('.', "\\.");
+            format!(
+                "nullif(regexp_extract({col}, '\"{k}\":\"((?:[^\"\\\\]|\\\\.)*)\"', 1), ''),
+                 nullif(regexp_extract({col}, '\"{k}\":(-?[0-9.]+|true|false)', 1), '')"
+            )
+        })
+        .collect();
+    format!("coalesce({})", parts.join(", "))
+}
+
+/// The peer a client or producer span calls.
+fn peer_sql() -> String {
+    format!(
+        "CASE WHEN kind IN ('client', 'producer') THEN {} END",
+        json_first(
+            "attributes",
+            &[
+                "peer.service",
+                "server.address",
+                "net.peer.name",
+                "messaging.destination.name",
+                "messaging.destination",
+                "db.namespace",
+                "db.name",
+                "db.system.name",
+                "db.system",
+            ]
+        )
+    )
+}
+
+/// The dimensions a span is broken down along, as SQL over `x`.
+fn dimensions() -> Vec<(&'static str, String)> {
+    let exc = |key: &str| {
+        format!("nullif(regexp_extract(events, '\"{key}\":\"((?:[^\"\\\\]|\\\\.)*)\"', 1), '')")
+    };
+    vec![
+        (
+            "instance",
+            json_first(
+                "resource",
+                &["service.instance.id", "k8s.pod.name", "host.name"],
+            ),
+        ),
+        (
+            "node",
+            json_first("resource", &["k8s.node.name", "host.name"]),
+        ),
+        ("version", json_first("resource", &["service.version"])),
+        (
+            "status",
+            json_first(
+                "attributes",
+                &[
+                    "http.response.status_code",
+                    "http.status_code",
+                    "rpc.grpc.status_code",
+                ],
+            ),
+        ),
+        ("exception", exc("exception.type")),
+        (
+            "message",
+            format!(
+                "coalesce({}, CASE WHEN err THEN nullif(status_message, '') END)",
+                exc("exception.message")
+            ),
+        ),
+        ("route", json_first("attributes", &["http.route"])),
+        (
+            "resend",
+            json_first(
+                "attributes",
+                &[
+                    "http.request.resend_count",
+                    "http.resend_count",
+                    "retry.attempt",
+                ],
+            ),
+        ),
+    ]
+}
+
+/// count, errors, own errors, sum, self.
+type TallyCols = (i64, i64, i64, f64, f64);
+
+fn tally((n, e, oe, sum, own): TallyCols) -> coral_proto::SpanTally {
+    coral_proto::SpanTally {
+        count: n.max(0) as u64,
+        errors: e.max(0) as u64,
+        own_errors: oe.max(0) as u64,
+        sum_us: sum.max(0.0) as u64,
+        self_us: own.max(0.0) as u64,
+    }
+}
+
+const TALLY_SQL: &str = "count(*), count(*) FILTER (WHERE err), count(*) FILTER (WHERE own_err),
+    sum(duration_us)::DOUBLE, sum(self_us)::DOUBLE";
+
+/// Exception text stored JSON-escaped, as read by a regular expression.
+fn unescape(s: String) -> String {
+    if s.contains('\\') {
+        serde_json::from_str::<String>(&format!("\"{s}\"")).unwrap_or(s)
+    } else {
+        s
+    }
+}
+
+type OpRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+    i64,
+    i64,
+    i64,
+    f64,
+    f64,
+);
+type FacetRow = (
+    String,
+    String,
+    String,
+    String,
+    bool,
+    i64,
+    i64,
+    i64,
+    f64,
+    f64,
+);
+type MetricRow = (String, String, String, bool, f64, f64);
+type EdgeChangeRow = (String, String, String, bool, u64, u64, u64, u64, u64);
+
+/// What moved between the window and its baseline, along every dimension.
+pub(crate) async fn breakdown(
+    shared: &Shared,
+    q: coral_proto::BreakdownQuery,
+) -> Result<coral_proto::Breakdown, QueryError> {
+    checked(&q.window)?;
+    let w = q.window;
+    let service = q.service.clone();
+    let coverage = coverage(shared).await;
+    let (from, split, until) = (
+        w.baseline_since_ms() * 1000,
+        w.since_ms * 1000,
+        w.until_ms * 1000,
+    );
+    let (roots, ops, facets, metrics, edges) = shared
+        .telemetry
+        .query(move |c| {
+            let x = format!(
+                "WITH s AS (
+                    SELECT trace_id, span_id, parent_span_id, service, name, kind, duration_us,
+                           status_code = 'error' AS err, start_ts >= make_timestamp({split}::BIGINT) AS recent,
+                           attributes, resource, events, status_message
+                    FROM spans
+                    WHERE start_ts >= make_timestamp({from}::BIGINT) AND start_ts < make_timestamp({until}::BIGINT)),
+                 kids AS (
+                    SELECT trace_id, parent_span_id AS span_id, sum(duration_us) AS child_us, bool_or(err) AS child_err
+                    FROM s WHERE parent_span_id IS NOT NULL GROUP BY trace_id, parent_span_id),
+                 x AS (
+                    SELECT s.*, greatest(s.duration_us - coalesce(k.child_us, 0), 0) AS self_us,
+                           s.err AND NOT coalesce(k.child_err, false) AS own_err
+                    FROM s LEFT JOIN kids k ON s.trace_id = k.trace_id AND s.span_id = k.span_id)"
+            );
+            let roots: Vec<(bool, i64)> = c
+                .prepare(&format!(
+                    "{x} SELECT recent, count(*) FROM x WHERE parent_span_id IS NULL GROUP BY recent"
+                ))?
+                .query_map([], |r| Ok(cols!(r; 0, 1)))?
+                .collect::<duckdb::Result<_>>()?;
+            let ops: Vec<OpRow> = c
+                .prepare(&format!(
+                    "{x} SELECT service, kind, name, {peer}, {db}, {stmt}, recent, {TALLY_SQL}
+                     FROM x GROUP BY ALL ORDER BY sum(self_us) DESC LIMIT 400",
+                    peer = peer_sql(),
+                    db = json_first("attributes", &["db.namespace", "db.name"]),
+                    stmt = json_first("attributes", &["db.query.text", "db.statement"]),
+                ))?
+                .query_map([], |r| {
+                    Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11))
+                })?
+                .collect::<duckdb::Result<_>>()?;
+            // One service: every dimension; all: the node of requests.
+            let only = match &service {
+                Some(svc) => format!("WHERE service = '{}'", svc.replace('\'', "''")),
+                None => "WHERE kind IN ('server', 'consumer')".to_string(),
+            };
+            let union: Vec<String> = dimensions()
+                .into_iter()
+                .chain(std::iter::once(("peer", peer_sql())))
+                .filter(|(d, _)| service.is_some() || *d == "node")
+                .map(|(d, e)| {
+                    format!(
+                        "SELECT service, kind, '{d}' AS dim, {e} AS val, recent, err, own_err, duration_us, self_us FROM x {only}"
+                    )
+                })
+                .collect();
+            let facets: Vec<FacetRow> = c
+                .prepare(&format!(
+                    "{x}, f AS ({}) SELECT service, kind, dim, val, recent, {TALLY_SQL}
+                     FROM f WHERE val IS NOT NULL GROUP BY ALL ORDER BY count(*) DESC LIMIT 3000",
+                    union.join(" UNION ALL ")
+                ))?
+                .query_map([], |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9)))?
+                .collect::<duckdb::Result<_>>()?;
+            let metrics: Vec<MetricRow> = c
+                .prepare(&format!(
+                    "WITH m AS (
+                        SELECT service, name, unit, ts >= make_timestamp({split}::BIGINT) AS recent,
+                               coalesce(value, sum / nullif(count, 0)) AS v
+                        FROM metric_points
+                        WHERE ts >= make_timestamp({from}::BIGINT) AND ts < make_timestamp({until}::BIGINT))
+                     SELECT service, name, any_value(unit), recent, avg(v), max(v)
+                     FROM m WHERE v IS NOT NULL GROUP BY service, name, recent LIMIT 2000"
+                ))?
+                .query_map([], |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5)))?
+                .collect::<duckdb::Result<_>>()?;
+            let edges: Vec<EdgeChangeRow> = c
+                .prepare(&format!(
+                    "SELECT src, coalesce(dst_service, dst_addr), any_value(dst_addr),
+                            ts >= make_timestamp({split}::BIGINT) AS recent,
+                            sum(connections)::UBIGINT, sum(failures)::UBIGINT, sum(rtt_sum_us)::UBIGINT,
+                            sum(rtt_count)::UBIGINT, max(rtt_max_us)
+                     FROM conn_edges
+                     WHERE ts >= make_timestamp({from}::BIGINT) AND ts < make_timestamp({until}::BIGINT)
+                     GROUP BY ALL LIMIT 4000"
+                ))?
+                .query_map([], |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8)))?
+                .collect::<duckdb::Result<_>>()?;
+            Ok((roots, ops, facets, metrics, edges))
+        })
+        .await
+        .map_err(storage)?;
+    let requests = |recent: bool| {
+        roots
+            .iter()
+            .find(|r| r.0 == recent)
+            .map_or(0, |r| r.1.max(0) as u64)
+    };
+    type OpKey = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let mut op_map: BTreeMap<OpKey, (coral_proto::SpanTally, coral_proto::SpanTally)> =
+        BTreeMap::new();
+    for (svc, kind, name, peer, db, stmt, recent, n, e, oe, sum, own) in ops {
+        let sides = op_map
+            .entry((
+                svc,
+                kind,
+                name,
+                peer.map(unescape),
+                db.map(unescape),
+                stmt.map(unescape),
+            ))
+            .or_default();
+        let t = tally((n, e, oe, sum, own));
+        if recent {
+            sides.0 = t;
+        } else {
+            sides.1 = t;
+        }
+    }
+    let operations = op_map
+        .into_iter()
+        .map(
+            |((service, kind, name, peer, db_name, statement), (recent, baseline))| {
+                coral_proto::OpChange {
+                    service,
+                    kind,
+                    name,
+                    peer,
+                    db_name,
+                    statement,
+                    recent,
+                    baseline,
+                }
+            },
+        )
+        .collect();
+    let mut facet_map: BTreeMap<
+        (String, String, String, String),
+        (coral_proto::SpanTally, coral_proto::SpanTally),
+    > = BTreeMap::new();
+    for (svc, kind, dim, val, recent, n, e, oe, sum, own) in facets {
+        let val = unescape(val);
+        let sides = facet_map.entry((svc, kind, dim, val)).or_default();
+        let t = tally((n, e, oe, sum, own));
+        if recent {
+            sides.0 = t;
+        } else {
+            sides.1 = t;
+        }
+    }
+    let facets = facet_map
+        .into_iter()
+        .map(
+            |((service, kind, dimension, value), (recent, baseline))| coral_proto::Facet {
+                service,
+                kind,
+                dimension,
+                value,
+                recent,
+                baseline,
+            },
+        )
+        .collect();
+    let mut metric_map: BTreeMap<(String, String), coral_proto::MetricChange> = BTreeMap::new();
+    for (service, name, unit, recent, mean, max) in metrics {
+        let m = metric_map
+            .entry((service.clone(), name.clone()))
+            .or_insert_with(|| coral_proto::MetricChange {
+                service,
+                name,
+                unit,
+                recent_mean: None,
+                recent_max: None,
+                baseline_mean: None,
+                baseline_max: None,
+            });
+        if recent {
+            m.recent_mean = Some(mean);
+            m.recent_max = Some(max);
+        } else {
+            m.baseline_mean = Some(mean);
+            m.baseline_max = Some(max);
+        }
+    }
+    let mut edge_map: BTreeMap<(String, String), coral_proto::EdgeChange> = BTreeMap::new();
+    for (from, to, addr, recent, conns, fails, rtt_sum, rtt_n, rtt_max) in edges {
+        let e = edge_map
+            .entry((from.clone(), to.clone()))
+            .or_insert_with(|| coral_proto::EdgeChange {
+                from,
+                to,
+                to_addr: addr,
+                recent: coral_proto::EdgeTally::default(),
+                baseline: coral_proto::EdgeTally::default(),
+            });
+        let t = if recent {
+            &mut e.recent
+        } else {
+            &mut e.baseline
+        };
+        t.connections = conns;
+        t.failures = fails;
+        t.rtt_avg_us = rtt_sum.checked_div(rtt_n).unwrap_or(0);
+        t.rtt_max_us = rtt_max;
+    }
+    Ok(coral_proto::Breakdown {
+        window: w,
+        requests: requests(true),
+        baseline_requests: requests(false),
+        operations,
+        facets,
+        metrics: metric_map.into_values().collect(),
+        edges: edge_map.into_values().collect(),
+        coverage,
+    })
+}
+
+// ---------------------------------------------------------------------------
 // Traces, logs, changes.
 
 /// Traces are listed by their root span (the newest first), so a query

@@ -137,6 +137,18 @@ pub struct HotspotArgs {
 
 #[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
+pub struct BreakdownArgs {
+    /// Drill into one service: every dimension of its spans (instance,
+    /// node, version, status, exception, message, route, peer, resend).
+    pub service: Option<String>,
+    /// The recent window, e.g. "5m" (default 5m).
+    pub window: Option<String>,
+    /// The baseline before it, e.g. "1h" (default 1h).
+    pub baseline: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
 pub struct ChangesArgs {
     /// How far back, e.g. "1h" (default 1h).
     pub since: Option<String>,
@@ -172,6 +184,13 @@ pub fn catalog(allow_exec: bool) -> Vec<ToolDef> {
             title: "Where a service's time goes",
             description: "Where one service's request time goes, recent vs baseline: its routes (eBPF or OTLP; count, mean, p95, share of time, since when slow) and, with traces, the operations under its requests (its own spans and downstream calls, queries with their statements).",
             schema: schema::<HotspotArgs>(),
+            read_only: true,
+        },
+        ToolDef {
+            name: "coral_breakdown",
+            title: "What moved, along every dimension",
+            description: "Window against baseline ([recent, baseline] pairs), from traces, metrics and eBPF. Without `service`: the operations that moved most (service, span kind, name, peer, statement; calls and own time per request, errors they originated), metrics whose level moved, eBPF connection edges (connects, failed connects, RTT), and the node of each service's requests. The cause is the deepest operation whose own time or originated errors grew (a caller that only waits on it is a symptom); more calls per request at the same cost per call means the caller changed (N+1, retries, fallback); a new operation on a shared database points at the new workload. Then call again with `service` to see which instance, node, version, status code, exception, route or retry count carries the change, and read its metrics.",
+            schema: schema::<BreakdownArgs>(),
             read_only: true,
         },
         ToolDef {
@@ -261,6 +280,7 @@ pub(crate) async fn call(
         "coral_red_metrics" => red(shared, parse(args)?, now_us).await,
         "coral_service_map" => service_map(shared, parse(args)?, now_us).await,
         "coral_hotspots" => hotspots(shared, parse(args)?, now_us).await,
+        "coral_breakdown" => breakdown(shared, parse(args)?, now_us).await,
         "coral_traces" => traces(shared, parse(args)?, now_us).await,
         "coral_trace" => trace(shared, parse(args)?).await,
         "coral_logs" => logs(shared, parse(args)?, now_us).await,
@@ -380,6 +400,7 @@ fn figures_json(f: &RedFigures) -> Value {
         "p50_ms": ms(f.p50_us as f64),
         "p95_ms": ms(f.p95_us as f64),
         "p99_ms": ms(f.p99_us as f64),
+        "mean_ms": ms(f.sum_us.checked_div(f.count).unwrap_or(0) as f64),
     });
     if !f.error_codes.is_empty() {
         // gRPC status codes, SQLSTATEs, Redis error codes (issue 14).
@@ -604,6 +625,124 @@ async fn hotspots(shared: &Shared, a: HotspotArgs, now_us: i64) -> Result<Value,
         "slow_threshold_ms": h.slow_threshold_us.map(|u| ms(u as f64)),
         "slow_since_s_ago": h.slow_since_ms.map(|t| ago_s(now, t)),
         "coverage": coverage_json(&h.coverage),
+    }))
+}
+
+/// Rounds to 2 decimals.
+fn r2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn tally_json(r: &coral_proto::SpanTally, b: &coral_proto::SpanTally, per: (f64, f64)) -> Value {
+    let mean =
+        |t: &coral_proto::SpanTally| (t.count > 0).then(|| ms(t.sum_us as f64 / t.count as f64));
+    let self_mean =
+        |t: &coral_proto::SpanTally| (t.count > 0).then(|| ms(t.self_us as f64 / t.count as f64));
+    json!({
+        "calls": [r.count, b.count],
+        "calls_per_request": [r2(r.count as f64 / per.0), r2(b.count as f64 / per.1)],
+        "errors": [r.errors, b.errors],
+        "own_errors": [r.own_errors, b.own_errors],
+        "self_ms_per_request": [ms(r.self_us as f64 / per.0), ms(b.self_us as f64 / per.1)],
+        "mean_ms": [mean(r), mean(b)],
+        "self_mean_ms": [self_mean(r), self_mean(b)],
+    })
+}
+
+/// How much an operation moved, in ms of own time per request (an
+/// originated error counts as 100 ms).
+fn op_moved(o: &coral_proto::OpChange, per: (f64, f64)) -> f64 {
+    let own = |t: &coral_proto::SpanTally, n: f64| t.self_us as f64 / 1000.0 / n;
+    let err = |t: &coral_proto::SpanTally, n: f64| t.own_errors as f64 / n * 100.0;
+    (own(&o.recent, per.0) - own(&o.baseline, per.1)).abs()
+        + (err(&o.recent, per.0) - err(&o.baseline, per.1)).abs()
+}
+
+/// Operations shown without `service`.
+const BREAKDOWN_OPS: usize = 40;
+
+async fn breakdown(shared: &Shared, a: BreakdownArgs, now_us: i64) -> Result<Value, ToolError> {
+    let w = window_of(&a.window, &a.baseline, now_us / 1000)?;
+    let b = read::breakdown(
+        shared,
+        coral_proto::BreakdownQuery {
+            window: w,
+            service: a.service.clone(),
+        },
+    )
+    .await?;
+    let per = (b.requests.max(1) as f64, b.baseline_requests.max(1) as f64);
+    let mine = |s: &str| a.service.as_deref().is_none_or(|x| x == s);
+    let mut ops: Vec<&coral_proto::OpChange> =
+        b.operations.iter().filter(|o| mine(&o.service)).collect();
+    ops.sort_by(|x, y| op_moved(y, per).total_cmp(&op_moved(x, per)));
+    if a.service.is_none() {
+        ops.truncate(BREAKDOWN_OPS);
+    }
+    let operations: Vec<Value> = ops
+        .iter()
+        .map(|o| {
+            let mut v = tally_json(&o.recent, &o.baseline, per);
+            v["service"] = json!(o.service);
+            v["kind"] = json!(o.kind);
+            v["name"] = json!(o.name);
+            if let Some(p) = &o.peer {
+                v["peer"] = json!(p);
+            }
+            if let Some(d) = &o.db_name {
+                v["db"] = json!(d);
+            }
+            if let Some(st) = &o.statement {
+                v["statement"] = json!(st.chars().take(300).collect::<String>());
+            }
+            v
+        })
+        .collect();
+    // Facets: with a service, all of its dimensions; without, the node of
+    // each service's requests (a bad node shows across services).
+    let facets: Vec<Value> = b
+        .facets
+        .iter()
+        .filter(|f| a.service.as_ref().is_none_or(|s| &f.service == s))
+        .map(|f| {
+            let mut v = tally_json(&f.recent, &f.baseline, per);
+            v["service"] = json!(f.service);
+            v["kind"] = json!(f.kind);
+            v["dimension"] = json!(f.dimension);
+            v["value"] = json!(f.value.chars().take(200).collect::<String>());
+            v
+        })
+        .collect();
+    let metrics: Vec<Value> = b
+        .metrics
+        .iter()
+        .filter(|m| mine(&m.service))
+        .map(|m| {
+            json!({"service": m.service, "name": m.name, "unit": m.unit,
+                   "mean": [m.recent_mean, m.baseline_mean], "max": [m.recent_max, m.baseline_max]})
+        })
+        .collect();
+    let edges: Vec<Value> = b
+        .edges
+        .iter()
+        .filter(|e| mine(&e.from) || a.service.as_deref() == Some(e.to.as_str()))
+        .map(|e| {
+            json!({"from": e.from, "to": e.to, "addr": e.to_addr,
+                   "connections": [e.recent.connections, e.baseline.connections],
+                   "failed_connects": [e.recent.failures, e.baseline.failures],
+                   "rtt_ms": [ms(e.recent.rtt_avg_us as f64), ms(e.baseline.rtt_avg_us as f64)],
+                   "rtt_max_ms": [ms(e.recent.rtt_max_us as f64), ms(e.baseline.rtt_max_us as f64)]})
+        })
+        .collect();
+    Ok(json!({
+        "window": human(w.until_ms - w.since_ms),
+        "baseline": human(w.baseline_ms),
+        "requests": [b.requests, b.baseline_requests],
+        "operations": operations,
+        "facets": facets,
+        "metrics": metrics,
+        "edges": edges,
+        "coverage": coverage_json(&b.coverage),
     }))
 }
 

@@ -14,7 +14,11 @@
 //! the colony's coverage; when something was out of sight (an agent
 //! offline, rows in flight) the answer says so instead of "no problem".
 
-use crate::mcp::McpTools;
+mod explain;
+mod tools;
+
+pub use tools::{Recorded, Recorder, Replay, Tools};
+
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,15 +63,15 @@ pub struct Analysis {
 }
 
 /// Calls tools and keeps the evidence.
-struct Session<'a> {
-    tools: &'a McpTools,
+struct Session<'a, T: Tools> {
+    tools: &'a T,
     available: BTreeSet<String>,
     evidence: Vec<Evidence>,
     /// What the colony said it could not see, per tool answer.
     gaps: BTreeSet<String>,
 }
 
-impl Session<'_> {
+impl<T: Tools> Session<'_, T> {
     async fn call(&mut self, tool: &str, args: Value) -> anyhow::Result<Value> {
         let text = self.tools.call(tool, args.clone()).await;
         let bytes = text.as_ref().map_or(0, String::len);
@@ -157,11 +161,21 @@ fn movement(s: &Value) -> (bool, bool) {
     let (rp, bp) = (f(&r["p95_ms"]), f(&b["p95_ms"]));
     let (r50, b50) = (f(&r["p50_ms"]), f(&b["p50_ms"]));
     let (re, be) = (f(&r["error_pct"]), f(&b["error_pct"]));
-    // The tail moved, or the middle did (a baseline that caught the
-    // start of the change has a high p95, but its p50 stays put).
-    let latency = bn >= 5.0
-        && ((bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0)
-            || (b50 > 0.0 && r50 / b50 >= 2.0 && r50 - b50 >= 10.0));
+    // With few requests the p95 is one request's latency: the tail counts
+    // only when the mean moved with it (issue 15: one slow outlier among
+    // eight requests is noise, not an incident).
+    let (rm, bm) = (r["mean_ms"].as_f64(), b["mean_ms"].as_f64());
+    let mean_moved = match (rm, bm) {
+        (Some(rm), Some(bm)) if bm > 0.0 && rn >= 20.0 => rm / bm >= 1.2 && rm - bm >= 5.0,
+        (Some(rm), Some(bm)) => bm > 0.0 && rm / bm >= 1.5 && rm - bm >= 10.0,
+        _ => true,
+    };
+    // The tail moved with the mean (or over many requests), or the middle
+    // did (a baseline that caught the start of the change has a high p95,
+    // but its p50 stays put) over enough requests not to be the route mix.
+    let tail = bp > 0.0 && rp / bp >= 1.5 && rp - bp >= 10.0 && (rn >= 50.0 || mean_moved);
+    let middle = b50 > 0.0 && r50 / b50 >= 2.0 && r50 - b50 >= 10.0 && rn >= 20.0 && mean_moved;
+    let latency = bn >= 5.0 && (tail || middle);
     let errors = re - be >= 5.0 && f(&r["errors"]) >= 3.0;
     (latency, errors)
 }
@@ -312,7 +326,7 @@ pub fn seq_scan(plan: &str) -> Option<(String, Option<String>)> {
 }
 
 /// Answers `question` from the colony's tools.
-pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysis> {
+pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Analysis> {
     let available = tools.list().await?.into_iter().map(|t| t.name).collect();
     let mut s = Session {
         tools,
@@ -490,6 +504,7 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
 
     let mut where_time = Vec::new();
     let mut when = None;
+    let mut explains: Vec<String> = Vec::new();
     let mut root = if let Some(d) =
         cause_down.filter(|_| cause_moved.is_none() || !symptoms.is_empty())
     {
@@ -516,9 +531,17 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
             ),
         })
     } else if let Some(m) = cause_moved {
-        let (rc, wt, started) = drill(&mut s, &m, &known).await?;
+        let (mut rc, wt, started) = drill(&mut s, &m, &known).await?;
         where_time = wt;
         when = started;
+        // The mechanism, from every dimension the data has (issue 15); an
+        // EXPLAIN that confirmed a missing index stands.
+        if let Some(f) = mechanism(&mut s, win, base, &troubled).await
+            && !(rc.kind == "missing_index" && rc.service == f.root.service)
+        {
+            rc = f.root;
+            explains = f.lines;
+        }
         Some(rc)
     } else {
         None
@@ -589,6 +612,12 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
             answer.push_str(&format!("  - {w}\n"));
         }
     }
+    if !explains.is_empty() {
+        answer.push_str("What explains it:\n");
+        for w in &explains {
+            answer.push_str(&format!("  - {w}\n"));
+        }
+    }
     if let Some(rc) = &root {
         answer.push_str(&format!(
             "Likely root cause ({}% confidence): {}\nRecommendation: {}\n",
@@ -606,6 +635,65 @@ pub async fn analyze(tools: &McpTools, question: &str) -> anyhow::Result<Analysi
         root_cause: root,
         evidence: s.evidence,
     })
+}
+
+fn minutes(w: &str) -> f64 {
+    humantime::parse_duration(w).map_or(0.0, |d| d.as_secs_f64() / 60.0)
+}
+
+/// Breaks the change down along every dimension (`coral_breakdown`), then
+/// drills into the service that owns the operation that explains most of
+/// it; with eBPF data only, reads the connection edges.
+async fn mechanism<T: Tools>(
+    s: &mut Session<'_, T>,
+    win: &str,
+    base: &str,
+    moved: &BTreeSet<String>,
+) -> Option<explain::Finding> {
+    if !s.available.contains("coral_breakdown") {
+        return None;
+    }
+    let v = s
+        .call("coral_breakdown", json!({"window": win, "baseline": base}))
+        .await
+        .ok()?;
+    let ev = s.last_id();
+    let b = explain::Breakdown::parse(&v, (minutes(win), minutes(base)));
+    if b.ops.is_empty() {
+        let f = explain::passive(&b, moved, &ev);
+        s.note(format!(
+            "{} eBPF edges; {}",
+            b.edges.len(),
+            f.as_ref()
+                .map_or("no edge explains it".into(), |f| f.root.summary.clone())
+        ));
+        return f;
+    }
+    let (op, errors) = explain::primary(&b)?;
+    s.note(format!(
+        "{} operations; most of the change ({}): {} {}",
+        b.ops.len(),
+        if errors { "errors" } else { "time" },
+        op.service,
+        op.name
+    ));
+    let d = s
+        .call(
+            "coral_breakdown",
+            json!({"window": win, "baseline": base, "service": op.service}),
+        )
+        .await
+        .ok();
+    let drill_ev = s.last_id();
+    let facets: Vec<explain::Facet> = d
+        .as_ref()
+        .and_then(|d| d["facets"].as_array())
+        .into_iter()
+        .flatten()
+        .map(explain::Facet::parse)
+        .collect();
+    s.note(format!("{} facets of {}", facets.len(), op.service));
+    explain::diagnose(&b, &facets, &ev, &drill_ev)
 }
 
 fn describe_move(m: &Moved) -> String {
@@ -650,8 +738,8 @@ fn describe_move(m: &Moved) -> String {
 }
 
 /// Breaks the moved service's requests down and names the root cause.
-async fn drill(
-    s: &mut Session<'_>,
+async fn drill<T: Tools>(
+    s: &mut Session<'_, T>,
     m: &Moved,
     known: &BTreeMap<String, u16>,
 ) -> anyhow::Result<(RootCause, Vec<String>, Option<String>)> {
@@ -1029,6 +1117,50 @@ fn route_cause(m: &Moved, route: &Value, hot_ev: &str) -> RootCause {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(tool: &str, args: Value, out: Value) -> Recorded {
+        Recorded {
+            tool: tool.into(),
+            args,
+            output: Ok(out.to_string()),
+        }
+    }
+
+    /// Issue 15: the analyzer runs on recorded tool output, no process.
+    #[tokio::test]
+    async fn replayed_quiet_tools_give_no_problem() {
+        let ok = json!({"complete": true});
+        let mut calls = vec![
+            rec(
+                "coral_services",
+                json!({}),
+                json!({"agents": [], "coverage": ok}),
+            ),
+            rec(
+                "coral_service_map",
+                json!({"since": "1h"}),
+                json!({"edges": [], "coverage": ok}),
+            ),
+        ];
+        for (w, b) in WINDOWS {
+            calls.push(rec(
+                "coral_red_metrics",
+                json!({"window": w, "baseline": b}),
+                json!({"services": [], "coverage": ok}),
+            ));
+        }
+        let tools = Replay {
+            names: vec![
+                "coral_services".into(),
+                "coral_red_metrics".into(),
+                "coral_service_map".into(),
+            ],
+            calls,
+        };
+        let a = analyze(&tools, "anything wrong?").await.unwrap();
+        assert!(a.answer.starts_with("No problem found"), "{}", a.answer);
+        assert!(a.root_cause.is_none());
+    }
 
     #[test]
     fn statements_become_explainable() {
