@@ -1051,10 +1051,17 @@ fn debug_trace_gives_each_request_its_goroutine_call_tree() {
     assert!(reqs.len() >= 10, "{out}");
     let mut goroutines = std::collections::BTreeSet::new();
     let mut full = 0;
-    // Requests served before the probes were attached have no calls;
-    // once one has its tree, every later one must (but one in flight when
-    // the probes detach at the end).
-    let mut late_empty = 0;
+    // Requests served while the probes were being attached, one function
+    // after another, have no calls or part of the tree; once one has the
+    // whole tree, every later one must (but one in flight when the probes
+    // detach at the end).
+    let mut late_partial = 0;
+    let tree = vec![
+        ("net/http.serverHandler.ServeHTTP".to_string(), 0),
+        ("main.handleInventory".to_string(), 1),
+        ("main.lookupStock".to_string(), 2),
+        ("main.renderStock".to_string(), 2),
+    ];
     for r in &reqs {
         assert!(
             r["target"]
@@ -1075,32 +1082,25 @@ fn debug_trace_gives_each_request_its_goroutine_call_tree() {
                 )
             })
             .collect();
-        if shape.is_empty() {
-            late_empty += usize::from(full > 0);
+        if shape != tree {
+            late_partial += usize::from(full > 0);
             continue;
         }
         full += 1;
         goroutines.insert(r["goroutine"].as_u64().unwrap());
-        assert_eq!(
-            shape,
-            vec![
-                ("net/http.serverHandler.ServeHTTP".to_string(), 0),
-                ("main.handleInventory".to_string(), 1),
-                ("main.lookupStock".to_string(), 2),
-                ("main.renderStock".to_string(), 2),
-            ],
-            "{r}"
-        );
         let lookup = &r["calls"][2];
         assert!(lookup["duration_ns"].as_u64().unwrap() >= 20_000_000, "{r}");
+        // The request's span (socket read to response write) and the
+        // probed calls are timed at different points: allow 1 ms.
         assert!(
-            r["duration_ns"].as_u64().unwrap() >= lookup["duration_ns"].as_u64().unwrap(),
+            r["duration_ns"].as_u64().unwrap() + 1_000_000
+                >= lookup["duration_ns"].as_u64().unwrap(),
             "{r}"
         );
     }
     assert!(
-        late_empty <= 1 && full >= reqs.len() / 2,
-        "{full} of {} with calls, {late_empty} without after the first: {out}",
+        late_partial <= 1 && full >= reqs.len() / 2,
+        "{full} of {} with the whole tree, {late_partial} without it after the first: {out}",
         reqs.len()
     );
     // Two keep-alive clients: two serving goroutines.

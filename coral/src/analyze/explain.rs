@@ -790,7 +790,10 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
 
 /// The passive view (eBPF only): connects that started failing, RTT that
 /// rose, or a new process connecting to a peer a moved service uses.
-pub fn passive(b: &Breakdown, moved: &BTreeSet<String>, ev: &str) -> Option<Finding> {
+/// `rise_ms` is how much the moved service's latency rose (0 when unknown):
+/// a round trip that grew by a small part of it is a symptom of a busy
+/// server (its accept queue, delayed ACKs), not the network.
+pub fn passive(b: &Breakdown, moved: &BTreeSet<String>, rise_ms: f64, ev: &str) -> Option<Finding> {
     let mut fails: Vec<(&Value, f64, f64)> = Vec::new();
     let mut slow: Vec<(&Value, f64, f64)> = Vec::new();
     for e in &b.edges {
@@ -802,7 +805,11 @@ pub fn passive(b: &Breakdown, moved: &BTreeSet<String>, ev: &str) -> Option<Find
             fails.push((e, f_r, rate_r));
         }
         let (rtt_r, rtt_b) = pair(&e["rtt_ms"]);
-        if c_b > 0.0 && rtt_r >= rtt_b * 3.0 && rtt_r - rtt_b >= 1.0 {
+        if c_b > 0.0
+            && rtt_r >= rtt_b * 3.0
+            && rtt_r - rtt_b >= 1.0
+            && rtt_r - rtt_b >= 0.25 * rise_ms
+        {
             slow.push((e, rtt_r, rtt_b));
         }
     }
@@ -1006,7 +1013,7 @@ mod tests {
             ]}),
             (5.0, 60.0),
         );
-        let f = passive(&b, &BTreeSet::new(), "e1").unwrap();
+        let f = passive(&b, &BTreeSet::new(), 0.0, "e1").unwrap();
         assert_eq!(f.root.service, "10.0.0.9:5432");
         assert_eq!(f.root.kind, "connect_failures");
     }

@@ -536,7 +536,8 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
         when = started;
         // The mechanism, from every dimension the data has (issue 15); an
         // EXPLAIN that confirmed a missing index stands.
-        if let Some(f) = mechanism(&mut s, win, base, &troubled).await
+        let rise_ms = (m.recent_p95 - m.base_p95).max(m.recent_p50 - m.base_p50);
+        if let Some(f) = mechanism(&mut s, win, base, &troubled, rise_ms).await
             && !(rc.kind == "missing_index" && rc.service == f.root.service)
         {
             rc = f.root;
@@ -649,6 +650,7 @@ async fn mechanism<T: Tools>(
     win: &str,
     base: &str,
     moved: &BTreeSet<String>,
+    rise_ms: f64,
 ) -> Option<explain::Finding> {
     if !s.available.contains("coral_breakdown") {
         return None;
@@ -660,7 +662,7 @@ async fn mechanism<T: Tools>(
     let ev = s.last_id();
     let b = explain::Breakdown::parse(&v, (minutes(win), minutes(base)));
     if b.ops.is_empty() {
-        let f = explain::passive(&b, moved, &ev);
+        let f = explain::passive(&b, moved, rise_ms, &ev);
         s.note(format!(
             "{} eBPF edges; {}",
             b.edges.len(),
