@@ -790,10 +790,16 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
 
 /// The passive view (eBPF only): connects that started failing, RTT that
 /// rose, or a new process connecting to a peer a moved service uses.
-/// `rise_ms` is how much the moved service's latency rose (0 when unknown):
-/// a round trip that grew by a small part of it is a symptom of a busy
-/// server (its accept queue, delayed ACKs), not the network.
-pub fn passive(b: &Breakdown, moved: &BTreeSet<String>, rise_ms: f64, ev: &str) -> Option<Finding> {
+/// `rises` is how much each moved service's own (server-side) latency
+/// rose, in ms: a round trip to a server that grew by a small part of the
+/// server's own slowdown is the busy server's symptom (its accept queue,
+/// delayed ACKs), not the network's.
+pub fn passive(
+    b: &Breakdown,
+    moved: &BTreeSet<String>,
+    rises: &BTreeMap<String, f64>,
+    ev: &str,
+) -> Option<Finding> {
     let mut fails: Vec<(&Value, f64, f64)> = Vec::new();
     let mut slow: Vec<(&Value, f64, f64)> = Vec::new();
     for e in &b.edges {
@@ -808,7 +814,7 @@ pub fn passive(b: &Breakdown, moved: &BTreeSet<String>, rise_ms: f64, ev: &str) 
         if c_b > 0.0
             && rtt_r >= rtt_b * 3.0
             && rtt_r - rtt_b >= 1.0
-            && rtt_r - rtt_b >= 0.25 * rise_ms
+            && rtt_r - rtt_b >= 0.5 * rises.get(&s(e, "to")).copied().unwrap_or(0.0)
         {
             slow.push((e, rtt_r, rtt_b));
         }
@@ -1013,7 +1019,7 @@ mod tests {
             ]}),
             (5.0, 60.0),
         );
-        let f = passive(&b, &BTreeSet::new(), 0.0, "e1").unwrap();
+        let f = passive(&b, &BTreeSet::new(), &BTreeMap::new(), "e1").unwrap();
         assert_eq!(f.root.service, "10.0.0.9:5432");
         assert_eq!(f.root.kind, "connect_failures");
     }

@@ -418,6 +418,14 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
             .join(", ")
     ));
 
+    // How much each moved service's own latency rose (ms).
+    let rises: BTreeMap<String, f64> = moved
+        .iter()
+        .map(|m| {
+            let rise = (m.recent_p95 - m.base_p95).max(m.recent_p50 - m.base_p50);
+            (m.service.clone(), rise)
+        })
+        .collect();
     let troubled: BTreeSet<String> = moved
         .iter()
         .map(|m| m.service.clone())
@@ -536,8 +544,7 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
         when = started;
         // The mechanism, from every dimension the data has (issue 15); an
         // EXPLAIN that confirmed a missing index stands.
-        let rise_ms = (m.recent_p95 - m.base_p95).max(m.recent_p50 - m.base_p50);
-        if let Some(f) = mechanism(&mut s, win, base, &troubled, rise_ms).await
+        if let Some(f) = mechanism(&mut s, win, base, &troubled, &rises).await
             && !(rc.kind == "missing_index" && rc.service == f.root.service)
         {
             rc = f.root;
@@ -650,7 +657,7 @@ async fn mechanism<T: Tools>(
     win: &str,
     base: &str,
     moved: &BTreeSet<String>,
-    rise_ms: f64,
+    rises: &BTreeMap<String, f64>,
 ) -> Option<explain::Finding> {
     if !s.available.contains("coral_breakdown") {
         return None;
@@ -662,7 +669,7 @@ async fn mechanism<T: Tools>(
     let ev = s.last_id();
     let b = explain::Breakdown::parse(&v, (minutes(win), minutes(base)));
     if b.ops.is_empty() {
-        let f = explain::passive(&b, moved, rise_ms, &ev);
+        let f = explain::passive(&b, moved, rises, &ev);
         s.note(format!(
             "{} eBPF edges; {}",
             b.edges.len(),
