@@ -542,10 +542,12 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
         let (mut rc, wt, started) = drill(&mut s, &m, &known).await?;
         where_time = wt;
         when = started;
-        // The mechanism, from every dimension the data has (issue 15); an
-        // EXPLAIN that confirmed a missing index stands.
+        // The mechanism, from every dimension the data has (issue 15). A
+        // plan the database itself showed (EXPLAIN: a sequential scan where
+        // an index was expected) is direct evidence and stands against any
+        // inference from timings.
         if let Some(f) = mechanism(&mut s, win, base, &troubled, &rises).await
-            && !(rc.kind == "missing_index" && rc.service == f.root.service)
+            && rc.kind != "missing_index"
         {
             rc = f.root;
             explains = f.lines;
