@@ -417,18 +417,7 @@ impl Debugger {
                 self.limits.max_functions_per_session
             )));
         }
-        if req.ttl_ms > MAX_DEBUG_TTL_MS {
-            return Err(DebugError::Invalid(format!(
-                "duration {} s is above the {} s limit",
-                req.ttl_ms / 1000,
-                MAX_DEBUG_TTL_MS / 1000
-            )));
-        }
-        let ttl = if req.ttl_ms == 0 {
-            DEFAULT_DEBUG_TTL_MS
-        } else {
-            req.ttl_ms
-        };
+        let ttl = session_ttl(req.ttl_ms)?;
         {
             let st = self.lock();
             let active = st.sessions.iter().filter(|s| s.live.is_some()).count();
@@ -961,4 +950,21 @@ impl Session {
             self.calls.pop_front();
         }
     }
+}
+
+/// A session's lifetime from the requested one (0: the default), refused
+/// above the limit. Attach and trace sessions share it.
+pub(super) fn session_ttl(ttl_ms: u64) -> Result<u64, DebugError> {
+    if ttl_ms > MAX_DEBUG_TTL_MS {
+        return Err(DebugError::Invalid(format!(
+            "duration {} s is above the {} s limit",
+            ttl_ms / 1000,
+            MAX_DEBUG_TTL_MS / 1000
+        )));
+    }
+    Ok(if ttl_ms == 0 {
+        DEFAULT_DEBUG_TTL_MS
+    } else {
+        ttl_ms
+    })
 }

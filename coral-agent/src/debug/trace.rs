@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use coral_proto::debug::{
-    DEFAULT_DEBUG_TTL_MS, DebugAttachRequest, DebugCall, DebugError, DebugRequest, DebugRequests,
-    DebugTarget, DebugTrace, DebugTraceRequest, DebugTreeCall, MAX_DEBUG_TTL_MS,
+    DebugAttachRequest, DebugCall, DebugError, DebugRequest, DebugRequests, DebugTarget,
+    DebugTrace, DebugTraceRequest, DebugTreeCall,
 };
 
 use super::Debugger;
@@ -53,18 +53,7 @@ impl Debugger {
                 req.path
             )));
         }
-        if req.ttl_ms > MAX_DEBUG_TTL_MS {
-            return Err(DebugError::Invalid(format!(
-                "duration {} s is above the {} s limit",
-                req.ttl_ms / 1000,
-                MAX_DEBUG_TTL_MS / 1000
-            )));
-        }
-        let ttl = if req.ttl_ms == 0 {
-            DEFAULT_DEBUG_TTL_MS
-        } else {
-            req.ttl_ms
-        };
+        let ttl = super::session::session_ttl(req.ttl_ms)?;
         let (session, note) =
             match pid.and_then(|pid| self.trace_session(pid, service, req, ttl, allow)) {
                 Ok(s) => (Some(s), None),
