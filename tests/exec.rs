@@ -507,8 +507,8 @@ fn hang_and_fork_bomb_are_killed_at_their_timeout() {
     let agent_pid = x.env.pid_of("agent").unwrap();
     // The agent's parent cgroup for commands; each command has its own below.
     let current = [
-        format!("/sys/fs/cgroup/pids/coral-exec-{agent_pid}"),
-        format!("/sys/fs/cgroup/coral-exec-{agent_pid}"),
+        format!("/sys/fs/cgroup/pids/{}", exec_cgroup(agent_pid)),
+        format!("/sys/fs/cgroup/{}", exec_cgroup(agent_pid)),
     ]
     .into_iter()
     .find(|p| Path::new(p).join("pids.current").exists());
@@ -680,7 +680,7 @@ timeout = "60s"
         // The dead agent's cgroups are gone. Any agent that starts removes
         // them (when commands run in the root cgroup, another test's agent
         // may get there first), so the check is on the tree, not one log.
-        let stale = format!("coral-exec-{agent_pid}");
+        let stale = exec_cgroup(agent_pid);
         let left: Vec<String> = [
             "/sys/fs/cgroup",
             "/sys/fs/cgroup/unified",
@@ -700,6 +700,14 @@ timeout = "60s"
             kill(p.split(':').next().unwrap().parse().unwrap(), 9);
         }
     }
+}
+
+/// The name of an agent's parent cgroup for its commands: its pid
+/// namespace and pid (the agent runs in the test's pid namespace).
+fn exec_cgroup(agent_pid: i32) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let pidns = std::fs::metadata("/proc/self/ns/pid").unwrap().ino();
+    format!("coral-exec-{pidns}-{agent_pid}")
 }
 
 #[test]

@@ -5,6 +5,10 @@
 //! enable that controller there) and, on hybrid hosts where `pids` is a v1
 //! controller, in the v1 `pids` hierarchy too. Directories left by an agent
 //! that died are emptied (their processes killed) and removed at start.
+//! The name carries the agent's pid namespace as well as its pid
+//! (`coral-exec-<pidns inode>-<pid>`): agents in different pid namespaces
+//! can share a cgroup, and one must never take the other's live pid for a
+//! dead one of its own.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,14 +116,39 @@ fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The inode of this process's pid namespace (0 if it cannot be read).
+fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// This agent's directory name in `pidns`.
+fn dir_name(pidns: u64, pid: u32) -> String {
+    format!("{PREFIX}{pidns}-{pid}")
+}
+
+/// The pid of the agent that made `name`, if it was made in `pidns`.
+/// Names from before the namespace was part of them (`coral-exec-<pid>`)
+/// are taken as this namespace's.
+fn owner_in(name: &str, pidns: u64) -> Option<i32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    match rest.split_once('-') {
+        Some((ns, pid)) if ns.parse::<u64>().ok()? == pidns => pid.parse().ok(),
+        Some(_) => None,
+        None => rest.parse().ok(),
+    }
+}
+
 impl Cgroups {
     /// Finds and prepares the parent cgroups, after cleaning up what dead
     /// agents left. `Err` says why there is none.
     pub(crate) fn detect(max_pids: u32) -> Result<Cgroups, String> {
         let m = mounts();
         let (own_v2, own_v1) = own_paths();
-        let me = std::process::id();
-        let name = format!("{PREFIX}{me}");
+        let pidns = pid_namespace();
+        let name = dir_name(pidns, std::process::id());
         let mut why = Vec::new();
 
         let mut v2 = None;
@@ -127,7 +156,7 @@ impl Cgroups {
         match (&m.v2, &own_v2) {
             (Some(mount), Some(own)) => {
                 let base = join(mount, own);
-                clean_stale(&base);
+                clean_stale(&base, pidns);
                 let dir = base.join(&name);
                 match std::fs::create_dir(&dir) {
                     Ok(()) | Err(_) if dir.join("cgroup.kill").exists() => {
@@ -154,7 +183,7 @@ impl Cgroups {
         let mut v1_pids = None;
         if !v2_pids && let (Some(mount), Some(own)) = (&m.v1_pids, &own_v1) {
             let base = join(mount, own);
-            clean_stale(&base);
+            clean_stale(&base, pidns);
             let dir = base.join(&name);
             match std::fs::create_dir(&dir) {
                 Ok(()) => v1_pids = Some(dir),
@@ -309,16 +338,13 @@ fn kill_each(dir: &Path) {
 
 /// Removes what an agent that died left under `base`: kills the processes
 /// of its commands and removes their directories.
-fn clean_stale(base: &Path) {
+fn clean_stale(base: &Path, pidns: u64) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
+        let Some(pid) = owner_in(&name, pidns) else {
             continue;
         };
         if pid_alive(pid) {
@@ -352,6 +378,27 @@ fn clean_stale(base: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_namespace_s_dead_agents_are_cleaned() {
+        assert_eq!(owner_in(&dir_name(7, 42), 7), Some(42));
+        assert_eq!(owner_in(&dir_name(8, 42), 7), None);
+        assert_eq!(owner_in("coral-exec-42", 7), Some(42));
+        assert_eq!(owner_in("coral-exec-x-42", 7), None);
+        assert_eq!(owner_in("other", 7), None);
+
+        // A directory of a dead agent of this namespace goes; one of
+        // another namespace whose pid is dead here stays.
+        let base = tempfile::tempdir().unwrap();
+        let dead = i32::MAX as u32 - 1;
+        let ours = base.path().join(dir_name(7, dead));
+        let theirs = base.path().join(dir_name(8, dead));
+        std::fs::create_dir(&ours).unwrap();
+        std::fs::create_dir(&theirs).unwrap();
+        clean_stale(base.path(), 7);
+        assert!(!ours.exists());
+        assert!(theirs.exists());
+    }
 
     #[test]
     fn mountinfo_escapes() {
