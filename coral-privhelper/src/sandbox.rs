@@ -647,3 +647,63 @@ pub fn confine_main(state_dir: &Path, tracefs: Option<&Path>) -> Result<Landlock
         rules: rules.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16 item 12: the helper's lists are reviewed data: every call
+    /// and argument value has a reason and is listed once.
+    #[test]
+    fn every_listed_call_has_a_reason_and_is_listed_once() {
+        let lists: [(&str, Vec<(u64, &str)>); 6] = [
+            (
+                "main process",
+                ALLOWED
+                    .iter()
+                    .chain(ARCH_ONLY)
+                    .map(|(s, w)| (*s as u64, *w))
+                    .collect(),
+            ),
+            (
+                "target process",
+                TARGET_ALLOWED
+                    .iter()
+                    .chain(TARGET_ARCH_ONLY)
+                    .map(|(s, w)| (*s as u64, *w))
+                    .collect(),
+            ),
+            ("IOCTLS", IOCTLS.to_vec()),
+            ("SOCKET_FAMILIES", SOCKET_FAMILIES.to_vec()),
+            ("PRCTLS", PRCTLS.to_vec()),
+            ("TARGET_SOCKET_FAMILIES", TARGET_SOCKET_FAMILIES.to_vec()),
+        ];
+        for (name, list) in lists {
+            let mut seen = BTreeMap::new();
+            for (v, why) in list {
+                assert!(!why.trim().is_empty(), "{name}: {v} has no reason");
+                assert!(seen.insert(v, why).is_none(), "{name}: {v} is listed twice");
+            }
+        }
+        // The target process is much narrower than the main process, and
+        // has none of what it must not do.
+        let target = target_policy().allowed;
+        assert!(target.len() * 3 < helper_policy().allowed.len() * 2);
+        for forbidden in [
+            libc::SYS_bpf,
+            libc::SYS_ioctl,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_mount,
+            libc::SYS_ptrace,
+            libc::SYS_process_vm_readv,
+            libc::SYS_pwrite64,
+            libc::SYS_renameat,
+            libc::SYS_unlinkat,
+            libc::SYS_prctl,
+            libc::SYS_capset,
+        ] {
+            assert!(!target.contains(&forbidden), "{forbidden}");
+        }
+    }
+}
