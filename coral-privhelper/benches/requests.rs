@@ -1,7 +1,8 @@
 //! Helper request latency (issue 3), in one run: `Hello` (connect, version
-//! negotiation) and `GetKey` (the key handed over as a sealed memfd with
-//! SCM_RIGHTS) against the real helper binary, beside a plain Unix-socket
-//! echo round trip as the floor. Needs root (the helper's key file is
+//! negotiation), `GetKey` (the key handed over as a sealed memfd with
+//! SCM_RIGHTS) and `OpenTarget` (issue 16: answered by the target process,
+//! one more hop) against the real helper binary, beside a plain Unix-socket
+//! echo round trip and the `OpenTarget` steps run in-process as floors. Needs root (the helper's key file is
 //! root-owned). Run: `cargo bench -p coral-privhelper --bench requests`.
 
 use std::io::{Read, Write};
@@ -59,6 +60,25 @@ fn main() {
             t.elapsed()
         })
         .collect();
+    // OpenTarget of this process by pid: the helper asks its target process
+    // (issue 16), which reads /proc and opens the executable.
+    let me = std::process::id();
+    let mut open_target: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            client.open_target(me, 0).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    // The same steps in this process, without the helper: what the hop and
+    // the request cost on top.
+    let mut open_direct: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            coral_privhelper::uprobe::open_target(me, 0, 0).unwrap();
+            t.elapsed()
+        })
+        .collect();
     let _ = Command::new("kill").arg(helper.id().to_string()).status();
     let _ = helper.wait();
 
@@ -99,6 +119,16 @@ fn main() {
         "| `GetKey` (key as a sealed memfd over SCM_RIGHTS, client checks the seals) | {} | {} |",
         us(pct(&mut get_key, 0.5)),
         us(pct(&mut get_key, 0.99))
+    );
+    println!(
+        "| `OpenTarget` by pid (issue 16: the helper asks its target process, which reads /proc and opens the executable; fd passed twice) | {} | {} |",
+        us(pct(&mut open_target, 0.5)),
+        us(pct(&mut open_target, 0.99))
+    );
+    println!(
+        "| the same `OpenTarget` steps in-process, no helper (the floor, same run) | {} | {} |",
+        us(pct(&mut open_direct, 0.5)),
+        us(pct(&mut open_direct, 0.99))
     );
     println!(
         "| plain Unix socket: connect + 16-byte echo (the floor, same run) | {} | {} |",

@@ -137,9 +137,10 @@ fn main() -> ExitCode {
         } else {
             match sandbox::confine_main(&state_dir, tracefs.as_deref()) {
                 Ok(l) => server::log(&format!(
-                    "sandbox: landlock {} enforced (ABI {:?} asked, {} path rules)",
+                    "sandbox: landlock {} enforced (ABI {:?} asked, kernel ABI {}, {} path rules)",
                     l.status,
                     sandbox::LANDLOCK_ABI,
+                    sandbox::kernel_landlock_abi(),
                     l.rules
                 )),
                 Err(e) => {

@@ -169,6 +169,10 @@ pub const ALLOWED: &[(i64, &str)] = &[
         libc::SYS_perf_event_open,
         "tracepoint events (uprobe events come from the target process)",
     ),
+    (
+        libc::SYS_wait4,
+        "reap the target process once it has exited (WNOHANG)",
+    ),
     // Identity and limits.
     (
         libc::SYS_geteuid,
@@ -558,6 +562,21 @@ pub fn target_policy() -> Policy {
 /// scopes). Older kernels get what they support (best effort); on 6.12 and
 /// later the whole set is enforced.
 pub const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// The landlock ABI of the running kernel (0: no landlock).
+pub fn kernel_landlock_abi() -> i64 {
+    // SAFETY: landlock_create_ruleset with a NULL attr, size 0 and the
+    // VERSION flag only returns the ABI version (or an error).
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32, // LANDLOCK_CREATE_RULESET_VERSION
+        )
+    };
+    v.max(0)
+}
 
 /// One landlock rule of the helper's main process: a path, the rights
 /// beneath it, and why.

@@ -421,6 +421,12 @@ impl TargetProcess {
             Ok(r) => Ok(r),
             Err(e) => {
                 *guard = None;
+                // Reap it if it has exited (no zombie while the helper runs);
+                // if it has not, it exits on the EOF of the socket just closed.
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(self.pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
                 crate::server::log(&format!(
                     "target process {}: {e}; OpenTarget and UprobeAttach are refused from now on",
                     self.pid
@@ -610,26 +616,64 @@ fn child_main(
     serve(sock, listen_path, allow)
 }
 
-/// Keeps [`KEEP_CAPS`] in the effective and permitted sets, and nothing
-/// anywhere else.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_SETPCAP: u32 = 8;
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Keeps those of [`KEEP_CAPS`] the helper has (a systemd unit's bounding
+/// set may lack some) in the effective and permitted sets, and nothing
+/// anywhere else. The bounding set is cut down too when the helper may
+/// (`CAP_SETPCAP`); without it, it stays as the unit left it, which only
+/// matters to an `execve` the filter does not allow.
 fn drop_capabilities() -> Result<(), String> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut now = [CapData::default(); 2];
+    // SAFETY: capget writes two data structs (version 3) into a valid array.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &header as *const CapHeader,
+            now.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(format!("capget: {}", io::Error::last_os_error()));
+    }
+    let has = |cap: u32| now[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0;
     let keep = |c: u32| KEEP_CAPS.iter().any(|(k, _)| *k == c);
-    // The bounding set first: dropping from it needs CAP_SETPCAP, still held.
-    for cap in 0..64u32 {
-        if keep(cap) {
-            continue;
-        }
-        // SAFETY: prctl with integer arguments changes only this process.
-        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if r != 0 {
-            // EINVAL: past the kernel's last capability.
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-                break;
+    if has(CAP_SETPCAP) {
+        for cap in 0..64u32 {
+            if keep(cap) {
+                continue;
             }
-            return Err(format!(
-                "drop capability {cap} from the bounding set: {}",
-                io::Error::last_os_error()
-            ));
+            // SAFETY: prctl with integer arguments changes only this process.
+            let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if r != 0 {
+                // EINVAL: past the kernel's last capability.
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                    break;
+                }
+                return Err(format!(
+                    "drop capability {cap} from the bounding set: {}",
+                    io::Error::last_os_error()
+                ));
+            }
         }
     }
     // SAFETY: as above.
@@ -642,31 +686,18 @@ fn drop_capabilities() -> Result<(), String> {
             0,
         )
     };
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut data = [Data::default(); 2];
+    let mut data = [CapData::default(); 2];
     for (cap, _) in KEEP_CAPS {
-        let d = &mut data[(*cap / 32) as usize];
-        d.effective |= 1 << (cap % 32);
-        d.permitted |= 1 << (cap % 32);
+        let i = (*cap / 32) as usize;
+        let bit = 1 << (cap % 32);
+        if now[i].permitted & bit != 0 {
+            data[i].effective |= bit;
+            data[i].permitted |= bit;
+        }
     }
-    let header = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
     // SAFETY: capset reads a valid header and two data structs (version 3)
     // that outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
     if r != 0 {
         return Err(format!("capset: {}", io::Error::last_os_error()));
     }
@@ -830,6 +861,29 @@ mod tests {
         assert!(Request::decode(&b).is_err());
         b[0] = 77;
         assert!(Request::decode(&b).is_err());
+    }
+
+    /// The caller's uid comes only from a connection accepted on the
+    /// helper's socket: a socketpair, or a connection to another socket,
+    /// which a compromised main process could make, is refused.
+    #[test]
+    fn only_connections_to_the_helpers_socket_name_a_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("helper.sock");
+        let other = dir.path().join("other.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let l2 = UnixListener::bind(&other).unwrap();
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        let bound = local_path(l.as_fd()).unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        assert_eq!(caller_uid(&OwnedFd::from(accepted), &bound).unwrap(), me);
+        let _c2 = std::os::unix::net::UnixStream::connect(&other).unwrap();
+        let (elsewhere, _) = l2.accept().unwrap();
+        assert!(caller_uid(&OwnedFd::from(elsewhere), &bound).is_err());
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = caller_uid(&OwnedFd::from(a), &bound).unwrap_err();
+        assert!(e.to_string().contains("not a connection"), "{e}");
     }
 
     #[test]
