@@ -224,8 +224,14 @@ pub fn run(listener: UnixListener, cfg: ServerConfig) -> io::Result<()> {
 /// this process's landlock set cannot name).
 fn verdict(sh: &Shared, uid: u32) -> Verdict {
     let allow = &sh.cfg.allow;
-    if uid == 0 || allow.uids.contains(&uid) || allow.groups.is_empty() {
-        return allow.check(uid);
+    if uid == 0 {
+        return Verdict::Root;
+    }
+    if allow.uids.contains(&uid) {
+        return Verdict::Uid;
+    }
+    if allow.groups.is_empty() {
+        return Verdict::Denied;
     }
     match sh.cfg.target.check_user(uid) {
         Ok(v) => v,
