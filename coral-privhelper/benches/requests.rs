@@ -25,6 +25,42 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let n = 1000;
+    let me = std::process::id();
+    // The target process's hop alone (issue 16): the same OpenTarget
+    // through a target process of this bench (unconfined), on a connection
+    // accepted on a socket of its own. Forked first, while this process has
+    // one thread.
+    let hop_path = dir.path().join("hop.sock");
+    let hop_listener = UnixListener::bind(&hop_path).unwrap();
+    let tp = coral_privhelper::target::spawn(
+        &hop_listener,
+        coral_privhelper::config::Allow::default(),
+        coral_privhelper::target::Confine::No,
+    )
+    .unwrap();
+    // The caller is another process: the target process refuses a
+    // connection whose peer is its parent.
+    let mut hop_client = Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(60)",
+        ])
+        .arg(&hop_path)
+        .spawn()
+        .unwrap();
+    let (hop_conn, _) = hop_listener.accept().unwrap();
+    let mut hop: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            tp.open_target(std::os::fd::AsFd::as_fd(&hop_conn), me, 0)
+                .unwrap();
+            t.elapsed()
+        })
+        .collect();
+    drop(tp);
+    let _ = hop_client.kill();
+    let _ = hop_client.wait();
     let socket = dir.path().join("helper.sock");
     let config = dir.path().join("helper.conf");
     std::fs::write(&config, "allow_uid = 0\n").unwrap();
@@ -43,7 +79,6 @@ fn main() {
         assert!(Instant::now() < deadline, "helper did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let n = 1000;
     let mut hello: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
@@ -62,7 +97,6 @@ fn main() {
         .collect();
     // OpenTarget of this process by pid: the helper asks its target process
     // (issue 16), which reads /proc and opens the executable.
-    let me = std::process::id();
     let mut open_target: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
@@ -124,6 +158,11 @@ fn main() {
         "| `OpenTarget` by pid (issue 16: the helper asks its target process, which reads /proc and opens the executable; fd passed twice) | {} | {} |",
         us(pct(&mut open_target, 0.5)),
         us(pct(&mut open_target, 0.99))
+    );
+    println!(
+        "| the same `OpenTarget` through a target process alone, no helper (the hop: socketpair round trip, caller's connection in, executable out) | {} | {} |",
+        us(pct(&mut hop, 0.5)),
+        us(pct(&mut hop, 0.99))
     );
     println!(
         "| the same `OpenTarget` steps in-process, no helper (the floor, same run) | {} | {} |",
