@@ -287,6 +287,9 @@ impl Reply {
         }
         let text = String::from_utf8(b[REPLY_HEADER..].to_vec())
             .map_err(|_| "reply text is not UTF-8".to_string())?;
+        if b[0] != 0 && number != 0 {
+            return Err("an error reply carries a number".into());
+        }
         match b[0] {
             0 => Ok(Reply::Ok { number, text }),
             1 => Ok(Reply::Invalid(text)),
