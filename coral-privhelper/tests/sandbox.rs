@@ -524,3 +524,76 @@ fn the_target_process_is_confined_and_its_death_only_costs_its_verbs_issue_16() 
         "the target process outlived the helper"
     );
 }
+
+/// Issue 16 item 12: the uid rule of OpenTarget is the target process's,
+/// with the uid it reads from the caller's connection: uid 65534 opens its
+/// own process (another uid than the target process's root: the kept
+/// CAP_SYS_PTRACE at work) and is refused root's pid 1.
+#[test]
+fn the_target_process_applies_the_callers_uid_issue_16() {
+    if !root_or_skip("the_target_process_applies_the_callers_uid_issue_16") {
+        return;
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/examples/privhelper-client
+    let client = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("examples/privhelper-client");
+    assert!(client.exists(), "build the example: {}", client.display());
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = dir.path().join("privhelper.conf");
+    std::fs::write(&conf, "allow_uid = 65534\n").unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let socket = dir.path().join("privhelper.sock");
+    let mut helper = Command::new(env!("CARGO_BIN_EXE_coral-privhelper"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&conf)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while coral_privhelper::Client::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "helper did not serve");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&client)
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, own) = as_nobody(&["open-target", "self"]);
+    let (_, other) = as_nobody(&["open-target", "1"]);
+    let _ = helper.kill();
+    let _ = helper.wait();
+    assert_eq!(code, Some(0), "{own}");
+    assert!(
+        own.starts_with("target ") && own.contains("privhelper-client"),
+        "{own}"
+    );
+    assert!(
+        other.contains("belongs to uid 0; uid 65534 may only probe its own processes"),
+        "{other}"
+    );
+}
