@@ -5,8 +5,10 @@
 //! - **landlock**: read-write only beneath the role's own state and runtime
 //!   directories; read-only (and execute) where code and system facts live;
 //!   nothing else (no home directories, no other users' files);
-//! - **seccomp**: a per-role allowlist of system calls (below, one comment
-//!   per group); anything else kills the process with `SIGSYS`. Set on the
+//! - **seccomp**: a per-role allowlist of system calls, reviewed data with
+//!   one reason per call and per architecture ([`COMMON`], [`AGENT_ONLY`],
+//!   [`SPAWNER_ONLY`], [`COMMON_ARCH_ONLY`], [`SPAWNER_ARCH_ONLY`]);
+//!   anything else kills the process with `SIGSYS`. Set on the
 //!   main thread while it is the only thread, with `no_new_privs`, and
 //!   synchronised to all threads, so `/proc/<pid>/task/*/status` shows
 //!   `Seccomp: 2` everywhere.
@@ -215,6 +217,7 @@ fn seccomp(role: Role, list: &[i64], mode: Mode) -> Result<(), SandboxError> {
         socket_families: pick(DAEMON_SOCKET_FAMILIES),
         prctls: pick(DAEMON_PRCTLS),
         mount_flags: None,
+        read_only_open: false,
         log_only: mode == Mode::Log,
     }
     .apply()
@@ -290,247 +293,347 @@ pub fn try_refused_ioctl(path: &Path) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// The system calls each role may make. Reviewed data: add a call only with
-/// a comment saying who needs it.
+/// One allowed system call and who needs it.
+pub type Call = (i64, &'static str);
+
+/// Calls every role makes (colony, agent, exec spawner). Reviewed data: add
+/// a call only with the reason someone needs it.
+pub const COMMON: &[Call] = &[
+    // Memory.
+    (libc::SYS_brk, "the allocator"),
+    (
+        libc::SYS_mmap,
+        "the allocator, DuckDB's buffer manager, thread stacks",
+    ),
+    (libc::SYS_munmap, "the allocator, thread stacks"),
+    (libc::SYS_mremap, "the allocator (growing buffers)"),
+    (libc::SYS_mprotect, "thread stack guard pages"),
+    (
+        libc::SYS_madvise,
+        "the allocator and DuckDB returning memory",
+    ),
+    (libc::SYS_mlock, "DuckDB's buffer manager"),
+    (libc::SYS_munlock, "DuckDB's buffer manager"),
+    (libc::SYS_membarrier, "DuckDB and SQLite memory fences"),
+    // Threads and synchronisation.
+    (
+        libc::SYS_clone,
+        "tokio workers, DuckDB and SQLite threads (CLONE_THREAD only for the colony and agent)",
+    ),
+    (
+        libc::SYS_clone3,
+        "answered ENOSYS for the colony and agent, so the C library uses clone",
+    ),
+    (libc::SYS_futex, "locks, condition variables, thread joins"),
+    (libc::SYS_set_robust_list, "new threads"),
+    (libc::SYS_get_robust_list, "the C library's thread start-up"),
+    (libc::SYS_rseq, "new threads (glibc)"),
+    (libc::SYS_set_tid_address, "new threads"),
+    (libc::SYS_sched_yield, "spin locks (tokio, DuckDB)"),
+    (
+        libc::SYS_sched_getaffinity,
+        "the CPUs tokio and DuckDB may use",
+    ),
+    (libc::SYS_sched_setaffinity, "DuckDB's worker threads"),
+    (libc::SYS_gettid, "thread ids in logs"),
+    (libc::SYS_getpid, "the pid in logs, peer checks"),
+    (
+        libc::SYS_getppid,
+        "`coral --daemon` children check their parent",
+    ),
+    (libc::SYS_exit, "a thread ends"),
+    (libc::SYS_exit_group, "the process exits"),
+    (
+        libc::SYS_tgkill,
+        "signals to its own threads (the C library)",
+    ),
+    (
+        libc::SYS_tkill,
+        "signals to its own threads (older callers)",
+    ),
+    (
+        libc::SYS_kill,
+        "the agent kills what is left in a `coral exec` command's cgroup; signals to daemons",
+    ),
+    (libc::SYS_nanosleep, "sleeps"),
+    (libc::SYS_clock_nanosleep, "sleeps"),
+    // Signals: tokio's signal handling (SIGTERM, SIGINT, SIGHUP, SIGCHLD).
+    (libc::SYS_rt_sigaction, "signal handlers (tokio)"),
+    (
+        libc::SYS_rt_sigprocmask,
+        "new threads block signals while starting",
+    ),
+    (libc::SYS_rt_sigreturn, "return from a signal handler"),
+    (
+        libc::SYS_sigaltstack,
+        "the stack-overflow handler of each thread",
+    ),
+    (libc::SYS_rt_sigtimedwait, "waiting for a signal"),
+    // Time.
+    (libc::SYS_clock_gettime, "timestamps, timeouts"),
+    (libc::SYS_clock_getres, "DuckDB's timers"),
+    (libc::SYS_gettimeofday, "timestamps (older callers)"),
+    // Files: stores, logs, sockets' paths, /proc and /sys reads (landlock
+    // decides which paths).
+    (
+        libc::SYS_openat,
+        "every file: stores, logs, /proc and /sys facts",
+    ),
+    (libc::SYS_close, "every fd"),
+    (
+        libc::SYS_close_range,
+        "closing inherited fds (std, children)",
+    ),
+    (libc::SYS_read, "files, sockets"),
+    (libc::SYS_write, "files, sockets, logs"),
+    (libc::SYS_pread64, "DuckDB and SQLite pages"),
+    (libc::SYS_pwrite64, "DuckDB and SQLite pages"),
+    (libc::SYS_readv, "sockets (tokio)"),
+    (libc::SYS_writev, "sockets (tokio), logs"),
+    (libc::SYS_preadv, "DuckDB"),
+    (libc::SYS_pwritev, "DuckDB"),
+    (libc::SYS_lseek, "files read in parts"),
+    (libc::SYS_fstat, "files' metadata"),
+    (libc::SYS_newfstatat, "paths' metadata"),
+    (libc::SYS_statx, "paths' metadata (std)"),
+    (libc::SYS_statfs, "DuckDB: the file system of its database"),
+    (libc::SYS_fstatfs, "the same, by fd"),
+    (libc::SYS_faccessat, "does a path exist (the C library)"),
+    (libc::SYS_faccessat2, "the same (newer C libraries)"),
+    (libc::SYS_readlinkat, "/proc links (discovery, exec)"),
+    (libc::SYS_getdents64, "directory listings (stores, /proc)"),
+    (libc::SYS_fsync, "durable stores and state files"),
+    (libc::SYS_fdatasync, "durable stores (SQLite)"),
+    (libc::SYS_ftruncate, "SQLite and DuckDB files, WAL resets"),
+    (libc::SYS_fallocate, "DuckDB growing its file"),
+    (libc::SYS_renameat, "state files appear whole"),
+    (libc::SYS_renameat2, "state files appear whole (std)"),
+    (libc::SYS_unlinkat, "temporary files, stale sockets"),
+    (libc::SYS_mkdirat, "state and runtime directories"),
+    (libc::SYS_fchmod, "files' and sockets' modes"),
+    (libc::SYS_fchmodat, "paths' modes"),
+    (libc::SYS_flock, "one daemon per state dir"),
+    (libc::SYS_fcntl, "close-on-exec, locks (SQLite), flags"),
+    (
+        libc::SYS_ioctl,
+        "sockets and terminals (listed requests only for the colony and agent, see DAEMON_IOCTLS)",
+    ),
+    (libc::SYS_dup, "fd copies"),
+    (libc::SYS_dup3, "fd copies (children's stdio)"),
+    (libc::SYS_pipe2, "pipes to children, tokio's wakers"),
+    (libc::SYS_getcwd, "relative paths in the CLI"),
+    (libc::SYS_chdir, "`coral --daemon` children leave the cwd"),
+    (libc::SYS_fchdir, "the same, by fd"),
+    (libc::SYS_umask, "`coral --daemon` sets its umask"),
+    (libc::SYS_utimensat, "SQLite and DuckDB touch files"),
+    (libc::SYS_copy_file_range, "file copies (std::fs::copy)"),
+    (libc::SYS_sendfile, "file copies (older kernels)"),
+    (
+        libc::SYS_memfd_create,
+        "the sealed key memfd of a daemon keying without the helper",
+    ),
+    (libc::SYS_fadvise64, "DuckDB's read-ahead hints"),
+    (libc::SYS_sync_file_range, "DuckDB's checkpoint writes"),
+    (libc::SYS_symlinkat, "SQLite and DuckDB (rarely)"),
+    (libc::SYS_linkat, "SQLite and DuckDB (rarely)"),
+    (
+        libc::SYS_fchown,
+        "SQLite, running as root, gives new journal and WAL files the owner of their database",
+    ),
+    (libc::SYS_fchownat, "the same, by path"),
+    // Event loops: tokio (epoll, eventfd), timers.
+    (libc::SYS_epoll_create1, "tokio's event loop"),
+    (libc::SYS_epoll_ctl, "tokio's event loop"),
+    (libc::SYS_epoll_pwait, "tokio's event loop"),
+    (libc::SYS_epoll_pwait2, "tokio's event loop (newer)"),
+    (libc::SYS_eventfd2, "tokio's waker"),
+    (libc::SYS_ppoll, "blocking waits on one fd"),
+    (libc::SYS_pselect6, "blocking waits (older callers)"),
+    (libc::SYS_timerfd_create, "timers"),
+    (libc::SYS_timerfd_settime, "timers"),
+    (libc::SYS_signalfd4, "signals as fds (tokio)"),
+    // Sockets: Unix control/MCP sockets (with peer credentials), TCP
+    // control plane, OTLP listeners, UDP for the mesh.
+    (
+        libc::SYS_socket,
+        "control, OTLP, mesh sockets (listed families only for the colony and agent, see DAEMON_SOCKET_FAMILIES)",
+    ),
+    (libc::SYS_socketpair, "pipes to the exec spawner"),
+    (libc::SYS_bind, "OTLP and control listeners, the mesh's UDP"),
+    (libc::SYS_listen, "OTLP and control listeners"),
+    (libc::SYS_accept, "connections (older callers)"),
+    (libc::SYS_accept4, "connections"),
+    (libc::SYS_connect, "the colony, the helper, upstreams"),
+    (libc::SYS_getsockname, "the ports bound (port 0)"),
+    (libc::SYS_getpeername, "peers' addresses in logs"),
+    (
+        libc::SYS_getsockopt,
+        "SO_PEERCRED of local callers, socket errors",
+    ),
+    (libc::SYS_setsockopt, "timeouts, keep-alive, buffer sizes"),
+    (libc::SYS_sendto, "datagrams, replies"),
+    (libc::SYS_recvfrom, "datagrams, requests"),
+    (
+        libc::SYS_sendmsg,
+        "fds to and from the helper and the spawner",
+    ),
+    (libc::SYS_recvmsg, "the same"),
+    (
+        libc::SYS_sendmmsg,
+        "the mesh's UDP in batches; the resolver",
+    ),
+    (libc::SYS_recvmmsg, "the mesh's UDP in batches"),
+    (libc::SYS_shutdown, "half-closing connections"),
+    // Identity and limits.
+    (
+        libc::SYS_getuid,
+        "peer checks, paths of the user's directories",
+    ),
+    (libc::SYS_geteuid, "the same"),
+    (libc::SYS_getgid, "peer checks"),
+    (libc::SYS_getegid, "peer checks"),
+    (libc::SYS_getgroups, "group checks of local callers"),
+    (libc::SYS_getresuid, "the C library"),
+    (libc::SYS_getresgid, "the C library"),
+    (libc::SYS_getrlimit, "the fd limit"),
+    (libc::SYS_prlimit64, "raising the fd limit"),
+    (libc::SYS_getrusage, "its own CPU time (status)"),
+    (libc::SYS_uname, "the kernel version (doctor, aya)"),
+    (libc::SYS_sysinfo, "DuckDB: the memory size"),
+    (libc::SYS_getrandom, "keys, tokens, hash maps"),
+    (
+        libc::SYS_prctl,
+        "thread names (listed options only for the colony and agent, see DAEMON_PRCTLS)",
+    ),
+    (libc::SYS_getcpu, "DuckDB's per-CPU state"),
+    (libc::SYS_getpriority, "DuckDB's thread priorities"),
+    (libc::SYS_setpriority, "the same"),
+    (libc::SYS_times, "CPU time (older callers)"),
+    // Processes.
+    (
+        libc::SYS_wait4,
+        "`coral --daemon` children, the spawner's commands",
+    ),
+    (libc::SYS_waitid, "the same (std)"),
+];
+
+/// Calls only the agent makes.
+pub const AGENT_ONLY: &[Call] = &[
+    (
+        libc::SYS_bpf,
+        "the eBPF reader: map and ring-buffer operations on fds the helper (or the agent itself, with the privilege) created",
+    ),
+    (
+        libc::SYS_perf_event_open,
+        "BPF attach without the helper (CAP_BPF + CAP_PERFMON)",
+    ),
+];
+
+/// Calls only the exec spawner makes: starting, signalling and reaping
+/// `coral exec` commands, and what the commands themselves need (they
+/// inherit the list).
+pub const SPAWNER_ONLY: &[Call] = &[
+    (libc::SYS_execve, "the shim, then each command"),
+    (libc::SYS_execveat, "the same (fexecve)"),
+    (libc::SYS_setpgid, "each command in its own process group"),
+    (libc::SYS_getpgid, "process groups"),
+    (libc::SYS_setsid, "commands' sessions"),
+    (libc::SYS_getsid, "commands' sessions"),
+    (libc::SYS_pidfd_open, "waiting on a command"),
+    (libc::SYS_pidfd_send_signal, "killing a command's group"),
+    (libc::SYS_setrlimit, "commands' limits (the shim)"),
+    (libc::SYS_setitimer, "commands' timers"),
+    (libc::SYS_getitimer, "commands' timers"),
+    (
+        libc::SYS_landlock_create_ruleset,
+        "the shim confines each command before execve",
+    ),
+    (libc::SYS_landlock_add_rule, "the same"),
+    (libc::SYS_landlock_restrict_self, "the same"),
+    // Diagnostic commands: ps/top read /proc, ss uses netlink sockets
+    // (allowed above), psql, and terminal handling.
+    (libc::SYS_sched_getparam, "ps, top"),
+    (libc::SYS_sched_getscheduler, "ps, top"),
+    (libc::SYS_capget, "commands checking their capabilities"),
+    (libc::SYS_getxattr, "ls -l (ACLs, SELinux labels)"),
+    (libc::SYS_lgetxattr, "the same"),
+    (libc::SYS_fgetxattr, "the same"),
+    (libc::SYS_listxattr, "the same"),
+    (libc::SYS_llistxattr, "the same"),
+    (libc::SYS_mincore, "commands' allocators"),
+    (libc::SYS_msync, "commands' mapped files"),
+    (
+        libc::SYS_shmget,
+        "psql and terminals (System V shared memory)",
+    ),
+    (libc::SYS_shmat, "the same"),
+    (libc::SYS_shmdt, "the same"),
+    (libc::SYS_shmctl, "the same"),
+    (libc::SYS_inotify_init1, "tail -f"),
+    (libc::SYS_inotify_add_watch, "tail -f"),
+    (libc::SYS_inotify_rm_watch, "tail -f"),
+];
+
+/// The older x86_64 calls the `*at` forms replaced, for every role
+/// (aarch64 has only the `*at` forms).
+#[cfg(target_arch = "x86_64")]
+pub const COMMON_ARCH_ONLY: &[Call] = &[
+    (libc::SYS_open, "files (older callers), as openat"),
+    (libc::SYS_stat, "metadata, as newfstatat"),
+    (libc::SYS_lstat, "metadata, as newfstatat"),
+    (libc::SYS_access, "as faccessat"),
+    (libc::SYS_readlink, "as readlinkat"),
+    (libc::SYS_rename, "as renameat"),
+    (libc::SYS_unlink, "as unlinkat"),
+    (libc::SYS_mkdir, "as mkdirat"),
+    (libc::SYS_rmdir, "as unlinkat"),
+    (libc::SYS_chmod, "as fchmodat"),
+    (libc::SYS_symlink, "as symlinkat"),
+    (libc::SYS_link, "as linkat"),
+    (libc::SYS_dup2, "as dup3"),
+    (libc::SYS_pipe, "as pipe2"),
+    (libc::SYS_epoll_wait, "as epoll_pwait"),
+    (libc::SYS_poll, "as ppoll"),
+    (libc::SYS_select, "as pselect6"),
+    (libc::SYS_time, "the vDSO's fallback"),
+    (libc::SYS_arch_prctl, "thread-local storage of new threads"),
+];
+#[cfg(target_arch = "aarch64")]
+pub const COMMON_ARCH_ONLY: &[Call] = &[];
+
+/// The older x86_64 calls the spawner's commands make.
+#[cfg(target_arch = "x86_64")]
+pub const SPAWNER_ARCH_ONLY: &[Call] = &[
+    (libc::SYS_fork, "commands' own children (shells)"),
+    (libc::SYS_vfork, "posix_spawn in commands"),
+    (libc::SYS_getpgrp, "shells' job control"),
+    (libc::SYS_alarm, "commands' timers"),
+    (libc::SYS_pause, "commands' waits"),
+    (libc::SYS_chown, "commands (as fchownat)"),
+    (libc::SYS_lchown, "commands (as fchownat)"),
+];
+#[cfg(target_arch = "aarch64")]
+pub const SPAWNER_ARCH_ONLY: &[Call] = &[];
+
+/// A role's list, with reasons: the common calls, then its own.
+pub fn calls(role: Role) -> Vec<Call> {
+    let own: &[&[Call]] = match role {
+        Role::Colony => &[],
+        Role::Agent => &[AGENT_ONLY],
+        Role::Spawner => &[SPAWNER_ONLY, SPAWNER_ARCH_ONLY],
+    };
+    COMMON
+        .iter()
+        .chain(COMMON_ARCH_ONLY)
+        .chain(own.iter().flat_map(|l| l.iter()))
+        .copied()
+        .collect()
+}
+
+/// The system calls each role may make ([`calls`] without the reasons),
+/// sorted.
 pub fn allowlist(role: Role) -> Vec<i64> {
-    use libc::*;
-    let mut v: Vec<i64> = vec![
-        // Memory: the allocator, DuckDB's buffer manager, thread stacks.
-        SYS_brk,
-        SYS_mmap,
-        SYS_munmap,
-        SYS_mremap,
-        SYS_mprotect,
-        SYS_madvise,
-        SYS_mlock,
-        SYS_munlock,
-        SYS_membarrier,
-        // Threads and synchronisation: tokio workers, DuckDB and SQLite threads.
-        SYS_clone,
-        SYS_clone3,
-        SYS_futex,
-        SYS_set_robust_list,
-        SYS_get_robust_list,
-        SYS_rseq,
-        SYS_set_tid_address,
-        SYS_sched_yield,
-        SYS_sched_getaffinity,
-        SYS_sched_setaffinity,
-        SYS_gettid,
-        SYS_getpid,
-        SYS_getppid,
-        SYS_exit,
-        SYS_exit_group,
-        SYS_tgkill,
-        SYS_tkill,
-        SYS_kill,
-        SYS_nanosleep,
-        SYS_clock_nanosleep,
-        // Signals: tokio's signal handling (SIGTERM, SIGINT, SIGHUP, SIGCHLD).
-        SYS_rt_sigaction,
-        SYS_rt_sigprocmask,
-        SYS_rt_sigreturn,
-        SYS_sigaltstack,
-        SYS_rt_sigtimedwait,
-        // Time.
-        SYS_clock_gettime,
-        SYS_clock_getres,
-        SYS_gettimeofday,
-        // Files: stores, logs, sockets' paths, /proc and /sys reads (landlock
-        // decides which paths).
-        SYS_openat,
-        SYS_close,
-        SYS_close_range,
-        SYS_read,
-        SYS_write,
-        SYS_pread64,
-        SYS_pwrite64,
-        SYS_readv,
-        SYS_writev,
-        SYS_preadv,
-        SYS_pwritev,
-        SYS_lseek,
-        SYS_fstat,
-        SYS_newfstatat,
-        SYS_statx,
-        SYS_statfs,
-        SYS_fstatfs,
-        SYS_faccessat,
-        SYS_faccessat2,
-        SYS_readlinkat,
-        SYS_getdents64,
-        SYS_fsync,
-        SYS_fdatasync,
-        SYS_ftruncate,
-        SYS_fallocate,
-        SYS_renameat,
-        SYS_renameat2,
-        SYS_unlinkat,
-        SYS_mkdirat,
-        SYS_fchmod,
-        SYS_fchmodat,
-        SYS_flock,
-        SYS_fcntl,
-        SYS_ioctl,
-        SYS_dup,
-        SYS_dup3,
-        SYS_pipe2,
-        SYS_getcwd,
-        SYS_chdir,
-        SYS_fchdir,
-        SYS_umask,
-        SYS_utimensat,
-        SYS_copy_file_range,
-        SYS_sendfile,
-        SYS_memfd_create,
-        SYS_fadvise64,
-        SYS_sync_file_range,
-        SYS_symlinkat,
-        SYS_linkat,
-        // SQLite, when running as root, gives new journal and WAL files the
-        // owner of their database.
-        SYS_fchown,
-        SYS_fchownat,
-        // Event loops: tokio (epoll, eventfd), timers.
-        SYS_epoll_create1,
-        SYS_epoll_ctl,
-        SYS_epoll_pwait,
-        SYS_epoll_pwait2,
-        SYS_eventfd2,
-        SYS_ppoll,
-        SYS_pselect6,
-        SYS_timerfd_create,
-        SYS_timerfd_settime,
-        SYS_signalfd4,
-        // Sockets: Unix control/MCP sockets (with peer credentials), TCP
-        // control plane, OTLP listeners, UDP for the mesh.
-        SYS_socket,
-        SYS_socketpair,
-        SYS_bind,
-        SYS_listen,
-        SYS_accept,
-        SYS_accept4,
-        SYS_connect,
-        SYS_getsockname,
-        SYS_getpeername,
-        SYS_getsockopt,
-        SYS_setsockopt,
-        SYS_sendto,
-        SYS_recvfrom,
-        SYS_sendmsg,
-        SYS_recvmsg,
-        SYS_sendmmsg,
-        SYS_recvmmsg,
-        SYS_shutdown,
-        // Identity and limits: users for peer checks, rlimits, uname, random.
-        SYS_getuid,
-        SYS_geteuid,
-        SYS_getgid,
-        SYS_getegid,
-        SYS_getgroups,
-        SYS_getresuid,
-        SYS_getresgid,
-        SYS_getrlimit,
-        SYS_prlimit64,
-        SYS_getrusage,
-        SYS_uname,
-        SYS_sysinfo,
-        SYS_getrandom,
-        SYS_prctl,
-        SYS_getcpu,
-        SYS_getpriority,
-        SYS_setpriority,
-        SYS_times,
-        // Processes: `coral --daemon` children and the agent's waits.
-        SYS_wait4,
-        SYS_waitid,
-    ];
-    match role {
-        Role::Colony => {}
-        Role::Agent => v.extend([
-            // The eBPF reader: map and ring-buffer operations on fds the
-            // helper (or the agent itself, with the privilege) created.
-            SYS_bpf,
-            SYS_perf_event_open,
-        ]),
-        Role::Spawner => v.extend([
-            // `coral exec` (issue 16): the spawner starts each command in
-            // its own process group through the shim, kills the group on
-            // the agent's word or when the command ends, and reaps it. The
-            // command inherits this list; its own needs follow.
-            SYS_execve,
-            SYS_execveat,
-            SYS_setpgid,
-            SYS_getpgid,
-            SYS_setsid,
-            SYS_getsid,
-            SYS_pidfd_open,
-            SYS_pidfd_send_signal,
-            SYS_setrlimit,
-            SYS_setitimer,
-            SYS_getitimer,
-            // The shim confines the command with landlock before `execve`.
-            SYS_landlock_create_ruleset,
-            SYS_landlock_add_rule,
-            SYS_landlock_restrict_self,
-            // Diagnostic commands: ps/top read /proc, ss uses netlink
-            // sockets (allowed above), psql, and terminal handling.
-            SYS_sched_getparam,
-            SYS_sched_getscheduler,
-            SYS_capget,
-            SYS_getxattr,
-            SYS_lgetxattr,
-            SYS_fgetxattr,
-            SYS_listxattr,
-            SYS_llistxattr,
-            SYS_mincore,
-            SYS_msync,
-            SYS_shmget,
-            SYS_shmat,
-            SYS_shmdt,
-            SYS_shmctl,
-            SYS_inotify_init1,
-            SYS_inotify_add_watch,
-            SYS_inotify_rm_watch,
-        ]),
-    }
-    // x86_64 also has the older calls the *at forms replaced; aarch64 has
-    // only the *at forms, so these exist on x86_64 alone.
-    #[cfg(target_arch = "x86_64")]
-    {
-        v.extend([
-            SYS_open,       // files (older callers), as openat
-            SYS_stat,       // metadata, as newfstatat
-            SYS_lstat,      // metadata, as newfstatat
-            SYS_access,     // as faccessat
-            SYS_readlink,   // as readlinkat
-            SYS_rename,     // as renameat
-            SYS_unlink,     // as unlinkat
-            SYS_mkdir,      // as mkdirat
-            SYS_rmdir,      // as unlinkat
-            SYS_chmod,      // as fchmodat
-            SYS_symlink,    // as symlinkat
-            SYS_link,       // as linkat
-            SYS_dup2,       // as dup3
-            SYS_pipe,       // as pipe2
-            SYS_epoll_wait, // as epoll_pwait
-            SYS_poll,       // as ppoll
-            SYS_select,     // as pselect6
-            SYS_time,       // the vDSO's fallback
-            SYS_arch_prctl, // thread-local storage of new threads
-        ]);
-        if role == Role::Spawner {
-            v.extend([
-                SYS_fork,    // commands' own children (shells)
-                SYS_vfork,   // posix_spawn in commands
-                SYS_getpgrp, // shells' job control
-                SYS_alarm,   // commands' timers
-                SYS_pause,   // commands' waits
-                SYS_chown,   // commands (as fchownat)
-                SYS_lchown,  // commands (as fchownat)
-            ]);
-        }
-    }
+    let mut v: Vec<i64> = calls(role).iter().map(|(s, _)| *s).collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -591,5 +694,34 @@ mod tests {
             assert!(!agent.contains(&process), "{process}");
         }
         assert!(allowlist(Role::Spawner).contains(&libc::SYS_execve));
+    }
+
+    /// Issue 16 item 12: every role's list is reviewed data, each call with
+    /// a reason and listed once, and so are the argument lists.
+    #[test]
+    fn every_listed_call_has_a_reason_and_is_listed_once() {
+        for role in [Role::Colony, Role::Agent, Role::Spawner] {
+            let list = calls(role);
+            let mut seen = std::collections::BTreeSet::new();
+            for (call, why) in &list {
+                assert!(
+                    !why.trim().is_empty(),
+                    "{role:?}: call {call} has no reason"
+                );
+                assert!(seen.insert(*call), "{role:?}: call {call} is listed twice");
+            }
+            assert_eq!(allowlist(role).len(), list.len(), "{role:?}");
+        }
+        for (name, list) in [
+            ("DAEMON_IOCTLS", DAEMON_IOCTLS),
+            ("DAEMON_SOCKET_FAMILIES", DAEMON_SOCKET_FAMILIES),
+            ("DAEMON_PRCTLS", DAEMON_PRCTLS),
+        ] {
+            let mut seen = std::collections::BTreeSet::new();
+            for (v, why) in list {
+                assert!(!why.trim().is_empty(), "{name}: {v:#x} has no reason");
+                assert!(seen.insert(*v), "{name}: {v:#x} is listed twice");
+            }
+        }
     }
 }

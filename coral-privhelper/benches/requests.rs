@@ -1,7 +1,8 @@
 //! Helper request latency (issue 3), in one run: `Hello` (connect, version
-//! negotiation) and `GetKey` (the key handed over as a sealed memfd with
-//! SCM_RIGHTS) against the real helper binary, beside a plain Unix-socket
-//! echo round trip as the floor. Needs root (the helper's key file is
+//! negotiation), `GetKey` (the key handed over as a sealed memfd with
+//! SCM_RIGHTS) and `OpenTarget` (issue 16: answered by the target process,
+//! one more hop) against the real helper binary, beside a plain Unix-socket
+//! echo round trip and the `OpenTarget` steps run in-process as floors. Needs root (the helper's key file is
 //! root-owned). Run: `cargo bench -p coral-privhelper --bench requests`.
 
 use std::io::{Read, Write};
@@ -24,6 +25,42 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let n = 1000;
+    let me = std::process::id();
+    // The target process's hop alone (issue 16): the same OpenTarget
+    // through a target process of this bench (unconfined), on a connection
+    // accepted on a socket of its own. Forked first, while this process has
+    // one thread.
+    let hop_path = dir.path().join("hop.sock");
+    let hop_listener = UnixListener::bind(&hop_path).unwrap();
+    let tp = coral_privhelper::target::spawn(
+        &hop_listener,
+        coral_privhelper::config::Allow::default(),
+        coral_privhelper::target::Confine::No,
+    )
+    .unwrap();
+    // The caller is another process: the target process refuses a
+    // connection whose peer is its parent.
+    let mut hop_client = Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(60)",
+        ])
+        .arg(&hop_path)
+        .spawn()
+        .unwrap();
+    let (hop_conn, _) = hop_listener.accept().unwrap();
+    let mut hop: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            tp.open_target(std::os::fd::AsFd::as_fd(&hop_conn), me, 0)
+                .unwrap();
+            t.elapsed()
+        })
+        .collect();
+    drop(tp);
+    let _ = hop_client.kill();
+    let _ = hop_client.wait();
     let socket = dir.path().join("helper.sock");
     let config = dir.path().join("helper.conf");
     std::fs::write(&config, "allow_uid = 0\n").unwrap();
@@ -42,7 +79,6 @@ fn main() {
         assert!(Instant::now() < deadline, "helper did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let n = 1000;
     let mut hello: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
@@ -56,6 +92,24 @@ fn main() {
         .map(|_| {
             let t = Instant::now();
             client.get_key().unwrap();
+            t.elapsed()
+        })
+        .collect();
+    // OpenTarget of this process by pid: the helper asks its target process
+    // (issue 16), which reads /proc and opens the executable.
+    let mut open_target: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            client.open_target(me, 0).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    // The same steps in this process, without the helper: what the hop and
+    // the request cost on top.
+    let mut open_direct: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            coral_privhelper::uprobe::open_target(me, 0, 0).unwrap();
             t.elapsed()
         })
         .collect();
@@ -99,6 +153,21 @@ fn main() {
         "| `GetKey` (key as a sealed memfd over SCM_RIGHTS, client checks the seals) | {} | {} |",
         us(pct(&mut get_key, 0.5)),
         us(pct(&mut get_key, 0.99))
+    );
+    println!(
+        "| `OpenTarget` by pid (issue 16: the helper asks its target process, which reads /proc and opens the executable; fd passed twice) | {} | {} |",
+        us(pct(&mut open_target, 0.5)),
+        us(pct(&mut open_target, 0.99))
+    );
+    println!(
+        "| the same `OpenTarget` through a target process alone, no helper (the hop: socketpair round trip, caller's connection in, executable out) | {} | {} |",
+        us(pct(&mut hop, 0.5)),
+        us(pct(&mut hop, 0.99))
+    );
+    println!(
+        "| the same `OpenTarget` steps in-process, no helper (the floor, same run) | {} | {} |",
+        us(pct(&mut open_direct, 0.5)),
+        us(pct(&mut open_direct, 0.99))
     );
     println!(
         "| plain Unix socket: connect + 16-byte echo (the floor, same run) | {} | {} |",

@@ -59,6 +59,16 @@ fn main() -> ExitCode {
                     drop(fds);
                     Ok("released".to_string())
                 }),
+            // `open-target PID|self PORT`: OpenTarget, printing the pid and path.
+            Some("open-target") => {
+                let pid = match args.get(2).map(String::as_str) {
+                    Some("self") => std::process::id(),
+                    p => p.and_then(|p| p.parse().ok()).expect("pid"),
+                };
+                let port = args.get(3).and_then(|p| p.parse().ok()).unwrap_or(0);
+                c.open_target(pid, port)
+                    .map(|(pid, path, _)| format!("target {pid} {path}"))
+            }
             _ => Err(ClientError::Protocol("unknown command".into())),
         });
     match result {

@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod sandbox;
 pub mod server;
 pub mod startup;
+pub mod target;
 pub mod tun;
 pub mod uprobe;
 pub mod wire;

@@ -1,15 +1,17 @@
 //! `coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH] [--sandbox MODE]`
 //!
-//! Thin main: process hygiene, arguments, config, listener, its own seccomp
-//! filter (`sandbox`), then `server::run`. See docs/privhelper.md for every
+//! Thin main: process hygiene, arguments, config, listener, the target
+//! process (`target`), its own landlock rules and seccomp filter
+//! (`sandbox`), then `server::run`. See docs/privhelper.md for every
 //! privileged step.
 #![allow(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use coral_privhelper::{config, sandbox, server, startup};
+use coral_privhelper::{bpf, config, keys, sandbox, server, startup, target};
 
 const USAGE: &str = "usage: coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH] [--sandbox enforce|log|off]";
 const EX_USAGE: u8 = 64;
@@ -86,16 +88,73 @@ fn main() -> ExitCode {
             }
         },
     };
-    // Its own seccomp filter, on every thread, before the first request
-    // (issue 16). The socket is bound: bind and listen are not on the list.
-    if mode.to_str() == Some("off") {
+    // What needs the privileges landlock and seccomp take away happens
+    // first: the state dir, tracefs (landlock forbids mount), and the
+    // target process, forked while this process has one thread.
+    if let Err(e) = keys::ensure_state_dir(&state_dir) {
+        server::log(&format!("error: {e}"));
+        return ExitCode::from(1);
+    }
+    let tracefs = match bpf::tracefs(true) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            server::log(&format!("warning: {e}; BpfAttach of tracepoints will fail"));
+            None
+        }
+    };
+    let off = mode.to_str() == Some("off");
+    let confine = if off {
+        target::Confine::No
+    } else {
+        let mut p = sandbox::target_policy();
+        p.log_only = filter.log_only;
+        target::Confine::Yes(p)
+    };
+    let target = match target::spawn(&listener, allow.clone(), confine) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            server::log(&format!("error: cannot start the target process: {e}"));
+            return ExitCode::from(1);
+        }
+    };
+    server::log(&format!(
+        "target process {} started{}",
+        target.pid(),
+        if off {
+            " (unconfined: --sandbox off)"
+        } else {
+            ""
+        }
+    ));
+    // Its own landlock rules and seccomp filter, on every thread, before the
+    // first request (issue 16). The socket is bound: bind and listen are not
+    // on the list.
+    if off {
         server::log("sandbox: off (--sandbox off)");
     } else {
+        if filter.log_only {
+            server::log("sandbox: landlock skipped (--sandbox log)");
+        } else {
+            match sandbox::confine_main(&state_dir, tracefs.as_deref()) {
+                Ok(l) => server::log(&format!(
+                    "sandbox: landlock {} enforced (ABI {:?} asked, kernel ABI {}, {} path rules)",
+                    l.status,
+                    sandbox::LANDLOCK_ABI,
+                    sandbox::kernel_landlock_abi(),
+                    l.rules
+                )),
+                Err(e) => {
+                    server::log(&format!("error: {e}"));
+                    return ExitCode::from(1);
+                }
+            }
+        }
         match filter.apply() {
             Ok(()) => server::log(&format!(
-                "sandbox: seccomp{}, {} calls allowed",
+                "sandbox: seccomp{}, {} calls allowed; target process: {} calls",
                 if filter.log_only { " (log only)" } else { "" },
-                filter.allowed.len()
+                filter.allowed.len(),
+                sandbox::TARGET_ALLOWED.len() + sandbox::TARGET_ARCH_ONLY.len()
             )),
             Err(e) => {
                 server::log(&format!("error: {e}"));
@@ -107,6 +166,7 @@ fn main() -> ExitCode {
         allow,
         state_dir,
         idle_timeout: Duration::from_secs(30),
+        target,
     };
     match server::run(listener, cfg) {
         Ok(()) => ExitCode::SUCCESS,

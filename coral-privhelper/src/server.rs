@@ -28,6 +28,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use crate::config::{Allow, Verdict};
 use crate::protocol::{self, DecodeError, ErrorCode, Request, Response, TunParams};
+use crate::target::TargetProcess;
 use crate::wire::{self, WireError};
 use crate::{bpf, keys, tun, uprobe};
 
@@ -48,6 +49,9 @@ pub struct ServerConfig {
     pub allow: Allow,
     pub state_dir: PathBuf,
     pub idle_timeout: Duration,
+    /// The target process (`crate::target`): group lookups, `OpenTarget`
+    /// and the process-side steps of `UprobeAttach`.
+    pub target: Arc<TargetProcess>,
 }
 
 struct Shared {
@@ -174,7 +178,7 @@ pub fn run(listener: UnixListener, cfg: ServerConfig) -> io::Result<()> {
                 continue;
             }
         };
-        if shared.cfg.allow.check(uid) == Verdict::Denied {
+        if verdict(&shared, uid) == Verdict::Denied {
             let why = format!(
                 "uid {uid} is not allowed to use coral-privhelper (add the user to group 'coral' with 'sudo usermod -aG coral USER' and log in again, or add 'allow_uid = {uid}' to its config)"
             );
@@ -211,6 +215,32 @@ pub fn run(listener: UnixListener, cfg: ServerConfig) -> io::Result<()> {
             });
         if spawned.is_err() {
             shared.conns.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether `uid` may use the helper: root and listed uids here, group
+/// membership by the target process (it reads the user database, which
+/// this process's landlock set cannot name).
+fn verdict(sh: &Shared, uid: u32) -> Verdict {
+    let allow = &sh.cfg.allow;
+    if uid == 0 {
+        return Verdict::Root;
+    }
+    if allow.uids.contains(&uid) {
+        return Verdict::Uid;
+    }
+    if allow.groups.is_empty() {
+        return Verdict::Denied;
+    }
+    match sh.cfg.target.check_user(uid) {
+        Ok(v) => v,
+        Err(e) => {
+            sh.refused_log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .log(&format!("uid={uid}: cannot check group membership: {e}"));
+            Verdict::Denied
         }
     }
 }
@@ -308,7 +338,7 @@ fn serve_conn(mut stream: UnixStream, sh: &Shared, uid: u32, pid: i32) {
             req,
             &mut version,
             (&mut session, &mut checker),
-            (uid, pid),
+            pid,
         );
         log(&format!("uid={uid} pid={pid} req={kind} {outcome}"));
         if !keep {
@@ -364,7 +394,7 @@ fn handle(
     req: Request,
     version: &mut Option<u8>,
     (session, checker): (&mut Option<bpf::Loaded>, &mut uprobe::Checker),
-    (uid, pid): (u32, i32),
+    pid: i32,
 ) -> (String, bool) {
     let sent = |r: io::Result<()>, ok: String| match r {
         Ok(()) => (ok, true),
@@ -525,7 +555,8 @@ fn handle(
                 ),
                 None => format!("prog={prog}"),
             };
-            match bpf::attach(loaded, usize::from(prog), true) {
+            // tracefs was mounted at start-up if absent: no mount from here.
+            match bpf::attach(loaded, usize::from(prog), false) {
                 Ok(link) => {
                     // The helper keeps no copy: the caller's fd is the link.
                     let res = reply_with_fd(stream, &Response::BpfAttached { prog }, link.as_fd());
@@ -549,7 +580,7 @@ fn handle(
                 path: std::path::Path::new(&p.path),
                 offset: p.offset,
             };
-            match uprobe::attach(loaded, checker, &target, uid) {
+            match uprobe::attach_through(loaded, checker, &target, &sh.cfg.target, stream.as_fd()) {
                 Ok((link, function)) => {
                     // The helper keeps no copy: the caller's fd is the link.
                     let r = Response::UprobeAttached {
@@ -563,7 +594,7 @@ fn handle(
         }
         Request::OpenTarget { pid: want, port } => {
             let what = format!("pid={want} port={port}");
-            match uprobe::open_target(want, port, uid) {
+            match sh.cfg.target.open_target(stream.as_fd(), want, port) {
                 Ok((found, path, file)) => {
                     let logged = format!("{what} outcome=ok target={found} path={path:?}");
                     let r = Response::TargetOpened { pid: found, path };

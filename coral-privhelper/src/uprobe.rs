@@ -98,38 +98,86 @@ fn mapped_executable(pid: u32, dev: u64, ino: u64) -> Result<bool, BpfError> {
     }))
 }
 
+/// Steps 1 and 2 of the module doc: the binary at `path`, opened, if
+/// `pid` belongs to `caller_uid` (any process for root) and maps this very
+/// file executable. In the helper this runs in the target process
+/// ([`crate::target`]).
+pub fn open_binary(pid: u32, path: &Path, caller_uid: u32) -> Result<File, BpfError> {
+    if pid == 0 {
+        return Err(invalid("pid 0"));
+    }
+    check_owner(pid, caller_uid)?;
+    if !path.is_absolute() {
+        return Err(invalid("the binary path must be absolute"));
+    }
+    let file =
+        File::open(path).map_err(|e| invalid(format!("cannot open {}: {e}", path.display())))?;
+    check_mapped(&file, pid, &path.display().to_string())?;
+    Ok(file)
+}
+
+/// `pid` belongs to `caller_uid`, or the caller is root.
+pub fn check_owner(pid: u32, caller_uid: u32) -> Result<(), BpfError> {
+    let owner = process_uid(pid)?;
+    if caller_uid != 0 && caller_uid != owner {
+        return Err(invalid(format!(
+            "process {pid} belongs to uid {owner}; uid {caller_uid} may only probe its own processes"
+        )));
+    }
+    Ok(())
+}
+
+/// `file` is a regular file of at most [`MAX_BINARY_BYTES`] that `pid` maps
+/// executable.
+pub fn check_mapped(file: &File, pid: u32, name: &str) -> Result<(), BpfError> {
+    let md = file
+        .metadata()
+        .map_err(|e| failed(format!("stat {name}"), e))?;
+    if !md.is_file() || md.len() > MAX_BINARY_BYTES {
+        return Err(invalid(format!(
+            "{name} is not a regular file of at most {MAX_BINARY_BYTES} bytes"
+        )));
+    }
+    if !mapped_executable(pid, md.dev(), md.ino())? {
+        return Err(invalid(format!(
+            "{name} is not mapped executable in process {pid}"
+        )));
+    }
+    Ok(())
+}
+
+/// The kind and probe id of `t` are ones the uprobe object knows.
+fn point_kind(t: &Target<'_>) -> Result<PointKind, BpfError> {
+    let kind = match t.kind {
+        coral_ebpf::KIND_ENTRY => PointKind::Entry,
+        coral_ebpf::KIND_RET_INSN => PointKind::Instruction,
+        coral_ebpf::KIND_URETPROBE => PointKind::Return,
+        k => return Err(invalid(format!("unknown attach point kind {k}"))),
+    };
+    if t.probe_id >= coral_ebpf::UPROBE_MAX_PROBES {
+        return Err(invalid(format!(
+            "probe id {} is not below {}",
+            t.probe_id,
+            coral_ebpf::UPROBE_MAX_PROBES
+        )));
+    }
+    Ok(kind)
+}
+
 impl Checker {
     /// Steps 1 to 3 of the module doc; returns the open file and the name of
     /// the function the point belongs to.
     pub fn check(&mut self, t: &Target<'_>, caller_uid: u32) -> Result<(File, String), BpfError> {
-        let kind = match t.kind {
-            coral_ebpf::KIND_ENTRY => PointKind::Entry,
-            coral_ebpf::KIND_RET_INSN => PointKind::Instruction,
-            coral_ebpf::KIND_URETPROBE => PointKind::Return,
-            k => return Err(invalid(format!("unknown attach point kind {k}"))),
-        };
-        if t.probe_id >= coral_ebpf::UPROBE_MAX_PROBES {
-            return Err(invalid(format!(
-                "probe id {} is not below {}",
-                t.probe_id,
-                coral_ebpf::UPROBE_MAX_PROBES
-            )));
-        }
-        if t.pid == 0 {
-            return Err(invalid("pid 0"));
-        }
-        let owner = process_uid(t.pid)?;
-        if caller_uid != 0 && caller_uid != owner {
-            return Err(invalid(format!(
-                "process {} belongs to uid {owner}; uid {caller_uid} may only probe its own processes",
-                t.pid
-            )));
-        }
-        if !t.path.is_absolute() {
-            return Err(invalid("the binary path must be absolute"));
-        }
-        let mut file = File::open(t.path)
-            .map_err(|e| invalid(format!("cannot open {}: {e}", t.path.display())))?;
+        point_kind(t)?;
+        let mut file = open_binary(t.pid, t.path, caller_uid)?;
+        let function = self.check_opened(&mut file, t)?;
+        Ok((file, function))
+    }
+
+    /// Step 3 of the module doc on a binary opened (and checked) by
+    /// [`open_binary`]; returns the name of the function the point belongs to.
+    pub fn check_opened(&mut self, file: &mut File, t: &Target<'_>) -> Result<String, BpfError> {
+        let kind = point_kind(t)?;
         let md = file
             .metadata()
             .map_err(|e| failed(format!("stat {}", t.path.display()), e))?;
@@ -137,13 +185,6 @@ impl Checker {
             return Err(invalid(format!(
                 "{} is not a regular file of at most {MAX_BINARY_BYTES} bytes",
                 t.path.display()
-            )));
-        }
-        if !mapped_executable(t.pid, md.dev(), md.ino())? {
-            return Err(invalid(format!(
-                "{} is not mapped executable in process {}",
-                t.path.display(),
-                t.pid
             )));
         }
         let key = FileKey {
@@ -164,7 +205,7 @@ impl Checker {
         let f = bin
             .check_point(data, t.offset, kind)
             .map_err(|e| invalid(e.to_string()))?;
-        Ok((file, f.name.clone()))
+        Ok(f.name.clone())
     }
 }
 
@@ -223,12 +264,7 @@ pub fn open_target(pid: u32, port: u16, caller_uid: u32) -> Result<(u32, String,
             .ok_or_else(|| invalid(format!("no process listens on TCP port {port}")))?,
         p => p,
     };
-    let owner = process_uid(pid)?;
-    if caller_uid != 0 && caller_uid != owner {
-        return Err(invalid(format!(
-            "process {pid} belongs to uid {owner}; uid {caller_uid} may only probe its own processes"
-        )));
-    }
+    check_owner(pid, caller_uid)?;
     let exe = format!("/proc/{pid}/exe");
     let path = fs::read_link(&exe)
         .ok()
@@ -259,14 +295,7 @@ fn uprobe_pmu() -> Result<(u32, u32), BpfError> {
     Ok((ty, bit))
 }
 
-/// Checks `t` ([`Checker::check`]) and attaches `loaded`'s uprobe program
-/// there; returns the BPF link fd and the function's name.
-pub fn attach(
-    loaded: &Loaded,
-    checker: &mut Checker,
-    t: &Target<'_>,
-    caller_uid: u32,
-) -> Result<(OwnedFd, String), BpfError> {
+fn check_object(loaded: &Loaded) -> Result<(), BpfError> {
     if loaded.name() != coral_ebpf::UPROBE {
         return Err(invalid(format!(
             "the object loaded is '{}', not '{}'",
@@ -274,13 +303,73 @@ pub fn attach(
             coral_ebpf::UPROBE
         )));
     }
+    Ok(())
+}
+
+/// Checks `t` ([`Checker::check`]) and attaches `loaded`'s uprobe program
+/// there, all in this process (a daemon with `CAP_BPF` + `CAP_PERFMON`);
+/// returns the BPF link fd and the function's name.
+pub fn attach(
+    loaded: &Loaded,
+    checker: &mut Checker,
+    t: &Target<'_>,
+    caller_uid: u32,
+) -> Result<(OwnedFd, String), BpfError> {
+    check_object(loaded)?;
     let (file, function) = checker.check(t, caller_uid)?;
+    let perf = perf_uprobe(&file, t.pid, t.offset, t.kind)
+        .map_err(|e| with_function(e, &function, t.offset))?;
+    Ok((link(loaded, &perf, t, &function)?, function))
+}
+
+/// The same steps in the helper: the target process
+/// ([`crate::target::TargetProcess`]) opens and checks the binary (steps 1
+/// and 2) and opens the perf event; this process decodes the binary (step
+/// 3) and creates the BPF link. `conn` is the caller's connection: the
+/// target process reads the caller's uid from it itself.
+pub fn attach_through(
+    loaded: &Loaded,
+    checker: &mut Checker,
+    t: &Target<'_>,
+    tp: &crate::target::TargetProcess,
+    conn: std::os::fd::BorrowedFd<'_>,
+) -> Result<(OwnedFd, String), BpfError> {
+    check_object(loaded)?;
+    point_kind(t)?;
+    let mut file = tp.open_binary(conn, t.pid, t.path)?;
+    let function = checker.check_opened(&mut file, t)?;
+    let perf = tp
+        .perf_uprobe(conn, &file, t.pid, t.offset, t.kind)
+        .map_err(|e| with_function(e, &function, t.offset))?;
+    Ok((link(loaded, &perf, t, &function)?, function))
+}
+
+fn with_function(e: BpfError, function: &str, offset: u64) -> BpfError {
+    match e {
+        BpfError::Failed { what, reason } if what == PERF_WHAT => BpfError::Failed {
+            what: format!("perf_event_open uprobe {function}+{offset:#x}"),
+            reason,
+        },
+        e => e,
+    }
+}
+
+const PERF_WHAT: &str = "perf_event_open uprobe";
+
+/// The perf event of the `uprobe` PMU at `offset` in `file` (opened as
+/// `/proc/self/fd/N`: the file that was checked, not a path again),
+/// filtered to `pid`; a uretprobe for [`coral_ebpf::KIND_URETPROBE`].
+pub fn perf_uprobe(file: &File, pid: u32, offset: u64, kind: u8) -> Result<OwnedFd, BpfError> {
     let (pmu, ret_bit) = uprobe_pmu()?;
+    let pid = libc::c_int::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| invalid(format!("pid {pid} is out of range")))?;
     let path = format!("/proc/self/fd/{}\0", file.as_raw_fd());
     let mut attr = bpf::PerfEventAttr {
         type_: pmu,
         size: std::mem::size_of::<bpf::PerfEventAttr>() as u32,
-        config: if t.kind == coral_ebpf::KIND_URETPROBE {
+        config: if kind == coral_ebpf::KIND_URETPROBE {
             1 << ret_bit
         } else {
             0
@@ -290,27 +379,34 @@ pub fn attach(
         ..Default::default()
     };
     attr.rest[0] = path.as_ptr() as u64; // config1: uprobe_path
-    attr.rest[1] = t.offset; // config2: probe_offset
+    attr.rest[1] = offset; // config2: probe_offset
     // SAFETY: perf_event_open reads `size` bytes from a valid attr, and the
     // NUL-terminated path config1 points to; both outlive the call.
     let perf = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
             &attr as *const bpf::PerfEventAttr,
-            t.pid as libc::c_int,
+            pid,
             -1 as libc::c_int,
             -1 as libc::c_int,
             bpf::PERF_FLAG_FD_CLOEXEC,
         )
     };
     if perf < 0 {
-        return Err(failed(
-            format!("perf_event_open uprobe {function}+{:#x}", t.offset),
-            io::Error::last_os_error(),
-        ));
+        return Err(failed(PERF_WHAT, io::Error::last_os_error()));
     }
     // SAFETY: the syscall just returned this new fd and nothing else owns it.
-    let perf = unsafe { OwnedFd::from_raw_fd(perf as libc::c_int) };
+    Ok(unsafe { OwnedFd::from_raw_fd(perf as libc::c_int) })
+}
+
+/// The BPF link of `loaded`'s uprobe program on the perf event `perf`, with
+/// the cookie `probe_id << 8 | kind`.
+fn link(
+    loaded: &Loaded,
+    perf: &OwnedFd,
+    t: &Target<'_>,
+    function: &str,
+) -> Result<OwnedFd, BpfError> {
     let prog_fd = loaded
         .progs
         .first()
@@ -339,11 +435,8 @@ pub fn attach(
         ));
     }
     // SAFETY: as above; the link holds the perf event, which holds the
-    // probe, so `perf` and `file` may close now.
-    Ok((
-        unsafe { OwnedFd::from_raw_fd(link as libc::c_int) },
-        function,
-    ))
+    // probe, so `perf` and the binary's file may close now.
+    Ok(unsafe { OwnedFd::from_raw_fd(link as libc::c_int) })
 }
 
 #[cfg(test)]

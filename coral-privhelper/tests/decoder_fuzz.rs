@@ -119,3 +119,74 @@ fn decoders_survive_100k_random_and_mutated_frames() {
         "mutations too destructive: {decoded} decoded"
     );
 }
+
+/// Issue 16: the target process's request and reply decoders take 100 000
+/// random and mutated messages without a panic; whatever decodes
+/// re-encodes to the same bytes (the main process could be the attacker).
+#[test]
+fn target_process_decoders_survive_100k_random_and_mutated_messages_issue_16() {
+    use coral_privhelper::target::{self, Reply, Request as T};
+    let seeds: Vec<Vec<u8>> = [
+        T::CheckUser { uid: 1000 },
+        T::OpenTarget { pid: 0, port: 8080 },
+        T::OpenBinary {
+            pid: 42,
+            path: "/usr/bin/app".into(),
+        },
+        T::PerfUprobe {
+            pid: 42,
+            offset: 0x1234,
+            kind: 2,
+        },
+    ]
+    .iter()
+    .map(T::encode)
+    .chain(
+        [
+            Reply::Ok {
+                number: 3,
+                text: "coral".into(),
+            },
+            Reply::Invalid("no".into()),
+        ]
+        .iter()
+        .map(Reply::encode),
+    )
+    .collect();
+    let mut rng = Rng(0x00C0_7A1D_5EED_0016);
+    let (mut requests, mut replies) = (0, 0);
+    for i in 0..100_000 {
+        let mut m = if i % 4 == 0 {
+            let n = rng.below(target::MAX_REQUEST + 8);
+            (0..n).map(|_| rng.next() as u8).collect()
+        } else {
+            seeds[rng.below(seeds.len())].clone()
+        };
+        for _ in 0..=rng.below(3) {
+            match rng.below(4) {
+                0 if !m.is_empty() => {
+                    let at = rng.below(m.len());
+                    m[at] = rng.next() as u8;
+                }
+                1 if !m.is_empty() => {
+                    let at = rng.below(m.len());
+                    m.truncate(at);
+                }
+                2 => {
+                    let at = rng.below(m.len() + 1);
+                    m.insert(at, rng.next() as u8);
+                }
+                _ => {}
+            }
+        }
+        if let Ok(r) = T::decode(&m) {
+            requests += 1;
+            assert_eq!(r.encode(), m);
+        }
+        if let Ok(r) = Reply::decode(&m) {
+            replies += 1;
+            assert_eq!(r.encode(), m);
+        }
+    }
+    assert!(requests > 1000 && replies > 100, "{requests} {replies}");
+}

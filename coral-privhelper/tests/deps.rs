@@ -60,6 +60,11 @@ const PINNED: &[&str] = &[
     // Issue 16: the helper's own seccomp filter. seccompiler (Firecracker's
     // filter compiler, without its JSON frontend) depends on libc only.
     "seccompiler",
+    // Issue 16: landlock for the helper's main process (the agent's crate;
+    // enumflags2 is its flag set).
+    "landlock",
+    "enumflags2",
+    "enumflags2_derive",
 ];
 
 #[test]
