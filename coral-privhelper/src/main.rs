@@ -132,6 +132,10 @@ fn main() -> ExitCode {
     if off {
         server::log("sandbox: off (--sandbox off)");
     } else {
+        if let Err(e) = sandbox::keep_capabilities(sandbox::MAIN_CAPS) {
+            server::log(&format!("error: {e}"));
+            return ExitCode::from(1);
+        }
         if filter.log_only {
             server::log("sandbox: landlock skipped (--sandbox log)");
         } else {

@@ -37,6 +37,7 @@ use seccompiler::{
     SeccompRule,
 };
 
+use caps::{CapSet, Capability, CapsHashSet};
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
@@ -556,6 +557,54 @@ pub fn target_policy() -> Policy {
         read_only_open: true,
         log_only: false,
     }
+}
+
+/// The capabilities the main process keeps once the target process is
+/// running: everything it still does (TUN, keys, BPF) and nothing the
+/// target process does for it. Dropped from the effective, permitted,
+/// inheritable, ambient and bounding sets like the target's.
+pub const MAIN_CAPS: &[(Capability, &str)] = &[
+    (
+        Capability::CAP_NET_ADMIN,
+        "TUNSETIFF and the TUN device's address, MTU and link state",
+    ),
+    (
+        Capability::CAP_BPF,
+        "BPF maps and programs (BpfLoad), links on the perf events of BpfAttach and UprobeAttach",
+    ),
+    (
+        Capability::CAP_PERFMON,
+        "tracepoint perf events and BPF programs that read kernel and user memory",
+    ),
+];
+
+/// Keeps those of `keep` this process has in its effective and permitted
+/// sets, and nothing anywhere else. The bounding set is cut down too when
+/// the process may (`CAP_SETPCAP`, which a systemd unit's bounding set may
+/// lack); without it, it stays as the unit left it, which only matters to
+/// an `execve`, which no filter of the helper allows.
+pub fn keep_capabilities(keep: &[(Capability, &str)]) -> Result<(), String> {
+    let err = |what: &str, e: caps::errors::CapsError| format!("{what}: {e}");
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| err("read capabilities", e))?;
+    let keep: CapsHashSet = keep
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| permitted.contains(c))
+        .collect();
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+        .map_err(|e| err("read capabilities", e))?
+    {
+        for c in caps::runtime::thread_all_supported() {
+            if !keep.contains(&c) {
+                caps::drop(None, CapSet::Bounding, c)
+                    .map_err(|e| err(&format!("drop {c} from the bounding set"), e))?;
+            }
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| err("clear the ambient set", e))?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| err("clear the inheritable set", e))?;
+    caps::set(None, CapSet::Effective, &keep).map_err(|e| err("set the effective set", e))?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|e| err("set the permitted set", e))
 }
 
 /// The landlock ABI the rules are written for (6: file systems, TCP and

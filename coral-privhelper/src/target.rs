@@ -56,8 +56,9 @@ use nix::sys::socket::{
 use crate::bpf::BpfError;
 use crate::config::{Allow, Verdict};
 use crate::protocol::MAX_PATH;
-use crate::sandbox::Policy;
+use crate::sandbox::{self, Policy};
 use crate::uprobe;
+use caps::Capability;
 
 /// Fixed part of a request: op, uid, pid, port, offset, kind, path length.
 const REQUEST_HEADER: usize = 1 + 4 + 4 + 2 + 8 + 1 + 2;
@@ -75,24 +76,19 @@ const MAX_FDS: usize = 2;
 /// target process.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Linux capability numbers (`linux/capability.h`).
-const CAP_DAC_READ_SEARCH: u32 = 2;
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_SYS_ADMIN: u32 = 21;
-
 /// The capabilities the target process keeps; every other one is dropped
 /// from its effective, permitted, inheritable, ambient and bounding sets.
-pub const KEEP_CAPS: &[(u32, &str)] = &[
+pub const KEEP_CAPS: &[(Capability, &str)] = &[
     (
-        CAP_SYS_PTRACE,
+        Capability::CAP_SYS_PTRACE,
         "/proc/PID/maps, /proc/PID/exe and /proc/PID/fd of another user's process, and perf_event_open on its pid (ptrace access mode checks; measured: without it, /proc/PID/exe of a uid 65534 process is EACCES)",
     ),
     (
-        CAP_DAC_READ_SEARCH,
+        Capability::CAP_DAC_READ_SEARCH,
         "open a binary (and search the directories above it) whatever its mode: a user's program under a 0700 home",
     ),
     (
-        CAP_SYS_ADMIN,
+        Capability::CAP_SYS_ADMIN,
         "perf_event_open of the uprobe PMU: measured on Linux 6.18, CAP_PERFMON alone gets EACCES (its other uses are calls the seccomp list does not have)",
     ),
 ];
@@ -613,98 +609,10 @@ fn child_main(
         // reason to allow. Names no file has reach every module.
         let _ = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u32::MAX - 1));
         let _ = nix::unistd::Group::from_name("coral-target-no-such-group");
-        drop_capabilities()?;
+        sandbox::keep_capabilities(KEEP_CAPS)?;
         policy.apply().map_err(|e| e.to_string())?;
     }
     serve(sock, listen_path, allow)
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const CAP_SETPCAP: u32 = 8;
-const CAP_VERSION_3: u32 = 0x2008_0522;
-
-/// Keeps those of [`KEEP_CAPS`] the helper has (a systemd unit's bounding
-/// set may lack some) in the effective and permitted sets, and nothing
-/// anywhere else. The bounding set is cut down too when the helper may
-/// (`CAP_SETPCAP`); without it, it stays as the unit left it, which only
-/// matters to an `execve` the filter does not allow.
-fn drop_capabilities() -> Result<(), String> {
-    let header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let mut now = [CapData::default(); 2];
-    // SAFETY: capget writes two data structs (version 3) into a valid array.
-    if unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &header as *const CapHeader,
-            now.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(format!("capget: {}", io::Error::last_os_error()));
-    }
-    let has = |cap: u32| now[(cap / 32) as usize].effective & (1 << (cap % 32)) != 0;
-    let keep = |c: u32| KEEP_CAPS.iter().any(|(k, _)| *k == c);
-    if has(CAP_SETPCAP) {
-        for cap in 0..64u32 {
-            if keep(cap) {
-                continue;
-            }
-            // SAFETY: prctl with integer arguments changes only this process.
-            let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-            if r != 0 {
-                // EINVAL: past the kernel's last capability.
-                if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-                    break;
-                }
-                return Err(format!(
-                    "drop capability {cap} from the bounding set: {}",
-                    io::Error::last_os_error()
-                ));
-            }
-        }
-    }
-    // SAFETY: as above.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    let mut data = [CapData::default(); 2];
-    for (cap, _) in KEEP_CAPS {
-        let i = (*cap / 32) as usize;
-        let bit = 1 << (cap % 32);
-        if now[i].permitted & bit != 0 {
-            data[i].effective |= bit;
-            data[i].permitted |= bit;
-        }
-    }
-    // SAFETY: capset reads a valid header and two data structs (version 3)
-    // that outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
-    if r != 0 {
-        return Err(format!("capset: {}", io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Answers requests until the helper closes its end.

@@ -63,6 +63,9 @@ const PINNED: &[&str] = &[
     // Issue 16: landlock for the helper's main process (the agent's crate;
     // enumflags2 is its flag set).
     "landlock",
+    // Issue 16: capabilities dropped by the target and main processes
+    // (libc and thiserror, already above).
+    "caps",
     "enumflags2",
     "enumflags2_derive",
 ];

@@ -412,6 +412,10 @@ impl RunningHelper {
     }
 
     /// The target process's pid, from the helper's log.
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn target_pid(&self) -> u32 {
         let log = self.log();
         log.lines()
@@ -463,7 +467,7 @@ fn the_target_process_is_confined_and_its_death_only_costs_its_verbs_issue_16() 
     let target = helper.target_pid();
     let want: u64 = coral_privhelper::target::KEEP_CAPS
         .iter()
-        .map(|(cap, _)| 1u64 << cap)
+        .map(|(cap, _)| cap.bitmask())
         .sum();
     for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
         let v = status_field(target, field).unwrap();
@@ -478,6 +482,19 @@ fn the_target_process_is_confined_and_its_death_only_costs_its_verbs_issue_16() 
         Some("0000000000000000")
     );
     assert_eq!(status_field(target, "Seccomp:").as_deref(), Some("2"));
+    // The main process keeps only what it still does itself.
+    let main: u64 = coral_privhelper::sandbox::MAIN_CAPS
+        .iter()
+        .map(|(cap, _)| cap.bitmask())
+        .sum();
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let v = status_field(helper.pid(), field).unwrap();
+        assert_eq!(
+            u64::from_str_radix(&v, 16).unwrap(),
+            main,
+            "{field} of the helper's main process"
+        );
+    }
     assert_eq!(status_field(target, "NoNewPrivs:").as_deref(), Some("1"));
     let log = helper.log();
     if landlock_abi() >= 6 {
