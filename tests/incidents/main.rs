@@ -20,6 +20,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod generator;
+mod llm;
 
 use common::*;
 use coral_agent::telemetry::{Batch, Telemetry};
@@ -97,6 +98,70 @@ struct Outcome {
     tool_bytes: u64,
     root_cause: Value,
     ask_ms: u128,
+    /// The LLM path on the same case: prompt tokens summed over the
+    /// requests of the ask, the largest request, and the rounds.
+    llm: Option<LlmAsk>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LlmAsk {
+    tokens: usize,
+    max_request: usize,
+    rounds: usize,
+}
+
+/// Whether the eval also runs each case through the LLM path
+/// (`EVAL_LLM=0` skips it).
+fn llm_enabled() -> bool {
+    std::env::var("EVAL_LLM").map_or(true, |v| v != "0")
+}
+
+/// `coral ask` with a provider: the fake replays the analyzer's tool
+/// sequence `script` (one call per round), then answers `answer`; returns
+/// the prompt tokens of the requests `coral ask` sent.
+fn llm_ask(env: &Env, script: llm::Script, answer: &str) -> LlmAsk {
+    let calls = script.len();
+    let fake = llm::Fake::start(script, answer.to_string());
+    env.ok(&[
+        "ask",
+        "config",
+        "--model",
+        "openai:gpt-4.1",
+        "--api-key-env",
+        "EVAL_OPENAI_KEY",
+        "--base-url",
+        &fake.url(),
+    ]);
+    let steps = (calls + 2).to_string();
+    let out = env
+        .command(&["ask", "What is wrong?", "--json", "--max-steps", &steps])
+        .env("EVAL_OPENAI_KEY", "sk-eval-not-a-key")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "coral ask through the fake provider: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["answer"].as_str(), Some(answer), "the scripted answer");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), calls + 1, "one request per round");
+    // The tool results went back to the model: the last request carries
+    // one per call.
+    let results = seen.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .count();
+    assert_eq!(results, calls);
+    let per: Vec<usize> = seen.iter().map(llm::request_tokens).collect();
+    LlmAsk {
+        tokens: per.iter().sum(),
+        max_request: per.iter().copied().max().unwrap_or(0),
+        rounds: seen.len(),
+    }
 }
 
 /// Runs one case on a fresh colony and agent.
@@ -158,7 +223,22 @@ fn run_case(case: &Case) -> Outcome {
     let started = Instant::now();
     let v = env.json(&["ask", "What is wrong?", "--json"]);
     let ask_ms = started.elapsed().as_millis();
+    let llm = llm_enabled().then(|| {
+        let script: llm::Script = v["evidence"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["tool"].as_str().unwrap_or("").to_string(),
+                    e["args"].clone(),
+                )
+            })
+            .collect();
+        llm_ask(&env, script, v["answer"].as_str().unwrap_or(""))
+    });
     Outcome {
+        llm,
         evidence: v["evidence"]
             .as_array()
             .into_iter()
@@ -228,6 +308,13 @@ struct Score {
     ask_ms_sum: u128,
     ask_ms_max: u128,
     tool_bytes: u64,
+    /// LLM path: asks, prompt tokens summed, the largest ask, the largest
+    /// request, rounds summed.
+    llm_asks: u32,
+    llm_tokens: u64,
+    llm_tokens_max: u64,
+    llm_request_max: u64,
+    llm_rounds: u64,
 }
 
 impl Score {
@@ -241,6 +328,11 @@ impl Score {
         self.ask_ms_sum += o.ask_ms_sum;
         self.ask_ms_max = self.ask_ms_max.max(o.ask_ms_max);
         self.tool_bytes += o.tool_bytes;
+        self.llm_asks += o.llm_asks;
+        self.llm_tokens += o.llm_tokens;
+        self.llm_tokens_max = self.llm_tokens_max.max(o.llm_tokens_max);
+        self.llm_request_max = self.llm_request_max.max(o.llm_request_max);
+        self.llm_rounds += o.llm_rounds;
     }
     fn pct(n: u32, d: u32) -> f64 {
         if d == 0 {
@@ -268,6 +360,11 @@ fn score(case: &Case, o: &Outcome) -> Score {
         ask_ms_sum: o.ask_ms,
         ask_ms_max: o.ask_ms,
         tool_bytes: o.tool_bytes,
+        llm_asks: o.llm.is_some() as u32,
+        llm_tokens: o.llm.map_or(0, |l| l.tokens as u64),
+        llm_tokens_max: o.llm.map_or(0, |l| l.tokens as u64),
+        llm_request_max: o.llm.map_or(0, |l| l.max_request as u64),
+        llm_rounds: o.llm.map_or(0, |l| l.rounds as u64),
         ..Score::default()
     };
     match &case.truth {
@@ -474,12 +571,12 @@ fn table(results: &[(Case, Score, Outcome)]) -> (String, Score) {
         total.add(s);
     }
     let mut t = String::from(
-        "| class | OTLP rank 1 | OTLP detail | passive rank 1 | passive detail | naive rank 1 (OTLP/passive) | mean ask |\n|---|---|---|---|---|---|---|\n",
+        "| class | OTLP rank 1 | OTLP detail | passive rank 1 | passive detail | naive rank 1 (OTLP/passive) | mean ask | LLM path tokens per ask (mean) |\n|---|---|---|---|---|---|---|---|\n",
     );
     let frac = |n: u32, d: u32| format!("{n}/{d}");
     for ((_, class), [o, p]) in &by {
         t.push_str(&format!(
-            "| {class} | {} | {} | {} | {} | {} / {} | {:.0} ms |\n",
+            "| {class} | {} | {} | {} | {} | {} / {} | {:.0} ms | {} |\n",
             frac(o.rank1, o.cases),
             frac(o.detail, o.cases),
             frac(p.rank1, p.cases),
@@ -487,6 +584,10 @@ fn table(results: &[(Case, Score, Outcome)]) -> (String, Score) {
             frac(o.naive_rank1, o.cases),
             frac(p.naive_rank1, p.cases),
             (o.ask_ms_sum + p.ask_ms_sum) as f64 / (o.cases + p.cases).max(1) as f64,
+            match o.llm_asks + p.llm_asks {
+                0 => "-".to_string(),
+                n => format!("{:.0}", (o.llm_tokens + p.llm_tokens) as f64 / n as f64),
+            },
         ));
     }
     (t, total)
@@ -540,7 +641,7 @@ fn eval() {
             });
     let no_fault = total.cases - faulty;
     let summary = format!(
-        "{} cases ({} with a fault, {} without), seeds {:?}: root cause at rank 1 {:.0} %, detail {:.0} %, no-fault false positives {}/{}; naive baseline rank 1 {:.0} %, detail {:.0} %; ask mean {:.0} ms, max {} ms; tool output read per ask {:.1} KB (about {:.0} tokens at 4 bytes a token); suite took {:.0} s",
+        "{} cases ({} with a fault, {} without), seeds {:?}: root cause at rank 1 {:.0} %, detail {:.0} %, no-fault false positives {}/{}; naive baseline rank 1 {:.0} %, detail {:.0} %; ask mean {:.0} ms, max {} ms; tool output read per ask {:.1} KB; {}; suite took {:.0} s",
         total.cases,
         faulty,
         no_fault,
@@ -554,7 +655,18 @@ fn eval() {
         total.ask_ms_sum as f64 / total.cases.max(1) as f64,
         total.ask_ms_max,
         total.tool_bytes as f64 / 1024.0 / total.cases.max(1) as f64,
-        total.tool_bytes as f64 / 4.0 / total.cases.max(1) as f64,
+        if total.llm_asks == 0 {
+            "LLM path not run (EVAL_LLM=0)".to_string()
+        } else {
+            format!(
+                "LLM path ({} asks through the fake provider replaying the analyzer's tool calls, one per round): prompt tokens per ask mean {:.0}, max {} (o200k_base; {:.1} rounds per ask, largest single request {} tokens)",
+                total.llm_asks,
+                total.llm_tokens as f64 / total.llm_asks as f64,
+                total.llm_tokens_max,
+                total.llm_rounds as f64 / total.llm_asks as f64,
+                total.llm_request_max
+            )
+        },
         started.elapsed().as_secs_f64(),
     );
     println!("{t}\n{summary}");
