@@ -10,6 +10,7 @@
 use axum::body::{Body, Bytes};
 use axum::response::Response;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The tool calls of the fixed sequence: (name, arguments).
@@ -119,8 +120,21 @@ fn bpe() -> &'static tiktoken_rs::CoreBPE {
     BPE.get_or_init(|| tiktoken_rs::o200k_base().expect("o200k_base is embedded"))
 }
 
+/// Tokens of `text`; memoized, since every request repeats the tool
+/// definitions and the conversation so far.
 fn tokens(text: &str) -> usize {
-    bpe().encode_ordinary(text).len()
+    static SEEN: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(n) = seen.lock().unwrap().get(text) {
+        return *n;
+    }
+    let n = bpe().encode_ordinary(text).len();
+    let mut m = seen.lock().unwrap();
+    if m.len() > 10_000 {
+        m.clear();
+    }
+    m.insert(text.to_string(), n);
+    n
 }
 
 /// Prompt tokens of one Chat Completions request, counted as OpenAI's

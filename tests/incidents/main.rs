@@ -535,7 +535,7 @@ fn run_all(cases: Vec<Case>, jobs: usize) -> Vec<(Case, Score, Outcome)> {
                         sc.detail,
                         sc.naive_rank1,
                         o.ask_ms,
-                        if sc.rank1 == 0 || sc.detail == 0 {
+                        if sc.rank1 == 0 || sc.detail == 0 || show_all() {
                             format!(
                                 "\n    truth: {:?}\n    root_cause: {}\n    {}\n    {}",
                                 case.truth,
@@ -555,6 +555,11 @@ fn run_all(cases: Vec<Case>, jobs: usize) -> Vec<(Case, Score, Outcome)> {
     let mut v = out.into_inner().unwrap();
     v.sort_by_key(|x| x.0);
     v.into_iter().map(|(_, c, s, o)| (c, s, o)).collect()
+}
+
+/// `EVAL_SHOW=1` prints every answer, not only the missed ones.
+fn show_all() -> bool {
+    std::env::var("EVAL_SHOW").is_ok_and(|v| v == "1")
 }
 
 fn table(results: &[(Case, Score, Outcome)]) -> (String, Score) {
