@@ -287,7 +287,8 @@ pub struct Changes {
 /// dimension of the spans (instance, node, version, status code,
 /// exception type and message, route, retry count) the same; per metric
 /// its level; per eBPF connection edge its connects, failures and RTT;
-/// per log message template and severity its count.
+/// per problem log message template (WARN and worse) and severity its
+/// count.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BreakdownQuery {
     pub window: Window,
@@ -369,9 +370,9 @@ pub struct EdgeChange {
     pub baseline: EdgeTally,
 }
 
-/// Log records of one service, severity and message template (the body
-/// with numbers, ids, hex and UUIDs replaced by `?`): how many in each
-/// window, and one body as it was logged.
+/// Problem log records (WARN and worse) of one service, severity and
+/// message template (the body with numbers, ids, hex and UUIDs replaced by
+/// `?`): how many in each window, and one body as it was logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogChange {
     pub service: String,

@@ -740,18 +740,34 @@ fn generator_is_deterministic_with_ground_truth() {
     assert_ne!(a.truth.unwrap().details, b.truth.unwrap().details);
 }
 
-/// Two cases end to end in `make test` (the whole suite is `make eval`):
-/// a slow query over OTLP and a slow route seen only by eBPF.
+/// Cases end to end in `make test` (the whole suite is `make eval`): a
+/// slow query over OTLP, a slow route seen only by eBPF, a full disk that
+/// only the service's log names (the breakdown's log messages over MCP),
+/// and a harmless deploy; each also through the LLM path (the fake
+/// provider replaying the analyzer's tool calls).
 #[test]
-fn two_cases_end_to_end() {
+fn cases_end_to_end() {
     let cases = vec![
         generator::case("missing_index", Form::Otlp, 3),
         generator::case("bad_instance", Form::Passive, 3),
+        generator::case("disk_full", Form::Otlp, 3),
         generator::case("no_fault_deploy", Form::Otlp, 3),
     ];
     let results = run_all(cases, 2);
     for (c, s, o) in &results {
         assert_eq!(s.rank1, 1, "{}: {}\n{}", c.name(), o.root_cause, o.answer);
         assert!(o.ask_ms < 10_000, "{}: ask took {} ms", c.name(), o.ask_ms);
+        if llm_enabled() {
+            let l = o.llm.expect("the LLM path ran");
+            assert!(l.tokens > 1000 && l.rounds >= 3, "{}: {l:?}", c.name());
+        }
     }
+    // Issue 15: the detail of a full disk is only in the log.
+    let (c, s, o) = &results[2];
+    assert!(c.spans.iter().all(|s| {
+        s.exception
+            .as_ref()
+            .is_none_or(|(_, m)| !m.to_lowercase().contains("no space"))
+    }));
+    assert_eq!(s.detail, 1, "{}: {}", c.name(), o.answer);
 }

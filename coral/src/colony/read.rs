@@ -1211,7 +1211,9 @@ pub(crate) async fn breakdown(
                 ))?
                 .query_map([], |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8)))?
                 .collect::<duckdb::Result<_>>()?;
-            // Log messages by service, severity and template.
+            // Problem messages (WARN and worse) by service, severity and
+            // template; INFO and DEBUG are the bulk of most logs and name
+            // no mechanism.
             let logs: Vec<LogChangeRow> = c
                 .prepare(&format!(
                     "WITH l AS (
@@ -1219,7 +1221,10 @@ pub(crate) async fn breakdown(
                                              ELSE 'SEVERITY' || severity_number END AS sev,
                                {tmpl} AS tmpl, body, ts >= make_timestamp({split}::BIGINT) AS recent
                         FROM log_records
-                        WHERE ts >= make_timestamp({from}::BIGINT) AND ts < make_timestamp({until}::BIGINT))
+                        WHERE ts >= make_timestamp({from}::BIGINT) AND ts < make_timestamp({until}::BIGINT)
+                          AND (severity_number >= 13
+                               OR (severity_number = 0
+                                   AND regexp_matches(upper(severity_text), '^(WARN|ERR|FATAL|CRIT|ALERT|EMERG)'))))
                      SELECT service, sev, tmpl, recent, count(*), left(min(body), 300)
                      FROM l GROUP BY ALL ORDER BY count(*) DESC LIMIT 2000",
                     tmpl = log_template_sql("body"),
