@@ -14,8 +14,11 @@
 //! `make eval` runs every class in both forms for `EVAL_SEEDS` seeds and
 //! fails under the thresholds `EVAL_MIN_RANK1`, `EVAL_MIN_DETAIL` (percent)
 //! and any no-fault false positive; `EVAL_WRITE=1` writes the figures to
-//! docs/benchmarks.md. `make test` runs the generator's own tests and two
-//! cases end to end.
+//! docs/benchmarks.md. Each case is also asked through the LLM path
+//! (`llm.rs`: a fake OpenAI provider replays the analyzer's tool calls)
+//! and the prompt tokens of the requests `coral ask` sent are counted
+//! (`EVAL_LLM=0` skips it). `make test` runs the generator's own tests,
+//! four cases end to end and the breakdown's log messages over MCP.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -25,7 +28,7 @@ mod llm;
 use common::*;
 use coral_agent::telemetry::{Batch, Telemetry};
 use generator::{Case, Form};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -166,6 +169,12 @@ fn llm_ask(env: &Env, script: llm::Script, answer: &str) -> LlmAsk {
 
 /// Runs one case on a fresh colony and agent.
 fn run_case(case: &Case) -> Outcome {
+    let env = start_case(case);
+    ask_case(&env)
+}
+
+/// A fresh colony and agent holding the case's telemetry.
+fn start_case(case: &Case) -> Env {
     let env = Env::new(CONFIG);
     if case.form == Form::Passive {
         write_passive(&env, case);
@@ -220,6 +229,11 @@ fn run_case(case: &Case) -> Outcome {
             );
         }
     }
+    env
+}
+
+/// Asks the built-in analyzer, then (unless `EVAL_LLM=0`) the LLM path.
+fn ask_case(env: &Env) -> Outcome {
     let started = Instant::now();
     let v = env.json(&["ask", "What is wrong?", "--json"]);
     let ask_ms = started.elapsed().as_millis();
@@ -235,7 +249,7 @@ fn run_case(case: &Case) -> Outcome {
                 )
             })
             .collect();
-        llm_ask(&env, script, v["answer"].as_str().unwrap_or(""))
+        llm_ask(env, script, v["answer"].as_str().unwrap_or(""))
     });
     Outcome {
         llm,
@@ -770,4 +784,50 @@ fn cases_end_to_end() {
             .is_none_or(|(_, m)| !m.to_lowercase().contains("no space"))
     }));
     assert_eq!(s.detail, 1, "{}: {}", c.name(), o.answer);
+}
+
+/// Issue 15: `coral_breakdown` over MCP groups a service's problem log
+/// messages by template (ids and numbers replaced), window against
+/// baseline, with one body as logged.
+#[test]
+fn breakdown_groups_log_messages_by_template_over_mcp() {
+    let case = generator::case("disk_full", Form::Otlp, 3);
+    let service = case.truth.as_ref().unwrap().entities[0].clone();
+    let env = start_case(&case);
+    let v = env.json(&[
+        "mcp",
+        "call",
+        "coral_breakdown",
+        &json!({"window": "5m", "baseline": "1h", "service": service}).to_string(),
+    ]);
+    let logs = v["logs"].as_array().expect("logs in the breakdown");
+    let disk = logs
+        .iter()
+        .find(|l| {
+            l["template"]
+                .as_str()
+                .is_some_and(|t| t.to_lowercase().contains("no space left on device"))
+        })
+        .unwrap_or_else(|| panic!("no template names the full disk: {logs:?}"));
+    assert_eq!(disk["service"], json!(service));
+    assert_eq!(disk["severity"], "ERROR");
+    let t = disk["template"].as_str().unwrap();
+    assert!(
+        t.starts_with("request ? failed: could not write /var/lib/"),
+        "{t}"
+    );
+    assert!(t.contains("/spool/seg-?.tmp"), "{t}");
+    // Every record of the window is one template (each names another
+    // request and file); none before it.
+    let n = case.logs.iter().filter(|l| l.body.contains("seg-")).count() as u64;
+    assert!(n >= 3);
+    assert_eq!(disk["count"], json!([n, 0]), "{disk}");
+    assert!(
+        disk["example"]
+            .as_str()
+            .is_some_and(|e| e.contains("seg-") && e.chars().any(|c| c.is_ascii_digit())),
+        "{disk}"
+    );
+    // Only that service's messages.
+    assert!(logs.iter().all(|l| l["service"] == json!(service)));
 }

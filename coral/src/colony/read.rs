@@ -1378,7 +1378,7 @@ pub(crate) async fn breakdown(
         }
     }
     let mut logs: Vec<coral_proto::LogChange> = log_map.into_values().collect();
-    logs.sort_by(|a, b| (b.recent + b.baseline).cmp(&(a.recent + a.baseline)));
+    logs.sort_by_key(|l| std::cmp::Reverse(l.recent + l.baseline));
     Ok(coral_proto::Breakdown {
         window: w,
         requests: requests(true),
