@@ -286,7 +286,9 @@ pub struct Changes {
 /// children), its calls and the errors it originated; per value of each
 /// dimension of the spans (instance, node, version, status code,
 /// exception type and message, route, retry count) the same; per metric
-/// its level; per eBPF connection edge its connects, failures and RTT.
+/// its level; per eBPF connection edge its connects, failures and RTT;
+/// per problem log message template (WARN and worse) and severity its
+/// count.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BreakdownQuery {
     pub window: Window,
@@ -368,6 +370,20 @@ pub struct EdgeChange {
     pub baseline: EdgeTally,
 }
 
+/// Problem log records (WARN and worse) of one service, severity and
+/// message template (the body with numbers, ids, hex and UUIDs replaced by
+/// `?`): how many in each window, and one body as it was logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogChange {
+    pub service: String,
+    pub severity: String,
+    pub template: String,
+    /// One body of the template, from the window if any.
+    pub example: String,
+    pub recent: u64,
+    pub baseline: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Breakdown {
     pub window: Window,
@@ -378,6 +394,9 @@ pub struct Breakdown {
     pub facets: Vec<Facet>,
     pub metrics: Vec<MetricChange>,
     pub edges: Vec<EdgeChange>,
+    /// Log messages by template, the most frequent first.
+    #[serde(default)]
+    pub logs: Vec<LogChange>,
     pub coverage: Coverage,
 }
 

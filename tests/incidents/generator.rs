@@ -521,6 +521,9 @@ pub struct Node {
     pub peer: Option<String>,
     /// Spans whose error does not travel to the caller (handled).
     pub handled: bool,
+    /// An ERROR record the service logs for this span (nothing on the
+    /// span itself says why it failed).
+    pub log: Option<String>,
 }
 
 /// A flattened span.
@@ -541,6 +544,7 @@ pub struct SpanOut {
     pub exception: Option<(String, String)>,
     pub http: Option<(String, String, u16)>,
     pub conn: Option<Conn>,
+    pub log: Option<String>,
 }
 
 pub struct LogOut {
@@ -650,6 +654,7 @@ impl Gen<'_> {
             conn: None,
             peer: None,
             handled: false,
+            log: None,
         }
     }
 
@@ -986,6 +991,7 @@ impl Gen<'_> {
             exception: n.fail.as_ref().and_then(|f| f.exception.clone()),
             http: None,
             conn: n.conn.clone(),
+            log: n.log.clone(),
         });
         let mut t = start_ago_us - (n.self_us * 0.3) as i64;
         let mut child_err = false;
@@ -1095,12 +1101,31 @@ fn fault(g: &mut Gen<'_>, n: &mut Node, ctx: &FaultCtx) {
                 });
             }
         }
-        "fd_exhaustion" | "disk_full" | "exception_on_route" | "bad_version"
+        "disk_full" if n.service == name_of(ctx.role) && n.kind == 2 && g.rng.chance(0.45) => {
+            // The handler catches the write error, logs it and answers
+            // 500: the span says only that it failed (no exception event,
+            // no status message); the log says why (issue 15: the log
+            // message dimension).
+            let (t, m) = lang.disk();
+            let spool = format!(
+                "/var/lib/{}/spool/seg-{:06}.tmp",
+                n.service,
+                g.rng.below(999_999)
+            );
+            n.fail = Some(Fail {
+                status: Some(500),
+                exception: None,
+            });
+            n.log = Some(format!(
+                "request {} failed: could not write {spool}: {t}: {m}",
+                g.rng.hex(16)
+            ));
+        }
+        "fd_exhaustion" | "exception_on_route" | "bad_version"
             if n.service == name_of(ctx.role) && n.kind == 2 && g.rng.chance(0.45) =>
         {
             let (t, m) = match class {
                 "fd_exhaustion" => lang.fds(),
-                "disk_full" => lang.disk(),
                 _ => lang.bug(),
             };
             n.fail = Some(Fail {
@@ -1623,12 +1648,16 @@ pub fn case(class: &'static str, form: Form, seed: u64) -> Case {
         .spans
         .iter()
         .filter_map(|s| {
-            let (t, m) = s.exception.as_ref()?;
+            let body = match (&s.log, &s.exception) {
+                (Some(l), _) => l.clone(),
+                (None, Some((t, m))) => format!("{t}: {m}"),
+                (None, None) => return None,
+            };
             Some((
                 s.service.clone(),
                 s.pod.clone(),
                 s.start_ago_us,
-                format!("{t}: {m}"),
+                body,
                 s.trace,
             ))
         })

@@ -14,17 +14,21 @@
 //! `make eval` runs every class in both forms for `EVAL_SEEDS` seeds and
 //! fails under the thresholds `EVAL_MIN_RANK1`, `EVAL_MIN_DETAIL` (percent)
 //! and any no-fault false positive; `EVAL_WRITE=1` writes the figures to
-//! docs/benchmarks.md. `make test` runs the generator's own tests and two
-//! cases end to end.
+//! docs/benchmarks.md. Each case is also asked through the LLM path
+//! (`llm.rs`: a fake OpenAI provider replays the analyzer's tool calls)
+//! and the prompt tokens of the requests `coral ask` sent are counted
+//! (`EVAL_LLM=0` skips it). `make test` runs the generator's own tests,
+//! four cases end to end and the breakdown's log messages over MCP.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod generator;
+mod llm;
 
 use common::*;
 use coral_agent::telemetry::{Batch, Telemetry};
 use generator::{Case, Form};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -97,10 +101,80 @@ struct Outcome {
     tool_bytes: u64,
     root_cause: Value,
     ask_ms: u128,
+    /// The LLM path on the same case: prompt tokens summed over the
+    /// requests of the ask, the largest request, and the rounds.
+    llm: Option<LlmAsk>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LlmAsk {
+    tokens: usize,
+    max_request: usize,
+    rounds: usize,
+}
+
+/// Whether the eval also runs each case through the LLM path
+/// (`EVAL_LLM=0` skips it).
+fn llm_enabled() -> bool {
+    std::env::var("EVAL_LLM").map_or(true, |v| v != "0")
+}
+
+/// `coral ask` with a provider: the fake replays the analyzer's tool
+/// sequence `script` (one call per round), then answers `answer`; returns
+/// the prompt tokens of the requests `coral ask` sent.
+fn llm_ask(env: &Env, script: llm::Script, answer: &str) -> LlmAsk {
+    let calls = script.len();
+    let fake = llm::Fake::start(script, answer.to_string());
+    env.ok(&[
+        "ask",
+        "config",
+        "--model",
+        "openai:gpt-4.1",
+        "--api-key-env",
+        "EVAL_OPENAI_KEY",
+        "--base-url",
+        &fake.url(),
+    ]);
+    let steps = (calls + 2).to_string();
+    let out = env
+        .command(&["ask", "What is wrong?", "--json", "--max-steps", &steps])
+        .env("EVAL_OPENAI_KEY", "sk-eval-not-a-key")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "coral ask through the fake provider: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["answer"].as_str(), Some(answer), "the scripted answer");
+    let seen = fake.seen();
+    assert_eq!(seen.len(), calls + 1, "one request per round");
+    // The tool results went back to the model: the last request carries
+    // one per call.
+    let results = seen.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .count();
+    assert_eq!(results, calls);
+    let per: Vec<usize> = seen.iter().map(llm::request_tokens).collect();
+    LlmAsk {
+        tokens: per.iter().sum(),
+        max_request: per.iter().copied().max().unwrap_or(0),
+        rounds: seen.len(),
+    }
 }
 
 /// Runs one case on a fresh colony and agent.
 fn run_case(case: &Case) -> Outcome {
+    let env = start_case(case);
+    ask_case(&env)
+}
+
+/// A fresh colony and agent holding the case's telemetry.
+fn start_case(case: &Case) -> Env {
     let env = Env::new(CONFIG);
     if case.form == Form::Passive {
         write_passive(&env, case);
@@ -155,10 +229,30 @@ fn run_case(case: &Case) -> Outcome {
             );
         }
     }
+    env
+}
+
+/// Asks the built-in analyzer, then (unless `EVAL_LLM=0`) the LLM path.
+fn ask_case(env: &Env) -> Outcome {
     let started = Instant::now();
     let v = env.json(&["ask", "What is wrong?", "--json"]);
     let ask_ms = started.elapsed().as_millis();
+    let llm = llm_enabled().then(|| {
+        let script: llm::Script = v["evidence"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["tool"].as_str().unwrap_or("").to_string(),
+                    e["args"].clone(),
+                )
+            })
+            .collect();
+        llm_ask(env, script, v["answer"].as_str().unwrap_or(""))
+    });
     Outcome {
+        llm,
         evidence: v["evidence"]
             .as_array()
             .into_iter()
@@ -228,6 +322,13 @@ struct Score {
     ask_ms_sum: u128,
     ask_ms_max: u128,
     tool_bytes: u64,
+    /// LLM path: asks, prompt tokens summed, the largest ask, the largest
+    /// request, rounds summed.
+    llm_asks: u32,
+    llm_tokens: u64,
+    llm_tokens_max: u64,
+    llm_request_max: u64,
+    llm_rounds: u64,
 }
 
 impl Score {
@@ -241,6 +342,11 @@ impl Score {
         self.ask_ms_sum += o.ask_ms_sum;
         self.ask_ms_max = self.ask_ms_max.max(o.ask_ms_max);
         self.tool_bytes += o.tool_bytes;
+        self.llm_asks += o.llm_asks;
+        self.llm_tokens += o.llm_tokens;
+        self.llm_tokens_max = self.llm_tokens_max.max(o.llm_tokens_max);
+        self.llm_request_max = self.llm_request_max.max(o.llm_request_max);
+        self.llm_rounds += o.llm_rounds;
     }
     fn pct(n: u32, d: u32) -> f64 {
         if d == 0 {
@@ -268,6 +374,11 @@ fn score(case: &Case, o: &Outcome) -> Score {
         ask_ms_sum: o.ask_ms,
         ask_ms_max: o.ask_ms,
         tool_bytes: o.tool_bytes,
+        llm_asks: o.llm.is_some() as u32,
+        llm_tokens: o.llm.map_or(0, |l| l.tokens as u64),
+        llm_tokens_max: o.llm.map_or(0, |l| l.tokens as u64),
+        llm_request_max: o.llm.map_or(0, |l| l.max_request as u64),
+        llm_rounds: o.llm.map_or(0, |l| l.rounds as u64),
         ..Score::default()
     };
     match &case.truth {
@@ -438,7 +549,7 @@ fn run_all(cases: Vec<Case>, jobs: usize) -> Vec<(Case, Score, Outcome)> {
                         sc.detail,
                         sc.naive_rank1,
                         o.ask_ms,
-                        if sc.rank1 == 0 || sc.detail == 0 {
+                        if sc.rank1 == 0 || sc.detail == 0 || show_all() {
                             format!(
                                 "\n    truth: {:?}\n    root_cause: {}\n    {}\n    {}",
                                 case.truth,
@@ -460,6 +571,11 @@ fn run_all(cases: Vec<Case>, jobs: usize) -> Vec<(Case, Score, Outcome)> {
     v.into_iter().map(|(_, c, s, o)| (c, s, o)).collect()
 }
 
+/// `EVAL_SHOW=1` prints every answer, not only the missed ones.
+fn show_all() -> bool {
+    std::env::var("EVAL_SHOW").is_ok_and(|v| v == "1")
+}
+
 fn table(results: &[(Case, Score, Outcome)]) -> (String, Score) {
     let mut by: BTreeMap<(usize, &str), [Score; 2]> = BTreeMap::new();
     let order: Vec<&str> = generator::CLASSES
@@ -474,12 +590,12 @@ fn table(results: &[(Case, Score, Outcome)]) -> (String, Score) {
         total.add(s);
     }
     let mut t = String::from(
-        "| class | OTLP rank 1 | OTLP detail | passive rank 1 | passive detail | naive rank 1 (OTLP/passive) | mean ask |\n|---|---|---|---|---|---|---|\n",
+        "| class | OTLP rank 1 | OTLP detail | passive rank 1 | passive detail | naive rank 1 (OTLP/passive) | mean ask | LLM path tokens per ask (mean) |\n|---|---|---|---|---|---|---|---|\n",
     );
     let frac = |n: u32, d: u32| format!("{n}/{d}");
     for ((_, class), [o, p]) in &by {
         t.push_str(&format!(
-            "| {class} | {} | {} | {} | {} | {} / {} | {:.0} ms |\n",
+            "| {class} | {} | {} | {} | {} | {} / {} | {:.0} ms | {} |\n",
             frac(o.rank1, o.cases),
             frac(o.detail, o.cases),
             frac(p.rank1, p.cases),
@@ -487,6 +603,10 @@ fn table(results: &[(Case, Score, Outcome)]) -> (String, Score) {
             frac(o.naive_rank1, o.cases),
             frac(p.naive_rank1, p.cases),
             (o.ask_ms_sum + p.ask_ms_sum) as f64 / (o.cases + p.cases).max(1) as f64,
+            match o.llm_asks + p.llm_asks {
+                0 => "-".to_string(),
+                n => format!("{:.0}", (o.llm_tokens + p.llm_tokens) as f64 / n as f64),
+            },
         ));
     }
     (t, total)
@@ -540,7 +660,7 @@ fn eval() {
             });
     let no_fault = total.cases - faulty;
     let summary = format!(
-        "{} cases ({} with a fault, {} without), seeds {:?}: root cause at rank 1 {:.0} %, detail {:.0} %, no-fault false positives {}/{}; naive baseline rank 1 {:.0} %, detail {:.0} %; ask mean {:.0} ms, max {} ms; tool output read per ask {:.1} KB (about {:.0} tokens at 4 bytes a token); suite took {:.0} s",
+        "{} cases ({} with a fault, {} without), seeds {:?}: root cause at rank 1 {:.0} %, detail {:.0} %, no-fault false positives {}/{}; naive baseline rank 1 {:.0} %, detail {:.0} %; ask mean {:.0} ms, max {} ms; tool output read per ask {:.1} KB; {}; suite took {:.0} s",
         total.cases,
         faulty,
         no_fault,
@@ -554,7 +674,18 @@ fn eval() {
         total.ask_ms_sum as f64 / total.cases.max(1) as f64,
         total.ask_ms_max,
         total.tool_bytes as f64 / 1024.0 / total.cases.max(1) as f64,
-        total.tool_bytes as f64 / 4.0 / total.cases.max(1) as f64,
+        if total.llm_asks == 0 {
+            "LLM path not run (EVAL_LLM=0)".to_string()
+        } else {
+            format!(
+                "LLM path ({} asks through the fake provider replaying the analyzer's tool calls, one per round): prompt tokens per ask mean {:.0}, max {} (o200k_base; {:.1} rounds per ask, largest single request {} tokens)",
+                total.llm_asks,
+                total.llm_tokens as f64 / total.llm_asks as f64,
+                total.llm_tokens_max,
+                total.llm_rounds as f64 / total.llm_asks as f64,
+                total.llm_request_max
+            )
+        },
         started.elapsed().as_secs_f64(),
     );
     println!("{t}\n{summary}");
@@ -623,18 +754,80 @@ fn generator_is_deterministic_with_ground_truth() {
     assert_ne!(a.truth.unwrap().details, b.truth.unwrap().details);
 }
 
-/// Two cases end to end in `make test` (the whole suite is `make eval`):
-/// a slow query over OTLP and a slow route seen only by eBPF.
+/// Cases end to end in `make test` (the whole suite is `make eval`): a
+/// slow query over OTLP, a slow route seen only by eBPF, a full disk that
+/// only the service's log names (the breakdown's log messages over MCP),
+/// and a harmless deploy; each also through the LLM path (the fake
+/// provider replaying the analyzer's tool calls).
 #[test]
-fn two_cases_end_to_end() {
+fn cases_end_to_end() {
     let cases = vec![
         generator::case("missing_index", Form::Otlp, 3),
         generator::case("bad_instance", Form::Passive, 3),
+        generator::case("disk_full", Form::Otlp, 3),
         generator::case("no_fault_deploy", Form::Otlp, 3),
     ];
     let results = run_all(cases, 2);
     for (c, s, o) in &results {
         assert_eq!(s.rank1, 1, "{}: {}\n{}", c.name(), o.root_cause, o.answer);
         assert!(o.ask_ms < 10_000, "{}: ask took {} ms", c.name(), o.ask_ms);
+        if llm_enabled() {
+            let l = o.llm.expect("the LLM path ran");
+            assert!(l.tokens > 1000 && l.rounds >= 3, "{}: {l:?}", c.name());
+        }
     }
+    // Issue 15: the detail of a full disk is only in the log.
+    let (c, s, o) = &results[2];
+    assert!(c.spans.iter().all(|s| {
+        s.exception
+            .as_ref()
+            .is_none_or(|(_, m)| !m.to_lowercase().contains("no space"))
+    }));
+    assert_eq!(s.detail, 1, "{}: {}", c.name(), o.answer);
+}
+
+/// Issue 15: `coral_breakdown` over MCP groups a service's problem log
+/// messages by template (ids and numbers replaced), window against
+/// baseline, with one body as logged.
+#[test]
+fn breakdown_groups_log_messages_by_template_over_mcp() {
+    let case = generator::case("disk_full", Form::Otlp, 3);
+    let service = case.truth.as_ref().unwrap().entities[0].clone();
+    let env = start_case(&case);
+    let v = env.json(&[
+        "mcp",
+        "call",
+        "coral_breakdown",
+        &json!({"window": "5m", "baseline": "1h", "service": service}).to_string(),
+    ]);
+    let logs = v["logs"].as_array().expect("logs in the breakdown");
+    let disk = logs
+        .iter()
+        .find(|l| {
+            l["template"]
+                .as_str()
+                .is_some_and(|t| t.to_lowercase().contains("no space left on device"))
+        })
+        .unwrap_or_else(|| panic!("no template names the full disk: {logs:?}"));
+    assert_eq!(disk["service"], json!(service));
+    assert_eq!(disk["severity"], "ERROR");
+    let t = disk["template"].as_str().unwrap();
+    assert!(
+        t.starts_with("request ? failed: could not write /var/lib/"),
+        "{t}"
+    );
+    assert!(t.contains("/spool/seg-?.tmp"), "{t}");
+    // Every record of the window is one template (each names another
+    // request and file); none before it.
+    let n = case.logs.iter().filter(|l| l.body.contains("seg-")).count() as u64;
+    assert!(n >= 3);
+    assert_eq!(disk["count"], json!([n, 0]), "{disk}");
+    assert!(
+        disk["example"]
+            .as_str()
+            .is_some_and(|e| e.contains("seg-") && e.chars().any(|c| c.is_ascii_digit())),
+        "{disk}"
+    );
+    // Only that service's messages.
+    assert!(logs.iter().all(|l| l["service"] == json!(service)));
 }

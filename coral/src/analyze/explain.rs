@@ -132,8 +132,55 @@ pub struct Breakdown {
     pub nodes: Vec<Facet>,
     pub metrics: Vec<Value>,
     pub edges: Vec<Value>,
+    /// Log messages by service, severity and template.
+    pub logs: Vec<LogMsg>,
     /// Minutes in the window and the baseline.
     pub minutes: (f64, f64),
+}
+
+/// One log message template of one service.
+#[derive(Debug, Clone)]
+pub struct LogMsg {
+    pub service: String,
+    pub severity: String,
+    pub template: String,
+    pub example: String,
+    pub count: (f64, f64),
+}
+
+impl LogMsg {
+    fn parse(v: &Value) -> LogMsg {
+        LogMsg {
+            service: s(v, "service"),
+            severity: s(v, "severity"),
+            template: s(v, "template"),
+            example: s(v, "example"),
+            count: pair(&v["count"]),
+        }
+    }
+    /// WARN and above (OTLP severity names; `SEVERITY17`... when unnamed).
+    fn is_problem(&self) -> bool {
+        let sev = self.severity.to_ascii_uppercase();
+        ["WARN", "ERROR", "FATAL", "CRIT", "ALERT", "EMERG"]
+            .iter()
+            .any(|k| sev.starts_with(k))
+            || sev
+                .strip_prefix("SEVERITY")
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= 13)
+    }
+}
+
+/// The problem message (WARN or worse) of `service` that appeared in the
+/// window, or whose rate grew at least threefold, with the most records:
+/// what the service itself says went wrong.
+fn new_log_message<'a>(b: &'a Breakdown, service: &str) -> Option<&'a LogMsg> {
+    let (m_r, m_b) = (b.minutes.0.max(1e-9), b.minutes.1.max(1e-9));
+    b.logs
+        .iter()
+        .filter(|l| l.service == service && l.is_problem() && l.count.0 >= 3.0)
+        .filter(|l| l.count.1 == 0.0 || l.count.0 / m_r >= 3.0 * l.count.1 / m_b)
+        .max_by(|x, y| x.count.0.total_cmp(&y.count.0))
 }
 
 impl Breakdown {
@@ -145,6 +192,7 @@ impl Breakdown {
             nodes: list("facets").iter().map(Facet::parse).collect(),
             metrics: list("metrics"),
             edges: list("edges"),
+            logs: list("logs").iter().map(LogMsg::parse).collect(),
             minutes,
         }
     }
@@ -597,6 +645,33 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
     } else if let Some((msg, n)) = top_error_value(drill, &op.service, own_kinds, "message") {
         lines.push(format!("{n:.0} spans failed with \"{msg}\" [{drill_ev}]"));
         summary.push_str(&format!("; error \"{msg}\""));
+    } else if let Some(l) = new_log_message(b, &op.service).or_else(|| {
+        // What the entity logs (a peer that sends telemetry) when the
+        // failing spans carry no exception.
+        (entity != op.service)
+            .then(|| new_log_message(b, &entity))
+            .flatten()
+    }) {
+        // The spans say only that they failed; the service's own log
+        // says why.
+        lines.push(format!(
+            "{} logged {:.0} {} records \"{}\" in the window ({}; baseline {:.0}) [{ev}]",
+            l.service,
+            l.count.0,
+            l.severity,
+            l.template,
+            if l.count.1 == 0.0 {
+                "a new message"
+            } else {
+                "more often"
+            },
+            l.count.1
+        ));
+        summary.push_str(&format!(
+            "; {} logs \"{}\" ({:.0} times in the window, baseline {:.0})",
+            l.service, l.example, l.count.0, l.count.1
+        ));
+        confidence = confidence.max(75);
     }
     // Retries: resends by the service or by the callers of the entity.
     let resends: f64 = drill
@@ -620,9 +695,11 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
             .iter()
             .filter(|o| o.is_call() && o.peer.as_deref() == Some(entity.as_str()))
         {
-            if c.per_request.0 >= (c.per_request.1 * 2.0).max(c.per_request.1 + 0.5)
-                && c.calls.1 > 0.0
-            {
+            // Calls per request at least doubled, by at least ten calls
+            // (relative: a caller whose calls to the entity are a small
+            // share of its requests retries just the same).
+            let extra = c.calls.0 - c.per_request.1 * reqs.0;
+            if c.calls.1 > 0.0 && c.per_request.0 >= c.per_request.1 * 2.0 && extra >= 10.0 {
                 lines.push(format!(
                     "{} retries its calls to {entity}: {:.1} per request (baseline {:.1}) [{ev}]",
                     c.service, c.per_request.0, c.per_request.1
@@ -706,9 +783,10 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
                 new_instances.len()
             ));
         }
-        // Traffic: more requests per minute at this operation.
+        // Traffic: more requests per minute at this operation (not the
+        // callers' own retries, found above).
         let (m_r, m_b) = b.minutes;
-        if m_r > 0.0 && m_b > 0.0 && op.calls.1 > 0.0 {
+        if m_r > 0.0 && m_b > 0.0 && op.calls.1 > 0.0 && kind != "retry_storm" {
             let (rate, base) = (op.calls.0 / m_r, op.calls.1 / m_b);
             // A surge is traffic to this operation growing faster than the
             // rest (its share per request grew), not the whole system busier.
@@ -774,7 +852,6 @@ pub fn diagnose(b: &Breakdown, drill: &[Facet], ev: &str, drill_ev: &str) -> Opt
             lines,
         });
     }
-    let _ = reqs;
     Some(Finding {
         root: RootCause {
             service: entity,
@@ -1007,6 +1084,67 @@ mod tests {
         assert_eq!(f.root.service, "api");
         assert_eq!(f.root.kind, "bad_instance");
         assert_eq!(f.root.component.as_deref(), Some("api-a"));
+    }
+
+    /// Issue 15: spans that fail with nothing but a status; the message
+    /// the service started logging in the window names the mechanism.
+    #[test]
+    fn a_new_error_message_in_the_logs_names_the_mechanism() {
+        let b = Breakdown::parse(
+            &json!({"requests": [100, 1000], "operations": [
+                op("api", "server", "GET /x", None, [100.0, 1000.0], [40.0, 0.0], [5.0, 5.0], [5.0, 5.0]),
+            ], "logs": [
+                {"service": "api", "severity": "INFO", "template": "served ? in ? ms",
+                 "example": "served 7 in 3 ms", "count": [100, 1000]},
+                {"service": "api", "severity": "ERROR", "template": "request ? failed: could not write /spool/seg-?.tmp: No space left on device",
+                 "example": "request 9f2c0e4d1a7b3c5e failed: could not write /spool/seg-000042.tmp: No space left on device", "count": [40, 0]},
+                {"service": "api", "severity": "ERROR", "template": "cache miss for ?",
+                 "example": "cache miss for 12", "count": [3, 40]},
+            ]}),
+            (5.0, 60.0),
+        );
+        let f = diagnose(&b, &[], "e1", "e2").unwrap();
+        assert_eq!(f.root.service, "api");
+        assert!(
+            f.root
+                .summary
+                .contains("seg-000042.tmp: No space left on device"),
+            "{}",
+            f.root.summary
+        );
+        assert!(
+            f.lines
+                .iter()
+                .any(|l| l.contains("40 ERROR records") && l.contains("a new message")),
+            "{:?}",
+            f.lines
+        );
+        // A message that was as frequent before is not the change.
+        assert!(!f.root.summary.contains("cache miss"));
+    }
+
+    /// Issue 15 (retry_storm, seed 3): a caller whose calls to the failing
+    /// service are a small share of its requests still retries them; its
+    /// calls per request doubled.
+    #[test]
+    fn retries_of_a_small_share_of_requests_are_a_retry_storm() {
+        let b = Breakdown::parse(
+            &json!({"requests": [100, 1340], "operations": [
+                op("wallet", "server", "GET /wallet/{id}", None, [70.0, 339.0], [52.0, 0.0], [4.0, 2.0], [60.0, 7.0]),
+                {"service": "front", "kind": "client", "name": "GET", "peer": "wallet",
+                 "calls": [70, 339], "calls_per_request": [0.7, 0.25], "errors": [52, 0],
+                 "own_errors": [0, 0], "self_ms_per_request": [0.1, 0.1], "mean_ms": [61.0, 8.0]},
+            ]}),
+            (5.0, 60.0),
+        );
+        let f = diagnose(&b, &[], "e1", "e2").unwrap();
+        assert_eq!(f.root.service, "wallet");
+        assert_eq!(f.root.kind, "retry_storm");
+        assert!(
+            f.root.summary.contains("front retries"),
+            "{}",
+            f.root.summary
+        );
     }
 
     /// eBPF only: failed connects name the peer.

@@ -452,6 +452,36 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
                 )
             }
         );
+        // Processes that connect to peers but serve no requests the
+        // colony measures (queue consumers, jobs): their own work is
+        // compared with nothing, so say so rather than vouch for it.
+        let measured: BTreeSet<&str> = red["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["service"].as_str())
+            .collect();
+        let unmeasured: Vec<&str> = calls
+            .keys()
+            .map(String::as_str)
+            .filter(|a| !measured.contains(a))
+            .collect();
+        let seen = if unmeasured.is_empty() {
+            seen
+        } else {
+            format!(
+                "{seen} Not compared: {} connect to other services or databases [{map_ev}] but serve no requests the colony measures (queue consumers and jobs work outside requests); a backlog or slowdown in their own work does not show here, their OTLP spans or metrics (consumer lag, job duration) would show it.",
+                if unmeasured.len() > 5 {
+                    format!(
+                        "{} and {} more",
+                        unmeasured[..5].join(", "),
+                        unmeasured.len() - 5
+                    )
+                } else {
+                    unmeasured.join(", ")
+                }
+            )
+        };
         // Never "no problem" about data the colony could not see.
         let answer = if s.gaps.is_empty() {
             format!("No problem found. {seen}")

@@ -1044,6 +1044,21 @@ fn dimensions() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A log body as a message template, as SQL over the column `col`: UUIDs,
+/// hex runs of 8 or more and numbers (not part of a word: `v2` and `utf8`
+/// stay) become `?`, as the SQL normaliser does for a statement's
+/// literals, so one message logged with different ids counts as one.
+pub(crate) fn log_template_sql(col: &str) -> String {
+    let uuid = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
+    format!(
+        "left(regexp_replace(regexp_replace(regexp_replace(regexp_replace({col},
+            '{uuid}', '?', 'g'),
+            '\\b(0x)?[0-9a-fA-F]{{8,}}\\b', '?', 'g'),
+            '(^|[^A-Za-z0-9_?])[0-9]+(\\.[0-9]+)*\\b', '\\1?', 'g'),
+            '\\s+', ' ', 'g'), 200)"
+    )
+}
+
 /// count, errors, own errors, sum, self.
 type TallyCols = (i64, i64, i64, f64, f64);
 
@@ -1097,6 +1112,7 @@ type FacetRow = (
 );
 type MetricRow = (String, String, String, bool, f64, f64);
 type EdgeChangeRow = (String, String, String, bool, u64, u64, u64, u64, u64);
+type LogChangeRow = (String, String, String, bool, i64, String);
 
 /// What moved between the window and its baseline, along every dimension.
 pub(crate) async fn breakdown(
@@ -1112,7 +1128,7 @@ pub(crate) async fn breakdown(
         w.since_ms * 1000,
         w.until_ms * 1000,
     );
-    let (roots, ops, facets, metrics, edges) = shared
+    let (roots, ops, facets, metrics, edges, logs) = shared
         .telemetry
         .query(move |c| {
             let x = format!(
@@ -1195,7 +1211,27 @@ pub(crate) async fn breakdown(
                 ))?
                 .query_map([], |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8)))?
                 .collect::<duckdb::Result<_>>()?;
-            Ok((roots, ops, facets, metrics, edges))
+            // Problem messages (WARN and worse) by service, severity and
+            // template; INFO and DEBUG are the bulk of most logs and name
+            // no mechanism.
+            let logs: Vec<LogChangeRow> = c
+                .prepare(&format!(
+                    "WITH l AS (
+                        SELECT service, CASE WHEN severity_text <> '' THEN upper(severity_text)
+                                             ELSE 'SEVERITY' || severity_number END AS sev,
+                               {tmpl} AS tmpl, body, ts >= make_timestamp({split}::BIGINT) AS recent
+                        FROM log_records
+                        WHERE ts >= make_timestamp({from}::BIGINT) AND ts < make_timestamp({until}::BIGINT)
+                          AND (severity_number >= 13
+                               OR (severity_number = 0
+                                   AND regexp_matches(upper(severity_text), '^(WARN|ERR|FATAL|CRIT|ALERT|EMERG)'))))
+                     SELECT service, sev, tmpl, recent, count(*), left(min(body), 300)
+                     FROM l GROUP BY ALL ORDER BY count(*) DESC LIMIT 2000",
+                    tmpl = log_template_sql("body"),
+                ))?
+                .query_map([], |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5)))?
+                .collect::<duckdb::Result<_>>()?;
+            Ok((roots, ops, facets, metrics, edges, logs))
         })
         .await
         .map_err(storage)?;
@@ -1319,6 +1355,30 @@ pub(crate) async fn breakdown(
         t.rtt_avg_us = rtt_sum.checked_div(rtt_n).unwrap_or(0);
         t.rtt_max_us = rtt_max;
     }
+    let mut log_map: BTreeMap<(String, String, String), coral_proto::LogChange> = BTreeMap::new();
+    for (service, severity, template, recent, n, body) in logs {
+        let l = log_map
+            .entry((service.clone(), severity.clone(), template.clone()))
+            .or_insert_with(|| coral_proto::LogChange {
+                service,
+                severity,
+                template,
+                example: String::new(),
+                recent: 0,
+                baseline: 0,
+            });
+        if recent {
+            l.recent = n.max(0) as u64;
+            l.example = body;
+        } else {
+            l.baseline = n.max(0) as u64;
+            if l.example.is_empty() {
+                l.example = body;
+            }
+        }
+    }
+    let mut logs: Vec<coral_proto::LogChange> = log_map.into_values().collect();
+    logs.sort_by_key(|l| std::cmp::Reverse(l.recent + l.baseline));
     Ok(coral_proto::Breakdown {
         window: w,
         requests: requests(true),
@@ -1327,6 +1387,7 @@ pub(crate) async fn breakdown(
         facets,
         metrics: metric_map.into_values().collect(),
         edges: edge_map.into_values().collect(),
+        logs,
         coverage,
     })
 }
@@ -1455,6 +1516,39 @@ pub(crate) async fn changes(shared: &Shared, since_ms: i64) -> Result<Changes, Q
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15: one message logged with different ids is one template.
+    #[test]
+    fn log_bodies_become_templates() {
+        let c = duckdb::Connection::open_in_memory().unwrap();
+        let t = |body: &str| -> String {
+            c.query_row(
+                &format!(
+                    "SELECT {} FROM (SELECT ?::VARCHAR AS b)",
+                    log_template_sql("b")
+                ),
+                [body],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            t(
+                "write /spool/seg-000123.tmp for request 7f3a9c1e2b4d5e6f failed: No space left on device"
+            ),
+            "write /spool/seg-?.tmp for request ? failed: No space left on device"
+        );
+        assert_eq!(
+            t("order 123e4567-e89b-12d3-a456-426614174000 took 12.5 ms at 10.2.0.7:5432"),
+            "order ? took ? ms at ?:?"
+        );
+        // Words with digits stay; whitespace collapses.
+        assert_eq!(
+            t("utf8  decoder v2 [Errno 28]"),
+            "utf8 decoder v2 [Errno ?]"
+        );
+        assert_eq!(t("KeyError: 'shipping_zone'"), "KeyError: 'shipping_zone'");
+    }
 
     #[test]
     fn peers_come_from_semantic_conventions() {

@@ -189,7 +189,7 @@ pub fn catalog(allow_exec: bool) -> Vec<ToolDef> {
         ToolDef {
             name: "coral_breakdown",
             title: "What moved, along every dimension",
-            description: "Window against baseline ([recent, baseline] pairs), from traces, metrics and eBPF. Without `service`: the operations that moved most (service, span kind, name, peer, statement; calls and own time per request, errors they originated), metrics whose level moved, eBPF connection edges (connects, failed connects, RTT), and the node of each service's requests. The cause is the deepest operation whose own time or originated errors grew (a caller that only waits on it is a symptom); more calls per request at the same cost per call means the caller changed (N+1, retries, fallback); a new operation on a shared database points at the new workload. Then call again with `service` to see which instance, node, version, status code, exception, route or retry count carries the change, and read its metrics.",
+            description: "Window against baseline ([recent, baseline] pairs), from traces, metrics and eBPF. Without `service`: the operations that moved most (service, span kind, name, peer, statement; calls and own time per request, errors they originated), metrics whose level moved, eBPF connection edges (connects, failed connects, RTT), problem log messages (WARN and worse) grouped by template (ids and numbers replaced by `?`; count per window, one example; new or grown first: a new error message often names the mechanism when spans do not), and the node of each service's requests. The cause is the deepest operation whose own time or originated errors grew (a caller that only waits on it is a symptom); more calls per request at the same cost per call means the caller changed (N+1, retries, fallback); a new operation on a shared database points at the new workload. Then call again with `service` to see which instance, node, version, status code, exception, route or retry count carries the change, and read its metrics and log messages.",
             schema: schema::<BreakdownArgs>(),
             read_only: true,
         },
@@ -660,6 +660,8 @@ fn op_moved(o: &coral_proto::OpChange, per: (f64, f64)) -> f64 {
 
 /// Operations shown without `service`.
 const BREAKDOWN_OPS: usize = 40;
+/// Log message templates shown without `service`.
+const BREAKDOWN_LOGS: usize = 20;
 
 async fn breakdown(shared: &Shared, a: BreakdownArgs, now_us: i64) -> Result<Value, ToolError> {
     let w = window_of(&a.window, &a.baseline, now_us / 1000)?;
@@ -734,6 +736,30 @@ async fn breakdown(shared: &Shared, a: BreakdownArgs, now_us: i64) -> Result<Val
                    "rtt_max_ms": [ms(e.recent.rtt_max_us as f64), ms(e.baseline.rtt_max_us as f64)]})
         })
         .collect();
+    // Log messages by template: those that appeared or grew first (per
+    // minute, against the baseline's rate), then the rest.
+    let minutes = (
+        (w.until_ms - w.since_ms).max(1) as f64 / 60_000.0,
+        w.baseline_ms.max(1) as f64 / 60_000.0,
+    );
+    let grew =
+        |l: &coral_proto::LogChange| l.recent as f64 / minutes.0 - l.baseline as f64 / minutes.1;
+    let mut logs: Vec<&coral_proto::LogChange> =
+        b.logs.iter().filter(|l| mine(&l.service)).collect();
+    logs.sort_by(|x, y| grew(y).total_cmp(&grew(x)));
+    logs.truncate(if a.service.is_some() {
+        30
+    } else {
+        BREAKDOWN_LOGS
+    });
+    let logs: Vec<Value> = logs
+        .iter()
+        .map(|l| {
+            json!({"service": l.service, "severity": l.severity, "template": l.template,
+                   "example": l.example.chars().take(300).collect::<String>(),
+                   "count": [l.recent, l.baseline]})
+        })
+        .collect();
     Ok(json!({
         "window": human(w.until_ms - w.since_ms),
         "baseline": human(w.baseline_ms),
@@ -742,6 +768,7 @@ async fn breakdown(shared: &Shared, a: BreakdownArgs, now_us: i64) -> Result<Val
         "facets": facets,
         "metrics": metrics,
         "edges": edges,
+        "logs": logs,
         "coverage": coverage_json(&b.coverage),
     }))
 }
