@@ -72,7 +72,7 @@ fn go_with_dwarf_has_arguments_and_results_in_abi_registers() {
         assert_eq!(greet.results[1].location, Location::Regs(vec![2, 3]));
         let sum = idx.resolve("main.Checksum").unwrap();
         assert_eq!(sum.params[0].kind, ValueKind::Slice { bytes: true });
-        assert!(idx.return_offsets(idx.resolve("Classify").unwrap()).len() >= 2);
+        assert!(idx.return_offsets(&idx.resolve("Classify").unwrap()).len() >= 2);
         assert!(idx.matching("main.").count() >= 6);
     }
 }
@@ -89,7 +89,7 @@ fn stripped_go_still_lists_functions_without_arguments() {
     assert!(!idx.has_dwarf);
     let f = idx.resolve("Add").unwrap();
     assert!(f.params.is_empty());
-    assert!(!idx.return_offsets(f).is_empty());
+    assert!(!idx.return_offsets(&f).is_empty());
     assert!(idx.resolve("Nope").unwrap_err().contains("no function"));
 }
 
