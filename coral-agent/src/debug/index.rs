@@ -319,7 +319,8 @@ impl Index {
 type ParamsByAddr = HashMap<u64, (Vec<Param>, Vec<Param>)>;
 
 /// The DWARF sections a parameter lookup reads, decompressed (Go 1.19
-/// compresses them). Location lists and frame tables are never read.
+/// compresses them). Line tables, location lists and frame tables are
+/// never read (see [`unit_of`]).
 fn load_dwarf(data: &[u8]) -> Option<gimli::DwarfSections<Vec<u8>>> {
     let elf = object::File::parse(data).ok()?;
     elf.section_by_name(".debug_info")?;
@@ -331,7 +332,6 @@ fn load_dwarf(data: &[u8]) -> Option<gimli::DwarfSections<Vec<u8>>> {
                 | DebugAbbrev
                 | DebugStr
                 | DebugStrOffsets
-                | DebugLine
                 | DebugLineStr
                 | DebugRanges
                 | DebugRngLists
@@ -362,7 +362,7 @@ fn walk_units_holding(
     let mut headers = dwarf.units();
     let mut units = Vec::new();
     while let Ok(Some(header)) = headers.next() {
-        if let Ok(unit) = dwarf.unit(header) {
+        if let Ok(unit) = unit_of(&dwarf, header) {
             units.push(unit);
         }
     }
@@ -389,6 +389,62 @@ fn walk_units_holding(
             walk_unit(&dwarf, &units, ui, lang, out);
         }
     }
+}
+
+/// A unit as `gimli::Dwarf::unit` makes it, without its line program (the
+/// only thing that needs `.debug_line`, a third of what would be
+/// decompressed otherwise).
+fn unit_of<'a>(
+    dwarf: &Dw<'a>,
+    header: gimli::UnitHeader<EndianSlice<'a, LittleEndian>>,
+) -> gimli::Result<Unit<'a>> {
+    let enc = header.encoding();
+    let main = gimli::DwarfFileType::Main;
+    let mut unit = gimli::Unit {
+        abbreviations: dwarf.abbreviations(&header)?,
+        name: None,
+        comp_dir: None,
+        low_pc: 0,
+        str_offsets_base: gimli::DebugStrOffsetsBase::default_for_encoding_and_file(enc, main),
+        addr_base: gimli::DebugAddrBase(0),
+        loclists_base: gimli::DebugLocListsBase::default_for_encoding_and_file(enc, main),
+        rnglists_base: gimli::DebugRngListsBase::default_for_encoding_and_file(enc, main),
+        line_program: None,
+        dwo_id: None,
+        header,
+    };
+    let mut low_pc = None;
+    {
+        let mut cursor = unit.header.entries(&unit.abbreviations);
+        cursor.next_dfs()?;
+        let root = cursor.current().ok_or(gimli::Error::MissingUnitDie)?;
+        for attr in root.attrs() {
+            match (attr.name(), attr.value()) {
+                (gimli::DW_AT_low_pc, v) => low_pc = Some(v),
+                (gimli::DW_AT_str_offsets_base, AttributeValue::DebugStrOffsetsBase(b)) => {
+                    unit.str_offsets_base = b;
+                }
+                (
+                    gimli::DW_AT_addr_base | gimli::DW_AT_GNU_addr_base,
+                    AttributeValue::DebugAddrBase(b),
+                ) => unit.addr_base = b,
+                (gimli::DW_AT_loclists_base, AttributeValue::DebugLocListsBase(b)) => {
+                    unit.loclists_base = b;
+                }
+                (
+                    gimli::DW_AT_rnglists_base | gimli::DW_AT_GNU_ranges_base,
+                    AttributeValue::DebugRngListsBase(b),
+                ) => unit.rnglists_base = b,
+                _ => {}
+            }
+        }
+    }
+    if let Some(v) = low_pc
+        && let Some(a) = dwarf.attr_address(&unit, v)?
+    {
+        unit.low_pc = a;
+    }
+    Ok(unit)
 }
 
 /// Records the parameters of every subprogram with a `low_pc` in unit `ui`.
