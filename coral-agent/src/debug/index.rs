@@ -223,11 +223,7 @@ impl Index {
         if !self.has_dwarf {
             return out;
         }
-        let Some(sections) = self
-            .dwarf
-            .get_or_init(|| load_dwarf(&self.data))
-            .as_ref()
-        else {
+        let Some(sections) = self.dwarf.get_or_init(|| load_dwarf(&self.data)).as_ref() else {
             return out;
         };
         let mut w = self.walked.lock().unwrap_or_else(|p| p.into_inner());

@@ -364,7 +364,8 @@ impl Debugger {
                 (path, std::fs::File::from(fd))
             }
         };
-        let read_err = |e: std::io::Error| DebugError::Failed(format!("read {}: {e}", path.display()));
+        let read_err =
+            |e: std::io::Error| DebugError::Failed(format!("read {}: {e}", path.display()));
         let key = {
             use std::os::unix::fs::MetadataExt;
             let md = file.metadata().map_err(read_err)?;
