@@ -214,7 +214,7 @@ async fn span_code_names(
             },
         );
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     counts.into_iter().map(|(n, _)| n).collect()
 }
 
