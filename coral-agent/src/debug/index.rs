@@ -219,7 +219,13 @@ impl Index {
     /// `f` with its parameters and results from DWARF (none without it).
     /// Only the compilation unit that holds `f` is read, once per unit.
     pub fn detailed(&self, f: &FunctionInfo) -> FunctionInfo {
-        let mut out = f.clone();
+        self.detailed_all(std::slice::from_ref(&f)).remove(0)
+    }
+
+    /// [`Index::detailed`] for several functions, reading the units that
+    /// hold them in one pass.
+    pub fn detailed_all(&self, fs: &[&FunctionInfo]) -> Vec<FunctionInfo> {
+        let mut out: Vec<FunctionInfo> = fs.iter().map(|f| (*f).clone()).collect();
         if !self.has_dwarf {
             return out;
         }
@@ -227,15 +233,26 @@ impl Index {
             return out;
         };
         let mut w = self.walked.lock().unwrap_or_else(|p| p.into_inner());
-        if !w.params.contains_key(&f.addr) {
+        let mut missing: Vec<u64> = fs
+            .iter()
+            .map(|f| f.addr)
+            .filter(|a| !w.params.contains_key(a))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
             let Walked { units, params } = &mut *w;
-            walk_units_holding(sections, self.lang, f.addr, units, params);
+            walk_units_holding(sections, self.lang, &missing, units, params);
             // Not in the DWARF (assembly, or no unit holds it): asked once.
-            params.entry(f.addr).or_default();
+            for a in missing {
+                params.entry(a).or_default();
+            }
         }
-        if let Some((p, r)) = w.params.get(&f.addr) {
-            out.params = p.clone();
-            out.results = r.clone();
+        for f in &mut out {
+            if let Some((p, r)) = w.params.get(&f.addr) {
+                f.params = p.clone();
+                f.results = r.clone();
+            }
         }
         out
     }
@@ -344,13 +361,13 @@ fn load_dwarf(data: &[u8]) -> Option<gimli::DwarfSections<Vec<u8>>> {
     .ok()
 }
 
-/// Walks the compilation units whose address ranges hold `addr` (every
-/// unit not walked yet when no unit has ranges) and records the parameters
-/// of each subprogram in them, by address.
+/// Walks the compilation units whose address ranges hold one of `addrs`
+/// (sorted; every unit not walked yet when no unit has ranges) and records the
+/// parameters of each subprogram in them, by address.
 fn walk_units_holding(
     sections: &gimli::DwarfSections<Vec<u8>>,
     lang: Lang,
-    addr: u64,
+    addrs: &[u64],
     walked: &mut std::collections::HashSet<u64>,
     out: &mut ParamsByAddr,
 ) {
@@ -371,7 +388,8 @@ fn walk_units_holding(
         };
         while let Ok(Some(r)) = ranges.next() {
             any_ranges = true;
-            if r.begin <= addr && addr < r.end {
+            let i = addrs.partition_point(|&a| a < r.begin);
+            if addrs.get(i).is_some_and(|&a| a < r.end) {
                 holding.push(ui);
                 break;
             }

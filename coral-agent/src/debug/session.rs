@@ -402,20 +402,20 @@ impl Debugger {
     ) -> Result<DebugFunctions, DebugError> {
         let (exe, idx) = self.index_of(pid)?;
         let all: Vec<_> = idx.matching(pattern).collect();
+        let shown = idx.detailed_all(&all[..all.len().min(limit)]);
         Ok(DebugFunctions {
             pid,
             binary: exe.display().to_string(),
             lang: lang_name(idx.lang).into(),
             has_dwarf: idx.has_dwarf,
             total: all.len() as u64,
-            functions: all
+            functions: shown
                 .into_iter()
-                .take(limit)
                 .map(|f| DebugFunction {
-                    name: f.name.clone(),
+                    params: f.params.iter().map(describe).collect(),
+                    name: f.name,
                     offset: f.offset,
                     size: f.size,
-                    params: idx.detailed(f).params.iter().map(describe).collect(),
                 })
                 .collect(),
         })

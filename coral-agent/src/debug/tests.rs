@@ -344,6 +344,12 @@ mod live {
         let greet = first.resolve("Greet").unwrap();
         assert_eq!(greet.params[0].name, "name", "{greet:?}");
         assert_eq!(other.detailed(&greet).params, greet.params);
+        // `coral debug functions` details a whole list in one pass.
+        let mains: Vec<_> = other.matching("main.").collect();
+        let listed = other.detailed_all(&mains);
+        assert_eq!(listed.len(), mains.len());
+        let g = listed.iter().find(|f| f.name == "main.Greet").unwrap();
+        assert_eq!(g.params, greet.params);
     }
 
     #[test]
