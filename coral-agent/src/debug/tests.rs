@@ -854,6 +854,34 @@ mod measure {
             rets = idx.return_offsets(&add);
         }
 
+        // The rest of a cold attach: the helper's own check of an offset
+        // (it reads the binary and parses its function table itself, then
+        // decodes the function), and loading the uprobe object.
+        let add_off = Index::open(&bin).unwrap().resolve("main.Add").unwrap().offset;
+        let (mut check_ms, mut load_ms) = (Vec::new(), Vec::new());
+        let exe = format!("/proc/{pid}/exe");
+        for _ in 0..5 {
+            let t = Instant::now();
+            coral_privhelper::uprobe::Checker::default()
+                .check(
+                    &coral_privhelper::uprobe::Target {
+                        probe_id: 0,
+                        kind: coral_ebpf::KIND_RET_INSN,
+                        pid,
+                        path: Path::new(&exe),
+                        offset: rets[0],
+                    },
+                    0,
+                )
+                .unwrap();
+            check_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let obj = coral_privhelper::UprobeObject::open(Path::new("/nonexistent"), 1 << 20);
+            load_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            drop(obj.unwrap());
+        }
+        assert!(add_off > 0);
+
         let limits = Limits {
             budget_us_per_s: u64::MAX,
             ..Limits::default()
@@ -881,10 +909,12 @@ mod measure {
             d.detach(None).unwrap();
         }
         eprintln!(
-            "FIGURES [{profile}] {:.1} MB, {functions} functions; index: function table p50/p95 {} ms, main.Add's arguments (its DWARF unit) p50/p95 {} ms (5 runs); attach main.Add (entry + {} return point(s)) p50/p95 of 20: cold (new agent: index + attach) {} ms, warm (index kept) {} ms",
+            "FIGURES [{profile}] {:.1} MB, {functions} functions; index: function table p50/p95 {} ms, main.Add's arguments (its DWARF unit) p50/p95 {} ms; the helper's check of a return point {} ms; loading the uprobe object {} ms (5 runs each); attach main.Add (entry + {} return point(s)) p50/p95 of 20: cold (new agent: index + attach) {} ms, warm (index kept) {} ms",
             size as f64 / 1e6,
             p50_p95(&mut table_ms),
             p50_p95(&mut args_ms),
+            p50_p95(&mut check_ms),
+            p50_p95(&mut load_ms),
             rets.len(),
             p50_p95(&mut cold),
             p50_p95(&mut warm),
