@@ -699,6 +699,36 @@ impl SlowApi {
     }
 }
 
+/// tests/targets/spanapi.go, with its delay file and the file it reads
+/// the agent's OTLP/HTTP address from.
+struct SpanApi {
+    app: App,
+    delay: PathBuf,
+    endpoint: PathBuf,
+}
+
+impl Port for SpanApi {
+    fn port(&self) -> u16 {
+        self.app.port
+    }
+}
+
+impl SpanApi {
+    fn start(dir: &Path) -> SpanApi {
+        let bin = build_go(dir, "spanapi", include_str!("targets/spanapi.go"));
+        let delay = dir.join("delay_ms");
+        let endpoint = dir.join("otlp_endpoint");
+        std::fs::write(&delay, "2").unwrap();
+        std::fs::write(&endpoint, "").unwrap();
+        let app = App::spawn(&bin, &[delay.to_str().unwrap(), endpoint.to_str().unwrap()]);
+        SpanApi {
+            app,
+            delay,
+            endpoint,
+        }
+    }
+}
+
 /// One keep-alive GET; the status.
 fn get(s: &mut BufReader<std::net::TcpStream>, path: &str) -> u16 {
     use std::io::{Read, Write};
@@ -1128,5 +1158,180 @@ fn debug_trace_gives_each_request_its_goroutine_call_tree() {
     assert!(
         audit.contains("coral debug trace api --path /api/inventory --function handleInventory"),
         "{audit}"
+    );
+}
+
+/// Issue 12: when the slow service's spans carry code attributes
+/// (`code.namespace` + `code.function`, `code.function.name`), `coral ask`
+/// probes the functions they name first, once the binary has them; a name
+/// the binary does not have is dropped. spanapi's /api/inventory is served
+/// by `main.serveStock` (no route word in its name) among ten other
+/// functions of its own, so without the spans it would not be among the 8
+/// candidates. The built-in analyzer, then a model through the fake
+/// provider reading `coral_trace`'s code attributes.
+#[test]
+fn ask_probes_the_functions_named_by_span_code_attributes_first() {
+    if !root_or_skip("ask_probes_the_functions_named_by_span_code_attributes_first") {
+        return;
+    }
+    let (env, api) = setup_env(
+        "\n[colony.mcp]\nallow_debug = true\n\n[agent.ebpf]\nflush_interval = \"300ms\"\n",
+        None,
+        SpanApi::start,
+    );
+    let st = env.wait_json(
+        &["agent", "status", "--json"],
+        T,
+        "the eBPF capture",
+        |st| st["ebpf"]["running"] == true,
+    );
+    std::fs::write(&api.endpoint, st["otlp_http"].as_str().unwrap()).unwrap();
+    let traffic = Traffic::start(api.port(), &["/api/inventory?item=bolt", "/api/items"]);
+    std::thread::sleep(Duration::from_secs(20));
+    std::fs::write(&api.delay, "150").unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+
+    let a = env.json(&["ask", "--json", "Why is /api/inventory slow?"]);
+    let evidence = a["evidence"].as_array().unwrap();
+    let listed = evidence
+        .iter()
+        .find(|e| {
+            e["tool"] == "coral_debug_functions"
+                && e["summary"].as_str().unwrap_or("").contains("candidates")
+        })
+        .unwrap_or_else(|| panic!("no function list: {a:#}"));
+    let summary = listed["summary"].as_str().unwrap();
+    assert!(summary.contains("candidates: main.serveStock, "), "{a:#}");
+    assert!(
+        summary.contains(
+            "from span code attributes: main.serveStock (not in the binary, dropped: main.gone)"
+        ),
+        "{a:#}"
+    );
+    assert!(
+        evidence.iter().any(|e| e["tool"] == "coral_trace"
+            && e["summary"]
+                .as_str()
+                .unwrap_or("")
+                .contains("span code attributes:")),
+        "{a:#}"
+    );
+    assert_eq!(
+        a["root_cause"]["component"], "main.serveStock (in GET /api/inventory)",
+        "{a:#}"
+    );
+    assert!(
+        a["answer"]
+            .as_str()
+            .unwrap()
+            .contains("show the time is spent in main.serveStock"),
+        "{a:#}"
+    );
+
+    // A model: it reads the code attributes of a recent trace and probes
+    // the function they name.
+    let fake = FakeLlm::start(|i, req| match i {
+        0 => llm_reply(
+            None,
+            &[(
+                "call_traces",
+                "coral_traces",
+                serde_json::json!({"service": "api", "since": "1m", "limit": 4}),
+            )],
+        ),
+        1 => {
+            let ids: Vec<Value> = tool_output(req, "call_traces")["traces"]
+                .as_array()
+                .map(|t| t.iter().take(4).map(|t| t["trace_id"].clone()).collect())
+                .unwrap_or_default();
+            let calls: Vec<(String, Value)> = ids
+                .iter()
+                .enumerate()
+                .map(|(k, id)| (format!("call_t{k}"), serde_json::json!({"trace_id": id})))
+                .collect();
+            let calls: Vec<(&str, &str, Value)> = calls
+                .iter()
+                .map(|(c, args)| (c.as_str(), "coral_trace", args.clone()))
+                .collect();
+            llm_reply(None, &calls)
+        }
+        2 => {
+            let mut fns: Vec<String> = (0..4)
+                .flat_map(|k| {
+                    tool_output(req, &format!("call_t{k}"))["spans"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter_map(|s| {
+                    let f = s["code_function"].as_str()?.to_string();
+                    Some(match s["code_namespace"].as_str() {
+                        Some(ns) => format!("{ns}.{f}"),
+                        None => f,
+                    })
+                })
+                .filter(|f| f != "main.gone")
+                .collect();
+            fns.dedup();
+            llm_reply(
+                None,
+                &[(
+                    "call_probe",
+                    "coral_debug_probe",
+                    serde_json::json!({"service": "api", "functions": fns, "seconds": 3}),
+                )],
+            )
+        }
+        _ => {
+            let p = tool_output(req, "call_probe");
+            let top = &p["functions"][0];
+            llm_reply(
+                Some(&format!(
+                    "The spans point at {}: mean {} ms over {} calls [call_probe].",
+                    top["function"].as_str().unwrap_or("nothing"),
+                    top["mean_ms"],
+                    top["calls"]
+                )),
+                &[],
+            )
+        }
+    });
+    env.ok(&[
+        "ask",
+        "config",
+        "--model",
+        "openai:gpt-4.1",
+        "--api-key-env",
+        "CDEBUG_KEY",
+        "--base-url",
+        &fake.url,
+    ]);
+    let out = env
+        .command(&[
+            "ask",
+            "Why is /api/inventory slow?",
+            "--json",
+            "--no-stream",
+        ])
+        .env("CDEBUG_KEY", "sk-test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("The spans point at main.serveStock: mean 1"),
+        "{v:#}"
+    );
+    traffic.stop();
+    let list = env.json(&["debug", "list", "api", "--json"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "detached"),
+        "{list:#}"
     );
 }

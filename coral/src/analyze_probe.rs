@@ -8,16 +8,21 @@
 //! Gated like every debug tool: `coral_debug_probe` is listed only with
 //! `[colony.mcp] allow_debug`, the agent's host policy (`[[debug]]`) must
 //! allow each function, and the colony audits the attach and the detach.
-//! Candidates, best first: the service's own functions whose name matches
-//! a word of the slow route (`/api/checkout` → `main.handleCheckout`, case
-//! aside), then those matching an operation the hotspots named, then the
-//! rest of its own code (Go: package `main`), at most [`MAX_CANDIDATES`].
+//! Candidates, best first: the functions the service's recent spans name
+//! in their code attributes (`code.function.name`, or `code.namespace` +
+//! `code.function`) that are in its binary, then its own functions whose
+//! name matches a word of the slow route (`/api/checkout` →
+//! `main.handleCheckout`, case aside), then those matching an operation the
+//! hotspots named, then the rest of its own code (Go: package `main`), at
+//! most [`MAX_CANDIDATES`].
 
 use crate::analyze::{Evidence, RootCause, Tools};
 use serde_json::{Value, json};
 
 /// Functions probed at once (the agent's default per-session limit).
 pub const MAX_CANDIDATES: usize = 8;
+/// Recent traces of the service whose spans are read for code attributes.
+pub const CODE_TRACES: usize = 4;
 /// How long the probes collect.
 pub const PROBE_SECONDS: u64 = 5;
 
@@ -83,16 +88,22 @@ fn own_code(name: &str, lang: &str) -> bool {
     }
 }
 
-/// The functions to probe, best first: those matching the route's words
+/// The functions to probe, best first: `code` (functions the spans named,
+/// already resolved in the binary), then those matching the route's words
 /// (the last segment counts most), then those matching other hints, then
 /// the rest of the service's own code.
 pub fn candidates(
     functions: &[String],
     lang: &str,
+    code: &[String],
     route: &[String],
     hints: &[String],
 ) -> Vec<String> {
     let score = |name: &str| -> u32 {
+        if let Some(i) = code.iter().position(|c| c == name) {
+            // In the spans' order (most often named first).
+            return 1000 - i.min(900) as u32;
+        }
         let short = name.rsplit('.').next().unwrap_or(name).to_ascii_lowercase();
         let mut s = 0;
         for (i, w) in route.iter().enumerate() {
@@ -107,6 +118,7 @@ pub fn candidates(
     };
     let mut ranked: Vec<(u32, &String)> = functions
         .iter()
+        .chain(code.iter().filter(|c| !functions.contains(c)))
         .map(|f| (score(f), f))
         .filter(|(s, f)| *s > 0 || own_code(f, lang))
         .collect();
@@ -116,6 +128,94 @@ pub fn candidates(
         .take(MAX_CANDIDATES)
         .map(|(_, f)| f.clone())
         .collect()
+}
+
+/// The function a span's code attributes name: `code.function.name` (or
+/// the older `code.function`), qualified by `code.namespace` unless it
+/// already is.
+pub fn code_name(function: &str, namespace: Option<&str>) -> String {
+    match namespace.filter(|ns| !ns.is_empty()) {
+        Some(ns) if !function.starts_with(&format!("{ns}.")) => format!("{ns}.{function}"),
+        _ => function.to_string(),
+    }
+}
+
+/// The name in `functions` that `name` stands for: itself, or the one
+/// function whose name ends with `.name` (`handleCheckout` →
+/// `main.handleCheckout`).
+pub fn resolve_in(name: &str, functions: &[String]) -> Option<String> {
+    if functions.iter().any(|f| f == name) {
+        return Some(name.to_string());
+    }
+    let mut hits = functions.iter().filter(|f| {
+        f.strip_suffix(name)
+            .is_some_and(|head| head.ends_with('.') || head.ends_with("::"))
+    });
+    match (hits.next(), hits.next()) {
+        (Some(f), None) => Some(f.clone()),
+        _ => None,
+    }
+}
+
+/// Functions the service's recent spans name in their code attributes,
+/// most often named first (from [`CODE_TRACES`] recent traces).
+async fn span_code_names(
+    tools: &impl Tools,
+    evidence: &mut Vec<Evidence>,
+    service: &str,
+) -> Vec<String> {
+    let Ok(list) = call(
+        tools,
+        evidence,
+        "coral_traces",
+        json!({"service": service, "since": "5m", "limit": CODE_TRACES}),
+    )
+    .await
+    else {
+        return Vec::new();
+    };
+    let ids: Vec<String> = list["traces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["trace_id"].as_str().map(str::to_string))
+        .take(CODE_TRACES)
+        .collect();
+    note(
+        evidence,
+        format!("{} recent traces of {service}", ids.len()),
+    );
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for id in ids {
+        let Ok(t) = call(tools, evidence, "coral_trace", json!({"trace_id": id})).await else {
+            continue;
+        };
+        let mut named = Vec::new();
+        for s in t["spans"].as_array().into_iter().flatten() {
+            if s["service"] != service {
+                continue;
+            }
+            let Some(f) = s["code_function"].as_str().filter(|f| !f.is_empty()) else {
+                continue;
+            };
+            let name = code_name(f, s["code_namespace"].as_str());
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, k)) => *k += 1,
+                None => counts.push((name.clone(), 1)),
+            }
+            named.push(name);
+        }
+        note(
+            evidence,
+            if named.is_empty() {
+                "no span code attributes".to_string()
+            } else {
+                format!("span code attributes: {}", named.join(", "))
+            },
+        );
+    }
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts.into_iter().map(|(n, _)| n).collect()
 }
 
 fn ms(v: &Value) -> String {
@@ -190,6 +290,41 @@ pub async fn escalate(
         .flatten()
         .filter_map(|f| f["name"].as_str().map(str::to_string))
         .collect();
+    let functions_ev = evidence.last().map(|e| e.id.clone()).unwrap_or_default();
+    // Functions the spans' code attributes name, kept when the binary has
+    // them (looked up by name when the list above does not hold them).
+    let mut code = Vec::new();
+    let mut dropped = Vec::new();
+    for name in span_code_names(tools, evidence, &service).await {
+        let found = match resolve_in(&name, &names) {
+            Some(f) => Some(f),
+            None => call(
+                tools,
+                evidence,
+                "coral_debug_functions",
+                json!({"service": service, "pattern": name, "limit": 20}),
+            )
+            .await
+            .ok()
+            .and_then(|v| {
+                let listed: Vec<String> = v["functions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f["name"].as_str().map(str::to_string))
+                    .collect();
+                resolve_in(&name, &listed)
+            }),
+        };
+        match found {
+            Some(f) if !code.contains(&f) => code.push(f),
+            Some(_) => {}
+            None => dropped.push(name),
+        }
+        if code.len() >= MAX_CANDIDATES {
+            break;
+        }
+    }
     let route = rc.component.as_deref().map(route_words).unwrap_or_default();
     // Operations the hotspots named (span code attributes, own work).
     let hints: Vec<String> = evidence
@@ -198,20 +333,34 @@ pub async fn escalate(
         .flat_map(|e| route_words(&e.summary))
         .filter(|w| !route.contains(w) && w != "operations" && w != "under" && w != "top")
         .collect();
-    let chosen = candidates(&names, &lang, &route, &hints);
-    let functions_ev = evidence.last().map(|e| e.id.clone()).unwrap_or_default();
-    note(
-        evidence,
-        format!(
-            "{} functions ({lang}); candidates: {}",
+    let chosen = candidates(&names, &lang, &code, &route, &hints);
+    let from_spans = match (code.is_empty(), dropped.is_empty()) {
+        (true, true) => String::new(),
+        _ => format!(
+            "; from span code attributes: {}{}",
+            if code.is_empty() {
+                "none".into()
+            } else {
+                code.join(", ")
+            },
+            if dropped.is_empty() {
+                String::new()
+            } else {
+                format!(" (not in the binary, dropped: {})", dropped.join(", "))
+            }
+        ),
+    };
+    if let Some(e) = evidence.iter_mut().find(|e| e.id == functions_ev) {
+        e.summary = format!(
+            "{} functions ({lang}); candidates: {}{from_spans}",
             names.len(),
             if chosen.is_empty() {
                 "none".into()
             } else {
                 chosen.join(", ")
             }
-        ),
-    );
+        );
+    }
     if chosen.is_empty() {
         rc.summary.push_str(&format!(
             "; no function of {service} matches the route or is its own code to probe [{functions_ev}]"
@@ -326,7 +475,7 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let c = candidates(&f, "go", &route_words("GET /api/checkout"), &[]);
+        let c = candidates(&f, "go", &[], &route_words("GET /api/checkout"), &[]);
         assert_eq!(
             c,
             vec![
@@ -336,5 +485,54 @@ mod tests {
                 "main.lookupPrices"
             ]
         );
+    }
+
+    /// Issue 12: functions the spans' code attributes name come first,
+    /// once resolved in the binary; a name it does not have is dropped.
+    #[test]
+    fn span_code_functions_come_first_and_unknown_names_drop() {
+        assert_eq!(code_name("serveStock", Some("main")), "main.serveStock");
+        assert_eq!(
+            code_name("main.serveStock", Some("main")),
+            "main.serveStock"
+        );
+        assert_eq!(code_name("main.gone", None), "main.gone");
+        let f: Vec<String> = [
+            "main.checkA",
+            "main.checkB",
+            "main.checkC",
+            "main.checkD",
+            "main.checkE",
+            "main.checkF",
+            "main.checkG",
+            "main.checkH",
+            "main.checkI",
+            "main.serveStock",
+            "main.(*Shop).serveStock",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            resolve_in("main.serveStock", &f).as_deref(),
+            Some("main.serveStock")
+        );
+        assert_eq!(resolve_in("checkA", &f).as_deref(), Some("main.checkA"));
+        // Ambiguous or absent: dropped.
+        assert_eq!(resolve_in("serveStock", &f), None);
+        assert_eq!(resolve_in("main.gone", &f), None);
+        let route = route_words("GET /api/inventory");
+        let without = candidates(&f, "go", &[], &route, &[]);
+        assert_eq!(without.len(), MAX_CANDIDATES);
+        assert!(
+            !without.contains(&"main.serveStock".to_string()),
+            "{without:?}"
+        );
+        let code = vec![
+            "main.serveStock".to_string(),
+            "net/http.(*conn).serve".to_string(),
+        ];
+        let with = candidates(&f, "go", &code, &route, &[]);
+        assert_eq!(with[..2], code[..], "{with:?}");
+        assert_eq!(with.len(), MAX_CANDIDATES);
     }
 }

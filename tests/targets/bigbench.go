@@ -1,8 +1,12 @@
 // Issue 12's measurement target: a large Go binary (many standard packages
-// linked in) with a hot function. It prints "ready PID", waits for a line
-// on stdin, then calls Add `calls` times and prints the ns per call; it
-// repeats for each line until stdin closes. A line "nap US" calls Nap(US)
-// once instead and prints how long it took, in ns, as Go measured it.
+// linked in, and the package bigbench/gen that the measure test generates:
+// coral-agent/src/debug/tests.rs, `gen_package`) with a hot function. It
+// prints "ready PID", waits for a line on stdin, then calls Add `calls`
+// times and prints the ns per call; it repeats for each line until stdin
+// closes. A line "nap ID US" calls Nap(ID, US) once instead and prints the
+// call's duration as Nap measured it itself (monotonic clock, from its
+// first statement to its last), in ns. A line "spin N" starts N goroutines
+// that keep the CPUs busy until the program ends, and prints "spinning".
 //
 //	bigbench <calls>
 package main
@@ -40,6 +44,8 @@ import (
 	"regexp"
 	"strconv"
 	"time"
+
+	"bigbench/gen"
 )
 
 //go:noinline
@@ -47,9 +53,27 @@ func Add(a, b int) int {
 	return a + b
 }
 
+// napOwn[id]: the duration of Nap's call `id` as Nap measured it.
+var napOwn = make([]int64, 1<<16)
+
 //go:noinline
-func Nap(us int) {
+func Nap(id, us int) {
+	t := time.Now()
 	time.Sleep(time.Duration(us) * time.Microsecond)
+	napOwn[id&(len(napOwn)-1)] = int64(time.Since(t))
+}
+
+var spun int64
+
+//go:noinline
+func spin() {
+	x := int64(0)
+	for {
+		x++
+		if x&(1<<20) != 0 {
+			spun = x
+		}
+	}
 }
 
 var sink = []interface{}{
@@ -57,7 +81,7 @@ var sink = []interface{}{
 	types.NewPackage, template.New, png.Decode, http.ListenAndServe, httptest.NewServer,
 	regexp.MustCompile, zip.NewReader, x509.ParseCertificate, dwarf.New, elf.NewFile,
 	macho.NewFile, pe.NewFile, doc.New, format.Source, gif.Decode, jpeg.Decode, big.NewInt,
-	pprof.Index, rpc.NewServer, smtp.Dial, testing.Benchmark,
+	pprof.Index, rpc.NewServer, smtp.Dial, testing.Benchmark, gen.Table,
 }
 
 func main() {
@@ -65,11 +89,17 @@ func main() {
 	fmt.Println("ready", os.Getpid(), len(sink))
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		var us int
-		if _, err := fmt.Sscanf(in.Text(), "nap %d", &us); err == nil {
-			t := time.Now()
-			Nap(us)
-			fmt.Println(time.Since(t).Nanoseconds(), 0)
+		var id, us int
+		if _, err := fmt.Sscanf(in.Text(), "nap %d %d", &id, &us); err == nil {
+			Nap(id, us)
+			fmt.Println(napOwn[id&(len(napOwn)-1)], id)
+			continue
+		}
+		if _, err := fmt.Sscanf(in.Text(), "spin %d", &us); err == nil {
+			for i := 0; i < us; i++ {
+				go spin()
+			}
+			fmt.Println("spinning")
 			continue
 		}
 		t := time.Now()

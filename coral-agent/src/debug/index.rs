@@ -109,9 +109,21 @@ pub struct Index {
     /// A native binary without a symbol table (`strip`): only exported
     /// functions have names.
     pub stripped: bool,
+    /// Every function, without `params`/`results` (see [`Index::detailed`]).
     pub functions: Vec<FunctionInfo>,
     code: Binary,
     data: Vec<u8>,
+    /// DWARF, read on first use: the sections a parameter lookup needs
+    /// (decompressed), and the parameters of the units walked so far.
+    dwarf: std::sync::OnceLock<Option<gimli::DwarfSections<Vec<u8>>>>,
+    walked: std::sync::Mutex<Walked>,
+}
+
+/// Parameters found so far, and which units were walked for them.
+#[derive(Debug, Default)]
+struct Walked {
+    units: std::collections::HashSet<u64>,
+    params: ParamsByAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +179,10 @@ impl Index {
             Runtime::Go { .. } => Lang::Go,
             Runtime::Native => Lang::Native,
         };
-        let dwarf = dwarf_params(&data, lang).unwrap_or_default();
+        let has_dwarf = object::File::parse(&*data)
+            .ok()
+            .and_then(|f| f.section_by_name(".debug_info").map(|s| s.size() > 0))
+            .unwrap_or(false);
         let stripped = lang == Lang::Native && {
             use object::{Object, ObjectSection};
             object::File::parse(&*data)
@@ -177,29 +192,69 @@ impl Index {
         let functions = code
             .functions
             .iter()
-            .map(|f| {
-                let (params, results) = dwarf.get(&f.addr).cloned().unwrap_or_default();
-                FunctionInfo {
-                    name: display_name(&f.name),
-                    symbol: f.name.clone(),
-                    addr: f.addr,
-                    size: f.size,
-                    offset: f.offset,
-                    params,
-                    results,
-                }
+            .map(|f| FunctionInfo {
+                name: display_name(&f.name),
+                symbol: f.name.clone(),
+                addr: f.addr,
+                size: f.size,
+                offset: f.offset,
+                params: Vec::new(),
+                results: Vec::new(),
             })
             .collect();
         Ok(Index {
             path: path.to_owned(),
             lang,
             pie: code.pie,
-            has_dwarf: !dwarf.is_empty(),
+            has_dwarf,
             stripped,
             functions,
             code,
             data,
+            dwarf: std::sync::OnceLock::new(),
+            walked: std::sync::Mutex::new(Walked::default()),
         })
+    }
+
+    /// `f` with its parameters and results from DWARF (none without it).
+    /// Only the compilation unit that holds `f` is read, once per unit.
+    pub fn detailed(&self, f: &FunctionInfo) -> FunctionInfo {
+        self.detailed_all(std::slice::from_ref(&f)).remove(0)
+    }
+
+    /// [`Index::detailed`] for several functions, reading the units that
+    /// hold them in one pass.
+    pub fn detailed_all(&self, fs: &[&FunctionInfo]) -> Vec<FunctionInfo> {
+        let mut out: Vec<FunctionInfo> = fs.iter().map(|f| (*f).clone()).collect();
+        if !self.has_dwarf {
+            return out;
+        }
+        let Some(sections) = self.dwarf.get_or_init(|| load_dwarf(&self.data)).as_ref() else {
+            return out;
+        };
+        let mut w = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut missing: Vec<u64> = fs
+            .iter()
+            .map(|f| f.addr)
+            .filter(|a| !w.params.contains_key(a))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let Walked { units, params } = &mut *w;
+            walk_units_holding(sections, self.lang, &missing, units, params);
+            // Not in the DWARF (assembly, or no unit holds it): asked once.
+            for a in missing {
+                params.entry(a).or_default();
+            }
+        }
+        for f in &mut out {
+            if let Some((p, r)) = w.params.get(&f.addr) {
+                f.params = p.clone();
+                f.results = r.clone();
+            }
+        }
+        out
     }
 
     /// Functions whose display name contains `pattern` (all when empty).
@@ -213,7 +268,12 @@ impl Index {
     /// (`handleCheckout` finds `main.handleCheckout`,
     /// `main.(*Server).handleCheckout` and `shop::handle_checkout`'s kin).
     /// Ambiguous short names are an error listing the candidates.
-    pub fn resolve(&self, name: &str) -> Result<&FunctionInfo, String> {
+    /// The function comes with its parameters ([`Index::detailed`]).
+    pub fn resolve(&self, name: &str) -> Result<FunctionInfo, String> {
+        self.resolve_plain(name).map(|f| self.detailed(f))
+    }
+
+    fn resolve_plain(&self, name: &str) -> Result<&FunctionInfo, String> {
         if let Some(f) = self.functions.iter().find(|f| f.name == name) {
             return Ok(f);
         }
@@ -271,80 +331,190 @@ impl Index {
 
 type ParamsByAddr = HashMap<u64, (Vec<Param>, Vec<Param>)>;
 
-/// Parameters of every DWARF subprogram with a `low_pc`, by address.
-fn dwarf_params(data: &[u8], lang: Lang) -> Option<ParamsByAddr> {
+/// The DWARF sections a parameter lookup reads, decompressed (Go 1.19
+/// compresses them). Line tables, location lists and frame tables are
+/// never read (see [`unit_of`]).
+fn load_dwarf(data: &[u8]) -> Option<gimli::DwarfSections<Vec<u8>>> {
     let elf = object::File::parse(data).ok()?;
     elf.section_by_name(".debug_info")?;
-    let sections = gimli::DwarfSections::load(|id| -> Result<Cow<'_, [u8]>, gimli::Error> {
+    gimli::DwarfSections::load(|id| -> Result<Vec<u8>, gimli::Error> {
+        use gimli::SectionId::*;
+        if !matches!(
+            id,
+            DebugInfo
+                | DebugAbbrev
+                | DebugStr
+                | DebugStrOffsets
+                | DebugLineStr
+                | DebugRanges
+                | DebugRngLists
+                | DebugAddr
+        ) {
+            return Ok(Vec::new());
+        }
         Ok(elf
             .section_by_name(id.name())
             .and_then(|s| s.uncompressed_data().ok())
-            .unwrap_or(Cow::Borrowed(&[])))
+            .map(Cow::into_owned)
+            .unwrap_or_default())
     })
-    .ok()?;
+    .ok()
+}
+
+/// Walks the compilation units whose address ranges hold one of `addrs`
+/// (sorted; every unit not walked yet when no unit has ranges) and records the
+/// parameters of each subprogram in them, by address.
+fn walk_units_holding(
+    sections: &gimli::DwarfSections<Vec<u8>>,
+    lang: Lang,
+    addrs: &[u64],
+    walked: &mut std::collections::HashSet<u64>,
+    out: &mut ParamsByAddr,
+) {
     let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
-    let mut out = HashMap::new();
     let mut headers = dwarf.units();
     let mut units = Vec::new();
     while let Ok(Some(header)) = headers.next() {
-        if let Ok(unit) = dwarf.unit(header) {
+        if let Ok(unit) = unit_of(&dwarf, header) {
             units.push(unit);
         }
     }
+    let key = |u: &Unit<'_>| u.header.offset().0 as u64;
+    let mut any_ranges = false;
+    let mut holding = Vec::new();
     for (ui, unit) in units.iter().enumerate() {
-        let mut cursor = unit.entries();
-        // (address, depth) of the subprogram whose children are being read.
-        let mut current: Option<(u64, isize)> = None;
-        let mut raw: Vec<(String, String, ValueKind, bool)> = Vec::new();
-        let mut flush = |addr: Option<(u64, isize)>, raw: &mut Vec<_>| {
-            if let Some((a, _)) = addr {
-                out.insert(a, locate(std::mem::take(raw), lang));
-            }
-            raw.clear();
+        let Ok(mut ranges) = dwarf.unit_ranges(unit) else {
+            continue;
         };
-        while let Ok(Some(entry)) = cursor.next_dfs() {
-            let depth = entry.depth();
-            if let Some((_, d)) = current
-                && depth <= d
-            {
-                flush(current.take(), &mut raw);
+        while let Ok(Some(r)) = ranges.next() {
+            any_ranges = true;
+            let i = addrs.partition_point(|&a| a < r.begin);
+            if addrs.get(i).is_some_and(|&a| a < r.end) {
+                holding.push(ui);
+                break;
             }
-            match entry.tag() {
-                gimli::DW_TAG_subprogram => {
-                    if let Some(AttributeValue::Addr(a)) = entry.attr_value(gimli::DW_AT_low_pc) {
-                        current = Some((a, depth));
-                        // A native function's return type: its value is
-                        // in RAX at the uretprobe.
-                        if lang == Lang::Native
-                            && let Some((u, o)) = type_ref(&units, ui, entry)
-                        {
-                            let (type_name, kind) = type_of(&dwarf, &units, u, o, 0);
-                            raw.push(("return".into(), type_name, kind, true));
-                        }
-                    }
+        }
+    }
+    if !any_ranges {
+        holding = (0..units.len()).collect();
+    }
+    for ui in holding {
+        if walked.insert(key(&units[ui])) {
+            walk_unit(&dwarf, &units, ui, lang, out);
+        }
+    }
+}
+
+/// A unit as `gimli::Dwarf::unit` makes it, without its line program (the
+/// only thing that needs `.debug_line`, a third of what would be
+/// decompressed otherwise).
+fn unit_of<'a>(
+    dwarf: &Dw<'a>,
+    header: gimli::UnitHeader<EndianSlice<'a, LittleEndian>>,
+) -> gimli::Result<Unit<'a>> {
+    let enc = header.encoding();
+    let main = gimli::DwarfFileType::Main;
+    let mut unit = gimli::Unit {
+        abbreviations: dwarf.abbreviations(&header)?,
+        name: None,
+        comp_dir: None,
+        low_pc: 0,
+        str_offsets_base: gimli::DebugStrOffsetsBase::default_for_encoding_and_file(enc, main),
+        addr_base: gimli::DebugAddrBase(0),
+        loclists_base: gimli::DebugLocListsBase::default_for_encoding_and_file(enc, main),
+        rnglists_base: gimli::DebugRngListsBase::default_for_encoding_and_file(enc, main),
+        line_program: None,
+        dwo_id: None,
+        header,
+    };
+    let mut low_pc = None;
+    {
+        let mut cursor = unit.header.entries(&unit.abbreviations);
+        cursor.next_dfs()?;
+        let root = cursor.current().ok_or(gimli::Error::MissingUnitDie)?;
+        for attr in root.attrs() {
+            match (attr.name(), attr.value()) {
+                (gimli::DW_AT_low_pc, v) => low_pc = Some(v),
+                (gimli::DW_AT_str_offsets_base, AttributeValue::DebugStrOffsetsBase(b)) => {
+                    unit.str_offsets_base = b;
                 }
-                gimli::DW_TAG_formal_parameter if current.is_some_and(|(_, d)| depth == d + 1) => {
-                    let name = entry
-                        .attr_value(gimli::DW_AT_name)
-                        .and_then(|v| dwarf.attr_string(unit, v).ok())
-                        .and_then(|s| s.to_string().ok().map(str::to_owned))
-                        .unwrap_or_else(|| format!("arg{}", raw.len()));
-                    let output = matches!(
-                        entry.attr_value(gimli::DW_AT_variable_parameter),
-                        Some(AttributeValue::Flag(true))
-                    );
-                    let (type_name, kind) = match type_ref(&units, ui, entry) {
-                        Some((u, o)) => type_of(&dwarf, &units, u, o, 0),
-                        None => ("?".into(), ValueKind::Other),
-                    };
-                    raw.push((name, type_name, kind, output));
+                (
+                    gimli::DW_AT_addr_base | gimli::DW_AT_GNU_addr_base,
+                    AttributeValue::DebugAddrBase(b),
+                ) => unit.addr_base = b,
+                (gimli::DW_AT_loclists_base, AttributeValue::DebugLocListsBase(b)) => {
+                    unit.loclists_base = b;
                 }
+                (
+                    gimli::DW_AT_rnglists_base | gimli::DW_AT_GNU_ranges_base,
+                    AttributeValue::DebugRngListsBase(b),
+                ) => unit.rnglists_base = b,
                 _ => {}
             }
         }
-        flush(current.take(), &mut raw);
     }
-    Some(out)
+    if let Some(v) = low_pc
+        && let Some(a) = dwarf.attr_address(&unit, v)?
+    {
+        unit.low_pc = a;
+    }
+    Ok(unit)
+}
+
+/// Records the parameters of every subprogram with a `low_pc` in unit `ui`.
+fn walk_unit(dwarf: &Dw<'_>, units: &[Unit<'_>], ui: usize, lang: Lang, out: &mut ParamsByAddr) {
+    let unit = &units[ui];
+    let mut cursor = unit.entries();
+    // (address, depth) of the subprogram whose children are being read.
+    let mut current: Option<(u64, isize)> = None;
+    let mut raw: Vec<(String, String, ValueKind, bool)> = Vec::new();
+    let mut flush = |addr: Option<(u64, isize)>, raw: &mut Vec<_>| {
+        if let Some((a, _)) = addr {
+            out.insert(a, locate(std::mem::take(raw), lang));
+        }
+        raw.clear();
+    };
+    while let Ok(Some(entry)) = cursor.next_dfs() {
+        let depth = entry.depth();
+        if let Some((_, d)) = current
+            && depth <= d
+        {
+            flush(current.take(), &mut raw);
+        }
+        match entry.tag() {
+            gimli::DW_TAG_subprogram => {
+                if let Some(AttributeValue::Addr(a)) = entry.attr_value(gimli::DW_AT_low_pc) {
+                    current = Some((a, depth));
+                    // A native function's return type: its value is in
+                    // RAX at the uretprobe.
+                    if lang == Lang::Native
+                        && let Some((u, o)) = type_ref(units, ui, entry)
+                    {
+                        let (type_name, kind) = type_of(dwarf, units, u, o, 0);
+                        raw.push(("return".into(), type_name, kind, true));
+                    }
+                }
+            }
+            gimli::DW_TAG_formal_parameter if current.is_some_and(|(_, d)| depth == d + 1) => {
+                let name = entry
+                    .attr_value(gimli::DW_AT_name)
+                    .and_then(|v| dwarf.attr_string(unit, v).ok())
+                    .and_then(|s| s.to_string().ok().map(str::to_owned))
+                    .unwrap_or_else(|| format!("arg{}", raw.len()));
+                let output = matches!(
+                    entry.attr_value(gimli::DW_AT_variable_parameter),
+                    Some(AttributeValue::Flag(true))
+                );
+                let (type_name, kind) = match type_ref(units, ui, entry) {
+                    Some((u, o)) => type_of(dwarf, units, u, o, 0),
+                    None => ("?".into(), ValueKind::Other),
+                };
+                raw.push((name, type_name, kind, output));
+            }
+            _ => {}
+        }
+    }
+    flush(current.take(), &mut raw);
 }
 
 type Dw<'a> = gimli::Dwarf<EndianSlice<'a, LittleEndian>>;
@@ -356,10 +526,13 @@ type Die<'a> = gimli::DebuggingInformationEntry<EndianSlice<'a, LittleEndian>>;
 fn type_ref(units: &[Unit<'_>], cur: usize, e: &Die<'_>) -> Option<(usize, gimli::UnitOffset)> {
     match e.attr_value(gimli::DW_AT_type)? {
         AttributeValue::UnitRef(o) => Some((cur, o)),
-        AttributeValue::DebugInfoRef(g) => units
-            .iter()
-            .enumerate()
-            .find_map(|(i, u)| g.to_unit_offset(&u.header).map(|o| (i, o))),
+        AttributeValue::DebugInfoRef(g) => {
+            // Units are in section order: the last one starting at or
+            // before `g`.
+            let start = |u: &Unit<'_>| u.header.offset().0;
+            let i = units.partition_point(|u| start(u) <= g.0).checked_sub(1)?;
+            g.to_unit_offset(&units[i].header).map(|o| (i, o))
+        }
         _ => None,
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
@@ -122,7 +122,15 @@ pub struct Debugger {
     helper_socket: PathBuf,
     limits: Limits,
     state: Mutex<State>,
+    /// Indexed binaries by file identity, least recently used first.
+    indexes: Mutex<Vec<(FileKey, Arc<Index>)>>,
 }
+
+/// (device, inode, size, mtime s, mtime ns) of a binary.
+type FileKey = (u64, u64, u64, i64, i64);
+
+/// Binaries whose index is kept.
+const INDEXES_KEPT: usize = 4;
 
 #[derive(Default)]
 pub(super) struct State {
@@ -283,6 +291,7 @@ impl Debugger {
             helper_socket,
             limits,
             state: Mutex::new(State::default()),
+            indexes: Mutex::new(Vec::new()),
         }
     }
 
@@ -325,18 +334,19 @@ impl Debugger {
 
     /// The binary of `pid`, indexed: read directly, or (a sandboxed agent
     /// cannot open another process's `/proc/PID/exe`) from the fd
-    /// coral-privhelper opens.
-    pub(super) fn index_of(&self, pid: u32) -> Result<(PathBuf, Index), DebugError> {
+    /// coral-privhelper opens. Indexes are kept per file (device, inode,
+    /// size, mtime) across attaches: a rebuilt binary is a new file.
+    pub(super) fn index_of(&self, pid: u32) -> Result<(PathBuf, Arc<Index>), DebugError> {
         let exe = format!("/proc/{pid}/exe");
         let direct = std::fs::read_link(&exe)
             .map_err(|e| e.to_string())
             .and_then(|path| {
                 check_runtime(&path).map_err(|e| format!("refused: {e}"))?;
-                std::fs::read(&exe)
-                    .map(|data| (path, data))
+                std::fs::File::open(&exe)
+                    .map(|f| (path, f))
                     .map_err(|e| e.to_string())
             });
-        let (path, data) = match direct {
+        let (path, file) = match direct {
             Ok(x) => x,
             Err(e) if e.starts_with("refused: ") => {
                 return Err(DebugError::Unsupported(e["refused: ".len()..].to_string()));
@@ -351,14 +361,35 @@ impl Debugger {
                     })?;
                 let path = PathBuf::from(path);
                 check_runtime(&path)?;
-                let mut data = Vec::new();
-                std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut data)
-                    .map_err(|e| DebugError::Failed(format!("read {}: {e}", path.display())))?;
-                (path, data)
+                (path, std::fs::File::from(fd))
             }
         };
-        let idx =
-            Index::from_bytes(&path, data).map_err(|e| DebugError::Unsupported(e.to_string()))?;
+        let read_err =
+            |e: std::io::Error| DebugError::Failed(format!("read {}: {e}", path.display()));
+        let key = {
+            use std::os::unix::fs::MetadataExt;
+            let md = file.metadata().map_err(read_err)?;
+            (md.dev(), md.ino(), md.len(), md.mtime(), md.mtime_nsec())
+        };
+        {
+            let mut cache = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+                let hit = cache.remove(i);
+                let idx = hit.1.clone();
+                cache.push(hit);
+                return Ok((path, idx));
+            }
+        }
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut data).map_err(read_err)?;
+        let idx = Arc::new(
+            Index::from_bytes(&path, data).map_err(|e| DebugError::Unsupported(e.to_string()))?,
+        );
+        let mut cache = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= INDEXES_KEPT {
+            cache.remove(0);
+        }
+        cache.push((key, idx.clone()));
         Ok((path, idx))
     }
 
@@ -371,20 +402,20 @@ impl Debugger {
     ) -> Result<DebugFunctions, DebugError> {
         let (exe, idx) = self.index_of(pid)?;
         let all: Vec<_> = idx.matching(pattern).collect();
+        let shown = idx.detailed_all(&all[..all.len().min(limit)]);
         Ok(DebugFunctions {
             pid,
             binary: exe.display().to_string(),
             lang: lang_name(idx.lang).into(),
             has_dwarf: idx.has_dwarf,
             total: all.len() as u64,
-            functions: all
+            functions: shown
                 .into_iter()
-                .take(limit)
                 .map(|f| DebugFunction {
-                    name: f.name.clone(),
+                    params: f.params.iter().map(describe).collect(),
+                    name: f.name,
                     offset: f.offset,
                     size: f.size,
-                    params: f.params.iter().map(describe).collect(),
                 })
                 .collect(),
         })
@@ -431,7 +462,7 @@ impl Debugger {
         let (exe, idx) = self.index_of(pid)?;
         let mut probes = Vec::new();
         for name in &req.functions {
-            let f = idx.resolve(name).map_err(DebugError::NotFound)?.clone();
+            let f = idx.resolve(name).map_err(DebugError::NotFound)?;
             let args_ok = allow(&f.name)?;
             if req.capture_args && !args_ok {
                 return Err(DebugError::Refused(format!(

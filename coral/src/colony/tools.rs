@@ -818,6 +818,10 @@ async fn trace(shared: &Shared, a: TraceArgs) -> Result<Value, ToolError> {
                 "kind": s.kind, "offset_ms": ms((s.start_us - t0) as f64), "duration_ms": ms(s.duration_us as f64),
                 "status": s.status_code, "critical": critical.contains(&s.span_id),
                 "detail": read::detail_of(&s.attributes),
+                // Semantic-convention code attributes (issue 12: `coral ask`
+                // probes the functions they name first).
+                "code_function": read::attr(&s.attributes, &["code.function.name", "code.function"]),
+                "code_namespace": read::attr(&s.attributes, &["code.namespace"]),
             })
         })
         .collect();
