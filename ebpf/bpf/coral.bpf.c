@@ -41,6 +41,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MAX_CONNS 65536
 #define PROC_SLOTS 65536 /* per-process filter slots; a power of two */
 #define SCAN_MAX_FDS 65536 /* fds looked at when a process is first seen */
+#define MORE_MAX 63 /* further CAP-byte records of one syscall on an HTTP/2 connection (256 KiB in all) */
 
 #define EV_DATA 1
 #define EV_ACCEPT 2
@@ -64,6 +65,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
 #define TCP_LISTEN_STATE 10
+
+/* conn.proto: decided at the connection's first read (accepted ones only) */
+#define PROTO_UNKNOWN 0
+#define PROTO_H2 1 /* began with the HTTP/2 client preface */
+#define PROTO_OTHER 2
 
 /* conn_event.flags */
 #define CONN_EXISTING 1 /* open before it was followed: found at a read or write */
@@ -136,6 +142,7 @@ struct {
 struct conn {
 	__u64 start_ns; /* accept (or discovery) time: with tgid and fd, the connection's identity */
 	__u16 lport;
+	__u8 proto; /* PROTO_*: an HTTP/2 connection's reads and writes are captured whole (up to 256 KiB) */
 };
 
 struct {
@@ -180,7 +187,7 @@ struct data_event {
 	__u64 conn_start_ns;
 	__u64 ts_ns;
 	__u32 cap; /* bytes captured below */
-	__u32 _pad;
+	__u32 off; /* where they begin in the syscall's bytes: 0, or a further record's CAP multiple */
 	/* CAP bytes at most are sent; twice that so the verifier can bound
 	 * a copy of up to CAP bytes at any offset below CAP. */
 	__u8 data[2 * CAP];
@@ -218,6 +225,7 @@ struct edge_event {
 
 /* The offsets coral-agent/src/ebpf/event.rs reads. */
 _Static_assert(__builtin_offsetof(struct data_event, data) == 40, "data_event layout");
+_Static_assert(__builtin_offsetof(struct data_event, off) == 36, "data_event layout");
 _Static_assert(CAP_OUT <= CAP, "capture sizes");
 _Static_assert(sizeof(struct conn_event) == 64, "conn_event layout");
 _Static_assert(__builtin_offsetof(struct conn_event, raddr) == 32, "conn_event layout");
@@ -532,6 +540,116 @@ static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 	emit(&e, sizeof(e));
 }
 
+/* Where a capture is in a syscall's bytes: a plain buffer (ARG_BUF) or
+ * the iovecs in order (ARG_IOV; HTTP/2 stacks write a frame header and its
+ * payload as separate iovecs), and the record being filled. */
+struct cursor {
+	__u64 src; /* the buffer, or the iovec array */
+	__u64 iovcnt;
+	__u64 in; /* ARG_BUF: bytes consumed; ARG_IOV: of the current iovec */
+	__u64 left; /* bytes the syscall moved not yet consumed */
+	__u32 kind;
+	__u32 idx; /* the current iovec */
+	__u32 got; /* bytes in the record so far */
+	__u32 limit; /* bytes a record holds */
+	__u32 pos; /* the record's offset in the syscall's bytes */
+	__u32 failed;
+	__u32 more; /* further records: emit each one when it is full */
+	__u32 records; /* further records emitted */
+};
+
+/* The cursor lives in a map, not on the stack: the verifier does not
+ * track a map value's contents, so it verifies the step callback below
+ * once instead of once per distinct value of the cursor. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cursor);
+} cursors SEC(".maps");
+
+/* bpf_loop callback: copies the next piece (the rest of the current iovec
+ * or of the buffer, as much as the record holds) into c->e->data at
+ * c->got. With c->more, a full record is emitted and the next one begun.
+ * A callback rather than an unrolled loop, so the verifier looks at it
+ * once. */
+static long step(__u64 i, void *data)
+{
+	__u32 zero = 0;
+	struct cursor *c = bpf_map_lookup_elem(&cursors, &zero);
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!c || !e)
+		return 1;
+	if (c->left == 0 || c->failed || c->got >= c->limit)
+		return 1;
+	__u64 from, n;
+	if (c->kind == ARG_BUF) {
+		from = c->src + c->in;
+		n = c->left;
+	} else {
+		if (c->idx >= c->iovcnt)
+			return 1;
+		struct iovec v = {};
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(c->src + c->idx * sizeof(struct iovec)))) {
+			c->failed = 1;
+			return 1;
+		}
+		if (c->in >= v.iov_len) {
+			c->idx++;
+			c->in = 0;
+			return 0;
+		}
+		from = (__u64)v.iov_base + c->in;
+		n = v.iov_len - c->in;
+		if (n > c->left)
+			n = c->left;
+	}
+	__u32 got = c->got;
+	if (n > c->limit - got)
+		n = c->limit - got;
+	barrier_var(n);
+	if (n > CAP)
+		n = CAP;
+	/* got < limit <= CAP: the mask changes nothing but shows the
+	 * verifier the bound (the barrier keeps clang from dropping it). */
+	__u32 at = got;
+	barrier_var(at);
+	at &= CAP - 1;
+	if (bpf_probe_read_user(&e->data[at], n, (void *)from)) {
+		c->failed = 1;
+		return 1;
+	}
+	c->got = got + n;
+	c->in += n;
+	c->left -= n;
+	if (!c->more || (c->got < c->limit && c->left > 0))
+		return 0;
+	__u32 cap = c->got;
+	if (cap > CAP)
+		cap = CAP;
+	barrier_var(cap);
+	cap &= 2 * CAP - 1; /* changes nothing; bounds the size for the verifier */
+	e->off = c->pos;
+	e->cap = cap;
+	if (emit(e, offsetof(struct data_event, data) + cap))
+		return 1;
+	c->pos += cap;
+	c->got = 0;
+	c->records++;
+	return c->records >= MORE_MAX;
+}
+
+/* Whether a capture begins with the HTTP/2 client preface's first line. */
+static __always_inline int preface(const __u8 *d)
+{
+	/* "PRI * HTTP/2.0\r\n" */
+	const char p[16] = "PRI * HTTP/2.0\r\n";
+	for (int i = 0; i < 16; i++)
+		if (d[i] != (__u8)p[i])
+			return 0;
+	return 1;
+}
+
 /* At syscall exit the saved user registers still hold the number and the
  * first arguments (only the return register changed), so data syscalls
  * need no state saved at entry. A BTF tracepoint reads them with plain
@@ -621,66 +739,56 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	e->len = ret;
 	e->conn_start_ns = c->start_ns;
 	e->ts_ns = bpf_ktime_get_ns();
-	__u64 src = SYSCALL_ARG2(regs);
-	__u32 limit = dir == DIR_IN ? CAP : CAP_OUT;
-	__u32 off = 0;
-	if (kind == ARG_BUF) {
-		__u32 cap = (__u64)ret > limit ? limit : (__u32)ret;
-		barrier_var(cap);
-		if (cap > CAP) /* restated after the barrier so the verifier sees the bound */
-			cap = CAP;
-		if (bpf_probe_read_user(e->data, cap, (void *)src))
-			goto nocap;
-		off = cap;
-	} else {
-		/* The iovecs in order (HTTP/2 stacks write a frame header and
-		 * its payload as separate iovecs), up to CAP bytes of those
-		 * the syscall filled. */
-		__u64 iov = src;
-		__u64 iovcnt = SYSCALL_ARG3(regs);
-		if (kind == ARG_MSG) {
-			struct user_msghdr msg = {};
-			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)src))
-				goto nocap;
-			iov = (__u64)msg.msg_iov;
-			iovcnt = msg.msg_iovlen;
+	e->off = 0;
+	struct cursor *cur = bpf_map_lookup_elem(&cursors, &zero);
+	if (!cur)
+		return 0;
+	cur->kind = kind;
+	cur->src = SYSCALL_ARG2(regs);
+	cur->iovcnt = SYSCALL_ARG3(regs);
+	cur->in = 0;
+	cur->left = ret;
+	cur->idx = 0;
+	cur->got = 0;
+	cur->limit = dir == DIR_IN ? CAP : CAP_OUT;
+	cur->pos = 0;
+	cur->failed = 0;
+	cur->more = 0;
+	cur->records = 0;
+	if (kind == ARG_MSG) {
+		struct user_msghdr msg = {};
+		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)cur->src)) {
+			cur->src = (__u64)msg.msg_iov;
+			cur->iovcnt = msg.msg_iovlen;
+		} else {
+			cur->failed = 1;
 		}
-		__u64 left = ret;
-		for (int i = 0; i < MAX_IOV; i++) {
-			if (i >= iovcnt || left == 0 || off >= limit)
-				break;
-			struct iovec v = {};
-			if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(struct iovec))))
-				break;
-			__u64 n = v.iov_len < left ? v.iov_len : left;
-			left -= n;
-			if (n > limit - off)
-				n = limit - off;
-			barrier_var(n);
-			if (n > CAP)
-				n = CAP;
-			/* off < limit <= CAP: the mask changes nothing but
-			 * shows the verifier the bound (the barrier keeps
-			 * clang from dropping it). */
-			__u32 at = off;
-			barrier_var(at);
-			if (bpf_probe_read_user(&e->data[at & (CAP - 1)], n, v.iov_base))
-				break;
-			off += n;
-		}
+		cur->kind = ARG_IOV;
 	}
+	bpf_loop(MAX_IOV, step, NULL, 0);
+	__u32 off = cur->got;
 	if (off > CAP)
 		off = CAP;
 	/* The mask changes nothing (off <= CAP) but bounds the size for the
 	 * verifier on every path. */
 	barrier_var(off);
 	off &= 2 * CAP - 1;
+	if (c->proto == PROTO_UNKNOWN && dir == DIR_IN && off >= 16)
+		c->proto = preface(e->data) ? PROTO_H2 : PROTO_OTHER;
 	e->cap = off;
 	emit(e, offsetof(struct data_event, data) + off);
-	return 0;
-nocap:
-	e->cap = 0;
-	emit(e, offsetof(struct data_event, data));
+	/* HTTP/2: the rest of a large read or write (a big DATA frame with
+	 * HEADERS or trailers behind it, many streams' frames batched) in
+	 * further records of CAP bytes, so no header block is missed and the
+	 * connection's HPACK tables stay whole. The agent follows the frames
+	 * across them. */
+	if (c->proto == PROTO_H2 && cur->left > 0 && !cur->failed) {
+		cur->pos = off;
+		cur->got = 0;
+		cur->limit = CAP;
+		cur->more = 1;
+		bpf_loop(MORE_MAX * (MAX_IOV + 1), step, NULL, 0);
+	}
 	return 0;
 }
 

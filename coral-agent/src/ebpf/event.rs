@@ -60,7 +60,13 @@ pub enum Event {
         /// Bytes the syscall moved.
         len: u32,
         /// The first of them (at most `coral_ebpf::CAPTURE_IN_BYTES` of a read, `CAPTURE_OUT_BYTES` of a write).
+        /// On an HTTP/2 connection the programs send the rest of a larger
+        /// syscall's bytes (up to `coral_ebpf::CAPTURE_MAX_BYTES`) in
+        /// further records, which the reader appends here ([`Event::extend`]).
         data: Vec<u8>,
+        /// Where `data` begins in the syscall's bytes: 0, or (a further
+        /// record not yet appended) a multiple of the capture size.
+        off: u32,
         ts_ns: u64,
     },
     Close {
@@ -81,6 +87,41 @@ pub enum Event {
 }
 
 impl Event {
+    /// Appends `more`, a further record of the same syscall (same
+    /// connection, direction and time, beginning where this one's bytes
+    /// end); false if it is not one.
+    pub fn extend(&mut self, more: &Event) -> bool {
+        match (self, more) {
+            (
+                Event::Data {
+                    conn,
+                    dir,
+                    data,
+                    off: 0,
+                    ts_ns,
+                    ..
+                },
+                Event::Data {
+                    conn: c2,
+                    dir: d2,
+                    data: more,
+                    off,
+                    ts_ns: t2,
+                    ..
+                },
+            ) if conn == c2 && dir == d2 && ts_ns == t2 && *off as usize == data.len() => {
+                data.extend_from_slice(more);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A further record of a syscall, to be appended to its first.
+    pub fn is_more(&self) -> bool {
+        matches!(self, Event::Data { off, .. } if *off > 0)
+    }
+
     pub fn ts_ns(&self) -> u64 {
         match self {
             Event::Accept { ts_ns, .. }
@@ -143,6 +184,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 dir: if b[1] == 0 { Dir::In } else { Dir::Out },
                 len: u32_at(b, 12),
                 data,
+                off: u32_at(b, 36),
                 ts_ns: u64_at(b, 24),
             })
         }
@@ -224,6 +266,7 @@ mod tests {
                 dir: Dir::Out,
                 len: 100,
                 data: b"HTT".to_vec(),
+                off: 0,
                 ts_ns: 9
             }
         );

@@ -320,6 +320,9 @@ fn read_loop(
     let mut held: Vec<event::Event> = Vec::new();
     let mut last_flush = Instant::now();
     let mut dropped_logged = 0;
+    // Further records whose first was not there to join.
+    let mut orphans = 0u64;
+    let mut orphans_logged = 0u64;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let now = mono_ns();
@@ -327,6 +330,17 @@ fn read_loop(
             while let Some(item) = ring.next() {
                 st.events += 1;
                 if let Some(ev) = event::decode(&item) {
+                    // A further record of an HTTP/2 syscall joins its first
+                    // (written just before it to the same ring, so it is
+                    // still held: records wait REORDER_NS). One whose first
+                    // is not there (dropped) is dropped too: the parser
+                    // sees a syscall it did not get all of.
+                    if ev.is_more() {
+                        if !held.iter_mut().rev().any(|e| e.extend(&ev)) {
+                            orphans += 1;
+                        }
+                        continue;
+                    }
                     held.push(ev);
                 }
             }
@@ -382,6 +396,13 @@ fn read_loop(
                     "eBPF ring buffers were full: events dropped (raise agent.ebpf.ring_bytes)"
                 );
                 dropped_logged = st.dropped;
+            }
+            if orphans > orphans_logged {
+                tracing::warn!(
+                    orphans,
+                    "HTTP/2 capture records arrived without the first record of their syscall (dropped): their connections' later streams count as unparsed"
+                );
+                orphans_logged = orphans;
             }
             set(st.clone());
         }

@@ -491,6 +491,7 @@ mod tests {
             dir,
             len: s.len() as u32,
             data: s.as_bytes().to_vec(),
+            off: 0,
             ts_ns,
         }
     }
