@@ -41,7 +41,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MAX_CONNS 65536
 #define PROC_SLOTS 65536 /* per-process filter slots; a power of two */
 #define SCAN_MAX_FDS 65536 /* fds looked at when a process is first seen */
-#define MORE_MAX 63 /* further CAP-byte records of one syscall on an HTTP/2 connection (256 KiB in all) */
+#define WALK_STEPS 65536 /* steps of the HTTP/2 frame walk per syscall (a step: a frame, a range or an iovec) */
+#define WALK_IOVS 1024 /* iovecs the walk follows (UIO_MAXIOV) */
 
 #define EV_DATA 1
 #define EV_ACCEPT 2
@@ -139,10 +140,23 @@ struct {
 /* A followed (server-side) TCP connection, keyed by tgid << 32 | fd:
  * accepted while followed, or found open at its first read or write.
  * LRU: entries of processes that exit without close() age out. */
+/* Where an HTTP/2 connection's frames are, one direction: what of the
+ * frame the last syscall ended inside is still to come. */
+struct h2_dir {
+	__u32 skip; /* payload bytes of that frame */
+	__u8 send; /* they are sent (the frame is not DATA) */
+	__u8 part_n; /* or: the last syscall ended inside a frame header, after this many bytes */
+	__u8 lost; /* the walk lost the frames: no more records beyond CAP */
+	__u8 _pad;
+	__u8 part[8];
+};
+
 struct conn {
 	__u64 start_ns; /* accept (or discovery) time: with tgid and fd, the connection's identity */
 	__u16 lport;
-	__u8 proto; /* PROTO_*: an HTTP/2 connection's reads and writes are captured whole (up to 256 KiB) */
+	__u8 proto; /* PROTO_* */
+	__u8 _pad[5];
+	struct h2_dir h2[2]; /* per direction (DIR_IN, DIR_OUT) */
 };
 
 struct {
@@ -406,6 +420,249 @@ static __always_inline int proc_follows(__u64 pid_tgid)
 	return c.found;
 }
 
+/* ---- the HTTP/2 frame walk ---- */
+
+#define H2_DATA 0
+#define PH_NEXT 0 /* at a frame header (w->next) */
+#define PH_HDR 1 /* reading a frame header: [pos, end) into hdr */
+#define PH_PAYLOAD 2 /* a payload to send: [pos, end) */
+#define PH_DONE 3
+
+/* The walk through one syscall's bytes. In a map, not on the stack: the
+ * verifier does not track a map value's contents, so it verifies the step
+ * callback once. */
+struct walk {
+	__u64 src; /* ARG_BUF: the buffer; ARG_IOV: the iovec array */
+	__u64 iovcnt;
+	__u64 iov_base; /* ARG_IOV: the current iovec's base */
+	__u32 kind;
+	__u32 idx; /* ARG_IOV: the current iovec */
+	__u32 base; /* where it begins in the syscall's bytes */
+	__u32 iov_len; /* its length */
+	__u32 iov_loaded;
+	__u32 len; /* bytes the syscall moved */
+	__u32 pos; /* next byte to look at */
+	__u32 end; /* end of the current range */
+	__u32 next; /* where the next frame header begins (may be past len) */
+	__u32 phase;
+	__u32 hdr_got; /* bytes of the frame header in hdr */
+	__u32 send; /* the last frame's payload is sent (not DATA) */
+	__u32 rec_got; /* bytes in the record being filled (scratch) */
+	__u32 failed;
+	__u8 hdr[32]; /* 9 used; room for the verifier's bounds */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct walk);
+} walks SEC(".maps");
+
+/* Sends the record being filled (scratch: a data_event whose header the
+ * first record set). */
+static __always_inline int flush_record(struct walk *w, struct data_event *e)
+{
+	__u32 n = w->rec_got;
+	w->rec_got = 0;
+	if (n > CAP)
+		n = CAP;
+	barrier_var(n);
+	n &= 2 * CAP - 1; /* changes nothing; bounds the size for the verifier */
+	e->cap = n;
+	return emit(e, offsetof(struct data_event, data) + n);
+}
+
+/* bpf_loop callback: one step of the walk. */
+static long walk_step(__u64 i, void *data)
+{
+	__u32 zero = 0;
+	struct walk *w = bpf_map_lookup_elem(&walks, &zero);
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!w || !e || w->failed)
+		return 1;
+	if (w->phase == PH_NEXT) {
+		if (w->next >= w->len) {
+			w->phase = PH_DONE;
+			return 1;
+		}
+		w->phase = PH_HDR;
+		w->pos = w->next;
+		w->end = w->len - w->next > 9 ? w->next + 9 : w->len;
+		w->hdr_got = 0;
+		return 0;
+	}
+	if (w->phase != PH_HDR && w->phase != PH_PAYLOAD)
+		return 1;
+	if (w->pos >= w->end) {
+		if (w->phase == PH_PAYLOAD) {
+			w->phase = PH_NEXT;
+			return 0;
+		}
+		if (w->hdr_got < 9) {
+			/* The syscall ended inside this frame header. */
+			w->phase = PH_DONE;
+			return 1;
+		}
+		__u32 flen = (__u32)w->hdr[0] << 16 | (__u32)w->hdr[1] << 8 | w->hdr[2];
+		w->next = w->pos + flen;
+		w->send = w->hdr[3] != H2_DATA && flen > 0;
+		if (w->send) {
+			w->phase = PH_PAYLOAD;
+			w->end = w->next < w->len ? w->next : w->len;
+		} else {
+			w->phase = PH_NEXT;
+		}
+		return 0;
+	}
+	__u32 pos = w->pos;
+	__u32 k = w->end - pos;
+	if (pos < CAP) {
+		/* The first record has these bytes: a payload's are skipped,
+		 * a header's read (not past CAP, so the parts before and
+		 * after are handled apart). */
+		if (w->phase == PH_PAYLOAD) {
+			w->pos = w->end < CAP ? w->end : CAP;
+			return 0;
+		}
+		if (k > CAP - pos)
+			k = CAP - pos;
+	}
+	__u64 at;
+	if (w->kind == ARG_BUF) {
+		at = w->src + pos;
+	} else {
+		if (!w->iov_loaded || pos >= w->base + w->iov_len) {
+			if (w->iov_loaded) {
+				w->base += w->iov_len;
+				w->idx++;
+			}
+			if (w->idx >= w->iovcnt || w->idx >= WALK_IOVS) {
+				w->failed = 1;
+				return 1;
+			}
+			struct iovec v = {};
+			if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->src + w->idx * sizeof(struct iovec)))) {
+				w->failed = 1;
+				return 1;
+			}
+			w->iov_base = (__u64)v.iov_base;
+			w->iov_len = v.iov_len;
+			w->iov_loaded = 1;
+			return 0;
+		}
+		at = w->iov_base + (pos - w->base);
+		if (k > w->base + w->iov_len - pos)
+			k = w->base + w->iov_len - pos;
+	}
+	if (pos >= CAP) {
+		/* Beyond the first record: into the record being filled, a
+		 * new one if these bytes do not follow its last or it is full. */
+		if (w->rec_got > 0 && (e->off + w->rec_got != pos || w->rec_got >= CAP)) {
+			if (flush_record(w, e)) {
+				w->failed = 1;
+				return 1;
+			}
+		}
+		if (w->rec_got == 0)
+			e->off = pos;
+		if (k > CAP - w->rec_got)
+			k = CAP - w->rec_got;
+	}
+	if (w->phase == PH_HDR) {
+		__u32 h = w->hdr_got;
+		if (h >= 9)
+			return 1;
+		if (k > 9 - h)
+			k = 9 - h;
+		barrier_var(h);
+		h &= 15;
+		__u32 kh = k;
+		barrier_var(kh);
+		kh &= 15;
+		if (bpf_probe_read_user(&w->hdr[h], kh, (void *)at)) {
+			w->failed = 1;
+			return 1;
+		}
+		w->hdr_got = h + kh;
+	}
+	if (pos >= CAP) {
+		__u32 r = w->rec_got;
+		barrier_var(r);
+		r &= CAP - 1; /* r < CAP: changes nothing; bounds it for the verifier */
+		__u64 n = k;
+		barrier_var(n);
+		if (n > CAP)
+			n = CAP;
+		if (bpf_probe_read_user(&e->data[r], n, (void *)at)) {
+			w->failed = 1;
+			return 1;
+		}
+		w->rec_got = r + n;
+	}
+	w->pos = pos + k;
+	return 0;
+}
+
+/* Walks the frames of one read or write of an HTTP/2 connection from where
+ * the last one left them (`start`: where the first frame begins when there
+ * is no last one, after the client preface), sends what lies beyond the
+ * first record except DATA payloads, and keeps where the next one begins. */
+static __always_inline void h2_walk(struct conn *c, __u8 dir, __u32 kind, __u64 src, __u64 iovcnt, long ret,
+				    struct data_event *e, __u32 start)
+{
+	__u32 zero = 0;
+	struct walk *w = bpf_map_lookup_elem(&walks, &zero);
+	if (!w)
+		return;
+	struct h2_dir *d = &c->h2[dir & 1];
+	if (d->lost)
+		return;
+	w->src = src;
+	w->iovcnt = iovcnt;
+	w->kind = kind;
+	w->idx = 0;
+	w->base = 0;
+	w->iov_len = 0;
+	w->iov_loaded = 0;
+	w->len = ret;
+	w->rec_got = 0;
+	w->failed = 0;
+	w->send = 0;
+	w->hdr_got = 0;
+	w->pos = 0;
+	w->next = start;
+	w->phase = PH_NEXT;
+	if (d->part_n > 0 && d->part_n < 9) {
+		__builtin_memcpy(w->hdr, d->part, 8);
+		w->hdr_got = d->part_n;
+		w->phase = PH_HDR;
+		w->end = ret > 9 - d->part_n ? 9 - d->part_n : ret;
+	} else if (d->skip > 0) {
+		w->next = d->skip;
+		if (d->send) {
+			w->phase = PH_PAYLOAD;
+			w->end = d->skip < ret ? d->skip : ret;
+		}
+	}
+	bpf_loop(WALK_STEPS, walk_step, NULL, 0);
+	if (w->rec_got > 0 && flush_record(w, e))
+		w->failed = 1;
+	if (w->failed || w->phase != PH_DONE) {
+		d->lost = 1;
+		return;
+	}
+	if (w->hdr_got > 0 && w->hdr_got < 9 && w->pos >= w->len && w->pos == w->end) {
+		d->part_n = w->hdr_got;
+		__builtin_memcpy(d->part, w->hdr, 8);
+		d->skip = 0;
+	} else {
+		d->part_n = 0;
+		d->skip = w->next > w->len ? w->next - w->len : 0;
+		d->send = w->send;
+	}
+}
+
 /* ---- syscalls: the BTF raw tracepoint sys_exit ----
  *
  * One raw tracepoint at syscall exit instead of an enter/exit tracepoint
@@ -554,8 +811,6 @@ struct cursor {
 	__u32 limit; /* bytes a record holds */
 	__u32 pos; /* the record's offset in the syscall's bytes */
 	__u32 failed;
-	__u32 more; /* further records: emit each one when it is full */
-	__u32 records; /* further records emitted */
 };
 
 /* The cursor lives in a map, not on the stack: the verifier does not
@@ -570,8 +825,7 @@ struct {
 
 /* bpf_loop callback: copies the next piece (the rest of the current iovec
  * or of the buffer, as much as the record holds) into c->e->data at
- * c->got. With c->more, a full record is emitted and the next one begun.
- * A callback rather than an unrolled loop, so the verifier looks at it
+ * c->got. A callback rather than an unrolled loop, so the verifier looks at it
  * once. */
 static long step(__u64 i, void *data)
 {
@@ -622,21 +876,7 @@ static long step(__u64 i, void *data)
 	c->got = got + n;
 	c->in += n;
 	c->left -= n;
-	if (!c->more || (c->got < c->limit && c->left > 0))
-		return 0;
-	__u32 cap = c->got;
-	if (cap > CAP)
-		cap = CAP;
-	barrier_var(cap);
-	cap &= 2 * CAP - 1; /* changes nothing; bounds the size for the verifier */
-	e->off = c->pos;
-	e->cap = cap;
-	if (emit(e, offsetof(struct data_event, data) + cap))
-		return 1;
-	c->pos += cap;
-	c->got = 0;
-	c->records++;
-	return c->records >= MORE_MAX;
+	return 0;
 }
 
 /* Whether a capture begins with the HTTP/2 client preface's first line. */
@@ -753,8 +993,6 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	cur->limit = dir == DIR_IN ? CAP : CAP_OUT;
 	cur->pos = 0;
 	cur->failed = 0;
-	cur->more = 0;
-	cur->records = 0;
 	if (kind == ARG_MSG) {
 		struct user_msghdr msg = {};
 		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)cur->src)) {
@@ -773,22 +1011,25 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	 * verifier on every path. */
 	barrier_var(off);
 	off &= 2 * CAP - 1;
-	if (c->proto == PROTO_UNKNOWN && dir == DIR_IN && off >= 16)
-		c->proto = preface(e->data) ? PROTO_H2 : PROTO_OTHER;
+	int started = 0;
+	if (c->proto == PROTO_UNKNOWN && dir == DIR_IN) {
+		started = off >= 24 && preface(e->data);
+		c->proto = started ? PROTO_H2 : PROTO_OTHER;
+	}
 	e->cap = off;
 	emit(e, offsetof(struct data_event, data) + off);
-	/* HTTP/2: the rest of a large read or write (a big DATA frame with
-	 * HEADERS or trailers behind it, many streams' frames batched) in
-	 * further records of CAP bytes, so no header block is missed and the
-	 * connection's HPACK tables stay whole. The agent follows the frames
-	 * across them. */
-	if (c->proto == PROTO_H2 && cur->left > 0 && !cur->failed) {
-		cur->pos = off;
-		cur->got = 0;
-		cur->limit = CAP;
-		cur->more = 1;
-		bpf_loop(MORE_MAX * (MAX_IOV + 1), step, NULL, 0);
-	}
+	/* HTTP/2: the frames are walked in every read and write (their
+	 * 9-byte headers, and the payload lengths skipped), so the frame
+	 * headers and the non-DATA payloads (header blocks: HEADERS,
+	 * CONTINUATION, RST_STREAM, SETTINGS...) beyond the first CAP bytes
+	 * are sent in further records, DATA payloads never. A large read or
+	 * write (a big message's DATA frames with other streams' HEADERS and
+	 * trailers behind them) then loses no header block, and the
+	 * connection's HPACK tables stay whole. The server may write its
+	 * SETTINGS before it reads the preface: writes are walked from the
+	 * connection's start until its first read says it is not HTTP/2. */
+	if (!cur->failed && (c->proto == PROTO_H2 || (c->proto == PROTO_UNKNOWN && dir == DIR_OUT)))
+		h2_walk(c, dir, kind == ARG_BUF ? ARG_BUF : ARG_IOV, cur->src, cur->iovcnt, ret, e, started ? 24 : 0);
 	return 0;
 }
 

@@ -60,13 +60,15 @@ pub enum Event {
         /// Bytes the syscall moved.
         len: u32,
         /// The first of them (at most `coral_ebpf::CAPTURE_IN_BYTES` of a read, `CAPTURE_OUT_BYTES` of a write).
-        /// On an HTTP/2 connection the programs send the rest of a larger
-        /// syscall's bytes (up to `coral_ebpf::CAPTURE_MAX_BYTES`) in
-        /// further records, which the reader appends here ([`Event::extend`]).
         data: Vec<u8>,
-        /// Where `data` begins in the syscall's bytes: 0, or (a further
-        /// record not yet appended) a multiple of the capture size.
+        /// Where `data` begins in the syscall's bytes: 0, or more than 0
+        /// for a further record of an HTTP/2 syscall, which the reader
+        /// joins to its first ([`Event::extend`]).
         off: u32,
+        /// On an HTTP/2 connection, what the programs sent of the bytes
+        /// beyond `data` (frame headers and non-DATA payloads; the gaps
+        /// are DATA payloads), in order, with where each begins.
+        more: Vec<(u32, Vec<u8>)>,
         ts_ns: u64,
     },
     Close {
@@ -87,30 +89,38 @@ pub enum Event {
 }
 
 impl Event {
-    /// Appends `more`, a further record of the same syscall (same
-    /// connection, direction and time, beginning where this one's bytes
-    /// end); false if it is not one.
-    pub fn extend(&mut self, more: &Event) -> bool {
-        match (self, more) {
+    /// Joins `next`, a further record of the same syscall (same
+    /// connection, direction and time, beginning after this one's bytes
+    /// and any joined before it); false if it is not one.
+    pub fn extend(&mut self, next: &mut Event) -> bool {
+        match (self, next) {
             (
                 Event::Data {
                     conn,
                     dir,
                     data,
                     off: 0,
+                    more,
+                    len,
                     ts_ns,
                     ..
                 },
                 Event::Data {
                     conn: c2,
                     dir: d2,
-                    data: more,
+                    data: bytes,
                     off,
                     ts_ns: t2,
                     ..
                 },
-            ) if conn == c2 && dir == d2 && ts_ns == t2 && *off as usize == data.len() => {
-                data.extend_from_slice(more);
+            ) if conn == c2 && dir == d2 && ts_ns == t2 => {
+                let end = more
+                    .last()
+                    .map_or(data.len(), |(o, b)| *o as usize + b.len());
+                if (*off as usize) < end || *off as usize + bytes.len() > *len as usize {
+                    return false;
+                }
+                more.push((*off, std::mem::take(bytes)));
                 true
             }
             _ => false,
@@ -185,6 +195,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 len: u32_at(b, 12),
                 data,
                 off: u32_at(b, 36),
+                more: Vec::new(),
                 ts_ns: u64_at(b, 24),
             })
         }
@@ -267,6 +278,7 @@ mod tests {
                 len: 100,
                 data: b"HTT".to_vec(),
                 off: 0,
+                more: Vec::new(),
                 ts_ns: 9
             }
         );

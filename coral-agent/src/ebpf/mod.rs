@@ -329,14 +329,14 @@ fn read_loop(
         for ring in &mut rings {
             while let Some(item) = ring.next() {
                 st.events += 1;
-                if let Some(ev) = event::decode(&item) {
+                if let Some(mut ev) = event::decode(&item) {
                     // A further record of an HTTP/2 syscall joins its first
                     // (written just before it to the same ring, so it is
                     // still held: records wait REORDER_NS). One whose first
                     // is not there (dropped) is dropped too: the parser
                     // sees a syscall it did not get all of.
                     if ev.is_more() {
-                        if !held.iter_mut().rev().any(|e| e.extend(&ev)) {
+                        if !held.iter_mut().rev().any(|e| e.extend(&mut ev)) {
                             orphans += 1;
                         }
                         continue;

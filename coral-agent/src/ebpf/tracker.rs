@@ -231,6 +231,7 @@ impl Tracker {
                 dir,
                 len,
                 data,
+                more,
                 ts_ns,
                 ..
             } => {
@@ -244,8 +245,10 @@ impl Tracker {
                 match (&mut f.proto, dir) {
                     (Some(Proto::Http1(c)), Dir::In) => c.on_read(ts_ns, len, &data, &mut out),
                     (Some(Proto::Http1(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
-                    (Some(Proto::Http2(c)), Dir::In) => c.on_read(ts_ns, len, &data, &mut out),
-                    (Some(Proto::Http2(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
+                    (Some(Proto::Http2(c)), Dir::In) => c.on_read(ts_ns, len, &data, &more, &mut out),
+                    (Some(Proto::Http2(c)), Dir::Out) => {
+                        c.on_write(ts_ns, len, &data, &more, &mut out)
+                    }
                     (Some(Proto::Postgres(c)), Dir::In) => c.on_read(ts_ns, len, &data),
                     (Some(Proto::Postgres(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
                     (Some(Proto::Redis(c)), Dir::In) => c.on_read(ts_ns, len, &data),
@@ -492,6 +495,7 @@ mod tests {
             len: s.len() as u32,
             data: s.as_bytes().to_vec(),
             off: 0,
+            more: Vec::new(),
             ts_ns,
         }
     }
