@@ -240,7 +240,7 @@ struct edge_event {
 /* The offsets coral-agent/src/ebpf/event.rs reads. */
 _Static_assert(__builtin_offsetof(struct data_event, data) == 40, "data_event layout");
 _Static_assert(__builtin_offsetof(struct data_event, off) == 36, "data_event layout");
-_Static_assert(CAP_OUT <= CAP, "capture sizes");
+_Static_assert(CAP_OUT == CAP, "capture sizes (the plain-buffer copy bounds both by CAP)");
 _Static_assert(sizeof(struct conn_event) == 64, "conn_event layout");
 _Static_assert(__builtin_offsetof(struct conn_event, raddr) == 32, "conn_event layout");
 _Static_assert(sizeof(struct edge_event) == 88, "edge_event layout");
@@ -1003,7 +1003,20 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 		}
 		cur->kind = ARG_IOV;
 	}
-	bpf_loop(MAX_IOV, step, NULL, 0);
+	if (cur->kind == ARG_BUF) {
+		/* The common case (read, write, recvfrom, sendto): one copy,
+		 * no callback. */
+		__u64 n = (__u64)ret;
+		barrier_var(n);
+		if (n > CAP) /* CAP_OUT == CAP */
+			n = CAP;
+		if (bpf_probe_read_user(e->data, n, (void *)cur->src))
+			cur->failed = 1;
+		else
+			cur->got = n;
+	} else {
+		bpf_loop(MAX_IOV, step, NULL, 0);
+	}
 	__u32 off = cur->got;
 	if (off > CAP)
 		off = CAP;
