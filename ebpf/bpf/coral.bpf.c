@@ -449,6 +449,7 @@ struct walk {
 	__u32 send; /* the last frame's payload is sent (not DATA) */
 	__u32 rec_got; /* bytes in the record being filled (scratch) */
 	__u32 failed;
+	__u32 cap0; /* bytes in the first record (scratch, until a further record is filled) */
 	__u8 hdr[32]; /* 9 used; room for the verifier's bounds */
 };
 
@@ -485,6 +486,26 @@ static long walk_step(__u64 i, void *data)
 		if (w->next >= w->len) {
 			w->phase = PH_DONE;
 			return 1;
+		}
+		if (w->next + 9 <= w->cap0) {
+			/* A frame header in the first record's bytes (still in
+			 * scratch: further records are filled only past CAP):
+			 * one step, no user read. */
+			__u32 at = w->next;
+			barrier_var(at);
+			at &= CAP - 1; /* at < cap0 <= CAP: changes nothing; bounds it */
+			const __u8 *h = &e->data[at];
+			__u32 flen = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+			__u32 payload = w->next + 9;
+			w->next = payload + flen;
+			w->send = h[3] != H2_DATA && flen > 0;
+			/* A payload to send that goes past the first record. */
+			if (w->send && w->next > w->cap0) {
+				w->phase = PH_PAYLOAD;
+				w->pos = payload;
+				w->end = w->next < w->len ? w->next : w->len;
+			}
+			return 0;
 		}
 		w->phase = PH_HDR;
 		w->pos = w->next;
@@ -633,6 +654,7 @@ static __always_inline void h2_walk(struct conn *c, __u8 dir, __u32 kind, __u64 
 	w->pos = 0;
 	w->next = start;
 	w->phase = PH_NEXT;
+	w->cap0 = e->cap;
 	if (d->part_n > 0 && d->part_n < 9) {
 		__builtin_memcpy(w->hdr, d->part, 8);
 		w->hdr_got = d->part_n;
