@@ -2,7 +2,9 @@
 # What a traced request costs end to end (issue 14): the Go /hello server
 # (tests/ebpf/server.go, GOMAXPROCS=1) under wrk -t1 -c32 -d5s, without and
 # with a real Coral agent following it (colony and agent from the `coral`
-# binary given, private XDG dirs, flush every second), rounds interleaved.
+# binaries given, private XDG dirs, flush every second), rounds interleaved:
+# no agent, then each binary's agent in turn (two builds compare two designs
+# in one run: copy the first binary away before building the second).
 # Per request, with the agent: the kernel's run time of the agent's BPF
 # programs (kernel.bpf_stats_enabled=1; every syscall on the machine passes
 # sys_exit, wrk's included) and the agent process's CPU time (utime + stime
@@ -12,10 +14,13 @@
 #
 # Needs root, go, wrk, bpftool, and a built coral (cargo build; the agent's
 # CPU in a debug build is several times a release build's).
-# usage: ebpf/bench/e2e.sh CORAL [ROUNDS]
+# usage: ebpf/bench/e2e.sh ROUNDS CORAL [CORAL...]
 set -euo pipefail
-CORAL=$(realpath "$1")
-ROUNDS=${2:-3}
+ROUNDS=$1
+shift
+BINS=()
+for b in "$@"; do BINS+=("$(realpath "$b")"); done
+CORAL=${BINS[0]}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 W=$(mktemp -d)
@@ -63,16 +68,18 @@ bpf_ns() {
 }
 HZ=$(getconf CLK_TCK)
 
-printf "| round | req/s without | req/s with | BPF ns per request | agent CPU µs per request | agent CPU per request + BPF (µs) |\n|---|---|---|---|---|---|\n"
+printf "| round | agent | req/s without | req/s with | BPF ns per request | agent CPU µs per request | agent CPU per request + BPF (µs) |\n|---|---|---|---|---|---|---|\n"
 for r in $(seq "$ROUNDS"); do
-  wrk_run
-  without=$(rps)
+ wrk_run
+ without=$(rps)
+ for i in "${!BINS[@]}"; do
+  CORAL=${BINS[$i]}
   c agent start --daemon >/dev/null
   for _ in $(seq 200); do
     c agent status --json 2>/dev/null | grep -q '"running": *true' && break
     sleep 0.1
   done
-  [ "$r" = 1 ] && c connect "hello:$PORT:tcp" >/dev/null
+  [ "$r" = 1 ] && [ "$i" = 0 ] && c connect "hello:$PORT:tcp" >/dev/null
   sleep 1.5
   pid=$(cat "$W/run/coral/agent.pid")
   t0=$(ticks "$pid")
@@ -84,6 +91,8 @@ for r in $(seq "$ROUNDS"); do
   b1=$(bpf_ns "$pid")
   n=$(reqs)
   c agent stop >/dev/null
-  awk -v r="$r" -v wo="$without" -v w="$(rps)" -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$n" -v hz="$HZ" \
-    'BEGIN { bpf = b / n; cpu = t / hz * 1e6 / n; printf "| %s | %s | %s | %.0f | %.2f | %.2f |\n", r, wo, w, bpf, cpu, cpu + bpf / 1000 }'
+  CORAL=${BINS[0]}
+  awk -v r="$r" -v a="$i" -v wo="$without" -v w="$(rps)" -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$n" -v hz="$HZ" \
+    'BEGIN { bpf = b / n; cpu = t / hz * 1e6 / n; printf "| %s | %s | %s | %s | %.0f | %.2f | %.2f |\n", r, a, wo, w, bpf, cpu, cpu + bpf / 1000 }'
 done
+ done

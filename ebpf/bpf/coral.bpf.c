@@ -13,6 +13,11 @@
 //   per process and port-set generation). Each successful read/write-like
 //   syscall on a followed socket sends one event with the byte count and
 //   the first CAP bytes (across iovecs); userspace parses and pairs them.
+//   On an HTTP/2 connection (its first read is the client preface) the
+//   frames of every read and write are walked, and what lies beyond the
+//   first CAP bytes except DATA payloads (frame headers, header blocks)
+//   goes in further records of the same syscall: no header block is missed
+//   behind a large DATA frame, and no DATA payload is copied.
 // * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
 //   (inside connect(), so in the caller's process context) is remembered with
 //   its process; its ESTABLISHED / CLOSE transitions become edge events with
@@ -269,10 +274,15 @@ static __always_inline int emit(void *data, __u64 size)
 		count(ST_NO_RING);
 		return -1;
 	}
-	/* Wake the agent only when the ring is a quarter full: below that it
-	 * reads on its own schedule, and the traced app pays no wakeup. */
+	/* Wake the agent only when this record fills the ring past a
+	 * quarter: below that it reads on its own schedule, and the traced app
+	 * pays no wakeup. Only at the crossing: a reader that is behind is
+	 * awake already (a ring with data is ready to its poll), and a wakeup
+	 * per record costs the traced syscall a few microseconds. */
 	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4)
+	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+	__u64 quarter = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4;
+	if (avail < quarter && avail + size + 8 >= quarter)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(ring, data, size, flags)) {
 		count(ST_DROPS);
