@@ -1206,7 +1206,11 @@ fn grpc_messages_larger_than_the_capture_keep_the_connection_parsed() {
     let total = |r: &Value| -> u64 {
         r["routes"]
             .as_array()
-            .map(|a| a.iter().map(|x| ebpf(x)["count"].as_u64().unwrap_or(0)).sum())
+            .map(|a| {
+                a.iter()
+                    .map(|x| ebpf(x)["count"].as_u64().unwrap_or(0))
+                    .sum()
+            })
             .unwrap_or(0)
     };
     env.wait_json(&args, Duration::from_secs(30), "the gRPC calls", |r| {
@@ -1220,7 +1224,11 @@ fn grpc_messages_larger_than_the_capture_keep_the_connection_parsed() {
     assert_eq!(r["count"].as_u64(), Some(200), "{report:#}");
     assert_eq!(r["errors"].as_u64(), Some(20), "{report:#}");
     assert_eq!(r["client_errors"].as_u64(), Some(20), "{report:#}");
-    assert_eq!(r["error_codes"], serde_json::json!({"13": 20, "5": 20}), "{r}");
+    assert_eq!(
+        r["error_codes"],
+        serde_json::json!({"13": 20, "5": 20}),
+        "{r}"
+    );
     let st = env.json(&["agent", "status", "--json"]);
     assert_eq!(st["ebpf"]["dropped"].as_u64(), Some(0), "{st:#}");
 }

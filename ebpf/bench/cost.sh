@@ -46,16 +46,16 @@ sleep 0.5
 sysctl -qw kernel.bpf_stats_enabled=1
 
 # Runs "$@" with design $1 attached following port $2; prints "run_cnt
-# run_time_ns records".
+# run_time_ns records dropped".
 with() {
   local obj=$1 port=$2; shift 2
   coproc L { "$W/loader" "$obj" "$port"; }
   read -r ready <&"${L[0]}"
   "$@" >"$W/out" 2>&1
   eval "exec ${L[1]}>&-"
-  read -r cnt ns recs <&"${L[0]}"
+  read -r cnt ns recs drops <&"${L[0]}"
   wait "$L_PID" || true
-  echo "$cnt $ns $recs"
+  echo "$cnt $ns $recs $drops"
 }
 rps() { awk '/Requests\/sec/ {print $2}' "$W/out"; }
 reqs() { awk '/requests in/ {print $1}' "$W/out"; }
@@ -66,19 +66,20 @@ h2_big() { h2load -n 4000 -c 2 -m 10 "http://127.0.0.1:$HPORT/big" "http://127.0
 h2_reqs() { awk '/^requests:/ {print $8}' "$W/out"; }
 per() { awk -v a="$1" -v q="$2" -v f="$3" 'BEGIN{printf f, a/q}'; }
 
-printf "round design unrelated_ns_per_syscall hello_ns_per_request hello_req_per_s hello_records_per_request h2_small_ns_per_request h2_small_records_per_request h2_big_ns_per_request h2_big_records_per_request\n"
+printf "round design unrelated_ns_per_syscall hello_ns_per_request hello_req_per_s hello_records_per_request h2_small_ns_per_request h2_small_records_per_request h2_big_ns_per_request h2_big_records_per_request dropped\n"
 for r in $(seq "$ROUNDS"); do
   wrk_run >"$W/out" 2>&1
   printf "%s none - - %s\n" "$r" "$(rps)"
   for d in base new; do
     read -r c1 n1 _ < <(with "$W/$d.o" "$PORT" dd_run)
-    read -r _ n2 recs < <(with "$W/$d.o" "$PORT" wrk_run)
+    read -r _ n2 recs dr2 < <(with "$W/$d.o" "$PORT" wrk_run)
     hello="$(per "$n2" "$(reqs)" %.0f) $(rps) $(per "$recs" "$(reqs)" %.2f)"
-    read -r _ n3 recs3 < <(with "$W/$d.o" "$HPORT" h2_small)
+    read -r _ n3 recs3 dr3 < <(with "$W/$d.o" "$HPORT" h2_small)
     q3=$(h2_reqs)
-    read -r _ n4 recs4 < <(with "$W/$d.o" "$HPORT" h2_big)
+    read -r _ n4 recs4 dr4 < <(with "$W/$d.o" "$HPORT" h2_big)
     q4=$(h2_reqs)
-    printf "%s %s %s %s %s %s %s %s\n" "$r" "$d" "$(per "$n1" "$c1" %.1f)" "$hello" \
-      "$(per "$n3" "$q3" %.0f)" "$(per "$recs3" "$q3" %.2f)" "$(per "$n4" "$q4" %.0f)" "$(per "$recs4" "$q4" %.2f)"
+    printf "%s %s %s %s %s %s %s %s %s\n" "$r" "$d" "$(per "$n1" "$c1" %.1f)" "$hello" \
+      "$(per "$n3" "$q3" %.0f)" "$(per "$recs3" "$q3" %.2f)" "$(per "$n4" "$q4" %.0f)" "$(per "$recs4" "$q4" %.2f)" \
+      "$((dr2 + dr3 + dr4))"
   done
 done

@@ -245,7 +245,9 @@ impl Tracker {
                 match (&mut f.proto, dir) {
                     (Some(Proto::Http1(c)), Dir::In) => c.on_read(ts_ns, len, &data, &mut out),
                     (Some(Proto::Http1(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
-                    (Some(Proto::Http2(c)), Dir::In) => c.on_read(ts_ns, len, &data, &more, &mut out),
+                    (Some(Proto::Http2(c)), Dir::In) => {
+                        c.on_read(ts_ns, len, &data, &more, &mut out)
+                    }
                     (Some(Proto::Http2(c)), Dir::Out) => {
                         c.on_write(ts_ns, len, &data, &more, &mut out)
                     }
