@@ -25,7 +25,8 @@
 //
 // Events go to one BPF ring buffer per CPU (an ARRAY_OF_MAPS filled by the
 // loader, sized by config). The agent reads them on its own schedule and is
-// woken only when a ring is a quarter full. A full ring drops the event and
+// woken only when a record fills a ring past a quarter, a half or three
+// quarters (once per crossing). A full ring drops the event and
 // counts it; the traced app never waits.
 //
 // Verifier notes: no loops except bounded ones, every user read has a

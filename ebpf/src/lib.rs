@@ -101,10 +101,6 @@ pub const CAPTURE_IN_BYTES: usize = 4096;
 /// Bytes captured per write (`CAP_OUT`): response heads, and the frame
 /// headers of an HTTP/2 write.
 pub const CAPTURE_OUT_BYTES: usize = 4096;
-/// Bytes of one read or write on an HTTP/2 connection captured in all:
-/// the first record and up to 63 further ones (`MORE_MAX`), so header
-/// blocks behind a large DATA frame or many batched frames are not missed.
-pub const CAPTURE_MAX_BYTES: usize = 64 * CAPTURE_IN_BYTES;
 /// iovecs of a vectored read or write captured, in order (`MAX_IOV`).
 pub const CAPTURE_IOVECS: usize = 128;
 

@@ -8,7 +8,8 @@
 //! dies) the kernel detaches and frees everything.
 //!
 //! One thread reads the per-CPU ring buffers every 100 ms, or sooner when
-//! the programs wake it (a ring is a quarter full), merges the records by
+//! the programs wake it (a record fills a ring past a quarter, a half or
+//! three quarters: once per crossing), merges the records by
 //! timestamp, and feeds the [`tracker::Tracker`]. It rewrites the kernel's
 //! set of followed ports when [`Follow::request`] wakes it (`coral connect`
 //! and `coral disconnect` wait for that, so they take effect before they
@@ -84,7 +85,7 @@ impl EbpfConfig {
 /// CPUs written just before them are merged in order.
 const REORDER_NS: u64 = 5_000_000;
 /// Longest wait between reads when no ring asks for one (the programs wake
-/// the reader when a ring is a quarter full).
+/// the reader when a record fills a ring past a quarter).
 const READ_EVERY: Duration = Duration::from_millis(100);
 
 fn mono_ns() -> u64 {
