@@ -463,7 +463,8 @@ struct walk {
 	__u32 send; /* the last frame's payload is sent (not DATA) */
 	__u32 rec_got; /* bytes in the record being filled (scratch) */
 	__u32 failed;
-	__u32 cap0; /* bytes in the first record (scratch, until a further record is filled) */
+	__u32 cap0; /* bytes in the first record (scratch, until a further record is filled):
+		     * CAP, or fewer if the syscall moved fewer or had more than MAX_IOV iovecs */
 	__u8 hdr[32]; /* 9 used; room for the verifier's bounds */
 };
 
@@ -503,7 +504,7 @@ static long walk_step(__u64 i, void *data)
 		}
 		if (w->next + 9 <= w->cap0) {
 			/* A frame header in the first record's bytes (still in
-			 * scratch: further records are filled only past CAP):
+			 * scratch: further records are filled only past it):
 			 * one step, no user read. */
 			__u32 at = w->next;
 			barrier_var(at);
@@ -552,16 +553,17 @@ static long walk_step(__u64 i, void *data)
 	}
 	__u32 pos = w->pos;
 	__u32 k = w->end - pos;
-	if (pos < CAP) {
+	__u32 cap0 = w->cap0;
+	if (pos < cap0) {
 		/* The first record has these bytes: a payload's are skipped,
-		 * a header's read (not past CAP, so the parts before and
+		 * a header's read (not past cap0, so the parts before and
 		 * after are handled apart). */
 		if (w->phase == PH_PAYLOAD) {
-			w->pos = w->end < CAP ? w->end : CAP;
+			w->pos = w->end < cap0 ? w->end : cap0;
 			return 0;
 		}
-		if (k > CAP - pos)
-			k = CAP - pos;
+		if (k > cap0 - pos)
+			k = cap0 - pos;
 	}
 	__u64 at;
 	if (w->kind == ARG_BUF) {
@@ -590,7 +592,7 @@ static long walk_step(__u64 i, void *data)
 		if (k > w->base + w->iov_len - pos)
 			k = w->base + w->iov_len - pos;
 	}
-	if (pos >= CAP) {
+	if (pos >= cap0) {
 		/* Beyond the first record: into the record being filled, a
 		 * new one if these bytes do not follow its last or it is full. */
 		if (w->rec_got > 0 && (e->off + w->rec_got != pos || w->rec_got >= CAP)) {
@@ -621,7 +623,7 @@ static long walk_step(__u64 i, void *data)
 		}
 		w->hdr_got = h + kh;
 	}
-	if (pos >= CAP) {
+	if (pos >= cap0) {
 		__u32 r = w->rec_got;
 		barrier_var(r);
 		r &= CAP - 1; /* r < CAP: changes nothing; bounds it for the verifier */
