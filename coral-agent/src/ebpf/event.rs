@@ -322,4 +322,49 @@ mod tests {
         assert!(decode(&[]).is_none());
         assert!(decode(&[99; 100]).is_none());
     }
+
+    fn data(fd: u32, ts_ns: u64, len: u32, off: u32, bytes: &[u8]) -> Event {
+        Event::Data {
+            conn: ConnId {
+                tgid: 1,
+                fd,
+                start_ns: 1,
+            },
+            lport: 80,
+            dir: Dir::Out,
+            len,
+            data: bytes.to_vec(),
+            off,
+            more: Vec::new(),
+            ts_ns,
+        }
+    }
+
+    /// Issue 14: further records of an HTTP/2 syscall join its first in
+    /// order; one of another syscall, out of order or past the syscall's
+    /// end does not.
+    #[test]
+    fn further_records_join_their_first_in_order() {
+        let mut first = data(5, 9, 20_000, 0, b"head");
+        assert!(!first.is_more());
+        let mut a = data(5, 9, 20_000, 4096, b"hdr-a");
+        let mut b = data(5, 9, 20_000, 9000, b"hdr-b");
+        assert!(a.is_more());
+        assert!(!first.extend(&mut data(6, 9, 20_000, 4096, b"x")));
+        assert!(!first.extend(&mut data(5, 10, 20_000, 4096, b"x")));
+        assert!(first.extend(&mut a));
+        assert!(!first.extend(&mut data(5, 9, 20_000, 4098, b"x")));
+        assert!(!first.extend(&mut data(5, 9, 20_000, 19_999, b"xy")));
+        assert!(first.extend(&mut b));
+        match first {
+            Event::Data { data, more, .. } => {
+                assert_eq!(data, b"head");
+                assert_eq!(
+                    more,
+                    vec![(4096, b"hdr-a".to_vec()), (9000, b"hdr-b".to_vec())]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
