@@ -65,7 +65,7 @@ with() {
   read -r ready <&"${L[0]}"
   "$@" >"$W/out" 2>&1
   eval "exec ${L[1]}>&-"
-  read -r cnt ns recs <&"${L[0]}"
+  read -r cnt ns recs drops <&"${L[0]}"
   wait "$L_PID" || true
   echo "$ns $recs"
 }

@@ -13,6 +13,11 @@
 //   per process and port-set generation). Each successful read/write-like
 //   syscall on a followed socket sends one event with the byte count and
 //   the first CAP bytes (across iovecs); userspace parses and pairs them.
+//   On an HTTP/2 connection (its first read is the client preface) the
+//   frames of every read and write are walked, and what lies beyond the
+//   first CAP bytes except DATA payloads (frame headers, header blocks)
+//   goes in further records of the same syscall: no header block is missed
+//   behind a large DATA frame, and no DATA payload is copied.
 // * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
 //   (inside connect(), so in the caller's process context) is remembered with
 //   its process; its ESTABLISHED / CLOSE transitions become edge events with
@@ -20,7 +25,8 @@
 //
 // Events go to one BPF ring buffer per CPU (an ARRAY_OF_MAPS filled by the
 // loader, sized by config). The agent reads them on its own schedule and is
-// woken only when a ring is a quarter full. A full ring drops the event and
+// woken only when a record fills a ring past a quarter, a half or three
+// quarters (once per crossing). A full ring drops the event and
 // counts it; the traced app never waits.
 //
 // Verifier notes: no loops except bounded ones, every user read has a
@@ -41,6 +47,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MAX_CONNS 65536
 #define PROC_SLOTS 65536 /* per-process filter slots; a power of two */
 #define SCAN_MAX_FDS 65536 /* fds looked at when a process is first seen */
+#define WALK_STEPS 65536 /* steps of the HTTP/2 frame walk per syscall (a step: a frame, a range or an iovec) */
+#define WALK_IOVS 1024 /* iovecs the walk follows (UIO_MAXIOV) */
 
 #define EV_DATA 1
 #define EV_ACCEPT 2
@@ -64,6 +72,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
 #define TCP_LISTEN_STATE 10
+
+/* conn.proto: decided at the connection's first read (accepted ones only) */
+#define PROTO_UNKNOWN 0
+#define PROTO_H2 1 /* began with the HTTP/2 client preface */
+#define PROTO_OTHER 2
 
 /* conn_event.flags */
 #define CONN_EXISTING 1 /* open before it was followed: found at a read or write */
@@ -133,9 +146,23 @@ struct {
 /* A followed (server-side) TCP connection, keyed by tgid << 32 | fd:
  * accepted while followed, or found open at its first read or write.
  * LRU: entries of processes that exit without close() age out. */
+/* Where an HTTP/2 connection's frames are, one direction: what of the
+ * frame the last syscall ended inside is still to come. */
+struct h2_dir {
+	__u32 skip; /* payload bytes of that frame */
+	__u8 send; /* they are sent (the frame is not DATA) */
+	__u8 part_n; /* or: the last syscall ended inside a frame header, after this many bytes */
+	__u8 lost; /* the walk lost the frames: no more records beyond CAP */
+	__u8 _pad;
+	__u8 part[8];
+};
+
 struct conn {
 	__u64 start_ns; /* accept (or discovery) time: with tgid and fd, the connection's identity */
 	__u16 lport;
+	__u8 proto; /* PROTO_* */
+	__u8 _pad[5];
+	struct h2_dir h2[2]; /* per direction (DIR_IN, DIR_OUT) */
 };
 
 struct {
@@ -180,7 +207,7 @@ struct data_event {
 	__u64 conn_start_ns;
 	__u64 ts_ns;
 	__u32 cap; /* bytes captured below */
-	__u32 _pad;
+	__u32 off; /* where they begin in the syscall's bytes: 0, or a further record's CAP multiple */
 	/* CAP bytes at most are sent; twice that so the verifier can bound
 	 * a copy of up to CAP bytes at any offset below CAP. */
 	__u8 data[2 * CAP];
@@ -218,7 +245,8 @@ struct edge_event {
 
 /* The offsets coral-agent/src/ebpf/event.rs reads. */
 _Static_assert(__builtin_offsetof(struct data_event, data) == 40, "data_event layout");
-_Static_assert(CAP_OUT <= CAP, "capture sizes");
+_Static_assert(__builtin_offsetof(struct data_event, off) == 36, "data_event layout");
+_Static_assert(CAP_OUT == CAP, "capture sizes (the plain-buffer copy bounds both by CAP)");
 _Static_assert(sizeof(struct conn_event) == 64, "conn_event layout");
 _Static_assert(__builtin_offsetof(struct conn_event, raddr) == 32, "conn_event layout");
 _Static_assert(sizeof(struct edge_event) == 88, "edge_event layout");
@@ -247,10 +275,18 @@ static __always_inline int emit(void *data, __u64 size)
 		count(ST_NO_RING);
 		return -1;
 	}
-	/* Wake the agent only when the ring is a quarter full: below that it
-	 * reads on its own schedule, and the traced app pays no wakeup. */
+	/* Wake the agent only when this record fills the ring past a
+	 * quarter, a half or three quarters: below that it reads on its own
+	 * schedule, and the traced app pays no wakeup. Only at the crossings,
+	 * not for every record past them: a wakeup per record costs the traced
+	 * syscall a few microseconds, and a reader that is behind needs one
+	 * wakeup, not thousands. (Three crossings, so one missed when another
+	 * program on this CPU wrote between the query and the write is made
+	 * up by the next.) */
 	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4)
+	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+	__u64 quarter = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4;
+	if (quarter && avail / quarter != (avail + size + 8) / quarter)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(ring, data, size, flags)) {
 		count(ST_DROPS);
@@ -398,6 +434,273 @@ static __always_inline int proc_follows(__u64 pid_tgid)
 	return c.found;
 }
 
+/* ---- the HTTP/2 frame walk ---- */
+
+#define H2_DATA 0
+#define PH_NEXT 0 /* at a frame header (w->next) */
+#define PH_HDR 1 /* reading a frame header: [pos, end) into hdr */
+#define PH_PAYLOAD 2 /* a payload to send: [pos, end) */
+#define PH_DONE 3
+
+/* The walk through one syscall's bytes. In a map, not on the stack: the
+ * verifier does not track a map value's contents, so it verifies the step
+ * callback once. */
+struct walk {
+	__u64 src; /* ARG_BUF: the buffer; ARG_IOV: the iovec array */
+	__u64 iovcnt;
+	__u64 iov_base; /* ARG_IOV: the current iovec's base */
+	__u32 kind;
+	__u32 idx; /* ARG_IOV: the current iovec */
+	__u32 base; /* where it begins in the syscall's bytes */
+	__u32 iov_len; /* its length */
+	__u32 iov_loaded;
+	__u32 len; /* bytes the syscall moved */
+	__u32 pos; /* next byte to look at */
+	__u32 end; /* end of the current range */
+	__u32 next; /* where the next frame header begins (may be past len) */
+	__u32 phase;
+	__u32 hdr_got; /* bytes of the frame header in hdr */
+	__u32 send; /* the last frame's payload is sent (not DATA) */
+	__u32 rec_got; /* bytes in the record being filled (scratch) */
+	__u32 failed;
+	__u32 cap0; /* bytes in the first record (scratch, until a further record is filled):
+		     * CAP, or fewer if the syscall moved fewer or had more than MAX_IOV iovecs */
+	__u8 hdr[32]; /* 9 used; room for the verifier's bounds */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct walk);
+} walks SEC(".maps");
+
+/* Sends the record being filled (scratch: a data_event whose header the
+ * first record set). */
+static __always_inline int flush_record(struct walk *w, struct data_event *e)
+{
+	__u32 n = w->rec_got;
+	w->rec_got = 0;
+	if (n > CAP)
+		n = CAP;
+	barrier_var(n);
+	n &= 2 * CAP - 1; /* changes nothing; bounds the size for the verifier */
+	e->cap = n;
+	return emit(e, offsetof(struct data_event, data) + n);
+}
+
+/* bpf_loop callback: one step of the walk. */
+static long walk_step(__u64 i, void *data)
+{
+	__u32 zero = 0;
+	struct walk *w = bpf_map_lookup_elem(&walks, &zero);
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!w || !e || w->failed)
+		return 1;
+	if (w->phase == PH_NEXT) {
+		if (w->next >= w->len) {
+			w->phase = PH_DONE;
+			return 1;
+		}
+		if (w->next + 9 <= w->cap0) {
+			/* A frame header in the first record's bytes (still in
+			 * scratch: further records are filled only past it):
+			 * one step, no user read. */
+			__u32 at = w->next;
+			barrier_var(at);
+			at &= CAP - 1; /* at < cap0 <= CAP: changes nothing; bounds it */
+			const __u8 *h = &e->data[at];
+			__u32 flen = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+			__u32 payload = w->next + 9;
+			w->next = payload + flen;
+			w->send = h[3] != H2_DATA && flen > 0;
+			/* A payload to send that goes past the first record. */
+			if (w->send && w->next > w->cap0) {
+				w->phase = PH_PAYLOAD;
+				w->pos = payload;
+				w->end = w->next < w->len ? w->next : w->len;
+			}
+			return 0;
+		}
+		w->phase = PH_HDR;
+		w->pos = w->next;
+		w->end = w->len - w->next > 9 ? w->next + 9 : w->len;
+		w->hdr_got = 0;
+		return 0;
+	}
+	if (w->phase != PH_HDR && w->phase != PH_PAYLOAD)
+		return 1;
+	if (w->pos >= w->end) {
+		if (w->phase == PH_PAYLOAD) {
+			w->phase = PH_NEXT;
+			return 0;
+		}
+		if (w->hdr_got < 9) {
+			/* The syscall ended inside this frame header. */
+			w->phase = PH_DONE;
+			return 1;
+		}
+		__u32 flen = (__u32)w->hdr[0] << 16 | (__u32)w->hdr[1] << 8 | w->hdr[2];
+		w->next = w->pos + flen;
+		w->send = w->hdr[3] != H2_DATA && flen > 0;
+		if (w->send) {
+			w->phase = PH_PAYLOAD;
+			w->end = w->next < w->len ? w->next : w->len;
+		} else {
+			w->phase = PH_NEXT;
+		}
+		return 0;
+	}
+	__u32 pos = w->pos;
+	__u32 k = w->end - pos;
+	__u32 cap0 = w->cap0;
+	if (pos < cap0) {
+		/* The first record has these bytes: a payload's are skipped,
+		 * a header's read (not past cap0, so the parts before and
+		 * after are handled apart). */
+		if (w->phase == PH_PAYLOAD) {
+			w->pos = w->end < cap0 ? w->end : cap0;
+			return 0;
+		}
+		if (k > cap0 - pos)
+			k = cap0 - pos;
+	}
+	__u64 at;
+	if (w->kind == ARG_BUF) {
+		at = w->src + pos;
+	} else {
+		if (!w->iov_loaded || pos >= w->base + w->iov_len) {
+			if (w->iov_loaded) {
+				w->base += w->iov_len;
+				w->idx++;
+			}
+			if (w->idx >= w->iovcnt || w->idx >= WALK_IOVS) {
+				w->failed = 1;
+				return 1;
+			}
+			struct iovec v = {};
+			if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->src + w->idx * sizeof(struct iovec)))) {
+				w->failed = 1;
+				return 1;
+			}
+			w->iov_base = (__u64)v.iov_base;
+			w->iov_len = v.iov_len;
+			w->iov_loaded = 1;
+			return 0;
+		}
+		at = w->iov_base + (pos - w->base);
+		if (k > w->base + w->iov_len - pos)
+			k = w->base + w->iov_len - pos;
+	}
+	if (pos >= cap0) {
+		/* Beyond the first record: into the record being filled, a
+		 * new one if these bytes do not follow its last or it is full. */
+		if (w->rec_got > 0 && (e->off + w->rec_got != pos || w->rec_got >= CAP)) {
+			if (flush_record(w, e)) {
+				w->failed = 1;
+				return 1;
+			}
+		}
+		if (w->rec_got == 0)
+			e->off = pos;
+		if (k > CAP - w->rec_got)
+			k = CAP - w->rec_got;
+	}
+	if (w->phase == PH_HDR) {
+		__u32 h = w->hdr_got;
+		if (h >= 9)
+			return 1;
+		if (k > 9 - h)
+			k = 9 - h;
+		barrier_var(h);
+		h &= 15;
+		__u32 kh = k;
+		barrier_var(kh);
+		kh &= 15;
+		if (bpf_probe_read_user(&w->hdr[h], kh, (void *)at)) {
+			w->failed = 1;
+			return 1;
+		}
+		w->hdr_got = h + kh;
+	}
+	if (pos >= cap0) {
+		__u32 r = w->rec_got;
+		barrier_var(r);
+		r &= CAP - 1; /* r < CAP: changes nothing; bounds it for the verifier */
+		__u64 n = k;
+		barrier_var(n);
+		if (n > CAP)
+			n = CAP;
+		if (bpf_probe_read_user(&e->data[r], n, (void *)at)) {
+			w->failed = 1;
+			return 1;
+		}
+		w->rec_got = r + n;
+	}
+	w->pos = pos + k;
+	return 0;
+}
+
+/* Walks the frames of one read or write of an HTTP/2 connection from where
+ * the last one left them (`start`: where the first frame begins when there
+ * is no last one, after the client preface), sends what lies beyond the
+ * first record except DATA payloads, and keeps where the next one begins. */
+static __always_inline void h2_walk(struct conn *c, __u8 dir, __u32 kind, __u64 src, __u64 iovcnt, long ret,
+				    struct data_event *e, __u32 start)
+{
+	__u32 zero = 0;
+	struct walk *w = bpf_map_lookup_elem(&walks, &zero);
+	if (!w)
+		return;
+	struct h2_dir *d = &c->h2[dir & 1];
+	if (d->lost)
+		return;
+	w->src = src;
+	w->iovcnt = iovcnt;
+	w->kind = kind;
+	w->idx = 0;
+	w->base = 0;
+	w->iov_len = 0;
+	w->iov_loaded = 0;
+	w->len = ret;
+	w->rec_got = 0;
+	w->failed = 0;
+	w->send = 0;
+	w->hdr_got = 0;
+	w->pos = 0;
+	w->next = start;
+	w->phase = PH_NEXT;
+	w->cap0 = e->cap;
+	if (d->part_n > 0 && d->part_n < 9) {
+		__builtin_memcpy(w->hdr, d->part, 8);
+		w->hdr_got = d->part_n;
+		w->phase = PH_HDR;
+		w->end = ret > 9 - d->part_n ? 9 - d->part_n : ret;
+	} else if (d->skip > 0) {
+		w->next = d->skip;
+		if (d->send) {
+			w->phase = PH_PAYLOAD;
+			w->end = d->skip < ret ? d->skip : ret;
+		}
+	}
+	bpf_loop(WALK_STEPS, walk_step, NULL, 0);
+	if (w->rec_got > 0 && flush_record(w, e))
+		w->failed = 1;
+	if (w->failed || w->phase != PH_DONE) {
+		d->lost = 1;
+		return;
+	}
+	if (w->hdr_got > 0 && w->hdr_got < 9 && w->pos >= w->len && w->pos == w->end) {
+		d->part_n = w->hdr_got;
+		__builtin_memcpy(d->part, w->hdr, 8);
+		d->skip = 0;
+	} else {
+		d->part_n = 0;
+		d->skip = w->next > w->len ? w->next - w->len : 0;
+		d->send = w->send;
+	}
+}
+
 /* ---- syscalls: the BTF raw tracepoint sys_exit ----
  *
  * One raw tracepoint at syscall exit instead of an enter/exit tracepoint
@@ -532,6 +835,99 @@ static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
 	emit(&e, sizeof(e));
 }
 
+/* Where a capture is in a syscall's bytes: a plain buffer (ARG_BUF) or
+ * the iovecs in order (ARG_IOV; HTTP/2 stacks write a frame header and its
+ * payload as separate iovecs), and the record being filled. */
+struct cursor {
+	__u64 src; /* the buffer, or the iovec array */
+	__u64 iovcnt;
+	__u64 in; /* ARG_BUF: bytes consumed; ARG_IOV: of the current iovec */
+	__u64 left; /* bytes the syscall moved not yet consumed */
+	__u32 kind;
+	__u32 idx; /* the current iovec */
+	__u32 got; /* bytes in the record so far */
+	__u32 limit; /* bytes a record holds */
+	__u32 pos; /* the record's offset in the syscall's bytes */
+	__u32 failed;
+};
+
+/* The cursor lives in a map, not on the stack: the verifier does not
+ * track a map value's contents, so it verifies the step callback below
+ * once instead of once per distinct value of the cursor. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cursor);
+} cursors SEC(".maps");
+
+/* bpf_loop callback: copies the next piece (the rest of the current iovec
+ * or of the buffer, as much as the record holds) into c->e->data at
+ * c->got. A callback rather than an unrolled loop, so the verifier looks at it
+ * once. */
+static long step(__u64 i, void *data)
+{
+	__u32 zero = 0;
+	struct cursor *c = bpf_map_lookup_elem(&cursors, &zero);
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!c || !e)
+		return 1;
+	if (c->left == 0 || c->failed || c->got >= c->limit)
+		return 1;
+	__u64 from, n;
+	if (c->kind == ARG_BUF) {
+		from = c->src + c->in;
+		n = c->left;
+	} else {
+		if (c->idx >= c->iovcnt)
+			return 1;
+		struct iovec v = {};
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(c->src + c->idx * sizeof(struct iovec)))) {
+			c->failed = 1;
+			return 1;
+		}
+		if (c->in >= v.iov_len) {
+			c->idx++;
+			c->in = 0;
+			return 0;
+		}
+		from = (__u64)v.iov_base + c->in;
+		n = v.iov_len - c->in;
+		if (n > c->left)
+			n = c->left;
+	}
+	__u32 got = c->got;
+	if (n > c->limit - got)
+		n = c->limit - got;
+	barrier_var(n);
+	if (n > CAP)
+		n = CAP;
+	/* got < limit <= CAP: the mask changes nothing but shows the
+	 * verifier the bound (the barrier keeps clang from dropping it). */
+	__u32 at = got;
+	barrier_var(at);
+	at &= CAP - 1;
+	if (bpf_probe_read_user(&e->data[at], n, (void *)from)) {
+		c->failed = 1;
+		return 1;
+	}
+	c->got = got + n;
+	c->in += n;
+	c->left -= n;
+	return 0;
+}
+
+/* Whether a capture begins with the HTTP/2 client preface's first line. */
+static __always_inline int preface(const __u8 *d)
+{
+	/* "PRI * HTTP/2.0\r\n" */
+	const char p[16] = "PRI * HTTP/2.0\r\n";
+	for (int i = 0; i < 16; i++)
+		if (d[i] != (__u8)p[i])
+			return 0;
+	return 1;
+}
+
 /* At syscall exit the saved user registers still hold the number and the
  * first arguments (only the return register changed), so data syscalls
  * need no state saved at entry. A BTF tracepoint reads them with plain
@@ -621,66 +1017,70 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	e->len = ret;
 	e->conn_start_ns = c->start_ns;
 	e->ts_ns = bpf_ktime_get_ns();
-	__u64 src = SYSCALL_ARG2(regs);
-	__u32 limit = dir == DIR_IN ? CAP : CAP_OUT;
-	__u32 off = 0;
-	if (kind == ARG_BUF) {
-		__u32 cap = (__u64)ret > limit ? limit : (__u32)ret;
-		barrier_var(cap);
-		if (cap > CAP) /* restated after the barrier so the verifier sees the bound */
-			cap = CAP;
-		if (bpf_probe_read_user(e->data, cap, (void *)src))
-			goto nocap;
-		off = cap;
-	} else {
-		/* The iovecs in order (HTTP/2 stacks write a frame header and
-		 * its payload as separate iovecs), up to CAP bytes of those
-		 * the syscall filled. */
-		__u64 iov = src;
-		__u64 iovcnt = SYSCALL_ARG3(regs);
-		if (kind == ARG_MSG) {
-			struct user_msghdr msg = {};
-			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)src))
-				goto nocap;
-			iov = (__u64)msg.msg_iov;
-			iovcnt = msg.msg_iovlen;
+	e->off = 0;
+	struct cursor *cur = bpf_map_lookup_elem(&cursors, &zero);
+	if (!cur)
+		return 0;
+	cur->kind = kind;
+	cur->src = SYSCALL_ARG2(regs);
+	cur->iovcnt = SYSCALL_ARG3(regs);
+	cur->in = 0;
+	cur->left = ret;
+	cur->idx = 0;
+	cur->got = 0;
+	cur->limit = dir == DIR_IN ? CAP : CAP_OUT;
+	cur->pos = 0;
+	cur->failed = 0;
+	if (kind == ARG_MSG) {
+		struct user_msghdr msg = {};
+		if (!bpf_probe_read_user(&msg, sizeof(msg), (void *)cur->src)) {
+			cur->src = (__u64)msg.msg_iov;
+			cur->iovcnt = msg.msg_iovlen;
+		} else {
+			cur->failed = 1;
 		}
-		__u64 left = ret;
-		for (int i = 0; i < MAX_IOV; i++) {
-			if (i >= iovcnt || left == 0 || off >= limit)
-				break;
-			struct iovec v = {};
-			if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(struct iovec))))
-				break;
-			__u64 n = v.iov_len < left ? v.iov_len : left;
-			left -= n;
-			if (n > limit - off)
-				n = limit - off;
-			barrier_var(n);
-			if (n > CAP)
-				n = CAP;
-			/* off < limit <= CAP: the mask changes nothing but
-			 * shows the verifier the bound (the barrier keeps
-			 * clang from dropping it). */
-			__u32 at = off;
-			barrier_var(at);
-			if (bpf_probe_read_user(&e->data[at & (CAP - 1)], n, v.iov_base))
-				break;
-			off += n;
-		}
+		cur->kind = ARG_IOV;
 	}
+	if (cur->kind == ARG_BUF) {
+		/* The common case (read, write, recvfrom, sendto): one copy,
+		 * no callback. */
+		__u64 n = (__u64)ret;
+		barrier_var(n);
+		if (n > CAP) /* CAP_OUT == CAP */
+			n = CAP;
+		if (bpf_probe_read_user(e->data, n, (void *)cur->src))
+			cur->failed = 1;
+		else
+			cur->got = n;
+	} else {
+		bpf_loop(MAX_IOV, step, NULL, 0);
+	}
+	__u32 off = cur->got;
 	if (off > CAP)
 		off = CAP;
 	/* The mask changes nothing (off <= CAP) but bounds the size for the
 	 * verifier on every path. */
 	barrier_var(off);
 	off &= 2 * CAP - 1;
+	int started = 0;
+	if (c->proto == PROTO_UNKNOWN && dir == DIR_IN) {
+		started = off >= 24 && preface(e->data);
+		c->proto = started ? PROTO_H2 : PROTO_OTHER;
+	}
 	e->cap = off;
 	emit(e, offsetof(struct data_event, data) + off);
-	return 0;
-nocap:
-	e->cap = 0;
-	emit(e, offsetof(struct data_event, data));
+	/* HTTP/2: the frames are walked in every read and write (their
+	 * 9-byte headers, and the payload lengths skipped), so the frame
+	 * headers and the non-DATA payloads (header blocks: HEADERS,
+	 * CONTINUATION, RST_STREAM, SETTINGS...) beyond the first CAP bytes
+	 * are sent in further records, DATA payloads never. A large read or
+	 * write (a big message's DATA frames with other streams' HEADERS and
+	 * trailers behind them) then loses no header block, and the
+	 * connection's HPACK tables stay whole. The server may write its
+	 * SETTINGS before it reads the preface: writes are walked from the
+	 * connection's start until its first read says it is not HTTP/2. */
+	if (!cur->failed && (c->proto == PROTO_H2 || (c->proto == PROTO_UNKNOWN && dir == DIR_OUT)))
+		h2_walk(c, dir, kind == ARG_BUF ? ARG_BUF : ARG_IOV, cur->src, cur->iovcnt, ret, e, started ? 24 : 0);
 	return 0;
 }
 

@@ -10,6 +10,10 @@ usage: grpc_client.py PORT MODE N CONCURRENCY
              overhead, so its timings compare with the server's).
   MODE list: server-streaming calls; every 5th ends UNAVAILABLE.
   MODE pay:  unary calls to Pay (all UNAVAILABLE).
+  MODE big:  unary Get calls, outcomes as in MODE get after 5 ms; every
+             other call (even i) sends a 96 KiB request and asks for a
+             96 KiB reply, so large DATA frames share reads and writes with
+             other streams' HEADERS and trailers.
   MODE hold: one OK Get, then prints "ready" and waits for a line on stdin
              before the N calls of MODE get (the channel, one HTTP/2
              connection, was open before).
@@ -36,7 +40,11 @@ async def main():
             t = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if mode == "get":
+                if mode == "big":
+                    outcome = 1 if i % 10 == 0 else 2 if i % 10 == 1 else 0
+                    kib = 96 if i % 2 == 0 else 0
+                    await get(bytes([outcome, 5, kib]) + b"x" * (kib * 1024), timeout=30)
+                elif mode == "get":
                     outcome = 1 if i % 10 == 0 else 2 if i % 10 == 1 else 0
                     delay = 100 if i % 10 == 9 else 40
                     await get(bytes([outcome, delay]), timeout=30)

@@ -3,7 +3,9 @@
 Methods take and return raw bytes (no generated stubs). The first byte of
 a request picks the outcome:
   /shop.Orders/Get   (unary):  0 OK, 1 INTERNAL, 2 NOT_FOUND; byte 2 of
-                               the request is the delay in ms.
+                               the request is the delay in ms; byte 3, if
+                               any, the size of the reply in KiB (0: a
+                               short one).
   /shop.Orders/List  (server streaming): 5 messages, then OK, or (1)
                                UNAVAILABLE after them.
   /shop.Orders/Pay   (unary): always UNAVAILABLE after 5 ms.
@@ -23,6 +25,8 @@ def get(req, ctx):
         ctx.abort(grpc.StatusCode.INTERNAL, "boom")
     if req[:1] == b"\x02":
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no such order")
+    if len(req) > 2 and req[2]:
+        return b"r" * (req[2] * 1024)
     return b"order " * 8
 
 

@@ -61,6 +61,14 @@ pub enum Event {
         len: u32,
         /// The first of them (at most `coral_ebpf::CAPTURE_IN_BYTES` of a read, `CAPTURE_OUT_BYTES` of a write).
         data: Vec<u8>,
+        /// Where `data` begins in the syscall's bytes: 0, or more than 0
+        /// for a further record of an HTTP/2 syscall, which the reader
+        /// joins to its first ([`Event::extend`]).
+        off: u32,
+        /// On an HTTP/2 connection, what the programs sent of the bytes
+        /// beyond `data` (frame headers and non-DATA payloads; the gaps
+        /// are DATA payloads), in order, with where each begins.
+        more: Vec<(u32, Vec<u8>)>,
         ts_ns: u64,
     },
     Close {
@@ -81,6 +89,49 @@ pub enum Event {
 }
 
 impl Event {
+    /// Joins `next`, a further record of the same syscall (same
+    /// connection, direction and time, beginning after this one's bytes
+    /// and any joined before it); false if it is not one.
+    pub fn extend(&mut self, next: &mut Event) -> bool {
+        match (self, next) {
+            (
+                Event::Data {
+                    conn,
+                    dir,
+                    data,
+                    off: 0,
+                    more,
+                    len,
+                    ts_ns,
+                    ..
+                },
+                Event::Data {
+                    conn: c2,
+                    dir: d2,
+                    data: bytes,
+                    off,
+                    ts_ns: t2,
+                    ..
+                },
+            ) if conn == c2 && dir == d2 && ts_ns == t2 => {
+                let end = more
+                    .last()
+                    .map_or(data.len(), |(o, b)| *o as usize + b.len());
+                if (*off as usize) < end || *off as usize + bytes.len() > *len as usize {
+                    return false;
+                }
+                more.push((*off, std::mem::take(bytes)));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A further record of a syscall, to be appended to its first.
+    pub fn is_more(&self) -> bool {
+        matches!(self, Event::Data { off, .. } if *off > 0)
+    }
+
     pub fn ts_ns(&self) -> u64 {
         match self {
             Event::Accept { ts_ns, .. }
@@ -143,6 +194,8 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 dir: if b[1] == 0 { Dir::In } else { Dir::Out },
                 len: u32_at(b, 12),
                 data,
+                off: u32_at(b, 36),
+                more: Vec::new(),
                 ts_ns: u64_at(b, 24),
             })
         }
@@ -224,6 +277,8 @@ mod tests {
                 dir: Dir::Out,
                 len: 100,
                 data: b"HTT".to_vec(),
+                off: 0,
+                more: Vec::new(),
                 ts_ns: 9
             }
         );
@@ -266,5 +321,50 @@ mod tests {
         }
         assert!(decode(&[]).is_none());
         assert!(decode(&[99; 100]).is_none());
+    }
+
+    fn data(fd: u32, ts_ns: u64, len: u32, off: u32, bytes: &[u8]) -> Event {
+        Event::Data {
+            conn: ConnId {
+                tgid: 1,
+                fd,
+                start_ns: 1,
+            },
+            lport: 80,
+            dir: Dir::Out,
+            len,
+            data: bytes.to_vec(),
+            off,
+            more: Vec::new(),
+            ts_ns,
+        }
+    }
+
+    /// Issue 14: further records of an HTTP/2 syscall join its first in
+    /// order; one of another syscall, out of order or past the syscall's
+    /// end does not.
+    #[test]
+    fn further_records_join_their_first_in_order() {
+        let mut first = data(5, 9, 20_000, 0, b"head");
+        assert!(!first.is_more());
+        let mut a = data(5, 9, 20_000, 4096, b"hdr-a");
+        let mut b = data(5, 9, 20_000, 9000, b"hdr-b");
+        assert!(a.is_more());
+        assert!(!first.extend(&mut data(6, 9, 20_000, 4096, b"x")));
+        assert!(!first.extend(&mut data(5, 10, 20_000, 4096, b"x")));
+        assert!(first.extend(&mut a));
+        assert!(!first.extend(&mut data(5, 9, 20_000, 4098, b"x")));
+        assert!(!first.extend(&mut data(5, 9, 20_000, 19_999, b"xy")));
+        assert!(first.extend(&mut b));
+        match first {
+            Event::Data { data, more, .. } => {
+                assert_eq!(data, b"head");
+                assert_eq!(
+                    more,
+                    vec![(4096, b"hdr-a".to_vec()), (9000, b"hdr-b".to_vec())]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

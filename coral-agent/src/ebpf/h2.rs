@@ -200,8 +200,19 @@ fn needed(kind: u8) -> bool {
 }
 
 impl Side {
-    /// Feeds one syscall's bytes: `data` captured out of `len` moved.
-    fn feed(&mut self, ts_ns: u64, len: u32, data: &[u8], frames: &mut Vec<Frame>) {
+    /// Feeds one syscall's bytes: `data` (its first bytes) and `more`
+    /// (further pieces, each with where it begins) captured out of `len`
+    /// moved. Bytes between the pieces and after the last one were not
+    /// captured: they can only be a payload that is not needed (the
+    /// programs send every frame header and every payload but DATA's).
+    fn feed(
+        &mut self,
+        ts_ns: u64,
+        len: u32,
+        data: &[u8],
+        more: &[(u32, Vec<u8>)],
+        frames: &mut Vec<Frame>,
+    ) {
         if matches!(self.at, At::Lost) {
             if plausible_frame(data) {
                 self.at = At::Header(Vec::new());
@@ -209,8 +220,44 @@ impl Side {
                 return;
             }
         }
+        self.bytes(ts_ns, data, frames);
+        let mut at = data.len() as u64;
+        for (off, piece) in more {
+            if !self.skip(u64::from(*off).saturating_sub(at), frames) {
+                return;
+            }
+            self.bytes(ts_ns, piece, frames);
+            at = u64::from(*off) + piece.len() as u64;
+        }
+        self.skip(u64::from(len).saturating_sub(at), frames);
+    }
+
+    /// Skips `n` bytes that were not captured: only a payload that is
+    /// not needed can be skipped. False if the frames were lost.
+    fn skip(&mut self, n: u64, frames: &mut Vec<Frame>) -> bool {
+        if n == 0 {
+            return !matches!(self.at, At::Lost);
+        }
+        match &mut self.at {
+            At::Payload {
+                left, keep: None, ..
+            } if u64::from(*left) >= n => {
+                *left -= n as u32;
+                self.finish_payload(frames);
+                true
+            }
+            At::Lost => false,
+            // A frame header (or a needed payload) was not captured.
+            _ => {
+                self.lose();
+                false
+            }
+        }
+    }
+
+    /// Parses captured bytes that follow the last ones parsed.
+    fn bytes(&mut self, ts_ns: u64, data: &[u8], frames: &mut Vec<Frame>) {
         let mut rest = data;
-        let mut moved = u64::from(len);
         loop {
             if rest.is_empty() {
                 break;
@@ -225,7 +272,6 @@ impl Side {
                     }
                     *left -= n;
                     rest = &rest[n..];
-                    moved = moved.saturating_sub(n as u64);
                     if *left == 0 {
                         self.at = At::Header(Vec::new());
                     }
@@ -237,7 +283,6 @@ impl Side {
                     let n = (9 - buf.len()).min(rest.len());
                     buf.extend_from_slice(&rest[..n]);
                     rest = &rest[n..];
-                    moved = moved.saturating_sub(n as u64);
                     if buf.len() == 9 {
                         let (left, kind, flags, stream) = frame_header(buf);
                         let keep = needed(kind).then(Vec::new);
@@ -262,24 +307,9 @@ impl Side {
                     }
                     *left -= n as u32;
                     rest = &rest[n..];
-                    moved = moved.saturating_sub(n as u64);
                     self.finish_payload(frames);
                 }
                 At::Lost => return,
-            }
-        }
-        // Bytes moved beyond the capture: only a payload that is not
-        // needed can be skipped.
-        if moved > 0 {
-            match &mut self.at {
-                At::Payload {
-                    left, keep: None, ..
-                } if u64::from(*left) >= moved => {
-                    *left -= moved as u32;
-                    self.finish_payload(frames);
-                }
-                // A frame header (or a needed payload) was not captured.
-                _ => self.lose(),
             }
         }
     }
@@ -388,9 +418,16 @@ impl Conn {
     }
 
     /// Bytes the server read: the client's frames.
-    pub fn on_read(&mut self, ts_ns: u64, len: u32, data: &[u8], out: &mut Vec<Exchange>) {
+    pub fn on_read(
+        &mut self,
+        ts_ns: u64,
+        len: u32,
+        data: &[u8],
+        more: &[(u32, Vec<u8>)],
+        out: &mut Vec<Exchange>,
+    ) {
         let mut frames = Vec::new();
-        self.input.feed(ts_ns, len, data, &mut frames);
+        self.input.feed(ts_ns, len, data, more, &mut frames);
         let mut wire = u64::from(len);
         for f in frames {
             let (kind, stream) = (f.kind, f.stream);
@@ -451,9 +488,16 @@ impl Conn {
     }
 
     /// Bytes the server wrote: its frames.
-    pub fn on_write(&mut self, ts_ns: u64, len: u32, data: &[u8], out: &mut Vec<Exchange>) {
+    pub fn on_write(
+        &mut self,
+        ts_ns: u64,
+        len: u32,
+        data: &[u8],
+        more: &[(u32, Vec<u8>)],
+        out: &mut Vec<Exchange>,
+    ) {
         let mut frames = Vec::new();
-        self.output.feed(ts_ns, len, data, &mut frames);
+        self.output.feed(ts_ns, len, data, more, &mut frames);
         let mut credited = false;
         for f in frames {
             let (kind, flags, stream) = (f.kind, f.flags, f.stream);
@@ -573,11 +617,11 @@ mod tests {
     }
 
     fn read(c: &mut Conn, ts: u64, b: &[u8], out: &mut Vec<Exchange>) {
-        c.on_read(ts, b.len() as u32, b, out);
+        c.on_read(ts, b.len() as u32, b, &[], out);
     }
 
     fn write(c: &mut Conn, ts: u64, b: &[u8], out: &mut Vec<Exchange>) {
-        c.on_write(ts, b.len() as u32, b, out);
+        c.on_write(ts, b.len() as u32, b, &[], out);
     }
 
     fn settings() -> Vec<u8> {
@@ -684,15 +728,81 @@ mod tests {
             50_000,
             (captured - 10 + 60_000) as u32,
             &w[..captured],
+            &[],
             &mut out,
         );
         assert!(out.is_empty());
-        c.on_write(90_000, 40_000, b"", &mut out);
+        c.on_write(90_000, 40_000, b"", &[], &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].target.as_str(), out[0].status), ("/big", 503));
         // From the first byte of the request's HEADERS frame.
         assert_eq!(out[0].start_ns, 10 + PREFACE.len() as u64);
         assert_eq!(out[0].end_ns, 90_000);
+    }
+
+    /// Issue 14: a write larger than the first capture, as the programs
+    /// send it: the first 4 KiB, then the frame headers and non-DATA
+    /// payloads beyond, not the DATA payloads between them.
+    #[test]
+    fn header_blocks_behind_a_large_data_frame_are_parsed_from_further_pieces() {
+        let mut c = Conn::new(true);
+        let (mut req, mut resp) = (Encoder::new(), Encoder::new());
+        let mut out = Vec::new();
+        let mut b = PREFACE.to_vec();
+        for id in [1u32, 3] {
+            b.extend(frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                id,
+                &headers(&mut req, &[(":method", "GET"), (":path", "/p")]),
+            ));
+        }
+        read(&mut c, 1, &b, &mut out);
+        // Stream 1: headers, 100 000 bytes of DATA, then stream 3's whole
+        // response and stream 1's trailers, all in one write.
+        let mut w = frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &headers(&mut resp, &[(":status", "200")]),
+        );
+        w.extend(frame(DATA, 0, 1, &vec![b'x'; 100_000]));
+        let tail_at = w.len();
+        w.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &headers(&mut resp, &[(":status", "404")]),
+        ));
+        w.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &headers(&mut resp, &[("x-trailer", "1")]),
+        ));
+        let cap = 4096;
+        let more = vec![(tail_at as u32, w[tail_at..].to_vec())];
+        c.on_write(5, w.len() as u32, &w[..cap], &more, &mut out);
+        let mut got: Vec<_> = out.iter().map(|x| (x.target.clone(), x.status)).collect();
+        got.sort();
+        assert_eq!(got, [("/p".to_string(), 200), ("/p".to_string(), 404)]);
+        assert_eq!(c.unparsed, 0);
+        // The same write with a frame header missing from the pieces:
+        // lost, and later streams are unparsed, never misattributed.
+        let mut c2 = Conn::new(true);
+        let mut out2 = Vec::new();
+        let mut req2 = Encoder::new();
+        let mut b2 = PREFACE.to_vec();
+        b2.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &headers(&mut req2, &[(":method", "GET"), (":path", "/p")]),
+        ));
+        read(&mut c2, 1, &b2, &mut out2);
+        c2.on_write(5, w.len() as u32, &w[..cap], &[], &mut out2);
+        assert!(out2.is_empty());
+        assert!(matches!(c2.output.at, At::Lost));
     }
 
     #[test]
@@ -708,7 +818,7 @@ mod tests {
             &headers(&mut req, &[(":method", "GET"), (":path", "/a")]),
         );
         // Captured only in part: the block is missed.
-        c.on_read(1, h1.len() as u32, &h1[..12], &mut out);
+        c.on_read(1, h1.len() as u32, &h1[..12], &[], &mut out);
         let h3 = frame(
             HEADERS,
             END_HEADERS | END_STREAM,

@@ -8,7 +8,8 @@
 //! dies) the kernel detaches and frees everything.
 //!
 //! One thread reads the per-CPU ring buffers every 100 ms, or sooner when
-//! the programs wake it (a ring is a quarter full), merges the records by
+//! the programs wake it (a record fills a ring past a quarter, a half or
+//! three quarters: once per crossing), merges the records by
 //! timestamp, and feeds the [`tracker::Tracker`]. It rewrites the kernel's
 //! set of followed ports when [`Follow::request`] wakes it (`coral connect`
 //! and `coral disconnect` wait for that, so they take effect before they
@@ -84,7 +85,7 @@ impl EbpfConfig {
 /// CPUs written just before them are merged in order.
 const REORDER_NS: u64 = 5_000_000;
 /// Longest wait between reads when no ring asks for one (the programs wake
-/// the reader when a ring is a quarter full).
+/// the reader when a record fills a ring past a quarter).
 const READ_EVERY: Duration = Duration::from_millis(100);
 
 fn mono_ns() -> u64 {
@@ -320,13 +321,27 @@ fn read_loop(
     let mut held: Vec<event::Event> = Vec::new();
     let mut last_flush = Instant::now();
     let mut dropped_logged = 0;
+    // Further records whose first was not there to join.
+    let mut orphans = 0u64;
+    let mut orphans_logged = 0u64;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let now = mono_ns();
         for ring in &mut rings {
             while let Some(item) = ring.next() {
                 st.events += 1;
-                if let Some(ev) = event::decode(&item) {
+                if let Some(mut ev) = event::decode(&item) {
+                    // A further record of an HTTP/2 syscall joins its first
+                    // (written just before it to the same ring, so it is
+                    // still held: records wait REORDER_NS). One whose first
+                    // is not there (dropped) is dropped too: the parser
+                    // sees a syscall it did not get all of.
+                    if ev.is_more() {
+                        if !held.iter_mut().rev().any(|e| e.extend(&mut ev)) {
+                            orphans += 1;
+                        }
+                        continue;
+                    }
                     held.push(ev);
                 }
             }
@@ -382,6 +397,13 @@ fn read_loop(
                     "eBPF ring buffers were full: events dropped (raise agent.ebpf.ring_bytes)"
                 );
                 dropped_logged = st.dropped;
+            }
+            if orphans > orphans_logged {
+                tracing::warn!(
+                    orphans,
+                    "HTTP/2 capture records arrived without the first record of their syscall (dropped): their connections' later streams count as unparsed"
+                );
+                orphans_logged = orphans;
             }
             set(st.clone());
         }

@@ -231,6 +231,7 @@ impl Tracker {
                 dir,
                 len,
                 data,
+                more,
                 ts_ns,
                 ..
             } => {
@@ -244,8 +245,12 @@ impl Tracker {
                 match (&mut f.proto, dir) {
                     (Some(Proto::Http1(c)), Dir::In) => c.on_read(ts_ns, len, &data, &mut out),
                     (Some(Proto::Http1(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
-                    (Some(Proto::Http2(c)), Dir::In) => c.on_read(ts_ns, len, &data, &mut out),
-                    (Some(Proto::Http2(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
+                    (Some(Proto::Http2(c)), Dir::In) => {
+                        c.on_read(ts_ns, len, &data, &more, &mut out)
+                    }
+                    (Some(Proto::Http2(c)), Dir::Out) => {
+                        c.on_write(ts_ns, len, &data, &more, &mut out)
+                    }
                     (Some(Proto::Postgres(c)), Dir::In) => c.on_read(ts_ns, len, &data),
                     (Some(Proto::Postgres(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
                     (Some(Proto::Redis(c)), Dir::In) => c.on_read(ts_ns, len, &data),
@@ -491,6 +496,8 @@ mod tests {
             dir,
             len: s.len() as u32,
             data: s.as_bytes().to_vec(),
+            off: 0,
+            more: Vec::new(),
             ts_ns,
         }
     }

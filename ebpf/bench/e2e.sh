@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# What a traced request costs end to end (issue 14): the Go /hello server
+# (tests/ebpf/server.go, GOMAXPROCS=1) under wrk -t1 -c32 -d5s, without and
+# with a real Coral agent following it (colony and agent from the `coral`
+# binaries given, private XDG dirs, flush every second), rounds interleaved:
+# no agent, then each binary's agent in turn (two builds compare two designs
+# in one run: copy the first binary away before building the second).
+# Per request, with the agent: the kernel's run time of the agent's BPF
+# programs (kernel.bpf_stats_enabled=1; every syscall on the machine passes
+# sys_exit, wrk's included) and the agent process's CPU time (utime + stime
+# from /proc/PID/stat), both over the wrk run, divided by the requests wrk
+# completed; and the throughput of both. CPU-time and BPF-time figures do
+# not move with the other jobs on the machine the way throughput does.
+#
+# Needs root, go, wrk, bpftool, and a built coral (cargo build; the agent's
+# CPU in a debug build is several times a release build's).
+# usage: ebpf/bench/e2e.sh ROUNDS CORAL [CORAL...]
+set -euo pipefail
+ROUNDS=$1
+shift
+BINS=()
+for b in "$@"; do BINS+=("$(realpath "$b")"); done
+CORAL=${BINS[0]}
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+W=$(mktemp -d)
+SERVER=
+cleanup() {
+  c agent stop >/dev/null 2>&1 || true
+  c colony stop >/dev/null 2>&1 || true
+  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+c() {
+  XDG_RUNTIME_DIR=$W/run XDG_STATE_HOME=$W/state XDG_CONFIG_HOME=$W/config CORAL_LOG=warn "$CORAL" "$@" </dev/null
+}
+mkdir -p "$W/config/coral"
+cat >"$W/config/coral/config.toml" <<EOF
+[colony.mesh]
+enabled = false
+[agent.otlp]
+grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+[agent.ebpf]
+flush_interval = "1s"
+EOF
+GO111MODULE=off HOME=$W GOCACHE=$W/gocache go build -o "$W/server" "$REPO/tests/ebpf/server.go"
+GOMAXPROCS=1 "$W/server" "$W/port" >/dev/null 2>&1 &
+SERVER=$!
+while [ ! -s "$W/port" ]; do sleep 0.1; done
+PORT=$(cat "$W/port")
+sysctl -qw kernel.bpf_stats_enabled=1
+c colony start --daemon --port 0 >/dev/null
+
+wrk_run() { wrk -t1 -c32 -d5s "http://127.0.0.1:$PORT/hello" >"$W/out" 2>&1; }
+rps() { awk '/Requests\/sec/ {print $2}' "$W/out"; }
+reqs() { awk '/requests in/ {print $1}' "$W/out"; }
+# CPU ticks (utime + stime) of a process.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Run time (ns) of the BPF programs a process holds.
+bpf_ns() {
+  local total=0 id
+  for id in $(grep -h '^prog_id:' /proc/"$1"/fdinfo/* 2>/dev/null | awk '{print $2}' | sort -u); do
+    total=$((total + $(bpftool prog show id "$id" -j | python3 -c 'import json,sys; print(json.load(sys.stdin).get("run_time_ns", 0))')))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+printf "| round | agent | req/s without | req/s with | BPF ns per request | agent CPU µs per request | agent CPU per request + BPF (µs) |\n|---|---|---|---|---|---|---|\n"
+for r in $(seq "$ROUNDS"); do
+ wrk_run
+ without=$(rps)
+ for i in "${!BINS[@]}"; do
+  CORAL=${BINS[$i]}
+  c agent start --daemon >/dev/null
+  for _ in $(seq 200); do
+    c agent status --json 2>/dev/null | grep -q '"running": *true' && break
+    sleep 0.1
+  done
+  [ "$r" = 1 ] && [ "$i" = 0 ] && c connect "hello:$PORT:tcp" >/dev/null
+  sleep 1.5
+  pid=$(cat "$W/run/coral/agent.pid")
+  t0=$(ticks "$pid")
+  b0=$(bpf_ns "$pid")
+  wrk_run
+  # The agent reads and parses what is left in the rings within ~100 ms.
+  sleep 0.5
+  t1=$(ticks "$pid")
+  b1=$(bpf_ns "$pid")
+  n=$(reqs)
+  c agent stop >/dev/null
+  CORAL=${BINS[0]}
+  awk -v r="$r" -v a="$i" -v wo="$without" -v w="$(rps)" -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$n" -v hz="$HZ" \
+    'BEGIN { bpf = b / n; cpu = t / hz * 1e6 / n; printf "| %s | %s | %s | %s | %.0f | %.2f | %.2f |\n", r, a, wo, w, bpf, cpu, cpu + bpf / 1000 }'
+done
+ done
