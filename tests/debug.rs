@@ -176,10 +176,15 @@ fn setup_env<A: Port>(
         "version = 1\n\n[[debug]]\nname = \"debugee\"\nservices = [\"api\"]\nfunctions = [\"main.*\"]\nargs = true\n\n[[debug]]\nname = \"runtime-no-args\"\nservices = [\"api\"]\nfunctions = [\"runtime.nanotime*\"]\n\n[[debug]]\nname = \"trace-anchor\"\nservices = [\"api\"]\nfunctions = [\"net/http.serverHandler.ServeHTTP\"]\n",
     )
     .unwrap();
+    // No test here checks that an agent goes offline; under CI's load a
+    // heartbeat more than FAST_CONFIG's 1 s late made the colony answer "not
+    // online" in the middle of an ask.
+    let config = FAST_CONFIG.replace("agent_timeout = \"1s\"", "agent_timeout = \"10s\"");
+    assert_ne!(config, FAST_CONFIG);
     std::fs::write(
         env.config_dir().join("config.toml"),
         format!(
-            "{FAST_CONFIG}\n[agent.exec]\npolicy = \"{}\"\n\n[agent.mesh]\nhelper_socket = \"{}\"\n{extra}",
+            "{config}\n[agent.exec]\npolicy = \"{}\"\n\n[agent.mesh]\nhelper_socket = \"{}\"\n{extra}",
             policy.display(),
             helper
                 .map(Path::to_path_buf)
