@@ -985,28 +985,7 @@ fn ask_escalates_to_probes_and_names_the_slow_go_function() {
             )
         }
     });
-    env.ok(&[
-        "ask",
-        "config",
-        "--model",
-        "openai:gpt-4.1",
-        "--api-key-env",
-        "CDEBUG_KEY",
-        "--base-url",
-        &fake.url,
-    ]);
-    let out = env
-        .command(&[
-            "ask",
-            "Why is /api/inventory slow?",
-            "--json",
-            "--no-stream",
-        ])
-        .env("CDEBUG_KEY", "sk-test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = ask_through(&env, &fake.url, "Why is /api/inventory slow?");
     let said = v["answer"].as_str().unwrap();
     assert!(
         said.starts_with("The time goes to main.lookupStock: mean 1"),
@@ -1301,28 +1280,7 @@ fn ask_probes_the_functions_named_by_span_code_attributes_first() {
             )
         }
     });
-    env.ok(&[
-        "ask",
-        "config",
-        "--model",
-        "openai:gpt-4.1",
-        "--api-key-env",
-        "CDEBUG_KEY",
-        "--base-url",
-        &fake.url,
-    ]);
-    let out = env
-        .command(&[
-            "ask",
-            "Why is /api/inventory slow?",
-            "--json",
-            "--no-stream",
-        ])
-        .env("CDEBUG_KEY", "sk-test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = ask_through(&env, &fake.url, "Why is /api/inventory slow?");
     assert!(
         v["answer"]
             .as_str()
@@ -1339,4 +1297,25 @@ fn ask_probes_the_functions_named_by_span_code_attributes_first() {
             .all(|s| s["state"] == "detached"),
         "{list:#}"
     );
+}
+
+/// `coral ask --json` with the fake OpenAI provider at `url`.
+fn ask_through(env: &Env, url: &str, question: &str) -> Value {
+    env.ok(&[
+        "ask",
+        "config",
+        "--model",
+        "openai:gpt-4.1",
+        "--api-key-env",
+        "CDEBUG_KEY",
+        "--base-url",
+        url,
+    ]);
+    let out = env
+        .command(&["ask", question, "--json", "--no-stream"])
+        .env("CDEBUG_KEY", "sk-test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
