@@ -3,7 +3,7 @@
 //! Loaded here and nowhere else.
 
 use crate::ask::config::AskConfig;
-use crate::colony::ColonyConfig;
+use coral_colony::ColonyConfig;
 use coral_agent::AgentConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -445,7 +445,7 @@ fn version_check(bin: Option<&Path>) -> Check {
 /// The ports the daemons will bind: free, or held by this user's running
 /// colony/agent.
 fn port_checks(
-    colony: &crate::colony::ColonyConfig,
+    colony: &coral_colony::ColonyConfig,
     agent: &coral_agent::AgentConfig,
 ) -> Vec<Check> {
     let running = |role: &str| {
@@ -529,7 +529,7 @@ fn port_checks(
 pub(crate) fn subnet_check(configured: Option<&str>, routes: &str) -> Check {
     let name = "mesh subnet";
     let (net, prefix) = match configured {
-        Some(s) => match crate::colony::config::parse_subnet(s) {
+        Some(s) => match coral_colony::config::parse_subnet(s) {
             Ok(x) => x,
             Err(e) => {
                 return bad(

@@ -13,7 +13,7 @@ mod doctor;
 mod mcp_cmd;
 pub(crate) mod render;
 
-use crate::colony::{Colony, ColonyConfig};
+use coral_colony::{Colony, ColonyConfig};
 use crate::config::CoralConfig;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};

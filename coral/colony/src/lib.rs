@@ -15,6 +15,7 @@ pub(crate) mod mesh;
 pub mod read;
 pub mod registry;
 mod rpc;
+pub mod span_tree;
 pub mod tools;
 
 pub use config::ColonyConfig;

@@ -808,7 +808,7 @@ async fn trace(shared: &Shared, a: TraceArgs) -> Result<Value, ToolError> {
         )));
     }
     let t0 = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
-    let critical = crate::cli::render::critical_span_ids(&spans);
+    let critical = crate::span_tree::critical_span_ids(&spans);
     let list: Vec<Value> = spans
         .iter()
         .take(200)
