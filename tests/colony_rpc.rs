@@ -1,8 +1,8 @@
 //! Issue 2: the colony's agent-facing RPC, in process (`Colony::run` on
 //! 127.0.0.1:0 with a temp state dir), driven by a real tarpc client.
 
-use coral_colony::{Colony, ColonyConfig, registry::Registry};
 use coral_agent::telemetry::{SampleRow, Telemetry};
+use coral_colony::{Colony, ColonyConfig, registry::Registry};
 use coral_proto::rpc::ColonyClient;
 use coral_proto::{ColonyError, HealthSample, Heartbeat, Registration, ServiceHealth, ServiceSpec};
 use std::time::Duration;

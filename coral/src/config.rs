@@ -3,8 +3,8 @@
 //! Loaded here and nowhere else.
 
 use crate::ask::config::AskConfig;
-use coral_colony::ColonyConfig;
 use coral_agent::AgentConfig;
+use coral_colony::ColonyConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 

@@ -39,7 +39,7 @@ impl McpTools {
     /// Connects to the MCP socket at `path`.
     pub async fn connect_at(path: &std::path::Path) -> anyhow::Result<McpTools> {
         let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
-            crate::cli::Unavailable(format!(
+            coral_proto::exit::Unavailable(format!(
                 "cannot reach the colony's MCP gateway at {}: {e} (is 'coral colony start' running?)",
                 path.display()
             ))

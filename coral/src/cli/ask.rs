@@ -1,6 +1,6 @@
 //! `coral ask`, `coral ask config`, `coral ask cost`.
 
-use super::{Unavailable, Usage, client, out, render};
+use super::{client, out, render};
 use crate::ask::Tools;
 use crate::ask::agent::{self, Answer, AskError, Event, Options};
 use crate::ask::config::{self as askcfg, AskConfig, Edit, KeyRef};
@@ -11,6 +11,7 @@ use crate::config::CoralConfig;
 use crate::mcp::McpTools;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Subcommand};
+use coral_proto::exit::{Unavailable, Usage};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -11,7 +11,8 @@ use coral_proto::debug::{
     DebugSession, DebugTarget, DebugTraceRequest,
 };
 
-use super::{Coded, EX_NOPERM, Unavailable, Usage, colony_client, colony_gone, out};
+use super::{colony_client, colony_gone, out};
+use coral_proto::exit::{Coded, EX_NOPERM, Unavailable, Usage};
 
 #[derive(Debug, Subcommand)]
 pub enum DebugCmd {

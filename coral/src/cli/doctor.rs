@@ -16,7 +16,8 @@ use clap::Args;
 use coral_privhelper::client::{Membership, group_membership};
 use serde::Serialize;
 
-use super::{Coded, load_config, out};
+use super::{load_config, out};
+use coral_proto::exit::Coded;
 
 /// The group the packaged helper's socket belongs to.
 const GROUP: &str = coral_privhelper::config::DEFAULT_GROUP;

@@ -1,9 +1,10 @@
 //! `coral mcp`: the colony's MCP gateway from the command line.
 
-use super::{Usage, client, out, render};
+use super::{client, out, render};
 use crate::mcp::McpTools;
 use anyhow::Context as _;
 use clap::Subcommand;
+use coral_proto::exit::{Unavailable, Usage};
 
 #[derive(Subcommand)]
 pub enum McpCmd {
@@ -84,7 +85,7 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let path = crate::mcp::socket_path()?;
     let sock = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
-        super::Unavailable(format!(
+        Unavailable(format!(
             "cannot reach the colony's MCP gateway at {}: {e} (is 'coral colony start' running?)",
             path.display()
         ))

@@ -1,10 +1,5 @@
-//! The `coral` command line: argument parsing, dispatch, exit codes.
-//!
-//! Exit codes follow sysexits: 0 success, 1 failure, 64 usage or config
-//! error, 69 a daemon is not reachable. A closed stdout (`coral ... | head`)
-//! is not an error. `coral exec` passes the remote command's exit code on
-//! and adds 77 (denied by policy), 124 (timed out), 126 (cannot run), 127
-//! (not found on the host), 128+N (killed by signal N), 130 (cancelled).
+//! The `coral` command line: argument parsing, dispatch, exit codes (the
+//! errors that carry them and their codes are `coral_proto::exit`).
 
 mod ask;
 mod daemon;
@@ -13,45 +8,19 @@ mod doctor;
 mod mcp_cmd;
 pub(crate) mod render;
 
-use coral_colony::{Colony, ColonyConfig};
 use crate::config::CoralConfig;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
 use coral_agent::sandbox::{self, Mode, Role};
 use coral_agent::{Agent, AgentConfig};
+use coral_colony::{Colony, ColonyConfig};
 use coral_proto::rpc::{AgentControlClient, ColonyControlClient};
 use coral_proto::{LinkState, ServiceKind, ServiceSpec};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub const EX_USAGE: i32 = 64;
-pub const EX_UNAVAILABLE: i32 = 69;
-
-/// A usage or config error: exit 64.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Usage(pub String);
-
-/// A daemon that is not there: exit 69.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unavailable(pub String);
-
-/// An error with its own exit code (printed as `error: ...`).
-#[derive(Debug, thiserror::Error)]
-#[error("{msg}")]
-pub struct Coded {
-    pub code: i32,
-    pub msg: String,
-}
-
-/// Exit with this code and print nothing (the remote command's own code).
-#[derive(Debug, thiserror::Error)]
-#[error("exit status {0}")]
-pub struct Exit(pub i32);
-
-pub const EX_NOPERM: i32 = 77;
+use coral_proto::exit::{Coded, EX_NOPERM, EX_USAGE, Exit, Unavailable, Usage};
 
 const ABOUT: &str = "Coral: debug distributed apps. A colony coordinates one agent per host; \
 agents watch your services and report to the colony.";
@@ -604,26 +573,11 @@ pub fn main() -> i32 {
 }
 
 fn exit_code(e: &anyhow::Error) -> i32 {
-    if e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    }) {
-        return 0;
+    let (code, print) = coral_proto::exit::exit_code(e);
+    if print {
+        eprintln!("error: {}", render::esc(&format!("{e:#}")));
     }
-    if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
-        return *code;
-    }
-    eprintln!("error: {}", render::esc(&format!("{e:#}")));
-    if let Some(c) = e.downcast_ref::<Coded>() {
-        return c.code;
-    }
-    if e.downcast_ref::<Usage>().is_some() {
-        EX_USAGE
-    } else if e.downcast_ref::<Unavailable>().is_some() {
-        EX_UNAVAILABLE
-    } else {
-        1
-    }
+    code
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {

@@ -4,12 +4,12 @@
 //! [`add_row`], and the text around the tables by hand.
 
 use comfy_table::{Table, presets};
+use coral_colony::span_tree;
 use coral_proto::{
     AgentStatus, ColonyStatus, LogRecord, Member, ServiceHealth, SpanRecord, TokenCreated,
     TraceSummary,
 };
 use std::borrow::Cow;
-use coral_colony::span_tree;
 use std::time::Duration;
 
 /// Untrusted text made safe for a terminal (issue 16): control characters
