@@ -2,9 +2,9 @@
 //! the MCP client. The colony daemon is the `coral-colony` crate.
 
 pub mod analyze;
-pub mod analyze_probe;
 pub mod ask;
 pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod mcp;
+pub mod tools;

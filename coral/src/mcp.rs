@@ -101,12 +101,12 @@ impl McpTools {
     }
 }
 
-impl crate::ask::Tools for McpTools {
-    async fn list(&self) -> anyhow::Result<Vec<crate::ask::ToolSpec>> {
+impl crate::tools::Tools for McpTools {
+    async fn list(&self) -> anyhow::Result<Vec<crate::tools::ToolSpec>> {
         Ok(McpTools::list(self)
             .await?
             .into_iter()
-            .map(|t| crate::ask::ToolSpec {
+            .map(|t| crate::tools::ToolSpec {
                 name: t.name,
                 description: t.description,
                 input_schema: t.input_schema,

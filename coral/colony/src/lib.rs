@@ -8,7 +8,6 @@
 pub mod audit;
 pub mod config;
 mod debug;
-pub mod debug_tools;
 mod exec;
 pub mod mcp;
 pub(crate) mod mesh;

@@ -52,7 +52,7 @@ impl ServerHandler for Gateway {
     ) -> Result<ListToolsResult, ErrorData> {
         let list = tools::catalog(self.shared.config.mcp.allow_exec)
             .into_iter()
-            .filter(|t| super::debug_tools::listed(&self.shared.config.mcp, t.name))
+            .filter(|t| super::tools::debug::listed(&self.shared.config.mcp, t.name))
             .map(|t| {
                 let schema = match t.schema {
                     serde_json::Value::Object(m) => m,

@@ -285,7 +285,8 @@ impl ColonyMesh {
                 actual: String::new(),
             });
         }
-        super::rpc::check_id(&req.agent_id).map_err(|e| JoinError::Invalid(e.to_string()))?;
+        super::registry::check_agent_id(&req.agent_id)
+            .map_err(|e| JoinError::Invalid(e.to_string()))?;
         if req.name.is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control) {
             return Err(JoinError::Invalid(
                 "name must be 1-128 printable characters".into(),

@@ -9,6 +9,19 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The longest agent id the colony accepts.
+const MAX_AGENT_ID: usize = 128;
+
+/// An agent id the colony stores: 1-128 characters, none a control character.
+pub(crate) fn check_agent_id(id: &str) -> Result<(), coral_proto::ColonyError> {
+    if id.is_empty() || id.len() > MAX_AGENT_ID || id.chars().any(|c| c.is_control()) {
+        return Err(coral_proto::ColonyError::Invalid(
+            "agent id must be 1-128 printable characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 const MIGRATIONS: &[&str] = &[
     // 1: identity, agents, services, health history.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

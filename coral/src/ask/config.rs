@@ -13,7 +13,8 @@
 //! output = 8.0
 //! ```
 //!
-//! `crate::config` reads the file; this module types the table and writes
+//! `crate::config` reads the file (this module does not import it); this
+//! module types the table and writes
 //! edits to it (format-preserving, validated before the file is replaced).
 //! A key is never written to `config.toml` and never printed.
 
@@ -169,9 +170,10 @@ impl AskConfig {
     }
 }
 
-/// `$XDG_CONFIG_HOME/coral`.
+/// `$XDG_CONFIG_HOME/coral` (or `~/.config/coral`): `config.toml` and the
+/// stored keys (`keys/`).
 pub fn config_dir() -> Option<PathBuf> {
-    crate::config::default_path().and_then(|p| p.parent().map(Path::to_path_buf))
+    dirs::config_dir().map(|d| d.join("coral"))
 }
 
 /// The file holding a stored key.
@@ -355,66 +357,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn edits_keep_other_tables_and_comments() {
-        let before = "# mine\n[colony]\nlisten = \"127.0.0.1:9000\" # keep\n";
-        let after = apply_edit(
-            before,
-            &Edit {
-                model: Some("anthropic:claude-sonnet-4-5".into()),
-                provider: Some(Kind::Anthropic),
-                api_key: Some(KeyRef::Env("MY_KEY".into())),
-                base_url: Some("http://127.0.0.1:8080".into()),
-            },
-        )
-        .unwrap();
-        assert!(after.starts_with(before), "{after}");
-        let cfg = crate::config::CoralConfig::parse(Path::new("c.toml"), &after).unwrap();
-        let ask = cfg.ask.unwrap();
-        assert_eq!(ask.model.as_deref(), Some("anthropic:claude-sonnet-4-5"));
-        assert_eq!(
-            ask.key_ref(Kind::Anthropic),
-            Some(KeyRef::Env("MY_KEY".into()))
-        );
-        assert_eq!(
-            ask.key_ref(Kind::OpenAi),
-            Some(KeyRef::Env("OPENAI_API_KEY".into()))
-        );
-        assert_eq!(ask.key_ref(Kind::Ollama), None);
-        // A second edit changes only what it names.
-        let again = apply_edit(
-            &after,
-            &Edit {
-                provider: Some(Kind::Anthropic),
-                api_key: Some(KeyRef::Stored),
-                ..Edit::default()
-            },
-        )
-        .unwrap();
-        let ask = crate::config::CoralConfig::parse(Path::new("c.toml"), &again)
-            .unwrap()
-            .ask
-            .unwrap();
-        assert_eq!(ask.key_ref(Kind::Anthropic), Some(KeyRef::Stored));
-        assert_eq!(
-            ask.provider(Kind::Anthropic).base_url.as_deref(),
-            Some("http://127.0.0.1:8080")
-        );
-    }
-
-    #[test]
-    fn literal_keys_and_bad_values_are_refused_without_echoing_the_key() {
+    fn literal_keys_are_refused_without_echoing_the_key() {
         let err = KeyRef::parse("sk-ant-api03-secretsecret").unwrap_err();
         assert!(err.contains("'sk-a…'") && !err.contains("secret"), "{err}");
         assert!(KeyRef::parse("env:1BAD").is_err());
-        let bad = |t: &str| {
-            crate::config::CoralConfig::parse(Path::new("c.toml"), t)
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(bad("[ask]\nmodel = \"gpt-4\"\n").contains("provider:model-id"));
-        assert!(bad("[ask.providers.gemini]\n").contains("unknown provider"));
-        assert!(bad("[ask.providers.openai]\nbase_url = \"ftp://x\"\n").contains("http://"));
-        assert!(bad("[ask.prices.\"openai:x\"]\ninput = -1\noutput = 1\n").contains(">= 0"));
-        assert!(bad("[ask]\nmodle = \"x\"\n").contains("unknown field `modle`"));
     }
 }

@@ -2,19 +2,17 @@
 //!
 //! The loop (`agent`) runs on the workstation. It talks to one provider
 //! (`provider`: OpenAI, Anthropic, Ollama) and runs the model's tool calls
-//! through a [`Tools`] source (the colony's MCP gateway; `tools_file` for
-//! tests). Usage is recorded per round (`cost`). With no provider configured,
+//! through a [`Tools`] source (the colony's MCP gateway; `crate::tools::file`
+//! for tests). Usage is recorded per round (`cost`). With no provider configured,
 //! [`builtin_answer`] answers instead.
 
 pub mod agent;
 pub mod config;
 pub mod cost;
 pub mod provider;
-pub mod tools;
-pub mod tools_file;
 
+pub use crate::tools::{ToolSpec, Tools};
 pub use agent::{Answer, AskError};
-pub use tools::{ToolSpec, Tools};
 
 use config::{AskConfig, KeyRef};
 use provider::{ProviderSettings, parse_model};

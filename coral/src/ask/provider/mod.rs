@@ -11,7 +11,7 @@
 mod anthropic;
 mod openai;
 
-use super::tools::ToolSpec;
+use crate::tools::ToolSpec;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
