@@ -12,11 +12,12 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use clap::Args;
 use coral_privhelper::client::{Membership, group_membership};
 use serde::Serialize;
 
-use super::{load_config, out};
+use super::args::DoctorArgs;
+use super::config::load_config;
+use super::output::out;
 use coral_proto::exit::Coded;
 
 /// The group the packaged helper's socket belongs to.
@@ -29,16 +30,6 @@ const UNIT_DIRS: &[&str] = &[
     "/usr/lib/systemd/system",
     "/lib/systemd/system",
 ];
-
-#[derive(Args)]
-pub(crate) struct DoctorArgs {
-    /// Print JSON (a stable schema) instead of one line per check.
-    #[arg(long)]
-    json: bool,
-    /// Config file (default $XDG_CONFIG_HOME/coral/config.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
