@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 /// The colony's MCP socket for this user: beside its control socket.
 pub fn socket_path() -> anyhow::Result<PathBuf> {
-    Ok(coral_colony::mcp::socket_beside(
+    Ok(coral_proto::local::mcp_socket_beside(
         &coral_proto::local::colony_socket()?,
     ))
 }

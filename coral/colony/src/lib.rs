@@ -212,7 +212,7 @@ impl Colony {
         if let Some(path) = control
             .local_addr()
             .ok()
-            .and_then(|a| a.as_pathname().map(mcp::socket_beside))
+            .and_then(|a| a.as_pathname().map(coral_proto::local::mcp_socket_beside))
         {
             match bind_private(&path) {
                 Ok(l) => {

@@ -12,15 +12,9 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::UnixListener;
-
-/// The MCP socket that belongs with a colony control socket.
-pub fn socket_beside(control: &Path) -> PathBuf {
-    control.with_file_name("colony-mcp.sock")
-}
 
 #[derive(Clone)]
 struct Gateway {

@@ -223,6 +223,23 @@ fn last_error_line(log: &Path, from: u64) -> Option<String> {
         .find_map(|l| l.strip_prefix("error: ").map(str::to_string))
 }
 
+/// The agent's exec helpers, which are this binary run again: the shim
+/// (cgroup join, then execve; `coral_agent::exec::shim_main`) and the exec
+/// spawner (issue 16: it runs commands so the agent never does;
+/// `coral_agent::exec::spawner`). Their exit code, or None for any other
+/// command line.
+pub(super) fn exec_helper_main() -> Option<i32> {
+    let first = std::env::args_os().nth(1)?;
+    let rest = || std::env::args_os().skip(2).collect();
+    if first == coral_agent::exec::SHIM_ARG {
+        Some(coral_agent::exec::shim_main(rest()))
+    } else if first == coral_agent::exec::SPAWNER_ARG {
+        Some(coral_agent::exec::spawner_main(rest()))
+    } else {
+        None
+    }
+}
+
 /// Daemon start: files the daemon creates are private to its user, and
 /// logs go to stderr (the log file when detached); `CORAL_LOG` sets the filter.
 pub(super) fn init_daemon() {

@@ -2,9 +2,11 @@
 //! `args.rs`; each command group has its module; the errors that carry exit
 //! codes, and the codes, are `coral_proto::exit`.
 //!
-//! Daemon code (it needs the colony and agent crates, the privileged helper
-//! or landlock/seccomp) is only in `start.rs` and `daemon.rs`; the other
-//! modules are clients of the daemons' sockets or work on this machine.
+//! The code that runs daemons (the colony and agent crates, the agent's exec
+//! helpers, landlock/seccomp) is only in `start.rs` and `daemon.rs`; the
+//! other modules are clients of the daemons' sockets or work on this
+//! machine, though some still borrow types from the daemon crates (`doctor`,
+//! the config file's `[colony]`/`[agent]` tables, the renderer's span tree).
 
 mod agent;
 mod args;
@@ -31,19 +33,8 @@ use coral_proto::exit::EX_USAGE;
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    // The agent runs exec'd commands through this binary (cgroup join, then
-    // execve); see coral_agent::exec::shim_main.
-    if std::env::args_os().nth(1).as_deref()
-        == Some(std::ffi::OsStr::new(coral_agent::exec::SHIM_ARG))
-    {
-        return coral_agent::exec::shim_main(std::env::args_os().skip(2).collect());
-    }
-    // The agent's exec spawner (issue 16): it runs commands so the agent
-    // never does; see coral_agent::exec::spawner.
-    if std::env::args_os().nth(1).as_deref()
-        == Some(std::ffi::OsStr::new(coral_agent::exec::SPAWNER_ARG))
-    {
-        return coral_agent::exec::spawner_main(std::env::args_os().skip(2).collect());
+    if let Some(code) = daemon::exec_helper_main() {
+        return code;
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
