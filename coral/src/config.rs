@@ -64,7 +64,7 @@ impl CoralConfig {
             message,
         };
         if let Some(c) = &cfg.colony {
-            c.validate().map_err(invalid)?;
+            c.validate().map_err(|e| invalid(e.to_string()))?;
         }
         if let Some(a) = &cfg.agent {
             a.validate().map_err(invalid)?;

@@ -100,8 +100,26 @@ impl Default for MeshConfig {
     }
 }
 
+/// A `[colony]` value out of range; the message names the key and what it
+/// must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
+impl From<String> for InvalidConfig {
+    fn from(msg: String) -> Self {
+        InvalidConfig(msg)
+    }
+}
+
+impl From<&str> for InvalidConfig {
+    fn from(msg: &str) -> Self {
+        InvalidConfig(msg.to_string())
+    }
+}
+
 /// Parses `a.b.c.d/n` inside 100.64.0.0/10 with n in 10..=28.
-pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), InvalidConfig> {
     let bad = || {
         format!("colony.mesh.subnet '{s}' must be a.b.c.d/n inside 100.64.0.0/10, n from 10 to 28")
     };
@@ -109,11 +127,11 @@ pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
     let prefix: u8 = prefix.parse().map_err(|_| bad())?;
     if !(10..=28).contains(&prefix) {
-        return Err(bad());
+        return Err(bad().into());
     }
     let mask = u32::MAX << (32 - prefix);
     if u32::from(ip) & mask != u32::from(ip) || u32::from(ip) & 0xffc0_0000 != 0x6440_0000 {
-        return Err(bad());
+        return Err(bad().into());
     }
     Ok((ip, prefix))
 }
@@ -136,7 +154,7 @@ impl Default for ColonyConfig {
 }
 
 impl ColonyConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if let Some(id) = &self.colony_id {
             coral_proto::spec::validate_colony_id(id)
                 .map_err(|e| format!("colony.colony_id: {e}"))?;
@@ -172,7 +190,7 @@ impl ColonyConfig {
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
             {
-                return Err(format!("colony.mesh.endpoints: '{e}' must be host:port"));
+                return Err(format!("colony.mesh.endpoints: '{e}' must be host:port").into());
             }
         }
         if let Some(name) = &m.interface {
@@ -185,7 +203,7 @@ impl ColonyConfig {
         if let Some(d) = &m.discovery
             && !d.contains(':')
         {
-            return Err(format!("colony.mesh.discovery '{d}' must be host:port"));
+            return Err(format!("colony.mesh.discovery '{d}' must be host:port").into());
         }
         if !(576..=9000).contains(&m.mtu) {
             return Err("colony.mesh.mtu must be between 576 and 9000".into());

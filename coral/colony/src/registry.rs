@@ -162,6 +162,19 @@ pub enum RedeemError {
     Full,
 }
 
+/// A join to record: who redeems which token, and the mesh addresses
+/// agents get.
+pub struct Redemption<'a> {
+    /// The SHA-256 of the token's secret, hex.
+    pub token_hash: &'a str,
+    pub agent_id: &'a str,
+    pub name: &'a str,
+    /// The agent's WireGuard public key, hex.
+    pub public_key: &'a str,
+    /// The range allocations are made from (IPv4 addresses as `u32`).
+    pub ips: std::ops::RangeInclusive<u32>,
+}
+
 pub struct Registry {
     conn: Connection,
 }
@@ -304,19 +317,21 @@ impl Registry {
         Ok(())
     }
 
-    /// Redeems a token for `agent_id` and allocates (or keeps) its address,
-    /// in one transaction. `first..=last` is the range agents get.
-    #[allow(clippy::too_many_arguments)]
+    /// Redeems a token for the joining agent and allocates (or keeps) its
+    /// address, in one transaction.
     pub fn redeem(
         &mut self,
-        hash: &str,
-        agent_id: &str,
-        name: &str,
-        public_key: &str,
-        first: u32,
-        last: u32,
+        join: &Redemption<'_>,
         now: i64,
     ) -> Result<Result<std::net::Ipv4Addr, RedeemError>, StoreError> {
+        let Redemption {
+            token_hash: hash,
+            agent_id,
+            name,
+            public_key,
+            ref ips,
+        } = *join;
+        let (first, last) = (*ips.start(), *ips.end());
         let tx = self.conn.transaction()?;
         let tok: Option<(i64, i64)> = tx
             .query_row(

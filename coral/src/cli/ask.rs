@@ -5,8 +5,8 @@ use super::client::client;
 use super::output::out;
 use super::render;
 use crate::ask::Tools;
-use crate::ask::agent::{self, Answer, AskError, Event, Options};
 use crate::ask::config::{self as askcfg, AskConfig, Edit, KeyRef};
+use crate::ask::conversation::{self, Answer, AskError, Event, Options};
 use crate::ask::cost::{CostReport, Prices, UsageDb};
 use crate::ask::provider::{Kind, Provider, parse_model, printable};
 use crate::config::CoralConfig;
@@ -62,7 +62,7 @@ fn ask(args: AskArgs) -> anyhow::Result<()> {
         max_steps: args
             .max_steps
             .or(cfg.max_steps)
-            .unwrap_or(agent::DEFAULT_MAX_STEPS),
+            .unwrap_or(conversation::DEFAULT_MAX_STEPS),
         ..Options::default()
     };
     let prices = Prices::new(&cfg.prices);
@@ -96,7 +96,7 @@ async fn ask_with<T: Tools>(
     let mut write_err: Option<std::io::Error> = None;
     let mut record_err = false;
     let mut at_line_start = true;
-    let result = agent::run(
+    let result = conversation::run(
         provider,
         tools,
         question,
@@ -544,7 +544,7 @@ fn show(path: &std::path::Path, cfg: &AskConfig, json: bool) -> anyhow::Result<(
         let v = serde_json::json!({
             "config": path,
             "model": cfg.model,
-            "max_steps": cfg.max_steps.unwrap_or(agent::DEFAULT_MAX_STEPS),
+            "max_steps": cfg.max_steps.unwrap_or(conversation::DEFAULT_MAX_STEPS),
             "providers": providers,
             "usage_db": crate::ask::cost::default_db_path(),
         });

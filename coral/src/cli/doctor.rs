@@ -527,7 +527,7 @@ pub(crate) fn subnet_check(configured: Option<&str>, routes: &str) -> Check {
                 return bad(
                     name,
                     Status::Fail,
-                    e,
+                    e.to_string(),
                     "fix colony.mesh.subnet in config.toml",
                 );
             }

@@ -18,7 +18,7 @@ mod daemon;
 mod debug;
 mod doctor;
 mod exec;
-mod mcp_cmd;
+mod mcp;
 mod output;
 mod policy;
 mod query;
@@ -72,7 +72,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCmd::Validate { file }) => config::validate(file),
         Command::Ask(args) => ask::run(args),
         Command::Query(q) => client(query::query(q)),
-        Command::Mcp(cmd) => mcp_cmd::run(cmd),
+        Command::Mcp(cmd) => mcp::run(cmd),
         Command::SandboxCheck { role, action } => daemon::sandbox_check(&role, &action),
         Command::Exec(args) => client(exec::exec(args)),
         Command::Debug(cmd) => client(debug::run(cmd)),

@@ -27,7 +27,7 @@ pub(super) fn colony(args: ColonyStart) -> anyhow::Result<()> {
     if let Some(id) = args.colony_id {
         config.colony_id = Some(id);
     }
-    config.validate().map_err(Usage)?;
+    config.validate().map_err(|e| Usage(e.to_string()))?;
     let sandbox: Mode = args.sandbox.parse().map_err(Usage)?;
     if args.daemon && !daemon::is_child() {
         let (ready, log) = detach("colony", &config.state_dir())?;

@@ -224,7 +224,7 @@ pub fn catalog(allow_exec: bool) -> Vec<ToolDef> {
             read_only: true,
         },
     ];
-    list.extend(debug::catalog()); // issue 12; gated in mcp.rs by debug::listed
+    list.extend(debug::catalog()); // issue 12; gated in mcp_gateway.rs by debug::listed
     if allow_exec {
         list.push(ToolDef {
             name: "coral_agent_exec",

@@ -2,7 +2,7 @@
 //! CLI-facing local control service (Unix socket).
 
 use super::Shared;
-use super::mesh::ColonyMesh;
+use super::colony_mesh::ColonyMesh;
 use super::registry::check_agent_id;
 use coral_agent::membership as ms;
 use coral_agent::telemetry::SampleRow;
@@ -82,6 +82,7 @@ enum Caller {
     Dev,
 }
 
+/// The agent-facing `Colony` service for one agent connection.
 #[derive(Clone)]
 struct AgentFacing {
     shared: Arc<Shared>,
@@ -583,8 +584,9 @@ impl Colony for AgentFacing {
     }
 }
 
+/// The `ColonyControl` service for one CLI connection on `colony.sock`.
 #[derive(Clone)]
-struct Control {
+struct CliFacing {
     shared: Arc<Shared>,
     /// The CLI's credentials (`SO_PEERCRED`): who asks for an exec.
     cred: Option<tokio::net::unix::UCred>,
@@ -592,7 +594,7 @@ struct Control {
 
 pub(crate) async fn serve_control(shared: Arc<Shared>, listener: UnixListener) {
     coral_proto::local::serve_local(listener, |stream| {
-        let control = Control {
+        let control = CliFacing {
             shared: shared.clone(),
             cred: stream.peer_cred().ok(),
         };
@@ -601,7 +603,7 @@ pub(crate) async fn serve_control(shared: Arc<Shared>, listener: UnixListener) {
     .await;
 }
 
-impl ColonyControl for Control {
+impl ColonyControl for CliFacing {
     async fn status(self, _: Context) -> ColonyStatus {
         let s = &self.shared;
         let now = coral_proto::now_ms();

@@ -1,4 +1,4 @@
-//! The agent loop: list the tools, send the question, run every tool call the
+//! The model loop of `coral ask` (a conversation with the LLM): list the tools, send the question, run every tool call the
 //! model asks for, feed the results back, until the model answers or the step
 //! limit is reached.
 
