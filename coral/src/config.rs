@@ -70,7 +70,7 @@ impl CoralConfig {
             a.validate().map_err(invalid)?;
         }
         if let Some(a) = &cfg.ask {
-            a.validate().map_err(invalid)?;
+            a.validate().map_err(|e| invalid(e.to_string()))?;
         }
         Ok(cfg)
     }

@@ -67,17 +67,42 @@ pub enum KeyRef {
     Stored,
 }
 
+/// An `api_key` value that is not a reference; it keeps only the start of
+/// what may be a pasted key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "api_key must be a reference, 'env:NAME' or 'stored' (got '{shown}'); a key itself does not go in the config: use 'coral ask config --api-key-stdin'"
+)]
+pub struct NotAKeyRef {
+    shown: String,
+}
+
+/// An `[ask]` table, or an edit of it, that is not valid; the message names
+/// the key and what it must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidAskConfig(pub String);
+
+impl From<String> for InvalidAskConfig {
+    fn from(msg: String) -> Self {
+        InvalidAskConfig(msg)
+    }
+}
+
+impl From<&str> for InvalidAskConfig {
+    fn from(msg: &str) -> Self {
+        InvalidAskConfig(msg.to_string())
+    }
+}
+
 impl KeyRef {
-    pub fn parse(s: &str) -> Result<KeyRef, String> {
+    pub fn parse(s: &str) -> Result<KeyRef, NotAKeyRef> {
         if s == "stored" {
             return Ok(KeyRef::Stored);
         }
         match s.strip_prefix("env:") {
             Some(name) if valid_env_name(name) => Ok(KeyRef::Env(name.to_string())),
-            _ => Err(format!(
-                "api_key must be a reference, 'env:NAME' or 'stored' (got '{}'); a key itself does not go in the config: use 'coral ask config --api-key-stdin'",
-                redact(s)
-            )),
+            _ => Err(NotAKeyRef { shown: redact(s) }),
         }
     }
 }
@@ -106,16 +131,16 @@ pub fn valid_env_name(n: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
-fn check_base_url(u: &str) -> Result<(), String> {
+fn check_base_url(u: &str) -> Result<(), InvalidAskConfig> {
     let url = reqwest::Url::parse(u).map_err(|e| format!("base_url '{u}' is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!("base_url '{u}' must be an http:// or https:// URL"));
+        return Err(format!("base_url '{u}' must be an http:// or https:// URL").into());
     }
     Ok(())
 }
 
 impl AskConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidAskConfig> {
         if let Some(m) = &self.model {
             parse_model(m).map_err(|e| format!("ask.model: {e}"))?;
         }
@@ -129,7 +154,8 @@ impl AskConfig {
             if Kind::parse(name).is_none() {
                 return Err(format!(
                     "ask.providers.{name}: unknown provider (known: anthropic, openai, ollama)"
-                ));
+                )
+                .into());
             }
             if let Some(k) = &p.api_key {
                 KeyRef::parse(k).map_err(|e| format!("ask.providers.{name}.{e}"))?;
@@ -143,13 +169,11 @@ impl AskConfig {
                 format!("ask.prices.\"{model}\": the key must be provider:model-id")
             })?;
             if Kind::parse(kind).is_none() {
-                return Err(format!("ask.prices.\"{model}\": unknown provider '{kind}'"));
+                return Err(format!("ask.prices.\"{model}\": unknown provider '{kind}'").into());
             }
             let all = [Some(p.input), Some(p.output), p.cache_read, p.cache_write];
             if all.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(format!(
-                    "ask.prices.\"{model}\": prices must be numbers >= 0"
-                ));
+                return Err(format!("ask.prices.\"{model}\": prices must be numbers >= 0").into());
             }
         }
         Ok(())
@@ -280,7 +304,7 @@ pub struct Edit {
 
 /// Applies `edit` to the `[ask]` table of `text` (keeping everything else,
 /// comments included) and returns the new text.
-pub fn apply_edit(text: &str, edit: &Edit) -> Result<String, String> {
+pub fn apply_edit(text: &str, edit: &Edit) -> Result<String, InvalidAskConfig> {
     use toml_edit::{DocumentMut, Item, Table, value};
     let mut doc: DocumentMut = text
         .parse()
@@ -358,7 +382,9 @@ mod tests {
 
     #[test]
     fn literal_keys_are_refused_without_echoing_the_key() {
-        let err = KeyRef::parse("sk-ant-api03-secretsecret").unwrap_err();
+        let err = KeyRef::parse("sk-ant-api03-secretsecret")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("'sk-a…'") && !err.contains("secret"), "{err}");
         assert!(KeyRef::parse("env:1BAD").is_err());
     }

@@ -61,8 +61,8 @@ pub async fn builtin_answer(question: &str) -> anyhow::Result<Answer> {
 /// Why a provider cannot be set up (all are usage errors).
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("{0}")]
-    Model(String),
+    #[error(transparent)]
+    Model(#[from] provider::ModelError),
     #[error(transparent)]
     Key(#[from] config::KeyError),
 }

@@ -335,7 +335,7 @@ fn edit_from_flags(c: &ConfigArgs, cfg: &AskConfig) -> anyhow::Result<(Edit, Opt
         (Some(m), _) => Some(m.clone()),
     };
     let model_kind = match &model {
-        Some(m) => Some(parse_model(m).map_err(Usage)?.0),
+        Some(m) => Some(parse_model(m).map_err(|e| Usage(e.to_string()))?.0),
         None => None,
     };
     let current = cfg

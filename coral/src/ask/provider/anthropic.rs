@@ -1,7 +1,7 @@
 //! Anthropic Messages: `tool_use` blocks out, the results back as one user
 //! message of `tool_result` blocks (`tool_use_id`), in call order.
 
-use super::{Kind, Msg, ProviderError, Round, ToolCall, ToolSpec, Usage, for_each_event};
+use super::{BadReply, Kind, Msg, ProviderError, Round, ToolCall, ToolSpec, Usage, for_each_event};
 use serde_json::{Value, json};
 
 pub fn request(
@@ -76,13 +76,13 @@ fn read_usage(u: &Value, into: &mut Usage) {
 }
 
 /// A non-streamed `message`.
-pub fn parse_response(v: &Value) -> Result<Round, String> {
+pub fn parse_response(v: &Value) -> Result<Round, BadReply> {
     if v.get("type").and_then(Value::as_str) == Some("error") {
         let m = v
             .pointer("/error/message")
             .and_then(Value::as_str)
             .unwrap_or("unknown error");
-        return Err(format!("the response is an error: {m}"));
+        return Err(format!("the response is an error: {m}").into());
     }
     let content = v.get("content").and_then(Value::as_array).ok_or_else(|| {
         format!(
@@ -147,7 +147,7 @@ pub struct StreamState {
 
 impl StreamState {
     /// Takes one event's data; returns true at `message_stop`.
-    pub fn feed(&mut self, data: &str, on_text: &mut dyn FnMut(&str)) -> Result<bool, String> {
+    pub fn feed(&mut self, data: &str, on_text: &mut dyn FnMut(&str)) -> Result<bool, BadReply> {
         let v: Value = serde_json::from_str(data)
             .map_err(|e| format!("an event is not JSON ({e}): {}", super::one_line(data, 80)))?;
         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -231,14 +231,14 @@ impl StreamState {
                     .pointer("/error/type")
                     .and_then(Value::as_str)
                     .unwrap_or("error");
-                return Err(format!("the stream reported {t}: {m}"));
+                return Err(format!("the stream reported {t}: {m}").into());
             }
             _ => {} // ping, content_block_stop, and event types added later
         }
         Ok(false)
     }
 
-    pub fn finish(self) -> Result<Round, String> {
+    pub fn finish(self) -> Result<Round, BadReply> {
         if !self.started {
             return Err("the stream had no message_start".into());
         }
@@ -279,7 +279,7 @@ pub async fn read_stream(
     st.finish().map_err(|detail| ProviderError::Malformed {
         provider: kind,
         url: url.to_string(),
-        detail,
+        detail: detail.0,
     })
 }
 
@@ -376,7 +376,8 @@ mod tests {
                 r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
                 &mut |_| {},
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("overloaded_error: Overloaded"), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! `tools` in, `tool_calls` out, results as `role: tool` messages with the
 //! call's `tool_call_id`.
 
-use super::{Kind, Msg, ProviderError, Round, ToolCall, ToolSpec, Usage, for_each_event};
+use super::{BadReply, Kind, Msg, ProviderError, Round, ToolCall, ToolSpec, Usage, for_each_event};
 use serde_json::{Value, json};
 
 pub fn request(
@@ -79,7 +79,7 @@ fn usage(u: &Value) -> Usage {
 }
 
 /// A non-streamed `chat.completion`.
-pub fn parse_response(v: &Value) -> Result<Round, String> {
+pub fn parse_response(v: &Value) -> Result<Round, BadReply> {
     let choice = v.pointer("/choices/0").ok_or_else(|| {
         format!(
             "no choices in the response: {}",
@@ -141,7 +141,7 @@ pub struct StreamState {
 
 impl StreamState {
     /// Takes one `data:` payload; returns true at `[DONE]`.
-    pub fn feed(&mut self, data: &str, on_text: &mut dyn FnMut(&str)) -> Result<bool, String> {
+    pub fn feed(&mut self, data: &str, on_text: &mut dyn FnMut(&str)) -> Result<bool, BadReply> {
         if data.trim() == "[DONE]" {
             return Ok(true);
         }
@@ -152,7 +152,7 @@ impl StreamState {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
-            return Err(format!("the stream reported an error: {m}"));
+            return Err(format!("the stream reported an error: {m}").into());
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             self.usage = usage(u);
@@ -178,7 +178,7 @@ impl StreamState {
                     .and_then(Value::as_u64)
                     .unwrap_or(self.calls.len() as u64) as usize;
                 if idx > self.calls.len() + 64 {
-                    return Err(format!("a tool call index {idx} out of order"));
+                    return Err(format!("a tool call index {idx} out of order").into());
                 }
                 while self.calls.len() <= idx {
                     self.calls.push(PartialCall::default());
@@ -201,7 +201,7 @@ impl StreamState {
         Ok(false)
     }
 
-    pub fn finish(self) -> Result<Round, String> {
+    pub fn finish(self) -> Result<Round, BadReply> {
         let mut calls = Vec::new();
         for c in self.calls {
             if c.id.is_empty() || c.name.is_empty() {
@@ -229,7 +229,7 @@ pub async fn read_stream(
     st.finish().map_err(|detail| ProviderError::Malformed {
         provider: kind,
         url: url.to_string(),
-        detail,
+        detail: detail.0,
     })
 }
 
@@ -319,6 +319,7 @@ mod tests {
         assert!(
             st.feed("{not json", &mut |_| {})
                 .unwrap_err()
+                .to_string()
                 .contains("not JSON")
         );
     }
