@@ -1,7 +1,7 @@
 //! The shape of one trace: its span tree and its critical path (from the
 //! root that ends last, repeatedly the child that ends last). The
 //! `coral_trace` tool marks the path for the LLM; the CLI's `coral query
-//! trace` table stars it.
+//! trace` table stars it (tested there, `cli::render`).
 
 use coral_proto::SpanRecord;
 use std::collections::{HashMap, HashSet};
@@ -44,45 +44,4 @@ pub fn critical_path(roots: &[&SpanRecord], children: &Children<'_>) -> HashSet<
 pub fn critical_span_ids(spans: &[SpanRecord]) -> HashSet<String> {
     let (roots, children) = tree(spans);
     critical_path(&roots, &children)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn span(id: &str, parent: Option<&str>, start: i64, dur: i64) -> SpanRecord {
-        SpanRecord {
-            agent_id: "a".into(),
-            seq: 0,
-            trace_id: "t".into(),
-            span_id: id.into(),
-            parent_span_id: parent.map(str::to_string),
-            service: "svc".into(),
-            name: id.into(),
-            kind: "internal".into(),
-            start_us: start,
-            duration_us: dur,
-            status_code: "unset".into(),
-            status_message: String::new(),
-            attributes: "{}".into(),
-            events: "[]".into(),
-            resource: "{}".into(),
-            scope: String::new(),
-        }
-    }
-
-    #[test]
-    fn critical_path_follows_the_child_that_ends_last() {
-        // root 0..100; a 0..30; b 10..90 (ends last); b1 10..20; b2 50..88 (ends last under b).
-        let spans = vec![
-            span("root", None, 0, 100),
-            span("a", Some("root"), 0, 30),
-            span("b", Some("root"), 10, 80),
-            span("b1", Some("b"), 10, 10),
-            span("b2", Some("b"), 50, 38),
-        ];
-        let mut p: Vec<_> = critical_span_ids(&spans).into_iter().collect();
-        p.sort();
-        assert_eq!(p, ["b", "b2", "root"]);
-    }
 }

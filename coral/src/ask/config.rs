@@ -19,6 +19,7 @@
 //! A key is never written to `config.toml` and never printed.
 
 use super::provider::{Kind, parse_model};
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,24 +78,6 @@ pub struct NotAKeyRef {
     shown: String,
 }
 
-/// An `[ask]` table, or an edit of it, that is not valid; the message names
-/// the key and what it must be.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidAskConfig(pub String);
-
-impl From<String> for InvalidAskConfig {
-    fn from(msg: String) -> Self {
-        InvalidAskConfig(msg)
-    }
-}
-
-impl From<&str> for InvalidAskConfig {
-    fn from(msg: &str) -> Self {
-        InvalidAskConfig(msg.to_string())
-    }
-}
-
 impl KeyRef {
     pub fn parse(s: &str) -> Result<KeyRef, NotAKeyRef> {
         if s == "stored" {
@@ -131,49 +114,49 @@ pub fn valid_env_name(n: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
-fn check_base_url(u: &str) -> Result<(), InvalidAskConfig> {
-    let url = reqwest::Url::parse(u).map_err(|e| format!("base_url '{u}' is not a URL: {e}"))?;
+fn check_base_url(u: &str) -> anyhow::Result<()> {
+    let url =
+        reqwest::Url::parse(u).map_err(|e| anyhow::anyhow!("base_url '{u}' is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!("base_url '{u}' must be an http:// or https:// URL").into());
+        anyhow::bail!("base_url '{u}' must be an http:// or https:// URL");
     }
     Ok(())
 }
 
 impl AskConfig {
-    pub fn validate(&self) -> Result<(), InvalidAskConfig> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         if let Some(m) = &self.model {
-            parse_model(m).map_err(|e| format!("ask.model: {e}"))?;
+            parse_model(m).map_err(|e| anyhow::anyhow!("ask.model: {e}"))?;
         }
         if self.max_steps == Some(0) || self.max_steps.is_some_and(|s| s > 100) {
-            return Err("ask.max_steps must be between 1 and 100".into());
+            anyhow::bail!("ask.max_steps must be between 1 and 100");
         }
         if self.max_tokens == Some(0) {
-            return Err("ask.max_tokens must be at least 1".into());
+            anyhow::bail!("ask.max_tokens must be at least 1");
         }
         for (name, p) in &self.providers {
             if Kind::parse(name).is_none() {
-                return Err(format!(
+                anyhow::bail!(
                     "ask.providers.{name}: unknown provider (known: anthropic, openai, ollama)"
-                )
-                .into());
+                );
             }
             if let Some(k) = &p.api_key {
-                KeyRef::parse(k).map_err(|e| format!("ask.providers.{name}.{e}"))?;
+                KeyRef::parse(k).map_err(|e| anyhow::anyhow!("ask.providers.{name}.{e}"))?;
             }
             if let Some(u) = &p.base_url {
-                check_base_url(u).map_err(|e| format!("ask.providers.{name}.{e}"))?;
+                check_base_url(u).map_err(|e| anyhow::anyhow!("ask.providers.{name}.{e}"))?;
             }
         }
         for (model, p) in &self.prices {
-            let (kind, _) = model.split_once(':').ok_or_else(|| {
+            let (kind, _) = model.split_once(':').with_context(|| {
                 format!("ask.prices.\"{model}\": the key must be provider:model-id")
             })?;
             if Kind::parse(kind).is_none() {
-                return Err(format!("ask.prices.\"{model}\": unknown provider '{kind}'").into());
+                anyhow::bail!("ask.prices.\"{model}\": unknown provider '{kind}'");
             }
             let all = [Some(p.input), Some(p.output), p.cache_read, p.cache_write];
             if all.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(format!("ask.prices.\"{model}\": prices must be numbers >= 0").into());
+                anyhow::bail!("ask.prices.\"{model}\": prices must be numbers >= 0");
             }
         }
         Ok(())
@@ -304,21 +287,23 @@ pub struct Edit {
 
 /// Applies `edit` to the `[ask]` table of `text` (keeping everything else,
 /// comments included) and returns the new text.
-pub fn apply_edit(text: &str, edit: &Edit) -> Result<String, InvalidAskConfig> {
+pub fn apply_edit(text: &str, edit: &Edit) -> anyhow::Result<String> {
     use toml_edit::{DocumentMut, Item, Table, value};
-    let mut doc: DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| e.to_string().trim().replace('\n', " "))?;
+    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        anyhow::anyhow!("{}", e.to_string().trim().replace('\n', " "))
+    })?;
     let ask = doc
         .entry("ask")
         .or_insert_with(|| Item::Table(Table::new()))
         .as_table_mut()
-        .ok_or("'ask' in the config is not a table")?;
+        .context("'ask' in the config is not a table")?;
     if let Some(m) = &edit.model {
         ask["model"] = value(m.as_str());
     }
     if edit.api_key.is_some() || edit.base_url.is_some() {
-        let kind = edit.provider.ok_or("a key or base URL needs a provider")?;
+        let kind = edit
+            .provider
+            .context("a key or base URL needs a provider")?;
         let providers = ask
             .entry("providers")
             .or_insert_with(|| {
@@ -327,12 +312,12 @@ pub fn apply_edit(text: &str, edit: &Edit) -> Result<String, InvalidAskConfig> {
                 Item::Table(t)
             })
             .as_table_mut()
-            .ok_or("'ask.providers' in the config is not a table")?;
+            .context("'ask.providers' in the config is not a table")?;
         let p = providers
             .entry(kind.name())
             .or_insert_with(|| Item::Table(Table::new()))
             .as_table_mut()
-            .ok_or_else(|| format!("'ask.providers.{kind}' in the config is not a table"))?;
+            .with_context(|| format!("'ask.providers.{kind}' in the config is not a table"))?;
         if let Some(k) = &edit.api_key {
             p["api_key"] = value(k.to_string());
         }

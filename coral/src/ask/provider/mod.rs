@@ -114,24 +114,6 @@ pub fn parse_model(s: &str) -> Result<(Kind, String), ModelError> {
     Ok((kind, m.to_string()))
 }
 
-/// What is wrong with a provider's reply or event stream (the detail of
-/// [`ProviderError::Malformed`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BadReply(pub String);
-
-impl From<String> for BadReply {
-    fn from(detail: String) -> Self {
-        BadReply(detail)
-    }
-}
-
-impl From<&str> for BadReply {
-    fn from(detail: &str) -> Self {
-        BadReply(detail.to_string())
-    }
-}
-
 /// One tool call the model asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
@@ -401,11 +383,11 @@ impl Provider {
         }
     }
 
-    fn malformed(&self, url: &str, detail: BadReply) -> ProviderError {
+    fn malformed(&self, url: &str, detail: anyhow::Error) -> ProviderError {
         ProviderError::Malformed {
             provider: self.kind,
             url: url.to_string(),
-            detail: detail.0,
+            detail: detail.to_string(),
         }
     }
 
@@ -634,7 +616,7 @@ async fn for_each_event(
     kind: Kind,
     url: &str,
     resp: reqwest::Response,
-    mut f: impl FnMut(Option<&str>, &str) -> Result<bool, BadReply>,
+    mut f: impl FnMut(Option<&str>, &str) -> anyhow::Result<bool>,
 ) -> Result<(), ProviderError> {
     use futures::StreamExt as _;
     let malformed = |detail: String| ProviderError::Malformed {
@@ -661,7 +643,7 @@ async fn for_each_event(
         let Some(data) = ev.data.as_deref() else {
             continue;
         };
-        if f(ev.event.as_deref(), data).map_err(|e| malformed(e.0))? {
+        if f(ev.event.as_deref(), data).map_err(|e| malformed(e.to_string()))? {
             return Ok(());
         }
     }
