@@ -18,7 +18,7 @@ use crate::config::McpConfig;
 
 #[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
-pub struct DebugAttachArgs {
+pub struct AttachArgs {
     /// The service whose process to probe.
     pub service: String,
     /// Function names: full (`main.handleCheckout`) or the last element.
@@ -33,7 +33,7 @@ pub struct DebugAttachArgs {
 
 #[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
-pub struct DebugLogsArgs {
+pub struct LogsArgs {
     pub service: String,
     /// One session (default: all of the service's).
     pub session: Option<String>,
@@ -72,7 +72,7 @@ pub struct ProbeArgs {
 
 #[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
-pub struct DebugTraceArgs {
+pub struct TraceArgs {
     pub service: String,
     /// The request path; a trailing `*` matches a prefix.
     pub path: String,
@@ -208,14 +208,14 @@ pub fn catalog() -> Vec<ToolDef> {
             name: "coral_debug_attach",
             title: "Attach live probes",
             description: "Attaches eBPF uprobes to functions of a service's running process for a bounded time (default 60s): every call's duration, goroutine/thread and, with capture_args, argument and result values. The probes are removed at the end of the duration or on detach.",
-            schema: schema::<DebugAttachArgs>(),
+            schema: schema::<AttachArgs>(),
             read_only: false,
         },
         ToolDef {
             name: "coral_debug_logs",
             title: "Calls seen by live probes",
             description: "The calls the probes of a service's debug sessions saw, oldest first: function, start time, duration, arguments and results; and the sessions (hits, state, time left).",
-            schema: schema::<DebugLogsArgs>(),
+            schema: schema::<LogsArgs>(),
             read_only: true,
         },
         ToolDef {
@@ -229,7 +229,7 @@ pub fn catalog() -> Vec<ToolDef> {
             name: "coral_debug_trace",
             title: "Requests on a path with their call trees",
             description: "Follows the requests on one path of a service for a few seconds (default 5, at most 30): each request (method, target, status, duration, from the eBPF HTTP capture) and, for a Go net/http server, the probed functions' calls on the goroutine that served it, as a call tree.",
-            schema: schema::<DebugTraceArgs>(),
+            schema: schema::<TraceArgs>(),
             read_only: false,
         },
         ToolDef {
@@ -347,7 +347,7 @@ async fn probe(
 /// A bounded `coral debug trace`: start, follow, stop, read.
 async fn trace(
     shared: &Shared,
-    a: DebugTraceArgs,
+    a: TraceArgs,
     caller: &coral_proto::ExecCaller,
 ) -> Result<Value, ToolError> {
     let seconds = a.seconds.unwrap_or(5);
@@ -449,7 +449,7 @@ pub(crate) async fn call(
             }
             Err(e) => Err(e),
         },
-        "coral_debug_attach" => match parse::<DebugAttachArgs>(args) {
+        "coral_debug_attach" => match parse::<AttachArgs>(args) {
             Ok(a) => {
                 let ttl = match a.duration.as_deref().map(humantime::parse_duration) {
                     None => Ok(Duration::ZERO),
@@ -472,7 +472,7 @@ pub(crate) async fn call(
             }
             Err(e) => Err(e),
         },
-        "coral_debug_logs" => match parse::<DebugLogsArgs>(args) {
+        "coral_debug_logs" => match parse::<LogsArgs>(args) {
             Ok(a) => {
                 let op = DebugOp::Logs(DebugLogsRequest {
                     session: a.session,
@@ -487,7 +487,7 @@ pub(crate) async fn call(
             Ok(a) => probe(shared, a, caller).await,
             Err(e) => Err(e),
         },
-        "coral_debug_trace" => match parse::<DebugTraceArgs>(args) {
+        "coral_debug_trace" => match parse::<TraceArgs>(args) {
             Ok(a) => trace(shared, a, caller).await,
             Err(e) => Err(e),
         },
