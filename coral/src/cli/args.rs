@@ -17,7 +17,7 @@ Quick start (one machine):
   coral colony status")]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(super) command: Command,
 }
 
 #[derive(Subcommand)]
@@ -252,16 +252,16 @@ key from their join token; the registry is trusted only to be available.")]
 pub struct ColonyStart {
     /// Detach, write a pid file and a log file; return once the colony serves.
     #[arg(short, long)]
-    pub daemon: bool,
+    pub(super) daemon: bool,
     /// Port agents connect to (default 9000; 0 picks a free one).
     #[arg(long)]
-    pub port: Option<u16>,
+    pub(super) port: Option<u16>,
     /// The colony's id (fixed on first start; generated when omitted).
     #[arg(long)]
-    pub colony_id: Option<String>,
+    pub(super) colony_id: Option<String>,
     /// Config file (default $XDG_CONFIG_HOME/coral/config.toml).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     /// Confinement: enforce (landlock + seccomp, the default), log (log
     /// syscall violations instead of killing; no landlock) or off. For debugging.
     #[arg(
@@ -270,7 +270,7 @@ pub struct ColonyStart {
         default_value = "enforce",
         value_name = "MODE"
     )]
-    pub sandbox: String,
+    pub(super) sandbox: String,
 }
 
 #[derive(Subcommand)]
@@ -307,22 +307,22 @@ colony is not reachable the agent keeps retrying and says so in
 pub struct AgentStart {
     /// Config file (default $XDG_CONFIG_HOME/coral/config.toml).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     /// Join only the colony with this id.
     #[arg(long)]
-    pub colony_id: Option<String>,
+    pub(super) colony_id: Option<String>,
     /// Colony address host:port, plain TCP (development: a colony with the mesh off).
     #[arg(long)]
-    pub colony: Option<String>,
+    pub(super) colony: Option<String>,
     /// Join a colony with a token from 'coral colony token create'.
     #[arg(long, value_name = "TOKEN")]
-    pub join: Option<String>,
+    pub(super) join: Option<String>,
     /// A discovery registry host:port to find the colony if it moved.
     #[arg(long)]
-    pub discovery: Option<String>,
+    pub(super) discovery: Option<String>,
     /// Detach, write a pid file and a log file; return once the agent serves.
     #[arg(short, long)]
-    pub daemon: bool,
+    pub(super) daemon: bool,
     /// Confinement: enforce (landlock + seccomp, the default), log (log
     /// syscall violations instead of killing; no landlock) or off. For debugging.
     #[arg(
@@ -331,40 +331,40 @@ pub struct AgentStart {
         default_value = "enforce",
         value_name = "MODE"
     )]
-    pub sandbox: String,
+    pub(super) sandbox: String,
 }
 
 #[derive(Args)]
 pub struct ConnectArgs {
     /// Services as name:port[:health][:type], or one NAME with --port.
     #[arg(required = true, value_name = "SPEC")]
-    pub specs: Vec<String>,
+    pub(super) specs: Vec<String>,
     /// Port of the single service NAME.
     #[arg(long)]
-    pub port: Option<u32>,
+    pub(super) port: Option<u32>,
     /// Health path of the single service NAME (HTTP GET).
     #[arg(long, requires = "port")]
-    pub health: Option<String>,
+    pub(super) health: Option<String>,
     /// Type of the single service NAME: http, grpc or tcp.
     #[arg(long = "type", requires = "port", value_parser = ["http", "grpc", "tcp"])]
-    pub kind: Option<String>,
+    pub(super) kind: Option<String>,
 }
 
 #[derive(Args)]
 pub struct ExecArgs {
     /// The service whose host runs the command.
-    pub service: String,
+    pub(super) service: String,
     /// The command line, e.g. "ss -tnp" (split like a shell would, never run by one).
-    pub command: String,
+    pub(super) command: String,
     /// Stop the command after this long (at most the rule's timeout), e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
-    pub timeout: Option<Duration>,
+    pub(super) timeout: Option<Duration>,
     /// The agent (name or id), when several agents host the service.
     #[arg(long)]
-    pub agent: Option<String>,
+    pub(super) agent: Option<String>,
     /// Print one JSON document (output included) instead of streaming.
     #[arg(long)]
-    pub json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -529,26 +529,26 @@ pub enum ConfigCmd {
 #[command(args_conflicts_with_subcommands = true)]
 pub struct AskArgs {
     #[command(subcommand)]
-    pub cmd: Option<AskCmd>,
+    pub(super) cmd: Option<AskCmd>,
     /// The question, e.g. "What's wrong with the API?".
     #[arg(value_name = "QUESTION")]
-    pub question: Vec<String>,
+    pub(super) question: Vec<String>,
     /// provider:model-id, e.g. anthropic:claude-sonnet-4-5, openai:gpt-4.1,
     /// ollama:qwen3:8b (default: ask.model from 'coral ask config').
     #[arg(long)]
-    pub model: Option<String>,
+    pub(super) model: Option<String>,
     /// Most model rounds before giving up (default 8, or ask.max_steps).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub max_steps: Option<u32>,
+    pub(super) max_steps: Option<u32>,
     /// Print {answer, evidence, usage} as JSON once done, instead of streaming.
     #[arg(long)]
-    pub json: bool,
+    pub(super) json: bool,
     /// Wait for each whole response instead of streaming it (SSE).
     #[arg(long)]
-    pub no_stream: bool,
+    pub(super) no_stream: bool,
     /// Test/dev aid: serve tools from a JSON file instead of the colony.
     #[arg(long, hide = true, env = "CORAL_ASK_TOOLS_FILE", value_name = "FILE")]
-    pub tools_file: Option<PathBuf>,
+    pub(super) tools_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -593,25 +593,25 @@ config.toml:
 pub struct ConfigArgs {
     /// anthropic, openai or ollama (the provider the key and base URL are for).
     #[arg(long, value_parser = ["anthropic", "openai", "ollama"])]
-    pub provider: Option<String>,
+    pub(super) provider: Option<String>,
     /// The default model: provider:model-id, or model-id with --provider.
     #[arg(long)]
-    pub model: Option<String>,
+    pub(super) model: Option<String>,
     /// Read the key from this environment variable at each ask (stores env:NAME).
     #[arg(long, value_name = "NAME", conflicts_with = "api_key_stdin")]
-    pub api_key_env: Option<String>,
+    pub(super) api_key_env: Option<String>,
     /// Read the key from stdin and store it in a 0600 file.
     #[arg(long)]
-    pub api_key_stdin: bool,
+    pub(super) api_key_stdin: bool,
     /// The provider's API base URL (OpenAI/Ollama: ending in /v1).
     #[arg(long, value_name = "URL")]
-    pub base_url: Option<String>,
+    pub(super) base_url: Option<String>,
     /// Show the settings (key references only, never keys).
     #[arg(long, conflicts_with_all = ["provider", "model", "api_key_env", "api_key_stdin", "base_url"])]
-    pub show: bool,
+    pub(super) show: bool,
     /// With --show: print JSON.
     #[arg(long, requires = "show")]
-    pub json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -701,32 +701,32 @@ host's [[debug]] policy must allow them. Ctrl-C ends the trace early.")]
 
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    pub service: String,
+    pub(super) service: String,
     /// A function: its full name or its last element (repeat for several).
     #[arg(long = "function", short = 'f', required = true)]
-    pub functions: Vec<String>,
+    pub(super) functions: Vec<String>,
     /// How long the probes stay (at most 10m).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    pub(super) duration: Duration,
     /// Capture argument and result values (they can hold secrets).
     #[arg(long)]
-    pub args: bool,
+    pub(super) args: bool,
     /// Capture each call's stack at its entry (up to 32 frames; needs frame
     /// pointers, which Go always has).
     #[arg(long)]
-    pub stack: bool,
+    pub(super) stack: bool,
     #[arg(long)]
-    pub json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Args)]
 pub struct DoctorArgs {
     /// Print JSON (a stable schema) instead of one line per check.
     #[arg(long)]
-    pub json: bool,
+    pub(super) json: bool,
     /// Config file (default $XDG_CONFIG_HOME/coral/config.toml).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
