@@ -1,8 +1,8 @@
 //! Issue 2: the colony's agent-facing RPC, in process (`Colony::run` on
 //! 127.0.0.1:0 with a temp state dir), driven by a real tarpc client.
 
-use coral::colony::{Colony, ColonyConfig, registry::Registry};
 use coral_agent::telemetry::{SampleRow, Telemetry};
+use coral_colony::{Colony, ColonyConfig, registry::Registry};
 use coral_proto::rpc::ColonyClient;
 use coral_proto::{ColonyError, HealthSample, Heartbeat, Registration, ServiceHealth, ServiceSpec};
 use std::time::Duration;
@@ -74,7 +74,7 @@ async fn samples_are_stored_exactly_once_even_after_a_crash_between_commits() {
         colony_id: Some("c1".into()),
         listen: "127.0.0.1:0".into(),
         state_dir: Some(state.clone()),
-        mesh: coral::colony::config::MeshConfig {
+        mesh: coral_colony::config::MeshConfig {
             enabled: false,
             ..Default::default()
         },

@@ -3,8 +3,8 @@
 //! Loaded here and nowhere else.
 
 use crate::ask::config::AskConfig;
-use crate::colony::ColonyConfig;
 use coral_agent::AgentConfig;
+use coral_colony::ColonyConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ pub struct CoralConfig {
 
 /// `$XDG_CONFIG_HOME/coral/config.toml` (or `~/.config/coral/config.toml`).
 pub fn default_path() -> Option<PathBuf> {
-    dirs::config_dir().map(|d| d.join("coral").join("config.toml"))
+    crate::ask::config::config_dir().map(|d| d.join("config.toml"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +64,13 @@ impl CoralConfig {
             message,
         };
         if let Some(c) = &cfg.colony {
-            c.validate().map_err(invalid)?;
+            c.validate().map_err(|e| invalid(e.to_string()))?;
         }
         if let Some(a) = &cfg.agent {
             a.validate().map_err(invalid)?;
         }
         if let Some(a) = &cfg.ask {
-            a.validate().map_err(invalid)?;
+            a.validate().map_err(|e| invalid(e.to_string()))?;
         }
         Ok(cfg)
     }
@@ -102,6 +102,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ask::config::{Edit, KeyRef, apply_edit};
+    use crate::ask::provider::Kind;
 
     #[test]
     fn unknown_keys_are_errors_with_a_location() {
@@ -138,5 +140,66 @@ mod tests {
         .unwrap();
         assert_eq!(ok.colony.unwrap().listen, "0.0.0.0:9100");
         assert_eq!(ok.agent.unwrap().name.as_deref(), Some("web-1"));
+    }
+
+    #[test]
+    fn ask_edits_keep_other_tables_and_comments() {
+        let before = "# mine\n[colony]\nlisten = \"127.0.0.1:9000\" # keep\n";
+        let after = apply_edit(
+            before,
+            &Edit {
+                model: Some("anthropic:claude-sonnet-4-5".into()),
+                provider: Some(Kind::Anthropic),
+                api_key: Some(KeyRef::Env("MY_KEY".into())),
+                base_url: Some("http://127.0.0.1:8080".into()),
+            },
+        )
+        .unwrap();
+        assert!(after.starts_with(before), "{after}");
+        let cfg = CoralConfig::parse(Path::new("c.toml"), &after).unwrap();
+        let ask = cfg.ask.unwrap();
+        assert_eq!(ask.model.as_deref(), Some("anthropic:claude-sonnet-4-5"));
+        assert_eq!(
+            ask.key_ref(Kind::Anthropic),
+            Some(KeyRef::Env("MY_KEY".into()))
+        );
+        assert_eq!(
+            ask.key_ref(Kind::OpenAi),
+            Some(KeyRef::Env("OPENAI_API_KEY".into()))
+        );
+        assert_eq!(ask.key_ref(Kind::Ollama), None);
+        // A second edit changes only what it names.
+        let again = apply_edit(
+            &after,
+            &Edit {
+                provider: Some(Kind::Anthropic),
+                api_key: Some(KeyRef::Stored),
+                ..Edit::default()
+            },
+        )
+        .unwrap();
+        let ask = CoralConfig::parse(Path::new("c.toml"), &again)
+            .unwrap()
+            .ask
+            .unwrap();
+        assert_eq!(ask.key_ref(Kind::Anthropic), Some(KeyRef::Stored));
+        assert_eq!(
+            ask.provider(Kind::Anthropic).base_url.as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+    }
+
+    #[test]
+    fn bad_ask_tables_are_refused() {
+        let bad = |t: &str| {
+            CoralConfig::parse(Path::new("c.toml"), t)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("[ask]\nmodel = \"gpt-4\"\n").contains("provider:model-id"));
+        assert!(bad("[ask.providers.gemini]\n").contains("unknown provider"));
+        assert!(bad("[ask.providers.openai]\nbase_url = \"ftp://x\"\n").contains("http://"));
+        assert!(bad("[ask.prices.\"openai:x\"]\ninput = -1\noutput = 1\n").contains(">= 0"));
+        assert!(bad("[ask]\nmodle = \"x\"\n").contains("unknown field `modle`"));
     }
 }

@@ -23,12 +23,13 @@ use tokio::net::TcpListener;
 const MAX_COLONIES: usize = 10_000;
 const MAX_FRAME: usize = 16 * 1024;
 
+/// The signed endpoint records, by colony id, with the issue time of each.
 #[derive(Clone, Default)]
-pub struct Registry {
+pub struct EndpointRecords {
     records: Arc<Mutex<HashMap<String, (SignedEndpoints, i64)>>>,
 }
 
-impl Registry {
+impl EndpointRecords {
     pub fn publish(&self, rec: SignedEndpoints) -> Result<(), DiscoveryError> {
         if rec.record.len() > 4096 {
             return Err(DiscoveryError::Invalid("record too large".into()));
@@ -67,25 +68,26 @@ impl Registry {
     }
 }
 
+/// The tarpc `Discovery` service over the records.
 #[derive(Clone)]
-struct Server {
-    registry: Registry,
+struct DiscoveryService {
+    records: EndpointRecords,
 }
 
-impl Discovery for Server {
+impl Discovery for DiscoveryService {
     async fn publish(self, _: Context, rec: SignedEndpoints) -> Result<(), DiscoveryError> {
-        self.registry.publish(rec)
+        self.records.publish(rec)
     }
 
     async fn lookup(self, _: Context, colony_id: String) -> Option<SignedEndpoints> {
-        self.registry.lookup(&colony_id)
+        self.records.lookup(&colony_id)
     }
 }
 
 /// Serves the registry on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let server = Server {
-        registry: Registry::default(),
+    let server = DiscoveryService {
+        records: EndpointRecords::default(),
     };
     let accept = async {
         loop {
@@ -136,7 +138,7 @@ mod tests {
 
     #[test]
     fn pins_the_first_key_and_refuses_forgeries_and_stale_records() {
-        let r = Registry::default();
+        let r = EndpointRecords::default();
         let k = ms::signing_key(&[1; 32]);
         r.publish(rec(&k, 10)).unwrap();
         let other = ms::signing_key(&[2; 32]);

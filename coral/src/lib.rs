@@ -1,10 +1,10 @@
-//! The `coral` CLI and the colony daemon.
+//! The `coral` binary's library: the CLI, `coral ask` and its analyzer, and
+//! the MCP client. The colony daemon is the `coral-colony` crate.
 
 pub mod analyze;
-pub mod analyze_probe;
 pub mod ask;
 pub mod cli;
-pub mod colony;
 pub mod config;
 pub mod discovery;
 pub mod mcp;
+pub mod tools;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 /// The colony's MCP socket for this user: beside its control socket.
 pub fn socket_path() -> anyhow::Result<PathBuf> {
-    Ok(crate::colony::mcp::socket_beside(
+    Ok(coral_proto::local::mcp_socket_beside(
         &coral_proto::local::colony_socket()?,
     ))
 }
@@ -39,7 +39,7 @@ impl McpTools {
     /// Connects to the MCP socket at `path`.
     pub async fn connect_at(path: &std::path::Path) -> anyhow::Result<McpTools> {
         let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
-            crate::cli::Unavailable(format!(
+            coral_proto::exit::Unavailable(format!(
                 "cannot reach the colony's MCP gateway at {}: {e} (is 'coral colony start' running?)",
                 path.display()
             ))
@@ -101,12 +101,12 @@ impl McpTools {
     }
 }
 
-impl crate::ask::Tools for McpTools {
-    async fn list(&self) -> anyhow::Result<Vec<crate::ask::ToolSpec>> {
+impl crate::tools::Tools for McpTools {
+    async fn list(&self) -> anyhow::Result<Vec<crate::tools::ToolSpec>> {
         Ok(McpTools::list(self)
             .await?
             .into_iter()
-            .map(|t| crate::ask::ToolSpec {
+            .map(|t| crate::tools::ToolSpec {
                 name: t.name,
                 description: t.description,
                 input_schema: t.input_schema,

@@ -6,6 +6,7 @@
 //! they carry, and the framing used on the local Unix sockets ([`local`]).
 
 pub mod debug;
+pub mod exit;
 pub mod forward;
 pub mod local;
 pub mod read;

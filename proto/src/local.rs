@@ -78,6 +78,12 @@ pub fn agent_socket() -> io::Result<PathBuf> {
     Ok(runtime_dir()?.join("agent.sock"))
 }
 
+/// The colony's MCP socket that belongs with its control socket `control`
+/// (the colony serves it, `coral ask` and `coral mcp` connect to it).
+pub fn mcp_socket_beside(control: &Path) -> PathBuf {
+    control.with_file_name("colony-mcp.sock")
+}
+
 /// A JSON, length-delimited transport over a stream.
 pub type JsonTransport<S, Req, Resp> = Transport<S, Req, Resp, Json<Req, Resp>>;
 

@@ -41,7 +41,7 @@ impl Node {
             .env("XDG_CONFIG_HOME", self.dir.join("config"))
             .env(
                 "CORAL_LOG",
-                "info,coral_agent::link=debug,coral::colony=debug",
+                "info,coral_agent::link=debug,coral_colony=debug",
             )
             .stdin(Stdio::null());
         c

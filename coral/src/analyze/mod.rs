@@ -15,9 +15,9 @@
 //! offline, rows in flight) the answer says so instead of "no problem".
 
 mod explain;
-mod tools;
+mod probe;
 
-pub use tools::{Recorded, Recorder, Replay, Tools};
+pub use crate::tools::{Recorded, Recorder, Replay, Tools};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -587,7 +587,7 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
         None
     };
     // Live probes when the data points into the service's own code (issue 12).
-    crate::analyze_probe::escalate(tools, &mut s.evidence, &mut root, &mut where_time).await;
+    probe::escalate(tools, &mut s.evidence, &mut root, &mut where_time).await;
 
     // 5. The answer, led by the service the question names, if any.
     let mut answer = String::new();

@@ -1,20 +1,18 @@
 //! `coral ask`: the user's own LLM answers a question with the colony's tools.
 //!
-//! The loop (`agent`) runs on the workstation. It talks to one provider
+//! The loop (`conversation`) runs on the workstation. It talks to one provider
 //! (`provider`: OpenAI, Anthropic, Ollama) and runs the model's tool calls
-//! through a [`Tools`] source (the colony's MCP gateway; `tools_file` for
-//! tests). Usage is recorded per round (`cost`). With no provider configured,
+//! through a [`Tools`] source (the colony's MCP gateway; `crate::tools::file`
+//! for tests). Usage is recorded per round (`cost`). With no provider configured,
 //! [`builtin_answer`] answers instead.
 
-pub mod agent;
 pub mod config;
+pub mod conversation;
 pub mod cost;
 pub mod provider;
-pub mod tools;
-pub mod tools_file;
 
-pub use agent::{Answer, AskError};
-pub use tools::{ToolSpec, Tools};
+pub use crate::tools::{ToolSpec, Tools};
+pub use conversation::{Answer, AskError};
 
 use config::{AskConfig, KeyRef};
 use provider::{ProviderSettings, parse_model};
@@ -36,7 +34,7 @@ pub async fn builtin_answer(question: &str) -> anyhow::Result<Answer> {
             .into_iter()
             .map(|e| {
                 let error = e.summary.strip_prefix("error: ").map(str::to_string);
-                agent::Evidence {
+                conversation::Evidence {
                     id: e.id,
                     tool: e.tool,
                     args: e.args,
@@ -49,7 +47,7 @@ pub async fn builtin_answer(question: &str) -> anyhow::Result<Answer> {
                 }
             })
             .collect(),
-        usage: agent::AnswerUsage {
+        usage: conversation::AnswerUsage {
             provider: "builtin".into(),
             model: "analyzer".into(),
             rounds,
@@ -63,8 +61,8 @@ pub async fn builtin_answer(question: &str) -> anyhow::Result<Answer> {
 /// Why a provider cannot be set up (all are usage errors).
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("{0}")]
-    Model(String),
+    #[error(transparent)]
+    Model(#[from] provider::ModelError),
     #[error(transparent)]
     Key(#[from] config::KeyError),
 }

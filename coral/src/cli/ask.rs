@@ -1,108 +1,22 @@
 //! `coral ask`, `coral ask config`, `coral ask cost`.
 
-use super::{Unavailable, Usage, client, out, render};
+use super::args::{AskArgs, AskCmd, ConfigArgs};
+use super::client::client;
+use super::output::out;
+use super::render;
 use crate::ask::Tools;
-use crate::ask::agent::{self, Answer, AskError, Event, Options};
 use crate::ask::config::{self as askcfg, AskConfig, Edit, KeyRef};
+use crate::ask::conversation::{self, Answer, AskError, Event, Options};
 use crate::ask::cost::{CostReport, Prices, UsageDb};
 use crate::ask::provider::{Kind, Provider, parse_model, printable};
-use crate::ask::tools_file::FileTools;
 use crate::config::CoralConfig;
 use crate::mcp::McpTools;
+use crate::tools::FileTools;
 use anyhow::{Context as _, anyhow};
-use clap::{Args, Subcommand};
+use coral_proto::exit::{Unavailable, Usage};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
-
-#[derive(Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct AskArgs {
-    #[command(subcommand)]
-    cmd: Option<AskCmd>,
-    /// The question, e.g. "What's wrong with the API?".
-    #[arg(value_name = "QUESTION")]
-    question: Vec<String>,
-    /// provider:model-id, e.g. anthropic:claude-sonnet-4-5, openai:gpt-4.1,
-    /// ollama:qwen3:8b (default: ask.model from 'coral ask config').
-    #[arg(long)]
-    model: Option<String>,
-    /// Most model rounds before giving up (default 8, or ask.max_steps).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
-    max_steps: Option<u32>,
-    /// Print {answer, evidence, usage} as JSON once done, instead of streaming.
-    #[arg(long)]
-    json: bool,
-    /// Wait for each whole response instead of streaming it (SSE).
-    #[arg(long)]
-    no_stream: bool,
-    /// Test/dev aid: serve tools from a JSON file instead of the colony.
-    #[arg(long, hide = true, env = "CORAL_ASK_TOOLS_FILE", value_name = "FILE")]
-    tools_file: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum AskCmd {
-    /// Choose the provider, model and API key (interactive on a terminal).
-    #[command(after_help = "\
-Examples:
-  coral ask config                                   # prompts, on a terminal
-  coral ask config --model anthropic:claude-sonnet-4-5 --api-key-env ANTHROPIC_API_KEY
-  coral ask config --provider openai --model gpt-4.1 --api-key-env OPENAI_API_KEY
-  pass show openai | coral ask config --provider openai --api-key-stdin
-  coral ask config --model ollama:qwen3:8b --base-url http://gpu-box:11434/v1
-  coral ask config --show
-
-Settings go to the [ask] table of $XDG_CONFIG_HOME/coral/config.toml. The
-config holds only a reference to the key: env:NAME (read from the environment
-at each ask) or 'stored' ($XDG_CONFIG_HOME/coral/keys/<provider>.key, mode
-0600). Keys are never printed.")]
-    Config(ConfigArgs),
-    /// Tokens and estimated cost per day and model.
-    #[command(after_help = "\
-Examples:
-  coral ask cost
-  coral ask cost --since 30d --json
-
-Costs are estimates from list prices per million tokens; override a price in
-config.toml:
-  [ask.prices.\"openai:gpt-4.1\"]
-  input = 2.0
-  output = 8.0")]
-    Cost {
-        /// How far back, e.g. 24h, 7d, 30d.
-        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-        since: Duration,
-        /// Print JSON (a stable schema) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Args)]
-struct ConfigArgs {
-    /// anthropic, openai or ollama (the provider the key and base URL are for).
-    #[arg(long, value_parser = ["anthropic", "openai", "ollama"])]
-    provider: Option<String>,
-    /// The default model: provider:model-id, or model-id with --provider.
-    #[arg(long)]
-    model: Option<String>,
-    /// Read the key from this environment variable at each ask (stores env:NAME).
-    #[arg(long, value_name = "NAME", conflicts_with = "api_key_stdin")]
-    api_key_env: Option<String>,
-    /// Read the key from stdin and store it in a 0600 file.
-    #[arg(long)]
-    api_key_stdin: bool,
-    /// The provider's API base URL (OpenAI/Ollama: ending in /v1).
-    #[arg(long, value_name = "URL")]
-    base_url: Option<String>,
-    /// Show the settings (key references only, never keys).
-    #[arg(long, conflicts_with_all = ["provider", "model", "api_key_env", "api_key_stdin", "base_url"])]
-    show: bool,
-    /// With --show: print JSON.
-    #[arg(long, requires = "show")]
-    json: bool,
-}
 
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
     match args.cmd {
@@ -148,7 +62,7 @@ fn ask(args: AskArgs) -> anyhow::Result<()> {
         max_steps: args
             .max_steps
             .or(cfg.max_steps)
-            .unwrap_or(agent::DEFAULT_MAX_STEPS),
+            .unwrap_or(conversation::DEFAULT_MAX_STEPS),
         ..Options::default()
     };
     let prices = Prices::new(&cfg.prices);
@@ -182,7 +96,7 @@ async fn ask_with<T: Tools>(
     let mut write_err: Option<std::io::Error> = None;
     let mut record_err = false;
     let mut at_line_start = true;
-    let result = agent::run(
+    let result = conversation::run(
         provider,
         tools,
         question,
@@ -421,7 +335,7 @@ fn edit_from_flags(c: &ConfigArgs, cfg: &AskConfig) -> anyhow::Result<(Edit, Opt
         (Some(m), _) => Some(m.clone()),
     };
     let model_kind = match &model {
-        Some(m) => Some(parse_model(m).map_err(Usage)?.0),
+        Some(m) => Some(parse_model(m).map_err(|e| Usage(e.to_string()))?.0),
         None => None,
     };
     let current = cfg
@@ -630,7 +544,7 @@ fn show(path: &std::path::Path, cfg: &AskConfig, json: bool) -> anyhow::Result<(
         let v = serde_json::json!({
             "config": path,
             "model": cfg.model,
-            "max_steps": cfg.max_steps.unwrap_or(agent::DEFAULT_MAX_STEPS),
+            "max_steps": cfg.max_steps.unwrap_or(conversation::DEFAULT_MAX_STEPS),
             "providers": providers,
             "usage_db": crate::ask::cost::default_db_path(),
         });

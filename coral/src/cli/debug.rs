@@ -5,118 +5,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use clap::{Args, Subcommand};
 use coral_proto::debug::{
     DebugAttachRequest, DebugCall, DebugError, DebugLogsRequest, DebugOp, DebugReply, DebugRequest,
     DebugSession, DebugTarget, DebugTraceRequest,
 };
 
-use super::{Coded, EX_NOPERM, Unavailable, Usage, colony_client, colony_gone, out};
-
-#[derive(Debug, Subcommand)]
-pub enum DebugCmd {
-    /// Attach uprobes to functions of a service's process for a while.
-    #[command(after_help = "\
-Examples:
-  coral debug attach api --function handleCheckout --duration 60s --args
-  coral debug attach api --function main.Fib --function main.Nap
-
-Go (1.17 or newer, with or without DWARF, PIE or not) gets a probe at the
-entry and at every return instruction (never a uretprobe); C, C++ and Rust an
-entry probe and a uretprobe. The session ends by itself after --duration
-(at most 10m); its probes are then removed from the kernel.")]
-    Attach(AttachArgs),
-    /// Show the calls the probes saw: arguments, results, durations.
-    Logs {
-        service: String,
-        /// Only this session.
-        #[arg(long)]
-        session: Option<String>,
-        /// Keep printing new calls until the sessions end (or Ctrl-C).
-        #[arg(long)]
-        follow: bool,
-        /// Most calls per read.
-        #[arg(long, default_value_t = 1000)]
-        limit: u32,
-        /// Print JSON lines (one call each; a stable schema).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Follow the requests on a path, each with the probed functions' calls
-    /// on the goroutine that served it (Go net/http), as a call tree.
-    #[command(after_help = "\
-Examples:
-  coral debug trace api --path /api/checkout --duration 5m
-  coral debug trace api --path '/api/*' --function lookupStock --json
-
-The requests come from the eBPF HTTP capture (any runtime). For a Go net/http
-server the trace also probes net/http.serverHandler.ServeHTTP, to find the
-goroutine serving each request, and the functions named with --function
-(default: those of package main whose name matches a word of the path); the
-host's [[debug]] policy must allow them. Ctrl-C ends the trace early.")]
-    Trace {
-        service: String,
-        /// The request path; a trailing '*' matches a prefix.
-        #[arg(long)]
-        path: String,
-        /// A function to probe (repeat for several).
-        #[arg(long = "function", short = 'f')]
-        functions: Vec<String>,
-        /// How long to follow (at most 10m).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Print JSON lines (one request each).
-        #[arg(long)]
-        json: bool,
-    },
-    /// End sessions now: their probes are removed.
-    Detach {
-        service: String,
-        /// Every session on the service.
-        #[arg(long, conflicts_with = "session")]
-        all: bool,
-        #[arg(long)]
-        session: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Active and recently ended sessions on a service.
-    List {
-        service: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// The functions that can be probed in a service's binary.
-    Functions {
-        service: String,
-        /// Only names containing this.
-        pattern: Option<String>,
-        #[arg(long, default_value_t = 200)]
-        limit: u32,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct AttachArgs {
-    service: String,
-    /// A function: its full name or its last element (repeat for several).
-    #[arg(long = "function", short = 'f', required = true)]
-    functions: Vec<String>,
-    /// How long the probes stay (at most 10m).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// Capture argument and result values (they can hold secrets).
-    #[arg(long)]
-    args: bool,
-    /// Capture each call's stack at its entry (up to 32 frames; needs frame
-    /// pointers, which Go always has).
-    #[arg(long)]
-    stack: bool,
-    #[arg(long)]
-    json: bool,
-}
+use super::args::DebugCmd;
+use super::client::{colony_client, colony_gone};
+use super::output::out;
+use coral_proto::exit::{Coded, EX_NOPERM, Unavailable, Usage};
 
 fn debug_error(e: DebugError) -> anyhow::Error {
     match e {

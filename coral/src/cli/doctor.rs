@@ -12,11 +12,13 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use clap::Args;
 use coral_privhelper::client::{Membership, group_membership};
 use serde::Serialize;
 
-use super::{Coded, load_config, out};
+use super::args::DoctorArgs;
+use super::config::load_config;
+use super::output::out;
+use coral_proto::exit::Coded;
 
 /// The group the packaged helper's socket belongs to.
 const GROUP: &str = coral_privhelper::config::DEFAULT_GROUP;
@@ -28,16 +30,6 @@ const UNIT_DIRS: &[&str] = &[
     "/usr/lib/systemd/system",
     "/lib/systemd/system",
 ];
-
-#[derive(Args)]
-pub(crate) struct DoctorArgs {
-    /// Print JSON (a stable schema) instead of one line per check.
-    #[arg(long)]
-    json: bool,
-    /// Config file (default $XDG_CONFIG_HOME/coral/config.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -445,7 +437,7 @@ fn version_check(bin: Option<&Path>) -> Check {
 /// The ports the daemons will bind: free, or held by this user's running
 /// colony/agent.
 fn port_checks(
-    colony: &crate::colony::ColonyConfig,
+    colony: &coral_colony::ColonyConfig,
     agent: &coral_agent::AgentConfig,
 ) -> Vec<Check> {
     let running = |role: &str| {
@@ -529,13 +521,13 @@ fn port_checks(
 pub(crate) fn subnet_check(configured: Option<&str>, routes: &str) -> Check {
     let name = "mesh subnet";
     let (net, prefix) = match configured {
-        Some(s) => match crate::colony::config::parse_subnet(s) {
+        Some(s) => match coral_colony::config::parse_subnet(s) {
             Ok(x) => x,
             Err(e) => {
                 return bad(
                     name,
                     Status::Fail,
-                    e,
+                    e.to_string(),
                     "fix colony.mesh.subnet in config.toml",
                 );
             }

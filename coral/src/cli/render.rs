@@ -4,12 +4,12 @@
 //! [`add_row`], and the text around the tables by hand.
 
 use comfy_table::{Table, presets};
+use coral_colony::span_tree;
 use coral_proto::{
     AgentStatus, ColonyStatus, LogRecord, Member, ServiceHealth, SpanRecord, TokenCreated,
     TraceSummary,
 };
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// Untrusted text made safe for a terminal (issue 16): control characters
@@ -344,55 +344,15 @@ pub fn traces(now_ms: i64, traces: &[TraceSummary]) -> String {
     t.to_string() + "\n"
 }
 
-type Children<'a> = HashMap<&'a str, Vec<&'a SpanRecord>>;
-
-/// Root spans (no parent, or a parent not in the set) and each span's children.
-fn tree(spans: &[SpanRecord]) -> (Vec<&SpanRecord>, Children<'_>) {
-    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
-    let mut children: HashMap<&str, Vec<&SpanRecord>> = HashMap::new();
-    let mut roots = Vec::new();
-    for s in spans {
-        match s.parent_span_id.as_deref().filter(|p| ids.contains(p)) {
-            Some(p) => children.entry(p).or_default().push(s),
-            None => roots.push(s),
-        }
-    }
-    (roots, children)
-}
-
-/// The spans on the critical path: from each root, repeatedly the child
-/// that ends last.
-fn critical_path(roots: &[&SpanRecord], children: &Children<'_>) -> HashSet<String> {
-    let mut path = HashSet::new();
-    // The root that ends last carries the trace's duration.
-    let mut cur = roots
-        .iter()
-        .copied()
-        .max_by_key(|s| s.start_us + s.duration_us);
-    while let Some(s) = cur {
-        path.insert(s.span_id.clone());
-        cur = children
-            .get(s.span_id.as_str())
-            .and_then(|c| c.iter().copied().max_by_key(|c| c.start_us + c.duration_us));
-    }
-    path
-}
-
-/// The span ids on the critical path of a trace.
-pub fn critical_span_ids(spans: &[SpanRecord]) -> HashSet<String> {
-    let (roots, children) = tree(spans);
-    critical_path(&roots, &children)
-}
-
 pub fn trace_tree(spans: &[SpanRecord]) -> String {
-    let (mut roots, children) = tree(spans);
+    let (mut roots, children) = span_tree::tree(spans);
     let start = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
     let end = spans
         .iter()
         .map(|s| s.start_us + s.duration_us)
         .max()
         .unwrap_or(0);
-    let path = critical_path(&roots, &children);
+    let path = span_tree::critical_path(&roots, &children);
     let errors = spans.iter().filter(|s| s.status_code == "error").count();
     let out = format!(
         "Trace {}  ({} spans, {}, {} error{})\n\n",
@@ -406,7 +366,7 @@ pub fn trace_tree(spans: &[SpanRecord]) -> String {
     fn walk<'a>(
         s: &'a SpanRecord,
         depth: usize,
-        children: &Children<'a>,
+        children: &span_tree::Children<'a>,
         rows: &mut Vec<(usize, &'a SpanRecord)>,
     ) {
         rows.push((depth, s));
@@ -948,15 +908,15 @@ mod tests {
             span("b1", Some("b"), 10, 10),
             span("b2", Some("b"), 50, 38),
         ];
-        let (roots, children) = tree(&spans);
-        let path = critical_path(&roots, &children);
-        let mut p: Vec<_> = path.into_iter().collect();
-        p.sort();
-        assert_eq!(p, ["b", "b2", "root"]);
         let text = trace_tree(&spans);
         assert!(text.contains("5 spans"), "{text}");
-        let b2 = text.lines().find(|l| l.contains("b2")).unwrap();
-        assert!(b2.trim_start().starts_with('*'), "{text}");
+        // The starred rows: exactly the critical path (coral_colony::span_tree).
+        let starred: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('*') && !l.contains("critical path"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(starred, ["root", "b", "b2"], "{text}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! message of `tool_result` blocks (`tool_use_id`), in call order.
 
 use super::{Kind, Msg, ProviderError, Round, ToolCall, ToolSpec, Usage, for_each_event};
+use anyhow::Context as _;
 use serde_json::{Value, json};
 
 pub fn request(
@@ -76,20 +77,23 @@ fn read_usage(u: &Value, into: &mut Usage) {
 }
 
 /// A non-streamed `message`.
-pub fn parse_response(v: &Value) -> Result<Round, String> {
+pub fn parse_response(v: &Value) -> anyhow::Result<Round> {
     if v.get("type").and_then(Value::as_str) == Some("error") {
         let m = v
             .pointer("/error/message")
             .and_then(Value::as_str)
             .unwrap_or("unknown error");
-        return Err(format!("the response is an error: {m}"));
+        anyhow::bail!("the response is an error: {m}");
     }
-    let content = v.get("content").and_then(Value::as_array).ok_or_else(|| {
-        format!(
-            "no content in the response: {}",
-            super::one_line(&v.to_string(), 120)
-        )
-    })?;
+    let content = v
+        .get("content")
+        .and_then(Value::as_array)
+        .with_context(|| {
+            format!(
+                "no content in the response: {}",
+                super::one_line(&v.to_string(), 120)
+            )
+        })?;
     let mut round = Round::default();
     for b in content {
         match b.get("type").and_then(Value::as_str) {
@@ -100,11 +104,11 @@ pub fn parse_response(v: &Value) -> Result<Round, String> {
                 let id = b
                     .get("id")
                     .and_then(Value::as_str)
-                    .ok_or("a tool_use block has no id")?;
+                    .context("a tool_use block has no id")?;
                 let name = b
                     .get("name")
                     .and_then(Value::as_str)
-                    .ok_or("a tool_use block has no name")?;
+                    .context("a tool_use block has no name")?;
                 let input = b.get("input").cloned().unwrap_or(json!({}));
                 round
                     .calls
@@ -147,9 +151,10 @@ pub struct StreamState {
 
 impl StreamState {
     /// Takes one event's data; returns true at `message_stop`.
-    pub fn feed(&mut self, data: &str, on_text: &mut dyn FnMut(&str)) -> Result<bool, String> {
-        let v: Value = serde_json::from_str(data)
-            .map_err(|e| format!("an event is not JSON ({e}): {}", super::one_line(data, 80)))?;
+    pub fn feed(&mut self, data: &str, on_text: &mut dyn FnMut(&str)) -> anyhow::Result<bool> {
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            anyhow::anyhow!("an event is not JSON ({e}): {}", super::one_line(data, 80))
+        })?;
         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         match v.get("type").and_then(Value::as_str) {
             Some("message_start") => {
@@ -161,7 +166,7 @@ impl StreamState {
             Some("content_block_start") => {
                 let b = v
                     .get("content_block")
-                    .ok_or("content_block_start without a block")?;
+                    .context("content_block_start without a block")?;
                 let block = match b.get("type").and_then(Value::as_str) {
                     Some("text") => {
                         if let Some(t) = b.get("text").and_then(Value::as_str)
@@ -176,12 +181,12 @@ impl StreamState {
                         id: b
                             .get("id")
                             .and_then(Value::as_str)
-                            .ok_or("a tool_use block has no id")?
+                            .context("a tool_use block has no id")?
                             .into(),
                         name: b
                             .get("name")
                             .and_then(Value::as_str)
-                            .ok_or("a tool_use block has no name")?
+                            .context("a tool_use block has no name")?
                             .into(),
                         json: String::new(),
                         start_input: b.get("input").cloned().unwrap_or(json!({})),
@@ -193,14 +198,16 @@ impl StreamState {
             Some("content_block_delta") => {
                 let d = v
                     .get("delta")
-                    .ok_or("content_block_delta without a delta")?;
+                    .context("content_block_delta without a delta")?;
                 let block = self
                     .blocks
                     .iter_mut()
                     .rev()
                     .find(|(i, _)| *i == index)
                     .map(|(_, b)| b)
-                    .ok_or_else(|| format!("a delta for block {index}, which was never started"))?;
+                    .with_context(|| {
+                        format!("a delta for block {index}, which was never started")
+                    })?;
                 match (d.get("type").and_then(Value::as_str), block) {
                     (Some("text_delta"), Block::Text) => {
                         let t = d.get("text").and_then(Value::as_str).unwrap_or("");
@@ -231,16 +238,16 @@ impl StreamState {
                     .pointer("/error/type")
                     .and_then(Value::as_str)
                     .unwrap_or("error");
-                return Err(format!("the stream reported {t}: {m}"));
+                anyhow::bail!("the stream reported {t}: {m}");
             }
             _ => {} // ping, content_block_stop, and event types added later
         }
         Ok(false)
     }
 
-    pub fn finish(self) -> Result<Round, String> {
+    pub fn finish(self) -> anyhow::Result<Round> {
         if !self.started {
-            return Err("the stream had no message_start".into());
+            anyhow::bail!("the stream had no message_start");
         }
         let mut calls = Vec::new();
         for (_, b) in self.blocks {
@@ -279,7 +286,7 @@ pub async fn read_stream(
     st.finish().map_err(|detail| ProviderError::Malformed {
         provider: kind,
         url: url.to_string(),
-        detail,
+        detail: detail.to_string(),
     })
 }
 
@@ -376,7 +383,8 @@ mod tests {
                 r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
                 &mut |_| {},
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("overloaded_error: Overloaded"), "{err}");
     }
 }

@@ -11,7 +11,7 @@
 mod anthropic;
 mod openai;
 
-use super::tools::ToolSpec;
+use crate::tools::ToolSpec;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -84,17 +84,32 @@ impl std::fmt::Display for Kind {
     }
 }
 
+/// A `provider:model-id` that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("model '{0}' must be provider:model-id, e.g. anthropic:claude-sonnet-4-5")]
+    NoProvider(String),
+    #[error("unknown provider '{provider}' in model '{model}' (known: anthropic, openai, ollama)")]
+    UnknownProvider { provider: String, model: String },
+    #[error("model '{model}' has no model id after '{provider}:'")]
+    NoModelId { provider: String, model: String },
+}
+
 /// Splits `provider:model-id` (the model id may itself contain `:`, as
 /// Ollama's `qwen3:8b` does).
-pub fn parse_model(s: &str) -> Result<(Kind, String), String> {
-    let (p, m) = s.split_once(':').ok_or_else(|| {
-        format!("model '{s}' must be provider:model-id, e.g. anthropic:claude-sonnet-4-5")
-    })?;
-    let kind = Kind::parse(p).ok_or_else(|| {
-        format!("unknown provider '{p}' in model '{s}' (known: anthropic, openai, ollama)")
+pub fn parse_model(s: &str) -> Result<(Kind, String), ModelError> {
+    let (p, m) = s
+        .split_once(':')
+        .ok_or_else(|| ModelError::NoProvider(s.to_string()))?;
+    let kind = Kind::parse(p).ok_or_else(|| ModelError::UnknownProvider {
+        provider: p.to_string(),
+        model: s.to_string(),
     })?;
     if m.trim().is_empty() {
-        return Err(format!("model '{s}' has no model id after '{p}:'"));
+        return Err(ModelError::NoModelId {
+            provider: p.to_string(),
+            model: s.to_string(),
+        });
     }
     Ok((kind, m.to_string()))
 }
@@ -368,11 +383,11 @@ impl Provider {
         }
     }
 
-    fn malformed(&self, url: &str, detail: String) -> ProviderError {
+    fn malformed(&self, url: &str, detail: anyhow::Error) -> ProviderError {
         ProviderError::Malformed {
             provider: self.kind,
             url: url.to_string(),
-            detail,
+            detail: detail.to_string(),
         }
     }
 
@@ -601,7 +616,7 @@ async fn for_each_event(
     kind: Kind,
     url: &str,
     resp: reqwest::Response,
-    mut f: impl FnMut(Option<&str>, &str) -> Result<bool, String>,
+    mut f: impl FnMut(Option<&str>, &str) -> anyhow::Result<bool>,
 ) -> Result<(), ProviderError> {
     use futures::StreamExt as _;
     let malformed = |detail: String| ProviderError::Malformed {
@@ -628,7 +643,7 @@ async fn for_each_event(
         let Some(data) = ev.data.as_deref() else {
             continue;
         };
-        if f(ev.event.as_deref(), data).map_err(malformed)? {
+        if f(ev.event.as_deref(), data).map_err(|e| malformed(e.to_string()))? {
             return Ok(());
         }
     }
@@ -647,17 +662,10 @@ mod tests {
             parse_model("ollama:qwen3:8b").unwrap(),
             (Kind::Ollama, "qwen3:8b".to_string())
         );
-        assert!(
-            parse_model("claude")
-                .unwrap_err()
-                .contains("provider:model-id")
-        );
-        assert!(
-            parse_model("gemini:x")
-                .unwrap_err()
-                .contains("unknown provider")
-        );
-        assert!(parse_model("openai:").unwrap_err().contains("no model id"));
+        let err = |m: &str| parse_model(m).unwrap_err().to_string();
+        assert!(err("claude").contains("provider:model-id"));
+        assert!(err("gemini:x").contains("unknown provider"));
+        assert!(err("openai:").contains("no model id"));
     }
 
     #[test]

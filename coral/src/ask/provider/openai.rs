@@ -3,6 +3,7 @@
 //! call's `tool_call_id`.
 
 use super::{Kind, Msg, ProviderError, Round, ToolCall, ToolSpec, Usage, for_each_event};
+use anyhow::Context as _;
 use serde_json::{Value, json};
 
 pub fn request(
@@ -79,14 +80,14 @@ fn usage(u: &Value) -> Usage {
 }
 
 /// A non-streamed `chat.completion`.
-pub fn parse_response(v: &Value) -> Result<Round, String> {
-    let choice = v.pointer("/choices/0").ok_or_else(|| {
+pub fn parse_response(v: &Value) -> anyhow::Result<Round> {
+    let choice = v.pointer("/choices/0").with_context(|| {
         format!(
             "no choices in the response: {}",
             super::one_line(&v.to_string(), 120)
         )
     })?;
-    let msg = choice.get("message").ok_or("the choice has no message")?;
+    let msg = choice.get("message").context("the choice has no message")?;
     let text = msg
         .get("content")
         .and_then(Value::as_str)
@@ -98,11 +99,11 @@ pub fn parse_response(v: &Value) -> Result<Round, String> {
             let id = tc
                 .get("id")
                 .and_then(Value::as_str)
-                .ok_or("a tool call has no id")?;
+                .context("a tool call has no id")?;
             let name = tc
                 .pointer("/function/name")
                 .and_then(Value::as_str)
-                .ok_or("a tool call has no function name")?;
+                .context("a tool call has no function name")?;
             let args = match tc.pointer("/function/arguments") {
                 Some(Value::String(s)) => s.clone(),
                 Some(v @ Value::Object(_)) => v.to_string(),
@@ -141,18 +142,19 @@ pub struct StreamState {
 
 impl StreamState {
     /// Takes one `data:` payload; returns true at `[DONE]`.
-    pub fn feed(&mut self, data: &str, on_text: &mut dyn FnMut(&str)) -> Result<bool, String> {
+    pub fn feed(&mut self, data: &str, on_text: &mut dyn FnMut(&str)) -> anyhow::Result<bool> {
         if data.trim() == "[DONE]" {
             return Ok(true);
         }
-        let v: Value = serde_json::from_str(data)
-            .map_err(|e| format!("an event is not JSON ({e}): {}", super::one_line(data, 80)))?;
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            anyhow::anyhow!("an event is not JSON ({e}): {}", super::one_line(data, 80))
+        })?;
         if let Some(err) = v.get("error") {
             let m = err
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
-            return Err(format!("the stream reported an error: {m}"));
+            anyhow::bail!("the stream reported an error: {m}");
         }
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             self.usage = usage(u);
@@ -178,7 +180,7 @@ impl StreamState {
                     .and_then(Value::as_u64)
                     .unwrap_or(self.calls.len() as u64) as usize;
                 if idx > self.calls.len() + 64 {
-                    return Err(format!("a tool call index {idx} out of order"));
+                    anyhow::bail!("a tool call index {idx} out of order");
                 }
                 while self.calls.len() <= idx {
                     self.calls.push(PartialCall::default());
@@ -201,11 +203,11 @@ impl StreamState {
         Ok(false)
     }
 
-    pub fn finish(self) -> Result<Round, String> {
+    pub fn finish(self) -> anyhow::Result<Round> {
         let mut calls = Vec::new();
         for c in self.calls {
             if c.id.is_empty() || c.name.is_empty() {
-                return Err("a streamed tool call has no id or no name".into());
+                anyhow::bail!("a streamed tool call has no id or no name");
             }
             calls.push(ToolCall::new(c.id, c.name, c.args));
         }
@@ -229,7 +231,7 @@ pub async fn read_stream(
     st.finish().map_err(|detail| ProviderError::Malformed {
         provider: kind,
         url: url.to_string(),
-        detail,
+        detail: detail.to_string(),
     })
 }
 
@@ -319,6 +321,7 @@ mod tests {
         assert!(
             st.feed("{not json", &mut |_| {})
                 .unwrap_err()
+                .to_string()
                 .contains("not JSON")
         );
     }

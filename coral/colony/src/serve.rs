@@ -2,7 +2,8 @@
 //! CLI-facing local control service (Unix socket).
 
 use super::Shared;
-use super::mesh::ColonyMesh;
+use super::colony_mesh::ColonyMesh;
+use super::registry::check_agent_id;
 use coral_agent::membership as ms;
 use coral_agent::telemetry::SampleRow;
 use coral_proto::rpc::{Colony, ColonyControl, ColonyJoin};
@@ -25,7 +26,6 @@ use tokio::task::JoinHandle;
 /// Limits on what one agent may send in one call.
 const MAX_SERVICES: usize = coral_proto::spec::MAX_SERVICES_PER_AGENT;
 const MAX_SAMPLES: usize = 10_000;
-const MAX_ID: usize = 128;
 const MAX_PUSH_ROWS: usize = 10_000;
 
 /// The rows above `stored`, attributed to the agent that pushed them.
@@ -82,6 +82,7 @@ enum Caller {
     Dev,
 }
 
+/// The agent-facing `Colony` service for one agent connection.
 #[derive(Clone)]
 struct AgentFacing {
     shared: Arc<Shared>,
@@ -386,13 +387,6 @@ fn check_services(services: &[ServiceHealth]) -> Result<(), ColonyError> {
     Ok(())
 }
 
-pub(crate) fn check_id(id: &str) -> Result<(), ColonyError> {
-    if id.is_empty() || id.len() > MAX_ID || id.chars().any(|c| c.is_control()) {
-        return Err(invalid("agent id must be 1-128 printable characters"));
-    }
-    Ok(())
-}
-
 /// Where the colony dials an agent: its advertised `AgentRpc` address; an
 /// unspecified IP (the agent bound 0.0.0.0 or ::) is replaced by the IP the
 /// agent connected from.
@@ -419,7 +413,7 @@ fn storage(e: impl std::fmt::Display) -> ColonyError {
 
 impl Colony for AgentFacing {
     async fn register(self, _: Context, reg: Registration) -> Result<Registered, ColonyError> {
-        check_id(&reg.agent_id)?;
+        check_agent_id(&reg.agent_id)?;
         check_services(&reg.services)?;
         self.authorize(&reg.agent_id)?;
         let s = &self.shared;
@@ -479,7 +473,7 @@ impl Colony for AgentFacing {
     }
 
     async fn heartbeat(self, _: Context, hb: Heartbeat) -> Result<HeartbeatAck, ColonyError> {
-        check_id(&hb.agent_id)?;
+        check_agent_id(&hb.agent_id)?;
         check_services(&hb.services)?;
         self.authorize(&hb.agent_id)?;
         if hb.samples.len() > MAX_SAMPLES {
@@ -531,7 +525,7 @@ impl Colony for AgentFacing {
         agent_id: String,
         signals: Signals,
     ) -> Result<u64, ColonyError> {
-        check_id(&agent_id)?;
+        check_agent_id(&agent_id)?;
         self.authorize(&agent_id)?;
         if signals.len() > MAX_PUSH_ROWS {
             return Err(invalid(format!(
@@ -573,7 +567,7 @@ impl Colony for AgentFacing {
     }
 
     async fn leave(self, _: Context, agent_id: String) -> Result<(), ColonyError> {
-        check_id(&agent_id)?;
+        check_agent_id(&agent_id)?;
         self.authorize(&agent_id)?;
         let known = self
             .shared
@@ -590,8 +584,9 @@ impl Colony for AgentFacing {
     }
 }
 
+/// The `ColonyControl` service for one CLI connection on `colony.sock`.
 #[derive(Clone)]
-struct Control {
+struct CliFacing {
     shared: Arc<Shared>,
     /// The CLI's credentials (`SO_PEERCRED`): who asks for an exec.
     cred: Option<tokio::net::unix::UCred>,
@@ -599,7 +594,7 @@ struct Control {
 
 pub(crate) async fn serve_control(shared: Arc<Shared>, listener: UnixListener) {
     coral_proto::local::serve_local(listener, |stream| {
-        let control = Control {
+        let control = CliFacing {
             shared: shared.clone(),
             cred: stream.peer_cred().ok(),
         };
@@ -608,7 +603,7 @@ pub(crate) async fn serve_control(shared: Arc<Shared>, listener: UnixListener) {
     .await;
 }
 
-impl ColonyControl for Control {
+impl ColonyControl for CliFacing {
     async fn status(self, _: Context) -> ColonyStatus {
         let s = &self.shared;
         let now = coral_proto::now_ms();

@@ -11,7 +11,7 @@
 
 use super::ColonyError;
 use super::config::{ColonyConfig, KeySource};
-use super::registry::{RedeemError, Registry, TokenRefusal};
+use super::registry::{RedeemError, Redemption, Registry, TokenRefusal};
 use coral_agent::membership::{self as ms, hex};
 use coral_agent::mesh::{Device, PeerConfig};
 use coral_proto::{JoinError, JoinRequest, MeshGrant, SignedGrant};
@@ -285,7 +285,8 @@ impl ColonyMesh {
                 actual: String::new(),
             });
         }
-        super::rpc::check_id(&req.agent_id).map_err(|e| JoinError::Invalid(e.to_string()))?;
+        super::registry::check_agent_id(&req.agent_id)
+            .map_err(|e| JoinError::Invalid(e.to_string()))?;
         if req.name.is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control) {
             return Err(JoinError::Invalid(
                 "name must be 1-128 printable characters".into(),
@@ -313,12 +314,13 @@ impl ColonyMesh {
             .lock()
             .expect("registry lock")
             .redeem(
-                &ms::secret_hash(&secret),
-                &req.agent_id,
-                &req.name,
-                &req.public_key,
-                base + 2,
-                base + size - 2,
+                &Redemption {
+                    token_hash: &ms::secret_hash(&secret),
+                    agent_id: &req.agent_id,
+                    name: &req.name,
+                    public_key: &req.public_key,
+                    ips: base + 2..=base + size - 2,
+                },
                 now,
             )
             .map_err(|e| JoinError::Storage(e.to_string()))?

@@ -1,10 +1,8 @@
-//! The analyzer takes its tools through `crate::ask::Tools`, the seam
-//! `coral ask` uses too: the colony's MCP tools in production, recorded
-//! tool output in tests (issue 15), so the analyzer's reasoning is tested
-//! without processes.
+//! Recorded tool calls: [`Recorder`] records the calls made through a tools
+//! source, [`Replay`] answers from such a record, so the analyzer's
+//! reasoning is tested without processes (issue 15).
 
-use crate::ask::ToolSpec;
-pub use crate::ask::Tools;
+use super::{ToolSpec, Tools};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Mutex;

@@ -12,15 +12,9 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::UnixListener;
-
-/// The MCP socket that belongs with a colony control socket.
-pub fn socket_beside(control: &Path) -> PathBuf {
-    control.with_file_name("colony-mcp.sock")
-}
 
 #[derive(Clone)]
 struct Gateway {
@@ -52,7 +46,7 @@ impl ServerHandler for Gateway {
     ) -> Result<ListToolsResult, ErrorData> {
         let list = tools::catalog(self.shared.config.mcp.allow_exec)
             .into_iter()
-            .filter(|t| super::debug_tools::listed(&self.shared.config.mcp, t.name))
+            .filter(|t| super::tools::debug::listed(&self.shared.config.mcp, t.name))
             .map(|t| {
                 let schema = match t.schema {
                     serde_json::Value::Object(m) => m,

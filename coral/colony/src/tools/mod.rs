@@ -7,8 +7,10 @@
 //! question of the read layer (`read.rs`), and every answer carries the
 //! read layer's coverage (what the colony could not see).
 
-use super::Shared;
-use super::read;
+pub mod debug;
+
+use crate::Shared;
+use crate::read;
 use coral_agent::telemetry::TelemetryError;
 use coral_proto::{LogQuery, RedFigures, RedRow, Source, SourceRed, TraceQuery, Window};
 use schemars::JsonSchema;
@@ -222,7 +224,7 @@ pub fn catalog(allow_exec: bool) -> Vec<ToolDef> {
             read_only: true,
         },
     ];
-    list.extend(super::debug_tools::catalog()); // issue 12; gated in mcp.rs by debug_tools::listed
+    list.extend(debug::catalog()); // issue 12; gated in mcp_gateway.rs by debug::listed
     if allow_exec {
         list.push(ToolDef {
             name: "coral_agent_exec",
@@ -264,7 +266,7 @@ pub(crate) async fn call(
     caller: &coral_proto::ExecCaller,
 ) -> Result<Value, ToolError> {
     let now_us = coral_proto::now_ms() * 1000;
-    if let Some(r) = super::debug_tools::call(shared, name, args.clone(), caller).await {
+    if let Some(r) = debug::call(shared, name, args.clone(), caller).await {
         return r;
     }
     match name {
@@ -808,7 +810,7 @@ async fn trace(shared: &Shared, a: TraceArgs) -> Result<Value, ToolError> {
         )));
     }
     let t0 = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
-    let critical = crate::cli::render::critical_span_ids(&spans);
+    let critical = crate::span_tree::critical_span_ids(&spans);
     let list: Vec<Value> = spans
         .iter()
         .take(200)

@@ -16,7 +16,7 @@
 //! hotspots named, then the rest of its own code (Go: package `main`), at
 //! most [`MAX_CANDIDATES`].
 
-use crate::analyze::{Evidence, RootCause, Tools};
+use super::{Evidence, RootCause, Tools};
 use serde_json::{Value, json};
 
 /// Functions probed at once (the agent's default per-session limit).

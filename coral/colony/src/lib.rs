@@ -6,15 +6,15 @@
 //! damaged files); [`Colony::run`] serves until shutdown.
 
 pub mod audit;
+pub(crate) mod colony_mesh;
 pub mod config;
 mod debug;
-pub mod debug_tools;
 mod exec;
-pub mod mcp;
-pub(crate) mod mesh;
+pub mod mcp_gateway;
 pub mod read;
 pub mod registry;
-mod rpc;
+mod serve;
+pub mod span_tree;
 pub mod tools;
 
 pub use config::ColonyConfig;
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum ColonyError {
     #[error("invalid colony config: {0}")]
-    Config(String),
+    Config(#[from] config::InvalidConfig),
     #[error("cannot create state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -71,7 +71,7 @@ pub(crate) struct Shared {
     pub(crate) agent_clients: Mutex<HashMap<String, (String, coral_proto::rpc::AgentRpcClient)>>,
     pub(crate) shutdown: CancellationToken,
     /// The WireGuard mesh, unless `colony.mesh.enabled = false`.
-    pub(crate) mesh: Option<Arc<mesh::ColonyMesh>>,
+    pub(crate) mesh: Option<Arc<colony_mesh::ColonyMesh>>,
     /// The Unix socket same-user agents on this machine use (mesh mode).
     pub(crate) local_agents: Mutex<Option<PathBuf>>,
 }
@@ -127,7 +127,7 @@ impl Colony {
         let (telemetry, guard) =
             Telemetry::open(&state_dir.join("telemetry.duckdb"), config.retention)?;
         let mesh = match config.mesh.enabled {
-            true => Some(Arc::new(mesh::ColonyMesh::open(
+            true => Some(Arc::new(colony_mesh::ColonyMesh::open(
                 &config, &registry, &state_dir, &colony_id,
             )?)),
             false => None,
@@ -198,10 +198,14 @@ impl Colony {
             if let Ok(addr) = rpc.local_addr() {
                 *shared.rpc_addr.lock().expect("rpc_addr lock") = addr.to_string();
             }
-            tasks.push(tokio::spawn(rpc::serve_agents(shared.clone(), rpc, false)));
+            tasks.push(tokio::spawn(serve::serve_agents(
+                shared.clone(),
+                rpc,
+                false,
+            )));
         }
         if let Some(m) = shared.mesh.clone() {
-            match rpc::start_mesh(&shared, &m, &control) {
+            match serve::start_mesh(&shared, &m, &control) {
                 Ok(t) => tasks.extend(t),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot serve agents on the mesh");
@@ -212,19 +216,19 @@ impl Colony {
         if let Some(path) = control
             .local_addr()
             .ok()
-            .and_then(|a| a.as_pathname().map(mcp::socket_beside))
+            .and_then(|a| a.as_pathname().map(coral_proto::local::mcp_socket_beside))
         {
             match bind_private(&path) {
                 Ok(l) => {
                     tracing::info!(socket = %path.display(), "mcp gateway listening");
-                    tasks.push(tokio::spawn(mcp::serve(shared.clone(), l)));
+                    tasks.push(tokio::spawn(mcp_gateway::serve(shared.clone(), l)));
                 }
                 Err(e) => {
                     tracing::warn!(socket = %path.display(), error = %e, "mcp gateway not started")
                 }
             }
         }
-        let control_task = tokio::spawn(rpc::serve_control(shared.clone(), control));
+        let control_task = tokio::spawn(serve::serve_control(shared.clone(), control));
         tracing::info!(colony_id = %shared.colony_id, rpc = %shared.rpc_addr.lock().expect("rpc_addr lock"), "colony running");
         tokio::select! {
             _ = shutdown => {}

@@ -12,9 +12,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Shared;
-use super::config::McpConfig;
-use super::tools::{ToolDef, ToolError};
+use super::{ToolDef, ToolError};
+use crate::Shared;
+use crate::config::McpConfig;
 
 #[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
@@ -410,18 +410,18 @@ async fn stored_calls(shared: &Shared, a: CallsArgs) -> Result<Value, ToolError>
         Some(Ok(d)) => d,
         Some(Err(e)) => return Err(ToolError::Args(format!("since: {e}"))),
     };
-    let q = super::read::ProbeCallQuery {
+    let q = crate::read::ProbeCallQuery {
         service: a.service,
         since_ms: (coral_proto::now_ms() - since.as_millis() as i64).max(0),
         function: a.function,
         session: a.session,
         limit: a.limit.unwrap_or(20),
     };
-    let r = super::read::probe_calls(shared, q)
+    let r = crate::read::probe_calls(shared, q)
         .await
         .map_err(|e| ToolError::Failed(e.to_string()))?;
     let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
-    v["coverage"] = super::tools::coverage_json(&r.coverage);
+    v["coverage"] = super::coverage_json(&r.coverage);
     Ok(v)
 }
 

@@ -1,9 +1,9 @@
-//! The agent loop: list the tools, send the question, run every tool call the
+//! The model loop of `coral ask` (a conversation with the LLM): list the tools, send the question, run every tool call the
 //! model asks for, feed the results back, until the model answers or the step
 //! limit is reached.
 
 use super::provider::{Msg, Provider, ProviderError, Round, ToolCall, ToolResult, Usage};
-use super::tools::Tools;
+use crate::tools::Tools;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -167,7 +167,7 @@ pub async fn run<T: Tools>(
 
 async fn execute<T: Tools>(
     tools: &T,
-    specs: &[super::tools::ToolSpec],
+    specs: &[crate::tools::ToolSpec],
     call: &ToolCall,
     cap: usize,
 ) -> (ToolResult, Evidence) {
@@ -238,8 +238,8 @@ pub fn cap_output(s: String, cap: usize) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::super::provider::{Kind, ProviderSettings};
-    use super::super::tools::ToolSpec;
     use super::*;
+    use crate::tools::ToolSpec;
     use std::sync::{Arc, Mutex};
 
     #[test]

@@ -100,10 +100,18 @@ impl Default for MeshConfig {
     }
 }
 
+/// A `[colony]` value out of range; the message names the key and what it
+/// must be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
 /// Parses `a.b.c.d/n` inside 100.64.0.0/10 with n in 10..=28.
-pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), InvalidConfig> {
     let bad = || {
-        format!("colony.mesh.subnet '{s}' must be a.b.c.d/n inside 100.64.0.0/10, n from 10 to 28")
+        InvalidConfig(format!(
+            "colony.mesh.subnet '{s}' must be a.b.c.d/n inside 100.64.0.0/10, n from 10 to 28"
+        ))
     };
     let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
     let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
@@ -136,48 +144,52 @@ impl Default for ColonyConfig {
 }
 
 impl ColonyConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if let Some(id) = &self.colony_id {
             coral_proto::spec::validate_colony_id(id)
-                .map_err(|e| format!("colony.colony_id: {e}"))?;
+                .map_err(|e| InvalidConfig(format!("colony.colony_id: {e}")))?;
         }
         self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
-            format!(
+            InvalidConfig(format!(
                 "colony.listen '{}' must be ip:port, e.g. 127.0.0.1:9000",
                 self.listen
-            )
+            ))
         })?;
         if self.heartbeat_interval < Duration::from_millis(100)
             || self.heartbeat_interval > Duration::from_secs(60)
         {
-            return Err("colony.heartbeat_interval must be between 100ms and 60s".into());
+            return Err(InvalidConfig(
+                "colony.heartbeat_interval must be between 100ms and 60s".into(),
+            ));
         }
         if self.agent_timeout < self.heartbeat_interval * 2 {
-            return Err(
+            return Err(InvalidConfig(
                 "colony.agent_timeout must be at least twice colony.heartbeat_interval".into(),
-            );
+            ));
         }
         if self.retention < Duration::from_secs(60) {
-            return Err("colony.retention must be at least 1m".into());
+            return Err(InvalidConfig("colony.retention must be at least 1m".into()));
         }
         let m = &self.mesh;
         m.listen.parse::<std::net::SocketAddr>().map_err(|_| {
-            format!(
+            InvalidConfig(format!(
                 "colony.mesh.listen '{}' must be ip:port, e.g. 0.0.0.0:51820",
                 m.listen
-            )
+            ))
         })?;
         for e in &m.endpoints {
             if e.rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
             {
-                return Err(format!("colony.mesh.endpoints: '{e}' must be host:port"));
+                return Err(InvalidConfig(format!(
+                    "colony.mesh.endpoints: '{e}' must be host:port"
+                )));
             }
         }
         if let Some(name) = &m.interface {
             coral_privhelper::IfName::new(name)
-                .map_err(|e| format!("colony.mesh.interface '{name}': {e}"))?;
+                .map_err(|e| InvalidConfig(format!("colony.mesh.interface '{name}': {e}")))?;
         }
         if let Some(s) = &m.subnet {
             parse_subnet(s)?;
@@ -185,10 +197,14 @@ impl ColonyConfig {
         if let Some(d) = &m.discovery
             && !d.contains(':')
         {
-            return Err(format!("colony.mesh.discovery '{d}' must be host:port"));
+            return Err(InvalidConfig(format!(
+                "colony.mesh.discovery '{d}' must be host:port"
+            )));
         }
         if !(576..=9000).contains(&m.mtu) {
-            return Err("colony.mesh.mtu must be between 576 and 9000".into());
+            return Err(InvalidConfig(
+                "colony.mesh.mtu must be between 576 and 9000".into(),
+            ));
         }
         Ok(())
     }

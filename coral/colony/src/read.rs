@@ -751,7 +751,7 @@ pub(crate) async fn service_map(shared: &Shared, q: MapQuery) -> Result<ServiceM
 
 /// One operation under a service's requests (OTLP).
 #[derive(Debug, Clone)]
-struct Op {
+struct SpanOp {
     service: String,
     name: String,
     kind: String,
@@ -770,7 +770,7 @@ async fn span_ops(
     service: String,
     from_us: i64,
     to_us: i64,
-) -> Result<(f64, Vec<Op>), QueryError> {
+) -> Result<(f64, Vec<SpanOp>), QueryError> {
     t.query(move |c| {
         let total: f64 = c.query_row(
             "SELECT coalesce(sum(duration_us), 0)::DOUBLE FROM spans
@@ -803,7 +803,7 @@ async fn span_ops(
             .query_map(
                 duckdb::params![from_us, to_us, service, from_us, to_us],
                 |r| {
-                    Ok(Op {
+                    Ok(SpanOp {
                         service: r.get(0)?,
                         name: r.get(1)?,
                         kind: r.get(2)?,
@@ -898,7 +898,7 @@ pub(crate) async fn hotspots(shared: &Shared, q: HotspotQuery) -> Result<Hotspot
         )
         .await?;
         let span_requests = svc.otlp.as_ref().map_or(0, |o| o.recent.count);
-        let before: HashMap<(String, String), Op> = before
+        let before: HashMap<(String, String), SpanOp> = before
             .into_iter()
             .map(|o| ((o.service.clone(), o.name.clone()), o))
             .collect();

@@ -1,37 +1,12 @@
 //! `coral mcp`: the colony's MCP gateway from the command line.
 
-use super::{Usage, client, out, render};
+use super::args::McpCmd;
+use super::client::client;
+use super::output::out;
+use super::render;
 use crate::mcp::McpTools;
 use anyhow::Context as _;
-use clap::Subcommand;
-
-#[derive(Subcommand)]
-pub enum McpCmd {
-    /// Serve MCP on stdin/stdout, bridged to the colony (for Claude Desktop, Cursor and other MCP clients).
-    #[command(after_help = "Example (what an MCP client runs):\n  coral mcp serve")]
-    Serve,
-    /// Print the MCP client configuration that runs `coral mcp serve`.
-    #[command(
-        after_help = "Example:\n  coral mcp config >> claude_desktop_config.json  # then merge by hand"
-    )]
-    Config,
-    /// List the colony's tools.
-    #[command(after_help = "Examples:\n  coral mcp tools\n  coral mcp tools --json")]
-    Tools {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Call one tool with JSON arguments and print its JSON output.
-    #[command(
-        after_help = "Examples:\n  coral mcp call coral_services\n  coral mcp call coral_red_metrics '{\"window\": \"5m\"}'"
-    )]
-    Call {
-        /// Tool name, e.g. coral_red_metrics.
-        name: String,
-        /// Arguments as a JSON object (default {}).
-        args: Option<String>,
-    },
-}
+use coral_proto::exit::{Unavailable, Usage};
 
 pub fn run(cmd: McpCmd) -> anyhow::Result<()> {
     match cmd {
@@ -84,7 +59,7 @@ pub fn run(cmd: McpCmd) -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let path = crate::mcp::socket_path()?;
     let sock = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
-        super::Unavailable(format!(
+        Unavailable(format!(
             "cannot reach the colony's MCP gateway at {}: {e} (is 'coral colony start' running?)",
             path.display()
         ))

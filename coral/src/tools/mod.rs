@@ -1,4 +1,15 @@
-// coral/src/ask/tools.rs
+//! The tools seam: how the model loop of `coral ask` (`crate::ask`) and the
+//! built-in analyzer (`crate::analyze`) call tools, without either knowing
+//! the other. The production source is the colony's MCP gateway
+//! (`crate::mcp::McpTools`); [`file::FileTools`] reads canned outputs from a
+//! file, [`replay::Replay`] answers from recorded calls (tests).
+
+pub mod file;
+pub mod replay;
+
+pub use file::FileTools;
+pub use replay::{Recorded, Recorder, Replay};
+
 /// One tool the model may call (from the colony's MCP tool list).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ToolSpec {

@@ -147,7 +147,7 @@ impl Shared {
             let client = self
                 .agent_client(&t.agent_id, &addr)
                 .await
-                .map_err(unreachable)?;
+                .map_err(|e| unreachable(e.to_string()))?;
             let mut ctx = context::current();
             ctx.deadline = Instant::now() + DEBUG_RPC_TIMEOUT;
             match client.debug(ctx, service.clone(), op.clone()).await {

@@ -1,7 +1,7 @@
 //! A tools source read from a JSON file: tool specs and canned outputs.
 //!
 //! A test and development aid (`coral ask --tools-file FILE`, hidden, or
-//! `CORAL_ASK_TOOLS_FILE`): it lets the real CLI run the agent loop against a
+//! `CORAL_ASK_TOOLS_FILE`): it lets the real CLI run the model loop against a
 //! fake provider without a colony. The format:
 //!
 //! ```json
@@ -18,7 +18,7 @@
 //! `log`, every call is appended to that file as one JSON line
 //! `{"name", "args"}`.
 
-use super::tools::{ToolSpec, Tools};
+use super::{ToolSpec, Tools};
 use anyhow::{Context as _, anyhow};
 use serde::Deserialize;
 use serde_json::Value;

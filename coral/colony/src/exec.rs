@@ -81,13 +81,25 @@ fn ago(now: i64, then: i64) -> String {
     humantime::format_duration(Duration::from_secs(s)).to_string()
 }
 
+/// Why the colony could not open a connection to an agent's `AgentRpc`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DialError {
+    #[error("no answer from {addr} within {CONNECT_TIMEOUT:?}")]
+    Timeout { addr: String },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
 impl Shared {
     /// A client for an agent's `AgentRpc`, reusing a live connection.
     pub(crate) async fn agent_client(
         &self,
         agent_id: &str,
         addr: &str,
-    ) -> Result<AgentRpcClient, String> {
+    ) -> Result<AgentRpcClient, DialError> {
         if let Some((a, c)) = self
             .agent_clients
             .lock()
@@ -99,8 +111,13 @@ impl Shared {
         }
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
             .await
-            .map_err(|_| format!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            .map_err(|_| DialError::Timeout {
+                addr: addr.to_string(),
+            })?
+            .map_err(|source| DialError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
         let client =
             AgentRpcClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
@@ -155,7 +172,7 @@ impl Shared {
             let client = self
                 .agent_client(agent_id, addr)
                 .await
-                .map_err(unreachable)?;
+                .map_err(|e| unreachable(e.to_string()))?;
             match f(client).await {
                 Ok(r) => return r,
                 Err(tarpc::client::RpcError::DeadlineExceeded) => {

@@ -9,6 +9,19 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The longest agent id the colony accepts.
+const MAX_AGENT_ID: usize = 128;
+
+/// An agent id the colony stores: 1-128 characters, none a control character.
+pub(crate) fn check_agent_id(id: &str) -> Result<(), coral_proto::ColonyError> {
+    if id.is_empty() || id.len() > MAX_AGENT_ID || id.chars().any(|c| c.is_control()) {
+        return Err(coral_proto::ColonyError::Invalid(
+            "agent id must be 1-128 printable characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 const MIGRATIONS: &[&str] = &[
     // 1: identity, agents, services, health history.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -147,6 +160,19 @@ pub enum RedeemError {
     /// Another active member holds this public key.
     KeyInUse,
     Full,
+}
+
+/// A join to record: who redeems which token, and the mesh addresses
+/// agents get.
+pub struct Redemption<'a> {
+    /// The SHA-256 of the token's secret, hex.
+    pub token_hash: &'a str,
+    pub agent_id: &'a str,
+    pub name: &'a str,
+    /// The agent's WireGuard public key, hex.
+    pub public_key: &'a str,
+    /// The range allocations are made from (IPv4 addresses as `u32`).
+    pub ips: std::ops::RangeInclusive<u32>,
 }
 
 pub struct Registry {
@@ -291,19 +317,21 @@ impl Registry {
         Ok(())
     }
 
-    /// Redeems a token for `agent_id` and allocates (or keeps) its address,
-    /// in one transaction. `first..=last` is the range agents get.
-    #[allow(clippy::too_many_arguments)]
+    /// Redeems a token for the joining agent and allocates (or keeps) its
+    /// address, in one transaction.
     pub fn redeem(
         &mut self,
-        hash: &str,
-        agent_id: &str,
-        name: &str,
-        public_key: &str,
-        first: u32,
-        last: u32,
+        join: &Redemption<'_>,
         now: i64,
     ) -> Result<Result<std::net::Ipv4Addr, RedeemError>, StoreError> {
+        let Redemption {
+            token_hash: hash,
+            agent_id,
+            name,
+            public_key,
+            ref ips,
+        } = *join;
+        let (first, last) = (*ips.start(), *ips.end());
         let tx = self.conn.transaction()?;
         let tok: Option<(i64, i64)> = tx
             .query_row(
