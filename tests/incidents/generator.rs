@@ -19,8 +19,8 @@
 
 #![allow(dead_code)]
 
-use coral_agent::ebpf::hist::Hist;
 use coral_proto::{EdgeRecord, RedRecord};
+use coral_store::hist::Hist;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -2052,7 +2052,7 @@ impl Case {
             if let Some((m, p, status)) = &s.http
                 && s.kind == 2
             {
-                let route = coral_agent::ebpf::route::normalise(p);
+                let route = coral_store::route::normalise(p);
                 let e = red
                     .entry((sec, s.service.clone(), m.clone(), route))
                     .or_insert_with(|| (0, 0, 0, 0, 0, Hist::default()));

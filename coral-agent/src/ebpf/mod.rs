@@ -20,17 +20,15 @@
 
 pub mod event;
 pub mod h2;
-pub mod hist;
 pub mod http;
 pub mod pg;
 pub mod redis;
-pub mod route;
 pub mod tap;
 pub mod tracker;
 
-use crate::telemetry::{Batch, Telemetry};
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use coral_proto::EbpfStatus;
+use coral_store::telemetry::{Batch, Telemetry};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};

@@ -51,7 +51,7 @@ const MAX_CALLER_TEXT: usize = 256;
 const ORPHAN_AFTER: Duration = Duration::from_secs(60);
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
-struct Job {
+struct ExecJob {
     output: Arc<Output>,
     cancel: CancellationToken,
 }
@@ -79,7 +79,7 @@ pub(crate) struct Exec {
     /// The process that runs commands; without one (the library used on
     /// its own, in tests) the agent starts them itself, unconfined.
     spawner: Option<Arc<Spawner>>,
-    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    jobs: Mutex<HashMap<String, Arc<ExecJob>>>,
     /// `agent.exec.max_running` permits; a command holds one while it runs.
     slots: Arc<tokio::sync::Semaphore>,
 }
@@ -243,7 +243,7 @@ impl Exec {
             ),
         }
         let isolation = match spawner.as_ref().map(|s| s.mode()) {
-            Some(crate::sandbox::Mode::Enforce) => {
+            Some(coral_sandbox::Mode::Enforce) => {
                 format!("{isolation}; landlock: system paths and the paths the arguments name")
             }
             Some(_) => format!("{isolation}; no landlock (agent sandbox not enforced)"),
@@ -297,7 +297,7 @@ impl Exec {
             }
         }
         // Stop what still runs; the records get their completion.
-        let jobs: Vec<Arc<Job>> = self
+        let jobs: Vec<Arc<ExecJob>> = self
             .jobs
             .lock()
             .expect("jobs lock")
@@ -485,7 +485,7 @@ impl Exec {
         };
         let program = launch_path(&req.argv[0], &program);
         let output = Arc::new(Output::new());
-        let job = Arc::new(Job {
+        let job = Arc::new(ExecJob {
             output: output.clone(),
             cancel: CancellationToken::new(),
         });
@@ -569,7 +569,7 @@ impl Exec {
         limits: &coral_policy::Limits,
         timeout: Duration,
         cap: u64,
-        job: &Job,
+        job: &ExecJob,
     ) -> ExecOutcome {
         let cg = match &self.cgroups {
             Some(c) => match c.create(&l.id) {
@@ -651,7 +651,7 @@ impl Exec {
         cg: Option<&cgroup::ExecCgroup>,
         timeout: Duration,
         cap: u64,
-        job: &Job,
+        job: &ExecJob,
     ) -> ExecOutcome {
         let env = limits.filter_env(
             std::env::vars_os()
@@ -712,7 +712,7 @@ impl Exec {
         .await
     }
 
-    fn job(&self, exec_id: &str) -> Result<Arc<Job>, ExecError> {
+    fn job(&self, exec_id: &str) -> Result<Arc<ExecJob>, ExecError> {
         self.jobs
             .lock()
             .expect("jobs lock")

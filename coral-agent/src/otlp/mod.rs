@@ -26,7 +26,7 @@ pub mod convert;
 mod grpc;
 mod http;
 
-use crate::telemetry::{Batch, Telemetry};
+use coral_store::telemetry::{Batch, Telemetry};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };

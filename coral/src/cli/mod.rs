@@ -17,10 +17,10 @@ use crate::colony::{Colony, ColonyConfig};
 use crate::config::CoralConfig;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
-use coral_agent::sandbox::{self, Mode, Role};
 use coral_agent::{Agent, AgentConfig};
 use coral_proto::rpc::{AgentControlClient, ColonyControlClient};
 use coral_proto::{LinkState, ServiceKind, ServiceSpec};
+use coral_sandbox::{self as sandbox, Mode, Role};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -1001,7 +1001,7 @@ fn sandbox_check(role: &str, action: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Puts this daemon in its sandbox (see `coral_agent::sandbox`): before
+/// Puts this daemon in its sandbox (see `coral_sandbox`): before
 /// its stores open and its runtime starts, so every thread is confined.
 fn confine(
     role: Role,
@@ -1112,7 +1112,7 @@ fn agent_start(args: AgentStart) -> anyhow::Result<()> {
             Agent::join(&config, token)
                 .await
                 .map_err(|e| -> anyhow::Error {
-                    use coral_agent::meshnode::JoinFailure as F;
+                    use coral_agent::join::JoinFailure as F;
                     match e {
                         F::Token(_) => Usage(e.to_string()).into(),
                         // Expired, used, unknown or for another colony:

@@ -9,8 +9,8 @@
 
 use super::Shared;
 use super::read;
-use coral_agent::telemetry::TelemetryError;
 use coral_proto::{LogQuery, RedFigures, RedRow, Source, SourceRed, TraceQuery, Window};
+use coral_store::telemetry::TelemetryError;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -8,7 +8,7 @@
 //! peer identity (the packet's authenticated source address) replaces this
 //! check.
 
-use crate::Shared;
+use crate::AgentCore;
 use coral_proto::rpc::AgentRpc;
 use coral_proto::{
     AuditQuery, Checkpoints, ExecAuditRecord, ExecError, ExecPoll, ExecRequest, ExecStarted,
@@ -21,12 +21,12 @@ use tarpc::context::Context;
 use tokio::net::TcpListener;
 
 #[derive(Clone)]
-struct Server {
-    shared: Arc<Shared>,
+struct ColonyConnection {
+    shared: Arc<AgentCore>,
     peer: SocketAddr,
 }
 
-impl Server {
+impl ColonyConnection {
     /// The caller must still be the linked colony.
     fn check(&self) -> Result<(), ExecError> {
         match *self.shared.colony_peer.lock().expect("colony_peer lock") {
@@ -46,7 +46,7 @@ impl Server {
     }
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn serve(shared: Arc<AgentCore>, listener: TcpListener) {
     let refusals = coral_proto::local::RateLimited::new(Duration::from_secs(1));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -59,7 +59,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let server = Server {
+        let server = ColonyConnection {
             shared: shared.clone(),
             peer,
         };
@@ -74,7 +74,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-impl AgentRpc for Server {
+impl AgentRpc for ColonyConnection {
     async fn exec_start(self, _: Context, req: ExecRequest) -> Result<ExecStarted, ExecError> {
         self.check()?;
         let services: Vec<String> = self

@@ -7,8 +7,8 @@
 //! every start, so a tampered file is refused.
 
 use crate::config::{AgentConfig, KeySource};
-use crate::membership::{self as ms, hex};
-use crate::mesh::{Device, PeerConfig};
+use coral_mesh::device::{Device, PeerConfig};
+use coral_mesh::membership::{self as ms, hex};
 use coral_proto::rpc::{ColonyJoinClient, DiscoveryClient};
 use coral_proto::{JoinError, JoinRequest, MeshGrant, SignedGrant};
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the agent keeps after joining.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Membership {
+pub struct SavedMembership {
     /// The colony's Ed25519 key (from the token): grants and discovery
     /// records must verify with it.
     pub colony_sign_key: String,
@@ -58,16 +58,16 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
-impl Membership {
+impl SavedMembership {
     /// The cached membership with its verified grant, if any.
-    pub fn load(state_dir: &Path) -> Result<Option<(Membership, MeshGrant)>, String> {
+    pub fn load(state_dir: &Path) -> Result<Option<(SavedMembership, MeshGrant)>, String> {
         let p = path(state_dir);
         let text = match std::fs::read_to_string(&p) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
         };
-        let m: Membership = serde_json::from_str(&text)
+        let m: SavedMembership = serde_json::from_str(&text)
             .map_err(|e| format!("{} is damaged ({e}); join again with --join", p.display()))?;
         let g = ms::verify_grant(&m.colony_sign_key, &m.grant)
             .map_err(|e| format!("{}: {e}; join again with --join", p.display()))?;
@@ -109,7 +109,7 @@ fn key_choice(config: &AgentConfig) -> &'static str {
 /// Redeems `token` with its colony (unless this agent already redeemed
 /// it), verifies the signed grant and caches it. Returns the grant and
 /// whether a join happened now.
-pub async fn join(
+pub async fn redeem(
     config: &AgentConfig,
     agent_id: &str,
     name: &str,
@@ -132,14 +132,14 @@ pub async fn join(
     let secret = ms::unhex32(&t.secret).expect("checked by decode_token");
     let token_hash = ms::secret_hash(&secret);
     let state_dir = config.state_dir();
-    if let Ok(Some((m, g))) = Membership::load(&state_dir)
+    if let Ok(Some((m, g))) = SavedMembership::load(&state_dir)
         && m.token_hash == token_hash
     {
         return Ok((g, false));
     }
     let choice = key_choice(config);
     let private = agent_key(config, choice).map_err(JoinFailure::Local)?;
-    let public = crate::mesh::public_key(&private);
+    let public = coral_mesh::device::public_key(&private);
     let colony_public = ms::unhex32(&t.colony_public_key).expect("checked by decode_token");
     let req = JoinRequest {
         colony_id: t.colony_id.clone(),
@@ -182,7 +182,7 @@ pub async fn join(
     {
         return Err(bad("it is for another colony, agent or key".into()));
     }
-    Membership {
+    SavedMembership {
         colony_sign_key: t.colony_sign_key,
         grant: signed,
         token_hash,
@@ -214,7 +214,7 @@ pub struct AgentMesh {
     pub colony_mesh_ip: Ipv4Addr,
     pub colony_public: [u8; 32],
     pub interface: String,
-    pub membership: Membership,
+    pub membership: SavedMembership,
     /// Where the TUN device came from.
     pub tun_path: coral_privhelper::TunPath,
     keepalive: u16,
@@ -230,11 +230,11 @@ impl AgentMesh {
     pub fn open(
         config: &AgentConfig,
         agent_id: &str,
-        m: Membership,
+        m: SavedMembership,
         grant: MeshGrant,
     ) -> Result<AgentMesh, String> {
         let private = agent_key(config, &m.key)?;
-        if hex(&crate::mesh::public_key(&private)) != grant.agent_public_key {
+        if hex(&coral_mesh::device::public_key(&private)) != grant.agent_public_key {
             return Err(
                 "the agent's WireGuard key changed since it joined; join again with --join".into(),
             );

@@ -127,8 +127,8 @@ fn main() {
     sh(&["ip", "-n", b, "link", "set", &y, "up"]);
 
     // Coral's device.
-    let (ka, pa) = coral_agent::mesh::generate_keypair();
-    let (kb, pb) = coral_agent::mesh::generate_keypair();
+    let (ka, pa) = coral_mesh::device::generate_keypair();
+    let (kb, pb) = coral_mesh::device::generate_keypair();
     let n = node.to_str().unwrap();
     for (ns, addr, key, peer) in [
         (b, "100.64.0.1", kb, format!("{},100.64.0.2,-", hex(&pa))),
