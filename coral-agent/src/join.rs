@@ -7,6 +7,7 @@
 //! every start, so a tampered file is refused.
 
 use crate::config::{AgentConfig, KeySource};
+use anyhow::{anyhow, bail};
 use coral_mesh::device::{Device, PeerConfig};
 use coral_mesh::membership::{self as ms, hex};
 use coral_proto::rpc::{ColonyJoinClient, DiscoveryClient};
@@ -60,36 +61,38 @@ pub fn path(state_dir: &Path) -> PathBuf {
 
 impl SavedMembership {
     /// The cached membership with its verified grant, if any.
-    pub fn load(state_dir: &Path) -> Result<Option<(SavedMembership, MeshGrant)>, String> {
+    pub fn load(state_dir: &Path) -> anyhow::Result<Option<(SavedMembership, MeshGrant)>> {
         let p = path(state_dir);
         let text = match std::fs::read_to_string(&p) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+            Err(e) => bail!("cannot read {}: {e}", p.display()),
         };
         let m: SavedMembership = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is damaged ({e}); join again with --join", p.display()))?;
+            .map_err(|e| anyhow!("{} is damaged ({e}); join again with --join", p.display()))?;
         let g = ms::verify_grant(&m.colony_sign_key, &m.grant)
-            .map_err(|e| format!("{}: {e}; join again with --join", p.display()))?;
+            .map_err(|e| anyhow!("{}: {e}; join again with --join", p.display()))?;
         Ok(Some((m, g)))
     }
 
-    pub fn save(&self, state_dir: &Path) -> Result<(), String> {
+    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
         let p = path(state_dir);
         ms::write_private(&p, &serde_json::to_vec_pretty(self).expect("serialises"))
-            .map_err(|e| format!("cannot write {}: {e}", p.display()))
+            .map_err(|e| anyhow!("cannot write {}: {e}", p.display()))
     }
 }
 
 /// The agent's WireGuard key, from the helper or its key file.
-pub fn agent_key(config: &AgentConfig, choice: &str) -> Result<[u8; 32], String> {
+pub fn agent_key(config: &AgentConfig, choice: &str) -> anyhow::Result<[u8; 32]> {
     if choice == "helper" {
         let k = coral_privhelper::Client::connect(&config.mesh.helper_socket)
             .and_then(|mut c| c.get_key())
-            .map_err(|e| format!("the agent's WireGuard key is held by coral-privhelper: {e}"))?;
+            .map_err(|e| anyhow!("the agent's WireGuard key is held by coral-privhelper: {e}"))?;
         Ok(*k.secret)
     } else {
-        ms::load_or_create_secret(&config.state_dir().join("wg.key")).map_err(|e| e.to_string())
+        Ok(ms::load_or_create_secret(
+            &config.state_dir().join("wg.key"),
+        )?)
     }
 }
 
@@ -138,7 +141,7 @@ pub async fn redeem(
         return Ok((g, false));
     }
     let choice = key_choice(config);
-    let private = agent_key(config, choice).map_err(JoinFailure::Local)?;
+    let private = agent_key(config, choice).map_err(|e| JoinFailure::Local(e.to_string()))?;
     let public = coral_mesh::device::public_key(&private);
     let colony_public = ms::unhex32(&t.colony_public_key).expect("checked by decode_token");
     let req = JoinRequest {
@@ -163,7 +166,7 @@ pub async fn redeem(
                     source,
                 });
             }
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
     }
     let Some(signed) = signed else {
@@ -190,20 +193,20 @@ pub async fn redeem(
         endpoints: Vec::new(),
     }
     .save(&state_dir)
-    .map_err(JoinFailure::Local)?;
+    .map_err(|e| JoinFailure::Local(e.to_string()))?;
     Ok((grant, true))
 }
 
-async fn call_join(ep: &str, req: JoinRequest) -> Result<Result<SignedGrant, JoinError>, String> {
+async fn call_join(ep: &str, req: JoinRequest) -> anyhow::Result<Result<SignedGrant, JoinError>> {
     let s = tokio::time::timeout(JOIN_TIMEOUT, tokio::net::TcpStream::connect(ep))
         .await
-        .map_err(|_| format!("no answer from {ep} within {JOIN_TIMEOUT:?}"))?
-        .map_err(|e| format!("{ep}: {e}"))?;
+        .map_err(|_| anyhow!("no answer from {ep} within {JOIN_TIMEOUT:?}"))?
+        .map_err(|e| anyhow!("{ep}: {e}"))?;
     let _ = s.set_nodelay(true);
     let c = ColonyJoinClient::new(Default::default(), coral_proto::local::framed(s)).spawn();
     let mut ctx = tarpc::context::current();
     ctx.deadline = std::time::Instant::now() + JOIN_TIMEOUT;
-    c.join(ctx, req).await.map_err(|e| format!("{ep}: {e}"))
+    c.join(ctx, req).await.map_err(|e| anyhow!("{ep}: {e}"))
 }
 
 /// The agent's running mesh.
@@ -232,14 +235,12 @@ impl AgentMesh {
         agent_id: &str,
         m: SavedMembership,
         grant: MeshGrant,
-    ) -> Result<AgentMesh, String> {
+    ) -> anyhow::Result<AgentMesh> {
         let private = agent_key(config, &m.key)?;
         if hex(&coral_mesh::device::public_key(&private)) != grant.agent_public_key {
-            return Err(
-                "the agent's WireGuard key changed since it joined; join again with --join".into(),
-            );
+            bail!("the agent's WireGuard key changed since it joined; join again with --join");
         }
-        let bad = |w: &str| format!("membership: bad {w}; join again with --join");
+        let bad = |w: &str| anyhow!("membership: bad {w}; join again with --join");
         let mesh_ip: Ipv4Addr = grant.mesh_ip.parse().map_err(|_| bad("mesh ip"))?;
         let colony_mesh_ip: Ipv4Addr =
             grant.colony_mesh_ip.parse().map_err(|_| bad("colony ip"))?;
@@ -257,17 +258,16 @@ impl AgentMesh {
             .unwrap_or_else(|| default_ifname(agent_id));
         let params = coral_privhelper::TunParams {
             name: coral_privhelper::IfName::new(&interface)
-                .map_err(|e| format!("interface name {interface}: {e}"))?,
+                .map_err(|e| anyhow!("interface name {interface}: {e}"))?,
             addr: mesh_ip,
             prefix,
             mtu: config.mesh.mtu,
         };
-        let (tun, tun_path) = coral_privhelper::open_tun(&config.mesh.helper_socket, &params)
-            .map_err(|e| e.to_string())?;
+        let (tun, tun_path) = coral_privhelper::open_tun(&config.mesh.helper_socket, &params)?;
         let udp = std::net::UdpSocket::bind(&config.mesh.listen)
-            .map_err(|e| format!("cannot bind UDP {}: {e}", config.mesh.listen))?;
-        udp.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let udp = tokio::net::UdpSocket::from_std(udp).map_err(|e| e.to_string())?;
+            .map_err(|e| anyhow!("cannot bind UDP {}: {e}", config.mesh.listen))?;
+        udp.set_nonblocking(true)?;
+        let udp = tokio::net::UdpSocket::from_std(udp)?;
         let endpoint = m
             .endpoints
             .iter()
@@ -285,7 +285,7 @@ impl AgentMesh {
             tun.fd,
             udp,
         )
-        .map_err(|e| format!("cannot start the WireGuard device: {e}"))?;
+        .map_err(|e| anyhow!("cannot start the WireGuard device: {e}"))?;
         tracing::info!(%interface, %mesh_ip, colony = %grant.colony_id, endpoint = ?endpoint, tun = %tun_path, "agent mesh up");
         Ok(AgentMesh {
             device: Arc::new(device),
@@ -311,29 +311,28 @@ impl AgentMesh {
         &self,
         discovery: &str,
         state_dir: &Path,
-    ) -> Result<bool, String> {
+    ) -> anyhow::Result<bool> {
         let s = tokio::time::timeout(JOIN_TIMEOUT, tokio::net::TcpStream::connect(discovery))
             .await
-            .map_err(|_| format!("discovery {discovery}: no answer"))?
-            .map_err(|e| format!("discovery {discovery}: {e}"))?;
+            .map_err(|_| anyhow!("discovery {discovery}: no answer"))?
+            .map_err(|e| anyhow!("discovery {discovery}: {e}"))?;
         let c = DiscoveryClient::new(Default::default(), coral_proto::local::framed(s)).spawn();
         let rec = c
             .lookup(tarpc::context::current(), self.grant.colony_id.clone())
             .await
-            .map_err(|e| format!("discovery {discovery}: {e}"))?
+            .map_err(|e| anyhow!("discovery {discovery}: {e}"))?
             .ok_or_else(|| {
-                format!(
+                anyhow!(
                     "discovery {discovery} does not know colony {}",
                     self.grant.colony_id
                 )
             })?;
-        let rec = ms::verify_endpoints(&self.membership.colony_sign_key, &rec)
-            .map_err(|e| e.to_string())?;
+        let rec = ms::verify_endpoints(&self.membership.colony_sign_key, &rec)?;
         if rec.colony_id != self.grant.colony_id {
-            return Err("discovery answered for another colony".into());
+            bail!("discovery answered for another colony");
         }
         let Some(ep) = rec.endpoints.iter().find_map(|e| resolve(e)) else {
-            return Err("discovery lists no usable endpoint".into());
+            bail!("discovery lists no usable endpoint");
         };
         let current = self.device.peer_status().first().and_then(|p| p.endpoint);
         if current == Some(ep) {

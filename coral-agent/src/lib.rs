@@ -38,8 +38,8 @@ pub enum AgentError {
     State(#[from] coral_store::sqlite::StoreError),
     #[error(transparent)]
     Telemetry(#[from] coral_store::telemetry::TelemetryError),
-    #[error("{0}")]
-    Otlp(String),
+    #[error(transparent)]
+    Otlp(#[from] otlp::BindError),
     #[error("cannot create state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -168,7 +168,7 @@ impl Agent {
             .collect();
         state.add_services(&from_config)?;
         let otlp_listeners = match config.otlp.enabled {
-            true => Some(otlp::Listeners::bind(&config.otlp).map_err(AgentError::Otlp)?),
+            true => Some(otlp::Listeners::bind(&config.otlp)?),
             false => None,
         };
         let exec = exec::Exec::open(&config.exec, &state_dir.join("agent.db"), spawner)?;
@@ -179,7 +179,9 @@ impl Agent {
         )?;
         let hostname = hostname();
         let name = config.name.clone().unwrap_or_else(|| hostname.clone());
-        let mesh = match join::SavedMembership::load(&state_dir).map_err(AgentError::Mesh)? {
+        let mesh = match join::SavedMembership::load(&state_dir)
+            .map_err(|e| AgentError::Mesh(e.to_string()))?
+        {
             Some((m, grant)) => {
                 if let Some(want) = &config.colony_id
                     && want != &grant.colony_id
@@ -191,7 +193,7 @@ impl Agent {
                 }
                 Some(Arc::new(
                     join::AgentMesh::open(&config, &agent_id, m, grant)
-                        .map_err(AgentError::Mesh)?,
+                        .map_err(|e| AgentError::Mesh(e.to_string()))?,
                 ))
             }
             None => None,

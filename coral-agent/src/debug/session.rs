@@ -462,7 +462,9 @@ impl Debugger {
         let (exe, idx) = self.index_of(pid)?;
         let mut probes = Vec::new();
         for name in &req.functions {
-            let f = idx.resolve(name).map_err(DebugError::NotFound)?;
+            let f = idx
+                .resolve(name)
+                .map_err(|e| DebugError::NotFound(e.to_string()))?;
             let args_ok = allow(&f.name)?;
             if req.capture_args && !args_ok {
                 return Err(DebugError::Refused(format!(

@@ -338,14 +338,14 @@ impl Tracker {
         for x in out.drain(..) {
             self.requests += 1;
             if let Some(t) = &self.tap {
-                t.offer(
+                t.offer(&super::tap::Paired {
                     service,
-                    &x.method,
-                    &x.target,
-                    x.status,
-                    x.start_ns as i64 + self.wall_offset_ns,
-                    x.end_ns as i64 + self.wall_offset_ns,
-                );
+                    method: &x.method,
+                    target: &x.target,
+                    status: x.status,
+                    start_wall_ns: x.start_ns as i64 + self.wall_offset_ns,
+                    end_wall_ns: x.end_ns as i64 + self.wall_offset_ns,
+                });
             }
             let second = second_ms(x.start_ns as i64 + self.wall_offset_ns);
             let us = x.duration_us();

@@ -883,8 +883,8 @@ mod tests {
         assert_eq!(cut("ab", 2), "ab");
     }
 
-    /// A policy that allows `/usr/bin/ss -tnp` for on-call (timeout 30 s)
-    /// and denies `/usr/bin/rm`, and the decision on `program args`.
+    /// The decision on `program args` under a policy that allows only
+    /// `/usr/bin/ss -tnp`, for on-call, for 30 s and 4 KiB of output.
     fn decided(program: &str, args: &[&str]) -> Decision {
         let policy = coral_policy::Policy::parse(
             "policy.toml",
