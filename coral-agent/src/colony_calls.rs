@@ -1,5 +1,7 @@
-//! The agent's `AgentRpc` server: colony → agent calls (exec, audit) on the
-//! agent's own TCP listener (`agent.rpc_listen`).
+//! What the colony calls on the agent: the `AgentRpc` service (exec,
+//! audit, telemetry checkpoints, live debugging), one `ColonyConnection`
+//! per connection, on the agent's own TCP listener (`agent.rpc_listen`, or
+//! its mesh address).
 //!
 //! Who may call: only the colony the agent is linked to. Until the mesh
 //! carries this traffic, that is checked by address: the caller's IP must be
@@ -20,6 +22,8 @@ use std::time::Duration;
 use tarpc::context::Context;
 use tokio::net::TcpListener;
 
+/// One connection from the colony: the agent's state and the caller's
+/// address.
 #[derive(Clone)]
 struct ColonyConnection {
     shared: Arc<AgentCore>,

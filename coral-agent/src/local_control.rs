@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tarpc::context::Context;
 use tokio::net::UnixListener;
 
+/// One CLI connection to `agent.sock`.
 #[derive(Clone)]
 struct LocalControl {
     shared: Arc<AgentCore>,

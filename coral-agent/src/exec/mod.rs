@@ -79,7 +79,7 @@ struct Launch {
 /// anything is recorded or run.
 struct Facts<'a> {
     /// The program as resolved on this host, or why it cannot be.
-    resolved: &'a Result<String, String>,
+    resolved: &'a Result<String, ResolveError>,
     service: &'a str,
     /// The service is connected to this agent.
     service_connected: bool,
@@ -128,7 +128,7 @@ fn judge(f: &Facts<'_>) -> Judgement {
         max_output_bytes: 0,
     };
     let program = match f.resolved {
-        Err(why) => return refused(ExecVerdict::NotFound, None, None, why.clone()),
+        Err(why) => return refused(ExecVerdict::NotFound, None, None, why.to_string()),
         Ok(program) => program,
     };
     let decision = match f.decision {
@@ -225,14 +225,26 @@ fn launch_path(cmd: &str, resolved: &str) -> String {
         .unwrap_or_else(|| resolved.to_string())
 }
 
-fn resolve(cmd: &str) -> Result<String, String> {
+/// Why a program cannot be run on this host.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("program {cmd:?} cannot be resolved on this host: {source}")]
+    Unresolvable { cmd: String, source: std::io::Error },
+    #[error("program {cmd:?} is not found on this host (looked in {})", SEARCH_PATH.join(":"))]
+    NotFound { cmd: String },
+}
+
+fn resolve(cmd: &str) -> Result<String, ResolveError> {
     if cmd.contains('/') {
         if !cmd.starts_with('/') {
             return Ok(cmd.to_string()); // the policy denies a relative path
         }
         return std::fs::canonicalize(cmd)
             .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| format!("program {cmd:?} cannot be resolved on this host: {e}"));
+            .map_err(|source| ResolveError::Unresolvable {
+                cmd: cmd.to_string(),
+                source,
+            });
     }
     for dir in SEARCH_PATH {
         let p = Path::new(dir).join(cmd);
@@ -242,10 +254,9 @@ fn resolve(cmd: &str) -> Result<String, String> {
             return Ok(real.to_string_lossy().into_owned());
         }
     }
-    Err(format!(
-        "program {cmd:?} is not found on this host (looked in {})",
-        SEARCH_PATH.join(":")
-    ))
+    Err(ResolveError::NotFound {
+        cmd: cmd.to_string(),
+    })
 }
 
 /// At most `max` characters of `s` (never cut inside one), `…` if cut.
@@ -909,7 +920,7 @@ mod tests {
         })
     }
 
-    fn facts<'a>(resolved: &'a Result<String, String>, d: Option<&'a Decision>) -> Facts<'a> {
+    fn facts<'a>(resolved: &'a Result<String, ResolveError>, d: Option<&'a Decision>) -> Facts<'a> {
         Facts {
             resolved,
             service: "api",
@@ -964,11 +975,14 @@ mod tests {
             );
         };
         // Not found: nothing else is looked at.
-        let missing = Err("program \"nope\" is not found".to_string());
+        let missing = Err(ResolveError::NotFound { cmd: "nope".into() });
         refused(
             &facts(&missing, None),
             ExecVerdict::NotFound,
-            "program \"nope\" is not found",
+            &format!(
+                "program \"nope\" is not found on this host (looked in {})",
+                SEARCH_PATH.join(":")
+            ),
             None,
         );
         // The service is not connected (the policy was not asked).
