@@ -75,6 +75,31 @@ struct Launch {
     max_output_bytes: u64,
 }
 
+impl Launch {
+    /// What runs for an allowed request; `None` for a refused one.
+    fn allowed(id: String, req: ExecRequest, judged: Judgement) -> Option<Launch> {
+        let (Some(limits), Some(program)) = (judged.limits, judged.program) else {
+            return None;
+        };
+        // The program runs as resolved (checked) but sees the name it was
+        // asked by, as from a shell: multi-call programs (Debian's psql
+        // wrapper, busybox) dispatch on it.
+        Some(Launch {
+            id,
+            launch: launch_path(&req.argv[0], &program),
+            program,
+            argv0: req.argv[0].clone(),
+            args: req.argv[1..].to_vec(),
+            caller: req.caller,
+            service: req.service,
+            rule: judged.rule.unwrap_or_default(),
+            limits,
+            timeout: judged.timeout,
+            max_output_bytes: judged.max_output_bytes,
+        })
+    }
+}
+
 /// What [`judge`] weighs: the facts about one request, gathered before
 /// anything is recorded or run.
 struct Facts<'a> {
@@ -463,9 +488,9 @@ impl Exec {
         });
     }
 
-    /// Decides, records, and starts: [`judge`] the request, write its
-    /// audit record (durable before anything runs), then spawn what was
-    /// allowed. `services` are the services connected to this agent;
+    /// Judges, records, and spawns: [`judge`] the request (through
+    /// `decide`), write its audit record (durable before anything runs),
+    /// then spawn what was allowed. `services` are the services connected to this agent;
     /// `peer` is where the request came from.
     pub(crate) async fn start(
         self: &Arc<Self>,
@@ -488,13 +513,43 @@ impl Exec {
         }
         let origin = format!("{} via {peer}", req.origin);
 
-        // Judge.
+        let (judged, slot) = self.decide(&req, &caller, services);
+        self.record(&exec_id, &req, &caller_text, &origin, &judged)
+            .await?;
+        tracing::info!(exec_id = %exec_id, caller = %caller_text, origin = %origin, service = %req.service, argv = ?req.argv, verdict = ?judged.verdict, reason = %judged.reason, "exec");
+        let started = ExecStarted {
+            exec_id: exec_id.clone(),
+            agent_id: agent.0.to_string(),
+            agent_name: agent.1.to_string(),
+            verdict: judged.verdict,
+            program: judged.program.clone(),
+            rule: judged.rule.clone(),
+            reason: judged.reason.clone(),
+            timeout_ms: judged.timeout.as_millis() as u64,
+            max_output_bytes: judged.max_output_bytes,
+        };
+        if let (Some(slot), Some(launch)) = (slot, Launch::allowed(exec_id, req, judged)) {
+            self.spawn(launch, slot);
+        }
+        Ok(started)
+    }
+
+    /// Gathers the facts about a request (where its program is, whether
+    /// its service is here, the policy's decision, a free running slot,
+    /// the containment) and [`judge`]s it. The running slot comes back
+    /// only with an allowed request.
+    fn decide(
+        &self,
+        req: &ExecRequest,
+        caller: &Caller,
+        services: &[String],
+    ) -> (Judgement, Option<tokio::sync::OwnedSemaphorePermit>) {
         let resolved = resolve(&req.argv[0]);
         let service_connected = services.iter().any(|s| s == &req.service);
         let policy = self.policy.current();
         let decision = match &resolved {
             Ok(program) if service_connected => Some(policy.decide(&Request {
-                caller: &caller,
+                caller,
                 service: &req.service,
                 program,
                 args: &req.argv[1..],
@@ -522,46 +577,7 @@ impl Exec {
             asked_timeout: req.timeout_ms.map(Duration::from_millis),
         });
         let slot = slot.filter(|_| judged.verdict == ExecVerdict::Allowed);
-
-        // Record.
-        self.record(&exec_id, &req, &caller_text, &origin, &judged)
-            .await?;
-        tracing::info!(exec_id = %exec_id, caller = %caller_text, origin = %origin, service = %req.service, argv = ?req.argv, verdict = ?judged.verdict, reason = %judged.reason, "exec");
-        let started = ExecStarted {
-            exec_id: exec_id.clone(),
-            agent_id: agent.0.to_string(),
-            agent_name: agent.1.to_string(),
-            verdict: judged.verdict,
-            program: judged.program.clone(),
-            rule: judged.rule.clone(),
-            reason: judged.reason.clone(),
-            timeout_ms: judged.timeout.as_millis() as u64,
-            max_output_bytes: judged.max_output_bytes,
-        };
-
-        // Spawn.
-        let (Some(slot), Some(limits), Some(program)) = (slot, judged.limits, judged.program)
-        else {
-            return Ok(started);
-        };
-        // The program runs as resolved (checked) but sees the name it was
-        // asked by, as from a shell: multi-call programs (Debian's psql
-        // wrapper, busybox) dispatch on it.
-        let launch = Launch {
-            id: exec_id,
-            caller: req.caller,
-            service: req.service,
-            launch: launch_path(&req.argv[0], &program),
-            program,
-            argv0: req.argv[0].clone(),
-            args: req.argv[1..].to_vec(),
-            rule: judged.rule.unwrap_or_default(),
-            limits,
-            timeout: judged.timeout,
-            max_output_bytes: judged.max_output_bytes,
-        };
-        self.spawn(launch, slot);
-        Ok(started)
+        (judged, slot)
     }
 
     /// The write-ahead audit record of a judged request: durable before
