@@ -66,8 +66,8 @@ bench:
 	$(CARGO) bench -p coral --bench analyze
 	$(CARGO) bench -p coral-policy --bench decide
 	$(CARGO) bench -p coral-privhelper --bench requests
-	$(CARGO) build --release -p coral-agent --examples
-	$(CARGO) bench -p coral-agent --bench mesh
+	$(CARGO) build --release -p coral-mesh --examples
+	$(CARGO) bench -p coral-mesh --bench mesh
 	$(CARGO) bench -p coral --bench ebpf
 	$(CARGO) bench -p coral --bench mesh_join
 

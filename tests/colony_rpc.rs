@@ -1,10 +1,10 @@
 //! Issue 2: the colony's agent-facing RPC, in process (`Colony::run` on
 //! 127.0.0.1:0 with a temp state dir), driven by a real tarpc client.
 
-use coral_agent::telemetry::{SampleRow, Telemetry};
 use coral_colony::{Colony, ColonyConfig, registry::Registry};
 use coral_proto::rpc::ColonyClient;
 use coral_proto::{ColonyError, HealthSample, Heartbeat, Registration, ServiceHealth, ServiceSpec};
+use coral_store::telemetry::{SampleRow, Telemetry};
 use std::time::Duration;
 
 fn sample(seq: u64) -> HealthSample {

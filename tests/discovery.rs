@@ -16,7 +16,7 @@ mod common;
 
 use common::CORAL;
 use common::netns::{Node, have, sh};
-use coral_agent::membership as ms;
+use coral_mesh::membership as ms;
 use coral_proto::rpc::DiscoveryClient;
 use coral_proto::{DiscoveryError, EndpointRecord, SignedEndpoints};
 use serde_json::Value;
@@ -348,7 +348,7 @@ fn an_agent_finds_a_moved_colony_through_discovery_and_refuses_a_forged_record()
         "{members:#}"
     );
     // The cached membership now holds the discovered endpoint.
-    let cached = std::fs::read_to_string(coral_agent::meshnode::path(
+    let cached = std::fs::read_to_string(coral_agent::join::path(
         &lab.a.dir.join("state/coral/agent"),
     ))
     .unwrap();

@@ -271,7 +271,7 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
     let short = token(colony, &["--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
     join_fails(a1, &short, "expired", 77);
-    let mut other = coral_agent::membership::decode_token(&token(colony, &[])).unwrap();
+    let mut other = coral_mesh::membership::decode_token(&token(colony, &[])).unwrap();
     let real_id = other.colony_id.clone();
     other.colony_id = "other-colony".into();
     let out = a1.run(&[
@@ -279,7 +279,7 @@ fn agents_join_with_tokens_talk_over_the_mesh_survive_restarts_and_are_revoked()
         "start",
         "--daemon",
         "--join",
-        &coral_agent::membership::encode_token(&other),
+        &coral_mesh::membership::encode_token(&other),
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{err}");

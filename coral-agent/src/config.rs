@@ -295,17 +295,6 @@ impl AgentConfig {
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir
             .clone()
-            .unwrap_or_else(|| state_home().join("coral").join("agent"))
-    }
-}
-
-/// `$XDG_STATE_HOME`, or `~/.local/state`.
-pub fn state_home() -> PathBuf {
-    match std::env::var_os("XDG_STATE_HOME") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/coral"))
-            .join(".local/state"),
+            .unwrap_or_else(|| coral_store::state_home().join("coral").join("agent"))
     }
 }

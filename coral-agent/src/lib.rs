@@ -6,31 +6,26 @@
 //! Start it with [`Agent::open`] then [`Agent::run`] (or [`run`]), giving it
 //! the Unix listener for its local control socket and a shutdown future.
 
+mod colony_calls;
 pub mod config;
-mod control;
 pub mod debug;
 pub mod ebpf;
 pub mod exec;
+pub mod join;
 mod link;
-pub mod membership;
-pub mod mesh;
-pub mod meshnode;
+mod local_control;
 pub mod otlp;
 pub mod probe;
-mod rpc;
-pub mod sandbox;
-pub mod sqlite;
 mod state;
-pub mod telemetry;
 
 pub use config::AgentConfig;
 
 use coral_proto::{Health, HealthSample, ServiceHealth, ServiceSpec};
+use coral_store::telemetry::{SampleRow, Telemetry, TelemetryGuard};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use telemetry::{SampleRow, Telemetry, TelemetryGuard};
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -40,11 +35,11 @@ pub enum AgentError {
     #[error("invalid agent config: {0}")]
     Config(String),
     #[error(transparent)]
-    State(#[from] sqlite::StoreError),
+    State(#[from] coral_store::sqlite::StoreError),
     #[error(transparent)]
-    Telemetry(#[from] telemetry::TelemetryError),
-    #[error("{0}")]
-    Otlp(String),
+    Telemetry(#[from] coral_store::telemetry::TelemetryError),
+    #[error(transparent)]
+    Otlp(#[from] otlp::BindError),
     #[error("cannot create state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -55,7 +50,7 @@ pub enum AgentError {
 }
 
 /// Samples waiting for the colony's acknowledgement.
-struct Pending {
+struct PendingSamples {
     /// Last sample sequence number used: the boot counter in the high 32 bits.
     next_seq: u64,
     samples: VecDeque<HealthSample>,
@@ -68,16 +63,16 @@ struct Watched {
 }
 
 /// State shared by the agent's tasks.
-pub(crate) struct Shared {
+pub(crate) struct AgentCore {
     pub(crate) config: AgentConfig,
     pub(crate) agent_id: String,
     pub(crate) name: String,
     pub(crate) hostname: String,
     pub(crate) started_at_ms: i64,
     pub(crate) state_dir: PathBuf,
-    state: Mutex<state::AgentState>,
+    state: Mutex<state::AgentDb>,
     services: Mutex<BTreeMap<String, Watched>>,
-    pending: Mutex<Pending>,
+    pending: Mutex<PendingSamples>,
     pub(crate) link: Mutex<coral_proto::ColonyLink>,
     pub(crate) telemetry: Telemetry,
     /// OTLP/gRPC and OTLP/HTTP addresses, when the receiver runs.
@@ -101,7 +96,7 @@ pub(crate) struct Shared {
     pub(crate) changed: Notify,
     pub(crate) shutdown: CancellationToken,
     /// The mesh, once this agent has joined a colony with a token.
-    pub(crate) mesh: Option<Arc<meshnode::AgentMesh>>,
+    pub(crate) mesh: Option<Arc<join::AgentMesh>>,
     /// The agent's own mesh address (the one place to read it): listeners
     /// the colony dials bind here. `None` for an agent without the mesh.
     pub(crate) mesh_ip: Option<std::net::Ipv4Addr>,
@@ -109,31 +104,31 @@ pub(crate) struct Shared {
 
 /// An opened agent, ready to run.
 pub struct Agent {
-    shared: Arc<Shared>,
+    shared: Arc<AgentCore>,
     otlp: Option<otlp::Listeners>,
     rpc: Option<std::net::TcpListener>,
     _telemetry: TelemetryGuard,
 }
 
 impl Agent {
-    /// Redeems a join token with its colony (see [`meshnode::join`]) before
+    /// Redeems a join token with its colony (see [`join::redeem`]) before
     /// the agent opens; returns the colony id and the agent's mesh address,
     /// and whether the token was redeemed now (false: this agent already
     /// redeemed it).
     pub async fn join(
         config: &AgentConfig,
         token: &str,
-    ) -> Result<(coral_proto::MeshGrant, bool), meshnode::JoinFailure> {
+    ) -> Result<(coral_proto::MeshGrant, bool), join::JoinFailure> {
         let state_dir = config.state_dir();
         coral_proto::local::ensure_private_dir(&state_dir).map_err(|e| {
-            meshnode::JoinFailure::Local(format!("cannot create {}: {e}", state_dir.display()))
+            join::JoinFailure::Local(format!("cannot create {}: {e}", state_dir.display()))
         })?;
-        let agent_id = state::AgentState::open(&state_dir.join("agent.db"))
+        let agent_id = state::AgentDb::open(&state_dir.join("agent.db"))
             .and_then(|s| s.agent_id())
-            .map_err(|e| meshnode::JoinFailure::Local(e.to_string()))?;
+            .map_err(|e| join::JoinFailure::Local(e.to_string()))?;
         let hostname = hostname();
         let name = config.name.clone().unwrap_or_else(|| hostname.clone());
-        meshnode::join(config, &agent_id, &name, &hostname, token).await
+        join::redeem(config, &agent_id, &name, &hostname, token).await
     }
 
     /// Validates the config and opens the agent's state and telemetry files.
@@ -160,7 +155,7 @@ impl Agent {
                 source,
             }
         })?;
-        let mut state = state::AgentState::open(&state_dir.join("agent.db"))?;
+        let mut state = state::AgentDb::open(&state_dir.join("agent.db"))?;
         let agent_id = state.agent_id()?;
         let boot = state.next_boot()?;
         // Services from the config are added once; later edits go through
@@ -173,7 +168,7 @@ impl Agent {
             .collect();
         state.add_services(&from_config)?;
         let otlp_listeners = match config.otlp.enabled {
-            true => Some(otlp::Listeners::bind(&config.otlp).map_err(AgentError::Otlp)?),
+            true => Some(otlp::Listeners::bind(&config.otlp)?),
             false => None,
         };
         let exec = exec::Exec::open(&config.exec, &state_dir.join("agent.db"), spawner)?;
@@ -184,7 +179,9 @@ impl Agent {
         )?;
         let hostname = hostname();
         let name = config.name.clone().unwrap_or_else(|| hostname.clone());
-        let mesh = match meshnode::Membership::load(&state_dir).map_err(AgentError::Mesh)? {
+        let mesh = match join::SavedMembership::load(&state_dir)
+            .map_err(|e| AgentError::Mesh(e.to_string()))?
+        {
             Some((m, grant)) => {
                 if let Some(want) = &config.colony_id
                     && want != &grant.colony_id
@@ -195,8 +192,8 @@ impl Agent {
                     )));
                 }
                 Some(Arc::new(
-                    meshnode::AgentMesh::open(&config, &agent_id, m, grant)
-                        .map_err(AgentError::Mesh)?,
+                    join::AgentMesh::open(&config, &agent_id, m, grant)
+                        .map_err(|e| AgentError::Mesh(e.to_string()))?,
                 ))
             }
             None => None,
@@ -221,7 +218,7 @@ impl Agent {
             .map(|a| a.to_string())
             .unwrap_or_else(|_| rpc_listen.clone());
         let now = coral_proto::now_ms();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(AgentCore {
             prober: probe::Prober::new(config.probe_timeout),
             agent_id,
             name,
@@ -230,7 +227,7 @@ impl Agent {
             state_dir,
             state: Mutex::new(state),
             services: Mutex::new(BTreeMap::new()),
-            pending: Mutex::new(Pending {
+            pending: Mutex::new(PendingSamples {
                 next_seq: boot << 32,
                 samples: VecDeque::new(),
                 dropped: 0,
@@ -350,9 +347,9 @@ impl Agent {
                 tokio::runtime::Handle::current(),
             )
         });
-        let control_task = tokio::spawn(control::serve(shared.clone(), control));
+        let control_task = tokio::spawn(local_control::serve(shared.clone(), control));
         let rpc_task = match self.rpc.take().map(tokio::net::TcpListener::from_std) {
-            Some(Ok(l)) => Some(tokio::spawn(rpc::serve(shared.clone(), l))),
+            Some(Ok(l)) => Some(tokio::spawn(colony_calls::serve(shared.clone(), l))),
             Some(Err(e)) => {
                 tracing::error!(error = %e, "cannot serve agent rpc; coral exec will not reach this agent");
                 None
@@ -419,7 +416,7 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-impl Shared {
+impl AgentCore {
     /// Starts probing a service.
     fn watch(self: &Arc<Self>, spec: ServiceSpec) {
         let cancel = self.shutdown.child_token();

@@ -3,7 +3,7 @@
 //! full service set, so a colony that restarted (or lost the agent) is
 //! brought up to date by the next connection.
 
-use crate::Shared;
+use crate::AgentCore;
 use coral_proto::rpc::{ColonyClient, ColonyControlClient};
 use coral_proto::{ColonyError, Heartbeat, LinkState, Registration};
 use std::sync::Arc;
@@ -47,7 +47,7 @@ fn ctx() -> context::Context {
     c
 }
 
-pub(crate) async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(shared: Arc<AgentCore>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         if shared.shutdown.is_cancelled() {
@@ -124,7 +124,7 @@ enum Target {
 
 /// Where the colony is: on the mesh once joined, else the configured
 /// address, else the local colony's.
-async fn find_colony(shared: &Shared) -> Result<Target, LinkError> {
+async fn find_colony(shared: &AgentCore) -> Result<Target, LinkError> {
     if let Some(m) = &shared.mesh {
         return Ok(Target::Tcp(m.colony_rpc()));
     }
@@ -168,7 +168,7 @@ async fn find_colony(shared: &Shared) -> Result<Target, LinkError> {
     ))
 }
 
-async fn session(shared: &Arc<Shared>) -> Result<(), LinkError> {
+async fn session(shared: &Arc<AgentCore>) -> Result<(), LinkError> {
     let target = find_colony(shared).await?;
     let addr = match &target {
         Target::Tcp(a) => a.clone(),
@@ -330,7 +330,7 @@ enum ForwardError {
 /// batches capped by rows and bytes. Returns true if more is waiting than
 /// one tick sends.
 async fn forward(
-    shared: &Shared,
+    shared: &AgentCore,
     client: &ColonyClient,
     checkpoints: &mut coral_proto::Checkpoints,
     cut_log: &coral_proto::local::RateLimited,

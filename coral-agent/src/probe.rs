@@ -12,12 +12,31 @@ pub struct ProbeResult {
     pub error: Option<String>,
 }
 
+/// Why a probe failed: the service's `last_error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot build an HTTP client: {0}")]
+    NoHttpClient(String),
+    #[error("tcp connect: {0}")]
+    Connect(String),
+    #[error("tcp connect: no answer within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("GET {path}: HTTP {status}")]
+    Status { path: String, status: u16 },
+    #[error("GET {path}: no answer within {timeout:?}")]
+    Timeout { path: String, timeout: Duration },
+    #[error("GET {path}: connection refused")]
+    Refused { path: String },
+    #[error("GET {path}: {reason}")]
+    Failed { path: String, reason: String },
+}
+
 pub struct Prober {
     /// `Err` when the client cannot be built: with TLS compiled in (the
     /// `coral` binary enables it for LLM providers), a host with no CA
     /// store cannot build one. Health probes then say so instead of the
     /// agent panicking.
-    http: Result<reqwest::Client, String>,
+    http: Result<reqwest::Client, ProbeError>,
     timeout: Duration,
 }
 
@@ -31,7 +50,7 @@ impl Prober {
             .build()
             .map_err(|e| {
                 tracing::warn!(error = %e, "HTTP health probes are off: cannot build an HTTP client (is the ca-certificates package installed?)");
-                format!("cannot build an HTTP client: {e}")
+                ProbeError::NoHttpClient(e.to_string())
             });
         Prober { http, timeout }
     }
@@ -52,12 +71,12 @@ impl Prober {
             Err(e) => ProbeResult {
                 up: false,
                 latency,
-                error: Some(e),
+                error: Some(e.to_string()),
             },
         }
     }
 
-    async fn tcp_connect(&self, port: u16) -> Result<(), String> {
+    async fn tcp_connect(&self, port: u16) -> Result<(), ProbeError> {
         match tokio::time::timeout(
             self.timeout,
             tokio::net::TcpStream::connect(("127.0.0.1", port)),
@@ -65,22 +84,31 @@ impl Prober {
         .await
         {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("tcp connect: {}", io_reason(&e))),
-            Err(_) => Err(format!("tcp connect: no answer within {:?}", self.timeout)),
+            Ok(Err(e)) => Err(ProbeError::Connect(io_reason(&e))),
+            Err(_) => Err(ProbeError::ConnectTimeout(self.timeout)),
         }
     }
 
-    async fn http_get(&self, port: u16, path: &str) -> Result<(), String> {
+    async fn http_get(&self, port: u16, path: &str) -> Result<(), ProbeError> {
         let url = format!("http://127.0.0.1:{port}{path}");
         let http = self.http.as_ref().map_err(Clone::clone)?;
         match http.get(&url).send().await {
             Ok(resp) if resp.status().as_u16() < 400 => Ok(()),
-            Ok(resp) => Err(format!("GET {path}: HTTP {}", resp.status().as_u16())),
-            Err(e) if e.is_timeout() => {
-                Err(format!("GET {path}: no answer within {:?}", self.timeout))
-            }
-            Err(e) if e.is_connect() => Err(format!("GET {path}: connection refused")),
-            Err(e) => Err(format!("GET {path}: {}", error_chain(&e))),
+            Ok(resp) => Err(ProbeError::Status {
+                path: path.to_string(),
+                status: resp.status().as_u16(),
+            }),
+            Err(e) if e.is_timeout() => Err(ProbeError::Timeout {
+                path: path.to_string(),
+                timeout: self.timeout,
+            }),
+            Err(e) if e.is_connect() => Err(ProbeError::Refused {
+                path: path.to_string(),
+            }),
+            Err(e) => Err(ProbeError::Failed {
+                path: path.to_string(),
+                reason: error_chain(&e),
+            }),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! counter (so sample sequence numbers grow across restarts) and the services
 //! it watches (so they survive agent restarts).
 
-use crate::sqlite::{StoreError, open_migrated};
 use coral_proto::{ServiceKind, ServiceSpec};
+use coral_store::sqlite::{StoreError, open_migrated};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
@@ -46,13 +46,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      CREATE INDEX exec_audit_by_ts ON exec_audit (ts);",
 ];
 
-pub struct AgentState {
+pub struct AgentDb {
     conn: Connection,
 }
 
-impl AgentState {
+impl AgentDb {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(AgentState {
+        Ok(AgentDb {
             conn: open_migrated(path, MIGRATIONS)?,
         })
     }

@@ -260,7 +260,7 @@ fn err(e: impl std::fmt::Display) -> SeccompError {
 
 /// A role's seccomp policy, as data: the calls it may make, and the
 /// arguments some of them are limited to. Shared by the helper and the
-/// colony and agent (`coral_agent::sandbox`).
+/// colony and agent (`coral_sandbox`).
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// Allowed calls; anything else kills the process.

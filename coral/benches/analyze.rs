@@ -10,7 +10,7 @@
 mod common;
 
 use common::{Daemons, ms, percentile, write_section};
-use coral_agent::telemetry::Telemetry;
+use coral_store::telemetry::Telemetry;
 use std::time::{Duration, Instant};
 
 const SPANS: u64 = 1_000_000;

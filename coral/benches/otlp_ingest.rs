@@ -8,7 +8,7 @@
 //!
 //! Writes its section of docs/benchmarks.md. Run: `make bench`.
 
-use coral_agent::telemetry::{Batch, Telemetry};
+use coral_store::telemetry::{Batch, Telemetry};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use std::path::Path;

@@ -7,7 +7,7 @@
 //! seen for a colony id is pinned for the registry's lifetime: another key
 //! cannot replace the record, and an older record cannot replace a newer one.
 
-use coral_agent::membership as ms;
+use coral_mesh::membership as ms;
 use coral_proto::rpc::Discovery;
 use coral_proto::{DiscoveryError, SignedEndpoints};
 use futures::StreamExt as _;

@@ -538,7 +538,7 @@ pub enum QueryError {
 // The mesh: joining, members, discovery (issue 3).
 
 /// What `coral colony token create` prints, base64url-encoded behind the
-/// `coral-join-v1.` prefix (see `coral_agent::membership`). Everything an
+/// `coral-join-v1.` prefix (see `coral_mesh::membership`). Everything an
 /// agent needs to join: where the colony is, the keys to check its answers
 /// with, and the one-time secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -949,7 +949,7 @@ pub struct ExecStatus {
 /// within one second, as seen by the agent's eBPF capture. One second may
 /// have several rows (the agent flushes partial aggregates); they add up. `hist` is the
 /// latency histogram, sparse `bucket:count` pairs joined by commas (buckets
-/// of `coral_agent::ebpf::hist`).
+/// of `coral_store::hist`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RedRecord {
     pub agent_id: String,

@@ -19,8 +19,8 @@
 
 #![allow(dead_code)]
 
-use coral_agent::ebpf::hist::Hist;
 use coral_proto::{EdgeRecord, RedRecord};
+use coral_store::hist::Hist;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -1037,30 +1037,40 @@ impl Gen<'_> {
     }
 }
 
-/// A cron job's runs: a root span and three statements, every `every` µs.
-#[allow(clippy::too_many_arguments)]
-fn job_spans(
-    g: &mut Gen<'_>,
-    name: &str,
+/// A cron job: three statements per run, every `every` µs from `from`
+/// back to `to`.
+struct CronJob<'a> {
+    name: &'a str,
     from: i64,
     to: i64,
     every: i64,
+    /// Each statement's duration.
     ms: f64,
-    stmt: &str,
+    stmt: &'a str,
+    /// Which database the statements go to.
     which: u8,
-) {
-    let mut at = from;
-    while at > to {
-        let mut root = g.svc_node(Role::Worker, &format!("job {name}"), 1, 1.0);
-        root.service = name.to_string();
+}
+
+/// A cron job's runs: a root span and three statements each.
+fn job_spans(g: &mut Gen<'_>, job: &CronJob<'_>) {
+    let mut at = job.from;
+    while at > job.to {
+        let mut root = g.svc_node(Role::Worker, &format!("job {}", job.name), 1, 1.0);
+        root.service = job.name.to_string();
         for _ in 0..3 {
-            let mut q = g.db(Role::Worker, which, "UPDATE", stmt.to_string(), ms);
-            q.service = name.to_string();
+            let mut q = g.db(
+                Role::Worker,
+                job.which,
+                "UPDATE",
+                job.stmt.to_string(),
+                job.ms,
+            );
+            q.service = job.name.to_string();
             root.children.push(q);
         }
         let trace = ((g.rng.next_u64() as u128) << 64) | g.rng.next_u64() as u128;
         g.emit(trace, None, &root, at);
-        at -= every;
+        at -= job.every;
     }
 }
 
@@ -1737,24 +1747,28 @@ pub fn case(class: &'static str, form: Form, seed: u64) -> Case {
         };
         job_spans(
             &mut g2,
-            &herring,
-            BASE_FROM - 60_000_000,
-            INC_TO,
-            5 * 60_000_000,
-            40.0,
-            &stock_stmt,
-            2,
+            &CronJob {
+                name: &herring,
+                from: BASE_FROM - 60_000_000,
+                to: INC_TO,
+                every: 5 * 60_000_000,
+                ms: 40.0,
+                stmt: &stock_stmt,
+                which: 2,
+            },
         );
         if matches!(class, "lock_contention" | "batch_job_load") {
             job_spans(
                 &mut g2,
-                &job,
-                INC_FROM + 10_000_000,
-                INC_TO,
-                20_000_000,
-                ms * 1.5,
-                &job_stmt,
-                2,
+                &CronJob {
+                    name: &job,
+                    from: INC_FROM + 10_000_000,
+                    to: INC_TO,
+                    every: 20_000_000,
+                    ms: ms * 1.5,
+                    stmt: &job_stmt,
+                    which: 2,
+                },
             );
         }
         g.spans.append(&mut g2.spans);
@@ -2052,7 +2066,7 @@ impl Case {
             if let Some((m, p, status)) = &s.http
                 && s.kind == 2
             {
-                let route = coral_agent::ebpf::route::normalise(p);
+                let route = coral_store::route::normalise(p);
                 let e = red
                     .entry((sec, s.service.clone(), m.clone(), route))
                     .or_insert_with(|| (0, 0, 0, 0, 0, Hist::default()));

@@ -26,7 +26,7 @@ mod generator;
 mod llm;
 
 use common::*;
-use coral_agent::telemetry::{Batch, Telemetry};
+use coral_store::telemetry::{Batch, Telemetry};
 use generator::{Case, Form};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -488,7 +488,7 @@ fn naive(case: &Case) -> Diagnosis {
             for r in red {
                 let w = (-r.ts_ms * 1000 < generator::INC_FROM) as usize;
                 let k = (r.service.clone(), r.route.clone());
-                let h = coral_agent::ebpf::hist::Hist::decode(&r.hist);
+                let h = coral_store::hist::Hist::decode(&r.hist);
                 let e = errs.entry(k.clone()).or_default();
                 e[w].0 += r.errors;
                 e[w].1 += r.count;

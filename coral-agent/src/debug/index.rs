@@ -99,6 +99,25 @@ pub struct FunctionInfo {
     pub results: Vec<Param>,
 }
 
+/// Why no single function answers to a name.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(
+        "no function '{name}' in {}: the binary is stripped (no symbol table), so only its exported functions have names; probe a build that keeps its symbols (no 'strip' or '-s')",
+        path.display()
+    )]
+    Stripped { name: String, path: PathBuf },
+    #[error("no function '{name}' in {} (see 'coral debug functions')", path.display())]
+    Missing { name: String, path: PathBuf },
+    #[error("'{name}' is ambiguous in {}: {}", path.display(), candidates.join(", "))]
+    Ambiguous {
+        name: String,
+        path: PathBuf,
+        /// The first five.
+        candidates: Vec<String>,
+    },
+}
+
 /// An indexed binary.
 #[derive(Debug)]
 pub struct Index {
@@ -269,11 +288,11 @@ impl Index {
     /// `main.(*Server).handleCheckout` and `shop::handle_checkout`'s kin).
     /// Ambiguous short names are an error listing the candidates.
     /// The function comes with its parameters ([`Index::detailed`]).
-    pub fn resolve(&self, name: &str) -> Result<FunctionInfo, String> {
+    pub fn resolve(&self, name: &str) -> Result<FunctionInfo, ResolveError> {
         self.resolve_plain(name).map(|f| self.detailed(f))
     }
 
-    fn resolve_plain(&self, name: &str) -> Result<&FunctionInfo, String> {
+    fn resolve_plain(&self, name: &str) -> Result<&FunctionInfo, ResolveError> {
         if let Some(f) = self.functions.iter().find(|f| f.name == name) {
             return Ok(f);
         }
@@ -300,23 +319,19 @@ impl Index {
         };
         match hits.as_slice() {
             [f] => Ok(f),
-            [] if self.stripped => Err(format!(
-                "no function '{name}' in {}: the binary is stripped (no symbol table), so only its exported functions have names; probe a build that keeps its symbols (no 'strip' or '-s')",
-                self.path.display()
-            )),
-            [] => Err(format!(
-                "no function '{name}' in {} (see 'coral debug functions')",
-                self.path.display()
-            )),
-            many => Err(format!(
-                "'{name}' is ambiguous in {}: {}",
-                self.path.display(),
-                many.iter()
-                    .take(5)
-                    .map(|f| f.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            [] if self.stripped => Err(ResolveError::Stripped {
+                name: name.to_string(),
+                path: self.path.clone(),
+            }),
+            [] => Err(ResolveError::Missing {
+                name: name.to_string(),
+                path: self.path.clone(),
+            }),
+            many => Err(ResolveError::Ambiguous {
+                name: name.to_string(),
+                path: self.path.clone(),
+                candidates: many.iter().take(5).map(|f| f.name.clone()).collect(),
+            }),
         }
     }
 

@@ -20,7 +20,7 @@ use coral_proto::debug::{
 /// Reads the sessions' rings and expires sessions, every 100 ms, and
 /// stores the new calls in the telemetry store (which forwards them to the
 /// colony like other telemetry).
-pub(crate) async fn run(shared: Arc<crate::Shared>) {
+pub(crate) async fn run(shared: Arc<crate::AgentCore>) {
     // Session ids and call numbers go on from those an earlier run stored.
     let last = shared
         .telemetry
@@ -49,7 +49,7 @@ pub(crate) async fn run(shared: Arc<crate::Shared>) {
 }
 
 /// Hands the calls paired since the last save to the telemetry store.
-pub(crate) async fn save(shared: &crate::Shared) {
+pub(crate) async fn save(shared: &crate::AgentCore) {
     let rows = shared.debug.take_unsaved();
     if rows.is_empty() {
         return;
@@ -57,7 +57,7 @@ pub(crate) async fn save(shared: &crate::Shared) {
     let n = rows.len();
     if let Err(e) = shared
         .telemetry
-        .insert_batch(crate::telemetry::Batch::Calls(rows))
+        .insert_batch(coral_store::telemetry::Batch::Calls(rows))
         .await
     {
         tracing::warn!(error = %e, calls = n, "cannot store debug calls");
@@ -67,7 +67,7 @@ pub(crate) async fn save(shared: &crate::Shared) {
 /// The calls of `service` the telemetry store holds after `req.after_seq`
 /// (those of ended sessions, also from before an agent restart).
 async fn stored_calls(
-    shared: &crate::Shared,
+    shared: &crate::AgentCore,
     service: &str,
     req: &DebugLogsRequest,
 ) -> Vec<(DebugCall, u32)> {
@@ -79,14 +79,14 @@ async fn stored_calls(
             let sql = format!(
                 "SELECT {} FROM debug_calls WHERE service = ? AND call_seq > ? \
                  AND session LIKE ? ORDER BY call_seq LIMIT ?",
-                crate::telemetry::CALL_COLUMNS
+                coral_store::telemetry::CALL_COLUMNS
             );
             // Session ids are `dbg-N`: no LIKE wildcard in them.
             let session = session.unwrap_or_else(|| "%".into());
             c.prepare(&sql)?
                 .query_map(
                     duckdb::params![service, after, session, limit],
-                    crate::telemetry::call_row,
+                    coral_store::telemetry::call_row,
                 )?
                 .collect::<Result<Vec<_>, _>>()
         })
@@ -107,7 +107,7 @@ async fn stored_calls(
 /// beyond them, the stored ones; a session known only from the store is
 /// described from its calls.
 async fn logs(
-    shared: &Arc<crate::Shared>,
+    shared: &Arc<crate::AgentCore>,
     service: &str,
     req: DebugLogsRequest,
 ) -> Result<DebugReply, DebugError> {
@@ -174,7 +174,7 @@ fn note_stored(s: &mut DebugSession, _c: &DebugCall) {
 
 /// Serves one `AgentRpc::debug` call on the process of `service`.
 pub(crate) async fn handle(
-    shared: Arc<crate::Shared>,
+    shared: Arc<crate::AgentCore>,
     service: String,
     op: DebugOp,
 ) -> Result<DebugReply, DebugError> {

@@ -121,7 +121,7 @@ struct Session {
 pub struct Debugger {
     helper_socket: PathBuf,
     limits: Limits,
-    state: Mutex<State>,
+    state: Mutex<SessionTable>,
     /// Indexed binaries by file identity, least recently used first.
     indexes: Mutex<Vec<(FileKey, Arc<Index>)>>,
 }
@@ -132,8 +132,9 @@ type FileKey = (u64, u64, u64, i64, i64);
 /// Binaries whose index is kept.
 const INDEXES_KEPT: usize = 4;
 
+/// The agent's debug sessions and traces, behind one lock.
 #[derive(Default)]
-pub(super) struct State {
+pub(super) struct SessionTable {
     sessions: Vec<Session>,
     next_id: u64,
     seq: u64,
@@ -290,7 +291,7 @@ impl Debugger {
         Debugger {
             helper_socket,
             limits,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(SessionTable::default()),
             indexes: Mutex::new(Vec::new()),
         }
     }
@@ -299,7 +300,7 @@ impl Debugger {
         &self.limits
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, SessionTable> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -462,7 +463,9 @@ impl Debugger {
         let (exe, idx) = self.index_of(pid)?;
         let mut probes = Vec::new();
         for name in &req.functions {
-            let f = idx.resolve(name).map_err(DebugError::NotFound)?;
+            let f = idx
+                .resolve(name)
+                .map_err(|e| DebugError::NotFound(e.to_string()))?;
             let args_ok = allow(&f.name)?;
             if req.capture_args && !args_ok {
                 return Err(DebugError::Refused(format!(
@@ -621,7 +624,7 @@ impl Debugger {
     /// (the agent does every 100 ms).
     pub fn poll(&self) {
         let mut st = self.lock();
-        let State { sessions, seq, .. } = &mut *st;
+        let SessionTable { sessions, seq, .. } = &mut *st;
         let now = Instant::now();
         for s in sessions.iter_mut() {
             s.drain(seq, self.limits.max_calls_kept);
@@ -636,7 +639,7 @@ impl Debugger {
     /// Ends one session (or all, with `None`); returns the ended sessions.
     pub fn detach(&self, id: Option<&str>) -> Result<Vec<DebugSession>, DebugError> {
         let mut st = self.lock();
-        let State { sessions, seq, .. } = &mut *st;
+        let SessionTable { sessions, seq, .. } = &mut *st;
         let mut out = Vec::new();
         for s in sessions.iter_mut() {
             if s.live.is_some() && id.is_none_or(|i| i == s.info.id) {

@@ -90,7 +90,12 @@ fn stripped_go_still_lists_functions_without_arguments() {
     let f = idx.resolve("Add").unwrap();
     assert!(f.params.is_empty());
     assert!(!idx.return_offsets(&f).is_empty());
-    assert!(idx.resolve("Nope").unwrap_err().contains("no function"));
+    assert!(
+        idx.resolve("Nope")
+            .unwrap_err()
+            .to_string()
+            .contains("no function")
+    );
 }
 
 #[test]

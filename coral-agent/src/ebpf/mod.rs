@@ -20,17 +20,16 @@
 
 pub mod event;
 pub mod h2;
-pub mod hist;
 pub mod http;
 pub mod pg;
 pub mod redis;
-pub mod route;
 pub mod tap;
 pub mod tracker;
 
-use crate::telemetry::{Batch, Telemetry};
+use anyhow::{anyhow, bail};
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use coral_proto::EbpfStatus;
+use coral_store::telemetry::{Batch, Telemetry};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -225,12 +224,23 @@ impl Capture {
                     requests: 0,
                 };
                 set(st.clone());
-                let r = read_loop(&config, &agent_id, &telemetry, &services, &follow, &fds, &stop2, &rt, &mut st, &set, tap);
+                let reader = ReadLoop {
+                    config: &config,
+                    agent_id: &agent_id,
+                    telemetry: &telemetry,
+                    services: &services,
+                    wake: &follow,
+                    fds: &fds,
+                    stop: &stop2,
+                    rt: &rt,
+                    set: &set,
+                };
+                let r = read_loop(reader, &mut st, tap);
                 follow.running.store(false, Ordering::SeqCst);
                 if let Err(e) = r {
                     tracing::error!(error = %e, "eBPF capture stopped");
                     st.running = false;
-                    st.error = Some(e);
+                    st.error = Some(e.to_string());
                     set(st);
                 }
                 // `fds` drops here: links, programs and maps are released.
@@ -258,31 +268,46 @@ impl Drop for Capture {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the reader thread reads with and writes to.
+#[derive(Clone, Copy)]
+struct ReadLoop<'a> {
+    config: &'a EbpfConfig,
+    agent_id: &'a str,
+    telemetry: &'a Telemetry,
+    services: &'a Services,
+    wake: &'a Follow,
+    fds: &'a coral_privhelper::BpfFds,
+    stop: &'a AtomicBool,
+    rt: &'a tokio::runtime::Handle,
+    /// Publishes the capture's status.
+    set: &'a dyn Fn(EbpfStatus),
+}
+
 fn read_loop(
-    config: &EbpfConfig,
-    agent_id: &str,
-    telemetry: &Telemetry,
-    services: &Services,
-    wake: &Follow,
-    fds: &coral_privhelper::BpfFds,
-    stop: &AtomicBool,
-    rt: &tokio::runtime::Handle,
+    r: ReadLoop<'_>,
     st: &mut EbpfStatus,
-    set: &dyn Fn(EbpfStatus),
     tap: Arc<tap::RequestTap>,
-) -> Result<(), String> {
-    let open = |i: usize| -> Result<MapData, String> {
-        let fd = fds.maps[i].try_clone().map_err(|e| e.to_string())?;
-        MapData::from_fd(fd).map_err(|e| format!("open BPF map: {e}"))
+) -> anyhow::Result<()> {
+    let ReadLoop {
+        config,
+        agent_id,
+        telemetry,
+        services,
+        wake,
+        fds,
+        stop,
+        rt,
+        set,
+    } = r;
+    let open = |i: usize| -> anyhow::Result<MapData> {
+        let fd = fds.maps[i].try_clone()?;
+        MapData::from_fd(fd).map_err(|e| anyhow!("open BPF map: {e}"))
     };
-    let stats: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(open(0)?)).map_err(|e| e.to_string())?;
-    let mut ports: Array<MapData, coral_ebpf::PortSet> =
-        Array::try_from(Map::Array(open(1)?)).map_err(|e| e.to_string())?;
+    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(0)?))?;
+    let mut ports: Array<MapData, coral_ebpf::PortSet> = Array::try_from(Map::Array(open(1)?))?;
     let mut followed: Option<Vec<u16>> = None;
     let mut generation = 0u64;
-    let mut follow = |services: &[(u16, String)]| -> Result<(), String> {
+    let mut follow = |services: &[(u16, String)]| -> anyhow::Result<()> {
         let mut want: Vec<u16> = services.iter().map(|(p, _)| *p).collect();
         want.sort_unstable();
         want.dedup();
@@ -296,19 +321,19 @@ fn read_loop(
             set[coral_ebpf::PORT_SET_GEN] = generation;
             ports
                 .set(0, set, 0)
-                .map_err(|e| format!("update the ports map: {e}"))?;
+                .map_err(|e| anyhow!("update the ports map: {e}"))?;
             generation += 1;
             set[coral_ebpf::PORT_SET_GEN] = generation;
             ports
                 .set(0, set, 0)
-                .map_err(|e| format!("update the ports map: {e}"))?;
+                .map_err(|e| anyhow!("update the ports map: {e}"))?;
             followed = Some(want);
         }
         Ok(())
     };
     let mut rings = Vec::new();
     for i in 2..fds.maps.len() {
-        rings.push(RingBuf::try_from(Map::RingBuf(open(i)?)).map_err(|e| e.to_string())?);
+        rings.push(RingBuf::try_from(Map::RingBuf(open(i)?))?);
     }
     let mut tracker = tracker::Tracker::new(agent_id, wall_offset_ns());
     tracker.tap = Some(tap);
@@ -419,7 +444,7 @@ fn read_loop(
         let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
         match nix::poll::poll(&mut ready, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("wait for the BPF ring buffers: {e}")),
+            Err(e) => bail!("wait for the BPF ring buffers: {e}"),
         }
     }
 }

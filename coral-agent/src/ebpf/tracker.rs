@@ -18,9 +18,9 @@
 //! are added to that edge, with their protocol.
 
 use super::event::{ConnId, Dir, EdgeKind, Event};
-use super::hist::Hist;
 use super::{h2, http, pg, redis};
 use coral_proto::{EdgeRecord, RedRecord};
+use coral_store::hist::Hist;
 use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -338,14 +338,14 @@ impl Tracker {
         for x in out.drain(..) {
             self.requests += 1;
             if let Some(t) = &self.tap {
-                t.offer(
+                t.offer(&super::tap::Paired {
                     service,
-                    &x.method,
-                    &x.target,
-                    x.status,
-                    x.start_ns as i64 + self.wall_offset_ns,
-                    x.end_ns as i64 + self.wall_offset_ns,
-                );
+                    method: &x.method,
+                    target: &x.target,
+                    status: x.status,
+                    start_wall_ns: x.start_ns as i64 + self.wall_offset_ns,
+                    end_wall_ns: x.end_ns as i64 + self.wall_offset_ns,
+                });
             }
             let second = second_ms(x.start_ns as i64 + self.wall_offset_ns);
             let us = x.duration_us();
@@ -363,7 +363,7 @@ impl Tracker {
             // command) ready.
             let route = match x.method.as_str() {
                 "GRPC" | "SQL" | "REDIS" | "?" => x.target,
-                _ => super::route::normalise(&x.target),
+                _ => coral_store::route::normalise(&x.target),
             };
             let mut key = (second, service.clone(), x.method, route);
             if !self.red.contains_key(&key) {
@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(r.max_us, 10_000);
         assert_eq!(
             Hist::decode(&r.hist).quantile(0.5),
-            super::super::hist::value(super::super::hist::bucket(10_000))
+            coral_store::hist::value(coral_store::hist::bucket(10_000))
         );
         assert_eq!(t.connections(), 0);
         assert_eq!(t.drain().0.len(), 0);

@@ -2,8 +2,8 @@
 //! `synchronous = FULL`: a record is on disk (WAL fsynced) when
 //! [`AuditLog::begin`] returns, before the command is started.
 
-use crate::sqlite::{StoreError, open_migrated};
 use coral_proto::{ExecAuditRecord, ExecOutcome};
+use coral_store::sqlite::{StoreError, open_migrated};
 use rusqlite::{Connection, params};
 use std::path::Path;
 use std::sync::Mutex;
@@ -29,7 +29,7 @@ pub(crate) struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens the log (the schema is migrated by `AgentState::open`) and
+    /// Opens the log (the schema is migrated by `AgentDb::open`) and
     /// marks records of commands that were running when a previous agent
     /// process died as interrupted. Returns how many were.
     pub(crate) fn open(path: &Path) -> Result<(AuditLog, usize), StoreError> {
@@ -172,7 +172,7 @@ mod tests {
     fn begin_is_durable_and_restart_marks_interrupted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.db");
-        crate::state::AgentState::open(&path).unwrap();
+        crate::state::AgentDb::open(&path).unwrap();
         let (log, n) = AuditLog::open(&path).unwrap();
         assert_eq!(n, 0);
         let argv = vec!["/usr/bin/sleep".to_string(), "9".to_string()];

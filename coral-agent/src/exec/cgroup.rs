@@ -141,10 +141,28 @@ fn owner_in(name: &str, pidns: u64) -> Option<i32> {
     }
 }
 
+/// Why there are no cgroups for commands, or one command's cgroup could
+/// not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CgroupError {
+    #[error("{}", reasons.join("; "))]
+    Unavailable { reasons: Vec<String> },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set pids.max in {}: {source}", path.display())]
+    Limit {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 impl Cgroups {
     /// Finds and prepares the parent cgroups, after cleaning up what dead
     /// agents left. `Err` says why there is none.
-    pub(crate) fn detect(max_pids: u32) -> Result<Cgroups, String> {
+    pub(crate) fn detect(max_pids: u32) -> Result<Cgroups, CgroupError> {
         let m = mounts();
         let (own_v2, own_v1) = own_paths();
         let pidns = pid_namespace();
@@ -192,7 +210,7 @@ impl Cgroups {
             }
         }
         if v2.is_none() && v1_pids.is_none() {
-            return Err(why.join("; "));
+            return Err(CgroupError::Unavailable { reasons: why });
         }
         Ok(Cgroups {
             v2,
@@ -224,16 +242,21 @@ impl Cgroups {
     }
 
     /// Makes the cgroup of one command, with its pids limit.
-    pub(crate) fn create(&self, exec_id: &str) -> Result<ExecCgroup, String> {
-        let mk = |parent: &Path| -> Result<PathBuf, String> {
+    pub(crate) fn create(&self, exec_id: &str) -> Result<ExecCgroup, CgroupError> {
+        let mk = |parent: &Path| -> Result<PathBuf, CgroupError> {
             let dir = parent.join(exec_id);
-            std::fs::create_dir(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            Ok(dir)
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Ok(dir),
+                Err(source) => Err(CgroupError::Create { path: dir, source }),
+            }
         };
-        let limit = |dir: &Path| -> Result<(), String> {
-            std::fs::write(dir.join("pids.max"), self.max_pids.to_string())
-                .map_err(|e| format!("cannot set pids.max in {}: {e}", dir.display()))
+        let limit = |dir: &Path| -> Result<(), CgroupError> {
+            std::fs::write(dir.join("pids.max"), self.max_pids.to_string()).map_err(|source| {
+                CgroupError::Limit {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })
         };
         let cg = ExecCgroup {
             v2: self.v2.as_deref().map(mk).transpose()?,

@@ -19,7 +19,7 @@ pub use spawner::{SPAWNER_ARG, Spawner, spawner_main};
 use crate::config::{ExecConfig, Isolation};
 use audit::{AuditLog, Begin};
 use cgroup::Cgroups;
-use coral_policy::{Caller, Request};
+use coral_policy::{Caller, Decision, Limits, Request};
 use coral_proto::{
     AuditQuery, ExecAuditRecord, ExecCaller, ExecError, ExecOutcome, ExecPoll, ExecRequest,
     ExecStarted, ExecStatus, ExecVerdict,
@@ -51,12 +51,12 @@ const MAX_CALLER_TEXT: usize = 256;
 const ORPHAN_AFTER: Duration = Duration::from_secs(60);
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
-struct Job {
+struct ExecJob {
     output: Arc<Output>,
     cancel: CancellationToken,
 }
 
-/// What runs, once judged.
+/// What runs, once judged and recorded.
 struct Launch {
     id: String,
     caller: ExecCaller,
@@ -68,6 +68,139 @@ struct Launch {
     argv0: String,
     args: Vec<String>,
     rule: String,
+    /// The allowing rule's environment, working directory and limits.
+    limits: Arc<Limits>,
+    /// The rule's timeout, or the caller's if shorter.
+    timeout: Duration,
+    max_output_bytes: u64,
+}
+
+impl Launch {
+    /// What runs for an allowed request; `None` for a refused one.
+    fn allowed(id: String, req: ExecRequest, judged: Judgement) -> Option<Launch> {
+        let (Some(limits), Some(program)) = (judged.limits, judged.program) else {
+            return None;
+        };
+        // The program runs as resolved (checked) but sees the name it was
+        // asked by, as from a shell: multi-call programs (Debian's psql
+        // wrapper, busybox) dispatch on it.
+        Some(Launch {
+            id,
+            launch: launch_path(&req.argv[0], &program),
+            program,
+            argv0: req.argv[0].clone(),
+            args: req.argv[1..].to_vec(),
+            caller: req.caller,
+            service: req.service,
+            rule: judged.rule.unwrap_or_default(),
+            limits,
+            timeout: judged.timeout,
+            max_output_bytes: judged.max_output_bytes,
+        })
+    }
+}
+
+/// What [`judge`] weighs: the facts about one request, gathered before
+/// anything is recorded or run.
+struct Facts<'a> {
+    /// The program as resolved on this host, or why it cannot be.
+    resolved: &'a Result<String, ResolveError>,
+    service: &'a str,
+    /// The service is connected to this agent.
+    service_connected: bool,
+    /// The policy's decision; asked only when the program was found and
+    /// the service is connected.
+    decision: Option<&'a Decision>,
+    /// A running slot was free (one is taken only when the policy allows).
+    slot_taken: bool,
+    /// `agent.exec.max_running`.
+    max_running: usize,
+    /// This agent's containment, when `agent.exec.isolation = cgroup`
+    /// requires a cgroup it does not have.
+    missing_cgroup: Option<&'a str>,
+    /// The timeout the caller asked for.
+    asked_timeout: Option<Duration>,
+}
+
+/// What the agent decided about one request: what the audit records and
+/// the caller is told.
+#[derive(Debug, Clone, PartialEq)]
+struct Judgement {
+    verdict: ExecVerdict,
+    /// As resolved; `None` when it was not found.
+    program: Option<String>,
+    /// The rule that decided.
+    rule: Option<String>,
+    reason: String,
+    /// What the command runs under; `Some` exactly when allowed.
+    limits: Option<Arc<Limits>>,
+    /// Zero unless allowed.
+    timeout: Duration,
+    max_output_bytes: u64,
+}
+
+/// The decision on one request, from the facts alone (no I/O): not found,
+/// service not connected, the policy's deny, no free running slot, and a
+/// required cgroup missing each refuse it, in that order.
+fn judge(f: &Facts<'_>) -> Judgement {
+    let refused = |verdict, program: Option<&String>, rule: Option<String>, reason| Judgement {
+        verdict,
+        program: program.cloned(),
+        rule,
+        reason,
+        limits: None,
+        timeout: Duration::ZERO,
+        max_output_bytes: 0,
+    };
+    let program = match f.resolved {
+        Err(why) => return refused(ExecVerdict::NotFound, None, None, why.to_string()),
+        Ok(program) => program,
+    };
+    let decision = match f.decision {
+        Some(d) if f.service_connected => d,
+        // Fail closed if the policy was not asked.
+        _ => {
+            return refused(
+                ExecVerdict::Denied,
+                Some(program),
+                None,
+                format!("service '{}' is not connected to this agent", f.service),
+            );
+        }
+    };
+    let rule = decision.rule.as_ref().map(|r| r.name.to_string());
+    let limits = match &decision.limits {
+        Some(limits) if decision.is_allowed() => limits,
+        _ => {
+            return refused(
+                ExecVerdict::Denied,
+                Some(program),
+                rule,
+                decision.to_string(),
+            );
+        }
+    };
+    if !f.slot_taken {
+        let reason = format!(
+            "{} commands are running (agent.exec.max_running); try again later",
+            f.max_running
+        );
+        return refused(ExecVerdict::Denied, Some(program), rule, reason);
+    }
+    if let Some(isolation) = f.missing_cgroup {
+        let reason = format!("agent.exec.isolation = cgroup but this agent has {isolation}");
+        return refused(ExecVerdict::Denied, Some(program), rule, reason);
+    }
+    let asked = f.asked_timeout.unwrap_or(limits.timeout);
+    Judgement {
+        verdict: ExecVerdict::Allowed,
+        program: Some(program.clone()),
+        rule,
+        reason: decision.to_string(),
+        limits: Some(limits.clone()),
+        timeout: asked.min(limits.timeout),
+        max_output_bytes: limits.max_output_bytes,
+    }
 }
 
 pub(crate) struct Exec {
@@ -79,7 +212,7 @@ pub(crate) struct Exec {
     /// The process that runs commands; without one (the library used on
     /// its own, in tests) the agent starts them itself, unconfined.
     spawner: Option<Arc<Spawner>>,
-    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    jobs: Mutex<HashMap<String, Arc<ExecJob>>>,
     /// `agent.exec.max_running` permits; a command holds one while it runs.
     slots: Arc<tokio::sync::Semaphore>,
 }
@@ -117,14 +250,26 @@ fn launch_path(cmd: &str, resolved: &str) -> String {
         .unwrap_or_else(|| resolved.to_string())
 }
 
-fn resolve(cmd: &str) -> Result<String, String> {
+/// Why a program cannot be run on this host.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("program {cmd:?} cannot be resolved on this host: {source}")]
+    Unresolvable { cmd: String, source: std::io::Error },
+    #[error("program {cmd:?} is not found on this host (looked in {})", SEARCH_PATH.join(":"))]
+    NotFound { cmd: String },
+}
+
+fn resolve(cmd: &str) -> Result<String, ResolveError> {
     if cmd.contains('/') {
         if !cmd.starts_with('/') {
             return Ok(cmd.to_string()); // the policy denies a relative path
         }
         return std::fs::canonicalize(cmd)
             .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| format!("program {cmd:?} cannot be resolved on this host: {e}"));
+            .map_err(|source| ResolveError::Unresolvable {
+                cmd: cmd.to_string(),
+                source,
+            });
     }
     for dir in SEARCH_PATH {
         let p = Path::new(dir).join(cmd);
@@ -134,10 +279,9 @@ fn resolve(cmd: &str) -> Result<String, String> {
             return Ok(real.to_string_lossy().into_owned());
         }
     }
-    Err(format!(
-        "program {cmd:?} is not found on this host (looked in {})",
-        SEARCH_PATH.join(":")
-    ))
+    Err(ResolveError::NotFound {
+        cmd: cmd.to_string(),
+    })
 }
 
 /// At most `max` characters of `s` (never cut inside one), `…` if cut.
@@ -243,7 +387,7 @@ impl Exec {
             ),
         }
         let isolation = match spawner.as_ref().map(|s| s.mode()) {
-            Some(crate::sandbox::Mode::Enforce) => {
+            Some(coral_sandbox::Mode::Enforce) => {
                 format!("{isolation}; landlock: system paths and the paths the arguments name")
             }
             Some(_) => format!("{isolation}; no landlock (agent sandbox not enforced)"),
@@ -297,7 +441,7 @@ impl Exec {
             }
         }
         // Stop what still runs; the records get their completion.
-        let jobs: Vec<Arc<Job>> = self
+        let jobs: Vec<Arc<ExecJob>> = self
             .jobs
             .lock()
             .expect("jobs lock")
@@ -344,8 +488,10 @@ impl Exec {
         });
     }
 
-    /// Decides, records, and starts. `services` are the services connected
-    /// to this agent; `peer` is where the request came from.
+    /// Judges, records, and spawns: [`judge`] the request (through
+    /// `decide`), write its audit record (durable before anything runs),
+    /// then spawn what was allowed. `services` are the services connected to this agent;
+    /// `peer` is where the request came from.
     pub(crate) async fn start(
         self: &Arc<Self>,
         req: ExecRequest,
@@ -366,151 +512,142 @@ impl Exec {
             caller_text.push_str(&format!(" pid:{pid}"));
         }
         let origin = format!("{} via {peer}", req.origin);
-        let policy = self.policy.current();
 
-        let resolved = resolve(&req.argv[0]);
-        let mut verdict = ExecVerdict::Denied;
-        let mut rule = None;
-        let mut limits = None;
-        // A running slot, taken with the decision (issue 16: counting the
-        // running jobs here let concurrent requests pass together while the
-        // audit record of each was being written); held until it ends.
-        let mut slot = None;
-        let reason;
-        let program = resolved.as_ref().ok().cloned();
-        match &resolved {
-            Err(why) => {
-                verdict = ExecVerdict::NotFound;
-                reason = why.clone();
-            }
-            Ok(program) if !services.iter().any(|s| s == &req.service) => {
-                let _ = program;
-                reason = format!("service '{}' is not connected to this agent", req.service);
-            }
-            Ok(program) => {
-                let args = &req.argv[1..];
-                let d = policy.decide(&Request {
-                    caller: &caller,
-                    service: &req.service,
-                    program,
-                    args,
-                });
-                rule = d.rule.as_ref().map(|r| r.name.to_string());
-                if d.is_allowed() {
-                    slot = self.slots.clone().try_acquire_owned().ok();
-                }
-                if !d.is_allowed() {
-                    reason = d.to_string();
-                } else if slot.is_none() {
-                    reason = format!(
-                        "{} commands are running (agent.exec.max_running); try again later",
-                        self.config.max_running
-                    );
-                } else if self.config.isolation == Isolation::Cgroup
-                    && !self.cgroups.as_ref().is_some_and(Cgroups::complete)
-                {
-                    reason = format!(
-                        "agent.exec.isolation = cgroup but this agent has {}",
-                        self.isolation
-                    );
-                    slot = None;
-                } else {
-                    verdict = ExecVerdict::Allowed;
-                    reason = d.to_string();
-                    limits = d.limits.clone();
-                }
-            }
-        }
-        let (timeout, cap) = match &limits {
-            Some(l) => {
-                let asked = req
-                    .timeout_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or(l.timeout);
-                (asked.min(l.timeout), l.max_output_bytes)
-            }
-            None => (Duration::ZERO, 0),
-        };
-        // The write-ahead record: durable before anything runs.
-        {
-            let audit = self.audit.clone();
-            let (id, caller_text, origin, service, argv, program, rule, reason) = (
-                exec_id.clone(),
-                caller_text.clone(),
-                origin.clone(),
-                req.service.clone(),
-                req.argv.clone(),
-                program.clone(),
-                rule.clone(),
-                reason.clone(),
-            );
-            let allowed = verdict == ExecVerdict::Allowed;
-            tokio::task::spawn_blocking(move || {
-                audit.begin(&Begin {
-                    exec_id: &id,
-                    ts_ms: coral_proto::now_ms(),
-                    caller: &caller_text,
-                    origin: &origin,
-                    service: &service,
-                    argv: &argv,
-                    program: program.as_deref(),
-                    allowed,
-                    rule: rule.as_deref(),
-                    reason: &reason,
-                    timeout_ms: timeout.as_millis() as u64,
-                    max_output_bytes: cap,
-                })
-            })
-            .await
-            .map_err(|e| ExecError::Storage(e.to_string()))?
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot write the exec audit record; not running the command");
-                ExecError::Storage(e.to_string())
-            })?;
-        }
-        tracing::info!(exec_id = %exec_id, caller = %caller_text, origin = %origin, service = %req.service, argv = ?req.argv, verdict = ?verdict, reason = %reason, "exec");
+        let (judged, slot) = self.decide(&req, &caller, services);
+        self.record(&exec_id, &req, &caller_text, &origin, &judged)
+            .await?;
+        tracing::info!(exec_id = %exec_id, caller = %caller_text, origin = %origin, service = %req.service, argv = ?req.argv, verdict = ?judged.verdict, reason = %judged.reason, "exec");
         let started = ExecStarted {
             exec_id: exec_id.clone(),
             agent_id: agent.0.to_string(),
             agent_name: agent.1.to_string(),
-            verdict,
-            program: program.clone(),
-            rule,
-            reason,
-            timeout_ms: timeout.as_millis() as u64,
-            max_output_bytes: cap,
+            verdict: judged.verdict,
+            program: judged.program.clone(),
+            rule: judged.rule.clone(),
+            reason: judged.reason.clone(),
+            timeout_ms: judged.timeout.as_millis() as u64,
+            max_output_bytes: judged.max_output_bytes,
         };
-        let (Some(limits), Some(program)) = (limits, program) else {
-            return Ok(started);
+        if let (Some(slot), Some(launch)) = (slot, Launch::allowed(exec_id, req, judged)) {
+            self.spawn(launch, slot);
+        }
+        Ok(started)
+    }
+
+    /// Gathers the facts about a request (where its program is, whether
+    /// its service is here, the policy's decision, a free running slot,
+    /// the containment) and [`judge`]s it. The running slot comes back
+    /// only with an allowed request.
+    fn decide(
+        &self,
+        req: &ExecRequest,
+        caller: &Caller,
+        services: &[String],
+    ) -> (Judgement, Option<tokio::sync::OwnedSemaphorePermit>) {
+        let resolved = resolve(&req.argv[0]);
+        let service_connected = services.iter().any(|s| s == &req.service);
+        let policy = self.policy.current();
+        let decision = match &resolved {
+            Ok(program) if service_connected => Some(policy.decide(&Request {
+                caller,
+                service: &req.service,
+                program,
+                args: &req.argv[1..],
+            })),
+            _ => None,
         };
-        let program = launch_path(&req.argv[0], &program);
+        // A running slot, taken with the decision (issue 16: counting the
+        // running jobs here let concurrent requests pass together while the
+        // audit record of each was being written); held until it ends.
+        let slot = decision
+            .as_ref()
+            .filter(|d| d.is_allowed())
+            .and_then(|_| self.slots.clone().try_acquire_owned().ok());
+        let missing_cgroup = (self.config.isolation == Isolation::Cgroup
+            && !self.cgroups.as_ref().is_some_and(Cgroups::complete))
+        .then_some(self.isolation.as_str());
+        let judged = judge(&Facts {
+            resolved: &resolved,
+            service: &req.service,
+            service_connected,
+            decision: decision.as_ref(),
+            slot_taken: slot.is_some(),
+            max_running: self.config.max_running,
+            missing_cgroup,
+            asked_timeout: req.timeout_ms.map(Duration::from_millis),
+        });
+        let slot = slot.filter(|_| judged.verdict == ExecVerdict::Allowed);
+        (judged, slot)
+    }
+
+    /// The write-ahead audit record of a judged request: durable before
+    /// anything runs; if it cannot be written, nothing runs.
+    async fn record(
+        &self,
+        exec_id: &str,
+        req: &ExecRequest,
+        caller: &str,
+        origin: &str,
+        judged: &Judgement,
+    ) -> Result<(), ExecError> {
+        let audit = self.audit.clone();
+        let (id, caller, origin, service, argv) = (
+            exec_id.to_string(),
+            caller.to_string(),
+            origin.to_string(),
+            req.service.clone(),
+            req.argv.clone(),
+        );
+        let (program, rule, reason) = (
+            judged.program.clone(),
+            judged.rule.clone(),
+            judged.reason.clone(),
+        );
+        let allowed = judged.verdict == ExecVerdict::Allowed;
+        let (timeout_ms, max_output_bytes) =
+            (judged.timeout.as_millis() as u64, judged.max_output_bytes);
+        tokio::task::spawn_blocking(move || {
+            audit.begin(&Begin {
+                exec_id: &id,
+                ts_ms: coral_proto::now_ms(),
+                caller: &caller,
+                origin: &origin,
+                service: &service,
+                argv: &argv,
+                program: program.as_deref(),
+                allowed,
+                rule: rule.as_deref(),
+                reason: &reason,
+                timeout_ms,
+                max_output_bytes,
+            })
+        })
+        .await
+        .map_err(|e| ExecError::Storage(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot write the exec audit record; not running the command");
+            ExecError::Storage(e.to_string())
+        })
+    }
+
+    /// Runs an allowed, recorded command in the background, holding its
+    /// running slot until it ends, then records how it ended.
+    fn spawn(self: &Arc<Self>, launch: Launch, slot: tokio::sync::OwnedSemaphorePermit) {
         let output = Arc::new(Output::new());
-        let job = Arc::new(Job {
+        let job = Arc::new(ExecJob {
             output: output.clone(),
             cancel: CancellationToken::new(),
         });
         self.jobs
             .lock()
             .expect("jobs lock")
-            .insert(exec_id.clone(), job.clone());
+            .insert(launch.id.clone(), job.clone());
         let me = self.clone();
-        // The program runs as resolved (checked) but sees the name it was
-        // asked by, as from a shell: multi-call programs (Debian's psql
-        // wrapper, busybox) dispatch on it.
-        let launch = Launch {
-            id: exec_id.clone(),
-            caller: req.caller.clone(),
-            service: req.service.clone(),
-            program: started.program.clone().unwrap_or_default(),
-            launch: program,
-            argv0: req.argv[0].clone(),
-            args: req.argv[1..].to_vec(),
-            rule: started.rule.clone().unwrap_or_default(),
-        };
         tokio::spawn(async move {
             let _slot = slot;
-            let outcome = me.run(&launch, &limits, timeout, cap, &job).await;
+            let outcome = me.run(&launch, &job).await;
             let audit = me.audit.clone();
+            let exec_id = launch.id;
             let (id, o) = (exec_id.clone(), outcome.clone());
             let stored =
                 tokio::task::spawn_blocking(move || audit.finish(&id, coral_proto::now_ms(), &o))
@@ -521,7 +658,6 @@ impl Exec {
             tracing::info!(exec_id = %exec_id, exit_code = ?outcome.exit_code, signal = ?outcome.signal, timed_out = outcome.timed_out, truncated = outcome.truncated, bytes = outcome.output_bytes, "exec finished");
             output.finish(outcome);
         });
-        Ok(started)
     }
 
     /// Records a request refused before the policy saw it (malformed: a NUL
@@ -563,14 +699,7 @@ impl Exec {
         .map_err(|e| ExecError::Storage(e.to_string()))
     }
 
-    async fn run(
-        &self,
-        l: &Launch,
-        limits: &coral_policy::Limits,
-        timeout: Duration,
-        cap: u64,
-        job: &Job,
-    ) -> ExecOutcome {
+    async fn run(&self, l: &Launch, job: &ExecJob) -> ExecOutcome {
         let cg = match &self.cgroups {
             Some(c) => match c.create(&l.id) {
                 Ok(cg) => Some(cg),
@@ -619,8 +748,8 @@ impl Exec {
                             &job.output,
                             started,
                             &kill,
-                            timeout,
-                            cap,
+                            l.timeout,
+                            l.max_output_bytes,
                             job.cancel.clone(),
                         )
                         .await
@@ -631,10 +760,7 @@ impl Exec {
                     },
                 }
             }
-            None => {
-                self.run_here(l, limits, cg.as_ref(), timeout, cap, job)
-                    .await
-            }
+            None => self.run_here(l, cg.as_ref(), job).await,
         };
         if let Some(cg) = cg {
             cg.remove().await;
@@ -647,12 +773,10 @@ impl Exec {
     async fn run_here(
         &self,
         l: &Launch,
-        limits: &coral_policy::Limits,
         cg: Option<&cgroup::ExecCgroup>,
-        timeout: Duration,
-        cap: u64,
-        job: &Job,
+        job: &ExecJob,
     ) -> ExecOutcome {
+        let limits = &l.limits;
         let env = limits.filter_env(
             std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
@@ -705,14 +829,14 @@ impl Exec {
             &job.output,
             started,
             &kill,
-            timeout,
-            cap,
+            l.timeout,
+            l.max_output_bytes,
             job.cancel.clone(),
         )
         .await
     }
 
-    fn job(&self, exec_id: &str) -> Result<Arc<Job>, ExecError> {
+    fn job(&self, exec_id: &str) -> Result<Arc<ExecJob>, ExecError> {
         self.jobs
             .lock()
             .expect("jobs lock")
@@ -784,6 +908,142 @@ mod tests {
         assert_eq!(s[0].chars().count(), 257);
         assert_eq!(s[32], "… 1968 more arguments");
         assert_eq!(cut("ab", 2), "ab");
+    }
+
+    /// The decision on `program args` under a policy that allows only
+    /// `/usr/bin/ss -tnp`, for on-call, for 30 s and 4 KiB of output.
+    fn decided(program: &str, args: &[&str]) -> Decision {
+        let policy = coral_policy::Policy::parse(
+            "policy.toml",
+            r#"
+            [[rule]]
+            name = "ss"
+            callers = ["role:oncall"]
+            program = "/usr/bin/ss"
+            args = ["-tnp"]
+            timeout = "30s"
+            max_output_bytes = 4096
+            "#,
+        )
+        .unwrap();
+        let caller = Caller::from_specs(&["role:oncall"]).unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        policy.decide(&Request {
+            caller: &caller,
+            service: "api",
+            program,
+            args: &args,
+        })
+    }
+
+    fn facts<'a>(resolved: &'a Result<String, ResolveError>, d: Option<&'a Decision>) -> Facts<'a> {
+        Facts {
+            resolved,
+            service: "api",
+            service_connected: true,
+            decision: d,
+            slot_taken: true,
+            max_running: 4,
+            missing_cgroup: None,
+            asked_timeout: None,
+        }
+    }
+
+    #[test]
+    fn judge_allows_what_the_policy_allows_within_its_limits() {
+        let ss = Ok("/usr/bin/ss".to_string());
+        let d = decided("/usr/bin/ss", &["-tnp"]);
+        let j = judge(&facts(&ss, Some(&d)));
+        assert_eq!(j.verdict, ExecVerdict::Allowed);
+        assert_eq!(j.program.as_deref(), Some("/usr/bin/ss"));
+        assert_eq!(j.rule.as_deref(), Some("ss"));
+        assert_eq!(j.reason, d.to_string());
+        assert_eq!(
+            (j.timeout, j.max_output_bytes),
+            (Duration::from_secs(30), 4096)
+        );
+        assert!(j.limits.is_some());
+        // The caller may ask for less time, never more.
+        let shorter = Facts {
+            asked_timeout: Some(Duration::from_secs(5)),
+            ..facts(&ss, Some(&d))
+        };
+        assert_eq!(judge(&shorter).timeout, Duration::from_secs(5));
+        let longer = Facts {
+            asked_timeout: Some(Duration::from_secs(500)),
+            ..facts(&ss, Some(&d))
+        };
+        assert_eq!(judge(&longer).timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn judge_refuses_in_order_with_the_reason_and_no_limits() {
+        let ss = Ok("/usr/bin/ss".to_string());
+        let allowed = decided("/usr/bin/ss", &["-tnp"]);
+        let refused = |f: &Facts<'_>, verdict, reason: &str, rule: Option<&str>| {
+            let j = judge(f);
+            assert_eq!(j.verdict, verdict, "{j:?}");
+            assert_eq!(j.reason, reason);
+            assert_eq!(j.rule.as_deref(), rule);
+            assert_eq!(
+                (j.limits, j.timeout, j.max_output_bytes),
+                (None, Duration::ZERO, 0)
+            );
+        };
+        // Not found: nothing else is looked at.
+        let missing = Err(ResolveError::NotFound { cmd: "nope".into() });
+        refused(
+            &facts(&missing, None),
+            ExecVerdict::NotFound,
+            &format!(
+                "program \"nope\" is not found on this host (looked in {})",
+                SEARCH_PATH.join(":")
+            ),
+            None,
+        );
+        // The service is not connected (the policy was not asked).
+        let elsewhere = Facts {
+            service_connected: false,
+            ..facts(&ss, None)
+        };
+        refused(
+            &elsewhere,
+            ExecVerdict::Denied,
+            "service 'api' is not connected to this agent",
+            None,
+        );
+        assert_eq!(judge(&elsewhere).program.as_deref(), Some("/usr/bin/ss"));
+        // The policy denies: its reason, even with no slot and no cgroup.
+        let denied = decided("/usr/bin/ss", &["-a"]);
+        let busy = Facts {
+            slot_taken: false,
+            missing_cgroup: Some("process group only"),
+            ..facts(&ss, Some(&denied))
+        };
+        refused(&busy, ExecVerdict::Denied, &denied.to_string(), None);
+        // Allowed, but every running slot is taken (before the cgroup).
+        let busy = Facts {
+            slot_taken: false,
+            missing_cgroup: Some("process group only"),
+            ..facts(&ss, Some(&allowed))
+        };
+        refused(
+            &busy,
+            ExecVerdict::Denied,
+            "4 commands are running (agent.exec.max_running); try again later",
+            Some("ss"),
+        );
+        // Allowed, but the required cgroup is missing.
+        let uncontained = Facts {
+            missing_cgroup: Some("process group only (no cgroup: read-only)"),
+            ..facts(&ss, Some(&allowed))
+        };
+        refused(
+            &uncontained,
+            ExecVerdict::Denied,
+            "agent.exec.isolation = cgroup but this agent has process group only (no cgroup: read-only)",
+            Some("ss"),
+        );
     }
 
     #[test]

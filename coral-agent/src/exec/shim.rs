@@ -2,12 +2,12 @@
 //! `coral __coral-exec-shim MODE N PROCS... M READS... -- PROGRAM ARGV0 ARGS...`,
 //! which writes its pid into each `cgroup.procs` file, confines itself with
 //! landlock to the system paths plus READS (when MODE is `enforce`; see
-//! `sandbox::confine_command`) and then `execve`s PROGRAM (the environment
+//! `coral_sandbox::confine_command`) and then `execve`s PROGRAM (the environment
 //! it got is passed on unchanged). So the command is in its cgroup and its
 //! landlock domain before its first instruction, with no `unsafe` pre-exec
 //! hook and no shell.
 
-use crate::sandbox::{self, Mode};
+use coral_sandbox::Mode;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
@@ -80,7 +80,7 @@ pub fn shim_main(args: Vec<OsString>) -> i32 {
     }
     if mode == Mode::Enforce {
         let reads: Vec<PathBuf> = reads.into_iter().map(PathBuf::from).collect();
-        if let Err(e) = sandbox::confine_command(&reads) {
+        if let Err(e) = coral_sandbox::confine_command(&reads) {
             eprintln!("coral: cannot confine the command: {e}");
             return 126;
         }

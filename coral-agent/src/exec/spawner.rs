@@ -21,7 +21,7 @@
 //!    (before reaping it, so the group id cannot be reused) and says
 //!    `Exited`. The agent's `Kill` kills the group while it runs.
 //!
-//! The spawner runs under its own sandbox (`sandbox::Role::Spawner`: read
+//! The spawner runs under its own sandbox (`coral_sandbox::Role::Spawner`: read
 //! everything, write only cgroups; a syscall list for running commands).
 //! When the agent goes away (EOF on the requests), it kills every group
 //! still running and exits.
@@ -31,9 +31,9 @@
 
 use super::policy::PolicyHolder;
 use super::shim::{SHIM_ARG, shim_args};
-use crate::sandbox::{self, Mode};
 use coral_policy::{Caller, Request};
 use coral_proto::ExecCaller;
+use coral_sandbox::Mode;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -115,7 +115,7 @@ pub(crate) struct Running {
     pub exited: tokio::sync::oneshot::Receiver<Exit>,
 }
 
-struct Pending {
+struct AwaitedReplies {
     started: Option<tokio::sync::oneshot::Sender<Result<u32, String>>>,
     exited: Option<tokio::sync::oneshot::Sender<Exit>>,
 }
@@ -125,7 +125,7 @@ pub struct Spawner {
     requests: Mutex<UnixStream>,
     /// Taken by the reply reader on first use (it needs the runtime).
     replies: Mutex<Option<UnixStream>>,
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<HashMap<String, AwaitedReplies>>,
     child: Mutex<Child>,
     mode: Mode,
 }
@@ -197,7 +197,7 @@ impl Spawner {
         let id = req.id.clone();
         self.pending.lock().expect("spawner lock").insert(
             id.clone(),
-            Pending {
+            AwaitedReplies {
                 started: Some(started_tx),
                 exited: Some(exited_tx),
             },
@@ -409,13 +409,13 @@ impl FrameReader {
 }
 
 /// The spawner's state shared with its waiting threads.
-struct Shared {
+struct SpawnerState {
     replies: Mutex<UnixStream>,
     /// Running commands: id → process group.
     live: Mutex<HashMap<String, i32>>,
 }
 
-impl Shared {
+impl SpawnerState {
     fn reply(&self, msg: &FromSpawner) {
         let mut line = serde_json::to_vec(msg).expect("replies serialise");
         line.push(b'\n');
@@ -463,11 +463,15 @@ pub fn spawner_main(args: Vec<OsString>) -> i32 {
             return 71;
         }
     };
-    if let Err(e) = sandbox::apply(sandbox::Role::Spawner, mode, &sandbox::spawner_paths()) {
+    if let Err(e) = coral_sandbox::apply(
+        coral_sandbox::Role::Spawner,
+        mode,
+        &coral_sandbox::spawner_paths(),
+    ) {
         eprintln!("coral exec spawner: {e}");
         return 71;
     }
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(SpawnerState {
         replies: Mutex::new(replies),
         live: Mutex::new(HashMap::new()),
     });
@@ -532,7 +536,7 @@ pub fn spawner_main(args: Vec<OsString>) -> i32 {
 
 /// Waits for one command, kills what is left in its group, reaps it and
 /// says how it ended.
-fn wait(shared: &Shared, id: String, mut child: Child) {
+fn wait(shared: &SpawnerState, id: String, mut child: Child) {
     use nix::sys::wait::{Id, WaitPidFlag, waitid};
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     // Not reaped yet: while it is a zombie, its pid (the group id) cannot

@@ -229,7 +229,7 @@ impl LogsService for Receiver {
 
 /// One accepted connection: holds its slot of the connection cap, and must
 /// deliver the HTTP/2 preface (24 bytes) within `header_timeout`.
-struct Conn {
+struct AcceptedConn {
     stream: tokio::net::TcpStream,
     _slot: tokio::sync::OwnedSemaphorePermit,
     preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
@@ -238,14 +238,14 @@ struct Conn {
 /// Length of the HTTP/2 client connection preface.
 const PREFACE_LEN: usize = 24;
 
-impl Connected for Conn {
+impl Connected for AcceptedConn {
     type ConnectInfo = TcpConnectInfo;
     fn connect_info(&self) -> TcpConnectInfo {
         self.stream.connect_info()
     }
 }
 
-impl AsyncRead for Conn {
+impl AsyncRead for AcceptedConn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -269,7 +269,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl AsyncWrite for AcceptedConn {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -301,7 +301,7 @@ fn incoming(
     cap: ConnectionCap,
     header_timeout: Duration,
     shutdown: CancellationToken,
-) -> impl futures::Stream<Item = std::io::Result<Conn>> {
+) -> impl futures::Stream<Item = std::io::Result<AcceptedConn>> {
     futures::stream::unfold(listener, move |listener| {
         let (cap, shutdown) = (cap.clone(), shutdown.clone());
         async move {
@@ -309,7 +309,7 @@ fn incoming(
                 let stream = super::accept(&listener, &shutdown).await?;
                 let Some(slot) = cap.admit() else { continue };
                 let _ = stream.set_nodelay(true);
-                let conn = Conn {
+                let conn = AcceptedConn {
                     stream,
                     _slot: slot,
                     preface: Some((0, Box::pin(tokio::time::sleep(header_timeout)))),

@@ -26,7 +26,7 @@ pub mod convert;
 mod grpc;
 mod http;
 
-use crate::telemetry::{Batch, Telemetry};
+use coral_store::telemetry::{Batch, Telemetry};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -384,6 +384,22 @@ impl Receiver {
     }
 }
 
+/// Why the OTLP listeners cannot be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "cannot listen on {addr} for {what}: {source} (set agent.otlp.{key}, or agent.otlp.enabled = false)"
+    )]
+    Listen {
+        addr: String,
+        what: &'static str,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Nonblocking(std::io::Error),
+}
+
 /// Listeners bound at agent start (so a busy port fails the start).
 pub struct Listeners {
     pub grpc: std::net::TcpListener,
@@ -391,15 +407,16 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn bind(config: &OtlpConfig) -> Result<Listeners, String> {
-        let bind = |addr: &str, what: &str, key: &str| {
-            let l = std::net::TcpListener::bind(addr).map_err(|e| {
-                format!(
-                    "cannot listen on {addr} for {what}: {e} (set agent.otlp.{key}, or agent.otlp.enabled = false)"
-                )
+    pub fn bind(config: &OtlpConfig) -> Result<Listeners, BindError> {
+        let bind = |addr: &str, what: &'static str, key: &'static str| {
+            let l = std::net::TcpListener::bind(addr).map_err(|source| BindError::Listen {
+                addr: addr.to_string(),
+                what,
+                key,
+                source,
             })?;
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            Ok::<_, String>(l)
+            l.set_nonblocking(true).map_err(BindError::Nonblocking)?;
+            Ok::<_, BindError>(l)
         };
         Ok(Listeners {
             grpc: bind(&config.grpc_listen, "OTLP/gRPC", "grpc_listen")?,

@@ -26,7 +26,7 @@ impl Daemons {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("config/coral")).unwrap();
         // These benchmarks measure the loopback development transport; the
-        // mesh has its own (coral-agent/benches/mesh.rs, tests/mesh_join.rs).
+        // mesh has its own (coral-agent/mesh/benches/mesh.rs, tests/mesh_join.rs).
         let config = format!("[colony.mesh]\nenabled = false\n{config}");
         std::fs::write(dir.path().join("config/coral/config.toml"), config).unwrap();
         Daemons { dir, pin }

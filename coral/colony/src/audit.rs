@@ -3,8 +3,8 @@
 //! committed with `synchronous = FULL` before the action is taken.
 //! `coral audit` shows them beside the agents' exec audit logs.
 
-use coral_agent::sqlite::StoreError;
 use coral_proto::ColonyAuditRecord;
+use coral_store::sqlite::StoreError;
 use rusqlite::{Connection, params};
 use std::path::Path;
 use std::sync::Mutex;

@@ -12,8 +12,8 @@
 use super::ColonyError;
 use super::config::{ColonyConfig, KeySource};
 use super::registry::{RedeemError, Redemption, Registry, TokenRefusal};
-use coral_agent::membership::{self as ms, hex};
-use coral_agent::mesh::{Device, PeerConfig};
+use coral_mesh::device::{Device, PeerConfig};
+use coral_mesh::membership::{self as ms, hex};
 use coral_proto::{JoinError, JoinRequest, MeshGrant, SignedGrant};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -121,7 +121,7 @@ impl ColonyMesh {
     ) -> Result<ColonyMesh, ColonyError> {
         let m = &cfg.mesh;
         let (private, key_source) = wg_key(cfg, registry, state_dir)?;
-        let public = coral_agent::mesh::public_key(&private);
+        let public = coral_mesh::device::public_key(&private);
         let sign_seed = ms::load_or_create_secret(&state_dir.join("sign.key"))
             .map_err(|e| mesh_err(e.to_string()))?;
         let sign = ms::signing_key(&sign_seed);
@@ -190,7 +190,7 @@ impl ColonyMesh {
             .map(|a| a.port())
             .unwrap_or(super::config::DEFAULT_PORT);
         let rpc =
-            coral_agent::mesh::listen_on_device(SocketAddr::new(mesh_ip.into(), port), &ifname)
+            coral_mesh::device::listen_on_device(SocketAddr::new(mesh_ip.into(), port), &ifname)
                 .map_err(|e| mesh_err(format!("cannot listen on {mesh_ip}:{port}: {e}")))?;
         let rpc_addr = rpc.local_addr().map_err(|e| mesh_err(e.to_string()))?;
         tracing::info!(interface = %ifname, %mesh_ip, subnet = %format!("{}/{}", subnet.0, subnet.1),

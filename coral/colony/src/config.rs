@@ -210,11 +210,9 @@ impl ColonyConfig {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| {
-            coral_agent::config::state_home()
-                .join("coral")
-                .join("colony")
-        })
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| coral_store::state_home().join("coral").join("colony"))
     }
 
     /// Replaces the port of `listen`.

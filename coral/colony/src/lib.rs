@@ -19,7 +19,7 @@ pub mod tools;
 
 pub use config::ColonyConfig;
 
-use coral_agent::telemetry::{Telemetry, TelemetryGuard};
+use coral_store::telemetry::{Telemetry, TelemetryGuard};
 use registry::Registry;
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,9 +40,9 @@ pub enum ColonyError {
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
     #[error(transparent)]
-    Store(#[from] coral_agent::sqlite::StoreError),
+    Store(#[from] coral_store::sqlite::StoreError),
     #[error(transparent)]
-    Telemetry(#[from] coral_agent::telemetry::TelemetryError),
+    Telemetry(#[from] coral_store::telemetry::TelemetryError),
     #[error("colony mesh: {0}")]
     Mesh(String),
 }
@@ -89,7 +89,7 @@ impl Shared {
     /// Every agent with its services and state (online, offline, stopped).
     pub(crate) fn agents(
         &self,
-    ) -> Result<Vec<coral_proto::AgentSummary>, coral_agent::sqlite::StoreError> {
+    ) -> Result<Vec<coral_proto::AgentSummary>, coral_store::sqlite::StoreError> {
         self.registry.lock().expect("registry lock").agents(
             coral_proto::now_ms(),
             self.config.agent_timeout.as_millis() as i64,

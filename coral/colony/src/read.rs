@@ -6,14 +6,14 @@
 //! `coral query`, the MCP tools and the analyzer are thin adapters over it.
 
 use super::Shared;
-use coral_agent::ebpf::hist::Hist;
-use coral_agent::telemetry::{LOG_COLUMNS, SPAN_COLUMNS, Telemetry, log_row, span_row};
 use coral_proto::{
     AgentCoverage, AgentState, Change, Changes, Checkpoints, Coverage, HotspotQuery, Hotspots,
     LogQuery, LogRecord, MapEdge, MapQuery, Operation, QueryError, RedFigures, RedQuery, RedReport,
     RedRow, ServiceMap, SignalKind, Source, SourceRed, SpanRecord, TraceQuery, TraceSummary,
     Window,
 };
+use coral_store::hist::Hist;
+use coral_store::telemetry::{LOG_COLUMNS, SPAN_COLUMNS, Telemetry, log_row, span_row};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ macro_rules! cols {
     ($r:expr; $($i:literal),*) => { ($($r.get($i)?,)*) };
 }
 
-fn storage(e: coral_agent::telemetry::TelemetryError) -> QueryError {
+fn storage(e: coral_store::telemetry::TelemetryError) -> QueryError {
     QueryError::Storage(e.to_string())
 }
 
@@ -449,9 +449,7 @@ async fn otlp_red(
     // only for their service.
     let key = |svc: String, m: Option<String>, r: Option<String>, g: i64| -> Option<Key> {
         match (g, m, r) {
-            (0, Some(m), Some(r)) => {
-                Some((svc, Some(m), Some(coral_agent::ebpf::route::normalise(&r))))
-            }
+            (0, Some(m), Some(r)) => Some((svc, Some(m), Some(coral_store::route::normalise(&r)))),
             (0, _, _) => None,
             _ => Some((svc, None, None)),
         }
@@ -1639,7 +1637,7 @@ pub(crate) async fn probe_calls(
     shared: &Shared,
     q: ProbeCallQuery,
 ) -> Result<ProbeCalls, QueryError> {
-    use coral_agent::telemetry::{CALL_COLUMNS, call_row};
+    use coral_store::telemetry::{CALL_COLUMNS, call_row};
     check_since(q.since_ms)?;
     coral_proto::spec::validate_name(&q.service).map_err(QueryError::Invalid)?;
     let coverage = coverage(shared).await;

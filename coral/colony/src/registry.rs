@@ -1,10 +1,10 @@
 //! The colony's control-plane state in SQLite (`colony.db`): its identity,
 //! the agents, their services with current health, and health transitions.
 
-use coral_agent::sqlite::{StoreError, open_migrated};
 use coral_proto::{
     AgentState, AgentSummary, Health, Registration, ServiceHealth, ServiceKind, ServiceSpec,
 };
+use coral_store::sqlite::{StoreError, open_migrated};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::HashMap;
 use std::path::Path;

@@ -4,8 +4,7 @@
 use super::Shared;
 use super::colony_mesh::ColonyMesh;
 use super::registry::check_agent_id;
-use coral_agent::membership as ms;
-use coral_agent::telemetry::SampleRow;
+use coral_mesh::membership as ms;
 use coral_proto::rpc::{Colony, ColonyControl, ColonyJoin};
 use coral_proto::{
     AuditQuery, AuditReport, ColonyEndpoint, ColonyError, ColonyStatus, ExecError, ExecPoll,
@@ -13,6 +12,7 @@ use coral_proto::{
     LogRecord, Member, MeshAdminError, QueryError, Registered, Registration, ServiceHealth,
     Signals, SignedGrant, SpanRecord, TokenCreated, TokenRequest, TraceQuery, TraceSummary,
 };
+use coral_store::telemetry::SampleRow;
 use futures::StreamExt as _;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -826,7 +826,7 @@ fn members(s: &Shared) -> Result<Vec<Member>, MeshAdminError> {
         .expect("registry lock")
         .members()
         .map_err(|e| MeshAdminError::Storage(e.to_string()))?;
-    let peers: HashMap<Ipv4Addr, coral_agent::mesh::PeerStatus> = s
+    let peers: HashMap<Ipv4Addr, coral_mesh::device::PeerStatus> = s
         .mesh
         .as_ref()
         .map(|m| {

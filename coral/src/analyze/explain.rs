@@ -1001,23 +1001,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[allow(clippy::too_many_arguments)]
-    fn op(
-        service: &str,
-        kind: &str,
-        name: &str,
-        peer: Option<&str>,
+    /// One `coral_breakdown` operation: each pair is (recent, baseline).
+    struct OpRow<'a> {
+        service: &'a str,
+        kind: &'a str,
+        name: &'a str,
+        /// A database peer (the row gets a statement).
+        peer: Option<&'a str>,
         calls: [f64; 2],
-        own: [f64; 2],
-        self_pr: [f64; 2],
-        mean: [f64; 2],
-    ) -> Value {
+        own_errors: [f64; 2],
+        self_ms_per_request: [f64; 2],
+        mean_ms: [f64; 2],
+    }
+
+    fn op(o: OpRow<'_>) -> Value {
+        let calls = o.calls;
         let mut v = json!({
-            "service": service, "kind": kind, "name": name,
+            "service": o.service, "kind": o.kind, "name": o.name,
             "calls": calls, "calls_per_request": [calls[0] / 100.0, calls[1] / 1000.0],
-            "errors": own, "own_errors": own, "self_ms_per_request": self_pr, "mean_ms": mean,
+            "errors": o.own_errors, "own_errors": o.own_errors,
+            "self_ms_per_request": o.self_ms_per_request, "mean_ms": o.mean_ms,
         });
-        if let Some(p) = peer {
+        if let Some(p) = o.peer {
             v["peer"] = json!(p);
             v["statement"] = json!("SELECT * FROM t WHERE id = $1");
         }
@@ -1037,8 +1042,8 @@ mod tests {
     fn more_calls_at_the_same_cost_blame_the_caller() {
         let b = Breakdown::parse(
             &json!({"requests": [100, 1000], "operations": [
-                op("api", "client", "SELECT t", Some("db"), [4000.0, 1000.0], [0.0, 0.0], [120.0, 3.0], [3.0, 3.0]),
-                op("api", "server", "GET /x", None, [100.0, 1000.0], [0.0, 0.0], [2.0, 2.0], [125.0, 6.0]),
+                op(OpRow { service: "api", kind: "client", name: "SELECT t", peer: Some("db"), calls: [4000.0, 1000.0], own_errors: [0.0, 0.0], self_ms_per_request: [120.0, 3.0], mean_ms: [3.0, 3.0] }),
+                op(OpRow { service: "api", kind: "server", name: "GET /x", peer: None, calls: [100.0, 1000.0], own_errors: [0.0, 0.0], self_ms_per_request: [2.0, 2.0], mean_ms: [125.0, 6.0] }),
             ]}),
             (5.0, 60.0),
         );
@@ -1058,7 +1063,7 @@ mod tests {
     fn own_time_names_the_deepest_component_and_the_instance_that_carries_it() {
         let b = Breakdown::parse(
             &json!({"requests": [100, 1000], "operations": [
-                op("api", "client", "SELECT t", Some("db"), [100.0, 1000.0], [0.0, 0.0], [300.0, 3.0], [300.0, 3.0]),
+                op(OpRow { service: "api", kind: "client", name: "SELECT t", peer: Some("db"), calls: [100.0, 1000.0], own_errors: [0.0, 0.0], self_ms_per_request: [300.0, 3.0], mean_ms: [300.0, 3.0] }),
             ]}),
             (5.0, 60.0),
         );
@@ -1070,7 +1075,7 @@ mod tests {
 
         let b = Breakdown::parse(
             &json!({"requests": [100, 1000], "operations": [
-                op("api", "server", "GET /x", None, [100.0, 1000.0], [0.0, 0.0], [90.0, 5.0], [90.0, 5.0]),
+                op(OpRow { service: "api", kind: "server", name: "GET /x", peer: None, calls: [100.0, 1000.0], own_errors: [0.0, 0.0], self_ms_per_request: [90.0, 5.0], mean_ms: [90.0, 5.0] }),
             ]}),
             (5.0, 60.0),
         );
@@ -1092,7 +1097,7 @@ mod tests {
     fn a_new_error_message_in_the_logs_names_the_mechanism() {
         let b = Breakdown::parse(
             &json!({"requests": [100, 1000], "operations": [
-                op("api", "server", "GET /x", None, [100.0, 1000.0], [40.0, 0.0], [5.0, 5.0], [5.0, 5.0]),
+                op(OpRow { service: "api", kind: "server", name: "GET /x", peer: None, calls: [100.0, 1000.0], own_errors: [40.0, 0.0], self_ms_per_request: [5.0, 5.0], mean_ms: [5.0, 5.0] }),
             ], "logs": [
                 {"service": "api", "severity": "INFO", "template": "served ? in ? ms",
                  "example": "served 7 in 3 ms", "count": [100, 1000]},
@@ -1130,7 +1135,7 @@ mod tests {
     fn retries_of_a_small_share_of_requests_are_a_retry_storm() {
         let b = Breakdown::parse(
             &json!({"requests": [100, 1340], "operations": [
-                op("wallet", "server", "GET /wallet/{id}", None, [70.0, 339.0], [52.0, 0.0], [4.0, 2.0], [60.0, 7.0]),
+                op(OpRow { service: "wallet", kind: "server", name: "GET /wallet/{id}", peer: None, calls: [70.0, 339.0], own_errors: [52.0, 0.0], self_ms_per_request: [4.0, 2.0], mean_ms: [60.0, 7.0] }),
                 {"service": "front", "kind": "client", "name": "GET", "peer": "wallet",
                  "calls": [70, 339], "calls_per_request": [0.7, 0.25], "errors": [52, 0],
                  "own_errors": [0, 0], "self_ms_per_request": [0.1, 0.1], "mean_ms": [61.0, 8.0]},

@@ -334,8 +334,43 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
         evidence: Vec::new(),
         gaps: BTreeSet::new(),
     };
+    let health = health(&mut s).await?;
+    let red = red_until_moved(&mut s).await?;
+    let map = service_map(&mut s, red.base).await?;
+    let troubled: BTreeSet<String> = red
+        .moved
+        .iter()
+        .map(|m| m.service.clone())
+        .chain(health.down.iter().map(|d| d.service.clone()))
+        .collect();
+    if troubled.is_empty() {
+        return Ok(Analysis {
+            answer: no_problem(&s.gaps, &health, &red, &map),
+            root_cause: None,
+            evidence: s.evidence,
+        });
+    }
+    let mut d = diagnose(&mut s, &health, &red, &map, &troubled).await?;
+    // Live probes when the data points into the service's own code (issue 12).
+    probe::escalate(tools, &mut s.evidence, &mut d.root, &mut d.where_time).await;
+    let focus = focus_line(question, &health, &red, &map, &troubled, d.root.as_ref());
+    Ok(Analysis {
+        answer: answer(focus, &d, &map, &s.gaps),
+        root_cause: d.root,
+        evidence: s.evidence,
+    })
+}
 
-    // 1. Health.
+/// Step 1, health: the connected services and those down.
+struct Health {
+    /// Every connected service and its port.
+    known: BTreeMap<String, u16>,
+    down: Vec<Down>,
+    /// The evidence id of `coral_services`.
+    ev: String,
+}
+
+async fn health<T: Tools>(s: &mut Session<'_, T>) -> anyhow::Result<Health> {
     let services = s.call("coral_services", json!({})).await?;
     let mut known: BTreeMap<String, u16> = BTreeMap::new();
     let mut down = Vec::new();
@@ -352,7 +387,7 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
             }
         }
     }
-    let health_ev = s.last_id();
+    let ev = s.last_id();
     s.note(format!(
         "{} services, {} down{}",
         known.len(),
@@ -361,8 +396,21 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
             .map(|d| format!(": {} ({})", d.service, d.error))
             .collect::<String>()
     ));
+    Ok(Health { known, down, ev })
+}
 
-    // 2. RED against the baseline, zooming in until something moved.
+/// Step 2, RED against the baseline: the first window pair in which
+/// something moved (the last pair if nothing did).
+struct Red {
+    /// The `coral_red_metrics` answer.
+    red: Value,
+    ev: String,
+    moved: Vec<Moved>,
+    win: &'static str,
+    base: &'static str,
+}
+
+async fn red_until_moved<T: Tools>(s: &mut Session<'_, T>) -> anyhow::Result<Red> {
     let mut chosen = None;
     for (win, base) in WINDOWS {
         let red = s
@@ -371,8 +419,8 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
                 json!({"window": win, "baseline": base}),
             )
             .await?;
-        let red_ev = s.last_id();
-        let moved = moved(&red, &red_ev, win, base);
+        let ev = s.last_id();
+        let moved = moved(&red, &ev, win, base);
         s.note(format!(
             "{} services with requests; moved: {}",
             red["services"].as_array().map_or(0, Vec::len),
@@ -388,17 +436,30 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
         ));
         let found = !moved.is_empty();
         if chosen.is_none() || found {
-            chosen = Some((red, red_ev, moved, win, base));
+            chosen = Some(Red {
+                red,
+                ev,
+                moved,
+                win,
+                base,
+            });
         }
         if found {
             break;
         }
     }
-    let (red, red_ev, mut moved, win, base) = chosen.expect("WINDOWS is not empty");
+    Ok(chosen.expect("WINDOWS is not empty"))
+}
 
-    // 3. The map: who calls whom.
-    let map = s.call("coral_service_map", json!({"since": base})).await?;
-    let map_ev = s.last_id();
+/// Step 3, the map: who calls whom.
+struct ServiceMap {
+    calls: BTreeMap<String, BTreeSet<String>>,
+    ev: String,
+}
+
+async fn service_map<T: Tools>(s: &mut Session<'_, T>, since: &str) -> anyhow::Result<ServiceMap> {
+    let map = s.call("coral_service_map", json!({"since": since})).await?;
+    let ev = s.last_id();
     let mut calls: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for e in map["edges"].as_array().into_iter().flatten() {
         if let (Some(a), Some(b)) = (e["from"].as_str(), e["to"].as_str()) {
@@ -417,94 +478,114 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    Ok(ServiceMap { calls, ev })
+}
 
+/// The answer when nothing moved and nothing is down: what was compared,
+/// what was not, and what the colony could not see.
+fn no_problem(gaps: &BTreeSet<String>, health: &Health, red: &Red, map: &ServiceMap) -> String {
+    let (health_ev, red_ev, map_ev, win, base) = (&health.ev, &red.ev, &map.ev, red.win, red.base);
+    let n = red.red["services"].as_array().map_or(0, Vec::len);
+    let sources: BTreeSet<&str> = red.red["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|x| x["sources"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    let seen = format!(
+        "{} connected service(s), all up [{health_ev}]; latency and errors of the {n} service(s) with requests{} are within their baseline (last {win} vs the {base} before) [{red_ev}].",
+        health.known.len(),
+        if sources.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                sources.iter().copied().collect::<Vec<_>>().join(" and ")
+            )
+        }
+    );
+    // Processes that connect to peers but serve no requests the
+    // colony measures (queue consumers, jobs): their own work is
+    // compared with nothing, so say so rather than vouch for it.
+    let measured: BTreeSet<&str> = red.red["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["service"].as_str())
+        .collect();
+    let unmeasured: Vec<&str> = map
+        .calls
+        .keys()
+        .map(String::as_str)
+        .filter(|a| !measured.contains(a))
+        .collect();
+    let seen = if unmeasured.is_empty() {
+        seen
+    } else {
+        format!(
+            "{seen} Not compared: {} connect to other services or databases [{map_ev}] but serve no requests the colony measures (queue consumers and jobs work outside requests); a backlog or slowdown in their own work does not show here, their OTLP spans or metrics (consumer lag, job duration) would show it.",
+            if unmeasured.len() > 5 {
+                format!(
+                    "{} and {} more",
+                    unmeasured[..5].join(", "),
+                    unmeasured.len() - 5
+                )
+            } else {
+                unmeasured.join(", ")
+            }
+        )
+    };
+    // Never "no problem" about data the colony could not see.
+    if gaps.is_empty() {
+        format!("No problem found. {seen}")
+    } else {
+        format!(
+            "Nothing moved in what the colony could see, but it could not see everything: {}. So far: {seen} Ask again once the missing data has arrived.",
+            gaps.iter().cloned().collect::<Vec<_>>().join("; ")
+        )
+    }
+}
+
+/// Step 4: what changed, cause and symptom, and the likely root cause.
+struct Diagnosis {
+    /// One line per moved or down service.
+    what: Vec<String>,
+    /// Moved services that call a troubled service, and which.
+    symptoms: Vec<(Moved, String)>,
+    when: Option<String>,
+    where_time: Vec<String>,
+    /// The mechanism (`coral_breakdown`), when one explains the change.
+    explains: Vec<String>,
+    root: Option<RootCause>,
+}
+
+/// A troubled service that calls a troubled service is a symptom of it;
+/// the primary cause is a down service first, then the moved service that
+/// is not a symptom with the largest change.
+async fn diagnose<T: Tools>(
+    s: &mut Session<'_, T>,
+    health: &Health,
+    red: &Red,
+    map: &ServiceMap,
+    troubled: &BTreeSet<String>,
+) -> anyhow::Result<Diagnosis> {
+    let health_ev = &health.ev;
     // How much each moved service's own latency rose (ms).
-    let rises: BTreeMap<String, f64> = moved
+    let rises: BTreeMap<String, f64> = red
+        .moved
         .iter()
         .map(|m| {
             let rise = (m.recent_p95 - m.base_p95).max(m.recent_p50 - m.base_p50);
             (m.service.clone(), rise)
         })
         .collect();
-    let troubled: BTreeSet<String> = moved
-        .iter()
-        .map(|m| m.service.clone())
-        .chain(down.iter().map(|d| d.service.clone()))
-        .collect();
-    if troubled.is_empty() {
-        let n = red["services"].as_array().map_or(0, Vec::len);
-        let sources: BTreeSet<&str> = red["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|x| x["sources"].as_array().into_iter().flatten())
-            .filter_map(Value::as_str)
-            .collect();
-        let seen = format!(
-            "{} connected service(s), all up [{health_ev}]; latency and errors of the {n} service(s) with requests{} are within their baseline (last {win} vs the {base} before) [{red_ev}].",
-            known.len(),
-            if sources.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({})",
-                    sources.iter().copied().collect::<Vec<_>>().join(" and ")
-                )
-            }
-        );
-        // Processes that connect to peers but serve no requests the
-        // colony measures (queue consumers, jobs): their own work is
-        // compared with nothing, so say so rather than vouch for it.
-        let measured: BTreeSet<&str> = red["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|x| x["service"].as_str())
-            .collect();
-        let unmeasured: Vec<&str> = calls
-            .keys()
-            .map(String::as_str)
-            .filter(|a| !measured.contains(a))
-            .collect();
-        let seen = if unmeasured.is_empty() {
-            seen
-        } else {
-            format!(
-                "{seen} Not compared: {} connect to other services or databases [{map_ev}] but serve no requests the colony measures (queue consumers and jobs work outside requests); a backlog or slowdown in their own work does not show here, their OTLP spans or metrics (consumer lag, job duration) would show it.",
-                if unmeasured.len() > 5 {
-                    format!(
-                        "{} and {} more",
-                        unmeasured[..5].join(", "),
-                        unmeasured.len() - 5
-                    )
-                } else {
-                    unmeasured.join(", ")
-                }
-            )
-        };
-        // Never "no problem" about data the colony could not see.
-        let answer = if s.gaps.is_empty() {
-            format!("No problem found. {seen}")
-        } else {
-            format!(
-                "Nothing moved in what the colony could see, but it could not see everything: {}. So far: {seen} Ask again once the missing data has arrived.",
-                s.gaps.iter().cloned().collect::<Vec<_>>().join("; ")
-            )
-        };
-        return Ok(Analysis {
-            answer,
-            root_cause: None,
-            evidence: s.evidence,
-        });
-    }
-
-    // 4. Cause and symptom: a troubled service that calls a troubled
-    // service is a symptom of it.
     let symptom_of = |svc: &str| -> Option<String> {
-        calls
+        map.calls
             .get(svc)
             .and_then(|ds| ds.iter().find(|d| troubled.contains(*d)).cloned())
     };
+    let mut moved = red.moved.clone();
     moved.sort_by(|a, b| {
         b.p95_ratio()
             .partial_cmp(&a.p95_ratio())
@@ -520,7 +601,7 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
     for m in &moved {
         what.push(describe_move(m));
     }
-    for d in &down {
+    for d in &health.down {
         what.push(format!(
             "{} is down since {} ({}) [{health_ev}]",
             d.service,
@@ -529,12 +610,11 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
         ));
     }
 
-    // The primary cause: a down service first, then the moved service that
-    // is not a symptom with the largest change.
-    let cause_down = down
+    let cause_down = health
+        .down
         .iter()
         .find(|d| symptoms.iter().any(|(_, to)| to == &d.service) || moved.is_empty())
-        .or(down.first());
+        .or(health.down.first());
     let cause_moved = moved
         .iter()
         .find(|m| symptom_of(&m.service).is_none())
@@ -543,40 +623,20 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
     let mut where_time = Vec::new();
     let mut when = None;
     let mut explains: Vec<String> = Vec::new();
-    let mut root = if let Some(d) =
-        cause_down.filter(|_| cause_moved.is_none() || !symptoms.is_empty())
+    let root = if let Some(d) = cause_down.filter(|_| cause_moved.is_none() || !symptoms.is_empty())
     {
-        let dependents: Vec<String> = calls
-            .iter()
-            .filter(|(_, ds)| ds.contains(&d.service))
-            .map(|(a, _)| a.clone())
-            .collect();
         when = Some(format!("{} went down {}", d.service, ago(d.since_s)));
-        let hit = if dependents.is_empty() {
-            String::new()
-        } else {
-            format!(" {} call(s) it [{map_ev}]", dependents.join(", "))
-        };
-        Some(RootCause {
-            service: d.service.clone(),
-            component: None,
-            kind: "dependency_down".into(),
-            summary: format!("{} is down ({}).{hit}", d.service, d.error),
-            confidence: if dependents.is_empty() { 70 } else { 90 },
-            recommendation: format!(
-                "Bring {} back (check its process and logs: 'coral exec {} \"ss -tlnp\"'); its callers recover when it answers again.",
-                d.service, d.service
-            ),
-        })
+        Some(dependency_down(d, map))
     } else if let Some(m) = cause_moved {
-        let (mut rc, wt, started) = drill(&mut s, &m, &known).await?;
-        where_time = wt;
-        when = started;
+        let drilled = drill(s, &m, &health.known).await?;
+        let mut rc = drilled.root;
+        where_time = drilled.where_time;
+        when = drilled.when;
         // The mechanism, from every dimension the data has (issue 15). A
         // plan the database itself showed (EXPLAIN: a sequential scan where
         // an index was expected) is direct evidence and stands against any
         // inference from timings.
-        if let Some(f) = mechanism(&mut s, win, base, &troubled, &rises).await
+        if let Some(f) = mechanism(s, red.win, red.base, troubled, &rises).await
             && rc.kind != "missing_index"
         {
             rc = f.root;
@@ -586,25 +646,66 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
     } else {
         None
     };
-    // Live probes when the data points into the service's own code (issue 12).
-    probe::escalate(tools, &mut s.evidence, &mut root, &mut where_time).await;
+    Ok(Diagnosis {
+        what,
+        symptoms,
+        when,
+        where_time,
+        explains,
+        root,
+    })
+}
 
-    // 5. The answer, led by the service the question names, if any.
-    let mut answer = String::new();
+/// The root cause when a service is down: its callers suffer.
+fn dependency_down(d: &Down, map: &ServiceMap) -> RootCause {
+    let dependents: Vec<String> = map
+        .calls
+        .iter()
+        .filter(|(_, ds)| ds.contains(&d.service))
+        .map(|(a, _)| a.clone())
+        .collect();
+    let hit = if dependents.is_empty() {
+        String::new()
+    } else {
+        format!(" {} call(s) it [{}]", dependents.join(", "), map.ev)
+    };
+    RootCause {
+        service: d.service.clone(),
+        component: None,
+        kind: "dependency_down".into(),
+        summary: format!("{} is down ({}).{hit}", d.service, d.error),
+        confidence: if dependents.is_empty() { 70 } else { 90 },
+        recommendation: format!(
+            "Bring {} back (check its process and logs: 'coral exec {} \"ss -tlnp\"'); its callers recover when it answers again.",
+            d.service, d.service
+        ),
+    }
+}
+
+/// The answer's first line when the question names a service (or a route
+/// of the root cause's service): whether that is where the problem is.
+fn focus_line(
+    question: &str,
+    health: &Health,
+    red: &Red,
+    map: &ServiceMap,
+    troubled: &BTreeSet<String>,
+    root: Option<&RootCause>,
+) -> Option<String> {
     let words: BTreeSet<String> = question
         .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
         .map(str::to_ascii_lowercase)
         .collect();
-    let mut names: BTreeSet<String> = known.keys().cloned().collect();
+    let mut names: BTreeSet<String> = health.known.keys().cloned().collect();
     names.extend(
-        red["services"]
+        red.red["services"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|x| x["service"].as_str().map(str::to_string)),
     );
     names.extend(
-        calls
+        map.calls
             .iter()
             .flat_map(|(a, bs)| std::iter::once(a.clone()).chain(bs.iter().cloned())),
     );
@@ -612,7 +713,7 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
         .iter()
         .find(|k| words.contains(&k.to_ascii_lowercase()))
     {
-        let line = match &root {
+        let line = match root {
             Some(rc) if &rc.service == focus => format!("{focus} is where the problem is."),
             Some(rc) if troubled.contains(focus) => {
                 format!("{focus} is affected; the cause is in {}.", rc.service)
@@ -620,61 +721,72 @@ pub async fn analyze<T: Tools>(tools: &T, question: &str) -> anyhow::Result<Anal
             _ if troubled.contains(focus) => format!("{focus} is affected."),
             _ => format!("{focus} looks healthy: its latency and errors did not move."),
         };
-        answer.push_str(&format!("{line}\n"));
-    } else if let Some(rc) = &root
+        Some(format!("{line}\n"))
+    } else if let Some(rc) = root
         && let Some(component) = &rc.component
         && component
             .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
             .any(|part| part.len() >= 3 && words.contains(&part.to_ascii_lowercase()))
     {
         // "Why is checkout slow?" names a route, not a service.
-        answer.push_str(&format!(
+        Some(format!(
             "{component} of {} is where the problem is.\n",
             rc.service
-        ));
+        ))
+    } else {
+        None
     }
+}
+
+/// Step 5, the answer: led by the focus line, then what changed, when,
+/// where the time goes, what explains it, the root cause, and what was not
+/// seen.
+fn answer(
+    focus: Option<String>,
+    d: &Diagnosis,
+    map: &ServiceMap,
+    gaps: &BTreeSet<String>,
+) -> String {
+    let map_ev = &map.ev;
+    let mut answer = focus.unwrap_or_default();
     answer.push_str("What changed:\n");
-    for w in &what {
+    for w in &d.what {
         answer.push_str(&format!("  - {w}\n"));
     }
-    for (m, to) in &symptoms {
+    for (m, to) in &d.symptoms {
         answer.push_str(&format!(
             "  - {} is a symptom: it calls {to}, which moved too [{map_ev}]\n",
             m.service
         ));
     }
-    if let Some(w) = &when {
+    if let Some(w) = &d.when {
         answer.push_str(&format!("When: {w}.\n"));
     }
-    if !where_time.is_empty() {
+    if !d.where_time.is_empty() {
         answer.push_str("Where the time goes:\n");
-        for w in &where_time {
+        for w in &d.where_time {
             answer.push_str(&format!("  - {w}\n"));
         }
     }
-    if !explains.is_empty() {
+    if !d.explains.is_empty() {
         answer.push_str("What explains it:\n");
-        for w in &explains {
+        for w in &d.explains {
             answer.push_str(&format!("  - {w}\n"));
         }
     }
-    if let Some(rc) = &root {
+    if let Some(rc) = &d.root {
         answer.push_str(&format!(
             "Likely root cause ({}% confidence): {}\nRecommendation: {}\n",
             rc.confidence, rc.summary, rc.recommendation
         ));
     }
-    if !s.gaps.is_empty() {
+    if !gaps.is_empty() {
         answer.push_str(&format!(
             "Not seen: {}.\n",
-            s.gaps.iter().cloned().collect::<Vec<_>>().join("; ")
+            gaps.iter().cloned().collect::<Vec<_>>().join("; ")
         ));
     }
-    Ok(Analysis {
-        answer,
-        root_cause: root,
-        evidence: s.evidence,
-    })
+    answer
 }
 
 fn minutes(w: &str) -> f64 {
@@ -778,12 +890,21 @@ fn describe_move(m: &Moved) -> String {
     )
 }
 
+/// What [`drill`] found in the moved service's requests.
+struct Drilled {
+    root: RootCause,
+    /// The three operations that carry most of the request time.
+    where_time: Vec<String>,
+    /// When the slow requests began.
+    when: Option<String>,
+}
+
 /// Breaks the moved service's requests down and names the root cause.
 async fn drill<T: Tools>(
     s: &mut Session<'_, T>,
     m: &Moved,
     known: &BTreeMap<String, u16>,
-) -> anyhow::Result<(RootCause, Vec<String>, Option<String>)> {
+) -> anyhow::Result<Drilled> {
     let hot = s
         .call(
             "coral_hotspots",
@@ -792,311 +913,346 @@ async fn drill<T: Tools>(
         .await?;
     let hot_ev = s.last_id();
     let ops = hot["operations"].as_array().cloned().unwrap_or_default();
-    // The operation that added the most time per request (or, with no
-    // baseline for it, that carries the largest share).
-    let added = |o: &Value| {
-        let per = f(&o["per_request"]);
-        match o["baseline_mean_ms"].as_f64() {
-            Some(b) => per * (f(&o["mean_ms"]) - b),
-            None => per * f(&o["mean_ms"]),
-        }
-    };
     // Routes (kind "route": where, seen on the wire or in server spans)
     // and operations under the requests (why: a query, a call, own work)
     // are picked apart: the deeper one wins when it explains the change.
-    let pick = |routes: bool| {
-        ops.iter()
-            .filter(|o| (o["kind"] == "route") == routes)
-            .filter(|o| !m.errors || m.latency || f(&o["errors"]) > 0.0)
-            .max_by(|a, b| {
-                added(a)
-                    .partial_cmp(&added(b))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            })
-            .cloned()
-    };
-    let (deep, route) = (pick(false), pick(true));
-    let top = deep.clone().or(route.clone());
-    let mut where_time = Vec::new();
-    for o in ops.iter().take(3) {
-        let baseline = o["baseline_mean_ms"]
-            .as_f64()
-            .map_or("none".to_string(), fmt_ms);
-        where_time.push(if o["kind"] == "route" {
-            format!(
-                "route {}: {}% of {}'s request time, mean {} (baseline {baseline}), p95 {}, {} requests, from {} [{hot_ev}]",
-                o["operation"].as_str().unwrap_or("?"),
-                f(&o["share_pct"]),
-                m.service,
-                fmt_ms(f(&o["mean_ms"])),
-                fmt_ms(f(&o["p95_ms"])),
-                f(&o["count"]),
-                o["source"].as_str().unwrap_or("?"),
-            )
-        } else {
-            format!(
-                "{} {}: {}% of {}'s request time, mean {} (baseline {baseline}), {} per request [{hot_ev}]",
-                o["service"].as_str().unwrap_or("?"),
-                o["statement"]
-                    .as_str()
-                    .or(o["operation"].as_str())
-                    .unwrap_or("?"),
-                f(&o["share_pct"]),
-                m.service,
-                fmt_ms(f(&o["mean_ms"])),
-                f(&o["per_request"]),
-            )
-        });
-    }
+    let (deep, route) = (heaviest(&ops, m, false), heaviest(&ops, m, true));
+    let top = deep.as_ref().or(route.as_ref());
+    let where_time = where_time(&ops, m, &hot_ev);
     s.note(format!(
         "{} operations under {}; top: {}",
         ops.len(),
         m.service,
-        top.as_ref()
-            .and_then(|o| o["operation"].as_str())
-            .unwrap_or("none")
+        top.and_then(|o| o["operation"].as_str()).unwrap_or("none")
     ));
-
-    // When: the oldest slow request in the window.
     let threshold = f(&hot["slow_threshold_ms"]).ceil() as u64;
-    let when = match hot["slow_since_s_ago"].as_i64() {
+    let when = slow_since(&hot, m, threshold, &hot_ev);
+    let explains = |o: &Value| explains_change(&hot, m, o);
+    let route = route.filter(explains);
+    let root = match deep.filter(explains).or(route) {
+        None => own_change(m, &hot_ev),
+        Some(top) if top["kind"] == "route" => route_cause(m, &top, &hot_ev),
+        Some(top) if m.errors && !m.latency => failing_call(s, m, &top, &hot_ev).await?,
+        Some(top) if top["statement"].is_string() && top["kind"] == "client" => {
+            slow_query(s, m, &top, known, &hot_ev).await
+        }
+        Some(top) => slow_operation(m, &top, threshold, &hot_ev),
+    };
+    Ok(Drilled {
+        root,
+        where_time,
+        when,
+    })
+}
+
+/// The time an operation added per request (or, with no baseline for it,
+/// the time it carries).
+fn added(o: &Value) -> f64 {
+    let per = f(&o["per_request"]);
+    match o["baseline_mean_ms"].as_f64() {
+        Some(b) => per * (f(&o["mean_ms"]) - b),
+        None => per * f(&o["mean_ms"]),
+    }
+}
+
+/// The route (`routes`) or the operation under the requests that added the
+/// most time per request; for errors alone, only failing ones.
+fn heaviest(ops: &[Value], m: &Moved, routes: bool) -> Option<Value> {
+    ops.iter()
+        .filter(|o| (o["kind"] == "route") == routes)
+        .filter(|o| !m.errors || m.latency || f(&o["errors"]) > 0.0)
+        .max_by(|a, b| {
+            added(a)
+                .partial_cmp(&added(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .cloned()
+}
+
+/// An operation explains a slowdown only if it added at least half of the
+/// service's added time per request; otherwise the time is the service's
+/// own.
+fn explains_change(hot: &Value, m: &Moved, o: &Value) -> bool {
+    let service_added = hot["baseline_mean_request_ms"]
+        .as_f64()
+        .map(|b| f(&hot["mean_request_ms"]) - b);
+    !m.latency || m.errors || service_added.is_none_or(|sa| sa <= 0.0 || added(o) >= sa / 2.0)
+}
+
+/// One line for each of the first three operations: their share of the
+/// request time, now and at baseline.
+fn where_time(ops: &[Value], m: &Moved, hot_ev: &str) -> Vec<String> {
+    ops.iter()
+        .take(3)
+        .map(|o| {
+            let baseline = o["baseline_mean_ms"]
+                .as_f64()
+                .map_or("none".to_string(), fmt_ms);
+            if o["kind"] == "route" {
+                format!(
+                    "route {}: {}% of {}'s request time, mean {} (baseline {baseline}), p95 {}, {} requests, from {} [{hot_ev}]",
+                    o["operation"].as_str().unwrap_or("?"),
+                    f(&o["share_pct"]),
+                    m.service,
+                    fmt_ms(f(&o["mean_ms"])),
+                    fmt_ms(f(&o["p95_ms"])),
+                    f(&o["count"]),
+                    o["source"].as_str().unwrap_or("?"),
+                )
+            } else {
+                format!(
+                    "{} {}: {}% of {}'s request time, mean {} (baseline {baseline}), {} per request [{hot_ev}]",
+                    o["service"].as_str().unwrap_or("?"),
+                    o["statement"]
+                        .as_str()
+                        .or(o["operation"].as_str())
+                        .unwrap_or("?"),
+                    f(&o["share_pct"]),
+                    m.service,
+                    fmt_ms(f(&o["mean_ms"])),
+                    f(&o["per_request"]),
+                )
+            }
+        })
+        .collect()
+}
+
+/// When: the oldest slow request in the window.
+fn slow_since(hot: &Value, m: &Moved, threshold: u64, hot_ev: &str) -> Option<String> {
+    match hot["slow_since_s_ago"].as_i64() {
         Some(since) if m.latency => Some(format!(
             "requests of {} over {threshold} ms began about {} [{hot_ev}]",
             m.service,
             ago(since)
         )),
         _ => None,
-    };
+    }
+}
 
-    // An operation explains a slowdown only if it added at least half of
-    // the service's added time per request; otherwise the time is the
-    // service's own.
-    let service_added = hot["baseline_mean_request_ms"]
-        .as_f64()
-        .map(|b| f(&hot["mean_request_ms"]) - b);
-    let explains = |o: &Value| {
-        !m.latency || m.errors || service_added.is_none_or(|sa| sa <= 0.0 || added(o) >= sa / 2.0)
-    };
-    let route = route.filter(explains);
-    let Some(top) = deep.filter(explains).or(route) else {
-        return Ok((
-            RootCause {
-                service: m.service.clone(),
-                component: None,
-                kind: if m.latency {
-                    "latency_regression"
-                } else {
-                    "error_burst"
-                }
-                .into(),
-                summary: format!(
-                    "{} itself got slower or started failing; no downstream operation explains it [{hot_ev}]",
-                    m.service
-                ),
-                confidence: 50,
-                recommendation: format!(
-                    "Look at what changed in {} (recent deploys, config, resources): 'coral query traces --service {}'",
-                    m.service, m.service
-                ),
-            },
-            where_time,
-            when,
-        ));
-    };
+/// The cause when no operation under the requests explains the change.
+fn own_change(m: &Moved, hot_ev: &str) -> RootCause {
+    RootCause {
+        service: m.service.clone(),
+        component: None,
+        kind: if m.latency {
+            "latency_regression"
+        } else {
+            "error_burst"
+        }
+        .into(),
+        summary: format!(
+            "{} itself got slower or started failing; no downstream operation explains it [{hot_ev}]",
+            m.service
+        ),
+        confidence: 50,
+        recommendation: format!(
+            "Look at what changed in {} (recent deploys, config, resources): 'coral query traces --service {}'",
+            m.service, m.service
+        ),
+    }
+}
 
+/// Errors without a slowdown: the failing call, with the latest log line.
+async fn failing_call<T: Tools>(
+    s: &mut Session<'_, T>,
+    m: &Moved,
+    top: &Value,
+    hot_ev: &str,
+) -> anyhow::Result<RootCause> {
     let op_service = top["service"].as_str().unwrap_or("?").to_string();
     let op_name = top["operation"].as_str().unwrap_or("?").to_string();
-    if top["kind"] == "route" {
-        return Ok((route_cause(m, &top, &hot_ev), where_time, when));
-    }
-    let peer = top["peer"].as_str().map(str::to_string);
-    let statement = top["statement"].as_str().map(str::to_string);
-    let is_db = statement.is_some() && top["kind"] == "client";
+    let logs = s
+        .call(
+            "coral_logs",
+            json!({"service": m.service, "since": m.window, "limit": 20}),
+        )
+        .await?;
+    let first = logs["logs"]
+        .as_array()
+        .and_then(|l| l.first())
+        .and_then(|l| l["body"].as_str())
+        .unwrap_or("")
+        .to_string();
+    s.note(format!("latest log: {first}"));
+    let at = top["peer"].as_str().map_or(op_service, str::to_string);
+    Ok(RootCause {
+        service: at.clone(),
+        component: Some(op_name.clone()),
+        kind: "error_burst".into(),
+        summary: format!(
+            "the errors come from {op_name} ({} errors) called by {} [{hot_ev}]{}",
+            f(&top["errors"]),
+            m.service,
+            if first.is_empty() {
+                String::new()
+            } else {
+                format!("; latest log: \"{first}\" [{}]", s.last_id())
+            }
+        ),
+        confidence: 75,
+        recommendation: format!(
+            "Check {at}: 'coral query traces --service {}' and 'coral query logs --service {}' show the failing calls.",
+            m.service, m.service
+        ),
+    })
+}
 
-    if m.errors && !m.latency {
-        let logs = s
-            .call(
-                "coral_logs",
-                json!({"service": m.service, "since": m.window, "limit": 20}),
-            )
-            .await?;
-        let first = logs["logs"]
-            .as_array()
-            .and_then(|l| l.first())
-            .and_then(|l| l["body"].as_str())
-            .unwrap_or("")
-            .to_string();
-        s.note(format!("latest log: {first}"));
-        let at = peer.clone().unwrap_or(op_service.clone());
-        return Ok((
-            RootCause {
-                service: at.clone(),
-                component: Some(op_name.clone()),
-                kind: "error_burst".into(),
-                summary: format!(
-                    "the errors come from {op_name} ({} errors) called by {} [{hot_ev}]{}",
-                    f(&top["errors"]),
-                    m.service,
-                    if first.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; latest log: \"{first}\" [{}]", s.last_id())
-                    }
-                ),
-                confidence: 75,
-                recommendation: format!(
-                    "Check {at}: 'coral query traces --service {}' and 'coral query logs --service {}' show the failing calls.",
-                    m.service, m.service
-                ),
-            },
-            where_time,
-            when,
-        ));
+/// A database query carries the change: a slow query, confirmed by its
+/// plan where the exec tool is enabled and the database is a connected
+/// service.
+async fn slow_query<T: Tools>(
+    s: &mut Session<'_, T>,
+    m: &Moved,
+    top: &Value,
+    known: &BTreeMap<String, u16>,
+    hot_ev: &str,
+) -> RootCause {
+    let statement = top["statement"].as_str().unwrap_or_default().to_string();
+    let db = top["peer"].as_str().unwrap_or("the database").to_string();
+    let mut rc = RootCause {
+        service: db.clone(),
+        component: Some(statement.clone()),
+        kind: "slow_query".into(),
+        summary: format!(
+            "the query `{statement}` on {db} now takes {} on average (baseline {}), {:.1}% of {}'s time [{hot_ev}]",
+            fmt_ms(f(&top["mean_ms"])),
+            top["baseline_mean_ms"]
+                .as_f64()
+                .map_or("none".to_string(), fmt_ms),
+            f(&top["share_pct"]),
+            m.service
+        ),
+        confidence: 70,
+        recommendation: format!(
+            "Run EXPLAIN on the query ('coral exec {db} \"psql -c ...\"'); a sequential scan on a filtered column means a missing index."
+        ),
+    };
+    if s.available.contains("coral_agent_exec")
+        && let Some(port) = known.get(&db)
+    {
+        let user = top["db_user"].as_str().unwrap_or("postgres");
+        let name = top["db_name"].as_str().unwrap_or(user);
+        let sql = format!("EXPLAIN {}", explainable(&statement));
+        let command = format!(
+            "psql -X -h 127.0.0.1 -p {port} -U {} -d {} -c {}",
+            shell_words::quote(user),
+            shell_words::quote(name),
+            shell_words::quote(&sql)
+        );
+        explain_plan(s, &mut rc, &db, &command).await;
     }
+    rc
+}
 
-    if is_db {
-        let statement = statement.unwrap_or_default();
-        let db = peer.clone().unwrap_or_else(|| "the database".into());
-        let mut rc = RootCause {
-            service: db.clone(),
-            component: Some(statement.clone()),
-            kind: "slow_query".into(),
-            summary: format!(
-                "the query `{statement}` on {db} now takes {} on average (baseline {}), {:.1}% of {}'s time [{hot_ev}]",
-                fmt_ms(f(&top["mean_ms"])),
-                top["baseline_mean_ms"]
-                    .as_f64()
-                    .map_or("none".to_string(), fmt_ms),
-                f(&top["share_pct"]),
-                m.service
-            ),
-            confidence: 70,
-            recommendation: format!(
-                "Run EXPLAIN on the query ('coral exec {db} \"psql -c ...\"'); a sequential scan on a filtered column means a missing index."
-            ),
-        };
-        // Confirm with the plan where the exec tool is enabled and the
-        // database is a connected service.
-        if s.available.contains("coral_agent_exec")
-            && let Some(port) = known.get(&db)
-        {
-            let user = top["db_user"].as_str().unwrap_or("postgres");
-            let name = top["db_name"].as_str().unwrap_or(user);
-            let sql = format!("EXPLAIN {}", explainable(&statement));
-            let command = format!(
-                "psql -X -h 127.0.0.1 -p {port} -U {} -d {} -c {}",
-                shell_words::quote(user),
-                shell_words::quote(name),
-                shell_words::quote(&sql)
+/// Runs `EXPLAIN` on the database's host and reads the plan into `rc`: a
+/// sequential scan makes it a missing index; a plan without one points at
+/// locks and load.
+async fn explain_plan<T: Tools>(
+    s: &mut Session<'_, T>,
+    rc: &mut RootCause,
+    db: &str,
+    command: &str,
+) {
+    let out = s
+        .call(
+            "coral_agent_exec",
+            json!({"service": db, "command": command, "timeout": "10s"}),
+        )
+        .await;
+    // Only a plan from a command that succeeded counts.
+    let ran = out.as_ref().ok().filter(|v| v["exit_code"] == 0);
+    let plan = ran
+        .and_then(|v| v["stdout"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let exec_ev = s.last_id();
+    let failed = match &out {
+        Ok(v) if ran.is_none() => Some(format!(
+            "exit {}: {}",
+            v["exit_code"],
+            v["stderr"].as_str().unwrap_or("").trim()
+        )),
+        Err(e) => Some(e.to_string()),
+        Ok(_) => None,
+    };
+    if let Some(why) = &failed {
+        let why: String = why.lines().next().unwrap_or("").chars().take(200).collect();
+        s.note(format!("EXPLAIN failed: {why}"));
+        rc.summary = format!("{}; EXPLAIN could not run [{exec_ev}]: {why}", rc.summary);
+    }
+    match seq_scan(&plan) {
+        Some((table, column)) => {
+            s.note(format!("plan: Seq Scan on {table}"));
+            rc.kind = "missing_index".into();
+            rc.confidence = if column.is_some() { 90 } else { 80 };
+            rc.summary = format!(
+                "{}; EXPLAIN shows a sequential scan on {table}{} [{exec_ev}]: the table has no usable index for this query",
+                rc.summary,
+                column
+                    .as_ref()
+                    .map(|c| format!(" filtering on {c}"))
+                    .unwrap_or_default()
             );
-            let out = s
-                .call(
-                    "coral_agent_exec",
-                    json!({"service": db, "command": command, "timeout": "10s"}),
-                )
-                .await;
-            // Only a plan from a command that succeeded counts.
-            let ran = out.as_ref().ok().filter(|v| v["exit_code"] == 0);
-            let plan = ran
-                .and_then(|v| v["stdout"].as_str())
-                .unwrap_or("")
-                .to_string();
-            let exec_ev = s.last_id();
-            let failed = match &out {
-                Ok(v) if ran.is_none() => Some(format!(
-                    "exit {}: {}",
-                    v["exit_code"],
-                    v["stderr"].as_str().unwrap_or("").trim()
-                )),
-                Err(e) => Some(e.to_string()),
-                Ok(_) => None,
+            rc.recommendation = match column {
+                Some(c) => format!(
+                    "CREATE INDEX CONCURRENTLY ON {table} ({c}); then re-check with 'coral ask'."
+                ),
+                None => format!("Add an index on {table} that matches the query's filter."),
             };
-            if let Some(why) = &failed {
-                let why: String = why.lines().next().unwrap_or("").chars().take(200).collect();
-                s.note(format!("EXPLAIN failed: {why}"));
-                rc.summary = format!("{}; EXPLAIN could not run [{exec_ev}]: {why}", rc.summary);
-            }
-            match seq_scan(&plan) {
-                Some((table, column)) => {
-                    s.note(format!("plan: Seq Scan on {table}"));
-                    rc.kind = "missing_index".into();
-                    rc.confidence = if column.is_some() { 90 } else { 80 };
-                    rc.summary = format!(
-                        "{}; EXPLAIN shows a sequential scan on {table}{} [{exec_ev}]: the table has no usable index for this query",
-                        rc.summary,
-                        column
-                            .as_ref()
-                            .map(|c| format!(" filtering on {c}"))
-                            .unwrap_or_default()
-                    );
-                    rc.recommendation = match column {
-                        Some(c) => format!(
-                            "CREATE INDEX CONCURRENTLY ON {table} ({c}); then re-check with 'coral ask'."
-                        ),
-                        None => format!("Add an index on {table} that matches the query's filter."),
-                    };
-                }
-                None if ran.is_some() => {
-                    s.note("plan: no sequential scan".into());
-                    rc.summary = format!(
-                        "{}; its plan uses no sequential scan [{exec_ev}], so look at locks, load and the rows it returns",
-                        rc.summary
-                    );
-                    rc.recommendation = format!(
-                        "Check {db} for lock waits and load ('coral exec {db} \"ps aux\"'), and the query's row count."
-                    );
-                }
-                None => {}
-            }
         }
-        return Ok((rc, where_time, when));
+        None if ran.is_some() => {
+            s.note("plan: no sequential scan".into());
+            rc.summary = format!(
+                "{}; its plan uses no sequential scan [{exec_ev}], so look at locks, load and the rows it returns",
+                rc.summary
+            );
+            rc.recommendation = format!(
+                "Check {db} for lock waits and load ('coral exec {db} \"ps aux\"'), and the query's row count."
+            );
+        }
+        None => {}
     }
+}
 
+/// A slow operation that is not a query: another service's (a slow
+/// dependency) or the moved service's own work.
+fn slow_operation(m: &Moved, top: &Value, threshold: u64, hot_ev: &str) -> RootCause {
+    let op_service = top["service"].as_str().unwrap_or("?").to_string();
+    let op_name = top["operation"].as_str().unwrap_or("?").to_string();
+    let baseline = top["baseline_mean_ms"]
+        .as_f64()
+        .map_or("none".to_string(), fmt_ms);
     if op_service != m.service {
-        return Ok((
-            RootCause {
-                service: op_service.clone(),
-                component: Some(op_name.clone()),
-                kind: "slow_dependency".into(),
-                summary: format!(
-                    "{}'s time goes to {op_service} ({op_name}), mean {} (baseline {}) [{hot_ev}]",
-                    m.service,
-                    fmt_ms(f(&top["mean_ms"])),
-                    top["baseline_mean_ms"]
-                        .as_f64()
-                        .map_or("none".to_string(), fmt_ms),
-                ),
-                confidence: 75,
-                recommendation: format!(
-                    "Look into {op_service}: 'coral query traces --service {op_service} --min-duration {threshold}ms'."
-                ),
-            },
-            where_time,
-            when,
-        ));
-    }
-    Ok((
-        RootCause {
-            service: m.service.clone(),
+        return RootCause {
+            service: op_service.clone(),
             component: Some(op_name.clone()),
-            kind: "latency_regression".into(),
+            kind: "slow_dependency".into(),
             summary: format!(
-                "{} got slower in its own work ({op_name}, mean {}; baseline {}) [{hot_ev}]",
+                "{}'s time goes to {op_service} ({op_name}), mean {} (baseline {baseline}) [{hot_ev}]",
                 m.service,
                 fmt_ms(f(&top["mean_ms"])),
-                top["baseline_mean_ms"]
-                    .as_f64()
-                    .map_or("none".to_string(), fmt_ms),
             ),
-            confidence: 65,
+            confidence: 75,
             recommendation: format!(
-                "Compare a slow and a fast trace of {} ('coral query traces --service {} --min-duration {threshold}ms') and check recent changes to it.",
-                m.service, m.service
+                "Look into {op_service}: 'coral query traces --service {op_service} --min-duration {threshold}ms'."
             ),
-        },
-        where_time,
-        when,
-    ))
+        };
+    }
+    RootCause {
+        service: m.service.clone(),
+        component: Some(op_name.clone()),
+        kind: "latency_regression".into(),
+        summary: format!(
+            "{} got slower in its own work ({op_name}, mean {}; baseline {baseline}) [{hot_ev}]",
+            m.service,
+            fmt_ms(f(&top["mean_ms"])),
+        ),
+        confidence: 65,
+        recommendation: format!(
+            "Compare a slow and a fast trace of {} ('coral query traces --service {} --min-duration {threshold}ms') and check recent changes to it.",
+            m.service, m.service
+        ),
+    }
 }
 
 /// The cause when the change sits in one of the service's own routes and

@@ -137,7 +137,7 @@ impl UsageDb {
                 .create(dir)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         }
-        let conn = coral_agent::sqlite::open_migrated(path, MIGRATIONS)?;
+        let conn = coral_store::sqlite::open_migrated(path, MIGRATIONS)?;
         Ok(UsageDb { conn })
     }
 

@@ -9,10 +9,10 @@ use super::client::{client, ctx, local_stream};
 use super::output::out;
 use anyhow::{Context as _, anyhow};
 use coral_agent::AgentConfig;
-use coral_agent::sandbox::{self, Mode, Role};
 use coral_colony::ColonyConfig;
 use coral_proto::exit::Usage;
 use coral_proto::rpc::{AgentControlClient, ColonyControlClient};
+use coral_sandbox::{self as sandbox, Mode, Role};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
@@ -330,7 +330,7 @@ pub(super) fn bind_control(path: &Path) -> anyhow::Result<tokio::net::UnixListen
     Ok(l)
 }
 
-/// Puts this daemon in its sandbox (see `coral_agent::sandbox`): before
+/// Puts this daemon in its sandbox (see `coral_sandbox`): before
 /// its stores open and its runtime starts, so every thread is confined.
 pub(super) fn confine(
     role: Role,

@@ -10,11 +10,11 @@ use super::daemon::{
 };
 use super::output::out;
 use anyhow::{Context as _, anyhow};
-use coral_agent::sandbox::{Mode, Role};
 use coral_agent::{Agent, AgentConfig};
 use coral_colony::{Colony, ColonyConfig};
 use coral_proto::LinkState;
 use coral_proto::exit::{Coded, Unavailable, Usage};
+use coral_sandbox::{Mode, Role};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -108,7 +108,7 @@ pub(super) fn agent(args: AgentStart) -> anyhow::Result<()> {
             Agent::join(&config, token)
                 .await
                 .map_err(|e| -> anyhow::Error {
-                    use coral_agent::meshnode::JoinFailure as F;
+                    use coral_agent::join::JoinFailure as F;
                     match e {
                         F::Token(_) => Usage(e.to_string()).into(),
                         // Expired, used, unknown or for another colony:

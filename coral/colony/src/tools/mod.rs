@@ -11,8 +11,8 @@ pub mod debug;
 
 use crate::Shared;
 use crate::read;
-use coral_agent::telemetry::TelemetryError;
 use coral_proto::{LogQuery, RedFigures, RedRow, Source, SourceRed, TraceQuery, Window};
+use coral_store::telemetry::TelemetryError;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};

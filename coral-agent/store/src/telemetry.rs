@@ -231,7 +231,7 @@ impl Batch {
     }
 }
 
-type Job = Box<dyn FnOnce(&duckdb::Connection) + Send>;
+type ReadJob = Box<dyn FnOnce(&duckdb::Connection) + Send>;
 
 /// Kept by the writer, read without a query: rows per table (samples,
 /// spans, metric points, logs, RED rows, edges, debug calls) and the last
@@ -292,14 +292,14 @@ pub struct Telemetry {
     tx: mpsc::Sender<Cmd>,
     /// Reads go to their own thread and connection, so a long query never
     /// holds up ingestion; they see everything committed before they start.
-    reads: mpsc::Sender<Option<Job>>,
+    reads: mpsc::Sender<Option<ReadJob>>,
     tally: Arc<Tally>,
 }
 
 /// Joins the writer thread when dropped by its owner.
 pub struct TelemetryGuard {
     tx: mpsc::Sender<Cmd>,
-    reads: mpsc::Sender<Option<Job>>,
+    reads: mpsc::Sender<Option<ReadJob>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -358,7 +358,7 @@ impl Telemetry {
         let tally = Arc::new(Tally::load(&conn, seqs).map_err(open_err)?);
         let writer_tally = tally.clone();
         let reader = conn.try_clone().map_err(open_err)?;
-        let (reads, read_rx) = mpsc::channel::<Option<Job>>();
+        let (reads, read_rx) = mpsc::channel::<Option<ReadJob>>();
         let read_thread = std::thread::Builder::new()
             .name("telemetry-reader".into())
             .spawn(move || {
@@ -412,7 +412,7 @@ impl Telemetry {
         f: impl FnOnce(&duckdb::Connection) -> duckdb::Result<T> + Send + 'static,
     ) -> Result<T, TelemetryError> {
         let (done, wait) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job: ReadJob = Box::new(move |conn| {
             let _ = done.send(f(conn).map_err(|e| e.to_string()));
         });
         self.reads
@@ -568,7 +568,7 @@ fn migrate(conn: &duckdb::Connection, _path: &Path) -> Result<(), MigrateError> 
 
 /// Rows gathered for one commit.
 #[derive(Default)]
-struct Pending {
+struct RowsToCommit {
     samples: Vec<SampleRow>,
     spans: Vec<SpanRecord>,
     metrics: Vec<MetricRecord>,
@@ -579,7 +579,7 @@ struct Pending {
     rows: usize,
 }
 
-impl Pending {
+impl RowsToCommit {
     fn add(&mut self, batch: Batch) {
         self.rows += batch.len();
         match batch {
@@ -718,7 +718,7 @@ fn writer(
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut pending = Pending::default();
+        let mut pending = RowsToCommit::default();
         let mut waiters = Vec::new();
         let mut retains = Vec::new();
         let deadline = Instant::now() + BATCH_WINDOW;

@@ -1,5 +1,7 @@
-//! The agent's `AgentRpc` server: colony → agent calls (exec, audit) on the
-//! agent's own TCP listener (`agent.rpc_listen`).
+//! What the colony calls on the agent: the `AgentRpc` service (exec,
+//! audit, telemetry checkpoints, live debugging), one `ColonyConnection`
+//! per connection, on the agent's own TCP listener (`agent.rpc_listen`, or
+//! its mesh address).
 //!
 //! Who may call: only the colony the agent is linked to. Until the mesh
 //! carries this traffic, that is checked by address: the caller's IP must be
@@ -8,7 +10,7 @@
 //! peer identity (the packet's authenticated source address) replaces this
 //! check.
 
-use crate::Shared;
+use crate::AgentCore;
 use coral_proto::rpc::AgentRpc;
 use coral_proto::{
     AuditQuery, Checkpoints, ExecAuditRecord, ExecError, ExecPoll, ExecRequest, ExecStarted,
@@ -20,13 +22,15 @@ use std::time::Duration;
 use tarpc::context::Context;
 use tokio::net::TcpListener;
 
+/// One connection from the colony: the agent's state and the caller's
+/// address.
 #[derive(Clone)]
-struct Server {
-    shared: Arc<Shared>,
+struct ColonyConnection {
+    shared: Arc<AgentCore>,
     peer: SocketAddr,
 }
 
-impl Server {
+impl ColonyConnection {
     /// The caller must still be the linked colony.
     fn check(&self) -> Result<(), ExecError> {
         match *self.shared.colony_peer.lock().expect("colony_peer lock") {
@@ -46,7 +50,7 @@ impl Server {
     }
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn serve(shared: Arc<AgentCore>, listener: TcpListener) {
     let refusals = coral_proto::local::RateLimited::new(Duration::from_secs(1));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -59,7 +63,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let server = Server {
+        let server = ColonyConnection {
             shared: shared.clone(),
             peer,
         };
@@ -74,7 +78,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-impl AgentRpc for Server {
+impl AgentRpc for ColonyConnection {
     async fn exec_start(self, _: Context, req: ExecRequest) -> Result<ExecStarted, ExecError> {
         self.check()?;
         let services: Vec<String> = self

@@ -1,20 +1,21 @@
 //! The agent's local control service (CLI → agent over the Unix socket).
 
-use crate::Shared;
+use crate::AgentCore;
 use coral_proto::rpc::AgentControl;
 use coral_proto::{AgentStatus, ControlError, ServiceSpec};
 use std::sync::Arc;
 use tarpc::context::Context;
 use tokio::net::UnixListener;
 
+/// One CLI connection to `agent.sock`.
 #[derive(Clone)]
-struct Control {
-    shared: Arc<Shared>,
+struct LocalControl {
+    shared: Arc<AgentCore>,
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+pub(crate) async fn serve(shared: Arc<AgentCore>, listener: UnixListener) {
     coral_proto::local::serve_local(listener, |stream| {
-        let control = Control {
+        let control = LocalControl {
             shared: shared.clone(),
         };
         coral_proto::spawn_channel!(coral_proto::local::framed(stream), control.serve());
@@ -22,7 +23,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener) {
     .await;
 }
 
-impl AgentControl for Control {
+impl AgentControl for LocalControl {
     async fn status(self, _: Context) -> AgentStatus {
         let s = &self.shared;
         let (pending, dropped) = s.pending_counts();

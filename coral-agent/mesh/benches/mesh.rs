@@ -104,7 +104,7 @@ fn main() {
         .join("examples/mesh_node");
     assert!(
         node.exists(),
-        "build the example first: cargo build -p coral-agent --examples"
+        "build the example first: cargo build -p coral-mesh --examples"
     );
     let id = std::process::id() % 100_000;
     let ns = [format!("coralb-a-{id}"), format!("coralb-b-{id}")];
@@ -127,8 +127,8 @@ fn main() {
     sh(&["ip", "-n", b, "link", "set", &y, "up"]);
 
     // Coral's device.
-    let (ka, pa) = coral_agent::mesh::generate_keypair();
-    let (kb, pb) = coral_agent::mesh::generate_keypair();
+    let (ka, pa) = coral_mesh::device::generate_keypair();
+    let (kb, pb) = coral_mesh::device::generate_keypair();
     let n = node.to_str().unwrap();
     for (ns, addr, key, peer) in [
         (b, "100.64.0.1", kb, format!("{},100.64.0.2,-", hex(&pa))),
@@ -237,7 +237,7 @@ fn main() {
 
     let mut section = format!(
         "## Mesh data path (issue 3)\n\n\
-Reproduce: `make bench` (runs `cargo bench -p coral-agent --bench mesh` after building the\n\
+Reproduce: `make bench` (runs `cargo bench -p coral-mesh --bench mesh` after building the\n\
 `mesh_node` example). Measured {date} on {cores} cores, build profile: {profile}. Two network\n\
 namespaces joined by a veth pair; iperf3 TCP for 5 s, and the mean of 20 pings; MTU 1380 on both tunnels.\n\n\
 | path | TCP throughput | ping RTT |\n|---|---|---|\n",

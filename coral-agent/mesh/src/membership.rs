@@ -309,7 +309,7 @@ mod tests {
     #[test]
     fn sealed_secret_opens_only_with_the_colony_key() {
         let colony = random32();
-        let public = crate::mesh::public_key(&colony);
+        let public = crate::device::public_key(&colony);
         let sealed = seal_secret(&public, &[7; 32], &[8; 32]);
         assert_eq!(open_secret(&colony, &sealed), Some(([7; 32], [8; 32])));
         assert_eq!(open_secret(&random32(), &sealed), None);

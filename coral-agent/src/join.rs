@@ -7,8 +7,9 @@
 //! every start, so a tampered file is refused.
 
 use crate::config::{AgentConfig, KeySource};
-use crate::membership::{self as ms, hex};
-use crate::mesh::{Device, PeerConfig};
+use anyhow::{anyhow, bail};
+use coral_mesh::device::{Device, PeerConfig};
+use coral_mesh::membership::{self as ms, hex};
 use coral_proto::rpc::{ColonyJoinClient, DiscoveryClient};
 use coral_proto::{JoinError, JoinRequest, MeshGrant, SignedGrant};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the agent keeps after joining.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Membership {
+pub struct SavedMembership {
     /// The colony's Ed25519 key (from the token): grants and discovery
     /// records must verify with it.
     pub colony_sign_key: String,
@@ -58,38 +59,40 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
-impl Membership {
+impl SavedMembership {
     /// The cached membership with its verified grant, if any.
-    pub fn load(state_dir: &Path) -> Result<Option<(Membership, MeshGrant)>, String> {
+    pub fn load(state_dir: &Path) -> anyhow::Result<Option<(SavedMembership, MeshGrant)>> {
         let p = path(state_dir);
         let text = match std::fs::read_to_string(&p) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+            Err(e) => bail!("cannot read {}: {e}", p.display()),
         };
-        let m: Membership = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is damaged ({e}); join again with --join", p.display()))?;
+        let m: SavedMembership = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{} is damaged ({e}); join again with --join", p.display()))?;
         let g = ms::verify_grant(&m.colony_sign_key, &m.grant)
-            .map_err(|e| format!("{}: {e}; join again with --join", p.display()))?;
+            .map_err(|e| anyhow!("{}: {e}; join again with --join", p.display()))?;
         Ok(Some((m, g)))
     }
 
-    pub fn save(&self, state_dir: &Path) -> Result<(), String> {
+    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
         let p = path(state_dir);
         ms::write_private(&p, &serde_json::to_vec_pretty(self).expect("serialises"))
-            .map_err(|e| format!("cannot write {}: {e}", p.display()))
+            .map_err(|e| anyhow!("cannot write {}: {e}", p.display()))
     }
 }
 
 /// The agent's WireGuard key, from the helper or its key file.
-pub fn agent_key(config: &AgentConfig, choice: &str) -> Result<[u8; 32], String> {
+pub fn agent_key(config: &AgentConfig, choice: &str) -> anyhow::Result<[u8; 32]> {
     if choice == "helper" {
         let k = coral_privhelper::Client::connect(&config.mesh.helper_socket)
             .and_then(|mut c| c.get_key())
-            .map_err(|e| format!("the agent's WireGuard key is held by coral-privhelper: {e}"))?;
+            .map_err(|e| anyhow!("the agent's WireGuard key is held by coral-privhelper: {e}"))?;
         Ok(*k.secret)
     } else {
-        ms::load_or_create_secret(&config.state_dir().join("wg.key")).map_err(|e| e.to_string())
+        Ok(ms::load_or_create_secret(
+            &config.state_dir().join("wg.key"),
+        )?)
     }
 }
 
@@ -109,7 +112,7 @@ fn key_choice(config: &AgentConfig) -> &'static str {
 /// Redeems `token` with its colony (unless this agent already redeemed
 /// it), verifies the signed grant and caches it. Returns the grant and
 /// whether a join happened now.
-pub async fn join(
+pub async fn redeem(
     config: &AgentConfig,
     agent_id: &str,
     name: &str,
@@ -132,14 +135,14 @@ pub async fn join(
     let secret = ms::unhex32(&t.secret).expect("checked by decode_token");
     let token_hash = ms::secret_hash(&secret);
     let state_dir = config.state_dir();
-    if let Ok(Some((m, g))) = Membership::load(&state_dir)
+    if let Ok(Some((m, g))) = SavedMembership::load(&state_dir)
         && m.token_hash == token_hash
     {
         return Ok((g, false));
     }
     let choice = key_choice(config);
-    let private = agent_key(config, choice).map_err(JoinFailure::Local)?;
-    let public = crate::mesh::public_key(&private);
+    let private = agent_key(config, choice).map_err(|e| JoinFailure::Local(e.to_string()))?;
+    let public = coral_mesh::device::public_key(&private);
     let colony_public = ms::unhex32(&t.colony_public_key).expect("checked by decode_token");
     let req = JoinRequest {
         colony_id: t.colony_id.clone(),
@@ -163,7 +166,7 @@ pub async fn join(
                     source,
                 });
             }
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
     }
     let Some(signed) = signed else {
@@ -182,7 +185,7 @@ pub async fn join(
     {
         return Err(bad("it is for another colony, agent or key".into()));
     }
-    Membership {
+    SavedMembership {
         colony_sign_key: t.colony_sign_key,
         grant: signed,
         token_hash,
@@ -190,20 +193,20 @@ pub async fn join(
         endpoints: Vec::new(),
     }
     .save(&state_dir)
-    .map_err(JoinFailure::Local)?;
+    .map_err(|e| JoinFailure::Local(e.to_string()))?;
     Ok((grant, true))
 }
 
-async fn call_join(ep: &str, req: JoinRequest) -> Result<Result<SignedGrant, JoinError>, String> {
+async fn call_join(ep: &str, req: JoinRequest) -> anyhow::Result<Result<SignedGrant, JoinError>> {
     let s = tokio::time::timeout(JOIN_TIMEOUT, tokio::net::TcpStream::connect(ep))
         .await
-        .map_err(|_| format!("no answer from {ep} within {JOIN_TIMEOUT:?}"))?
-        .map_err(|e| format!("{ep}: {e}"))?;
+        .map_err(|_| anyhow!("no answer from {ep} within {JOIN_TIMEOUT:?}"))?
+        .map_err(|e| anyhow!("{ep}: {e}"))?;
     let _ = s.set_nodelay(true);
     let c = ColonyJoinClient::new(Default::default(), coral_proto::local::framed(s)).spawn();
     let mut ctx = tarpc::context::current();
     ctx.deadline = std::time::Instant::now() + JOIN_TIMEOUT;
-    c.join(ctx, req).await.map_err(|e| format!("{ep}: {e}"))
+    c.join(ctx, req).await.map_err(|e| anyhow!("{ep}: {e}"))
 }
 
 /// The agent's running mesh.
@@ -214,7 +217,7 @@ pub struct AgentMesh {
     pub colony_mesh_ip: Ipv4Addr,
     pub colony_public: [u8; 32],
     pub interface: String,
-    pub membership: Membership,
+    pub membership: SavedMembership,
     /// Where the TUN device came from.
     pub tun_path: coral_privhelper::TunPath,
     keepalive: u16,
@@ -230,16 +233,14 @@ impl AgentMesh {
     pub fn open(
         config: &AgentConfig,
         agent_id: &str,
-        m: Membership,
+        m: SavedMembership,
         grant: MeshGrant,
-    ) -> Result<AgentMesh, String> {
+    ) -> anyhow::Result<AgentMesh> {
         let private = agent_key(config, &m.key)?;
-        if hex(&crate::mesh::public_key(&private)) != grant.agent_public_key {
-            return Err(
-                "the agent's WireGuard key changed since it joined; join again with --join".into(),
-            );
+        if hex(&coral_mesh::device::public_key(&private)) != grant.agent_public_key {
+            bail!("the agent's WireGuard key changed since it joined; join again with --join");
         }
-        let bad = |w: &str| format!("membership: bad {w}; join again with --join");
+        let bad = |w: &str| anyhow!("membership: bad {w}; join again with --join");
         let mesh_ip: Ipv4Addr = grant.mesh_ip.parse().map_err(|_| bad("mesh ip"))?;
         let colony_mesh_ip: Ipv4Addr =
             grant.colony_mesh_ip.parse().map_err(|_| bad("colony ip"))?;
@@ -257,17 +258,16 @@ impl AgentMesh {
             .unwrap_or_else(|| default_ifname(agent_id));
         let params = coral_privhelper::TunParams {
             name: coral_privhelper::IfName::new(&interface)
-                .map_err(|e| format!("interface name {interface}: {e}"))?,
+                .map_err(|e| anyhow!("interface name {interface}: {e}"))?,
             addr: mesh_ip,
             prefix,
             mtu: config.mesh.mtu,
         };
-        let (tun, tun_path) = coral_privhelper::open_tun(&config.mesh.helper_socket, &params)
-            .map_err(|e| e.to_string())?;
+        let (tun, tun_path) = coral_privhelper::open_tun(&config.mesh.helper_socket, &params)?;
         let udp = std::net::UdpSocket::bind(&config.mesh.listen)
-            .map_err(|e| format!("cannot bind UDP {}: {e}", config.mesh.listen))?;
-        udp.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let udp = tokio::net::UdpSocket::from_std(udp).map_err(|e| e.to_string())?;
+            .map_err(|e| anyhow!("cannot bind UDP {}: {e}", config.mesh.listen))?;
+        udp.set_nonblocking(true)?;
+        let udp = tokio::net::UdpSocket::from_std(udp)?;
         let endpoint = m
             .endpoints
             .iter()
@@ -285,7 +285,7 @@ impl AgentMesh {
             tun.fd,
             udp,
         )
-        .map_err(|e| format!("cannot start the WireGuard device: {e}"))?;
+        .map_err(|e| anyhow!("cannot start the WireGuard device: {e}"))?;
         tracing::info!(%interface, %mesh_ip, colony = %grant.colony_id, endpoint = ?endpoint, tun = %tun_path, "agent mesh up");
         Ok(AgentMesh {
             device: Arc::new(device),
@@ -311,29 +311,28 @@ impl AgentMesh {
         &self,
         discovery: &str,
         state_dir: &Path,
-    ) -> Result<bool, String> {
+    ) -> anyhow::Result<bool> {
         let s = tokio::time::timeout(JOIN_TIMEOUT, tokio::net::TcpStream::connect(discovery))
             .await
-            .map_err(|_| format!("discovery {discovery}: no answer"))?
-            .map_err(|e| format!("discovery {discovery}: {e}"))?;
+            .map_err(|_| anyhow!("discovery {discovery}: no answer"))?
+            .map_err(|e| anyhow!("discovery {discovery}: {e}"))?;
         let c = DiscoveryClient::new(Default::default(), coral_proto::local::framed(s)).spawn();
         let rec = c
             .lookup(tarpc::context::current(), self.grant.colony_id.clone())
             .await
-            .map_err(|e| format!("discovery {discovery}: {e}"))?
+            .map_err(|e| anyhow!("discovery {discovery}: {e}"))?
             .ok_or_else(|| {
-                format!(
+                anyhow!(
                     "discovery {discovery} does not know colony {}",
                     self.grant.colony_id
                 )
             })?;
-        let rec = ms::verify_endpoints(&self.membership.colony_sign_key, &rec)
-            .map_err(|e| e.to_string())?;
+        let rec = ms::verify_endpoints(&self.membership.colony_sign_key, &rec)?;
         if rec.colony_id != self.grant.colony_id {
-            return Err("discovery answered for another colony".into());
+            bail!("discovery answered for another colony");
         }
         let Some(ep) = rec.endpoints.iter().find_map(|e| resolve(e)) else {
-            return Err("discovery lists no usable endpoint".into());
+            bail!("discovery lists no usable endpoint");
         };
         let current = self.device.peer_status().first().and_then(|p| p.endpoint);
         if current == Some(ep) {

@@ -134,9 +134,9 @@ fn peers_talk_over_the_mesh_and_cannot_send_as_each_other() {
         ip(&["-n", spoke, "link", "set", &x, "up"]);
         ip(&["-n", &ns[1], "link", "set", &y, "up"]);
     }
-    let (ka, pa) = coral_agent::mesh::generate_keypair();
-    let (kb, pb) = coral_agent::mesh::generate_keypair();
-    let (kc, pc) = coral_agent::mesh::generate_keypair();
+    let (ka, pa) = coral_mesh::device::generate_keypair();
+    let (kb, pb) = coral_mesh::device::generate_keypair();
+    let (kc, pc) = coral_mesh::device::generate_keypair();
     let node = |addr: &str, key: &[u8; 32], peers: Vec<String>| {
         let mut v = vec![
             "coral0".to_string(),

@@ -4,7 +4,7 @@
 //!
 //! usage: mesh_node TUN_NAME MESH_IP LISTEN PRIVATE_HEX [PEER_HEX,PEER_IP,ENDPOINT|-]...
 
-use coral_agent::mesh::{Device, PeerConfig};
+use coral_mesh::device::{Device, PeerConfig};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
