@@ -2,7 +2,7 @@
 //! 127.0.0.1:0 with a temp state dir), driven by a real tarpc client.
 
 use coral_colony::{Colony, ColonyConfig, registry::Registry};
-use coral_proto::rpc::ColonyClient;
+use coral_proto::services::ColonyLinkClient;
 use coral_proto::{ColonyError, HealthSample, Heartbeat, Registration, ServiceHealth, ServiceSpec};
 use coral_store::telemetry::{SampleRow, Telemetry};
 use std::time::Duration;
@@ -90,7 +90,7 @@ async fn samples_are_stored_exactly_once_even_after_a_crash_between_commits() {
     }));
 
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let client = ColonyClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
+    let client = ColonyLinkClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
     let ctx = tarpc::context::current;
 
     // Unknown agents and forged requests are refused with typed errors.

@@ -17,7 +17,7 @@ mod common;
 use common::CORAL;
 use common::netns::{Node, have, sh};
 use coral_mesh::membership as ms;
-use coral_proto::rpc::DiscoveryClient;
+use coral_proto::services::DiscoveryClient;
 use coral_proto::{DiscoveryError, EndpointRecord, SignedEndpoints};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};

@@ -925,7 +925,7 @@ fn agent_rpc_refuses_callers_other_than_its_colony() {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         let stream = sock.connect(addr).await.unwrap();
-        let client = coral_proto::rpc::AgentRpcClient::new(
+        let client = coral_proto::services::AgentRpcClient::new(
             Default::default(),
             coral_proto::local::framed(stream),
         )

@@ -11,7 +11,7 @@
 //! check.
 
 use crate::AgentCore;
-use coral_proto::rpc::AgentRpc;
+use coral_proto::services::AgentRpc;
 use coral_proto::{
     AuditQuery, Checkpoints, ExecAuditRecord, ExecError, ExecPoll, ExecRequest, ExecStarted,
     SignalKind,

@@ -10,7 +10,7 @@ use crate::config::{AgentConfig, KeySource};
 use anyhow::{anyhow, bail};
 use coral_mesh::device::{Device, PeerConfig};
 use coral_mesh::membership::{self as ms, hex};
-use coral_proto::rpc::{ColonyJoinClient, DiscoveryClient};
+use coral_proto::services::{ColonyJoinClient, DiscoveryClient};
 use coral_proto::{JoinError, JoinRequest, MeshGrant, SignedGrant};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs as _};

@@ -1,7 +1,7 @@
 //! The agent's local control service (CLI → agent over the Unix socket).
 
 use crate::AgentCore;
-use coral_proto::rpc::AgentControl;
+use coral_proto::services::AgentControl;
 use coral_proto::{AgentStatus, ControlError, ServiceSpec};
 use std::sync::Arc;
 use tarpc::context::Context;

@@ -115,7 +115,7 @@ fn main() {
         let sock = tokio::net::UnixStream::connect(d.dir.path().join("run/coral/colony.sock"))
             .await
             .unwrap();
-        let client = coral_proto::rpc::ColonyControlClient::new(
+        let client = coral_proto::services::ColonyControlClient::new(
             Default::default(),
             coral_proto::local::framed(sock),
         )

@@ -7,7 +7,7 @@
 //!
 //! Writes its section of docs/benchmarks.md. Run: `make bench`.
 
-use coral_proto::rpc::ColonyControlClient;
+use coral_proto::services::ColonyControlClient;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,7 @@
 //!
 //! Writes its section of docs/benchmarks.md. Run: `make bench`.
 
-use coral_proto::rpc::ColonyControlClient;
+use coral_proto::services::ColonyControlClient;
 use std::time::{Duration, Instant};
 
 mod common;

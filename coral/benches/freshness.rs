@@ -34,11 +34,11 @@ fn addrs(d: &Daemons) -> (String, String) {
     )
 }
 
-async fn control(d: &Daemons) -> coral_proto::rpc::ColonyControlClient {
+async fn control(d: &Daemons) -> coral_proto::services::ColonyControlClient {
     let stream = coral_proto::local::connect(&d.socket("colony"))
         .await
         .unwrap();
-    coral_proto::rpc::ColonyControlClient::new(
+    coral_proto::services::ColonyControlClient::new(
         Default::default(),
         coral_proto::local::framed(stream),
     )

@@ -12,7 +12,7 @@
 //! Needs root (netns, TUN). Writes its section of docs/benchmarks.md.
 //! Run: `cargo bench -p coral --bench mesh_join`.
 
-use coral_proto::rpc::ColonyControlClient;
+use coral_proto::services::ColonyControlClient;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

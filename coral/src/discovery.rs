@@ -8,7 +8,7 @@
 //! cannot replace the record, and an older record cannot replace a newer one.
 
 use coral_mesh::membership as ms;
-use coral_proto::rpc::Discovery;
+use coral_proto::services::Discovery;
 use coral_proto::{DiscoveryError, SignedEndpoints};
 use futures::StreamExt as _;
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! Wire types and tarpc service traits for Coral.
 //!
 //! Everything that crosses a process boundary is defined here and only here:
-//! the agent → colony control plane ([`rpc::Colony`]), the CLI → daemon local
-//! control services ([`rpc::ColonyControl`], [`rpc::AgentControl`]), the types
+//! the agent → colony control plane ([`services::ColonyLink`]), the CLI → daemon local
+//! control services ([`services::ColonyControl`], [`services::AgentControl`]), the types
 //! they carry, and the framing used on the local Unix sockets ([`local`]).
 
 pub mod debug;
@@ -10,7 +10,7 @@ pub mod exit;
 pub mod forward;
 pub mod local;
 pub mod read;
-pub mod rpc;
+pub mod services;
 pub mod spec;
 pub mod types;
 

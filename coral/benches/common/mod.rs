@@ -136,7 +136,7 @@ pub fn write_section(name: &str, section: &str) {
 
 /// One `coral exec api true` round trip through a colony's control socket:
 /// `exec_start`, then `exec_poll` until the command is done.
-pub async fn exec_true(client: &coral_proto::rpc::ColonyControlClient) {
+pub async fn exec_true(client: &coral_proto::services::ColonyControlClient) {
     let req = coral_proto::ExecStartRequest {
         service: "api".into(),
         agent: None,

@@ -3,7 +3,7 @@
 //! with the caller the colony authenticated. Also gathers `coral audit`.
 
 use super::Shared;
-use coral_proto::rpc::AgentRpcClient;
+use coral_proto::services::AgentRpcClient;
 use coral_proto::{
     AgentState, AuditQuery, AuditReport, ExecCaller, ExecError, ExecPoll, ExecRequest,
     ExecStartRequest, ExecStarted, QueryError,

@@ -5,7 +5,7 @@ use super::Shared;
 use super::colony_mesh::ColonyMesh;
 use super::registry::check_agent_id;
 use coral_mesh::membership as ms;
-use coral_proto::rpc::{Colony, ColonyControl, ColonyJoin};
+use coral_proto::services::{ColonyControl, ColonyJoin, ColonyLink};
 use coral_proto::{
     AuditQuery, AuditReport, ColonyEndpoint, ColonyError, ColonyStatus, ExecError, ExecPoll,
     ExecStartRequest, ExecStarted, Heartbeat, HeartbeatAck, JoinError, JoinRequest, LogQuery,
@@ -82,7 +82,7 @@ enum Caller {
     Dev,
 }
 
-/// The agent-facing `Colony` service for one agent connection.
+/// The agent-facing `ColonyLink` service for one agent connection.
 #[derive(Clone)]
 struct AgentFacing {
     shared: Arc<Shared>,
@@ -286,7 +286,7 @@ async fn publish_endpoints(shared: Arc<Shared>, m: Arc<ColonyMesh>, addr: String
             .await
             .map_err(|_| "no answer".to_string())?
             .map_err(|e| e.to_string())?;
-            let c = coral_proto::rpc::DiscoveryClient::new(
+            let c = coral_proto::services::DiscoveryClient::new(
                 Default::default(),
                 coral_proto::local::framed(s),
             )
@@ -411,7 +411,7 @@ fn storage(e: impl std::fmt::Display) -> ColonyError {
     ColonyError::Storage(e.to_string())
 }
 
-impl Colony for AgentFacing {
+impl ColonyLink for AgentFacing {
     async fn register(self, _: Context, reg: Registration) -> Result<Registered, ColonyError> {
         check_agent_id(&reg.agent_id)?;
         check_services(&reg.services)?;

@@ -4,7 +4,7 @@
 
 use anyhow::{Context as _, anyhow};
 use coral_proto::exit::{Unavailable, Usage};
-use coral_proto::rpc::{AgentControlClient, ColonyControlClient};
+use coral_proto::services::{AgentControlClient, ColonyControlClient};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

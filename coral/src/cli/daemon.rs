@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow};
 use coral_agent::AgentConfig;
 use coral_colony::ColonyConfig;
 use coral_proto::exit::Usage;
-use coral_proto::rpc::{AgentControlClient, ColonyControlClient};
+use coral_proto::services::{AgentControlClient, ColonyControlClient};
 use coral_sandbox::{self as sandbox, Mode, Role};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};

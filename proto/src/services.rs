@@ -7,7 +7,7 @@ use crate::types::*;
 
 /// The colony's control plane, called by agents.
 #[tarpc::service]
-pub trait Colony {
+pub trait ColonyLink {
     /// Joins (or rejoins after any reconnect) with the agent's full service set.
     async fn register(reg: Registration) -> Result<Registered, ColonyError>;
     /// Reports health and samples; idempotent, acknowledged by sequence number.
