@@ -90,7 +90,8 @@ async fn samples_are_stored_exactly_once_even_after_a_crash_between_commits() {
     }));
 
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let client = ColonyLinkClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
+    let client =
+        ColonyLinkClient::new(Default::default(), coral_proto::local::framed(stream)).spawn();
     let ctx = tarpc::context::current;
 
     // Unknown agents and forged requests are refused with typed errors.

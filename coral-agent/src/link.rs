@@ -4,7 +4,7 @@
 //! brought up to date by the next connection.
 
 use crate::AgentCore;
-use coral_proto::services::{ColonyLinkClient, ColonyControlClient};
+use coral_proto::services::{ColonyControlClient, ColonyLinkClient};
 use coral_proto::{ColonyError, Heartbeat, LinkState, Registration};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -212,7 +212,8 @@ async fn session(shared: &Arc<AgentCore>) -> Result<(), LinkError> {
             let _ = stream.set_nodelay(true);
             let ip = stream.peer_addr().ok().map(|a| a.ip());
             (
-                ColonyLinkClient::new(Default::default(), coral_proto::local::framed(stream)).spawn(),
+                ColonyLinkClient::new(Default::default(), coral_proto::local::framed(stream))
+                    .spawn(),
                 ip,
             )
         }
@@ -221,7 +222,8 @@ async fn session(shared: &Arc<AgentCore>) -> Result<(), LinkError> {
                 .await
                 .map_err(|e| conn_err(e.to_string()))?;
             (
-                ColonyLinkClient::new(Default::default(), coral_proto::local::framed(stream)).spawn(),
+                ColonyLinkClient::new(Default::default(), coral_proto::local::framed(stream))
+                    .spawn(),
                 Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
             )
         }

@@ -68,7 +68,8 @@ pub(crate) struct Shared {
     /// The colony's own audit table (`record(actor, action, detail, cli_equivalent)`).
     pub(crate) audit: audit::AuditLog,
     /// Live `AgentRpc` connections: agent id → (address, client).
-    pub(crate) agent_clients: Mutex<HashMap<String, (String, coral_proto::services::AgentRpcClient)>>,
+    pub(crate) agent_clients:
+        Mutex<HashMap<String, (String, coral_proto::services::AgentRpcClient)>>,
     pub(crate) shutdown: CancellationToken,
     /// The WireGuard mesh, unless `colony.mesh.enabled = false`.
     pub(crate) mesh: Option<Arc<colony_mesh::ColonyMesh>>,
