@@ -20,9 +20,10 @@ deps:
 build: deps
 	$(CARGO) build --workspace --all-targets
 
-## The whole test suite: unit tests and integration tests with real processes.
+## The whole test suite: unit tests and integration tests with real processes, then the CLI alone as macOS builds it (packaging/dev/cli-only.sh).
 test: deps
 	$(CARGO) test --workspace
+	bash packaging/dev/cli-only.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -3,7 +3,9 @@
 //! Loaded here and nowhere else.
 
 use crate::ask::config::AskConfig;
+#[cfg(feature = "daemons")]
 use coral_agent::AgentConfig;
+#[cfg(feature = "daemons")]
 use coral_colony::ColonyConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -11,8 +13,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoralConfig {
+    #[cfg(feature = "daemons")]
     pub colony: Option<ColonyConfig>,
+    #[cfg(feature = "daemons")]
     pub agent: Option<AgentConfig>,
+    /// The CLI alone (no `daemons` feature) runs no daemon: it keeps the
+    /// daemons' tables of a shared file unread, and does not check them.
+    #[cfg(not(feature = "daemons"))]
+    pub colony: Option<toml::Table>,
+    #[cfg(not(feature = "daemons"))]
+    pub agent: Option<toml::Table>,
     pub ask: Option<AskConfig>,
 }
 
@@ -63,9 +73,11 @@ impl CoralConfig {
             path: path.to_path_buf(),
             message,
         };
+        #[cfg(feature = "daemons")]
         if let Some(c) = &cfg.colony {
             c.validate().map_err(|e| invalid(e.to_string()))?;
         }
+        #[cfg(feature = "daemons")]
         if let Some(a) = &cfg.agent {
             a.validate().map_err(invalid)?;
         }

@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod ask;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "daemons")]
 pub mod discovery;
 pub mod mcp;
 pub mod tools;

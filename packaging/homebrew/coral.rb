@@ -2,13 +2,13 @@
 #
 # Linux: the coral CLI, colony and agent, plus coral-privhelper and its
 # systemd units under the keg (the helper must run as root from systemd;
-# the caveats say the three commands). macOS: not installable yet. The
-# colony, the agent and the helper are Linux-only (TUN, eBPF, landlock,
-# seccomp), and the `coral` crate still builds them into the one binary, so
-# a CLI-only build ('coral ask', 'coral mcp', commands against a remote
-# colony) needs those dependencies gated first; until then the formula
-# says `depends_on :linux`. packaging/homebrew/dev.coral.privhelper.plist is
-# the launchd job for the helper once it runs on macOS.
+# the caveats say the three commands). macOS: the CLI alone, `coral` built
+# without its `daemons` feature ('coral ask', 'coral mcp', and the commands
+# that talk to a colony's sockets, forwarded from a Linux host with ssh):
+# the colony, the agent and the helper are Linux-only (TUN, eBPF, landlock,
+# seccomp). packaging/dev/cli-only.sh checks that build on Linux (make test).
+# packaging/homebrew/dev.coral.privhelper.plist is the launchd job for the
+# helper once it runs on macOS.
 #
 # There is no published release tarball yet: install from the tree with
 # 'brew install --HEAD ./packaging/homebrew/coral.rb' after pointing `head`
@@ -21,7 +21,6 @@ class Coral < Formula
   head "https://coral.invalid/coral.git", branch: "main"
 
   depends_on "rust" => :build
-  depends_on :linux # see the header: the macOS CLI-only build is not there yet
 
   on_linux do
     depends_on "llvm" => :build # clang -target bpf compiles ebpf/bpf/*.bpf.c
@@ -29,8 +28,13 @@ class Coral < Formula
   end
 
   def install
+    unless OS.linux?
+      # The CLI alone: no daemons, no DuckDB (see the header).
+      system "cargo", "install", *std_cargo_args(path: "coral"), "--no-default-features"
+      return
+    end
+
     system "cargo", "install", *std_cargo_args(path: "coral")
-    return unless OS.linux?
 
     system "cargo", "build", "--release", "--locked", "-p", "coral-privhelper"
     libexec.install "target/release/coral-privhelper"
@@ -57,9 +61,13 @@ class Coral < Formula
       EOS
     else
       <<~EOS
-        Coral is Linux-only today: the colony, the agent and coral-privhelper
-        need TUN, eBPF, landlock and seccomp, and the macOS CLI-only build
-        ('coral ask', 'coral mcp' against a remote colony) is not there yet.
+        On macOS coral is the CLI alone: 'coral ask', 'coral mcp', and the
+        commands that talk to a colony. The colony, the agent and
+        coral-privhelper are Linux-only (TUN, eBPF, landlock, seccomp): run them
+        on the Linux hosts and forward the colony's sockets, for example
+          ssh -N -L $XDG_RUNTIME_DIR/coral/colony.sock:/run/user/1000/coral/colony.sock \
+                 -L $XDG_RUNTIME_DIR/coral/colony-mcp.sock:/run/user/1000/coral/colony-mcp.sock HOST
+        ('brew services' runs the colony, so it applies on Linux only.)
       EOS
     end
   end
@@ -75,9 +83,14 @@ class Coral < Formula
 
   test do
     assert_match "coral", shell_output("#{bin}/coral --version")
-    # Without the helper installed, doctor fails (exit 1) and says how to fix it.
-    output = shell_output("#{bin}/coral doctor --json", 1)
-    assert_match "\"checks\"", output
-    assert_match "helper socket", output
+    if OS.linux?
+      # Without the helper installed, doctor fails (exit 1) and says how to fix it.
+      output = shell_output("#{bin}/coral doctor --json", 1)
+      assert_match "\"checks\"", output
+      assert_match "helper socket", output
+    else
+      # The CLI alone refuses daemon commands in one line (exit 64).
+      assert_match "CLI alone", shell_output("#{bin}/coral colony start 2>&1", 64)
+    end
   end
 end

@@ -94,6 +94,8 @@ errors << "service must not run as root" if spec_ctx.fields[:require_root]
   f.install
   cargo = f.calls.select { |c| c[0] == :system && c[1][0] == "cargo" }
   errors << "#{kind}: no cargo install of coral" unless cargo.any? { |c| c[1].include?("coral") && c[1].include?("install") }
+  cli_alone = cargo.any? { |c| c[1].include?("install") && c[1].include?("--no-default-features") }
+  errors << "#{kind}: CLI-only build=#{cli_alone}, want #{!helper}" unless cli_alone == !helper
   built_helper = cargo.any? { |c| c[1].include?("coral-privhelper") }
   errors << "#{kind}: helper built=#{built_helper}, want #{helper}" unless built_helper == helper
   $installed.each do |p|
@@ -106,7 +108,7 @@ errors << "service must not run as root" if spec_ctx.fields[:require_root]
       File.read(File.join(TREE, "packaging/linux/systemd/coral-privhelper.service")).include?("ExecStart=#{rw[2]}")
   end
   caveats = f.caveats
-  errors << "#{kind}: caveats do not say what installs" unless caveats.include?(helper ? "usermod -aG coral" : "Linux-only")
+  errors << "#{kind}: caveats do not say what installs" unless caveats.include?(helper ? "usermod -aG coral" : "the CLI alone")
 end
 
 abort "brew_loader: #{errors.join('; ')}" unless errors.empty?

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod local;
 pub mod read;
 pub mod services;
+pub mod span_tree;
 pub mod spec;
 pub mod types;
 

@@ -6,6 +6,7 @@
 pub mod hist;
 pub mod route;
 pub mod sqlite;
+#[cfg(feature = "telemetry")]
 pub mod telemetry;
 
 use std::path::PathBuf;

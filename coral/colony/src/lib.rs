@@ -14,7 +14,6 @@ pub mod mcp_gateway;
 pub mod read;
 pub mod registry;
 mod serve;
-pub mod span_tree;
 pub mod tools;
 
 pub use config::ColonyConfig;

@@ -14,8 +14,10 @@ mod ask;
 mod client;
 mod colony;
 mod config;
+#[cfg(feature = "daemons")]
 mod daemon;
 mod debug;
+#[cfg(feature = "daemons")]
 mod doctor;
 mod exec;
 mod mcp;
@@ -23,6 +25,7 @@ mod output;
 mod policy;
 mod query;
 pub(crate) mod render;
+#[cfg(feature = "daemons")]
 mod start;
 mod version;
 
@@ -30,9 +33,12 @@ use args::{AgentCmd, Cli, ColonyCmd, Command, ConfigCmd, DiscoveryCmd, PolicyCmd
 use clap::Parser;
 use client::client;
 use coral_proto::exit::EX_USAGE;
+#[cfg(not(feature = "daemons"))]
+use coral_proto::exit::Usage;
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
+    #[cfg(feature = "daemons")]
     if let Some(code) = daemon::exec_helper_main() {
         return code;
     }
@@ -59,21 +65,39 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    #[cfg(feature = "daemons")]
     match cli.command {
-        Command::Colony(ColonyCmd::Start(args)) => start::colony(args),
-        Command::Colony(ColonyCmd::Stop) => daemon::stop("colony"),
+        Command::Colony(ColonyCmd::Start(args)) => return start::colony(args),
+        Command::Colony(ColonyCmd::Stop) => return daemon::stop("colony"),
+        Command::Discovery(DiscoveryCmd::Start { listen }) => return start::discovery(&listen),
+        Command::Agent(AgentCmd::Start(args)) => return start::agent(args),
+        Command::Agent(AgentCmd::Stop) => return daemon::stop("agent"),
+        Command::SandboxCheck { role, action } => return daemon::sandbox_check(&role, &action),
+        Command::Doctor(args) => return doctor::run(args),
+        _ => {}
+    }
+    #[cfg(not(feature = "daemons"))]
+    if let Some(what) = daemon_command(&cli.command) {
+        return Err(Usage(format!(
+            "'coral {what}' runs or checks a daemon, and this coral is the CLI alone \
+             (built without the `daemons` feature, as on macOS): run it on the Linux host"
+        ))
+        .into());
+    }
+    match cli.command {
+        Command::Colony(ColonyCmd::Start(_) | ColonyCmd::Stop)
+        | Command::Discovery(DiscoveryCmd::Start { .. })
+        | Command::Agent(AgentCmd::Start(_) | AgentCmd::Stop)
+        | Command::SandboxCheck { .. }
+        | Command::Doctor(_) => unreachable!("daemon commands are dispatched above"),
         Command::Colony(cmd) => colony::run(cmd),
-        Command::Discovery(DiscoveryCmd::Start { listen }) => start::discovery(&listen),
-        Command::Agent(AgentCmd::Start(args)) => start::agent(args),
         Command::Agent(AgentCmd::Status { json }) => agent::status(json),
-        Command::Agent(AgentCmd::Stop) => daemon::stop("agent"),
         Command::Connect(args) => agent::connect(args),
         Command::Disconnect { name } => agent::disconnect(name),
         Command::Config(ConfigCmd::Validate { file }) => config::validate(file),
         Command::Ask(args) => ask::run(args),
         Command::Query(q) => client(query::query(q)),
         Command::Mcp(cmd) => mcp::run(cmd),
-        Command::SandboxCheck { role, action } => daemon::sandbox_check(&role, &action),
         Command::Exec(args) => client(exec::exec(args)),
         Command::Debug(cmd) => client(debug::run(cmd)),
         Command::Audit {
@@ -102,6 +126,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             command,
         }) => policy::explain(&file, &service, &callers, &command),
         Command::Version { json } => version::version(json),
-        Command::Doctor(args) => doctor::run(args),
     }
+}
+
+/// The daemon command a CLI-only build refuses, as the user typed it.
+#[cfg(not(feature = "daemons"))]
+fn daemon_command(c: &Command) -> Option<&'static str> {
+    Some(match c {
+        Command::Colony(ColonyCmd::Start(_)) => "colony start",
+        Command::Colony(ColonyCmd::Stop) => "colony stop",
+        Command::Discovery(DiscoveryCmd::Start { .. }) => "discovery start",
+        Command::Agent(AgentCmd::Start(_)) => "agent start",
+        Command::Agent(AgentCmd::Stop) => "agent stop",
+        Command::SandboxCheck { .. } => "sandbox-check",
+        Command::Doctor(_) => "doctor",
+        _ => return None,
+    })
 }

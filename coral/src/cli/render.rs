@@ -4,7 +4,7 @@
 //! [`add_row`], and the text around the tables by hand.
 
 use comfy_table::{Table, presets};
-use coral_colony::span_tree;
+use coral_proto::span_tree;
 use coral_proto::{
     AgentStatus, ColonyStatus, LogRecord, Member, ServiceHealth, SpanRecord, TokenCreated,
     TraceSummary,
@@ -910,7 +910,7 @@ mod tests {
         ];
         let text = trace_tree(&spans);
         assert!(text.contains("5 spans"), "{text}");
-        // The starred rows: exactly the critical path (coral_colony::span_tree).
+        // The starred rows: exactly the critical path (coral_proto::span_tree).
         let starred: Vec<&str> = text
             .lines()
             .filter(|l| l.trim_start().starts_with('*') && !l.contains("critical path"))

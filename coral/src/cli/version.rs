@@ -3,10 +3,16 @@
 use super::output::print_json_or;
 
 pub(super) fn version(json: bool) -> anyhow::Result<()> {
-    let duckdb = duckdb::Connection::open_in_memory()
-        .and_then(|c| c.version())
-        .unwrap_or_else(|_| "unknown".into());
-    let features: Vec<&str> = Vec::new();
+    #[cfg(feature = "daemons")]
+    let (duckdb, features) = (
+        duckdb::Connection::open_in_memory()
+            .and_then(|c| c.version())
+            .unwrap_or_else(|_| "unknown".into()),
+        vec!["daemons"],
+    );
+    // The CLI alone stores only `ask.db` (SQLite); DuckDB is the daemons'.
+    #[cfg(not(feature = "daemons"))]
+    let (duckdb, features): (String, Vec<&str>) = ("none (CLI only)".into(), Vec::new());
     let v = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "git_commit": env!("CORAL_GIT_COMMIT"),

@@ -810,7 +810,7 @@ async fn trace(shared: &Shared, a: TraceArgs) -> Result<Value, ToolError> {
         )));
     }
     let t0 = spans.iter().map(|s| s.start_us).min().unwrap_or(0);
-    let critical = crate::span_tree::critical_span_ids(&spans);
+    let critical = coral_proto::span_tree::critical_span_ids(&spans);
     let list: Vec<Value> = spans
         .iter()
         .take(200)

@@ -3,7 +3,7 @@
 //! `coral_trace` tool marks the path for the LLM; the CLI's `coral query
 //! trace` table stars it (tested there, `cli::render`).
 
-use coral_proto::SpanRecord;
+use crate::SpanRecord;
 use std::collections::{HashMap, HashSet};
 
 pub type Children<'a> = HashMap<&'a str, Vec<&'a SpanRecord>>;
