@@ -16,6 +16,10 @@ const DATA_HEADER: usize = 40;
 const CONN_SIZE: usize = 64;
 const EDGE_SIZE: usize = 88;
 const AF_INET: u8 = 2;
+/// Record buffers the reader keeps for reuse, and the largest it keeps
+/// (a record holds at most `coral_ebpf::CAPTURE_IN_BYTES`).
+const SPARE_BUFFERS: usize = 1024;
+const SPARE_CAPACITY: usize = 8 * 1024;
 const AF_INET6: u8 = 10;
 
 /// A server-side connection: process, fd and accept time.
@@ -132,6 +136,18 @@ impl Event {
         matches!(self, Event::Data { off, .. } if *off > 0)
     }
 
+    /// Gives this event's buffers back to `spare` (at most `SPARE_BUFFERS`
+    /// are kept).
+    pub fn recycle(self, spare: &mut Vec<Vec<u8>>) {
+        if let Event::Data { data, more, .. } = self {
+            for b in std::iter::once(data).chain(more.into_iter().map(|(_, b)| b)) {
+                if spare.len() < SPARE_BUFFERS && (1..=SPARE_CAPACITY).contains(&b.capacity()) {
+                    spare.push(b);
+                }
+            }
+        }
+    }
+
     pub fn ts_ns(&self) -> u64 {
         match self {
             Event::Accept { ts_ns, .. }
@@ -176,6 +192,13 @@ fn addr(family: u8, raw: &[u8], port: u16) -> Option<(IpAddr, u16)> {
 
 /// Decodes one ring buffer record; `None` for anything malformed.
 pub fn decode(b: &[u8]) -> Option<Event> {
+    decode_into(b, &mut Vec::new())
+}
+
+/// [`decode`], with a data record's bytes copied into buffers taken from
+/// `spare` (the reader gives them back with [`Event::recycle`]), so a
+/// record costs no allocation once the reader has run for a while.
+pub fn decode_into(b: &[u8], spare: &mut Vec<Vec<u8>>) -> Option<Event> {
     let kind = *b.first()?;
     match kind {
         EV_DATA => {
@@ -183,7 +206,10 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 return None;
             }
             let cap = u32_at(b, 32) as usize;
-            let data = b.get(DATA_HEADER..DATA_HEADER + cap)?.to_vec();
+            let bytes = b.get(DATA_HEADER..DATA_HEADER + cap)?;
+            let mut data = spare.pop().unwrap_or_default();
+            data.clear();
+            data.extend_from_slice(bytes);
             Some(Event::Data {
                 conn: ConnId {
                     tgid: u32_at(b, 4),

@@ -225,7 +225,21 @@ impl Capture {
                     requests: 0,
                 };
                 set(st.clone());
-                let r = read_loop(&config, &agent_id, &telemetry, &services, &follow, &fds, &stop2, &rt, &mut st, &set, tap);
+                let r = read_loop(
+                    Reader {
+                        config: &config,
+                        agent_id: &agent_id,
+                        telemetry: &telemetry,
+                        services: &services,
+                        wake: &follow,
+                        fds: &fds,
+                        stop: &stop2,
+                        rt: &rt,
+                        set: &set,
+                        tap,
+                    },
+                    &mut st,
+                );
                 follow.running.store(false, Ordering::SeqCst);
                 if let Err(e) = r {
                     tracing::error!(error = %e, "eBPF capture stopped");
@@ -258,20 +272,34 @@ impl Drop for Capture {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_loop(
-    config: &EbpfConfig,
-    agent_id: &str,
-    telemetry: &Telemetry,
-    services: &Services,
-    wake: &Follow,
-    fds: &coral_privhelper::BpfFds,
-    stop: &AtomicBool,
-    rt: &tokio::runtime::Handle,
-    st: &mut EbpfStatus,
-    set: &dyn Fn(EbpfStatus),
+/// What the reader thread works with.
+struct Reader<'a> {
+    config: &'a EbpfConfig,
+    agent_id: &'a str,
+    telemetry: &'a Telemetry,
+    services: &'a Services,
+    wake: &'a Follow,
+    fds: &'a coral_privhelper::BpfFds,
+    stop: &'a AtomicBool,
+    rt: &'a tokio::runtime::Handle,
+    /// Publishes the status `coral agent status` shows.
+    set: &'a dyn Fn(EbpfStatus),
     tap: Arc<tap::RequestTap>,
-) -> Result<(), String> {
+}
+
+fn read_loop(r: Reader<'_>, st: &mut EbpfStatus) -> Result<(), String> {
+    let Reader {
+        config,
+        agent_id,
+        telemetry,
+        services,
+        wake,
+        fds,
+        stop,
+        rt,
+        set,
+        tap,
+    } = r;
     let open = |i: usize| -> Result<MapData, String> {
         let fd = fds.maps[i].try_clone().map_err(|e| e.to_string())?;
         MapData::from_fd(fd).map_err(|e| format!("open BPF map: {e}"))
@@ -319,6 +347,8 @@ fn read_loop(
     wake.running.store(true, Ordering::SeqCst);
     wake.applied.send_replace(ticket);
     let mut held: Vec<event::Event> = Vec::new();
+    // Record buffers handed back by handled events, for the next records.
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut last_flush = Instant::now();
     let mut dropped_logged = 0;
     // Further records whose first was not there to join.
@@ -330,7 +360,7 @@ fn read_loop(
         for ring in &mut rings {
             while let Some(item) = ring.next() {
                 st.events += 1;
-                if let Some(mut ev) = event::decode(&item) {
+                if let Some(mut ev) = event::decode_into(&item, &mut spare) {
                     // A further record of an HTTP/2 syscall joins its first
                     // (written just before it to the same ring, so it is
                     // still held: records wait REORDER_NS). One whose first
@@ -340,20 +370,26 @@ fn read_loop(
                         if !held.iter_mut().rev().any(|e| e.extend(&mut ev)) {
                             orphans += 1;
                         }
+                        ev.recycle(&mut spare);
                         continue;
                     }
                     held.push(ev);
                 }
             }
         }
-        held.sort_by_key(event::Event::ts_ns);
+        // Records of one ring are in order; only several rings' need
+        // merging.
+        if !held.is_sorted_by_key(event::Event::ts_ns) {
+            held.sort_by_key(event::Event::ts_ns);
+        }
         let ready = if stopping {
             held.len()
         } else {
             held.partition_point(|e| e.ts_ns() + REORDER_NS < now)
         };
         for ev in held.drain(..ready) {
-            tracker.handle(ev);
+            tracker.handle(&ev);
+            ev.recycle(&mut spare);
         }
         let requested = wake.requested.load(Ordering::SeqCst);
         if requested > *wake.applied.borrow() {

@@ -22,6 +22,18 @@ pub struct TappedRequest {
     pub end_wall_ns: i64,
 }
 
+/// A request the capture offers, borrowed: nothing is copied unless a
+/// trace keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Offered<'a> {
+    pub service: &'a str,
+    pub method: &'a str,
+    pub target: &'a str,
+    pub status: u16,
+    pub start_wall_ns: i64,
+    pub end_wall_ns: i64,
+}
+
 struct Tap {
     id: String,
     service: String,
@@ -74,32 +86,23 @@ impl RequestTap {
     }
 
     /// The capture offers every request it paired.
-    #[allow(clippy::too_many_arguments)]
-    pub fn offer(
-        &self,
-        service: &str,
-        method: &str,
-        target: &str,
-        status: u16,
-        start_wall_ns: i64,
-        end_wall_ns: i64,
-    ) {
+    pub fn offer(&self, r: &Offered<'_>) {
         if !self.any.load(Ordering::Acquire) {
             return;
         }
         let now = Instant::now();
         let mut taps = self.lock();
         for t in taps.iter_mut() {
-            if t.until > now && t.service == service && on_path(target, &t.path) {
+            if t.until > now && t.service == r.service && on_path(r.target, &t.path) {
                 if t.kept.len() >= MAX_KEPT {
                     t.kept.pop_front();
                 }
                 t.kept.push_back(TappedRequest {
-                    method: method.into(),
-                    target: target.into(),
-                    status,
-                    start_wall_ns,
-                    end_wall_ns,
+                    method: r.method.into(),
+                    target: r.target.into(),
+                    status: r.status,
+                    start_wall_ns: r.start_wall_ns,
+                    end_wall_ns: r.end_wall_ns,
                 });
             }
         }
@@ -137,13 +140,23 @@ mod tests {
     #[test]
     fn keeps_only_the_requests_of_the_traced_service_and_path() {
         let tap = RequestTap::default();
-        tap.offer("api", "GET", "/x", 200, 1, 2);
+        let offer = |service, method, target, status, start_wall_ns, end_wall_ns| {
+            tap.offer(&Offered {
+                service,
+                method,
+                target,
+                status,
+                start_wall_ns,
+                end_wall_ns,
+            })
+        };
+        offer("api", "GET", "/x", 200, 1, 2);
         let until = Instant::now() + std::time::Duration::from_secs(60);
         tap.start("t1", "api", "/api/checkout", until);
-        tap.offer("api", "GET", "/api/checkout?id=3", 200, 10, 20);
-        tap.offer("api", "GET", "/api/checkout/3", 200, 10, 20);
-        tap.offer("web", "GET", "/api/checkout", 200, 10, 20);
-        tap.offer("api", "POST", "/api/checkout", 500, 30, 40);
+        offer("api", "GET", "/api/checkout?id=3", 200, 10, 20);
+        offer("api", "GET", "/api/checkout/3", 200, 10, 20);
+        offer("web", "GET", "/api/checkout", 200, 10, 20);
+        offer("api", "POST", "/api/checkout", 500, 30, 40);
         let (got, active) = tap.read("t1", 0).unwrap();
         assert!(active);
         assert_eq!(got.len(), 2);
