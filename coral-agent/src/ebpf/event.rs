@@ -209,6 +209,9 @@ pub fn decode_into(b: &[u8], spare: &mut Vec<Vec<u8>>) -> Option<Event> {
             let bytes = b.get(DATA_HEADER..DATA_HEADER + cap)?;
             let mut data = spare.pop().unwrap_or_default();
             data.clear();
+            // Room for a usual request or response head at once, so a
+            // buffer reused for a longer record is not grown each time.
+            data.reserve(bytes.len().max(1024));
             data.extend_from_slice(bytes);
             Some(Event::Data {
                 conn: ConnId {

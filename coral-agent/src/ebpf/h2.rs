@@ -570,9 +570,9 @@ impl Conn {
         }
         let (method, target, status) = match (parsed, s.method) {
             (true, Some(m)) if status != 0 => {
-                (if s.grpc { "GRPC".to_string() } else { m }, s.path, status)
+                (if s.grpc { "GRPC".into() } else { m.into() }, s.path, status)
             }
-            _ => ("?".to_string(), UNPARSED.to_string(), 0),
+            _ => ("?".into(), UNPARSED.to_string(), 0),
         };
         let error_code = match s.grpc_status {
             Some(c) if s.grpc && c != 0 && status != 0 => Some(c.to_string()),
@@ -678,7 +678,7 @@ mod tests {
             .iter()
             .map(|x| {
                 (
-                    x.method.as_str(),
+                    &*x.method,
                     x.target.as_str(),
                     x.status,
                     x.duration_us(),
@@ -836,7 +836,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(
             (
-                out[0].method.as_str(),
+                &*out[0].method,
                 out[0].target.as_str(),
                 out[0].status
             ),

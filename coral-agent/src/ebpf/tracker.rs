@@ -370,7 +370,7 @@ impl Tracker {
             // HTTP targets are normalised here; the other protocols'
             // parsers give their route (gRPC method, normalised SQL, Redis
             // command) ready.
-            let route = match x.method.as_str() {
+            let route = match &*x.method {
                 "GRPC" | "SQL" | "REDIS" | "?" => std::borrow::Cow::Borrowed(x.target.as_str()),
                 _ => super::route::normalised(&x.target),
             };
@@ -385,7 +385,7 @@ impl Tracker {
                     *n += 1;
                 }
                 if !self.red.contains_key(&probe) {
-                    let key = (second, service.clone(), x.method.clone(), probe.3.to_string());
+                    let key = (second, service.clone(), x.method.to_string(), probe.3.to_string());
                     self.red.insert(key, RedAgg::default());
                 }
             }
@@ -620,6 +620,50 @@ mod tests {
         assert_eq!(edges[1].bytes_sent, 10);
         assert_eq!(edges[1].bytes_received, 20);
         assert_eq!(edges[1].rtt_max_us, 50);
+    }
+
+    #[test]
+    fn routes_beyond_the_limit_share_one_row_and_requests_count_on_their_edge() {
+        let mut t = Tracker::new("a1", 0);
+        t.set_services([(8080, "api".to_string())]);
+        // The client's connect, seen on this host, then its accepted end.
+        let client = ("127.0.0.1".parse().unwrap(), 40000);
+        t.handle(&Event::Edge {
+            kind: EdgeKind::Open,
+            tgid: 7,
+            comm: "curl".into(),
+            src: Some(client),
+            dst: Some(("127.0.0.1".parse().unwrap(), 8080)),
+            srtt_us: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            ts_ns: 0,
+        });
+        t.handle(&Event::Accept {
+            conn: conn(5),
+            lport: 8080,
+            existing: false,
+            peer: Some(client),
+            comm: "api".into(),
+            ts_ns: 0,
+        });
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let n = MAX_ROUTES as u64 + 100;
+        for i in 0..n {
+            t.handle(&data(5, Dir::In, i, &format!("GET /r{i}x HTTP/1.1\r\n\r\n")));
+            t.handle(&data(5, Dir::Out, i + 1000, ok));
+        }
+        // Again, all within the same second: no new row.
+        t.handle(&data(5, Dir::In, n, "GET /r1x HTTP/1.1\r\n\r\n"));
+        t.handle(&data(5, Dir::Out, n + 1000, ok));
+        let (red, edges) = t.drain();
+        assert_eq!(red.len(), MAX_ROUTES + 1);
+        let count = |route: &str| red.iter().find(|r| r.route == route).map(|r| r.count);
+        assert_eq!(count("{other}"), Some(100));
+        assert_eq!(count("/r1x"), Some(2));
+        assert_eq!(red.iter().map(|r| r.count).sum::<u64>(), n + 1);
+        let e = edges.iter().find(|e| e.src == "curl").expect("the client's edge");
+        assert_eq!((e.connections, e.requests, e.protocol.as_str()), (1, n + 1, "http"));
     }
 
     #[test]
