@@ -348,7 +348,7 @@ fn read_loop(r: Reader<'_>, st: &mut EbpfStatus) -> Result<(), String> {
     wake.applied.send_replace(ticket);
     let mut held: Vec<event::Event> = Vec::new();
     // Record buffers handed back by handled events, for the next records.
-    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut spare = event::Spare::default();
     let mut last_flush = Instant::now();
     let mut dropped_logged = 0;
     // Further records whose first was not there to join.
