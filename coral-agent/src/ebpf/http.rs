@@ -161,9 +161,13 @@ fn parse_request(buf: &[u8]) -> Head<ReqHead> {
 }
 
 fn parse_response(buf: &[u8]) -> Head<RespHead> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => {
             let Some(status) = resp.code else {
                 return Head::Bad;
