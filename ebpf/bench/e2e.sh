@@ -69,7 +69,16 @@ wrk_run() { /usr/bin/time -f '%U %S' -o "$W/wrk_cpu" wrk -t1 -c32 -d5s "http://1
 # CPU seconds wrk used in the last run.
 wrk_cpu() { awk '{print $1 + $2}' "$W/wrk_cpu"; }
 # CPU ns of a process's thread named $2.
-thread_ns() { local t; for t in /proc/"$1"/task/*; do [ "$(cat "$t/comm")" = "$2" ] && awk '{print $1}' "$t/schedstat"; done | head -1; }
+thread_ns() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    if [ "$(cat "$t/comm")" = "$2" ]; then
+      awk '{print $1}' "$t/schedstat"
+      return
+    fi
+  done
+  echo 0
+}
 rps() { awk '/Requests\/sec/ {print $2}' "$W/out"; }
 reqs() { awk '/requests in/ {print $1}' "$W/out"; }
 # CPU ticks (utime + stime) of a process.

@@ -258,9 +258,7 @@ impl Tracker {
                 match (&mut f.proto, dir) {
                     (Some(Proto::Http1(c)), Dir::In) => c.on_read(ts_ns, len, data, &mut out),
                     (Some(Proto::Http1(c)), Dir::Out) => c.on_write(ts_ns, len, data, &mut out),
-                    (Some(Proto::Http2(c)), Dir::In) => {
-                        c.on_read(ts_ns, len, data, more, &mut out)
-                    }
+                    (Some(Proto::Http2(c)), Dir::In) => c.on_read(ts_ns, len, data, more, &mut out),
                     (Some(Proto::Http2(c)), Dir::Out) => {
                         c.on_write(ts_ns, len, data, more, &mut out)
                     }
@@ -385,7 +383,12 @@ impl Tracker {
                     *n += 1;
                 }
                 if !self.red.contains_key(&probe) {
-                    let key = (second, service.clone(), x.method.to_string(), probe.3.to_string());
+                    let key = (
+                        second,
+                        service.clone(),
+                        x.method.to_string(),
+                        probe.3.to_string(),
+                    );
                     self.red.insert(key, RedAgg::default());
                 }
             }
@@ -650,7 +653,12 @@ mod tests {
         let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let n = MAX_ROUTES as u64 + 100;
         for i in 0..n {
-            t.handle(&data(5, Dir::In, i, &format!("GET /r{i}x HTTP/1.1\r\n\r\n")));
+            t.handle(&data(
+                5,
+                Dir::In,
+                i,
+                &format!("GET /r{i}x HTTP/1.1\r\n\r\n"),
+            ));
             t.handle(&data(5, Dir::Out, i + 1000, ok));
         }
         // Again, all within the same second: no new row.
@@ -662,8 +670,14 @@ mod tests {
         assert_eq!(count("{other}"), Some(100));
         assert_eq!(count("/r1x"), Some(2));
         assert_eq!(red.iter().map(|r| r.count).sum::<u64>(), n + 1);
-        let e = edges.iter().find(|e| e.src == "curl").expect("the client's edge");
-        assert_eq!((e.connections, e.requests, e.protocol.as_str()), (1, n + 1, "http"));
+        let e = edges
+            .iter()
+            .find(|e| e.src == "curl")
+            .expect("the client's edge");
+        assert_eq!(
+            (e.connections, e.requests, e.protocol.as_str()),
+            (1, n + 1, "http")
+        );
     }
 
     #[test]
