@@ -5,16 +5,27 @@
 # binaries given, private XDG dirs, flush every second), rounds interleaved:
 # no agent, then each binary's agent in turn (two builds compare two designs
 # in one run: copy the first binary away before building the second).
-# Per request, with the agent: the kernel's run time of the agent's BPF
-# programs (kernel.bpf_stats_enabled=1; every syscall on the machine passes
-# sys_exit, wrk's included) and the agent process's CPU time (utime + stime
-# from /proc/PID/stat), both over the wrk run, divided by the requests wrk
-# completed; and the throughput of both. CPU-time and BPF-time figures do
-# not move with the other jobs on the machine the way throughput does.
+# Per request, over the wrk run:
+# - the CPU time of the server and wrk together (utime + stime), without
+#   and with the agent: the difference is what tracing adds inside the
+#   traced syscalls (BPF programs, the syscall tracepoint's slow path,
+#   ring wakeups), whatever else runs on the machine;
+# - the kernel's run time of the agent's BPF programs
+#   (kernel.bpf_stats_enabled=1; every syscall on the machine passes
+#   sys_exit, wrk's and other jobs' included). BPF_STATS=0 turns the stats
+#   off (their clock reads cost every program run ~20-40 ns on a VM) and
+#   leaves the column empty;
+# - the agent process's CPU time (utime + stime from /proc/PID/stat), and
+#   of it the `ebpf-reader` thread's (ring reading, parsing, aggregation:
+#   the part that grows with requests; the rest is mostly the store's
+#   per-flush work, ~20 ms per second whatever the rate);
+# - total: the server's and wrk's added CPU plus the agent's.
+# CPU-time figures do not move with the other jobs on the machine the way
+# throughput does.
 #
 # Needs root, go, wrk, bpftool, and a built coral (cargo build; the agent's
 # CPU in a debug build is several times a release build's).
-# usage: ebpf/bench/e2e.sh ROUNDS CORAL [CORAL...]
+# usage: [BPF_STATS=0] ebpf/bench/e2e.sh ROUNDS CORAL [CORAL...]
 set -euo pipefail
 ROUNDS=$1
 shift
@@ -50,10 +61,24 @@ GOMAXPROCS=1 "$W/server" "$W/port" >/dev/null 2>&1 &
 SERVER=$!
 while [ ! -s "$W/port" ]; do sleep 0.1; done
 PORT=$(cat "$W/port")
-sysctl -qw kernel.bpf_stats_enabled=1
+STATS=${BPF_STATS:-1}
+sysctl -qw kernel.bpf_stats_enabled="$STATS"
 c colony start --daemon --port 0 >/dev/null
 
-wrk_run() { wrk -t1 -c32 -d5s "http://127.0.0.1:$PORT/hello" >"$W/out" 2>&1; }
+wrk_run() { /usr/bin/time -f '%U %S' -o "$W/wrk_cpu" wrk -t1 -c32 -d5s "http://127.0.0.1:$PORT/hello" >"$W/out" 2>&1; }
+# CPU seconds wrk used in the last run.
+wrk_cpu() { awk '{print $1 + $2}' "$W/wrk_cpu"; }
+# CPU ns of a process's thread named $2.
+thread_ns() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    if [ "$(cat "$t/comm")" = "$2" ]; then
+      awk '{print $1}' "$t/schedstat"
+      return
+    fi
+  done
+  echo 0
+}
 rps() { awk '/Requests\/sec/ {print $2}' "$W/out"; }
 reqs() { awk '/requests in/ {print $1}' "$W/out"; }
 # CPU ticks (utime + stime) of a process.
@@ -68,10 +93,13 @@ bpf_ns() {
 }
 HZ=$(getconf CLK_TCK)
 
-printf "| round | agent | req/s without | req/s with | BPF ns per request | agent CPU µs per request | agent CPU per request + BPF (µs) |\n|---|---|---|---|---|---|---|\n"
+printf "| round | agent | req/s without | req/s with | server+wrk CPU µs/req without | with | BPF ns/req | agent CPU µs/req | of it ebpf-reader | total added µs/req |\n|---|---|---|---|---|---|---|---|---|---|\n"
 for r in $(seq "$ROUNDS"); do
+ s0=$(ticks "$SERVER")
  wrk_run
+ s1=$(ticks "$SERVER")
  without=$(rps)
+ base=$(awk -v s="$((s1 - s0))" -v w="$(wrk_cpu)" -v n="$(reqs)" -v hz="$HZ" 'BEGIN { printf "%.3f", (s / hz + w) * 1e6 / n }')
  for i in "${!BINS[@]}"; do
   CORAL=${BINS[$i]}
   c agent start --daemon >/dev/null
@@ -84,15 +112,22 @@ for r in $(seq "$ROUNDS"); do
   pid=$(cat "$W/run/coral/agent.pid")
   t0=$(ticks "$pid")
   b0=$(bpf_ns "$pid")
+  e0=$(thread_ns "$pid" ebpf-reader)
+  s0=$(ticks "$SERVER")
   wrk_run
+  s1=$(ticks "$SERVER")
   # The agent reads and parses what is left in the rings within ~100 ms.
   sleep 0.5
   t1=$(ticks "$pid")
   b1=$(bpf_ns "$pid")
+  e1=$(thread_ns "$pid" ebpf-reader)
   n=$(reqs)
   c agent stop >/dev/null
   CORAL=${BINS[0]}
   awk -v r="$r" -v a="$i" -v wo="$without" -v w="$(rps)" -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$n" -v hz="$HZ" \
-    'BEGIN { bpf = b / n; cpu = t / hz * 1e6 / n; printf "| %s | %s | %s | %s | %.0f | %.2f | %.2f |\n", r, a, wo, w, bpf, cpu, cpu + bpf / 1000 }'
+    -v base="$base" -v s="$((s1 - s0))" -v wc="$(wrk_cpu)" -v e="$((e1 - e0))" -v stats="$STATS" \
+    'BEGIN { cpu = t / hz * 1e6 / n; sw = (s / hz + wc) * 1e6 / n;
+      bpf = stats == 1 ? sprintf("%.0f", b / n) : "-";
+      printf "| %s | %s | %.0f | %.0f | %.2f | %.2f | %s | %.2f | %.2f | %.2f |\n", r, a, wo, w, base, sw, bpf, cpu, e / 1000 / n, sw - base + cpu }'
 done
  done

@@ -988,6 +988,10 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	default:
 		return 0;
 	}
+	/* A failed read or write (EAGAIN: a non-blocking server's read after
+	 * the last request) moved nothing: done before the process lookup. */
+	if (kind != ARG_CLOSE && ret <= 0)
+		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!proc_follows(pid_tgid))
 		return 0;

@@ -16,6 +16,39 @@ const DATA_HEADER: usize = 40;
 const CONN_SIZE: usize = 64;
 const EDGE_SIZE: usize = 88;
 const AF_INET: u8 = 2;
+/// Bytes of record buffers the reader keeps for reuse: enough for the
+/// records of one read at tens of thousands of requests per second.
+const SPARE_BYTES: usize = 8 << 20;
+/// A new record buffer's least capacity (a usual request or response head
+/// fits, so a buffer reused for a longer record is rarely grown).
+const MIN_BUFFER: usize = 256;
+
+/// Record buffers handed back by handled events, for the next records.
+#[derive(Default)]
+pub struct Spare {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Spare {
+    fn take(&mut self) -> Vec<u8> {
+        match self.bufs.pop() {
+            Some(b) => {
+                self.bytes -= b.capacity();
+                b
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn give(&mut self, mut b: Vec<u8>) {
+        if b.capacity() > 0 && self.bytes + b.capacity() <= SPARE_BYTES {
+            b.clear();
+            self.bytes += b.capacity();
+            self.bufs.push(b);
+        }
+    }
+}
 const AF_INET6: u8 = 10;
 
 /// A server-side connection: process, fd and accept time.
@@ -132,6 +165,16 @@ impl Event {
         matches!(self, Event::Data { off, .. } if *off > 0)
     }
 
+    /// Gives this event's buffers back to `spare`.
+    pub fn recycle(self, spare: &mut Spare) {
+        if let Event::Data { data, more, .. } = self {
+            spare.give(data);
+            for (_, b) in more {
+                spare.give(b);
+            }
+        }
+    }
+
     pub fn ts_ns(&self) -> u64 {
         match self {
             Event::Accept { ts_ns, .. }
@@ -176,6 +219,13 @@ fn addr(family: u8, raw: &[u8], port: u16) -> Option<(IpAddr, u16)> {
 
 /// Decodes one ring buffer record; `None` for anything malformed.
 pub fn decode(b: &[u8]) -> Option<Event> {
+    decode_into(b, &mut Spare::default())
+}
+
+/// [`decode`], with a data record's bytes copied into buffers taken from
+/// `spare` (the reader gives them back with [`Event::recycle`]), so a
+/// record costs no allocation once the reader has run for a while.
+pub fn decode_into(b: &[u8], spare: &mut Spare) -> Option<Event> {
     let kind = *b.first()?;
     match kind {
         EV_DATA => {
@@ -183,7 +233,10 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 return None;
             }
             let cap = u32_at(b, 32) as usize;
-            let data = b.get(DATA_HEADER..DATA_HEADER + cap)?.to_vec();
+            let bytes = b.get(DATA_HEADER..DATA_HEADER + cap)?;
+            let mut data = spare.take();
+            data.reserve(bytes.len().max(MIN_BUFFER));
+            data.extend_from_slice(bytes);
             Some(Event::Data {
                 conn: ConnId {
                     tgid: u32_at(b, 4),

@@ -569,10 +569,12 @@ impl Conn {
             self.unparsed += 1;
         }
         let (method, target, status) = match (parsed, s.method) {
-            (true, Some(m)) if status != 0 => {
-                (if s.grpc { "GRPC".to_string() } else { m }, s.path, status)
-            }
-            _ => ("?".to_string(), UNPARSED.to_string(), 0),
+            (true, Some(m)) if status != 0 => (
+                if s.grpc { "GRPC".into() } else { m.into() },
+                s.path,
+                status,
+            ),
+            _ => ("?".into(), UNPARSED.to_string(), 0),
         };
         let error_code = match s.grpc_status {
             Some(c) if s.grpc && c != 0 && status != 0 => Some(c.to_string()),
@@ -676,14 +678,7 @@ mod tests {
         }
         let got: Vec<_> = out
             .iter()
-            .map(|x| {
-                (
-                    x.method.as_str(),
-                    x.target.as_str(),
-                    x.status,
-                    x.duration_us(),
-                )
-            })
+            .map(|x| (&*x.method, x.target.as_str(), x.status, x.duration_us()))
             .collect();
         assert_eq!(
             got,
@@ -835,11 +830,7 @@ mod tests {
         write(&mut c, 3, &r, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(
-            (
-                out[0].method.as_str(),
-                out[0].target.as_str(),
-                out[0].status
-            ),
+            (&*out[0].method, out[0].target.as_str(), out[0].status),
             ("?", UNPARSED, 0)
         );
         assert_eq!(c.unparsed, 1);

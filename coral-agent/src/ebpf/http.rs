@@ -11,6 +11,7 @@
 //! closes. Whatever cannot be parsed puts the stream in `Lost` until a
 //! syscall starts with a new message.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 /// Longest request or response head kept while waiting for its end.
@@ -22,7 +23,9 @@ const MAX_HEADERS: usize = 64;
 /// One request and its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
-    pub method: String,
+    /// The HTTP method, or the protocol's stand-in (`GRPC`, `SQL`, `REDIS`,
+    /// `?`): static for the usual ones, so a request allocates none.
+    pub method: Cow<'static, str>,
     pub target: String,
     pub status: u16,
     /// Start of the request (the read that brought its first bytes).
@@ -60,7 +63,7 @@ enum State {
 
 #[derive(Debug)]
 struct Request {
-    method: String,
+    method: Cow<'static, str>,
     target: String,
     start_ns: u64,
     bytes: u64,
@@ -81,7 +84,7 @@ enum Head<T> {
 }
 
 struct ReqHead {
-    method: String,
+    method: Cow<'static, str>,
     target: String,
     body: Body,
 }
@@ -119,10 +122,22 @@ fn body_of(headers: &[httparse::Header<'_>]) -> Option<Body> {
     Some(body.unwrap_or(Body::Len(0)))
 }
 
+/// A method as a static string when it is a standard one.
+fn method_name(m: &str) -> Cow<'static, str> {
+    const KNOWN: &[&str] = &[
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|k| **k == m) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(m.to_string()),
+    }
+}
+
 fn parse_request(buf: &[u8]) -> Head<ReqHead> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    // Uninitialised: parsing a head does not first write 64 empty headers.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => {
             let (Some(method), Some(target)) = (req.method, req.path) else {
                 return Head::Bad;
@@ -131,7 +146,7 @@ fn parse_request(buf: &[u8]) -> Head<ReqHead> {
                 // A request without a length has no body (RFC 9112 6.3).
                 Some(body) => Head::Done(
                     ReqHead {
-                        method: method.to_string(),
+                        method: method_name(method),
                         target: target.to_string(),
                         body,
                     },
@@ -146,9 +161,13 @@ fn parse_request(buf: &[u8]) -> Head<ReqHead> {
 }
 
 fn parse_response(buf: &[u8]) -> Head<RespHead> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => {
             let Some(status) = resp.code else {
                 return Head::Bad;
@@ -525,7 +544,7 @@ mod tests {
         feed_out(&mut c, 20_000, &all, &mut out);
         let got: Vec<_> = out
             .iter()
-            .map(|e| (e.method.as_str(), e.target.as_str(), e.status))
+            .map(|e| (&*e.method, e.target.as_str(), e.status))
             .collect();
         assert_eq!(
             got,

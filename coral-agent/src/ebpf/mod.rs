@@ -10,7 +10,11 @@
 //! One thread reads the per-CPU ring buffers every 100 ms, or sooner when
 //! the programs wake it (a record fills a ring past a quarter, a half or
 //! three quarters: once per crossing), merges the records by
-//! timestamp, and feeds the [`tracker::Tracker`]. It rewrites the kernel's
+//! timestamp, and feeds the [`tracker::Tracker`]. On the common path a
+//! record costs no allocation (record buffers are reused) and an HTTP/1.x
+//! request one, its target (methods are static strings, a request's row
+//! and edge are found from borrowed parts); what remains per request is
+//! reading the ring and parsing the heads (issue 14). It rewrites the kernel's
 //! set of followed ports when [`Follow::request`] wakes it (`coral connect`
 //! and `coral disconnect` wait for that, so they take effect before they
 //! return) and at every flush;
@@ -224,18 +228,21 @@ impl Capture {
                     requests: 0,
                 };
                 set(st.clone());
-                let reader = ReadLoop {
-                    config: &config,
-                    agent_id: &agent_id,
-                    telemetry: &telemetry,
-                    services: &services,
-                    wake: &follow,
-                    fds: &fds,
-                    stop: &stop2,
-                    rt: &rt,
-                    set: &set,
-                };
-                let r = read_loop(reader, &mut st, tap);
+                let r = read_loop(
+                    Reader {
+                        config: &config,
+                        agent_id: &agent_id,
+                        telemetry: &telemetry,
+                        services: &services,
+                        wake: &follow,
+                        fds: &fds,
+                        stop: &stop2,
+                        rt: &rt,
+                        set: &set,
+                        tap,
+                    },
+                    &mut st,
+                );
                 follow.running.store(false, Ordering::SeqCst);
                 if let Err(e) = r {
                     tracing::error!(error = %e, "eBPF capture stopped");
@@ -268,9 +275,8 @@ impl Drop for Capture {
     }
 }
 
-/// What the reader thread reads with and writes to.
-#[derive(Clone, Copy)]
-struct ReadLoop<'a> {
+/// What the reader thread works with.
+struct Reader<'a> {
     config: &'a EbpfConfig,
     agent_id: &'a str,
     telemetry: &'a Telemetry,
@@ -279,16 +285,13 @@ struct ReadLoop<'a> {
     fds: &'a coral_privhelper::BpfFds,
     stop: &'a AtomicBool,
     rt: &'a tokio::runtime::Handle,
-    /// Publishes the capture's status.
+    /// Publishes the status `coral agent status` shows.
     set: &'a dyn Fn(EbpfStatus),
+    tap: Arc<tap::RequestTap>,
 }
 
-fn read_loop(
-    r: ReadLoop<'_>,
-    st: &mut EbpfStatus,
-    tap: Arc<tap::RequestTap>,
-) -> anyhow::Result<()> {
-    let ReadLoop {
+fn read_loop(r: Reader<'_>, st: &mut EbpfStatus) -> anyhow::Result<()> {
+    let Reader {
         config,
         agent_id,
         telemetry,
@@ -298,6 +301,7 @@ fn read_loop(
         stop,
         rt,
         set,
+        tap,
     } = r;
     let open = |i: usize| -> anyhow::Result<MapData> {
         let fd = fds.maps[i].try_clone()?;
@@ -344,6 +348,8 @@ fn read_loop(
     wake.running.store(true, Ordering::SeqCst);
     wake.applied.send_replace(ticket);
     let mut held: Vec<event::Event> = Vec::new();
+    // Record buffers handed back by handled events, for the next records.
+    let mut spare = event::Spare::default();
     let mut last_flush = Instant::now();
     let mut dropped_logged = 0;
     // Further records whose first was not there to join.
@@ -355,7 +361,7 @@ fn read_loop(
         for ring in &mut rings {
             while let Some(item) = ring.next() {
                 st.events += 1;
-                if let Some(mut ev) = event::decode(&item) {
+                if let Some(mut ev) = event::decode_into(&item, &mut spare) {
                     // A further record of an HTTP/2 syscall joins its first
                     // (written just before it to the same ring, so it is
                     // still held: records wait REORDER_NS). One whose first
@@ -365,20 +371,26 @@ fn read_loop(
                         if !held.iter_mut().rev().any(|e| e.extend(&mut ev)) {
                             orphans += 1;
                         }
+                        ev.recycle(&mut spare);
                         continue;
                     }
                     held.push(ev);
                 }
             }
         }
-        held.sort_by_key(event::Event::ts_ns);
+        // Records of one ring are in order; only several rings' need
+        // merging.
+        if !held.is_sorted_by_key(event::Event::ts_ns) {
+            held.sort_by_key(event::Event::ts_ns);
+        }
         let ready = if stopping {
             held.len()
         } else {
             held.partition_point(|e| e.ts_ns() + REORDER_NS < now)
         };
         for ev in held.drain(..ready) {
-            tracker.handle(ev);
+            tracker.handle(&ev);
+            ev.recycle(&mut spare);
         }
         let requested = wake.requested.load(Ordering::SeqCst);
         if requested > *wake.applied.borrow() {

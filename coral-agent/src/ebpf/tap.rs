@@ -22,8 +22,10 @@ pub struct TappedRequest {
     pub end_wall_ns: i64,
 }
 
-/// A request the capture paired, as offered to the running traces.
-pub struct Paired<'a> {
+/// A request the capture offers, borrowed: nothing is copied unless a
+/// trace keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Offered<'a> {
     pub service: &'a str,
     pub method: &'a str,
     pub target: &'a str,
@@ -84,7 +86,7 @@ impl RequestTap {
     }
 
     /// The capture offers every request it paired.
-    pub fn offer(&self, r: &Paired<'_>) {
+    pub fn offer(&self, r: &Offered<'_>) {
         if !self.any.load(Ordering::Acquire) {
             return;
         }
@@ -135,34 +137,26 @@ impl RequestTap {
 mod tests {
     use super::*;
 
-    fn paired<'a>(
-        service: &'a str,
-        method: &'a str,
-        target: &'a str,
-        status: u16,
-        start: i64,
-        end: i64,
-    ) -> Paired<'a> {
-        Paired {
-            service,
-            method,
-            target,
-            status,
-            start_wall_ns: start,
-            end_wall_ns: end,
-        }
-    }
-
     #[test]
     fn keeps_only_the_requests_of_the_traced_service_and_path() {
         let tap = RequestTap::default();
-        tap.offer(&paired("api", "GET", "/x", 200, 1, 2));
+        let offer = |service, method, target, status, start_wall_ns, end_wall_ns| {
+            tap.offer(&Offered {
+                service,
+                method,
+                target,
+                status,
+                start_wall_ns,
+                end_wall_ns,
+            })
+        };
+        offer("api", "GET", "/x", 200, 1, 2);
         let until = Instant::now() + std::time::Duration::from_secs(60);
         tap.start("t1", "api", "/api/checkout", until);
-        tap.offer(&paired("api", "GET", "/api/checkout?id=3", 200, 10, 20));
-        tap.offer(&paired("api", "GET", "/api/checkout/3", 200, 10, 20));
-        tap.offer(&paired("web", "GET", "/api/checkout", 200, 10, 20));
-        tap.offer(&paired("api", "POST", "/api/checkout", 500, 30, 40));
+        offer("api", "GET", "/api/checkout?id=3", 200, 10, 20);
+        offer("api", "GET", "/api/checkout/3", 200, 10, 20);
+        offer("web", "GET", "/api/checkout", 200, 10, 20);
+        offer("api", "POST", "/api/checkout", 500, 30, 40);
         let (got, active) = tap.read("t1", 0).unwrap();
         assert!(active);
         assert_eq!(got.len(), 2);

@@ -69,8 +69,21 @@ struct EdgeAgg {
 /// An edge without its second: source, its pid, peer address, service.
 type EdgeId = (String, u32, String, Option<String>);
 
+/// Second, service, method, route.
 type RedKey = (i64, Arc<str>, String, String);
-type EdgeKey = (i64, String, u32, String, Option<String>);
+/// Second and edge.
+type EdgeKey = (i64, Arc<EdgeId>);
+
+/// A [`RedKey`] borrowed from a request, to find its row without building
+/// the key: it hashes as the key does (a tuple of an integer and strings).
+#[derive(Hash)]
+struct RedRef<'a>(i64, &'a str, &'a str, &'a str);
+
+impl hashbrown::Equivalent<RedKey> for RedRef<'_> {
+    fn equivalent(&self, k: &RedKey) -> bool {
+        self.0 == k.0 && self.1 == &*k.1 && self.2 == k.2 && self.3 == k.3
+    }
+}
 
 struct Followed {
     service: Arc<str>,
@@ -140,7 +153,7 @@ pub struct Tracker {
     /// Process → the service it serves (learned from accepts).
     procs: HashMap<u32, Arc<str>>,
     conns: HashMap<ConnId, Followed>,
-    red: HashMap<RedKey, RedAgg>,
+    red: hashbrown::HashMap<RedKey, RedAgg, rustc_hash::FxBuildHasher>,
     routes: HashMap<Arc<str>, usize>,
     edges: HashMap<EdgeKey, EdgeAgg>,
     /// Client sockets of open edges, by local address.
@@ -176,7 +189,7 @@ impl Tracker {
             ports: HashMap::default(),
             procs: HashMap::default(),
             conns: HashMap::default(),
-            red: HashMap::default(),
+            red: hashbrown::HashMap::default(),
             routes: HashMap::default(),
             edges: HashMap::default(),
             clients: HashMap::default(),
@@ -199,8 +212,8 @@ impl Tracker {
             .collect();
     }
 
-    pub fn handle(&mut self, ev: Event) {
-        match ev {
+    pub fn handle(&mut self, ev: &Event) {
+        match *ev {
             Event::Accept {
                 conn,
                 lport,
@@ -230,8 +243,8 @@ impl Tracker {
                 conn,
                 dir,
                 len,
-                data,
-                more,
+                ref data,
+                ref more,
                 ts_ns,
                 ..
             } => {
@@ -239,27 +252,25 @@ impl Tracker {
                     return;
                 };
                 if f.proto.is_none() {
-                    f.proto = Proto::detect(f.existing, dir, &data);
+                    f.proto = Proto::detect(f.existing, dir, data);
                 }
                 let mut out = std::mem::take(&mut self.exchanges);
                 match (&mut f.proto, dir) {
-                    (Some(Proto::Http1(c)), Dir::In) => c.on_read(ts_ns, len, &data, &mut out),
-                    (Some(Proto::Http1(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
-                    (Some(Proto::Http2(c)), Dir::In) => {
-                        c.on_read(ts_ns, len, &data, &more, &mut out)
-                    }
+                    (Some(Proto::Http1(c)), Dir::In) => c.on_read(ts_ns, len, data, &mut out),
+                    (Some(Proto::Http1(c)), Dir::Out) => c.on_write(ts_ns, len, data, &mut out),
+                    (Some(Proto::Http2(c)), Dir::In) => c.on_read(ts_ns, len, data, more, &mut out),
                     (Some(Proto::Http2(c)), Dir::Out) => {
-                        c.on_write(ts_ns, len, &data, &more, &mut out)
+                        c.on_write(ts_ns, len, data, more, &mut out)
                     }
-                    (Some(Proto::Postgres(c)), Dir::In) => c.on_read(ts_ns, len, &data),
-                    (Some(Proto::Postgres(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
-                    (Some(Proto::Redis(c)), Dir::In) => c.on_read(ts_ns, len, &data),
-                    (Some(Proto::Redis(c)), Dir::Out) => c.on_write(ts_ns, len, &data, &mut out),
+                    (Some(Proto::Postgres(c)), Dir::In) => c.on_read(ts_ns, len, data),
+                    (Some(Proto::Postgres(c)), Dir::Out) => c.on_write(ts_ns, len, data, &mut out),
+                    (Some(Proto::Redis(c)), Dir::In) => c.on_read(ts_ns, len, data),
+                    (Some(Proto::Redis(c)), Dir::Out) => c.on_write(ts_ns, len, data, &mut out),
                     (None, _) => {}
                 }
                 let (service, edge) = (f.service.clone(), f.edge.clone());
                 let proto = f.proto.as_ref().map_or("", Proto::name);
-                self.record(&service, edge.as_deref(), proto, &mut out);
+                self.record(&service, edge.as_ref(), proto, &mut out);
                 self.exchanges = out;
             }
             Event::Close { conn, .. } => {
@@ -271,14 +282,14 @@ impl Tracker {
                         Some(Proto::Postgres(_) | Proto::Redis(_)) | None => {}
                     }
                     let proto = f.proto.as_ref().map_or("", Proto::name);
-                    self.record(&f.service, f.edge.as_deref(), proto, &mut out);
+                    self.record(&f.service, f.edge.as_ref(), proto, &mut out);
                     self.exchanges = out;
                 }
             }
             Event::Edge {
                 kind,
                 tgid,
-                comm,
+                ref comm,
                 src: client,
                 dst,
                 srtt_us,
@@ -290,7 +301,7 @@ impl Tracker {
                     dst.and_then(|(_, port)| Some(self.ports.get(&port)?.to_string()));
                 let src = match self.procs.get(&tgid) {
                     Some(s) => s.to_string(),
-                    None if dst_service.is_some() => comm,
+                    None if dst_service.is_some() => comm.clone(),
                     None => return,
                 };
                 if let Some(c) = client {
@@ -305,10 +316,7 @@ impl Tracker {
                 }
                 let key = (
                     second_ms(ts_ns as i64 + self.wall_offset_ns),
-                    src,
-                    tgid,
-                    addr_string(dst),
-                    dst_service,
+                    Arc::new((src, tgid, addr_string(dst), dst_service)),
                 );
                 let e = self.edges.entry(key).or_default();
                 match kind {
@@ -331,14 +339,14 @@ impl Tracker {
     fn record(
         &mut self,
         service: &Arc<str>,
-        edge: Option<&EdgeId>,
+        edge: Option<&Arc<EdgeId>>,
         proto: &'static str,
         out: &mut Vec<http::Exchange>,
     ) {
         for x in out.drain(..) {
             self.requests += 1;
             if let Some(t) = &self.tap {
-                t.offer(&super::tap::Paired {
+                t.offer(&super::tap::Offered {
                     service,
                     method: &x.method,
                     target: &x.target,
@@ -349,9 +357,8 @@ impl Tracker {
             }
             let second = second_ms(x.start_ns as i64 + self.wall_offset_ns);
             let us = x.duration_us();
-            if let Some((src, pid, addr, dst)) = edge {
-                let key = (second, src.clone(), *pid, addr.clone(), dst.clone());
-                let e = self.edges.entry(key).or_default();
+            if let Some(edge) = edge {
+                let e = self.edges.entry((second, edge.clone())).or_default();
                 e.protocol = if x.method == "GRPC" { "grpc" } else { proto };
                 e.requests += 1;
                 e.request_errors += u64::from(x.status >= 500);
@@ -361,20 +368,33 @@ impl Tracker {
             // HTTP targets are normalised here; the other protocols'
             // parsers give their route (gRPC method, normalised SQL, Redis
             // command) ready.
-            let route = match x.method.as_str() {
-                "GRPC" | "SQL" | "REDIS" | "?" => x.target,
-                _ => coral_store::route::normalise(&x.target),
+            let route = match &*x.method {
+                "GRPC" | "SQL" | "REDIS" | "?" => std::borrow::Cow::Borrowed(x.target.as_str()),
+                _ => coral_store::route::normalised(&x.target),
             };
-            let mut key = (second, service.clone(), x.method, route);
-            if !self.red.contains_key(&key) {
+            // The row is found from borrowed parts; a key is built only
+            // for a new row.
+            let mut probe = RedRef(second, service, &x.method, &route);
+            if !self.red.contains_key(&probe) {
                 let n = self.routes.entry(service.clone()).or_default();
                 if *n >= MAX_ROUTES {
-                    key.3 = "{other}".into();
+                    probe.3 = "{other}";
                 } else {
                     *n += 1;
                 }
+                if !self.red.contains_key(&probe) {
+                    let key = (
+                        second,
+                        service.clone(),
+                        x.method.to_string(),
+                        probe.3.to_string(),
+                    );
+                    self.red.insert(key, RedAgg::default());
+                }
             }
-            let a = self.red.entry(key).or_default();
+            let Some(a) = self.red.get_mut(&probe) else {
+                continue;
+            };
             a.count += 1;
             a.errors += u64::from((500..600).contains(&x.status));
             a.client_errors += u64::from((400..500).contains(&x.status));
@@ -408,7 +428,7 @@ impl Tracker {
             }
         }
         for (service, edge, mut xs) in done {
-            self.record(&service, edge.as_deref(), "http", &mut xs);
+            self.record(&service, edge.as_ref(), "http", &mut xs);
         }
         self.exchanges = out;
     }
@@ -445,8 +465,10 @@ impl Tracker {
         let edges = self
             .edges
             .drain()
-            .map(
-                |((ts_ms, src, src_pid, dst_addr, dst_service), e)| EdgeRecord {
+            .map(|((ts_ms, id), e)| {
+                let (src, src_pid, dst_addr, dst_service) =
+                    Arc::try_unwrap(id).unwrap_or_else(|id| (*id).clone());
+                EdgeRecord {
                     agent_id: self.agent_id.clone(),
                     seq: 0,
                     ts_ms,
@@ -466,8 +488,8 @@ impl Tracker {
                     request_errors: e.request_errors,
                     request_sum_us: e.request_sum_us,
                     request_max_us: e.request_max_us,
-                },
-            )
+                }
+            })
             .collect();
         (red, edges)
     }
@@ -517,23 +539,23 @@ mod tests {
     fn aggregates_per_route_and_second_with_errors_and_latency() {
         let mut t = Tracker::new("a1", 0);
         t.set_services([(8080, "api".to_string())]);
-        t.handle(accept(5, 8080));
-        t.handle(accept(6, 9999)); // not a connected service: ignored
+        t.handle(&accept(5, 8080));
+        t.handle(&accept(6, 9999)); // not a connected service: ignored
         let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let err = "HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n";
         for i in 0..10u64 {
             let ts = i * 1_000_000;
-            t.handle(data(
+            t.handle(&data(
                 5,
                 Dir::In,
                 ts,
                 &format!("GET /api/orders/{i} HTTP/1.1\r\n\r\n"),
             ));
-            t.handle(data(6, Dir::In, ts, "GET /x HTTP/1.1\r\n\r\n"));
+            t.handle(&data(6, Dir::In, ts, "GET /x HTTP/1.1\r\n\r\n"));
             let resp = if i < 2 { err } else { ok };
-            t.handle(data(5, Dir::Out, ts + 10_000_000, resp));
+            t.handle(&data(5, Dir::Out, ts + 10_000_000, resp));
         }
-        t.handle(Event::Close {
+        t.handle(&Event::Close {
             conn: conn(5),
             ts_ns: 0,
         });
@@ -559,7 +581,7 @@ mod tests {
     fn edges_name_the_service_process_and_the_peer_service() {
         let mut t = Tracker::new("a1", 0);
         t.set_services([(8080, "api".to_string()), (9090, "db".to_string())]);
-        t.handle(accept(5, 8080)); // pid 100 is "api"
+        t.handle(&accept(5, 8080)); // pid 100 is "api"
         let edge = |kind, tgid: u32, port: u16, bytes: u64| Event::Edge {
             kind,
             tgid,
@@ -571,11 +593,11 @@ mod tests {
             bytes_received: bytes * 2,
             ts_ns: 5,
         };
-        t.handle(edge(EdgeKind::Open, 100, 9090, 0));
-        t.handle(edge(EdgeKind::Close, 100, 9090, 10));
-        t.handle(edge(EdgeKind::Fail, 100, 9091, 0));
-        t.handle(edge(EdgeKind::Open, 7, 8080, 0)); // a client of api
-        t.handle(edge(EdgeKind::Open, 8, 5555, 0)); // unrelated: dropped
+        t.handle(&edge(EdgeKind::Open, 100, 9090, 0));
+        t.handle(&edge(EdgeKind::Close, 100, 9090, 10));
+        t.handle(&edge(EdgeKind::Fail, 100, 9091, 0));
+        t.handle(&edge(EdgeKind::Open, 7, 8080, 0)); // a client of api
+        t.handle(&edge(EdgeKind::Open, 8, 5555, 0)); // unrelated: dropped
         let (_, mut edges) = t.drain();
         edges.sort_by(|a, b| a.dst_addr.cmp(&b.dst_addr));
         let got: Vec<_> = edges
@@ -601,6 +623,61 @@ mod tests {
         assert_eq!(edges[1].bytes_sent, 10);
         assert_eq!(edges[1].bytes_received, 20);
         assert_eq!(edges[1].rtt_max_us, 50);
+    }
+
+    #[test]
+    fn routes_beyond_the_limit_share_one_row_and_requests_count_on_their_edge() {
+        let mut t = Tracker::new("a1", 0);
+        t.set_services([(8080, "api".to_string())]);
+        // The client's connect, seen on this host, then its accepted end.
+        let client = ("127.0.0.1".parse().unwrap(), 40000);
+        t.handle(&Event::Edge {
+            kind: EdgeKind::Open,
+            tgid: 7,
+            comm: "curl".into(),
+            src: Some(client),
+            dst: Some(("127.0.0.1".parse().unwrap(), 8080)),
+            srtt_us: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            ts_ns: 0,
+        });
+        t.handle(&Event::Accept {
+            conn: conn(5),
+            lport: 8080,
+            existing: false,
+            peer: Some(client),
+            comm: "api".into(),
+            ts_ns: 0,
+        });
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let n = MAX_ROUTES as u64 + 100;
+        for i in 0..n {
+            t.handle(&data(
+                5,
+                Dir::In,
+                i,
+                &format!("GET /r{i}x HTTP/1.1\r\n\r\n"),
+            ));
+            t.handle(&data(5, Dir::Out, i + 1000, ok));
+        }
+        // Again, all within the same second: no new row.
+        t.handle(&data(5, Dir::In, n, "GET /r1x HTTP/1.1\r\n\r\n"));
+        t.handle(&data(5, Dir::Out, n + 1000, ok));
+        let (red, edges) = t.drain();
+        assert_eq!(red.len(), MAX_ROUTES + 1);
+        let count = |route: &str| red.iter().find(|r| r.route == route).map(|r| r.count);
+        assert_eq!(count("{other}"), Some(100));
+        assert_eq!(count("/r1x"), Some(2));
+        assert_eq!(red.iter().map(|r| r.count).sum::<u64>(), n + 1);
+        let e = edges
+            .iter()
+            .find(|e| e.src == "curl")
+            .expect("the client's edge");
+        assert_eq!(
+            (e.connections, e.requests, e.protocol.as_str()),
+            (1, n + 1, "http")
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! strings and long mixed tokens become `{id}`. Bounded: at most
 //! `MAX_SEGMENTS` segments and `MAX_LEN` bytes.
 
+use std::borrow::Cow;
+
 const MAX_SEGMENTS: usize = 8;
 const MAX_LEN: usize = 128;
 
@@ -37,7 +39,25 @@ fn is_id(seg: &str) -> bool {
 
 /// Normalises a request target (path plus optional query) to a route.
 pub fn normalise(target: &str) -> String {
+    normalised(target).into_owned()
+}
+
+/// [`normalise`], borrowed from `target` when its path is a route already
+/// (the common case: no allocation per request).
+pub fn normalised(target: &str) -> Cow<'_, str> {
     let path = target.split(['?', '#']).next().unwrap_or("");
+    if path.starts_with('/')
+        && path.len() <= MAX_LEN
+        && path.bytes().all(|c| c.is_ascii_graphic())
+        && path[1..].split('/').count() <= MAX_SEGMENTS
+        && !path[1..].split('/').any(is_id)
+    {
+        return Cow::Borrowed(path);
+    }
+    Cow::Owned(normalise_owned(path))
+}
+
+fn normalise_owned(path: &str) -> String {
     // Absolute-form targets (proxies): keep the path only.
     let path = match path
         .strip_prefix("http://")
@@ -50,8 +70,7 @@ pub fn normalise(target: &str) -> String {
         return if path == "*" { "*".into() } else { "/".into() };
     }
     let mut out = String::new();
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    for (i, seg) in segments.iter().enumerate() {
+    for (i, seg) in path[1..].split('/').enumerate() {
         if i == MAX_SEGMENTS {
             out.push_str("/{...}");
             break;
@@ -79,7 +98,7 @@ pub fn normalise(target: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::normalise;
+    use super::{normalise, normalised};
 
     #[test]
     fn ids_become_placeholders() {
@@ -100,6 +119,7 @@ mod tests {
             ("/a/b/c/d/e/f/g/h/i/j", "/a/b/c/d/e/f/g/h/{...}"),
         ] {
             assert_eq!(normalise(target), route, "{target}");
+            assert_eq!(normalised(target), route, "{target}");
         }
         assert!(normalise(&format!("/{}", "a".repeat(500))).len() <= 128);
         assert_eq!(normalise("/a b\x01"), "/a_b_");

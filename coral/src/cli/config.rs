@@ -6,6 +6,7 @@ use crate::config::CoralConfig;
 use coral_proto::exit::Usage;
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "daemons")]
 pub(super) fn load_config(path: Option<&Path>) -> anyhow::Result<CoralConfig> {
     CoralConfig::load_or_default(path).map_err(|e| Usage(e.to_string()).into())
 }
