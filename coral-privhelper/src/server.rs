@@ -54,7 +54,8 @@ pub struct ServerConfig {
     pub target: Arc<TargetProcess>,
 }
 
-struct Shared {
+/// What the helper's connection threads share: its config and counters.
+struct HelperState {
     cfg: ServerConfig,
     conns: AtomicUsize,
     replies: AtomicUsize,
@@ -139,7 +140,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// Serves forever.
 pub fn run(listener: UnixListener, cfg: ServerConfig) -> io::Result<()> {
     keys::ensure_state_dir(&cfg.state_dir).map_err(io::Error::other)?;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(HelperState {
         cfg,
         conns: AtomicUsize::new(0),
         replies: AtomicUsize::new(0),
@@ -222,7 +223,7 @@ pub fn run(listener: UnixListener, cfg: ServerConfig) -> io::Result<()> {
 /// Whether `uid` may use the helper: root and listed uids here, group
 /// membership by the target process (it reads the user database, which
 /// this process's landlock set cannot name).
-fn verdict(sh: &Shared, uid: u32) -> Verdict {
+fn verdict(sh: &HelperState, uid: u32) -> Verdict {
     let allow = &sh.cfg.allow;
     if uid == 0 {
         return Verdict::Root;
@@ -249,7 +250,7 @@ fn verdict(sh: &Shared, uid: u32) -> Verdict {
 /// and logs why (rate-limited); closes at once if `MAX_REPLIES` answers are
 /// already being sent.
 fn answer_and_close(
-    shared: &Arc<Shared>,
+    shared: &Arc<HelperState>,
     stream: UnixStream,
     answer: Response,
     (limit, line): (&Mutex<RateLimit>, String),
@@ -308,7 +309,7 @@ fn linger(stream: &mut UnixStream) {
 }
 
 /// Serves an allowed caller (checked before it got its slot).
-fn serve_conn(mut stream: UnixStream, sh: &Shared, uid: u32, pid: i32) {
+fn serve_conn(mut stream: UnixStream, sh: &HelperState, uid: u32, pid: i32) {
     let _ = stream.set_read_timeout(Some(sh.cfg.idle_timeout));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     let mut version: Option<u8> = None;
@@ -390,7 +391,7 @@ pub fn check_tun_policy(p: &TunParams) -> Result<(), String> {
 /// connection.
 fn handle(
     stream: &UnixStream,
-    sh: &Shared,
+    sh: &HelperState,
     req: Request,
     version: &mut Option<u8>,
     (session, checker): (&mut Option<bpf::Loaded>, &mut uprobe::Checker),

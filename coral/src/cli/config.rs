@@ -4,10 +4,10 @@
 use super::output::out;
 use crate::config::CoralConfig;
 use coral_proto::exit::Usage;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[cfg(feature = "daemons")]
-pub(super) fn load_config(path: Option<&Path>) -> anyhow::Result<CoralConfig> {
+pub(super) fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<CoralConfig> {
     CoralConfig::load_or_default(path).map_err(|e| Usage(e.to_string()).into())
 }
 
