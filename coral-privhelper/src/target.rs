@@ -41,16 +41,16 @@
 //! not on the confined helper's list.
 
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-    getsockname, getsockopt, recvmsg, sendmsg, socketpair, sockopt,
+    AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, getsockname, getsockopt, socketpair,
+    sockopt,
 };
 
 use crate::bpf::BpfError;
@@ -58,6 +58,7 @@ use crate::config::{Allow, Verdict};
 use crate::protocol::MAX_PATH;
 use crate::sandbox::{self, Policy};
 use crate::uprobe;
+use crate::wire;
 use caps::Capability;
 
 /// Fixed part of a request: op, uid, pid, port, offset, kind, path length.
@@ -297,16 +298,9 @@ impl Reply {
 
 /// One message with its fds (one `sendmsg`: the socket keeps boundaries).
 fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let iov = [IoSlice::new(bytes)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-    loop {
-        match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
-            Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(_) => return Err(io::Error::other("short send on a packet socket")),
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+    match wire::send_with_fds(sock, bytes, fds)? {
+        n if n == bytes.len() => Ok(()),
+        _ => Err(io::Error::other("short send on a packet socket")),
     }
 }
 
@@ -314,40 +308,12 @@ fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
 /// peer closed. A message or fd list too long for the buffers is an error
 /// (the fds that did arrive are closed).
 fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
-    loop {
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = match recvmsg::<UnixAddr>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().map_err(io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for r in raw {
-                    // SAFETY: the kernel just installed this fd in our table
-                    // (SCM_RIGHTS); nothing else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-                }
-            }
-        }
-        if msg
-            .flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
-        {
-            return Err(io::Error::other("message or fds too long"));
-        }
-        if msg.bytes == 0 {
-            return Ok(None);
-        }
-        return Ok(Some((msg.bytes, fds)));
+    let mut fds = Vec::new();
+    let (n, flags) = wire::recv_with_fds::<MAX_FDS>(sock, buf, &mut fds)?;
+    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+        return Err(io::Error::other("message or fds too long"));
     }
+    Ok((n > 0).then_some((n, fds)))
 }
 
 /// The helper's handle on its target process.

@@ -1,7 +1,7 @@
 //! Frame I/O on a Unix stream socket, with fds passed as `SCM_RIGHTS`.
 
 use std::io::{self, IoSlice, IoSliceMut, Read};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, sendmsg};
@@ -21,6 +21,60 @@ pub enum WireError {
     Fds { expected: usize, got: usize },
 }
 
+/// One `sendmsg` of `bytes`, with `fds` as `SCM_RIGHTS` when there are any,
+/// retried on EINTR; the bytes sent. The helper's socket to its callers and
+/// the socketpair to its target process both go through it.
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[RawFd],
+) -> io::Result<usize> {
+    let iov = [IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => {}
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+/// One `recvmsg` into `buf`, with room for `N` fds, retried on EINTR: the
+/// bytes read and the message's flags (`MSG_TRUNC`, `MSG_CTRUNC` say what
+/// was cut). The fds that came are appended to `fds`, owned and
+/// close-on-exec.
+pub(crate) fn recv_with_fds<const N: usize>(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<(usize, MsgFlags)> {
+    loop {
+        let mut cmsg = nix::cmsg_space!([RawFd; N]);
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = match recvmsg::<UnixAddr>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel just installed this fd in our table
+                    // (SCM_RIGHTS); nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                }
+            }
+        }
+        return Ok((msg.bytes, msg.flags));
+    }
+}
+
 /// Sends a whole frame; `fd`, if any, rides with the first byte.
 pub fn send_frame(sock: &UnixStream, frame: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
     send_frame_fds(sock, frame, fd.as_slice())
@@ -35,18 +89,10 @@ pub fn send_frame_fds(sock: &UnixStream, frame: &[u8], fds: &[BorrowedFd<'_>]) -
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let mut sent = 0;
     while sent < frame.len() {
-        let iov = [IoSlice::new(&frame[sent..])];
-        let cmsg = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage] = if sent == 0 && !raw.is_empty() {
-            &cmsg
-        } else {
-            &[]
-        };
-        match sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
+        let with = if sent == 0 { &raw[..] } else { &[] };
+        match send_with_fds(sock.as_fd(), &frame[sent..], with)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => sent += n,
         }
     }
     Ok(())
@@ -86,31 +132,9 @@ pub fn recv_response(sock: &UnixStream) -> Result<(Response, Vec<OwnedFd>), Wire
     let mut got = 0;
     let mut want = HEADER_LEN;
     while got < want {
-        let mut cmsg = nix::cmsg_space!([RawFd; protocol::MAX_FDS]);
-        let (n, truncated) = {
-            let mut iov = [IoSliceMut::new(&mut buf[got..want])];
-            let msg = match recvmsg::<UnixAddr>(
-                sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => m,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(io::Error::from(e).into()),
-            };
-            for c in msg.cmsgs().map_err(io::Error::from)? {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    for r in raw {
-                        // SAFETY: the kernel just installed this fd in our
-                        // table for us (SCM_RIGHTS); nothing else owns it.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-                    }
-                }
-            }
-            (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC))
-        };
-        if truncated {
+        let (n, flags) =
+            recv_with_fds::<{ protocol::MAX_FDS }>(sock.as_fd(), &mut buf[got..want], &mut fds)?;
+        if flags.contains(MsgFlags::MSG_CTRUNC) {
             return Err(WireError::Fds {
                 expected: protocol::MAX_FDS,
                 got: fds.len() + 1,
