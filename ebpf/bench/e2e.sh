@@ -25,7 +25,8 @@
 #
 # Needs root, go, wrk, bpftool, and a built coral (cargo build; the agent's
 # CPU in a debug build is several times a release build's).
-# usage: [BPF_STATS=0] ebpf/bench/e2e.sh ROUNDS CORAL [CORAL...]
+# PERF=FILE records the agent with perf during each wrk run (FILE.ROUND.AGENT).
+# usage: [BPF_STATS=0] [PERF=FILE] ebpf/bench/e2e.sh ROUNDS CORAL [CORAL...]
 set -euo pipefail
 ROUNDS=$1
 shift
@@ -114,8 +115,10 @@ for r in $(seq "$ROUNDS"); do
   b0=$(bpf_ns "$pid")
   e0=$(thread_ns "$pid" ebpf-reader)
   s0=$(ticks "$SERVER")
+  [ -n "${PERF:-}" ] && { perf record -F 4999 -g -p "$pid" -o "$PERF.$r.$i" >/dev/null 2>&1 & perf_pid=$!; }
   wrk_run
   s1=$(ticks "$SERVER")
+  [ -n "${PERF:-}" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   # The agent reads and parses what is left in the rings within ~100 ms.
   sleep 0.5
   t1=$(ticks "$pid")

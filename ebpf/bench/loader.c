@@ -1,8 +1,9 @@
 // Loads a Coral BPF object (a base or the current design), fills one ring
 // buffer per CPU and drains them (records are counted, not parsed), follows
-// one port, attaches sys_exit, and runs until stdin closes; then prints
-// sys_exit's run_cnt and run_time_ns (kernel.bpf_stats_enabled=1), the
-// records read and the records dropped. For ebpf/bench/cost.sh.
+// one port, attaches every program of the object, and runs until stdin
+// closes; then prints the programs' summed run_cnt and run_time_ns
+// (kernel.bpf_stats_enabled=1), the records read and the records dropped.
+// For ebpf/bench/cost.sh.
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
 #include <stdio.h>
@@ -45,9 +46,9 @@ int main(int argc, char **argv) {
 	if (vs > 8192) v[1024] = 1; /* the new design's generation */
 	unsigned int zero = 0;
 	if (bpf_map_update_elem(bpf_map__fd(pm), &zero, v, 0)) { fprintf(stderr, "ports\n"); return 1; }
-	struct bpf_program *p = bpf_object__find_program_by_name(o, "sys_exit");
-	struct bpf_link *l = bpf_program__attach(p);
-	if (!l) { fprintf(stderr, "attach\n"); return 1; }
+	struct bpf_program *p;
+	bpf_object__for_each_program(p, o)
+		if (!bpf_program__attach(p)) { fprintf(stderr, "attach %s\n", bpf_program__name(p)); return 1; }
 	printf("ready\n"); fflush(stdout);
 	/* Drain the rings every 100 ms (as the agent does) until stdin closes. */
 	char buf[16];
@@ -62,15 +63,19 @@ int main(int argc, char **argv) {
 			break;
 	}
 	ring_buffer__consume(rb);
-	struct bpf_prog_info info = {}; __u32 len = sizeof info;
-	bpf_obj_get_info_by_fd(bpf_program__fd(p), &info, &len);
+	unsigned long long run_cnt = 0, run_ns = 0;
+	bpf_object__for_each_program(p, o) {
+		struct bpf_prog_info info = {}; __u32 len = sizeof info;
+		bpf_obj_get_info_by_fd(bpf_program__fd(p), &info, &len);
+		run_cnt += info.run_cnt;
+		run_ns += info.run_time_ns;
+	}
 	/* Records dropped (rings full): the stats map's slot 1, per CPU. */
 	unsigned long long drops = 0, *per = calloc(ncpu, sizeof(*per));
 	unsigned int slot = 1;
 	if (per && !bpf_map_lookup_elem(bpf_object__find_map_fd_by_name(o, "stats"), &slot, per))
 		for (int c = 0; c < ncpu; c++)
 			drops += per[c];
-	printf("%llu %llu %llu %llu\n", (unsigned long long)info.run_cnt,
-	       (unsigned long long)info.run_time_ns, records, drops);
+	printf("%llu %llu %llu %llu\n", run_cnt, run_ns, records, drops);
 	return 0;
 }

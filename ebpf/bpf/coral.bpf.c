@@ -3,21 +3,28 @@
 // Coral's RED + connection-map programs.
 //
 // * Request capture (HTTP/1.x, HTTP/2, gRPC, PostgreSQL, Redis are parsed
-//   in userspace): the BTF raw tracepoint sys_exit (tp_btf), filtered to
-//   accept, read, recvfrom, readv, recvmsg, write, sendto, writev, sendmsg
-//   and close, follows the server side of every TCP connection whose local
-//   port is in the `ports` set (the agent's connected services): accepted
-//   while followed, or found open at its first read or write (connections
-//   open before `coral connect` or before the agent started). Only
-//   processes that hold such a socket are looked at (`procs`, decided once
-//   per process and port-set generation). Each successful read/write-like
-//   syscall on a followed socket sends one event with the byte count and
-//   the first CAP bytes (across iovecs); userspace parses and pairs them.
-//   On an HTTP/2 connection (its first read is the client preface) the
-//   frames of every read and write are walked, and what lies beyond the
-//   first CAP bytes except DATA payloads (frame headers, header blocks)
-//   goes in further records of the same syscall: no header block is missed
-//   behind a large DATA frame, and no DATA payload is copied.
+//   in userspace): the BTF tracepoints sock_recv_length and sock_send_length
+//   (tp_btf), which sock_recvmsg and sock_sendmsg fire once a socket read or
+//   write (read, readv, recv*, write, writev, send*) has moved its bytes,
+//   and nothing else fires. A socket whose local port is not in the `ports`
+//   set (the agent's connected services) returns after a field load and a
+//   bit test, so other processes' socket calls pay a few ns and their other
+//   syscalls nothing. The server side of a followed port's TCP connection
+//   is followed from its first read or write: one established while its
+//   port was followed (inet_sock_set_state SYN_RECV -> ESTABLISHED makes
+//   its entry), or one found open then (connections open before `coral
+//   connect` or before the agent started). Connections are keyed by their
+//   struct sock, so a connection handed to another process (a pre-fork
+//   server's child) stays one. Each successful read or write sends one
+//   event with the byte count and the first CAP bytes (across iovecs; the
+//   syscall's arguments are read from the caller's saved user registers);
+//   userspace parses and pairs them. On an HTTP/2 connection (its first
+//   read is the client preface) the frames of every read and write are
+//   walked, and what lies beyond the first CAP bytes except DATA payloads
+//   (frame headers, header blocks) goes in further records of the same
+//   syscall: no header block is missed behind a large DATA frame, and no
+//   DATA payload is copied. The server's side closing (FIN_WAIT1, LAST_ACK
+//   or CLOSE) ends the connection.
 // * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
 //   (inside connect(), so in the caller's process context) is remembered with
 //   its process; its ESTABLISHED / CLOSE transitions become edge events with
@@ -45,8 +52,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define CAP_OUT 4096 /* bytes captured per write: response heads, HTTP/2 frame headers */
 #define MAX_IOV 128  /* iovecs of a readv/writev/recvmsg/sendmsg captured */
 #define MAX_CONNS 65536
-#define PROC_SLOTS 65536 /* per-process filter slots; a power of two */
-#define SCAN_MAX_FDS 65536 /* fds looked at when a process is first seen */
 #define WALK_STEPS 65536 /* steps of the HTTP/2 frame walk per syscall (a step: a frame, a range or an iovec) */
 #define WALK_IOVS 1024 /* iovecs the walk follows (UIO_MAXIOV) */
 
@@ -68,10 +73,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-#define EINPROGRESS 115
-#define TCP_LISTEN_STATE 10
+#define PF_IO_WORKER 0x00000010
+#define PF_KTHREAD 0x00200000
+#define MSG_PEEK 2
+#define MSG_ERRQUEUE 0x2000
 
 /* conn.proto: decided at the connection's first read (accepted ones only) */
 #define PROTO_UNKNOWN 0
@@ -109,12 +114,9 @@ struct {
 } stats SEC(".maps");
 
 /* Listening ports to follow (the agent's connected services), one bit
- * each, and a generation the agent bumps after every change (written in a
- * second update, so a program that sees the new generation sees the new
- * bits). */
+ * each. */
 struct port_set {
 	__u64 bits[1024];
-	__u64 gen;
 };
 
 struct {
@@ -124,28 +126,6 @@ struct {
 	__type(value, struct port_set);
 } ports SEC(".maps");
 
-/* Per-process filter, one slot per tgid (modulo PROC_SLOTS): whether the
- * process holds a TCP socket (listening or accepted) on a followed port,
- * decided once per process and port-set generation by looking at its fd
- * table. A syscall of a process that holds none returns after this
- * lookup and two compares. */
-struct proc_state {
-	__u32 tgid;
-	__u32 gen;
-	__u32 follow;
-	__u32 _pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PROC_SLOTS);
-	__type(key, __u32);
-	__type(value, struct proc_state);
-} procs SEC(".maps");
-
-/* A followed (server-side) TCP connection, keyed by tgid << 32 | fd:
- * accepted while followed, or found open at its first read or write.
- * LRU: entries of processes that exit without close() age out. */
 /* Where an HTTP/2 connection's frames are, one direction: what of the
  * frame the last syscall ended inside is still to come. */
 struct h2_dir {
@@ -157,8 +137,15 @@ struct h2_dir {
 	__u8 part[8];
 };
 
+/* A followed (server-side) TCP connection, keyed by its struct sock's
+ * address: made when it is established while its port is followed, or
+ * when it is found open at a read or write. Its first read or write names
+ * it to the agent (the process and fd, which with start_ns are its identity
+ * in the events); the server's side closing removes it. LRU: an entry whose
+ * close was missed ages out. */
 struct conn {
-	__u64 start_ns; /* accept (or discovery) time: with tgid and fd, the connection's identity */
+	__u64 start_ns; /* established (or found) time */
+	__u64 named; /* tgid << 32 | fd of its first read or write; 0 before it */
 	__u16 lport;
 	__u8 proto; /* PROTO_* */
 	__u8 _pad[5];
@@ -171,17 +158,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct conn);
 } conns SEC(".maps");
-
-/* fds of following processes known not to be followed connections (files,
- * pipes, client sockets), keyed like conns, with the port-set generation
- * they were checked under: their reads and writes skip the fd-table walk.
- * close() removes an entry (the number may come back as a connection). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, __u64);
-	__type(value, __u32);
-} notconn SEC(".maps");
 
 /* A client socket in SYN_SENT or later, keyed by its struct sock address. */
 struct owner {
@@ -310,128 +286,6 @@ static __always_inline struct port_set *port_set(void)
 static __always_inline int port_in(struct port_set *p, __u16 port)
 {
 	return (p->bits[(port >> 6) & 1023] >> (port & 63)) & 1;
-}
-
-/* The struct sock behind a file, or NULL if it is not a socket. */
-static __always_inline struct sock *sock_of_file(struct file *file)
-{
-	if (!file)
-		return NULL;
-	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
-		return NULL;
-	struct socket *sock = BPF_CORE_READ(file, private_data);
-	if (!sock)
-		return NULL;
-	return BPF_CORE_READ(sock, sk);
-}
-
-/* The current task's fd table: its array and size. */
-static __always_inline struct file **fd_array(__u32 *max)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct files_struct *files = BPF_CORE_READ(task, files);
-	if (!files)
-		return NULL;
-	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
-	if (!fdt)
-		return NULL;
-	*max = BPF_CORE_READ(fdt, max_fds);
-	return BPF_CORE_READ(fdt, fd);
-}
-
-/* The struct sock behind fd in the current task, or NULL. */
-static __always_inline struct sock *sock_of_fd(__u32 fd)
-{
-	__u32 max = 0;
-	struct file **fds = fd_array(&max);
-	if (!fds || fd >= max)
-		return NULL;
-	struct file *file = NULL;
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-	return sock_of_file(file);
-}
-
-/* An IPv4/IPv6 TCP socket whose local port is followed: a followed
- * service's listener or one of its server-side connections (a client
- * socket's local port is an ephemeral one, never a listening port). */
-static __always_inline int followed_tcp(struct sock *sk, struct port_set *p, __u16 *lport, __u16 *family)
-{
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (fam != AF_INET && fam != AF_INET6)
-		return 0;
-	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
-	if (!port_in(p, port))
-		return 0;
-	*lport = port;
-	*family = fam;
-	return 1;
-}
-
-struct scan_ctx {
-	struct file **fds;
-	__u32 max;
-	__u32 found;
-};
-
-static long scan_fd(__u64 i, void *data)
-{
-	struct scan_ctx *c = data;
-	if (i >= c->max)
-		return 1;
-	struct file *file = NULL;
-	bpf_probe_read_kernel(&file, sizeof(file), &c->fds[i]);
-	struct sock *sk = sock_of_file(file);
-	if (!sk)
-		return 0;
-	struct port_set *p = port_set();
-	__u16 lport, family;
-	if (p && followed_tcp(sk, p, &lport, &family)) {
-		c->found = 1;
-		return 1;
-	}
-	return 0;
-}
-
-static __always_inline struct proc_state *proc_slot(__u32 tgid)
-{
-	__u32 k = tgid & (PROC_SLOTS - 1);
-	return bpf_map_lookup_elem(&procs, &k);
-}
-
-static __always_inline void set_proc(struct proc_state *s, __u32 tgid, __u32 gen, __u32 follow)
-{
-	s->tgid = tgid;
-	s->gen = gen;
-	s->follow = follow;
-}
-
-/* Whether the current process holds a socket on a followed port: read
- * from its slot, or decided now (once per process and port-set
- * generation) by walking its fd table until one is found. */
-static __always_inline int proc_follows(__u64 pid_tgid)
-{
-	__u32 tgid = pid_tgid >> 32;
-	struct proc_state *s = proc_slot(tgid);
-	if (!s)
-		return 0;
-	struct port_set *p = port_set();
-	if (!p)
-		return 0;
-	__u32 gen = (__u32)p->gen;
-	if (s->tgid == tgid && s->gen == gen)
-		return s->follow;
-	struct scan_ctx c = {};
-	if (gen != 0 && tgid != coral_self_tgid)
-		c.fds = fd_array(&c.max);
-	if (c.fds) {
-		__u32 n = c.max < SCAN_MAX_FDS ? c.max : SCAN_MAX_FDS;
-		bpf_loop(n, scan_fd, &c, 0);
-	}
-	set_proc(s, tgid, gen, c.found);
-	return c.found;
 }
 
 /* ---- the HTTP/2 frame walk ---- */
@@ -701,138 +555,84 @@ static __always_inline void h2_walk(struct conn *c, __u8 dir, __u32 kind, __u64 
 	}
 }
 
-/* ---- syscalls: the BTF raw tracepoint sys_exit ----
+/* ---- socket reads and writes ----
  *
- * One raw tracepoint at syscall exit instead of an enter/exit tracepoint
- * pair per syscall of interest (those cost a perf buffer, an argument copy
- * and a map entry saving the arguments per hit, and a perf syscall
- * tracepoint adds a probe to every syscall's exit): every syscall of every
- * process passes through it. A syscall that is not accept, close or a
- * read/write-like call returns after one load and a compare; one of those
- * in a process with no followed connection after one more array lookup.
+ * The tracepoints give the socket and the byte count; where the bytes are
+ * (a buffer, an iovec array, a msghdr) is in the caller's syscall
+ * arguments, in its saved user registers (only the return register changes
+ * before the syscall returns). A read or write that is not one of the
+ * syscalls below (sendfile, splice, io_uring, recvmmsg) is not captured.
  */
 
 #if defined(__TARGET_ARCH_x86)
 #define NR_read 0
 #define NR_write 1
-#define NR_close 3
 #define NR_readv 19
-#define NR_accept 43
 #define NR_writev 20
 #define NR_sendto 44
 #define NR_recvfrom 45
 #define NR_sendmsg 46
 #define NR_recvmsg 47
-#define NR_accept4 288
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_read 63
 #define NR_write 64
-#define NR_close 57
 #define NR_readv 65
-#define NR_accept 202
 #define NR_writev 66
 #define NR_sendto 206
 #define NR_recvfrom 207
 #define NR_sendmsg 211
 #define NR_recvmsg 212
-#define NR_accept4 242
 #else
 #error "syscall numbers for this architecture"
 #endif
 
-/* Follows fd (a socket on a followed port) from now on and tells the
- * agent; `flags` says whether it was just accepted or found open. */
-static __always_inline struct conn *follow_conn(__u64 pid_tgid, __u32 fd, struct sock *sk, __u16 lport,
-						 __u16 family, __u16 flags)
+/* Names a connection to the agent at its first read or write: the process
+ * and fd it is known by from now on. `flags`: CONN_EXISTING when it was
+ * found open rather than established while followed. */
+static __always_inline void announce(struct conn *c, struct sock *sk, __u32 tgid, __u32 fd, __u16 flags)
 {
-	struct conn c = {};
-	c.start_ns = bpf_ktime_get_ns();
-	c.lport = lport;
-	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
-	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY)) {
-		count(ST_CONNS_FULL);
-		return NULL;
-	}
 	struct conn_event e = {};
+	__u16 family = sk->__sk_common.skc_family;
 	e.kind = EV_ACCEPT;
 	e.family = family;
-	e.lport = lport;
+	e.lport = c->lport;
 	e.flags = flags;
-	e.tgid = pid_tgid >> 32;
+	e.tgid = tgid;
 	e.fd = fd;
-	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	e.conn_start_ns = c.start_ns;
-	e.ts_ns = c.start_ns;
+	e.rport = bpf_ntohs(sk->__sk_common.skc_dport);
+	e.conn_start_ns = c->start_ns;
+	e.ts_ns = bpf_ktime_get_ns();
 	if (family == AF_INET)
 		BPF_CORE_READ_INTO(&e.raddr, sk, __sk_common.skc_daddr);
 	else
 		BPF_CORE_READ_INTO(&e.raddr, sk, __sk_common.skc_v6_daddr);
 	bpf_get_current_comm(&e.comm, sizeof(e.comm));
 	emit(&e, sizeof(e));
-	return bpf_map_lookup_elem(&conns, &key);
 }
 
-static __always_inline void on_accept_exit(__u64 pid_tgid, long ret)
+/* A read or write on a followed port's socket with no entry: a connection
+ * open before its port was followed (or before the programs were
+ * attached), picked up now; NULL for a socket that is not a server-side
+ * connection still open both ways. */
+static __always_inline struct conn *adopt(struct sock *sk, __u64 key, __u32 tgid, __u32 fd, __u16 lport)
 {
-	if (ret < 0)
-		return;
-	__u32 fd = (__u32)ret;
-	struct sock *sk = sock_of_fd(fd);
-	if (!sk)
-		return;
-	struct port_set *p = port_set();
-	__u16 lport, family;
-	if (!p || !followed_tcp(sk, p, &lport, &family))
-		return;
-	if (!follow_conn(pid_tgid, fd, sk, lport, family, 0))
-		return;
-	/* The process serves a followed port: its reads and writes are
-	 * looked at from now on. */
-	__u32 tgid = pid_tgid >> 32;
-	struct proc_state *s = proc_slot(tgid);
-	if (s)
-		set_proc(s, tgid, (__u32)p->gen, 1);
-}
-
-/* A read or write on an fd of a following process that is not followed
- * yet: a connection open before its port was followed (or before the
- * programs were attached), picked up now; NULL for any other fd. */
-static __always_inline struct conn *adopt(__u64 pid_tgid, __u32 fd)
-{
-	struct port_set *p = port_set();
-	if (!p)
+	__u16 family = sk->__sk_common.skc_family;
+	int state = sk->__sk_common.skc_state;
+	if ((family != AF_INET && family != AF_INET6) || (state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT))
 		return NULL;
-	__u32 gen = (__u32)p->gen;
-	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
-	__u32 *known = bpf_map_lookup_elem(&notconn, &key);
-	if (known && *known == gen)
-		return NULL;
-	struct sock *sk = sock_of_fd(fd);
-	__u16 lport, family;
-	if (!sk || !followed_tcp(sk, p, &lport, &family) ||
-	    BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN_STATE) {
-		bpf_map_update_elem(&notconn, &key, &gen, BPF_ANY);
+	struct conn c = {};
+	c.start_ns = bpf_ktime_get_ns();
+	c.lport = lport;
+	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY)) {
+		count(ST_CONNS_FULL);
 		return NULL;
 	}
-	return follow_conn(pid_tgid, fd, sk, lport, family, CONN_EXISTING);
-}
-
-static __always_inline void on_close(__u64 pid_tgid, __u32 fd)
-{
-	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
-	bpf_map_delete_elem(&notconn, &key);
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
-	if (!c)
-		return;
-	struct conn_event e = {};
-	e.kind = EV_CLOSE;
-	e.lport = c->lport;
-	e.tgid = pid_tgid >> 32;
-	e.fd = fd;
-	e.conn_start_ns = c->start_ns;
-	e.ts_ns = bpf_ktime_get_ns();
-	bpf_map_delete_elem(&conns, &key);
-	emit(&e, sizeof(e));
+	struct conn *n = bpf_map_lookup_elem(&conns, &key);
+	if (n) {
+		n->named = (__u64)tgid << 32 | fd;
+		announce(n, sk, tgid, fd, CONN_EXISTING);
+	}
+	return n;
 }
 
 /* Where a capture is in a syscall's bytes: a plain buffer (ARG_BUF) or
@@ -928,11 +728,7 @@ static __always_inline int preface(const __u8 *d)
 	return 1;
 }
 
-/* At syscall exit the saved user registers still hold the number and the
- * first arguments (only the return register changed), so data syscalls
- * need no state saved at entry. A BTF tracepoint reads them with plain
- * loads (no helper call), so a syscall that is not ours costs one load and
- * a compare. */
+/* The saved user registers: the syscall's number and first arguments. */
 #if defined(__TARGET_ARCH_x86)
 #define SYSCALL_NR(regs) ((regs)->orig_ax)
 #define SYSCALL_ARG1(regs) ((regs)->di)
@@ -945,68 +741,68 @@ static __always_inline int preface(const __u8 *d)
 #define SYSCALL_ARG3(regs) ((regs)->regs[2])
 #endif
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+/* How the syscall behind a socket read (dir DIR_IN) or write passes its
+ * bytes (ARG_*), or -1 if it is none of ours. */
+static __always_inline int arg_kind(long nr, __u8 dir)
 {
-	long nr = SYSCALL_NR(regs);
-	__u8 kind, dir = DIR_IN;
-	switch (nr) {
-	case NR_accept:
-	case NR_accept4: {
-		/* Any process may accept a followed connection. */
-		__u64 pid_tgid = bpf_get_current_pid_tgid();
-		if (traced(pid_tgid))
-			on_accept_exit(pid_tgid, ret);
-		return 0;
+	if (dir == DIR_IN) {
+		switch (nr) {
+		case NR_read:
+		case NR_recvfrom:
+			return ARG_BUF;
+		case NR_readv:
+			return ARG_IOV;
+		case NR_recvmsg:
+			return ARG_MSG;
+		}
+		return -1;
 	}
-	case NR_read:
-	case NR_recvfrom:
-		kind = ARG_BUF;
-		break;
-	case NR_readv:
-		kind = ARG_IOV;
-		break;
-	case NR_recvmsg:
-		kind = ARG_MSG;
-		break;
+	switch (nr) {
 	case NR_write:
 	case NR_sendto:
-		kind = ARG_BUF;
-		dir = DIR_OUT;
-		break;
+		return ARG_BUF;
 	case NR_writev:
-		kind = ARG_IOV;
-		dir = DIR_OUT;
-		break;
+		return ARG_IOV;
 	case NR_sendmsg:
-		kind = ARG_MSG;
-		dir = DIR_OUT;
-		break;
-	case NR_close:
-		kind = ARG_CLOSE;
-		break;
-	default:
-		return 0;
+		return ARG_MSG;
 	}
-	/* A failed read or write (EAGAIN: a non-blocking server's read after
-	 * the last request) moved nothing: done before the process lookup. */
-	if (kind != ARG_CLOSE && ret <= 0)
-		return 0;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!proc_follows(pid_tgid))
-		return 0;
-	if (kind == ARG_CLOSE) {
-		if (ret == 0)
-			on_close(pid_tgid, (__u32)SYSCALL_ARG1(regs));
-		return 0;
-	}
+	return -1;
+}
+
+/* One read or write of `ret` bytes on socket `sk`. */
+static __always_inline int on_data(struct sock *sk, long ret, __u8 dir)
+{
+	/* A read or write that moved nothing (EAGAIN: a non-blocking
+	 * server's read after the last request; end of file) and a socket
+	 * that is not on a followed port cost this much. */
 	if (ret <= 0)
 		return 0;
+	struct port_set *p = port_set();
+	if (!p)
+		return 0;
+	__u16 lport = sk->__sk_common.skc_num;
+	if (!port_in(p, lport) || sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid))
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (task->flags & (PF_KTHREAD | PF_IO_WORKER))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+	int kind = arg_kind(SYSCALL_NR(regs), dir);
+	if (kind < 0)
+		return 0;
+	__u32 tgid = pid_tgid >> 32;
 	__u32 fd = (__u32)SYSCALL_ARG1(regs);
-	__u64 key = (pid_tgid & 0xffffffff00000000ULL) | fd;
+	__u64 key = (__u64)sk;
 	struct conn *c = bpf_map_lookup_elem(&conns, &key);
 	if (!c)
-		c = adopt(pid_tgid, fd);
+		c = adopt(sk, key, tgid, fd, lport);
+	else if (c->named == 0 && __sync_val_compare_and_swap(&c->named, 0, (__u64)tgid << 32 | fd) == 0)
+		announce(c, sk, tgid, fd, 0);
 	if (!c)
 		return 0;
 	__u32 zero = 0;
@@ -1016,8 +812,8 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	e->kind = EV_DATA;
 	e->dir = dir;
 	e->lport = c->lport;
-	e->tgid = pid_tgid >> 32;
-	e->fd = fd;
+	e->tgid = c->named >> 32;
+	e->fd = (__u32)c->named;
 	e->len = ret;
 	e->conn_start_ns = c->start_ns;
 	e->ts_ns = bpf_ktime_get_ns();
@@ -1088,6 +884,22 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	return 0;
 }
 
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(sock_recv, struct sock *sk, int ret, int flags)
+{
+	/* A peek leaves the bytes to the next read. */
+	if (flags & (MSG_PEEK | MSG_ERRQUEUE))
+		return 0;
+	return on_data(sk, ret, DIR_IN);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(sock_send, struct sock *sk, int ret, int flags)
+{
+	return on_data(sk, ret, DIR_OUT);
+}
+
 /* ---- connection map ---- */
 
 struct set_state_ctx {
@@ -1104,6 +916,26 @@ struct set_state_ctx {
 	__u8 saddr_v6[16];
 	__u8 daddr_v6[16];
 };
+
+/* The server's side of a followed connection closed (close() or shutdown
+ * on it, or the connection reset): no more requests on it. */
+static __always_inline void conn_closed(__u64 sk)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (!c)
+		return;
+	if (c->named) {
+		struct conn_event e = {};
+		e.kind = EV_CLOSE;
+		e.lport = c->lport;
+		e.tgid = c->named >> 32;
+		e.fd = (__u32)c->named;
+		e.conn_start_ns = c->start_ns;
+		e.ts_ns = bpf_ktime_get_ns();
+		emit(&e, sizeof(e));
+	}
+	bpf_map_delete_elem(&conns, &sk);
+}
 
 SEC("tracepoint/sock/inet_sock_set_state")
 int set_state(struct set_state_ctx *ctx)
@@ -1123,6 +955,21 @@ int set_state(struct set_state_ctx *ctx)
 			count(ST_CONNS_FULL);
 		return 0;
 	}
+	if (ctx->oldstate == TCP_SYN_RECV && ctx->newstate == TCP_ESTABLISHED) {
+		/* A server-side connection established (in softirq: no
+		 * process yet); its first read or write names it. */
+		struct port_set *p = port_set();
+		if (p && port_in(p, ctx->sport)) {
+			struct conn c = {};
+			c.start_ns = bpf_ktime_get_ns();
+			c.lport = ctx->sport;
+			if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY))
+				count(ST_CONNS_FULL);
+		}
+		return 0;
+	}
+	if (ctx->newstate == TCP_FIN_WAIT1 || ctx->newstate == TCP_LAST_ACK || ctx->newstate == TCP_CLOSE)
+		conn_closed(sk);
 	__u8 kind;
 	if (ctx->oldstate == TCP_SYN_SENT && ctx->newstate == TCP_ESTABLISHED)
 		kind = EV_EDGE_OPEN;

@@ -58,9 +58,15 @@ pub const RED: &str = "coral";
 /// Programs of [`RED`], in the order their fds are passed.
 pub const RED_PROGRAMS: &[Program] = &[
     Program {
-        name: "sys_exit",
-        category: "raw_syscalls",
-        tracepoint: "sys_exit",
+        name: "sock_recv",
+        category: "sock",
+        tracepoint: "sock_recv_length",
+        attach: Attach::BtfRawTracepoint,
+    },
+    Program {
+        name: "sock_send",
+        category: "sock",
+        tracepoint: "sock_send_length",
         attach: Attach::BtfRawTracepoint,
     },
     Program {
@@ -79,13 +85,8 @@ pub const STATS_MAP: &str = "stats";
 pub const PORTS_MAP: &str = "ports";
 
 /// A [`PORTS_MAP`] value (`struct port_set`): a bitmap of 1024 words, one
-/// bit per port, then a generation word ([`PORT_SET_GEN`]). Writers bump
-/// the generation after every change, in a second update after the one
-/// that changed the bits: each process's "does it serve a followed port"
-/// verdict is kept until the generation changes.
-pub type PortSet = [u64; 1025];
-/// Index of the generation word in a [`PortSet`].
-pub const PORT_SET_GEN: usize = 1024;
+/// bit per port.
+pub type PortSet = [u64; 1024];
 
 /// Sets `port` in a [`PortSet`].
 pub fn set_port(set: &mut PortSet, port: u16) {

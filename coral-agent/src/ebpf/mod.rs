@@ -310,24 +310,15 @@ fn read_loop(r: Reader<'_>, st: &mut EbpfStatus) -> anyhow::Result<()> {
     let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(0)?))?;
     let mut ports: Array<MapData, coral_ebpf::PortSet> = Array::try_from(Map::Array(open(1)?))?;
     let mut followed: Option<Vec<u16>> = None;
-    let mut generation = 0u64;
     let mut follow = |services: &[(u16, String)]| -> anyhow::Result<()> {
         let mut want: Vec<u16> = services.iter().map(|(p, _)| *p).collect();
         want.sort_unstable();
         want.dedup();
         if followed.as_ref() != Some(&want) {
-            let mut set = [0u64; 1025];
+            let mut set = [0u64; 1024];
             for p in &want {
                 coral_ebpf::set_port(&mut set, *p);
             }
-            // The bits first, then the generation: a process re-checked
-            // under the new generation sees the new bits.
-            set[coral_ebpf::PORT_SET_GEN] = generation;
-            ports
-                .set(0, set, 0)
-                .map_err(|e| anyhow!("update the ports map: {e}"))?;
-            generation += 1;
-            set[coral_ebpf::PORT_SET_GEN] = generation;
             ports
                 .set(0, set, 0)
                 .map_err(|e| anyhow!("update the ports map: {e}"))?;

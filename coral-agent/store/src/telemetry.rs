@@ -593,8 +593,9 @@ impl RowsToCommit {
         }
     }
 
-    /// Numbers unnumbered rows and appends everything in one transaction,
-    /// with the new seq counters.
+    /// Numbers unnumbered rows and appends everything in one transaction.
+    /// The seq counters are not written here: the rows hold the highest
+    /// seqs, and retention writes the counters before it deletes any.
     fn append(&mut self, conn: &duckdb::Connection, seqs: &mut Seqs) -> duckdb::Result<()> {
         let mut next = *seqs;
         number(&mut self.spans, &mut next.spans, |r| &mut r.seq);
@@ -625,21 +626,6 @@ impl RowsToCommit {
             }
             if !self.calls.is_empty() {
                 append_calls(conn, &self.calls)?;
-            }
-            for (kind, last, was) in [
-                ("spans", next.spans, seqs.spans),
-                ("metrics", next.metrics, seqs.metrics),
-                ("logs", next.logs, seqs.logs),
-                ("red", next.red, seqs.red),
-                ("edges", next.edges, seqs.edges),
-                ("calls", next.calls, seqs.calls),
-            ] {
-                if last != was {
-                    conn.prepare_cached(
-                        "INSERT OR REPLACE INTO seq_counters (kind, last) VALUES (?, ?)",
-                    )?
-                    .execute(duckdb::params![kind, last])?;
-                }
             }
             conn.execute_batch("COMMIT")
         })();
@@ -773,10 +759,10 @@ fn writer(
             }
         }
         for (window, done) in retains {
-            let _ = done.send(retain(&conn, window, &tally).map_err(|e| e.to_string()));
+            let _ = done.send(retain(&conn, window, &tally, &seqs).map_err(|e| e.to_string()));
         }
         if last_retention.elapsed() >= RETENTION_EVERY {
-            if let Err(e) = retain(&conn, retention, &tally) {
+            if let Err(e) = retain(&conn, retention, &tally, &seqs) {
                 tracing::warn!(error = %e, "telemetry retention failed");
             }
             last_retention = Instant::now();
@@ -943,32 +929,32 @@ fn read_after(
     };
     Ok(match kind {
         SignalKind::Spans => Signals::Spans(
-            c.prepare(&sql(SPAN_COLUMNS, "spans"))?
+            c.prepare_cached(&sql(SPAN_COLUMNS, "spans"))?
                 .query_map(params, span_row)?
                 .collect::<Result<_, _>>()?,
         ),
         SignalKind::Metrics => Signals::Metrics(
-            c.prepare(&sql(METRIC_COLUMNS, "metric_points"))?
+            c.prepare_cached(&sql(METRIC_COLUMNS, "metric_points"))?
                 .query_map(params, metric_row)?
                 .collect::<Result<_, _>>()?,
         ),
         SignalKind::Logs => Signals::Logs(
-            c.prepare(&sql(LOG_COLUMNS, "log_records"))?
+            c.prepare_cached(&sql(LOG_COLUMNS, "log_records"))?
                 .query_map(params, log_row)?
                 .collect::<Result<_, _>>()?,
         ),
         SignalKind::Red => Signals::Red(
-            c.prepare(&sql(RED_COLUMNS, "http_red"))?
+            c.prepare_cached(&sql(RED_COLUMNS, "http_red"))?
                 .query_map(params, red_row)?
                 .collect::<Result<_, _>>()?,
         ),
         SignalKind::Edges => Signals::Edges(
-            c.prepare(&sql(EDGE_COLUMNS, "conn_edges"))?
+            c.prepare_cached(&sql(EDGE_COLUMNS, "conn_edges"))?
                 .query_map(params, edge_row)?
                 .collect::<Result<_, _>>()?,
         ),
         SignalKind::Calls => Signals::Calls(
-            c.prepare(&sql(CALL_COLUMNS, "debug_calls"))?
+            c.prepare_cached(&sql(CALL_COLUMNS, "debug_calls"))?
                 .query_map(params, call_row)?
                 .collect::<Result<_, _>>()?,
         ),
@@ -1186,8 +1172,26 @@ fn append_calls(conn: &duckdb::Connection, rows: &[ProbeCallRecord]) -> duckdb::
     app.flush()
 }
 
-/// Deletes telemetry older than `retention` from every table.
-fn retain(conn: &duckdb::Connection, retention: Duration, tally: &Tally) -> duckdb::Result<u64> {
+/// Deletes telemetry older than `retention` from every table, after
+/// saving the last seq given out per kind (deleting a kind's newest rows
+/// must not let its seqs be given out again).
+fn retain(
+    conn: &duckdb::Connection,
+    retention: Duration,
+    tally: &Tally,
+    seqs: &Seqs,
+) -> duckdb::Result<u64> {
+    for (kind, last) in [
+        ("spans", seqs.spans),
+        ("metrics", seqs.metrics),
+        ("logs", seqs.logs),
+        ("red", seqs.red),
+        ("edges", seqs.edges),
+        ("calls", seqs.calls),
+    ] {
+        conn.prepare_cached("INSERT OR REPLACE INTO seq_counters (kind, last) VALUES (?, ?)")?
+            .execute(duckdb::params![kind, last])?;
+    }
     let cutoff_us = (coral_proto::now_ms() - retention.as_millis() as i64) * 1000;
     let mut n = 0;
     for (i, (table, column)) in TABLES.into_iter().enumerate() {
@@ -1249,6 +1253,56 @@ mod tests {
         // Reopening keeps the data and does not re-run migrations.
         let (t, _guard) = Telemetry::open(&path, Duration::from_secs(3600)).unwrap();
         assert_eq!(t.counts().samples, 1000);
+    }
+
+    fn red(ts_ms: i64) -> RedRecord {
+        RedRecord {
+            agent_id: "a1".into(),
+            ts_ms,
+            service: "api".into(),
+            method: "GET".into(),
+            route: "/hello".into(),
+            count: 1,
+            seq: 0,
+            errors: 0,
+            client_errors: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            sum_us: 0,
+            max_us: 0,
+            hist: String::new(),
+            error_codes: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn seqs_are_not_given_out_again_after_retention_deleted_the_newest_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.duckdb");
+        let old = coral_proto::now_ms() - 2 * 3600 * 1000;
+        {
+            let (t, _guard) = Telemetry::open(&path, Duration::from_secs(3600)).unwrap();
+            t.insert_batch(Batch::Red(vec![red(old), red(old), red(old)]))
+                .await
+                .unwrap();
+            assert_eq!(t.last_seq(SignalKind::Red), 3);
+            assert_eq!(
+                t.apply_retention(Duration::from_secs(3600)).await.unwrap(),
+                3
+            );
+        }
+        // Every row is gone; the counter saved before the delete is not.
+        let (t, _guard) = Telemetry::open(&path, Duration::from_secs(3600)).unwrap();
+        assert_eq!(t.last_seq(SignalKind::Red), 3);
+        t.insert_batch(Batch::Red(vec![red(coral_proto::now_ms())]))
+            .await
+            .unwrap();
+        match t.rows_after(SignalKind::Red, 0, 10).await.unwrap() {
+            coral_proto::Signals::Red(rows) => {
+                assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [4])
+            }
+            other => panic!("red rows expected, got {other:?}"),
+        }
     }
 
     #[test]
