@@ -91,9 +91,18 @@ fn python() -> String {
 }
 
 fn start_python(dir: &Path) -> (Proc, u16) {
-    let port_file = dir.join("py.port");
+    start_python_script(dir, "server.py")
+}
+
+/// A Python server of `tests/ebpf/`.
+fn start_python_script(dir: &Path, script: &str) -> (Proc, u16) {
+    let port_file = dir.join(format!("{script}.port"));
     let mut child = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ebpf/server.py"))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/ebpf")
+                .join(script),
+        )
         .arg(&port_file)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -961,6 +970,28 @@ fn connections_open_before_connect_or_the_agent_are_counted() {
     assert_eq!(r["errors"].as_u64(), Some(errors), "{r}");
     let st = env.json(&["agent", "status", "--json"]);
     assert_eq!(st["ebpf"]["dropped"].as_u64(), Some(0), "{st:#}");
+}
+
+/// Issue 14: a server that peeks at each request before reading it
+/// (`recv(MSG_PEEK)`) has every request counted once: a peek moves no
+/// bytes, so the capture skips it.
+#[test]
+fn a_server_that_peeks_before_reading_is_counted_once_per_request() {
+    let env = Env::new(&config());
+    if !start(
+        &env,
+        "a_server_that_peeks_before_reading_is_counted_once_per_request",
+    ) {
+        return;
+    }
+    let (_py, port) = start_python_script(env.root(), "peek_server.py");
+    env.ok(&["connect", &format!("peeker:{port}:tcp")]);
+    let l = load(port, 4, 100, 0);
+    assert_eq!(l.count, 400);
+    let report = wait_route(&env, "peeker", l.count);
+    let r = ebpf(route_of(&report, "peeker", "/api/orders/{id}").unwrap());
+    assert_eq!(r["count"].as_u64(), Some(l.count), "{r}");
+    assert_eq!(r["errors"].as_u64(), Some(l.errors), "{r}");
 }
 
 /// The row of `route` with `method` (`coral query metrics --json`).

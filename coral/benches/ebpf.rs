@@ -348,13 +348,13 @@ flushes its aggregates every second (`agent.ebpf.flush_interval = \"1s\"`; the d
 | agent RSS at {PACED_RPS} req/s, total / private | {rss_mb:.1} MB / {anon_mb:.1} MB | ≤ 100 MB |\n\
 | requests sent / paired by the agent in the paced run | {sent} / {seen} | equal |\n\n\
 BPF run time counts every Coral program run on the machine during one extra `/hello` run with\n\
-`kernel.bpf_stats_enabled=1` (the `sys_exit` BTF tracepoint runs for every syscall of every process,\n\
-wrk's included, and collecting the stats adds two clock reads per run), divided by the requests wrk\n\
+`kernel.bpf_stats_enabled=1` (the socket tracepoints run for every socket read and write on the\n\
+machine, wrk's included, and collecting the stats adds two clock reads per run), divided by the requests wrk\n\
 completed in it.\n\n\
 Where the loss comes from: server and wrk saturate both cores, so every cycle the agent or the\n\
 BPF programs take is a cycle the app does not get. Tracing costs the server about the added CPU\n\
-per request above (two ring records with the captured head bytes, a plain-load switch on every\n\
-syscall, the tracepoint itself); the agent's reader takes the rest, on either core. `/hello` does\n\
+per request above (two ring records with the captured head bytes, a port test on every\n\
+socket read and write, the tracepoints themselves); the agent's reader takes the rest, on either core. `/hello` does\n\
 no work at all, so that fixed cost is a large share of each request: it is the worst case. A\n\
 handler that does some work (`/work`) pays the same fixed cost over a longer request.\n",
         now_utc(),

@@ -5,8 +5,9 @@
 # walk) against the working tree's.
 #
 # For each design, alternated ROUNDS times: the kernel's run time of the
-# sys_exit program (kernel.bpf_stats_enabled=1) per syscall of a process
-# that serves no followed port (dd doing 1-byte reads and writes), and per
+# object's programs, summed (kernel.bpf_stats_enabled=1), per program run
+# while a process that serves no followed port runs (dd doing 1-byte reads
+# and writes: "no run" when none ran, as with the socket tracepoints), and per
 # request of the followed Go server (tests/ebpf/server.go, GET /hello under
 # wrk -t1 -c32), with wrk's throughput; and the throughput with no program
 # attached. HTTP/2: nghttpd --no-tls under h2load -c 2 -m 10 (10 streams per
@@ -64,7 +65,7 @@ wrk_run() { wrk -t1 -c32 -d5s "http://127.0.0.1:$PORT/hello"; }
 h2_small() { h2load -n 20000 -c 2 -m 10 "http://127.0.0.1:$HPORT/small"; }
 h2_big() { h2load -n 4000 -c 2 -m 10 "http://127.0.0.1:$HPORT/big" "http://127.0.0.1:$HPORT/small"; }
 h2_reqs() { awk '/^requests:/ {print $8}' "$W/out"; }
-per() { awk -v a="$1" -v q="$2" -v f="$3" 'BEGIN{printf f, a/q}'; }
+per() { awk -v a="$1" -v q="$2" -v f="$3" 'BEGIN{ if (q == 0) printf "no_run"; else printf f, a/q }'; }
 
 printf "round design unrelated_ns_per_syscall hello_ns_per_request hello_req_per_s hello_records_per_request h2_small_ns_per_request h2_small_records_per_request h2_big_ns_per_request h2_big_records_per_request dropped\n"
 for r in $(seq "$ROUNDS"); do

@@ -8,11 +8,11 @@
 # Per request, over the wrk run:
 # - the CPU time of the server and wrk together (utime + stime), without
 #   and with the agent: the difference is what tracing adds inside the
-#   traced syscalls (BPF programs, the syscall tracepoint's slow path,
-#   ring wakeups), whatever else runs on the machine;
+#   traced syscalls (BPF programs, ring writes and wakeups), whatever else
+#   runs on the machine;
 # - the kernel's run time of the agent's BPF programs
-#   (kernel.bpf_stats_enabled=1; every syscall on the machine passes
-#   sys_exit, wrk's and other jobs' included). BPF_STATS=0 turns the stats
+#   (kernel.bpf_stats_enabled=1; every socket read and write on the machine
+#   runs them, wrk's included). BPF_STATS=0 turns the stats
 #   off (their clock reads cost every program run ~20-40 ns on a VM) and
 #   leaves the column empty;
 # - the agent process's CPU time (utime + stime from /proc/PID/stat), and

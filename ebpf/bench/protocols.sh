@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Per protocol (issue 14): a real server and its own load generator, with
 # and without Coral's BPF programs following the server's port, alternated
-# in one run: the load generator's throughput, and the sys_exit program's
+# in one run: the load generator's throughput, and the programs' summed
 # run time per request (kernel BPF stats). The programs are loaded by
 # ebpf/bench/loader.c (rings drained every 100 ms, records counted, not
 # parsed): this is the kernel side's cost; the agent's parsing is not in it.
