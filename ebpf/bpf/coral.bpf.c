@@ -68,7 +68,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define ARG_BUF 0
 #define ARG_IOV 1
 #define ARG_MSG 2
-#define ARG_CLOSE 3
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -78,7 +77,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MSG_PEEK 2
 #define MSG_ERRQUEUE 0x2000
 
-/* conn.proto: decided at the connection's first read (accepted ones only) */
+/* conn.proto: decided at the connection's first read */
 #define PROTO_UNKNOWN 0
 #define PROTO_H2 1 /* began with the HTTP/2 client preface */
 #define PROTO_OTHER 2
@@ -883,7 +882,6 @@ static __always_inline int on_data(struct sock *sk, long ret, __u8 dir)
 		h2_walk(c, dir, kind == ARG_BUF ? ARG_BUF : ARG_IOV, cur->src, cur->iovcnt, ret, e, started ? 24 : 0);
 	return 0;
 }
-
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(sock_recv, struct sock *sk, int ret, int flags)

@@ -10,7 +10,7 @@ const EV_CLOSE: u8 = 3;
 const EV_EDGE_OPEN: u8 = 4;
 const EV_EDGE_FAIL: u8 = 5;
 const EV_EDGE_CLOSE: u8 = 6;
-/// `conn_event.flags`: found open, not accepted.
+/// `conn_event.flags`: found open, not established while followed.
 const CONN_EXISTING: u16 = 1;
 const DATA_HEADER: usize = 40;
 const CONN_SIZE: usize = 64;
@@ -51,7 +51,8 @@ impl Spare {
 }
 const AF_INET6: u8 = 10;
 
-/// A server-side connection: process, fd and accept time.
+/// A server-side connection: the process and fd of its first read or
+/// write, and the time the programs began following it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId {
     pub tgid: u32,
@@ -76,8 +77,9 @@ pub enum EdgeKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A connection followed from now on: just accepted, or (`existing`)
-    /// open before its port was followed and found at a read or write.
+    /// A connection followed from now on, sent at its first read or write:
+    /// established while its port was followed, or (`existing`) open
+    /// before that.
     Accept {
         conn: ConnId,
         lport: u16,

@@ -10,7 +10,7 @@
 //! what it cannot parse.
 //!
 //! A server-side connection is followed only if its local port is the port
-//! of a connected service; the process that accepted it is then known to be
+//! of a connected service; the process that serves it is then known to be
 //! that service, which names the source of its outgoing connections. Edges
 //! are kept when either end is a connected service. When the client end of
 //! a followed connection is an edge seen opening on this host (its address
@@ -129,8 +129,8 @@ impl Proto {
         let h2 = |from_start| Some(Proto::Http2(Box::new(h2::Conn::new(from_start))));
         match dir {
             Dir::In if n >= 3 && data[..n] == h2::PREFACE[..n] => h2(true),
-            // Also for an "existing" connection: a pre-fork server's child
-            // (PostgreSQL's backend) finds it open and reads the startup.
+            // Also for an "existing" connection: one open before `coral
+            // connect` whose client has not sent its startup yet.
             Dir::In if pg::looks_like(data) => Some(Proto::Postgres(Box::new(pg::Conn::new(true)))),
             Dir::In if redis::looks_like(data) => Some(Proto::Redis(Box::default())),
             Dir::In if existing && h2::plausible_frame(data) => h2(false),
@@ -150,7 +150,7 @@ pub struct Tracker {
     agent_id: String,
     /// Listening port → connected service.
     ports: HashMap<u16, Arc<str>>,
-    /// Process → the service it serves (learned from accepts).
+    /// Process → the service it serves (learned from accept records).
     procs: HashMap<u32, Arc<str>>,
     conns: HashMap<ConnId, Followed>,
     red: hashbrown::HashMap<RedKey, RedAgg, rustc_hash::FxBuildHasher>,
