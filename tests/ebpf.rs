@@ -1603,6 +1603,16 @@ fn postgres_statements_are_counted_per_normalised_sql_with_errors() {
     );
     assert_eq!(codes("SELECT ?/?"), serde_json::json!({"22012": 3}));
     assert_eq!(codes(update), Value::Null);
+    // Who ran them: the startup message's user and database.
+    let row = route_row(&report, "db", "SQL", update).unwrap();
+    assert_eq!(
+        (&row["db_user"], &row["db_name"]),
+        (
+            &serde_json::json!("postgres"),
+            &serde_json::json!("postgres")
+        ),
+        "{row:#}"
+    );
     // Nothing went unparsed.
     assert!(
         rs.iter().all(|x| x.0 != "?" && x.0 != "{unparsed}"),

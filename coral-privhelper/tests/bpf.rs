@@ -223,7 +223,7 @@ fn helper_loads_for_an_unprivileged_caller_and_nothing_outlives_it() {
     assert!(log.contains("outcome=ok maps="), "{log}");
     assert_eq!(log.matches("req=bpf_attach").count(), n, "{log}");
     assert!(
-        log.contains("tracepoint=sock:inet_sock_set_state outcome=ok"),
+        log.contains("tp_btf=sock:inet_sock_set_state outcome=ok"),
         "{log}"
     );
     // Everything is held by the unprivileged client, nothing by the helper.

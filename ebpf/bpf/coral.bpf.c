@@ -12,23 +12,25 @@
 //   syscalls nothing. The server side of a followed port's TCP connection
 //   is followed from its first read or write: one established while its
 //   port was followed (inet_sock_set_state SYN_RECV -> ESTABLISHED makes
-//   its entry), or one found open then (connections open before `coral
-//   connect` or before the agent started). Connections are keyed by their
-//   struct sock, so a connection handed to another process (a pre-fork
-//   server's child) stays one. Each successful read or write sends one
-//   event with the byte count and the first CAP bytes (across iovecs; the
-//   syscall's arguments are read from the caller's saved user registers);
-//   userspace parses and pairs them. On an HTTP/2 connection (its first
-//   read is the client preface) the frames of every read and write are
-//   walked, and what lies beyond the first CAP bytes except DATA payloads
-//   (frame headers, header blocks) goes in further records of the same
-//   syscall: no header block is missed behind a large DATA frame, and no
-//   DATA payload is copied. The server's side closing (FIN_WAIT1, LAST_ACK
-//   or CLOSE) ends the connection.
-// * Connection map: sock:inet_sock_set_state. A socket that enters SYN_SENT
-//   (inside connect(), so in the caller's process context) is remembered with
-//   its process; its ESTABLISHED / CLOSE transitions become edge events with
-//   bytes and smoothed RTT read from struct tcp_sock (CO-RE).
+//   its state), or one found open then (connections open before `coral
+//   connect` or before the agent started). A connection's state lives in
+//   its socket's local storage (`conns`, freed with the socket), so a
+//   connection handed to another process (a pre-fork server's child) stays
+//   one. Each successful read or write sends one event with the byte count
+//   and the first CAP bytes (across iovecs; the syscall's arguments are
+//   read from the caller's saved user registers); userspace parses and
+//   pairs them. On an HTTP/2 connection (its first read is the client
+//   preface) the frames of every read and write are walked, and what lies
+//   beyond the first CAP bytes except DATA payloads (frame headers, header
+//   blocks) goes in further records of the same syscall: no header block is
+//   missed behind a large DATA frame, and no DATA payload is copied. The
+//   server's side closing (FIN_WAIT1, LAST_ACK or CLOSE) ends the
+//   connection.
+// * Connection map: the BTF tracepoint inet_sock_set_state. A socket that
+//   enters SYN_SENT (inside connect(), so in the caller's process context)
+//   is remembered with its process; its ESTABLISHED / CLOSE transitions
+//   become edge events with bytes and smoothed RTT read from struct
+//   tcp_sock (CO-RE). No program needs tracefs.
 //
 // Events go to one BPF ring buffer per CPU (an ARRAY_OF_MAPS filled by the
 // loader, sized by config). The agent reads them on its own schedule and is
@@ -136,12 +138,12 @@ struct h2_dir {
 	__u8 part[8];
 };
 
-/* A followed (server-side) TCP connection, keyed by its struct sock's
- * address: made when it is established while its port is followed, or
- * when it is found open at a read or write. Its first read or write names
- * it to the agent (the process and fd, which with start_ns are its identity
- * in the events); the server's side closing removes it. LRU: an entry whose
- * close was missed ages out. */
+/* A followed (server-side) TCP connection, in its socket's local storage:
+ * made when it is established while its port is followed, or when it is
+ * found open at a read or write. Its first read or write names it to the
+ * agent (the process and fd, which with start_ns are its identity in the
+ * events); the server's side closing removes it, and the kernel frees it
+ * with the socket in any case. */
 struct conn {
 	__u64 start_ns; /* established (or found) time */
 	__u64 named; /* tgid << 32 | fd of its first read or write; 0 before it */
@@ -152,9 +154,9 @@ struct conn {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct conn);
 } conns SEC(".maps");
 
@@ -613,7 +615,7 @@ static __always_inline void announce(struct conn *c, struct sock *sk, __u32 tgid
  * open before its port was followed (or before the programs were
  * attached), picked up now; NULL for a socket that is not a server-side
  * connection still open both ways. */
-static __always_inline struct conn *adopt(struct sock *sk, __u64 key, __u32 tgid, __u32 fd, __u16 lport)
+static __always_inline struct conn *adopt(struct sock *sk, __u32 tgid, __u32 fd, __u16 lport)
 {
 	__u16 family = sk->__sk_common.skc_family;
 	int state = sk->__sk_common.skc_state;
@@ -622,12 +624,12 @@ static __always_inline struct conn *adopt(struct sock *sk, __u64 key, __u32 tgid
 	struct conn c = {};
 	c.start_ns = bpf_ktime_get_ns();
 	c.lport = lport;
-	if (bpf_map_update_elem(&conns, &key, &c, BPF_ANY)) {
+	struct conn *n = bpf_sk_storage_get(&conns, sk, &c, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!n) {
 		count(ST_CONNS_FULL);
 		return NULL;
 	}
-	struct conn *n = bpf_map_lookup_elem(&conns, &key);
-	if (n) {
+	if (n->start_ns == c.start_ns) {
 		n->named = (__u64)tgid << 32 | fd;
 		announce(n, sk, tgid, fd, CONN_EXISTING);
 	}
@@ -796,10 +798,9 @@ static __always_inline int on_data(struct sock *sk, long ret, __u8 dir)
 		return 0;
 	__u32 tgid = pid_tgid >> 32;
 	__u32 fd = (__u32)SYSCALL_ARG1(regs);
-	__u64 key = (__u64)sk;
-	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
 	if (!c)
-		c = adopt(sk, key, tgid, fd, lport);
+		c = adopt(sk, tgid, fd, lport);
 	else if (c->named == 0 && __sync_val_compare_and_swap(&c->named, 0, (__u64)tgid << 32 | fd) == 0)
 		announce(c, sk, tgid, fd, 0);
 	if (!c)
@@ -900,26 +901,11 @@ int BPF_PROG(sock_send, struct sock *sk, int ret, int flags)
 
 /* ---- connection map ---- */
 
-struct set_state_ctx {
-	__u64 common;
-	const void *skaddr;
-	int oldstate;
-	int newstate;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u16 protocol;
-	__u8 saddr[4];
-	__u8 daddr[4];
-	__u8 saddr_v6[16];
-	__u8 daddr_v6[16];
-};
-
 /* The server's side of a followed connection closed (close() or shutdown
  * on it, or the connection reset): no more requests on it. */
-static __always_inline void conn_closed(__u64 sk)
+static __always_inline void conn_closed(struct sock *sk)
 {
-	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
 	if (!c)
 		return;
 	if (c->named) {
@@ -932,16 +918,16 @@ static __always_inline void conn_closed(__u64 sk)
 		e.ts_ns = bpf_ktime_get_ns();
 		emit(&e, sizeof(e));
 	}
-	bpf_map_delete_elem(&conns, &sk);
+	bpf_sk_storage_delete(&conns, sk);
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int set_state(struct set_state_ctx *ctx)
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(set_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (ctx->protocol != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	__u64 sk = (__u64)ctx->skaddr;
-	if (ctx->newstate == TCP_SYN_SENT) {
+	__u64 key = (__u64)sk;
+	if (newstate == TCP_SYN_SENT) {
 		/* Inside connect(): the current task is the client. */
 		__u64 pid_tgid = bpf_get_current_pid_tgid();
 		if (!traced(pid_tgid))
@@ -949,51 +935,53 @@ int set_state(struct set_state_ctx *ctx)
 		struct owner o = {};
 		o.tgid = pid_tgid >> 32;
 		bpf_get_current_comm(&o.comm, sizeof(o.comm));
-		if (bpf_map_update_elem(&owners, &sk, &o, BPF_ANY))
+		if (bpf_map_update_elem(&owners, &key, &o, BPF_ANY))
 			count(ST_CONNS_FULL);
 		return 0;
 	}
-	if (ctx->oldstate == TCP_SYN_RECV && ctx->newstate == TCP_ESTABLISHED) {
+	__u16 sport = sk->__sk_common.skc_num;
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
 		/* A server-side connection established (in softirq: no
 		 * process yet); its first read or write names it. */
 		struct port_set *p = port_set();
-		if (p && port_in(p, ctx->sport)) {
+		if (p && port_in(p, sport)) {
 			struct conn c = {};
 			c.start_ns = bpf_ktime_get_ns();
-			c.lport = ctx->sport;
-			if (bpf_map_update_elem(&conns, &sk, &c, BPF_ANY))
+			c.lport = sport;
+			if (!bpf_sk_storage_get(&conns, sk, &c, BPF_SK_STORAGE_GET_F_CREATE))
 				count(ST_CONNS_FULL);
 		}
 		return 0;
 	}
-	if (ctx->newstate == TCP_FIN_WAIT1 || ctx->newstate == TCP_LAST_ACK || ctx->newstate == TCP_CLOSE)
+	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE)
 		conn_closed(sk);
 	__u8 kind;
-	if (ctx->oldstate == TCP_SYN_SENT && ctx->newstate == TCP_ESTABLISHED)
+	if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED)
 		kind = EV_EDGE_OPEN;
-	else if (ctx->oldstate == TCP_SYN_SENT && ctx->newstate == TCP_CLOSE)
+	else if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE)
 		kind = EV_EDGE_FAIL;
-	else if (ctx->newstate == TCP_CLOSE)
+	else if (newstate == TCP_CLOSE)
 		kind = EV_EDGE_CLOSE;
 	else
 		return 0;
-	struct owner *o = bpf_map_lookup_elem(&owners, &sk);
+	struct owner *o = bpf_map_lookup_elem(&owners, &key);
 	if (!o)
 		return 0;
 	struct edge_event e = {};
+	__u16 family = sk->__sk_common.skc_family;
 	e.kind = kind;
-	e.family = ctx->family;
-	e.sport = ctx->sport;
-	e.dport = ctx->dport;
+	e.family = family;
+	e.sport = sport;
+	e.dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	e.tgid = o->tgid;
 	__builtin_memcpy(e.comm, o->comm, sizeof(e.comm));
 	e.ts_ns = bpf_ktime_get_ns();
-	if (ctx->family == AF_INET) {
-		__builtin_memcpy(e.saddr, ctx->saddr, 4);
-		__builtin_memcpy(e.daddr, ctx->daddr, 4);
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO(&e.saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&e.daddr, sk, __sk_common.skc_daddr);
 	} else {
-		__builtin_memcpy(e.saddr, ctx->saddr_v6, 16);
-		__builtin_memcpy(e.daddr, ctx->daddr_v6, 16);
+		BPF_CORE_READ_INTO(&e.saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&e.daddr, sk, __sk_common.skc_v6_daddr);
 	}
 	if (kind == EV_EDGE_CLOSE) {
 		struct tcp_sock *tp = (struct tcp_sock *)sk;
@@ -1002,7 +990,7 @@ int set_state(struct set_state_ctx *ctx)
 		e.bytes_received = BPF_CORE_READ(tp, bytes_received);
 	}
 	if (kind != EV_EDGE_OPEN)
-		bpf_map_delete_elem(&owners, &sk);
+		bpf_map_delete_elem(&owners, &key);
 	emit(&e, sizeof(e));
 	return 0;
 }

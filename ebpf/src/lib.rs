@@ -73,7 +73,7 @@ pub const RED_PROGRAMS: &[Program] = &[
         name: "set_state",
         category: "sock",
         tracepoint: "inet_sock_set_state",
-        attach: Attach::Tracepoint,
+        attach: Attach::BtfRawTracepoint,
     },
 ];
 

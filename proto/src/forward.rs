@@ -133,6 +133,8 @@ impl Row for RedRecord {
             Field::Text(&mut self.route),
             Field::Text(&mut self.hist),
             Field::Text(&mut self.error_codes),
+            Field::Text(&mut self.db_user),
+            Field::Text(&mut self.db_name),
         ]
     }
 }

@@ -126,6 +126,12 @@ pub struct RedRow {
     pub sources: Vec<Source>,
     pub ebpf: Option<SourceRed>,
     pub otlp: Option<SourceRed>,
+    /// A PostgreSQL statement seen by eBPF: the user and database its
+    /// connections logged in as (when their startup was seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_name: Option<String>,
 }
 
 impl RedRow {

@@ -975,6 +975,12 @@ pub struct RedRecord {
     /// for HTTP, whose status classes are `errors` and `client_errors`).
     #[serde(default)]
     pub error_codes: String,
+    /// PostgreSQL: the user and database of the connections the statement
+    /// ran on, when their startup was seen (empty otherwise).
+    #[serde(default)]
+    pub db_user: String,
+    #[serde(default)]
+    pub db_name: String,
 }
 
 /// Connections from one process (or service) to one peer address within

@@ -2126,6 +2126,8 @@ impl Case {
                     max_us: max,
                     hist: h.encode(),
                     error_codes: String::new(),
+                    db_user: String::new(),
+                    db_name: String::new(),
                 },
             )
             .collect();

@@ -589,6 +589,7 @@ impl Conn {
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
             error_code,
+            db: None,
         });
     }
 

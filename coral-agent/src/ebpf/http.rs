@@ -37,6 +37,9 @@ pub struct Exchange {
     /// The protocol's own error code, when it failed: a gRPC status code,
     /// a PostgreSQL SQLSTATE.
     pub error_code: Option<String>,
+    /// PostgreSQL: the connection's user and database, when its startup
+    /// was seen.
+    pub db: Option<std::sync::Arc<super::pg::DbId>>,
 }
 
 impl Exchange {
@@ -484,6 +487,7 @@ impl Conn {
                 bytes_in: r.req.bytes,
                 bytes_out: r.bytes,
                 error_code: None,
+                db: None,
             });
         }
     }

@@ -22,6 +22,7 @@
 use super::http::Exchange;
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Payload bytes kept of a message (the SQL of a long statement is cut).
 const KEEP: usize = 2048;
@@ -284,6 +285,43 @@ enum Item {
     Sync,
 }
 
+/// Who a connection's statements run as: the startup message's `user` and
+/// `database` (which defaults to the user). Kept with its RED rows, so
+/// that a slow statement seen on the wire can be planned with `EXPLAIN` as
+/// the same user on the same database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DbId {
+    pub user: String,
+    pub name: String,
+}
+
+impl DbId {
+    /// From a startup message's payload (after its protocol code):
+    /// `name\0value\0` pairs ended by an empty name.
+    fn from_startup(params: &[u8]) -> Option<DbId> {
+        let (mut user, mut name) = (None, None);
+        let mut rest = params;
+        while !rest.is_empty() {
+            let (k, r) = cstr(rest);
+            if k.is_empty() {
+                break;
+            }
+            let (v, r) = cstr(r);
+            match k.as_str() {
+                "user" => user = Some(v),
+                "database" => name = Some(v),
+                _ => {}
+            }
+            rest = r;
+        }
+        let user = user.filter(|u| !u.is_empty())?;
+        let name = name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| user.clone());
+        Some(DbId { user, name })
+    }
+}
+
 /// One PostgreSQL connection, server side.
 pub struct Conn {
     input: Reader,
@@ -295,6 +333,9 @@ pub struct Conn {
     pending: VecDeque<Item>,
     /// When the extended-protocol messages of the current cycle began.
     cycle_start: Option<u64>,
+    /// The startup message's user and database (unknown on a connection
+    /// picked up after it).
+    db: Option<Arc<DbId>>,
     /// Statements that could not be followed to their end.
     pub unparsed: u64,
     stopped: bool,
@@ -345,6 +386,7 @@ impl Conn {
             portals: HashMap::default(),
             pending: VecDeque::new(),
             cycle_start: None,
+            db: None,
             unparsed: 0,
             stopped: false,
         }
@@ -390,6 +432,9 @@ impl Conn {
                         .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
                     if matches!(code, SSL_REQUEST | GSSENC_REQUEST) {
                         self.answers += 1;
+                    } else if code == PROTOCOL_3 {
+                        self.db =
+                            DbId::from_startup(m.payload.get(4..).unwrap_or(&[])).map(Arc::new);
                     }
                 }
                 b'Q' => {
@@ -462,7 +507,7 @@ impl Conn {
                 b'C' | b'I' | b's' => match self.pending.front_mut() {
                     Some(Item::Exec { .. }) => {
                         if let Some(Item::Exec { sql, start_ns }) = self.pending.pop_front() {
-                            out.push(exchange(sql, start_ns, ts_ns, None));
+                            out.push(exchange(sql, start_ns, ts_ns, None, &self.db));
                         }
                     }
                     Some(Item::Query { .. }) => {}
@@ -476,7 +521,7 @@ impl Conn {
                     match self.pending.front_mut() {
                         Some(Item::Exec { .. }) => {
                             if let Some(Item::Exec { sql, start_ns }) = self.pending.pop_front() {
-                                out.push(exchange(sql, start_ns, ts_ns, Some(code)));
+                                out.push(exchange(sql, start_ns, ts_ns, Some(code), &self.db));
                             }
                             // The server skips to the next Sync.
                             while matches!(self.pending.front(), Some(Item::Exec { .. })) {
@@ -500,7 +545,7 @@ impl Conn {
                         error,
                     }) = self.pending.pop_front()
                     {
-                        out.push(exchange(sql, start_ns, ts_ns, error));
+                        out.push(exchange(sql, start_ns, ts_ns, error, &self.db));
                     }
                 }
                 _ => {}
@@ -512,7 +557,13 @@ impl Conn {
     }
 }
 
-fn exchange(sql: String, start_ns: u64, end_ns: u64, error: Option<String>) -> Exchange {
+fn exchange(
+    sql: String,
+    start_ns: u64,
+    end_ns: u64,
+    error: Option<String>,
+    db: &Option<Arc<DbId>>,
+) -> Exchange {
     Exchange {
         method: "SQL".into(),
         target: sql,
@@ -522,6 +573,7 @@ fn exchange(sql: String, start_ns: u64, end_ns: u64, error: Option<String>) -> E
         bytes_in: 0,
         bytes_out: 0,
         error_code: error,
+        db: db.clone(),
     }
 }
 
@@ -582,7 +634,7 @@ mod tests {
         read(&mut c, 0, &ssl);
         write(&mut c, 1, b"N", &mut out);
         let mut startup = Vec::new();
-        let body = b"\x00\x03\x00\x00user\0postgres\0\0";
+        let body = b"\x00\x03\x00\x00user\0shop\0application_name\0psql\0\0";
         startup.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
         startup.extend_from_slice(body);
         read(&mut c, 2, &startup);
@@ -618,6 +670,20 @@ mod tests {
                 ("SELECT * FROM nope", 500, 5, Some("42P01"))
             ]
         );
+        // The database defaults to the user's name.
+        let db = DbId {
+            user: "shop".into(),
+            name: "shop".into(),
+        };
+        assert!(out.iter().all(|x| x.db.as_deref() == Some(&db)));
+        assert_eq!(
+            DbId::from_startup(b"database\0orders\0user\0app\0\0"),
+            Some(DbId {
+                user: "app".into(),
+                name: "orders".into()
+            })
+        );
+        assert_eq!(DbId::from_startup(b"database\0orders\0\0"), None);
     }
 
     #[test]

@@ -355,6 +355,7 @@ impl Conn {
                 } else {
                     None
                 },
+                db: None,
             });
         }
         if self.output.lost {

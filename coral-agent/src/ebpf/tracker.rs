@@ -69,19 +69,24 @@ struct EdgeAgg {
 /// An edge without its second: source, its pid, peer address, service.
 type EdgeId = (String, u32, String, Option<String>);
 
-/// Second, service, method, route.
-type RedKey = (i64, Arc<str>, String, String);
+/// Second, service, method, route, and PostgreSQL's user and database.
+type RedKey = (i64, Arc<str>, String, String, Option<Arc<pg::DbId>>);
 /// Second and edge.
 type EdgeKey = (i64, Arc<EdgeId>);
 
 /// A [`RedKey`] borrowed from a request, to find its row without building
-/// the key: it hashes as the key does (a tuple of an integer and strings).
+/// the key: it hashes as the key does (a tuple hashes its fields in order,
+/// and `&T`, `Arc<T>` and `String`/`str` hash as what they point to).
 #[derive(Hash)]
-struct RedRef<'a>(i64, &'a str, &'a str, &'a str);
+struct RedRef<'a>(i64, &'a str, &'a str, &'a str, Option<&'a pg::DbId>);
 
 impl hashbrown::Equivalent<RedKey> for RedRef<'_> {
     fn equivalent(&self, k: &RedKey) -> bool {
-        self.0 == k.0 && self.1 == &*k.1 && self.2 == k.2 && self.3 == k.3
+        self.0 == k.0
+            && self.1 == &*k.1
+            && self.2 == k.2
+            && self.3 == k.3
+            && self.4 == k.4.as_deref()
     }
 }
 
@@ -374,7 +379,7 @@ impl Tracker {
             };
             // The row is found from borrowed parts; a key is built only
             // for a new row.
-            let mut probe = RedRef(second, service, &x.method, &route);
+            let mut probe = RedRef(second, service, &x.method, &route, x.db.as_deref());
             if !self.red.contains_key(&probe) {
                 let n = self.routes.entry(service.clone()).or_default();
                 if *n >= MAX_ROUTES {
@@ -388,6 +393,7 @@ impl Tracker {
                         service.clone(),
                         x.method.to_string(),
                         probe.3.to_string(),
+                        x.db.clone(),
                     );
                     self.red.insert(key, RedAgg::default());
                 }
@@ -439,7 +445,7 @@ impl Tracker {
         let red = self
             .red
             .drain()
-            .map(|((ts_ms, service, method, route), a)| RedRecord {
+            .map(|((ts_ms, service, method, route, db), a)| RedRecord {
                 agent_id: self.agent_id.clone(),
                 seq: 0,
                 ts_ms,
@@ -460,6 +466,8 @@ impl Tracker {
                     .map(|(c, n)| format!("{c}:{n}"))
                     .collect::<Vec<_>>()
                     .join(","),
+                db_user: db.as_ref().map(|d| d.user.clone()).unwrap_or_default(),
+                db_name: db.as_ref().map(|d| d.name.clone()).unwrap_or_default(),
             })
             .collect();
         let edges = self

@@ -145,6 +145,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE conn_edges ADD COLUMN request_errors UBIGINT NOT NULL DEFAULT 0;
     ALTER TABLE conn_edges ADD COLUMN request_sum_us UBIGINT NOT NULL DEFAULT 0;
     ALTER TABLE conn_edges ADD COLUMN request_max_us UBIGINT NOT NULL DEFAULT 0;",
+    // 6: PostgreSQL rows carry the connection's user and database, so a
+    // slow statement seen on the wire can be planned as them (issue 14).
+    "ALTER TABLE http_red ADD COLUMN db_user VARCHAR NOT NULL DEFAULT '';
+    ALTER TABLE http_red ADD COLUMN db_name VARCHAR NOT NULL DEFAULT '';",
 ];
 
 /// Rows gathered into one append before committing.
@@ -839,7 +843,7 @@ pub fn log_row(r: &duckdb::Row<'_>) -> duckdb::Result<LogRecord> {
 
 /// The columns [`red_row`] reads, in order.
 pub const RED_COLUMNS: &str = "agent_id, seq, epoch_ms(ts), service, method, route, count, errors, \
-     client_errors, bytes_in, bytes_out, sum_us, max_us, hist, error_codes";
+     client_errors, bytes_in, bytes_out, sum_us, max_us, hist, error_codes, db_user, db_name";
 
 pub fn red_row(r: &duckdb::Row<'_>) -> duckdb::Result<RedRecord> {
     Ok(RedRecord {
@@ -858,6 +862,8 @@ pub fn red_row(r: &duckdb::Row<'_>) -> duckdb::Result<RedRecord> {
         max_us: r.get(12)?,
         hist: r.get(13)?,
         error_codes: r.get(14)?,
+        db_user: r.get(15)?,
+        db_name: r.get(16)?,
     })
 }
 
@@ -1115,6 +1121,8 @@ fn append_red(conn: &duckdb::Connection, rows: &[RedRecord]) -> duckdb::Result<(
             r.max_us,
             r.hist,
             r.error_codes,
+            r.db_user,
+            r.db_name,
         ])?;
     }
     app.flush()
@@ -1272,6 +1280,8 @@ mod tests {
             max_us: 0,
             hist: String::new(),
             error_codes: String::new(),
+            db_user: String::new(),
+            db_name: String::new(),
         }
     }
 

@@ -238,6 +238,9 @@ type Key = (String, Option<String>, Option<String>);
 struct Sides {
     recent: Acc,
     baseline: Acc,
+    /// eBPF, PostgreSQL: the user and database of the statement's
+    /// connections (the last seen).
+    db: Option<(String, String)>,
 }
 
 impl Sides {
@@ -278,6 +281,8 @@ type EbpfRow = (
     u64,
     String,
     String,
+    String,
+    String,
 );
 
 /// `code:count` pairs joined by commas (`RedRecord::error_codes`).
@@ -299,7 +304,7 @@ async fn ebpf_red(
         .query(move |c| {
             c.prepare(
                 "SELECT epoch_ms(ts), service, method, route, count, errors, client_errors,
-                        bytes_in, bytes_out, sum_us, max_us, hist, error_codes
+                        bytes_in, bytes_out, sum_us, max_us, hist, error_codes, db_user, db_name
                  FROM http_red
                  WHERE ts >= make_timestamp(?::BIGINT) AND ts < make_timestamp(?::BIGINT)
                    AND (?::VARCHAR IS NULL OR service = ?::VARCHAR)",
@@ -311,14 +316,15 @@ async fn ebpf_red(
                     service,
                     service
                 ],
-                |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)),
+                |r| Ok(cols!(r; 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)),
             )?
             .collect()
         })
         .await
         .map_err(storage)?;
     let mut out: HashMap<Key, Sides> = HashMap::new();
-    for (ts, svc, method, route, n, e, ce, bi, bo, sum, max, hist, codes) in rows {
+    for (ts, svc, method, route, n, e, ce, bi, bo, sum, max, hist, codes, db_user, db_name) in rows
+    {
         let h = Hist::decode(&hist);
         let codes = parse_error_codes(&codes);
         let recent = ts >= w.since_ms;
@@ -326,7 +332,10 @@ async fn ebpf_red(
             (svc.clone(), None, None),
             (svc.clone(), Some(method.clone()), Some(route.clone())),
         ] {
-            let sides = out.entry(key).or_default();
+            let sides = out.entry(key.clone()).or_default();
+            if key.2.is_some() && !db_user.is_empty() {
+                sides.db = Some((db_user.clone(), db_name.clone()));
+            }
             let a = if recent {
                 &mut sides.recent
             } else {
@@ -510,6 +519,7 @@ pub(crate) async fn red(shared: &Shared, q: RedQuery) -> Result<RedReport, Query
         if sources.is_empty() {
             return;
         }
+        let db = e.as_ref().and_then(|s| s.db.clone());
         rows.push(RedRow {
             service: key.0,
             method: key.1,
@@ -517,6 +527,8 @@ pub(crate) async fn red(shared: &Shared, q: RedQuery) -> Result<RedReport, Query
             sources,
             ebpf: e.map(|s| s.source_red(&w)),
             otlp: o.map(|s| s.source_red(&w)),
+            db_user: db.as_ref().map(|d| d.0.clone()),
+            db_name: db.map(|d| d.1),
         });
     };
     for (key, e) in ebpf {
@@ -865,9 +877,13 @@ pub(crate) async fn hotspots(shared: &Shared, q: HotspotQuery) -> Result<Hotspot
             .trim()
             .to_string(),
             peer: None,
-            statement: None,
-            db_name: None,
-            db_user: None,
+            // A PostgreSQL statement the database served, seen on the
+            // wire: it can be planned with EXPLAIN as its connections' user.
+            statement: (source == Source::Ebpf && r.method.as_deref() == Some("SQL"))
+                .then(|| r.route.clone())
+                .flatten(),
+            db_name: r.db_name.clone(),
+            db_user: r.db_user.clone(),
             count: s.recent.count,
             per_request: round2(s.recent.count as f64 / requests.max(1) as f64),
             errors: s.recent.errors,

@@ -931,6 +931,11 @@ async fn drill<T: Tools>(
     let route = route.filter(explains);
     let root = match deep.filter(explains).or(route) {
         None => own_change(m, &hot_ev),
+        // A database's own statement, seen on the wire (passive mode):
+        // it can be planned like a client span's.
+        Some(top) if top["kind"] == "route" && top["statement"].is_string() && m.latency => {
+            slow_query(s, m, &top, known, &hot_ev).await
+        }
         Some(top) if top["kind"] == "route" => route_cause(m, &top, &hot_ev),
         Some(top) if m.errors && !m.latency => failing_call(s, m, &top, &hot_ev).await?,
         Some(top) if top["statement"].is_string() && top["kind"] == "client" => {
@@ -983,6 +988,8 @@ fn explains_change(hot: &Value, m: &Moved, o: &Value) -> bool {
 /// request time, now and at baseline.
 fn where_time(ops: &[Value], m: &Moved, hot_ev: &str) -> Vec<String> {
     ops.iter()
+        // A route seen only in the baseline carries none of the time now.
+        .filter(|o| f(&o["count"]) > 0.0 || o["kind"] != "route")
         .take(3)
         .map(|o| {
             let baseline = o["baseline_mean_ms"]
@@ -1108,7 +1115,12 @@ async fn slow_query<T: Tools>(
     hot_ev: &str,
 ) -> RootCause {
     let statement = top["statement"].as_str().unwrap_or_default().to_string();
-    let db = top["peer"].as_str().unwrap_or("the database").to_string();
+    // A client span's peer, or the database itself for its own route.
+    let db = match top["peer"].as_str() {
+        Some(p) => p.to_string(),
+        None if top["kind"] == "route" => m.service.clone(),
+        None => "the database".to_string(),
+    };
     let mut rc = RootCause {
         service: db.clone(),
         component: Some(statement.clone()),

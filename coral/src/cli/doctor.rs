@@ -2,7 +2,7 @@
 //! sudo? One line per check (ok / warn / fail), each failure with the exact
 //! command that fixes it; `--json` for scripts. Exit 1 when a check fails.
 //!
-//! The checks read the kernel's interfaces (BPF, BTF, tracefs, uprobes,
+//! The checks read the kernel's interfaces (BPF, BTF, uprobes,
 //! `/dev/net/tun`, landlock, seccomp), the helper's socket and a `Hello` to
 //! it, the helper binary's version, the ports the daemons will bind and the
 //! routes overlapping the mesh range. Nothing here needs root, and nothing
@@ -138,7 +138,6 @@ fn kernel_checks() -> Vec<Check> {
             "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
         )
     };
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let uprobes = if exists("/sys/bus/event_source/devices/uprobe/type") {
         ok("uprobes", "the uprobe PMU is there ('coral debug')")
     } else {
@@ -171,35 +170,7 @@ fn kernel_checks() -> Vec<Check> {
             "use a kernel built with CONFIG_SECCOMP_FILTER=y",
         )
     };
-    vec![
-        bpf,
-        btf,
-        tracefs_check(&mounts),
-        uprobes,
-        tun,
-        landlock_check(),
-        seccomp,
-    ]
-}
-
-/// tracefs from `/proc/self/mountinfo`: the 5th field is the mount point,
-/// the filesystem type follows the ` - ` separator.
-pub(crate) fn tracefs_check(mountinfo: &str) -> Check {
-    let at = mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next() == Some("tracefs"))
-            .then(|| pre.split_whitespace().nth(4).map(str::to_owned))
-            .flatten()
-    });
-    match at {
-        Some(p) => ok("tracefs", format!("mounted at {p}")),
-        None => bad(
-            "tracefs",
-            Status::Fail,
-            "not mounted: the agent's eBPF tracepoints cannot attach",
-            "sudo systemctl start sys-kernel-tracing.mount (or 'sudo mount -t tracefs nodev /sys/kernel/tracing')",
-        ),
-    }
+    vec![bpf, btf, uprobes, tun, landlock_check(), seccomp]
 }
 
 fn landlock_check() -> Check {
@@ -587,20 +558,6 @@ pub(crate) fn subnet_check(configured: Option<&str>, routes: &str) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tracefs_is_found_in_mountinfo() {
-        let mi = "22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n\
-                  40 22 0:12 / /sys/kernel/tracing rw,nosuid - tracefs nodev rw\n";
-        let c = tracefs_check(mi);
-        assert_eq!(
-            (c.status, c.detail.as_str()),
-            (Status::Ok, "mounted at /sys/kernel/tracing")
-        );
-        let c = tracefs_check("22 1 0:21 / /sys rw - sysfs sysfs rw\n");
-        assert_eq!(c.status, Status::Fail);
-        assert!(c.fix.unwrap().contains("sys-kernel-tracing.mount"));
-    }
 
     #[test]
     fn the_package_socket_is_root_coral_0660() {

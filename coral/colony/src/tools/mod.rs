@@ -447,6 +447,11 @@ fn red_row_json(r: &RedRow, now_ms: i64) -> Value {
     if let (Source::Ebpf, Some(o)) = (source, &r.otlp) {
         v["otlp"] = side_json(o, now_ms);
     }
+    if let (Some(user), Some(name)) = (&r.db_user, &r.db_name) {
+        // A PostgreSQL statement: who ran it, on which database.
+        v["db_user"] = json!(user);
+        v["db_name"] = json!(name);
+    }
     v
 }
 
