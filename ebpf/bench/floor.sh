@@ -10,12 +10,19 @@
 #   lookup the same, returning after the followed connection's lookup
 #          (port filter, process, saved registers, `conns` entry): the
 #          least a per-request design that keeps state per connection pays;
+#   agg    the lookup, then what in-kernel HTTP/1 aggregation would do
+#          instead of the copy and the ring records (bench/agg.c): scan
+#          the request and response heads, one per-CPU hash update per
+#          exchange: the least such a design pays (docs/benchmarks.md);
 #   full   the object as it is (a copy of the bytes and a ring record per
 #          read and write), its rings drained by bench/loader.c.
 # Per run: wrk's requests/s, and the CPU time (utime + stime) of the server
-# and wrk per request. Means per variant at the end. BPF stats off.
+# and wrk per request. Means per variant at the end. BPF stats off, unless
+# STATS=1: then each run also gives the programs' own run time per request
+# (kernel.bpf_stats_enabled, which adds two clock reads per program run),
+# a figure the machine's noise moves far less than the rates.
 # Needs root, clang, libbpf-dev, bpftool, go, wrk, gcc.
-# usage: ebpf/bench/floor.sh [ROUNDS]
+# usage: [STATS=1] ebpf/bench/floor.sh [ROUNDS]
 set -euo pipefail
 ROUNDS=${1:-6}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -30,9 +37,9 @@ ENTRY='static __always_inline int on_data(struct sock *sk, long ret, __u8 dir)
 LOOKUP='	if (!c)
 		return 0;
 	__u32 zero = 0;'
-python3 - "$SRC" "$W" "$ENTRY" "$LOOKUP" <<'PY'
+python3 - "$SRC" "$W" "$ENTRY" "$LOOKUP" "$HERE" <<'PY'
 import sys
-src, w, entry, lookup = sys.argv[1:]
+src, w, entry, lookup, here = sys.argv[1:]
 s = open(src).read()
 for anchor in (entry, lookup):
     if s.count(anchor) != 1:
@@ -42,8 +49,17 @@ open(f"{w}/entry.bpf.c", "w").write(s.replace(entry, entry + "\n\treturn 0;"))
 # Touch the entry (so the lookup is not optimised away) and stop.
 open(f"{w}/lookup.bpf.c", "w").write(
     s.replace(lookup, "\tif (!c)\n\t\treturn 0;\n\tc->h2[0].skip += 1;\n\treturn 0;\n\t__u32 zero = 0;"))
+# In-kernel aggregation (bench/agg.c) after the lookup, instead of the copy
+# and the ring record.
+conn = "\tstruct h2_dir h2[2]; /* per direction (DIR_IN, DIR_OUT) */\n"
+if s.count(conn) != 1:
+    sys.exit(f"floor.sh: anchor not found once in {src}: {conn!r}")
+a = s.replace(conn, conn + "\t__u64 agg_start;\n\t__u64 agg_hash;\n\t__u32 agg_in;\n\t__u32 agg_pending;\n")
+a = a.replace(entry, open(f"{here}/agg.c").read() + "\n" + entry)
+a = a.replace(lookup, "\tif (!c)\n\t\treturn 0;\n\treturn agg(c, dir, ret, SYSCALL_ARG2(regs), kind);\n\t__u32 zero = 0;")
+open(f"{w}/agg.bpf.c", "w").write(a)
 PY
-for v in full entry lookup; do
+for v in full entry lookup agg; do
   clang -target bpf -O2 -g -D__TARGET_ARCH_x86 -I "$W" -I /usr/include/x86_64-linux-gnu -c "$W/$v.bpf.c" -o "$W/$v.o"
 done
 gcc -O2 -o "$W/loader" "$HERE/loader.c" -lbpf
@@ -52,7 +68,9 @@ GOMAXPROCS=1 taskset -c 0 "$W/server" "$W/port" >/dev/null 2>&1 &
 SERVER=$!
 while [ ! -s "$W/port" ]; do sleep 0.1; done
 PORT=$(cat "$W/port")
-sysctl -qw kernel.bpf_stats_enabled=0
+STATS=${STATS:-0}
+sysctl -qw kernel.bpf_stats_enabled="$STATS"
+trap '[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; sysctl -qw kernel.bpf_stats_enabled=0; rm -rf "$W"' EXIT
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {
@@ -62,20 +80,24 @@ run() {
   s1=$(ticks "$SERVER")
   awk -v s="$((s1 - s0))" -v hz="$HZ" -v n="$(awk '/requests in/ {print $1}' "$W/out")" \
     -v w="$(awk '{print $1 + $2}' "$W/wrk_cpu")" -v rps="$(awk '/Requests\/sec/ {print $2}' "$W/out")" \
-    'BEGIN { printf "%.0f %.2f\n", rps, (s / hz + w) * 1e6 / n }'
+    'BEGIN { printf "%.0f %.2f %d\n", rps, (s / hz + w) * 1e6 / n, n }'
 }
 with() {
   coproc L { "$W/loader" "$W/$1.o" "$PORT"; }
   local ready pid=$L_PID out=${L[0]} in=${L[1]}
   read -r ready <&"$out"
-  run
+  local r
+  r=$(run)
   eval "exec $in>&-"
-  cat <&"$out" >/dev/null || true
+  local cnt ns _
+  read -r cnt ns _ <&"$out" || true
   wait "$pid" || true
+  # requests/s, CPU µs per request, BPF ns per request (0 with stats off)
+  awk -v r="$r" -v ns="${ns:-0}" 'BEGIN { split(r, a, " "); printf "%s %s %.0f\n", a[1], a[2], ns / a[3] }'
 }
-echo "variant req_per_s server_wrk_cpu_us_per_req"
+echo "variant req_per_s server_wrk_cpu_us_per_req bpf_ns_per_req"
 for _ in $(seq "$ROUNDS"); do
-  echo "none $(run)"
-  for v in entry lookup full; do echo "$v $(with "$v")"; done
-done | awk '{ print; n[$1]++; r[$1] += $2; c[$1] += $3 }
-  END { for (k in n) printf "mean %s %.0f %.2f (%d runs)\n", k, r[k] / n[k], c[k] / n[k], n[k] }'
+  echo "none $(run | awk '{print $1, $2, 0}')"
+  for v in entry lookup agg full; do echo "$v $(with "$v")"; done
+done | awk '{ print; n[$1]++; r[$1] += $2; c[$1] += $3; b[$1] += $4 }
+  END { for (k in n) printf "mean %s %.0f %.2f %.0f (%d runs)\n", k, r[k] / n[k], c[k] / n[k], b[k] / n[k], n[k] }'
