@@ -126,6 +126,9 @@ for r in $(seq "$ROUNDS"); do
   e1=$(thread_ns "$pid" ebpf-reader)
   n=$(reqs)
   c agent stop >/dev/null
+  # Each agent starts on an empty telemetry store: a newer build may have
+  # migrated it past what an older one opens.
+  rm -f "$W"/state/coral/agent/telemetry.duckdb*
   CORAL=${BINS[0]}
   awk -v r="$r" -v a="$i" -v wo="$without" -v w="$(rps)" -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$n" -v hz="$HZ" \
     -v base="$base" -v s="$((s1 - s0))" -v wc="$(wrk_cpu)" -v e="$((e1 - e0))" -v stats="$STATS" \
