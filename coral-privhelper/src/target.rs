@@ -475,6 +475,9 @@ impl TargetProcess {
     }
 }
 
+/// The target process's first message: it is confined and serving.
+const READY: &[u8] = b"ready";
+
 /// How the target process confines itself.
 #[derive(Debug, Clone)]
 pub enum Confine {
@@ -514,6 +517,22 @@ pub fn spawn(
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Parent { child } => {
             drop(theirs);
+            // Started means confined: the child says so once its
+            // capabilities are dropped and its filter is on, so nothing
+            // (a request, or a reader of /proc) sees it before.
+            let mut buf = [0u8; 16];
+            let failed = match recv(ours.as_fd(), &mut buf) {
+                Ok(Some((n, _))) if &buf[..n] == READY => None,
+                Ok(_) => {
+                    Some("it exited before it was ready (its reason is logged above)".to_string())
+                }
+                Err(e) => Some(format!("it did not report ready: {e}")),
+            };
+            if let Some(why) = failed {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(why);
+            }
             Ok(TargetProcess {
                 sock: Mutex::new(Some(ours)),
                 pid: child.as_raw(),
@@ -578,6 +597,7 @@ fn child_main(
         sandbox::keep_capabilities(KEEP_CAPS)?;
         policy.apply().map_err(|e| e.to_string())?;
     }
+    send(sock.as_fd(), READY, &[]).map_err(|e| format!("report ready: {e}"))?;
     serve(sock, listen_path, allow)
 }
 
