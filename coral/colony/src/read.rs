@@ -332,8 +332,9 @@ async fn ebpf_red(
             (svc.clone(), None, None),
             (svc.clone(), Some(method.clone()), Some(route.clone())),
         ] {
-            let sides = out.entry(key.clone()).or_default();
-            if key.2.is_some() && !db_user.is_empty() {
+            let route_row = key.2.is_some();
+            let sides = out.entry(key).or_default();
+            if route_row && !db_user.is_empty() {
                 sides.db = Some((db_user.clone(), db_name.clone()));
             }
             let a = if recent {
