@@ -14,11 +14,10 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
 
 use aya::Btf;
 use aya::maps::{ArrayOfMaps, Map, MapData};
-use aya::programs::{BtfTracePoint, TracePoint, UProbe};
+use aya::programs::{BtfTracePoint, UProbe};
 use coral_ebpf::Attach;
 use coral_ebpf::{Object, Program};
 use thiserror::Error;
@@ -190,29 +189,20 @@ pub fn load(
             .program_mut(p.name)
             .ok_or_else(|| BpfError::Invalid(format!("object has no program {}", p.name)))?;
         let what = |e: &dyn std::error::Error| failed(format!("program {}", p.name), chain(e));
-        let fd = if p.attach == Attach::BtfRawTracepoint {
-            let btf = match &btf {
-                Some(b) => b,
-                None => btf.insert(
-                    Btf::from_sys_fs().map_err(|e| failed("read the kernel's BTF", chain(&e)))?,
-                ),
-            };
-            let prog: &mut BtfTracePoint = prog.try_into().map_err(|e| what(&e))?;
-            prog.load(p.tracepoint, btf)
-                .map_err(|e| failed(format!("verify program {}", p.name), chain(&e)))?;
-            prog.fd()
-                .map_err(|e| what(&e))?
-                .as_fd()
-                .try_clone_to_owned()
-        } else {
-            let prog: &mut TracePoint = prog.try_into().map_err(|e| what(&e))?;
-            prog.load()
-                .map_err(|e| failed(format!("verify program {}", p.name), chain(&e)))?;
-            prog.fd()
-                .map_err(|e| what(&e))?
-                .as_fd()
-                .try_clone_to_owned()
+        let btf = match &btf {
+            Some(b) => b,
+            None => btf.insert(
+                Btf::from_sys_fs().map_err(|e| failed("read the kernel's BTF", chain(&e)))?,
+            ),
         };
+        let prog: &mut BtfTracePoint = prog.try_into().map_err(|e| what(&e))?;
+        prog.load(p.tracepoint, btf)
+            .map_err(|e| failed(format!("verify program {}", p.name), chain(&e)))?;
+        let fd = prog
+            .fd()
+            .map_err(|e| what(&e))?
+            .as_fd()
+            .try_clone_to_owned();
         progs.push(fd.map_err(|e| failed("dup program fd", e))?);
     }
     Ok(Loaded {
@@ -283,37 +273,8 @@ fn chain(e: &dyn std::error::Error) -> String {
     s.chars().take(2000).collect()
 }
 
-/// Where tracefs is mounted. Only the helper mounts it at
-/// `/sys/kernel/tracing` when it is not (`mount`, needs `CAP_SYS_ADMIN`); a
-/// daemon loading directly is sandboxed and may not mount, so it says what
-/// to do instead.
-pub fn tracefs(may_mount: bool) -> Result<PathBuf, BpfError> {
-    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        if Path::new(p).join("events").is_dir() {
-            return Ok(PathBuf::from(p));
-        }
-    }
-    if !may_mount {
-        return Err(BpfError::Invalid(
-            "tracefs is not mounted (run 'mount -t tracefs nodev /sys/kernel/tracing', or use coral-privhelper)".into(),
-        ));
-    }
-    let target = Path::new("/sys/kernel/tracing");
-    nix::mount::mount(
-        Some("tracefs"),
-        target,
-        Some("tracefs"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| failed("mount tracefs on /sys/kernel/tracing", e))?;
-    Ok(target.to_path_buf())
-}
-
 /// `perf_event_attr` up to `config3` (PERF_ATTR_SIZE_VER8, 136 bytes); only
-/// the fields a tracepoint event needs are named.
+/// the fields a uprobe event needs are named ([`crate::uprobe`]).
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct PerfEventAttr {
@@ -351,100 +312,27 @@ struct RawTracepointAttr {
 }
 
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
-const PERF_TYPE_TRACEPOINT: u32 = 2;
 pub(crate) const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 pub(crate) const BPF_LINK_CREATE: libc::c_long = 28;
 pub(crate) const BPF_PERF_EVENT: u32 = 41;
 
 /// Attaches program `index` of `loaded` to its tracepoint from the embedded
-/// table; returns the BPF link fd (closing it detaches).
-pub fn attach(loaded: &Loaded, index: usize, may_mount: bool) -> Result<OwnedFd, BpfError> {
+/// table with `BPF_RAW_TRACEPOINT_OPEN` (no name: the kernel takes the
+/// tracepoint from the program's BTF id, fixed at load); returns the BPF
+/// link fd (closing it detaches).
+pub fn attach(loaded: &Loaded, index: usize) -> Result<OwnedFd, BpfError> {
     let p = loaded
         .programs
         .get(index)
         .ok_or_else(|| BpfError::Invalid(format!("program index {index} out of range")))?;
-    let prog_fd = &loaded.progs[index];
     if p.attach == Attach::Uprobe {
         return Err(BpfError::Invalid(
             "uprobe programs attach with UprobeAttach".into(),
         ));
     }
-    if p.attach == Attach::BtfRawTracepoint {
-        return attach_raw(p, prog_fd);
-    }
-    let dir = tracefs(may_mount)?;
-    let id_path = dir
-        .join("events")
-        .join(p.category)
-        .join(p.tracepoint)
-        .join("id");
-    let id: u64 = fs::read_to_string(&id_path)
-        .map_err(|e| failed(format!("read {}", id_path.display()), e))?
-        .trim()
-        .parse()
-        .map_err(|e| failed(format!("parse {}", id_path.display()), e))?;
-    let attr = PerfEventAttr {
-        type_: PERF_TYPE_TRACEPOINT,
-        size: std::mem::size_of::<PerfEventAttr>() as u32,
-        config: id,
-        sample_period: 1,
-        wakeup_events: 1,
-        ..Default::default()
-    };
-    // SAFETY: perf_event_open reads `size` bytes from a valid, initialised
-    // attr that outlives the call; the other arguments are plain integers.
-    let perf = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
-            -1 as libc::c_int,
-            0 as libc::c_int,
-            -1 as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if perf < 0 {
-        return Err(failed(
-            format!("perf_event_open {}:{}", p.category, p.tracepoint),
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: the syscall just returned this new fd and nothing else owns it.
-    let perf = unsafe { OwnedFd::from_raw_fd(perf as libc::c_int) };
-    let link_attr = LinkCreateAttr {
-        prog_fd: prog_fd.as_raw_fd() as u32,
-        target_fd: perf.as_raw_fd() as u32,
-        attach_type: BPF_PERF_EVENT,
-        ..Default::default()
-    };
-    // SAFETY: bpf(BPF_LINK_CREATE) reads `size` bytes from a valid attr
-    // whose unused tail is zero, as the kernel requires.
-    let link = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &link_attr as *const LinkCreateAttr,
-            std::mem::size_of::<LinkCreateAttr>() as libc::c_uint,
-        )
-    };
-    if link < 0 {
-        return Err(failed(
-            format!("attach {} to {}:{}", p.name, p.category, p.tracepoint),
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: as above; the link holds its own reference to the perf event,
-    // so `perf` may close when this function returns.
-    Ok(unsafe { OwnedFd::from_raw_fd(link as libc::c_int) })
-}
-
-/// Attaches a BTF raw tracepoint program with `BPF_RAW_TRACEPOINT_OPEN`
-/// (no name: the kernel takes the tracepoint from the program's BTF id,
-/// fixed at load); the fd returned is its BPF link.
-fn attach_raw(p: &Program, prog_fd: &OwnedFd) -> Result<OwnedFd, BpfError> {
     let attr = RawTracepointAttr {
         name: 0,
-        prog_fd: prog_fd.as_raw_fd() as u32,
+        prog_fd: loaded.progs[index].as_raw_fd() as u32,
         ..Default::default()
     };
     // SAFETY: bpf(BPF_RAW_TRACEPOINT_OPEN) reads `size` bytes from a valid
@@ -468,8 +356,7 @@ fn attach_raw(p: &Program, prog_fd: &OwnedFd) -> Result<OwnedFd, BpfError> {
 }
 
 /// Loads `name` and attaches every program: what a privileged daemon does
-/// without the helper (it never mounts tracefs). Returns the loaded fds and
-/// the link fds.
+/// without the helper. Returns the loaded fds and the link fds.
 pub fn load_and_attach(
     name: &str,
     sha256: &[u8; 32],
@@ -478,7 +365,7 @@ pub fn load_and_attach(
 ) -> Result<(Loaded, Vec<OwnedFd>), BpfError> {
     let loaded = load(name, sha256, ring_bytes, self_tgid)?;
     let links = (0..loaded.programs.len())
-        .map(|i| attach(&loaded, i, false))
+        .map(|i| attach(&loaded, i))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((loaded, links))
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coral_privhelper::{bpf, config, keys, sandbox, server, startup, target};
+use coral_privhelper::{config, keys, sandbox, server, startup, target};
 
 const USAGE: &str = "usage: coral-privhelper [--socket PATH] [--config PATH] [--state-dir PATH] [--sandbox enforce|log|off]";
 const EX_USAGE: u8 = 64;
@@ -89,19 +89,12 @@ fn main() -> ExitCode {
         },
     };
     // What needs the privileges landlock and seccomp take away happens
-    // first: the state dir, tracefs (landlock forbids mount), and the
-    // target process, forked while this process has one thread.
+    // first: the state dir, and the target process, forked while this
+    // process has one thread.
     if let Err(e) = keys::ensure_state_dir(&state_dir) {
         server::log(&format!("error: {e}"));
         return ExitCode::from(1);
     }
-    let tracefs = match bpf::tracefs(true) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            server::log(&format!("warning: {e}; BpfAttach of tracepoints will fail"));
-            None
-        }
-    };
     let off = mode.to_str() == Some("off");
     let confine = if off {
         target::Confine::No
@@ -139,7 +132,7 @@ fn main() -> ExitCode {
         if filter.log_only {
             server::log("sandbox: landlock skipped (--sandbox log)");
         } else {
-            match sandbox::confine_main(&state_dir, tracefs.as_deref()) {
+            match sandbox::confine_main(&state_dir) {
                 Ok(l) => server::log(&format!(
                     "sandbox: landlock {} enforced (ABI {:?} asked, kernel ABI {}, {} path rules)",
                     l.status,

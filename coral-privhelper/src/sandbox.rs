@@ -3,7 +3,7 @@
 //! - the **main process** serves the socket. After the start-up hygiene
 //!   (`startup::sanitize`) it forks the target process, then confines
 //!   itself: landlock ([`main_rules`]: `/dev/net/tun`, its state dir, the
-//!   sysfs and tracefs files BPF loading reads, nothing else) and a seccomp
+//!   sysfs files BPF loading reads, nothing else) and a seccomp
 //!   allowlist set on every thread ([`ALLOWED`]);
 //! - the **target process** ([`crate::target`]) does the steps that need
 //!   ptrace-class access to other processes, which a landlock domain
@@ -27,10 +27,11 @@
 //!
 //! The lists are reviewed data, one entry and one reason per call, per
 //! architecture. What the main process does not get: `execve`, `fork`,
-//! `ptrace`, `kill`, `setuid`, `chroot`, `mount` (tracefs is mounted before
-//! the filter), `unshare`, `setns`, module loading, `kexec`, keyrings,
-//! `process_vm_*`, `bind`/`listen` (the socket is bound before the filter,
-//! or passed by systemd), `connect`. See docs/privhelper.md.
+//! `ptrace`, `kill`, `setuid`, `chroot`, `mount`, `perf_event_open` (the
+//! target process opens the uprobe events), `unshare`, `setns`, module
+//! loading, `kexec`, keyrings, `process_vm_*`, `bind`/`listen` (the socket
+//! is bound before the filter, or passed by systemd), `connect`. See
+//! docs/privhelper.md.
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -97,8 +98,8 @@ pub const ALLOWED: &[(i64, &str)] = &[
         libc::SYS_prctl,
         "thread names (PR_SET_NAME only, see PRCTLS)",
     ),
-    // Files: the key file in the state dir, /proc and /sys facts, tracefs
-    // ids, /dev/net/tun, the target binaries of uprobes.
+    // Files: the key file in the state dir, /proc and /sys facts,
+    // /dev/net/tun, the target binaries of uprobes.
     (libc::SYS_openat, "every file the helper opens"),
     (libc::SYS_close, "every fd"),
     (libc::SYS_read, "requests, files"),
@@ -114,8 +115,6 @@ pub const ALLOWED: &[(i64, &str)] = &[
     ),
     (libc::SYS_newfstatat, "paths' metadata"),
     (libc::SYS_statx, "paths' metadata (std)"),
-    (libc::SYS_statfs, "aya: is tracefs/bpffs mounted"),
-    (libc::SYS_fstatfs, "aya"),
     (libc::SYS_fsync, "the key file and its directory"),
     (libc::SYS_fdatasync, "the key file"),
     (libc::SYS_ftruncate, "the sealed key memfd"),
@@ -164,12 +163,8 @@ pub const ALLOWED: &[(i64, &str)] = &[
         libc::SYS_shutdown,
         "a connection is closed after its answer",
     ),
-    // BPF and perf: the helper's job.
+    // BPF: the helper's job.
     (libc::SYS_bpf, "load the compiled-in objects, maps, links"),
-    (
-        libc::SYS_perf_event_open,
-        "tracepoint events (uprobe events come from the target process)",
-    ),
     (
         libc::SYS_wait4,
         "reap the target process once it has exited (WNOHANG)",
@@ -574,7 +569,7 @@ pub const MAIN_CAPS: &[(Capability, &str)] = &[
     ),
     (
         Capability::CAP_PERFMON,
-        "tracepoint perf events and BPF programs that read kernel and user memory",
+        "BPF programs that read kernel and user memory (BTF tracepoints, uprobes)",
     ),
 ];
 
@@ -637,11 +632,11 @@ pub struct LandlockRule {
 
 /// The helper's main process's landlock rules: nothing else on any file
 /// system, no TCP bind or connect, no abstract Unix socket or signal
-/// outside its domain. The socket is bound, the state dir created and
-/// tracefs mounted before they apply (landlock forbids `mount`).
-pub fn main_rules(state_dir: &Path, tracefs: Option<&Path>) -> Vec<LandlockRule> {
+/// outside its domain. The socket is bound and the state dir created before
+/// they apply.
+pub fn main_rules(state_dir: &Path) -> Vec<LandlockRule> {
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
-    let mut rules = vec![
+    vec![
         LandlockRule {
             path: PathBuf::from("/dev/net/tun"),
             access: AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev,
@@ -662,15 +657,7 @@ pub fn main_rules(state_dir: &Path, tracefs: Option<&Path>) -> Vec<LandlockRule>
             access: read,
             why: "BpfLoad: the kernel's BTF (CO-RE relocations, BTF tracepoints)",
         },
-    ];
-    if let Some(t) = tracefs {
-        rules.push(LandlockRule {
-            path: t.join("events"),
-            access: read,
-            why: "BpfAttach: tracepoint ids",
-        });
-    }
-    rules
+    ]
 }
 
 /// What [`confine_main`] applied.
@@ -683,8 +670,8 @@ pub struct Landlocked {
 
 /// Applies [`main_rules`] to the calling thread and the threads it starts
 /// later (call it while the process has one thread). Irreversible.
-pub fn confine_main(state_dir: &Path, tracefs: Option<&Path>) -> Result<Landlocked, SeccompError> {
-    let rules: Vec<_> = main_rules(state_dir, tracefs)
+pub fn confine_main(state_dir: &Path) -> Result<Landlocked, SeccompError> {
+    let rules: Vec<_> = main_rules(state_dir)
         .into_iter()
         .filter(|r| r.path.exists())
         .collect();
@@ -772,6 +759,12 @@ mod tests {
             libc::SYS_capset,
         ] {
             assert!(!target.contains(&forbidden), "{forbidden}");
+        }
+        // The main process mounts nothing and opens no perf event (the
+        // target process opens the uprobe events).
+        let main = helper_policy().allowed;
+        for forbidden in [libc::SYS_mount, libc::SYS_perf_event_open] {
+            assert!(!main.contains(&forbidden), "{forbidden}");
         }
     }
 }

@@ -548,7 +548,6 @@ fn handle(
                     p.name,
                     match p.attach {
                         coral_ebpf::Attach::BtfRawTracepoint => "tp_btf",
-                        coral_ebpf::Attach::Tracepoint => "tracepoint",
                         coral_ebpf::Attach::Uprobe => "uprobe",
                     },
                     p.category,
@@ -556,8 +555,8 @@ fn handle(
                 ),
                 None => format!("prog={prog}"),
             };
-            // tracefs was mounted at start-up if absent: no mount from here.
-            match bpf::attach(loaded, usize::from(prog), false) {
+            // A BTF tracepoint: no tracefs, nothing to mount.
+            match bpf::attach(loaded, usize::from(prog)) {
                 Ok(link) => {
                     // The helper keeps no copy: the caller's fd is the link.
                     let res = reply_with_fd(stream, &Response::BpfAttached { prog }, link.as_fd());

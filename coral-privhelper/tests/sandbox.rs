@@ -58,6 +58,16 @@ fn child() {
         .map_err(std::io::Error::from),
         // Not on the list: the helper's socket is bound before the filter.
         "bind" => std::net::UdpSocket::bind("127.0.0.1:0").map(drop),
+        // Not on the list: the helper mounts nothing. A path that does not
+        // exist, so a filter that let it through would change nothing.
+        "mount" => nix::mount::mount(
+            Some("tmpfs"),
+            "/nonexistent/coral-mount-probe",
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(std::io::Error::from),
         other => panic!("unknown action {other}"),
     };
     match outcome {
@@ -71,9 +81,7 @@ fn child() {
 /// path tried.
 fn landlock_child() {
     let state = std::path::PathBuf::from(std::env::var("CORAL_LANDLOCK_STATE").unwrap());
-    let tracefs = coral_privhelper::bpf::tracefs(false).ok();
-    let l = coral_privhelper::sandbox::confine_main(&state, tracefs.as_deref())
-        .expect("apply the landlock rules");
+    let l = coral_privhelper::sandbox::confine_main(&state).expect("apply the landlock rules");
     // A line of its own after the test harness's "test ... " prefix.
     println!();
     println!("status {}", l.status);
@@ -188,7 +196,7 @@ fn a_forbidden_call_kills_and_a_refused_argument_fails_issue_16() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    for forbidden in ["chroot", "execve", "fork", "bind"] {
+    for forbidden in ["chroot", "execve", "fork", "bind", "mount"] {
         let out = try_in_child(forbidden);
         assert_eq!(
             out.status.signal(),

@@ -33,7 +33,8 @@ pub fn object(name: &str) -> Option<&'static Object> {
 pub struct Program {
     /// The C function (and aya program) name.
     pub name: &'static str,
-    /// The tracefs category (for a BTF raw tracepoint, informational).
+    /// The tracepoint's event group (`sock` of `sock:inet_sock_set_state`),
+    /// for log lines only: a BTF tracepoint is found by its BTF name.
     pub category: &'static str,
     pub tracepoint: &'static str,
     pub attach: Attach,
@@ -42,8 +43,6 @@ pub struct Program {
 /// How a program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attach {
-    /// A perf tracepoint event (`perf_event_open` + `BPF_LINK_CREATE`).
-    Tracepoint,
     /// A BTF-typed raw tracepoint (`tp_btf`, `BPF_RAW_TRACEPOINT_OPEN`
     /// with no name: the kernel takes it from the program's BTF id).
     BtfRawTracepoint,
