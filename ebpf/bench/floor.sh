@@ -15,7 +15,15 @@
 #          the request and response heads, one per-CPU hash update per
 #          exchange: the least such a design pays (docs/benchmarks.md);
 #   full   the object as it is (a copy of the bytes and a ring record per
-#          read and write), its rings drained by bench/loader.c.
+#          read and write), its rings drained by bench/loader.c;
+#   cgentry cgroup_skb ingress/egress programs (bench/cgskb.c) on the
+#          server's cgroup only, returning at once: what a per-cgroup
+#          packet design pays for attaching (wrk's sockets run nothing);
+#   cgfull the same doing the least such a design does per packet: port
+#          test, socket storage, and for a segment with a payload a copy
+#          and a ring record (no process, no stream rebuilding).
+# The server runs in a cgroup v2 of its own for every variant.
+# VARIANTS="entry full ..." picks the variants (default: all).
 # Per run: wrk's requests/s, and the CPU time (utime + stime) of the server
 # and wrk per request. Means per variant at the end. BPF stats off, unless
 # STATS=1: then each run also gives the programs' own run time per request
@@ -59,18 +67,25 @@ a = a.replace(entry, open(f"{here}/agg.c").read() + "\n" + entry)
 a = a.replace(lookup, "\tif (!c)\n\t\treturn 0;\n\treturn agg(c, dir, ret, SYSCALL_ARG2(regs), kind);\n\t__u32 zero = 0;")
 open(f"{w}/agg.bpf.c", "w").write(a)
 PY
+for v in cgentry cgfull; do
+  clang -target bpf -O2 -g -D__TARGET_ARCH_x86 $([ $v = cgentry ] && echo -DCG_ENTRY) -I "$W" -I /usr/include/x86_64-linux-gnu -c "$HERE/cgskb.c" -o "$W/$v.o"
+done
 for v in full entry lookup agg; do
   clang -target bpf -O2 -g -D__TARGET_ARCH_x86 -I "$W" -I /usr/include/x86_64-linux-gnu -c "$W/$v.bpf.c" -o "$W/$v.o"
 done
 gcc -O2 -o "$W/loader" "$HERE/loader.c" -lbpf
 GO111MODULE=off HOME=$W GOCACHE=$W/gocache go build -o "$W/server" "$REPO/tests/ebpf/server.go"
-GOMAXPROCS=1 taskset -c 0 "$W/server" "$W/port" >/dev/null 2>&1 &
+# The server's own cgroup (v2), entered before it starts: a socket belongs
+# to the cgroup of the process that made it.
+CG=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)/coral-floor-$$
+mkdir "$CG"
+GOMAXPROCS=1 taskset -c 0 sh -c 'echo $$ > "$1/cgroup.procs" && exec "$2" "$3"' sh "$CG" "$W/server" "$W/port" >/dev/null 2>&1 &
 SERVER=$!
 while [ ! -s "$W/port" ]; do sleep 0.1; done
 PORT=$(cat "$W/port")
 STATS=${STATS:-0}
 sysctl -qw kernel.bpf_stats_enabled="$STATS"
-trap '[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; sysctl -qw kernel.bpf_stats_enabled=0; rm -rf "$W"' EXIT
+trap '[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; sysctl -qw kernel.bpf_stats_enabled=0; sleep 0.2; rmdir "$CG"; rm -rf "$W"' EXIT
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {
@@ -83,7 +98,7 @@ run() {
     'BEGIN { printf "%.0f %.2f %d\n", rps, (s / hz + w) * 1e6 / n, n }'
 }
 with() {
-  coproc L { "$W/loader" "$W/$1.o" "$PORT"; }
+  coproc L { CGROUP=$CG "$W/loader" "$W/$1.o" "$PORT"; }
   local ready pid=$L_PID out=${L[0]} in=${L[1]}
   read -r ready <&"$out"
   local r
@@ -98,6 +113,6 @@ with() {
 echo "variant req_per_s server_wrk_cpu_us_per_req bpf_ns_per_req"
 for _ in $(seq "$ROUNDS"); do
   echo "none $(run | awk '{print $1, $2, 0}')"
-  for v in entry lookup agg full; do echo "$v $(with "$v")"; done
+  for v in ${VARIANTS:-entry lookup agg full cgentry cgfull}; do echo "$v $(with "$v")"; done
 done | awk '{ print; n[$1]++; r[$1] += $2; c[$1] += $3; b[$1] += $4 }
   END { for (k in n) printf "mean %s %.0f %.2f %.0f (%d runs)\n", k, r[k] / n[k], c[k] / n[k], b[k] / n[k], n[k] }'

@@ -3,7 +3,8 @@
 // one port, attaches every program of the object, and runs until stdin
 // closes; then prints the programs' summed run_cnt and run_time_ns
 // (kernel.bpf_stats_enabled=1), the records read and the records dropped.
-// For ebpf/bench/cost.sh.
+// cgroup_skb programs (bench/cgskb.c) are attached to the cgroup v2
+// directory named by $CGROUP. For ebpf/bench/cost.sh and floor.sh.
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <poll.h>
+#include <fcntl.h>
 
 static unsigned long long records;
 
@@ -47,8 +49,13 @@ int main(int argc, char **argv) {
 	unsigned int zero = 0;
 	if (bpf_map_update_elem(bpf_map__fd(pm), &zero, v, 0)) { fprintf(stderr, "ports\n"); return 1; }
 	struct bpf_program *p;
-	bpf_object__for_each_program(p, o)
-		if (!bpf_program__attach(p)) { fprintf(stderr, "attach %s\n", bpf_program__name(p)); return 1; }
+	const char *cg = getenv("CGROUP");
+	int cgfd = cg ? open(cg, O_RDONLY | O_DIRECTORY) : -1;
+	bpf_object__for_each_program(p, o) {
+		struct bpf_link *l = bpf_program__type(p) == BPF_PROG_TYPE_CGROUP_SKB
+			? bpf_program__attach_cgroup(p, cgfd) : bpf_program__attach(p);
+		if (!l) { fprintf(stderr, "attach %s\n", bpf_program__name(p)); return 1; }
+	}
 	printf("ready\n"); fflush(stdout);
 	/* Drain the rings every 100 ms (as the agent does) until stdin closes. */
 	char buf[16];
