@@ -129,7 +129,7 @@ pub const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_fcntl, "CLOEXEC, seals on the key memfd, dup"),
     (
         libc::SYS_ioctl,
-        "TUN set-up and BPF attach (listed requests only, see IOCTLS)",
+        "TUN set-up (listed requests only, see IOCTLS)",
     ),
     (libc::SYS_dup, "fd copies for replies"),
     (libc::SYS_dup3, "fd copies"),
@@ -193,8 +193,8 @@ pub const ARCH_ONLY: &[(i64, &str)] = &[
 #[cfg(target_arch = "aarch64")]
 pub const ARCH_ONLY: &[(i64, &str)] = &[];
 
-/// `ioctl` requests the helper makes: TUN set-up (`tun.rs`) and BPF
-/// attach to perf events (aya, `bpf.rs`).
+/// `ioctl` requests the helper makes: TUN set-up (`tun.rs`). BPF programs
+/// attach with `bpf` calls (links), never a perf event ioctl.
 // The casts: libc's request and constant types differ by target (c_ulong
 // on glibc, c_int on musl).
 #[allow(clippy::unnecessary_cast)]
@@ -208,16 +208,7 @@ pub const IOCTLS: &[(u64, &str)] = &[
     (libc::SIOCGIFINDEX as u64, "its index"),
     (libc::FIOCLEX as u64, "close-on-exec (std)"),
     (libc::FIONBIO as u64, "non-blocking mode (std)"),
-    (PERF_EVENT_IOC_ENABLE, "enable a perf event (aya)"),
-    (PERF_EVENT_IOC_DISABLE, "disable a perf event (aya)"),
-    (
-        PERF_EVENT_IOC_SET_BPF,
-        "attach a program to a perf event (aya, older kernels)",
-    ),
 ];
-const PERF_EVENT_IOC_ENABLE: u64 = 0x2400;
-const PERF_EVENT_IOC_DISABLE: u64 = 0x2401;
-const PERF_EVENT_IOC_SET_BPF: u64 = 0x4004_2408;
 
 /// Socket families: `AF_INET` (interface ioctls on the TUN device). The
 /// name service's `AF_UNIX` sockets are the target process's.
@@ -270,8 +261,6 @@ pub struct Policy {
     pub socket_families: Vec<u64>,
     /// `prctl` options allowed (first argument); others fail with `EPERM`.
     pub prctls: Vec<u64>,
-    /// When set, `mount` only with exactly these flags (fourth argument).
-    pub mount_flags: Option<u64>,
     /// `openat` (and `open` on x86_64) only without write, create, truncate
     /// or append flags; others fail with `EPERM`.
     pub read_only_open: bool,
@@ -364,12 +353,6 @@ impl Policy {
                 vec![none_of(0, SeccompCmpArgLen::Dword, &prctls)?],
             );
         }
-        if let Some(flags) = self.mount_flags {
-            refuse.insert(
-                libc::SYS_mount,
-                vec![none_of(3, SeccompCmpArgLen::Qword, &[flags])?],
-            );
-        }
         if self.read_only_open {
             let bits = |arg: u8| -> Result<Vec<SeccompRule>, SeccompError> {
                 WRITE_FLAGS
@@ -420,7 +403,6 @@ pub fn helper_policy() -> Policy {
         ioctls: IOCTLS.iter().map(|(r, _)| *r).collect(),
         socket_families: SOCKET_FAMILIES.iter().map(|(f, _)| *f).collect(),
         prctls: PRCTLS.iter().map(|(p, _)| *p).collect(),
-        mount_flags: None,
         read_only_open: false,
         log_only: false,
     }
@@ -548,7 +530,6 @@ pub fn target_policy() -> Policy {
         ioctls: Vec::new(),
         socket_families: TARGET_SOCKET_FAMILIES.iter().map(|(f, _)| *f).collect(),
         prctls: Vec::new(),
-        mount_flags: None,
         read_only_open: true,
         log_only: false,
     }

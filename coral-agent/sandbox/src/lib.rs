@@ -216,7 +216,6 @@ fn seccomp(role: Role, list: &[i64], mode: Mode) -> Result<(), SandboxError> {
         ioctls: pick(DAEMON_IOCTLS),
         socket_families: pick(DAEMON_SOCKET_FAMILIES),
         prctls: pick(DAEMON_PRCTLS),
-        mount_flags: None,
         read_only_open: false,
         log_only: mode == Mode::Log,
     }
