@@ -44,19 +44,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-c() {
-  XDG_RUNTIME_DIR=$W/run XDG_STATE_HOME=$W/state XDG_CONFIG_HOME=$W/config CORAL_LOG=warn "$CORAL" "$@" </dev/null
-}
-mkdir -p "$W/config/coral"
-cat >"$W/config/coral/config.toml" <<EOF
-[colony.mesh]
-enabled = false
-[agent.otlp]
-grpc_listen = "127.0.0.1:0"
-http_listen = "127.0.0.1:0"
-[agent.ebpf]
-flush_interval = "1s"
-EOF
+. "$HERE/agent.sh"
 GO111MODULE=off HOME=$W GOCACHE=$W/gocache go build -o "$W/server" "$REPO/tests/ebpf/server.go"
 GOMAXPROCS=1 "$W/server" "$W/port" >/dev/null 2>&1 &
 SERVER=$!
@@ -69,21 +57,8 @@ c colony start --daemon --port 0 >/dev/null
 wrk_run() { /usr/bin/time -f '%U %S' -o "$W/wrk_cpu" wrk -t1 -c32 -d5s "http://127.0.0.1:$PORT/hello" >"$W/out" 2>&1; }
 # CPU seconds wrk used in the last run.
 wrk_cpu() { awk '{print $1 + $2}' "$W/wrk_cpu"; }
-# CPU ns of a process's thread named $2.
-thread_ns() {
-  local t
-  for t in /proc/"$1"/task/*; do
-    if [ "$(cat "$t/comm")" = "$2" ]; then
-      awk '{print $1}' "$t/schedstat"
-      return
-    fi
-  done
-  echo 0
-}
 rps() { awk '/Requests\/sec/ {print $2}' "$W/out"; }
 reqs() { awk '/requests in/ {print $1}' "$W/out"; }
-# CPU ticks (utime + stime) of a process.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Run time (ns) of the BPF programs a process holds.
 bpf_ns() {
   local total=0 id
@@ -92,7 +67,6 @@ bpf_ns() {
   done
   echo "$total"
 }
-HZ=$(getconf CLK_TCK)
 
 printf "| round | agent | req/s without | req/s with | server+wrk CPU µs/req without | with | BPF ns/req | agent CPU µs/req | of it ebpf-reader | total added µs/req |\n|---|---|---|---|---|---|---|---|---|---|\n"
 for r in $(seq "$ROUNDS"); do
@@ -103,14 +77,10 @@ for r in $(seq "$ROUNDS"); do
  base=$(awk -v s="$((s1 - s0))" -v w="$(wrk_cpu)" -v n="$(reqs)" -v hz="$HZ" 'BEGIN { printf "%.3f", (s / hz + w) * 1e6 / n }')
  for i in "${!BINS[@]}"; do
   CORAL=${BINS[$i]}
-  c agent start --daemon >/dev/null
-  for _ in $(seq 200); do
-    c agent status --json 2>/dev/null | grep -q '"running": *true' && break
-    sleep 0.1
-  done
+  agent_start
   [ "$r" = 1 ] && [ "$i" = 0 ] && c connect "hello:$PORT:tcp" >/dev/null
   sleep 1.5
-  pid=$(cat "$W/run/coral/agent.pid")
+  pid=$(agent_pid)
   t0=$(ticks "$pid")
   b0=$(bpf_ns "$pid")
   e0=$(thread_ns "$pid" ebpf-reader)
@@ -125,10 +95,7 @@ for r in $(seq "$ROUNDS"); do
   b1=$(bpf_ns "$pid")
   e1=$(thread_ns "$pid" ebpf-reader)
   n=$(reqs)
-  c agent stop >/dev/null
-  # Each agent starts on an empty telemetry store: a newer build may have
-  # migrated it past what an older one opens.
-  rm -f "$W"/state/coral/agent/telemetry.duckdb*
+  agent_stop
   CORAL=${BINS[0]}
   awk -v r="$r" -v a="$i" -v wo="$without" -v w="$(rps)" -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$n" -v hz="$HZ" \
     -v base="$base" -v s="$((s1 - s0))" -v wc="$(wrk_cpu)" -v e="$((e1 - e0))" -v stats="$STATS" \

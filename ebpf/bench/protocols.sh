@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Per protocol (issue 14): a real server and its own load generator, with
-# and without Coral's BPF programs following the server's port, alternated
-# in one run: the load generator's throughput, and the programs' summed
-# run time per request (kernel BPF stats). The programs are loaded by
-# ebpf/bench/loader.c (rings drained every 100 ms, records counted, not
-# parsed): this is the kernel side's cost; the agent's parsing is not in it.
+# and without Coral following the server's port, alternated in one run.
+# Two modes:
+# - the kernel side (default): the BPF programs loaded by
+#   ebpf/bench/loader.c (rings drained every 100 ms, records counted, not
+#   parsed): the load generator's throughput, the programs' summed run
+#   time per request (kernel BPF stats) and ring records per request;
+# - a real agent (CORAL=path/to/coral, a release build; several paths
+#   separated by spaces compare builds in one run, each in turn): a colony
+#   and an agent (bench/agent.sh) with the three servers connected; the
+#   load generator's throughput, the agent process's CPU per request and
+#   its `ebpf-reader` thread's (reading the rings, parsing, aggregating),
+#   and the requests the agent counted (`coral agent status`) against those
+#   the load generator made.
 #
 #   redis:    redis-server, redis-benchmark -P 16 -c 4 -t set,get
 #   postgres: postgresql (user postgres), pgbench -M simple -c 2 -T 5 (TPC-B
@@ -13,7 +21,7 @@
 #
 # Needs root, clang, libbpf-dev, bpftool, gcc, redis-server, redis-tools,
 # postgresql, nghttp2-server, nghttp2-client.
-# usage: ebpf/bench/protocols.sh [ROUNDS]
+# usage: [CORAL="path/to/coral ..."] ebpf/bench/protocols.sh [ROUNDS]
 set -euo pipefail
 ROUNDS=${1:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +31,10 @@ chmod 755 "$W"
 PIDS=()
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 cleanup() {
+  if [ -n "${CORAL:-}" ]; then
+    c agent stop >/dev/null 2>&1 || true
+    c colony stop >/dev/null 2>&1 || true
+  fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$W/pg/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/pg" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$W"
@@ -69,6 +81,54 @@ with() {
   wait "$L_PID" || true
   echo "$ns $recs"
 }
+
+# With a real agent: the agent's CPU per request, and the requests it
+# counted against those made.
+with_agent() {
+  local pid t0 e0 t1 e1
+  agent_start
+  pid=$(agent_pid)
+  t0=$(ticks "$pid")
+  e0=$(thread_ns "$pid" ebpf-reader)
+  "$@" >"$W/out" 2>&1
+  # Two flushes: what is left in the rings is parsed and counted.
+  sleep 2.5
+  t1=$(ticks "$pid")
+  e1=$(thread_ns "$pid" ebpf-reader)
+  echo "$((t1 - t0)) $((e1 - e0)) $(agent_ebpf requests) $(agent_ebpf dropped)"
+  agent_stop
+}
+
+if [ -n "${CORAL:-}" ]; then
+  BINS=()
+  for b in $CORAL; do BINS+=("$(realpath "$b")"); done
+  CORAL=${BINS[0]}
+  . "$HERE/agent.sh"
+  c colony start --daemon --port 0 >/dev/null
+  agent_start
+  c connect "redis:$RPORT:tcp" >/dev/null
+  c connect "pg:$PPORT:tcp" >/dev/null
+  c connect "h2:$HPORT:tcp" >/dev/null
+  agent_stop
+  printf "| protocol | round | agent | requests/s without | requests/s with the agent | agent CPU µs per request | of it ebpf-reader | requests counted / made | dropped |\n|---|---|---|---|---|---|---|---|---|\n"
+  for r in $(seq "$ROUNDS"); do
+    for p in redis pg h2; do
+      "${p}_run" >"$W/out" 2>&1
+      without=$("${p}_rate")
+      for i in "${!BINS[@]}"; do
+        CORAL=${BINS[$i]}
+        with_agent "${p}_run" >"$W/with"
+        read -r t e counted dropped <"$W/with"
+        n=$("${p}_reqs")
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n" "$p" "$r" "$i" "$without" "$("${p}_rate")" \
+          "$(awk -v t="$t" -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", t / hz * 1e6 / n}')" \
+          "$(awk -v e="$e" -v n="$n" 'BEGIN{printf "%.2f", e / 1000 / n}')" "$counted" "$n" "$dropped"
+      done
+      CORAL=${BINS[0]}
+    done
+  done
+  exit 0
+fi
 
 printf "| protocol | round | requests/s without | requests/s with | BPF ns per request | records per request |\n|---|---|---|---|---|---|\n"
 for r in $(seq "$ROUNDS"); do
