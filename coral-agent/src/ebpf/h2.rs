@@ -900,6 +900,82 @@ mod tests {
     }
 
     #[test]
+    fn mangled_connections_never_take_the_parser_down() {
+        // A connection as a client and server write it (Huffman-coded
+        // headers, the tables in use), then thousands of copies with bytes
+        // flipped, dropped or cut, fed in pieces of random sizes: whatever
+        // the frames and header blocks turn into, nothing panics out of the
+        // parser.
+        let (mut req, mut resp) = (Encoder::default(), Encoder::default());
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        let mut output = settings();
+        for id in (1..40u32).step_by(2) {
+            let path = format!("/shop.Orders/M{}", id % 7);
+            let h = [
+                (":method", "POST"),
+                (":path", path.as_str()),
+                ("content-type", "application/grpc"),
+            ];
+            input.extend(frame(HEADERS, END_HEADERS, id, &headers(&mut req, &h)));
+            input.extend(frame(DATA, END_STREAM, id, b"\0\0\0\0\x01x"));
+            let status = [(":status", "200"), ("content-type", "application/grpc")];
+            output.extend(frame(
+                HEADERS,
+                END_HEADERS,
+                id,
+                &headers(&mut resp, &status),
+            ));
+            let code = (id % 17).to_string();
+            let trailers = headers(&mut resp, &[("grpc-status", code.as_str())]);
+            output.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &trailers));
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut lost, mut parsed) = (0, 0);
+        for _ in 0..3000 {
+            let mut c = Conn::new(true);
+            let mut out = Vec::new();
+            let (mut i, mut o) = (input.clone(), output.clone());
+            for b in [&mut i, &mut o] {
+                for _ in 0..1 + next(4) {
+                    let at = next(b.len());
+                    match next(3) {
+                        0 => b[at] ^= 1 << next(8),
+                        1 => drop(b.remove(at)),
+                        _ => b.truncate(at.max(PREFACE.len())),
+                    }
+                }
+            }
+            let (mut pi, mut po, mut ts) = (0, 0, 0);
+            while pi < i.len() || po < o.len() {
+                ts += 1;
+                if pi < i.len() {
+                    let n = (1 + next(200)).min(i.len() - pi);
+                    read(&mut c, ts, &i[pi..pi + n], &mut out);
+                    pi += n;
+                }
+                if po < o.len() {
+                    let n = (1 + next(200)).min(o.len() - po);
+                    write(&mut c, ts, &o[po..po + n], &mut out);
+                    po += n;
+                }
+            }
+            c.on_close();
+            lost += usize::from(!c.input.hpack_ok || !c.output.hpack_ok);
+            parsed += out.iter().filter(|e| e.target != UNPARSED).count();
+        }
+        // Both ways were taken many times: tables lost to bad blocks, and
+        // streams decoded.
+        assert!(lost > 1000 && parsed > 1000, "{lost} lost, {parsed} parsed");
+    }
+
+    #[test]
     fn a_connection_picked_up_mid_stream_counts_streams_as_unparsed() {
         let mut c = Conn::new(false);
         let mut req = Encoder::default();
