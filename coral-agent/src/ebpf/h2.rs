@@ -383,6 +383,7 @@ impl Side {
         // The decoder panics on some malformed blocks (an integer or a
         // string cut short: an index out of bounds) instead of returning
         // an error; either way this direction's table is lost.
+        quiet_decoder_panics();
         let (hpack, decoded) = (&mut self.hpack, &mut self.decoded);
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             hpack.decode(&mut block, decoded).is_ok()
@@ -406,6 +407,27 @@ impl Side {
             .collect();
         Some((stream, flags, Some(headers), start_ns))
     }
+}
+
+/// A panic inside the HPACK decoder is a malformed block a client sent,
+/// caught in [`Side::header_block`]: one debug line, not the default
+/// hook's "panicked" message and backtrace hint in the agent's log. Other
+/// panics reach the hook that was there.
+fn quiet_decoder_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info
+                .location()
+                .is_some_and(|l| l.file().contains("httlib-hpack"))
+            {
+                tracing::debug!(%info, "malformed HPACK block (its connection's headers are unparsed from now on)");
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 impl Conn {
