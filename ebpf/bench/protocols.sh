@@ -35,16 +35,13 @@ cleanup() {
     c agent stop >/dev/null 2>&1 || true
     c colony stop >/dev/null 2>&1 || true
   fi
+  sysctl -qw kernel.bpf_stats_enabled=0
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$W/pg/postmaster.pid" ] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/pg" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$W"
 }
 trap cleanup EXIT
-bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$W/vmlinux.h"
-clang -target bpf -O2 -g -D__TARGET_ARCH_x86 -I "$W" -I /usr/include/x86_64-linux-gnu -c "$REPO/ebpf/bpf/coral.bpf.c" -o "$W/coral.o"
-gcc -O2 -o "$W/loader" "$HERE/loader.c" -lbpf
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-sysctl -qw kernel.bpf_stats_enabled=1
 
 RPORT=$(free_port)
 redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no >/dev/null &
@@ -130,6 +127,10 @@ if [ -n "${CORAL:-}" ]; then
   exit 0
 fi
 
+bpftool btf dump file /sys/kernel/btf/vmlinux format c > "$W/vmlinux.h"
+clang -target bpf -O2 -g -D__TARGET_ARCH_x86 -I "$W" -I /usr/include/x86_64-linux-gnu -c "$REPO/ebpf/bpf/coral.bpf.c" -o "$W/coral.o"
+gcc -O2 -o "$W/loader" "$HERE/loader.c" -lbpf
+sysctl -qw kernel.bpf_stats_enabled=1
 printf "| protocol | round | requests/s without | requests/s with | BPF ns per request | records per request |\n|---|---|---|---|---|---|\n"
 for r in $(seq "$ROUNDS"); do
   for p in redis pg h2; do

@@ -10,7 +10,7 @@
 //!   decoder per direction whose dynamic table lives as long as the
 //!   connection (`httlib-hpack`: its Huffman decoding is table-driven;
 //!   `loona-hpack`, used before, built a hash map of the Huffman code for
-//!   every string it decoded, 20-30 µs per request).
+//!   every string it decoded: 5-7 µs of the agent's CPU per request).
 //! - A request is a client stream: `:method`, `:path` (the route; gRPC's
 //!   `/package.Service/Method`) and its start, the read that brought its
 //!   first HEADERS frame. It ends with the server's frame that carries
@@ -132,6 +132,7 @@ impl Side {
         // up to MAX_TABLE (SETTINGS).
         let mut hpack = Decoder::default();
         hpack.set_max_dynamic_size(MAX_TABLE);
+        quiet_decoder_panics();
         Side {
             at,
             hpack,
@@ -383,7 +384,6 @@ impl Side {
         // The decoder panics on some malformed blocks (an integer or a
         // string cut short: an index out of bounds) instead of returning
         // an error; either way this direction's table is lost.
-        quiet_decoder_panics();
         let (hpack, decoded) = (&mut self.hpack, &mut self.decoded);
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             hpack.decode(&mut block, decoded).is_ok()
@@ -410,7 +410,8 @@ impl Side {
 }
 
 /// A panic inside the HPACK decoder is a malformed block a client sent,
-/// caught in [`Side::header_block`]: one debug line, not the default
+/// caught in [`Side::header_block`] (set up once, by the first decoder):
+/// one debug line, not the default
 /// hook's "panicked" message and backtrace hint in the agent's log. Other
 /// panics reach the hook that was there.
 fn quiet_decoder_panics() {
